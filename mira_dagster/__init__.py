@@ -1,0 +1,1 @@
+"""mira-dagster: MIRA (Mid-training Rubric Anchoring) data selection as a Dagster pipeline over DuckDB."""

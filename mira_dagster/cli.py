@@ -1,0 +1,121 @@
+"""`mira`: the command line. `mira run` materialises the whole pipeline on the persistent instance."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from mira_dagster.core.config import PROJECT_ROOT, ConfigError, load_config, mira_home
+
+
+def _prepare_env(config: str | None, home: str | None) -> Path:
+    """Set MIRA_CONFIG / MIRA_HOME / DAGSTER_HOME before Dagster or our definitions are imported."""
+    if config:
+        os.environ["MIRA_CONFIG"] = str(Path(config).resolve())
+    if home:
+        os.environ["MIRA_HOME"] = str(Path(home).resolve())
+    home_path = mira_home()
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(home_path / "dagster")
+    dagster_home = Path(os.environ["DAGSTER_HOME"]).resolve()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = dagster_home / "dagster.yaml"
+    if not instance_yaml.exists():
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", instance_yaml)
+    return home_path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    home = _prepare_env(args.config, args.home)
+    try:
+        cfg = load_config()
+    except ConfigError as exc:
+        print(f"mira: {exc}", file=sys.stderr)
+        return 2
+    import dagster as dg
+
+    from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+    from mira_dagster.defs.resources import MiraResource
+
+    # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO.
+    run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}}
+    all_assets = [*PARTITIONED_ASSETS, *CORPUS_ASSETS]
+    resources = {"mira": MiraResource()}
+    sources = args.source or cfg.source_names()
+    with dg.DagsterInstance.get() as instance:
+        for i, source in enumerate(sources, 1):
+            print(f"[{i}/{len(sources)}] {source}: raw_records, teacher_labels, student_scores", flush=True)
+            result = dg.materialize(
+                all_assets,
+                selection=PARTITIONED_ASSETS,
+                partition_key=source,
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+                run_config=run_config,
+                tags={"mira/entry": "mira run"},
+            )
+            if not result.success:
+                print(f"mira: run for source {source!r} failed (run id {result.run_id}); see `dagster dev`.")
+                return 1
+        print("corpus: dim_reliability, reliability_mask, aggregated_scores, selected_subset", flush=True)
+        result = dg.materialize(
+            all_assets,
+            selection=CORPUS_ASSETS,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=run_config,
+            tags={"mira/entry": "mira run"},
+        )
+        if not result.success:
+            print(f"mira: corpus run failed (run id {result.run_id}); see `dagster dev`.")
+            return 1
+    print_summary(home)
+    return 0
+
+
+def print_summary(home: Path) -> None:
+    from tabulate import tabulate
+
+    from mira_dagster.core.store import Store
+
+    store = Store(home)
+    df = store.query("run_summary")
+    cols = ["source", "records_in", "records_scored", "records_kept", "tokens_in", "tokens_kept", "kept_token_share"]
+    rows = [list(r) for r in df.select(cols).iter_rows()]
+    totals = ["TOTAL", *(int(df[c].sum()) for c in cols[1:6])]
+    totals.append(round(totals[5] / totals[4], 3) if totals[4] else 0.0)
+    print()
+    print(tabulate([*rows, totals], headers=cols, tablefmt="github"))
+    print(f"\ncatalogue: {store.catalog_path}   export: {store.exports_dir / 'selected_subset'}")
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    print_summary(_prepare_env(args.config, args.home))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mira", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, helptext in (
+        ("run", cmd_run, "materialise the whole pipeline (all sources) and print the summary"),
+        ("summary", cmd_summary, "print the per-source summary of the last run"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
+        p.add_argument("--home", help="where data lands (default: $MIRA_HOME or .mira)")
+        p.set_defaults(fn=fn)
+    run = sub.choices["run"]
+    run.add_argument("--source", action="append", help="only this source (repeatable)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

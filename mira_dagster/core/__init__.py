@@ -1,0 +1,1 @@
+"""Pure Python, no Dagster: records, rubric, prompts, parsing, scoring, storage, sampling."""

@@ -1,0 +1,152 @@
+"""The source registry (`anchors/groups.yaml`) and the pipeline settings, validated at the boundary."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Family = Literal["qa_with_think", "qa", "agent"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = PROJECT_ROOT / "anchors" / "groups.yaml"
+
+# Source names become partition keys, file names and SQL literals: keep them boring.
+_SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SAFE_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,31}$")
+
+
+class ConfigError(ValueError):
+    """The registry or settings are not usable; the message names the file and the key."""
+
+
+class GroupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    family: Family
+    student_model: str
+    anchors: Path
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: str
+    format: Family
+    files: list[Path] = Field(min_length=1)
+
+
+class PipelineSettings(BaseModel):
+    """Knobs of stages 2-4. Defaults are documented in README ("Settings")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Serving contract (model cards): sampling and context.
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 2048
+    max_model_len: int = 65536
+    # Teacher sample per source: max(teacher_sample_min, fraction * n), capped at n.
+    teacher_sample_fraction: float = Field(0.5, gt=0, le=1)
+    teacher_sample_min: int = Field(20, ge=0)
+    heldout_fraction: float = Field(0.4, gt=0, lt=1)
+    seed: int = 0
+    # Reliability mask: a (source, dim) cell is kept when MAE <= max_mae and rho >= min_rho.
+    mask_max_mae: float = 1.5
+    mask_min_rho: float = 0.3
+    # Cells with fewer held-out pairs use the group-level estimate pooled over the group's sources.
+    min_heldout: int = Field(8, ge=2)
+    # Selection: share of each source's tokens to keep.
+    retention_share: float = Field(0.5, gt=0, le=1)
+    # Scoring client.
+    max_in_flight: int = Field(64, ge=1)
+    request_timeout_s: float = 120.0
+    max_retries: int = Field(3, ge=0)
+    write_batch_size: int = Field(256, ge=1)
+    # Offline stand-in: slots (1-based) where the offline student is much noisier than the teacher.
+    offline_noisy_slots: list[int] = [4, 9, 14]
+
+
+class MiraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    groups: dict[str, GroupConfig]
+    sources: dict[str, SourceConfig]
+    pipeline: PipelineSettings = PipelineSettings()
+    path: Path = DEFAULT_CONFIG
+
+    @field_validator("groups")
+    @classmethod
+    def _group_ids(cls, groups: dict[str, GroupConfig]) -> dict[str, GroupConfig]:
+        for gid in groups:
+            if not _SAFE_GROUP.match(gid):
+                raise ValueError(f"group id {gid!r} must match {_SAFE_GROUP.pattern}")
+        return groups
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, sources: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in sources:
+            if not _SAFE_NAME.match(name):
+                raise ValueError(
+                    f"source name {name!r} must match {_SAFE_NAME.pattern} "
+                    "(it becomes a partition key, a file name and a SQL value)"
+                )
+        return sources
+
+    @model_validator(mode="after")
+    def _sources_fit_groups(self) -> MiraConfig:
+        for name, src in self.sources.items():
+            group = self.groups.get(src.group)
+            if group is None:
+                raise ValueError(f"source {name!r}: unknown group {src.group!r}")
+            if src.format != group.family:
+                raise ValueError(
+                    f"source {name!r}: format {src.format!r} differs from group {src.group!r} family {group.family!r}"
+                )
+        return self
+
+    def group_of(self, source: str) -> GroupConfig:
+        return self.groups[self.sources[source].group]
+
+    def source_names(self) -> list[str]:
+        return sorted(self.sources)
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("MIRA_CONFIG") or DEFAULT_CONFIG).resolve()
+
+
+def load_config(path: Path | str | None = None) -> MiraConfig:
+    """Load and validate a registry; relative paths inside it are relative to the file."""
+    path = Path(path).resolve() if path else config_path()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'groups' and 'sources'")
+    raw = {k: v for k, v in raw.items()}
+    raw["groups"] = {str(k): v for k, v in (raw.get("groups") or {}).items()}
+    try:
+        cfg = MiraConfig.model_validate({**raw, "path": path})
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    base = path.parent
+    for group in cfg.groups.values():
+        group.anchors = (base / group.anchors).resolve()
+    for src in cfg.sources.values():
+        src.files = [(base / f).resolve() for f in src.files]
+    return cfg
+
+
+def mira_home() -> Path:
+    """Where tables, caches and exports live: $MIRA_HOME, default `.mira/` in the working directory."""
+    return Path(os.environ.get("MIRA_HOME") or ".mira").resolve()

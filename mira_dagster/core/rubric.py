@@ -1,0 +1,86 @@
+"""A group's anchor rubric: 15 slots, each with a name, cluster size, facet and calibration references."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mira_dagster.core.config import Family
+
+N_SLOTS = 15
+
+Facet = Literal["think", "combined", "qa", "agent"]
+
+# qa_with_think asks 5 dimensions about the thinking trace, 5 about thinking + answer together and 5
+# about the question/answer pair; the other families use one facet for all 15.
+FAMILY_FACETS: dict[Family, dict[Facet, int]] = {
+    "qa_with_think": {"think": 5, "combined": 5, "qa": 5},
+    "qa": {"qa": 15},
+    "agent": {"agent": 15},
+}
+
+
+class CalibrationReference(BaseModel):
+    """A canonical (score, rationale) example near a cluster centroid, shown to the scorer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dimension: str
+    score: float = Field(ge=0, le=10)
+    rationale: str
+    excerpt: str = ""
+
+
+class AnchorDim(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slot: int = Field(ge=1, le=N_SLOTS)
+    name: str = Field(min_length=1)
+    cluster_size: int = Field(ge=0)
+    facet: Facet
+    calibration_references: list[CalibrationReference] = []
+
+
+class Rubric(BaseModel):
+    group: str
+    family: Family
+    dims: list[AnchorDim]
+    file_sha256: str
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self.dims]
+
+    def references(self) -> list[CalibrationReference]:
+        """The group's calibration references in slot order (at most 12 are shown, per the cards)."""
+        return [r for d in self.dims for r in d.calibration_references][:12]
+
+
+class RubricError(ValueError):
+    pass
+
+
+def load_rubric(path: Path, group: str, family: Family) -> Rubric:
+    if not path.is_file():
+        raise RubricError(f"anchor file not found for group {group!r}: {path}")
+    data = path.read_bytes()
+    dims: list[AnchorDim] = []
+    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            dims.append(AnchorDim.model_validate(json.loads(line)))
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise RubricError(f"{path}:{lineno}: {exc}") from exc
+    dims.sort(key=lambda d: d.slot)
+    if [d.slot for d in dims] != list(range(1, N_SLOTS + 1)):
+        raise RubricError(f"{path}: expected slots 1..{N_SLOTS} once each, got {[d.slot for d in dims]}")
+    want = FAMILY_FACETS[family]
+    got = {f: sum(d.facet == f for d in dims) for f in want}
+    if got != want or any(d.facet not in want for d in dims):
+        raise RubricError(f"{path}: family {family} needs facets {want}, got {got}")
+    return Rubric(group=group, family=family, dims=dims, file_sha256=hashlib.sha256(data).hexdigest())

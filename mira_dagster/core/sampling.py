@@ -1,0 +1,35 @@
+"""Which records the teacher labels, and which of those are held out for reliability.
+
+Both choices hash the record_id with a seed, so they are stable across runs and sources: the same
+content is sampled (and split) the same way wherever it appears, and adding records to a source does not
+reshuffle the ones already chosen more than the sample size requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+Split = Literal["distill", "heldout"]
+
+
+def _key(seed: int, purpose: str, record_id: str) -> str:
+    return hashlib.sha256(f"{seed}:{purpose}:{record_id}".encode()).hexdigest()
+
+
+def sample_size(n: int, fraction: float, minimum: int) -> int:
+    return min(n, max(minimum, math.ceil(fraction * n)))
+
+
+def teacher_sample(
+    record_ids: Sequence[str], *, fraction: float, minimum: int, heldout_fraction: float, seed: int
+) -> dict[str, Split]:
+    """Map each sampled record_id to its split; unsampled records are absent."""
+    unique = sorted(set(record_ids))
+    k = sample_size(len(unique), fraction, minimum)
+    chosen = sorted(unique, key=lambda r: _key(seed, "sample", r))[:k]
+    n_heldout = math.ceil(heldout_fraction * k)
+    by_split = sorted(chosen, key=lambda r: _key(seed, "split", r))
+    return {r: ("heldout" if i < n_heldout else "distill") for i, r in enumerate(by_split)}

@@ -1,0 +1,39 @@
+"""Choosing a scorer for a (role, group): the spec that identifies it and the backend that runs it."""
+
+from __future__ import annotations
+
+from mira_dagster.core.config import MiraConfig
+from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, OpenAIBackend, endpoint_from_env
+from mira_dagster.core.offline import OfflineBackend
+from mira_dagster.core.prompts import system_prompt, user_template
+from mira_dagster.core.rubric import Rubric
+from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
+
+
+def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> tuple[ScorerSpec, ChatBackend, str]:
+    """Return (spec, backend, where): `where` describes the endpoint without secrets, for logs."""
+    group = cfg.groups[group_id]
+    settings = cfg.pipeline
+    default_model = group.student_model if role == "student" else DEFAULT_TEACHER_MODEL
+    endpoint = endpoint_from_env(role, group_id, default_model)
+    backend: ChatBackend
+    if endpoint is None:
+        model = f"offline-{role}:{default_model}"
+        backend = OfflineBackend(role, settings.offline_noisy_slots)
+        where = "offline stand-in (no endpoint configured)"
+    else:
+        model = endpoint.model
+        backend = OpenAIBackend(endpoint, timeout_s=settings.request_timeout_s, max_retries=settings.max_retries)
+        where = f"{endpoint.redacted_url()} model {model}"
+    spec = ScorerSpec(
+        role=role,
+        backend="offline" if endpoint is None else "openai",
+        model=model,
+        system_prompt=system_prompt(rubric, group.description),
+        user_template=user_template(rubric),
+        anchors_sha256=rubric.file_sha256,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+    )
+    return spec, backend, where

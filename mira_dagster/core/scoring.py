@@ -1,0 +1,180 @@
+"""Scoring records with a scorer (teacher or student), never paying twice for the same request.
+
+A scorer is a `ScorerSpec` (everything that changes a score; its hash is `scorer_version`) plus a
+`ChatBackend` that turns (system, user) into a completion: the offline stand-in or an
+OpenAI-compatible endpoint. Replies are cached by (record_id, scorer_version) in a `ReplyCache` as they
+arrive, in batches, so a crash loses at most one batch and a re-run sends nothing already answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel
+
+from mira_dagster.core.parsing import ScoreResult, parse_reply
+from mira_dagster.core.records import Record, estimate_tokens
+
+Role = Literal["teacher", "student"]
+
+
+class ScorerSpec(BaseModel):
+    """Everything that changes a score. Endpoint URLs and keys are not part of it."""
+
+    role: Role
+    backend: Literal["offline", "openai"]
+    model: str
+    system_prompt: str
+    user_template: str
+    anchors_sha256: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+    @property
+    def version(self) -> str:
+        blob = json.dumps(self.model_dump(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Completion(BaseModel):
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+class ChatBackend(Protocol):
+    async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion: ...
+
+
+class ReplyCache(Protocol):
+    def load(self, version: str, record_ids: Sequence[str]) -> dict[str, Completion]: ...
+
+    def append(self, version: str, replies: dict[str, Completion]) -> None: ...
+
+
+@dataclass
+class Job:
+    record: Record
+    user: str
+
+
+@dataclass
+class Outcome:
+    record_id: str
+    result: ScoreResult
+    cached: bool
+    completion: Completion | None = None
+
+
+@dataclass
+class RunStats:
+    total: int = 0
+    from_cache: int = 0
+    sent: int = 0
+    answered: int = 0
+    failed: int = 0
+    too_long: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def line(self) -> str:
+        elapsed = self.elapsed
+        done = self.from_cache + self.too_long + self.answered + self.failed
+        rate = (self.answered + self.failed) / elapsed if elapsed > 0 else 0.0
+        left = self.sent - self.answered - self.failed
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        return (
+            f"{done}/{self.total} done ({self.from_cache} cached, {self.too_long} too long), "
+            f"{rate:.1f} req/s, ETA {eta}, failures {self.failed}"
+        )
+
+
+def prompt_fits(system: str, user: str, max_tokens: int, max_model_len: int) -> bool:
+    return estimate_tokens(system) + estimate_tokens(user) + max_tokens <= max_model_len
+
+
+async def score_jobs(
+    jobs: Sequence[Job],
+    spec: ScorerSpec,
+    backend: ChatBackend,
+    cache: ReplyCache,
+    *,
+    max_model_len: int,
+    max_in_flight: int = 64,
+    batch_size: int = 256,
+    progress: Callable[[RunStats], None] | None = None,
+    progress_every_s: float = 5.0,
+) -> tuple[list[Outcome], RunStats]:
+    """Score every job; each ends with exactly one Outcome, in the order given."""
+    version = spec.version
+    stats = RunStats(total=len(jobs))
+    cached = cache.load(version, [j.record.record_id for j in jobs])
+    results: dict[str, Outcome] = {}
+    pending: dict[str, Job] = {}
+    for job in jobs:
+        rid = job.record.record_id
+        if rid in results or rid in pending:
+            continue
+        if rid in cached:
+            c = cached[rid]
+            results[rid] = Outcome(rid, parse_reply(c.text, c.finish_reason), cached=True, completion=c)
+            stats.from_cache += 1
+        elif not prompt_fits(spec.system_prompt, job.user, spec.max_tokens, max_model_len):
+            results[rid] = Outcome(rid, ScoreResult.failed("too_long", "prompt + max_tokens exceeds context"), False)
+            stats.too_long += 1
+        else:
+            pending[rid] = job
+
+    buffer: dict[str, Completion] = {}
+    semaphore = asyncio.Semaphore(max_in_flight)
+    last_report = time.monotonic()
+
+    async def one(rid: str, job: Job) -> None:
+        nonlocal last_report
+        async with semaphore:
+            try:
+                comp = await backend.complete(spec.system_prompt, job.user, spec)
+            except Exception as exc:  # every failure becomes this record's status; the run goes on
+                results[rid] = Outcome(rid, ScoreResult.failed("request_error", _describe(exc)), False)
+                stats.failed += 1
+            else:
+                results[rid] = Outcome(rid, parse_reply(comp.text, comp.finish_reason), False, comp)
+                buffer[rid] = comp
+                stats.answered += 1
+                if len(buffer) >= batch_size:
+                    _flush(cache, version, buffer)
+        if progress and time.monotonic() - last_report >= progress_every_s:
+            last_report = time.monotonic()
+            progress(stats)
+
+    stats.sent = len(pending)
+    try:
+        await asyncio.gather(*(one(rid, job) for rid, job in pending.items()))
+    finally:
+        _flush(cache, version, buffer)
+    if progress:
+        progress(stats)
+    return [results[j.record.record_id] for j in jobs], stats
+
+
+def _flush(cache: ReplyCache, version: str, buffer: dict[str, Completion]) -> None:
+    if buffer:
+        batch = dict(buffer)
+        buffer.clear()
+        cache.append(version, batch)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

@@ -1,0 +1,167 @@
+"""Storage under MIRA_HOME: one Parquet file per table partition, a reply cache, and a DuckDB catalogue.
+
+Writers never share a file: each partition is its own Parquet file, replaced atomically, and each batch
+of scorer replies is a new Parquet file. So parallel partitions never wait on a lock, a crash leaves
+either the old file or the new one, and the layout carries over to object storage unchanged.
+`mira.duckdb` holds only views over those files (refreshed in a short transaction after each write),
+for users to query with the duckdb CLI or Python.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from mira_dagster.core.config import PROJECT_ROOT
+from mira_dagster.core.scoring import Completion
+
+SQL_DIR = PROJECT_ROOT / "sql"
+UNPARTITIONED = "all"
+
+
+def load_sql(name: str) -> str:
+    """SQL lives in sql/, one file per concern, loaded by name."""
+    return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    df.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+class Store:
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.tables_dir = self.home / "tables"
+        self.exports_dir = self.home / "exports"
+        self.catalog_path = self.home / "mira.duckdb"
+        self.replies = ParquetReplyCache(self.home / "cache" / "replies")
+
+    # -- tables --------------------------------------------------------------------------------
+    def partition_path(self, table: str, partition: str | None = None) -> Path:
+        return self.tables_dir / table / f"{partition or UNPARTITIONED}.parquet"
+
+    def partitions(self, table: str) -> list[str]:
+        return sorted(p.stem for p in (self.tables_dir / table).glob("*.parquet"))
+
+    def write(self, table: str, df: pl.DataFrame, partition: str | None = None) -> Path:
+        path = self.partition_path(table, partition)
+        _atomic_parquet(df, path)
+        self.refresh_catalog()
+        return path
+
+    def read(self, table: str, partition: str | None = None) -> pl.DataFrame:
+        if partition is not None:
+            path = self.partition_path(table, partition)
+            if not path.is_file():
+                raise FileNotFoundError(f"table {table!r} has no partition {partition!r} yet ({path})")
+            return pl.read_parquet(path)
+        with self.connect() as con:
+            return con.sql(f"SELECT * FROM {table}").pl()
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with a view per table over its Parquet files: no lock on any file."""
+        con = duckdb.connect()
+        for stmt in self._view_statements():
+            con.execute(stmt)
+        return con
+
+    def query(self, sql_name: str, frames: dict[str, pl.DataFrame] | None = None, **params: Any) -> pl.DataFrame:
+        """Run sql/<sql_name>.sql over the tables, plus any in-memory frames registered by name."""
+        with self.connect() as con:
+            for name, df in (frames or {}).items():
+                con.register(name, df)
+            return con.sql(load_sql(sql_name), params=params or None).pl()
+
+    def _view_statements(self) -> list[str]:
+        stmts = []
+        if self.tables_dir.is_dir():
+            for table_dir in sorted(self.tables_dir.iterdir()):
+                if table_dir.is_dir() and any(table_dir.glob("*.parquet")):
+                    glob = str(table_dir / "*.parquet").replace("'", "''")
+                    stmts.append(
+                        f'CREATE OR REPLACE VIEW "{table_dir.name}" AS '
+                        f"SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+                    )
+        return stmts
+
+    def refresh_catalog(self, attempts: int = 20) -> bool:
+        """Recreate the catalogue's views; False if another process kept the file locked throughout.
+
+        The views are a convenience (the data is in Parquet), so a user holding the catalogue open in the
+        duckdb CLI delays this by at most a few seconds and never fails a run.
+        """
+        self.home.mkdir(parents=True, exist_ok=True)
+        stmts = self._view_statements()
+        for attempt in range(attempts):
+            try:
+                with duckdb.connect(str(self.catalog_path)) as con:
+                    con.execute("BEGIN")
+                    for stmt in stmts:
+                        con.execute(stmt)
+                    con.execute("COMMIT")
+                return True
+            except duckdb.IOException:
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        return False
+
+
+class ParquetReplyCache:
+    """Scorer replies keyed by (record_id, scorer_version): one directory per version, one file per batch."""
+
+    SCHEMA = {
+        "record_id": pl.String,
+        "text": pl.String,
+        "finish_reason": pl.String,
+        "prompt_tokens": pl.Int64,
+        "completion_tokens": pl.Int64,
+        "cached_tokens": pl.Int64,
+        "created_at": pl.Datetime("us", "UTC"),
+    }
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _dir(self, version: str) -> Path:
+        return self.root / version
+
+    def append(self, version: str, replies: dict[str, Completion]) -> None:
+        if not replies:
+            return
+        now = datetime.now(UTC)
+        rows = [{"record_id": rid, **c.model_dump(), "created_at": now} for rid, c in replies.items()]
+        df = pl.DataFrame(rows, schema=self.SCHEMA)
+        name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+        _atomic_parquet(df, self._dir(version) / name)
+
+    def load(self, version: str, record_ids: Sequence[str]) -> dict[str, Completion]:
+        files = sorted(self._dir(version).glob("*.parquet"))
+        if not files or not record_ids:
+            return {}
+        df = (
+            pl.scan_parquet(files)
+            .filter(pl.col("record_id").is_in(list(set(record_ids))))
+            .sort("created_at")
+            .unique(subset="record_id", keep="first", maintain_order=True)
+            .collect()
+        )
+        return {
+            row["record_id"]: Completion(**{k: row[k] for k in Completion.model_fields})
+            for row in df.iter_rows(named=True)
+        }
+
+    def count(self, version: str) -> int:
+        files = sorted(self._dir(version).glob("*.parquet"))
+        if not files:
+            return 0
+        return pl.scan_parquet(files).select(pl.col("record_id").n_unique()).collect().item()

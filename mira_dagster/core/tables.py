@@ -1,0 +1,96 @@
+"""Turning records and scoring outcomes into the rows of the catalogue's tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from mira_dagster.core.records import Quarantined, Record
+from mira_dagster.core.rubric import N_SLOTS
+from mira_dagster.core.scoring import Outcome, ScorerSpec
+
+SLOT_COLUMNS = [f"a{i}" for i in range(1, N_SLOTS + 1)]
+
+RECORD_SCHEMA = {
+    "record_id": pl.String,
+    "source": pl.String,
+    "group_id": pl.String,
+    "format": pl.String,
+    "layout": pl.String,
+    "question": pl.String,
+    "thinking": pl.String,
+    "answer": pl.String,
+    "task": pl.String,
+    "trajectory": pl.String,
+    "outcome": pl.String,
+    "n_tokens": pl.Int64,
+    "origin_file": pl.String,
+    "origin_line": pl.Int64,
+}
+
+QUARANTINE_SCHEMA = {
+    "source": pl.String,
+    "origin_file": pl.String,
+    "origin_line": pl.Int64,
+    "reason": pl.String,
+    "excerpt": pl.String,
+}
+
+SCORE_SCHEMA = {
+    "record_id": pl.String,
+    "source": pl.String,
+    "group_id": pl.String,
+    "n_tokens": pl.Int64,
+    "status": pl.String,
+    **{c: pl.Float64 for c in SLOT_COLUMNS},
+    "overall": pl.Float64,
+    "recommendation": pl.String,
+    "domain_tag": pl.String,
+    "brief": pl.String,
+    "rationales": pl.List(pl.String),
+    "issues": pl.List(pl.String),
+    "from_cache": pl.Boolean,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "cached_tokens": pl.Int64,
+    "scorer_version": pl.String,
+    "model": pl.String,
+}
+
+
+def records_frame(records: Sequence[Record]) -> pl.DataFrame:
+    return pl.DataFrame([r.model_dump() for r in records], schema=RECORD_SCHEMA)
+
+
+def quarantine_frame(rows: Sequence[Quarantined]) -> pl.DataFrame:
+    return pl.DataFrame([q.model_dump() for q in rows], schema=QUARANTINE_SCHEMA)
+
+
+def scores_frame(records: Sequence[Record], outcomes: Sequence[Outcome], spec: ScorerSpec) -> pl.DataFrame:
+    rows = []
+    for rec, out in zip(records, outcomes, strict=True):
+        res, comp = out.result, out.completion
+        rows.append(
+            {
+                "record_id": rec.record_id,
+                "source": rec.source,
+                "group_id": rec.group_id,
+                "n_tokens": rec.n_tokens,
+                "status": res.status,
+                **dict(zip(SLOT_COLUMNS, res.scores, strict=True)),
+                "overall": res.overall,
+                "recommendation": res.recommendation,
+                "domain_tag": res.domain_tag,
+                "brief": res.brief,
+                "rationales": res.rationales,
+                "issues": res.issues,
+                "from_cache": out.cached,
+                "prompt_tokens": comp.prompt_tokens if comp else None,
+                "completion_tokens": comp.completion_tokens if comp else None,
+                "cached_tokens": comp.cached_tokens if comp else None,
+                "scorer_version": spec.version,
+                "model": spec.model,
+            }
+        )
+    return pl.DataFrame(rows, schema=SCORE_SCHEMA)

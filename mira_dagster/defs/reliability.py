@@ -1,0 +1,65 @@
+"""Stage 3: how far the student can be trusted on each (source × dimension), and the mask."""
+
+import dagster as dg
+import polars as pl
+
+from mira_dagster.defs.metadata import md_table, table_metadata
+from mira_dagster.defs.resources import MiraResource
+
+
+def dims_frame(mira: MiraResource) -> pl.DataFrame:
+    """(group_id, slot, dim_name) for every configured group, read from its anchor file."""
+    rows = [
+        {"group_id": gid, "slot": d.slot, "dim_name": d.name}
+        for gid in mira.config().groups
+        for d in mira.rubric(gid).dims
+    ]
+    return pl.DataFrame(rows, schema={"group_id": pl.String, "slot": pl.Int32, "dim_name": pl.String})
+
+
+@dg.asset(
+    group_name="reliability",
+    kinds={"duckdb", "parquet"},
+    deps=["teacher_labels", "student_scores"],
+    description=(
+        "Per (source × dimension), on the held-out split: n teacher–student pairs, MAE and Spearman's ρ, "
+        "with the same statistics pooled over the group's sources (group_n, group_mae, group_rho). "
+        "Computed in DuckDB (sql/dim_reliability.sql)."
+    ),
+)
+def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    store = mira.store()
+    df = store.query("dim_reliability", frames={"dims": dims_frame(mira)})
+    store.write("dim_reliability", df)
+    return dg.MaterializeResult(metadata={**table_metadata(df, n=20), "sources": df["source"].n_unique()})
+
+
+@dg.asset(
+    group_name="reliability",
+    kinds={"duckdb", "parquet"},
+    deps=["dim_reliability"],
+    description=(
+        "Which (source × dimension) cells the aggregate ignores and why: masked when MAE > mask_max_mae or "
+        "ρ < mask_min_rho on the held-out split; cells with fewer than min_heldout pairs are judged on the "
+        "group-level estimate (sql/reliability_mask.sql). The rule is stored with every row."
+    ),
+)
+def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    s = mira.config().pipeline
+    rule = f"mask if MAE > {s.mask_max_mae} or rho < {s.mask_min_rho}; min_heldout {s.min_heldout}"
+    store = mira.store()
+    df = store.query("reliability_mask", max_mae=s.mask_max_mae, min_rho=s.mask_min_rho, min_n=s.min_heldout, rule=rule)
+    store.write("reliability_mask", df)
+    per_source = (
+        df.group_by("source").agg(pl.col("masked").sum().alias("masked"), pl.len().alias("dims")).sort("source")
+    )
+    masked = df.filter(pl.col("masked")).select("source", "slot", "dim_name", "reason")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "rule": rule,
+            "masked_cells": int(df["masked"].sum()),
+            "masked_per_source": md_table(per_source, n=100),
+            "preview": md_table(masked, n=30),
+        }
+    )

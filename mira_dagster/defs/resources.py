@@ -1,0 +1,39 @@
+"""The one resource: where the registry and MIRA_HOME are, and how to reach the scorers."""
+
+from functools import cache
+from pathlib import Path
+
+import dagster as dg
+
+from mira_dagster.core.config import MiraConfig, config_path, load_config, mira_home
+from mira_dagster.core.rubric import Rubric, load_rubric
+from mira_dagster.core.scorers import make_scorer
+from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
+from mira_dagster.core.store import Store
+
+
+@cache
+def _config(path: Path, mtime: float) -> MiraConfig:
+    return load_config(path)
+
+
+class MiraResource(dg.ConfigurableResource):
+    """Registry path and MIRA_HOME. Endpoints and keys are read from the environment at run time,
+    so they never enter run config, logs or metadata."""
+
+    config_path: str | None = None
+    home: str | None = None
+
+    def config(self) -> MiraConfig:
+        path = Path(self.config_path).resolve() if self.config_path else config_path()
+        return _config(path, path.stat().st_mtime if path.exists() else 0.0)
+
+    def store(self) -> Store:
+        return Store(Path(self.home).resolve() if self.home else mira_home())
+
+    def rubric(self, group_id: str) -> Rubric:
+        group = self.config().groups[group_id]
+        return load_rubric(group.anchors, group_id, group.family)
+
+    def scorer(self, role: Role, group_id: str) -> tuple[ScorerSpec, ChatBackend, str]:
+        return make_scorer(role, group_id, self.config(), self.rubric(group_id))

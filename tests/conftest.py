@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mira_dagster.core.config import PROJECT_ROOT
+
+SAMPLE = PROJECT_ROOT / "data" / "sample"
+ANCHORS = PROJECT_ROOT / "anchors"
+
+
+@pytest.fixture(autouse=True)
+def _no_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their endpoints explicitly; nothing leaks in from the environment."""
+    for var in list(__import__("os").environ):
+        if var.startswith(("MIRA_STUDENT_", "MIRA_TEACHER_")):
+            monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
+    """A registry with one small source per group, backed by copies of real sample files."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl", "swe_openhands_resolver_output.jsonl"):
+        shutil.copy(SAMPLE / name, data / name)
+    for name in ("group_2_dim_anchors.jsonl", "group_D_dim_anchors.jsonl"):
+        shutil.copy(ANCHORS / name, tmp_path / name)
+    cfg = tmp_path / "groups.yaml"
+    cfg.write_text(
+        """
+groups:
+  "2": {family: qa_with_think, student_model: whw06/MIRA-QA-Group3, anchors: group_2_dim_anchors.jsonl,
+        description: QA / math reasoning with thinking traces}
+  D: {family: agent, student_model: whw06/MIRA-Agent-Group4, anchors: group_D_dim_anchors.jsonl,
+      description: Agent / SWE repository repair}
+sources:
+  lean_qa: {group: "2", format: qa_with_think, files: [data/lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl]}
+  agent_openhands: {group: D, format: agent, files: [data/swe_openhands_resolver_output.jsonl]}
+pipeline: {teacher_sample_min: 10, min_heldout: 4}
+""",
+        encoding="utf-8",
+    )
+    return cfg

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mira_dagster.core.records import SourceFileError, estimate_tokens, read_source, record_id_of
+from tests.conftest import SAMPLE
+
+# (file, family, expected layout) for every bundled sample file
+SAMPLES = [
+    ("math_think_thoughtanchors_r1distill.jsonl", "qa_with_think", "prompt_solution"),
+    ("math_think_marco_o1_cot_demo.part1.jsonl", "qa_with_think", "instruction_response"),
+    ("lean_kimina_prover_minif2f_test_solved.jsonl", "qa_with_think", "lean_cot_proof"),
+    ("lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl", "qa_with_think", "lean_formal"),
+    ("swe_openhands_multiswebench_output.jsonl", "agent", "agent_turns"),
+    ("swe_openhands_resolver_output.jsonl", "agent", "agent_turns"),
+    ("swe_sweagent_trajs.jsonl", "agent", "agent_turns"),
+    ("swe_swesmith_trajs.jsonl", "agent", "agent_turns"),
+    ("swe_swesmith_ft_xml_messages.jsonl", "agent", "agent_turns"),
+]
+
+
+@pytest.mark.parametrize(("name", "family", "layout"), SAMPLES)
+def test_every_sample_line_becomes_a_record(name: str, family: str, layout: str) -> None:
+    path = SAMPLE / name
+    read = read_source("s", "g", family, [path])
+    n_lines = len(path.read_bytes().splitlines())
+    assert read.lines_read == n_lines == len(read.records) + len(read.quarantined)
+    assert read.quarantined == []
+    assert {r.layout for r in read.records} == {layout}
+    for r in read.records:
+        assert r.n_tokens > 0
+        if family == "agent":
+            assert r.trajectory and r.task
+        else:
+            assert r.question and r.answer
+
+
+def test_thinking_is_split_from_answer() -> None:
+    rec = read_source("s", "g", "qa_with_think", [SAMPLE / "math_think_thoughtanchors_r1distill.jsonl"]).records[0]
+    assert "\\boxed" in rec.answer
+    assert "</think>" not in rec.answer and "</think>" not in rec.thinking
+    assert not rec.question.endswith("<think>")
+    marco = read_source("s", "g", "qa_with_think", [SAMPLE / "math_think_marco_o1_cot_demo.part1.jsonl"]).records[0]
+    assert marco.thinking and "<Thought>" not in marco.thinking and "<Output>" not in marco.answer
+
+
+def test_agent_outcome_is_the_patch() -> None:
+    recs = read_source("s", "g", "agent", [SAMPLE / "swe_openhands_resolver_output.jsonl"]).records
+    assert all(r.outcome and "diff --git" in r.outcome for r in recs)
+    swe = read_source("s", "g", "agent", [SAMPLE / "swe_sweagent_trajs.jsonl"]).records
+    assert sum(bool(r.outcome) for r in swe) >= 10
+
+
+def test_record_id_is_content_only() -> None:
+    a = record_id_of({"question": "What is 2+2?", "answer": "4"})
+    assert a == record_id_of({"answer": "4\r\n", "question": "  What is 2+2?"})
+    assert a != record_id_of({"question": "What is 2+3?", "answer": "4"})
+
+
+def test_same_content_in_two_sources_has_one_id(tmp_path: Path) -> None:
+    line = (SAMPLE / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    (tmp_path / "a.jsonl").write_text(line + "\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(line + "\n", encoding="utf-8")
+    a = read_source("a", "2", "qa_with_think", [tmp_path / "a.jsonl"]).records[0]
+    b = read_source("b", "2", "qa_with_think", [tmp_path / "b.jsonl"]).records[0]
+    assert a.record_id == b.record_id and a.source != b.source
+
+
+def test_bad_lines_are_quarantined_with_reasons(tmp_path: Path) -> None:
+    good = {"question": "Q?", "thinking": "t", "answer": "A."}
+    lines = [
+        json.dumps(good).encode(),
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        json.dumps({"foo": 1}).encode(),
+        json.dumps({"question": "  ", "answer": "x"}).encode(),
+        json.dumps(good).encode(),
+        b'{"question": "caf\xe9", "answer": "x"}',
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    read = read_source("s", "g", "qa_with_think", [path])
+    assert read.lines_read == 8
+    assert len(read.records) == 1
+    reasons = {q.origin_line: q.reason for q in read.quarantined}
+    assert reasons[2].startswith("invalid JSON")
+    assert reasons[3] == "blank line"
+    assert reasons[4] == "expected a JSON object, got list"
+    assert reasons[5].startswith("no qa_with_think layout matches keys ['foo']")
+    assert "empty required field(s) ['question']" in reasons[6]
+    assert reasons[7] == "duplicate of bad.jsonl:1"
+    assert reasons[8].startswith("not valid UTF-8")
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceFileError, match="nope.jsonl"):
+        read_source("s", "g", "qa", [tmp_path / "nope.jsonl"])
+
+
+def test_estimate_tokens() -> None:
+    assert estimate_tokens("") == 0
+    assert estimate_tokens("hello, world") == 5  # hell o , worl d
+    assert estimate_tokens("a b c") == 3

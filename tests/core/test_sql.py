@@ -1,0 +1,152 @@
+"""Stages 3 and 4 in DuckDB on small hand-computed cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from scipy.stats import spearmanr
+
+from mira_dagster.core.store import Store
+from mira_dagster.core.tables import SLOT_COLUMNS
+
+DIMS = pl.DataFrame(
+    {"group_id": ["g"] * 15, "slot": list(range(1, 16)), "dim_name": [f"d{i}" for i in range(1, 16)]},
+    schema={"group_id": pl.String, "slot": pl.Int32, "dim_name": pl.String},
+)
+
+
+def scores(
+    source: str, ids: list[str], slots: dict[int, list[float | None]], tokens: list[int] | None = None, **extra: list
+) -> pl.DataFrame:
+    n = len(ids)
+    cols = {c: [None] * n for c in SLOT_COLUMNS}
+    for slot, values in slots.items():
+        cols[f"a{slot}"] = values
+    return pl.DataFrame(
+        {
+            "source": [source] * n,
+            "group_id": ["g"] * n,
+            "record_id": ids,
+            "n_tokens": tokens or [10] * n,
+            "status": ["ok"] * n,
+            **cols,
+            **extra,
+        },
+        schema_overrides={c: pl.Float64 for c in SLOT_COLUMNS},
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path)
+    ids = ["r1", "r2", "r3", "r4"]
+    teacher = {1: [1.0, 2, 3, 4], 2: [1.0, 2, 3, 4], 3: [1.0, 2, 3, 4]}
+    student = {1: [2.0, 2, 4, 3], 2: [4.0, 3, 2, 1], 3: [5.0, 5, 5, 5]}
+    s.write("teacher_labels", scores("s1", ids, teacher, split=["heldout"] * 4))
+    s.write("student_scores", scores("s1", ids, student), "s1")
+    return s
+
+
+def test_mae_and_spearman_hand_computed(store: Store) -> None:
+    rel = store.query("dim_reliability", frames={"dims": DIMS})
+    row = rel.filter(pl.col("slot") == 1).row(0, named=True)
+    assert row["n"] == 4
+    assert row["mae"] == pytest.approx(0.75)
+    assert row["rho"] == pytest.approx(3.5 / (5 * 4.5) ** 0.5)  # ranks [1,2,3,4] vs [1.5,1.5,4,3]
+    assert row["rho"] == pytest.approx(spearmanr([1, 2, 3, 4], [2, 2, 4, 3]).statistic)
+    assert rel.filter(pl.col("slot") == 2)["rho"].item() == pytest.approx(-1.0)
+    assert rel.filter(pl.col("slot") == 3)["rho"].item() is None  # constant student
+    assert rel.filter(pl.col("slot") == 4)["n"].item() == 0
+
+
+def test_mask_decisions(store: Store) -> None:
+    store.write("dim_reliability", store.query("dim_reliability", frames={"dims": DIMS}))
+    mask = store.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=4, rule="r")
+    by_slot = {r["slot"]: r for r in mask.iter_rows(named=True)}
+    assert not by_slot[1]["masked"] and by_slot[1]["basis"] == "source"
+    assert by_slot[2]["masked"] and by_slot[2]["reason"] == "MAE 2.00 > 1.50; rho -1.00 < 0.30"
+    assert by_slot[3]["masked"] and "rho undefined" in by_slot[3]["reason"]
+    assert not by_slot[4]["masked"] and "kept unverified" in by_slot[4]["reason"]
+    # with a higher min_n the cell falls back to the group estimate (the same data here)
+    mask5 = store.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=5, rule="r")
+    assert set(mask5["basis"]) == {"none"}
+
+
+def test_group_fallback_pools_sources(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    t = {1: [1.0, 2, 3, 4, 5, 6]}
+    s.write("teacher_labels", scores("a", ["1", "2", "3"], {1: t[1][:3]}, split=["heldout"] * 3), "a")
+    s.write("teacher_labels", scores("b", ["4", "5", "6"], {1: t[1][3:]}, split=["heldout"] * 3), "b")
+    s.write("student_scores", scores("a", ["1", "2", "3"], {1: [1.0, 2, 3]}), "a")
+    s.write("student_scores", scores("b", ["4", "5", "6"], {1: [4.0, 5, 9]}), "b")
+    s.write("dim_reliability", s.query("dim_reliability", frames={"dims": DIMS}))
+    mask = s.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=6, rule="r").filter(pl.col("slot") == 1)
+    assert mask["basis"].to_list() == ["group", "group"]
+    assert mask["used_n"].to_list() == [6, 6]
+    assert mask["used_mae"].to_list() == pytest.approx([0.5, 0.5])
+    assert "insufficient data (n=3 < 6)" in mask["reason"][0]
+
+
+def _select(tmp_path: Path, tokens: list[int], share: float) -> list[str]:
+    s = Store(tmp_path)
+    ids = [f"r{i}" for i in range(len(tokens))]
+    agg = pl.DataFrame(
+        {
+            "source": "s",
+            "group_id": "g",
+            "record_id": ids,
+            "n_tokens": tokens,
+            "status": "ok",
+            "aggregate": [float(len(tokens) - i) for i in range(len(tokens))],
+            "n_dims_used": 12,
+        }
+    )
+    s.write("aggregated_scores", agg)
+    return s.query("selected_subset", share=share)["record_id"].to_list()
+
+
+def test_budget_exact(tmp_path: Path) -> None:
+    assert _select(tmp_path, [10, 40, 20, 30], 0.5) == ["r0", "r1"]  # 50 of 100 exactly
+
+
+def test_crossing_record_kept_when_closer(tmp_path: Path) -> None:
+    assert _select(tmp_path, [10, 60, 30], 0.5) == ["r0", "r1"]  # 70 is 20 over, 10 is 40 under
+
+
+def test_crossing_record_dropped_when_not_closer(tmp_path: Path) -> None:
+    assert _select(tmp_path, [30, 45, 25], 0.5) == ["r0"]  # 75 is 25 over, 30 is 20 under
+
+
+def test_unscored_records_count_in_budget_but_are_never_kept(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    agg = pl.DataFrame(
+        {
+            "source": "s",
+            "group_id": "g",
+            "record_id": ["a", "b", "c"],
+            "n_tokens": [50, 25, 25],
+            "status": ["too_long", "ok", "ok"],
+            "aggregate": [None, 1.0, 0.0],
+            "n_dims_used": [0, 3, 3],
+        }
+    )
+    s.write("aggregated_scores", agg)
+    out = s.query("selected_subset", share=0.5)
+    assert out["record_id"].to_list() == ["b", "c"] and out["budget_tokens"][0] == 50
+
+
+def test_aggregate_normalises_and_ignores_masked(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    # slot 1 lenient (9, 10), slot 2 harsh (1, 2): after z-normalising, each record has z = +-1 on both.
+    s.write("student_scores", scores("s", ["x", "y"], {1: [10.0, 9], 2: [1.0, 2], 3: [0.0, 10]}), "s")
+    mask = pl.DataFrame(
+        {"source": "s", "slot": [1, 2, 3], "masked": [False, False, True]},
+        schema={"source": pl.String, "slot": pl.Int32, "masked": pl.Boolean},
+    )
+    s.write("reliability_mask", mask)
+    agg = s.query("aggregated_scores")
+    by_id = {r["record_id"]: r for r in agg.iter_rows(named=True)}
+    assert by_id["x"]["aggregate"] == pytest.approx(0.0) and by_id["y"]["aggregate"] == pytest.approx(0.0)
+    assert by_id["x"]["n_dims_used"] == 2

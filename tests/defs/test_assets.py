@@ -1,0 +1,83 @@
+"""Assets through Dagster's in-process materialize, on real files and a real loopback HTTP server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+
+from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.defs.resources import MiraResource
+from tests.loopback import ChatServer, serve
+
+ALL = [*PARTITIONED_ASSETS, *CORPUS_ASSETS]
+SOURCES = ["lean_qa", "agent_openhands"]
+
+
+def materialize_all(mira: MiraResource, instance: dg.DagsterInstance) -> None:
+    for source in SOURCES:
+        res = dg.materialize(
+            ALL, selection=PARTITIONED_ASSETS, partition_key=source, instance=instance, resources={"mira": mira}
+        )
+        assert res.success
+    assert dg.materialize(ALL, selection=CORPUS_ASSETS, instance=instance, resources={"mira": mira}).success
+
+
+def test_pipeline_end_to_end_offline(small_config: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mira = MiraResource(config_path=str(small_config), home=str(home))
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_all(mira, instance)
+
+    con = duckdb.connect(str(home / "mira.duckdb"), read_only=True)
+    counts = dict(con.sql("SELECT source, count(*) FROM raw_records GROUP BY source").fetchall())
+    assert counts == {"lean_qa": 67, "agent_openhands": 2}
+    statuses = dict(con.sql("SELECT source, count(*) FROM student_scores GROUP BY source").fetchall())
+    assert statuses == counts  # every record ends with exactly one status
+    splits = con.sql("SELECT split, count(*) FROM teacher_labels WHERE source = 'lean_qa' GROUP BY split").fetchall()
+    assert dict(splits) == {"distill": 20, "heldout": 14}
+    assert con.execute("SELECT count(*) FROM reliability_mask").fetchone()[0] == 30
+    assert con.execute("SELECT count(DISTINCT source) FROM selected_subset").fetchone()[0] == 2
+    kept = con.execute("SELECT sum(n_tokens) / any_value(source_tokens) FROM selected_subset WHERE source='lean_qa'")
+    assert abs(kept.fetchone()[0] - 0.5) < 0.05
+    export = pl.read_parquet(home / "exports" / "selected_subset" / "lean_qa.parquet")
+    assert export.height == con.execute("SELECT count(*) FROM selected_subset WHERE source='lean_qa'").fetchone()[0]
+    assert export["answer"].null_count() == 0
+
+    # metadata reported on the materialisation
+    ev = instance.get_latest_materialization_event(dg.AssetKey("student_scores"))
+    meta = ev.asset_materialization.metadata
+    assert meta["dagster/row_count"].value == 2  # the last partition run: agent_openhands
+    assert meta["status_counts"].value["ok"] == 2
+    assert "preview" in meta
+
+
+def test_student_scores_over_http_and_never_twice(
+    small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ChatServer()
+    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    with serve(server) as url:
+        monkeypatch.setenv("MIRA_STUDENT_BASE_URL", url)
+        monkeypatch.setenv("MIRA_STUDENT_API_KEY", "sk-very-secret")
+        sel = [PARTITIONED_ASSETS[0], PARTITIONED_ASSETS[2]]  # raw_records, student_scores
+        res = dg.materialize(ALL, selection=sel, partition_key="lean_qa", instance=instance, resources={"mira": mira})
+        assert res.success
+        assert server.chat_requests == 67
+        assert {b["model"] for b in server.requests} == {"whw06/MIRA-QA-Group3"}
+        res = dg.materialize(ALL, selection=sel, partition_key="lean_qa", instance=instance, resources={"mira": mira})
+        assert res.success
+        assert server.chat_requests == 67  # the second materialisation sent nothing
+    df = pl.read_parquet(tmp_path / "home" / "tables" / "student_scores" / "lean_qa.parquet")
+    assert df["status"].to_list() == ["ok"] * 67
+    assert df["from_cache"].all()
+    # the key never reaches the tables, the cache or Dagster's event log
+    for path in (tmp_path / "home").rglob("*"):
+        if path.is_file():
+            assert b"sk-very-secret" not in path.read_bytes(), path
+    logs = instance.all_logs(res.run_id)
+    assert not any("sk-very-secret" in str(e) for e in logs)
