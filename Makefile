@@ -5,13 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test lint format dev
 
-$(BIN)/.mira-installed: pyproject.toml
+$(BIN)/.mira-installed: pyproject.toml scripts/activate.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	@# dagster 1.13's `asset materialize` reads neither workspace.yaml nor [tool.dagster]; it does read this.
-	grep -q DAGSTER_MODULE_NAME $(BIN)/activate || \
-	  echo 'export DAGSTER_MODULE_NAME=mira_dagster.definitions' >> $(BIN)/activate
+	@# so that `dagster asset materialize --select X` works from the repo root (see scripts/activate.sh)
+	grep -q 'mira-dagster' $(BIN)/activate || cat scripts/activate.sh >> $(BIN)/activate
 	touch $@
 
 setup: $(BIN)/.mira-installed

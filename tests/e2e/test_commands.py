@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -18,21 +24,18 @@ BIN = Path(sys.executable).parent
 
 
 def user_env(tmp_path: Path) -> dict[str, str]:
+    """A shell in a checkout's root: the files the commands read from the working directory are copied to
+    tmp_path (the package itself is the installed one), so runs land in tmp_path/.mira as in the repo."""
+    for name in (".env", "pyproject.toml", "workspace.yaml", "dagster.yaml"):
+        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRA_", "DAGSTER_"))}
-    # As in a shell in the repo root with the venv activated (Makefile adds DAGSTER_MODULE_NAME to it);
-    # PWD stands in for the repo root's .mira so the run lands in tmp_path (the repo's .env uses ${PWD}).
-    env.update(
-        PATH=f"{BIN}:{env['PATH']}",
-        PWD=str(tmp_path),
-        MIRA_HOME=str(tmp_path / ".mira"),
-        DAGSTER_MODULE_NAME="mira_dagster.definitions",
-    )
+    env.update(PATH=f"{BIN}:{env['PATH']}", PWD=str(tmp_path))
     return env
 
 
 def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
     env = user_env(tmp_path)
-    run = subprocess.run([BIN / "mira", "run"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([BIN / "mira", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     sources = load_config().source_names()
     summary = run.stdout[run.stdout.index("| source") :]
@@ -49,9 +52,10 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
     assert raw == status
     assert all(kept.get(s, 0) > 0 for s in sources), kept
 
+    # exactly what a user types after `source .venv/bin/activate`
     mat = subprocess.run(
-        [BIN / "dagster", "asset", "materialize", "--select", "selected_subset"],
-        cwd=PROJECT_ROOT,
+        ["bash", "-c", f"source {BIN / 'activate'} && dagster asset materialize --select selected_subset"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -68,3 +72,74 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
         assert ev is not None and ev.run_id == runs[0].run_id
         parts = inst.get_materialized_partitions(dg.AssetKey("student_scores"))
         assert parts == set(sources)
+
+
+def graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)["data"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dagster_dev_shows_the_runs_of_mira_run(tmp_path: Path) -> None:
+    env = user_env(tmp_path)
+    run = subprocess.run(
+        [BIN / "mira", "run", "--source", "lean_qa"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    port = free_port()
+    dev = subprocess.Popen(
+        [BIN / "dagster", "dev", "-p", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "dagster dev did not start in 180 s"
+                assert dev.poll() is None, "dagster dev exited"
+                time.sleep(2)
+        data = graphql(
+            port,
+            "{ runsOrError { ... on Runs { results { status } } } "
+            "assetNodes { assetKey { path } groupName description } }",
+        )
+        assert [r["status"] for r in data["runsOrError"]["results"]] == ["SUCCESS", "SUCCESS"]
+        nodes = {n["assetKey"]["path"][0]: n for n in data["assetNodes"]}
+        assert set(nodes) == {
+            "raw_records",
+            "teacher_labels",
+            "student_scores",
+            "dim_reliability",
+            "reliability_mask",
+            "aggregated_scores",
+            "selected_subset",
+        }
+        assert all(n["groupName"] and n["description"] for n in nodes.values())
+    finally:
+        os.killpg(dev.pid, signal.SIGTERM)
+        try:
+            dev.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
