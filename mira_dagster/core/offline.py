@@ -108,6 +108,9 @@ class OfflineBackend:
         ]
         return "\n".join(lines) + "\n"
 
+    async def count_prompt_tokens(self, system: str, user: str, spec: ScorerSpec) -> int | None:
+        return None  # no tokenizer: the engine falls back to the estimate
+
     async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion:
         self.calls += 1
         text = self.reply(user)

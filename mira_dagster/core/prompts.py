@@ -86,3 +86,20 @@ def render_user(template: str, record: Record) -> str:
         return values.get(m.group(1)) or "(none)"
 
     return _PLACEHOLDER.sub(fill, template)
+
+
+def contract_regex(rubric: Rubric, rationale_chars: int = 200, tag_chars: int = 40) -> str:
+    """The scorer contract as a regex, for servers that constrain decoding (vLLM structured outputs).
+
+    Slot names are fixed, scores are integers 0-10, overall 0-100; rationale lengths are bounded so a
+    constrained reply always fits in max_tokens.
+    """
+    text = rf"[^\n]{{1,{rationale_chars}}}"
+    rows = [rf"\[A{d.slot}\] {re.escape(d.name)}: (10|[0-9])/10 — {text}\n" for d in rubric.dims]
+    trailer = (
+        r"overall: (100|[1-9]?[0-9])\n"
+        r"training_recommendation: (keep|downsample|drop)\n"
+        rf"domain_tag: [^\n]{{1,{tag_chars}}}\n"
+        rf"brief: {text}\n"
+    )
+    return "".join(rows) + trailer

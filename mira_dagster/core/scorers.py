@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mira_dagster.core.config import MiraConfig
-from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, OpenAIBackend, endpoint_from_env
+from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, OpenAIBackend, endpoint_from_env, probe
 from mira_dagster.core.offline import OfflineBackend
-from mira_dagster.core.prompts import system_prompt, user_template
+from mira_dagster.core.prompts import contract_regex, system_prompt, user_template
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 
@@ -17,14 +17,26 @@ def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> t
     default_model = group.student_model if role == "student" else DEFAULT_TEACHER_MODEL
     endpoint = endpoint_from_env(role, group_id, default_model)
     backend: ChatBackend
+    regex = None
     if endpoint is None:
         model = f"offline-{role}:{default_model}"
         backend = OfflineBackend(role, settings.offline_noisy_slots)
         where = "offline stand-in (no endpoint configured)"
     else:
         model = endpoint.model
-        backend = OpenAIBackend(endpoint, timeout_s=settings.request_timeout_s, max_retries=settings.max_retries)
-        where = f"{endpoint.redacted_url()} model {model}"
+        infos = {url: probe(url, endpoint.api_key) for url in endpoint.base_urls}
+        is_vllm = any(i.is_vllm for i in infos.values())
+        if settings.constrained_decoding == "on" or (settings.constrained_decoding == "auto" and is_vllm):
+            regex = contract_regex(rubric, settings.constrained_rationale_chars)
+        backend = OpenAIBackend(
+            endpoint,
+            timeout_s=settings.request_timeout_s,
+            max_retries=settings.max_retries,
+            max_in_flight=settings.max_in_flight,
+            infos=infos,
+        )
+        kind = "vLLM" if is_vllm else "OpenAI-compatible"
+        where = f"{kind} {endpoint.redacted()} model {model}, constrained decoding {'on' if regex else 'off'}"
     spec = ScorerSpec(
         role=role,
         backend="offline" if endpoint is None else "openai",
@@ -35,5 +47,6 @@ def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> t
         temperature=settings.temperature,
         top_p=settings.top_p,
         max_tokens=settings.max_tokens,
+        structured_regex=regex,
     )
     return spec, backend, where

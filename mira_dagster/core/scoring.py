@@ -36,6 +36,8 @@ class ScorerSpec(BaseModel):
     temperature: float
     top_p: float
     max_tokens: int
+    # The regex the server constrains replies to (vLLM structured outputs), if any.
+    structured_regex: str | None = None
 
     @property
     def version(self) -> str:
@@ -54,11 +56,21 @@ class Completion(BaseModel):
 class ChatBackend(Protocol):
     async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion: ...
 
+    async def count_prompt_tokens(self, system: str, user: str, spec: ScorerSpec) -> int | None:
+        """The exact prompt length as the server counts it, or None if it cannot say."""
+        ...
+
+
+class ReplyWriterLike(Protocol):
+    def add(self, record_id: str, comp: Completion) -> None: ...
+
+    def flush(self) -> None: ...
+
 
 class ReplyCache(Protocol):
     def load(self, version: str, record_ids: Sequence[str]) -> dict[str, Completion]: ...
 
-    def append(self, version: str, replies: dict[str, Completion]) -> None: ...
+    def writer(self, version: str, batch_size: int = 256) -> ReplyWriterLike: ...
 
 
 @dataclass
@@ -93,16 +105,29 @@ class RunStats:
         elapsed = self.elapsed
         done = self.from_cache + self.too_long + self.answered + self.failed
         rate = (self.answered + self.failed) / elapsed if elapsed > 0 else 0.0
-        left = self.sent - self.answered - self.failed
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        eta = f"{(self.total - done) / rate:.0f}s" if rate > 0 else "?"
         return (
             f"{done}/{self.total} done ({self.from_cache} cached, {self.too_long} too long), "
             f"{rate:.1f} req/s, ETA {eta}, failures {self.failed}"
         )
 
 
-def prompt_fits(system: str, user: str, max_tokens: int, max_model_len: int) -> bool:
-    return estimate_tokens(system) + estimate_tokens(user) + max_tokens <= max_model_len
+# Chat-template tokens a server adds around the two messages; generous for every template we know.
+TEMPLATE_ALLOWANCE = 256
+
+
+def surely_fits(system: str, user: str, max_tokens: int, max_model_len: int) -> bool:
+    """True when the prompt fits whatever the tokenizer: no tokenizer makes more tokens than UTF-8 bytes."""
+    n_bytes = len(system.encode("utf-8")) + len(user.encode("utf-8"))
+    return n_bytes + TEMPLATE_ALLOWANCE + max_tokens <= max_model_len
+
+
+async def prompt_fits(backend: ChatBackend, system: str, user: str, spec: ScorerSpec, max_model_len: int) -> bool:
+    if surely_fits(system, user, spec.max_tokens, max_model_len):
+        return True
+    exact = await backend.count_prompt_tokens(system, user, spec)
+    n = exact if exact is not None else estimate_tokens(system) + estimate_tokens(user)
+    return n + spec.max_tokens <= max_model_len
 
 
 async def score_jobs(
@@ -117,7 +142,12 @@ async def score_jobs(
     progress: Callable[[RunStats], None] | None = None,
     progress_every_s: float = 5.0,
 ) -> tuple[list[Outcome], RunStats]:
-    """Score every job; each ends with exactly one Outcome, in the order given."""
+    """Score every job; each ends with exactly one Outcome, in the order given.
+
+    Cached answers are reused; the rest go out with at most `max_in_flight` requests at once. Every answer
+    is written to the cache as it arrives (see ParquetReplyCache), so an interrupted run resumes where it
+    stopped. A record whose prompt + max_tokens exceeds `max_model_len` is never sent (`too_long`).
+    """
     version = spec.version
     stats = RunStats(total=len(jobs))
     cached = cache.load(version, [j.record.record_id for j in jobs])
@@ -131,49 +161,43 @@ async def score_jobs(
             c = cached[rid]
             results[rid] = Outcome(rid, parse_reply(c.text, c.finish_reason), cached=True, completion=c)
             stats.from_cache += 1
-        elif not prompt_fits(spec.system_prompt, job.user, spec.max_tokens, max_model_len):
-            results[rid] = Outcome(rid, ScoreResult.failed("too_long", "prompt + max_tokens exceeds context"), False)
-            stats.too_long += 1
         else:
             pending[rid] = job
 
-    buffer: dict[str, Completion] = {}
     semaphore = asyncio.Semaphore(max_in_flight)
     last_report = time.monotonic()
+    writer = cache.writer(version, batch_size)
 
     async def one(rid: str, job: Job) -> None:
         nonlocal last_report
         async with semaphore:
             try:
+                if not await prompt_fits(backend, spec.system_prompt, job.user, spec, max_model_len):
+                    results[rid] = Outcome(
+                        rid, ScoreResult.failed("too_long", "prompt + max_tokens exceeds context"), False
+                    )
+                    stats.too_long += 1
+                    return
+                stats.sent += 1
                 comp = await backend.complete(spec.system_prompt, job.user, spec)
             except Exception as exc:  # every failure becomes this record's status; the run goes on
                 results[rid] = Outcome(rid, ScoreResult.failed("request_error", _describe(exc)), False)
                 stats.failed += 1
             else:
+                writer.add(rid, comp)
                 results[rid] = Outcome(rid, parse_reply(comp.text, comp.finish_reason), False, comp)
-                buffer[rid] = comp
                 stats.answered += 1
-                if len(buffer) >= batch_size:
-                    _flush(cache, version, buffer)
         if progress and time.monotonic() - last_report >= progress_every_s:
             last_report = time.monotonic()
             progress(stats)
 
-    stats.sent = len(pending)
     try:
         await asyncio.gather(*(one(rid, job) for rid, job in pending.items()))
     finally:
-        _flush(cache, version, buffer)
+        writer.flush()
     if progress:
         progress(stats)
     return [results[j.record.record_id] for j in jobs], stats
-
-
-def _flush(cache: ReplyCache, version: str, buffer: dict[str, Completion]) -> None:
-    if buffer:
-        batch = dict(buffer)
-        buffer.clear()
-        cache.append(version, batch)
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ for users to query with the duckdb CLI or Python.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -117,7 +118,12 @@ class Store:
 
 
 class ParquetReplyCache:
-    """Scorer replies keyed by (record_id, scorer_version): one directory per version, one file per batch."""
+    """Scorer replies keyed by (record_id, scorer_version), one directory per version.
+
+    Each answer is appended at once to a write-ahead log (a JSONL file of this writer's own), so even a
+    SIGKILL loses no answer the server gave; every `batch_size` answers the log is compacted into a Parquet
+    file and removed. Readers take both, so logs left by a killed process still count.
+    """
 
     SCHEMA = {
         "record_id": pl.String,
@@ -135,22 +141,28 @@ class ParquetReplyCache:
     def _dir(self, version: str) -> Path:
         return self.root / version
 
+    def writer(self, version: str, batch_size: int = 256) -> ReplyWriter:
+        return ReplyWriter(self._dir(version), batch_size)
+
     def append(self, version: str, replies: dict[str, Completion]) -> None:
-        if not replies:
-            return
-        now = datetime.now(UTC)
-        rows = [{"record_id": rid, **c.model_dump(), "created_at": now} for rid, c in replies.items()]
-        df = pl.DataFrame(rows, schema=self.SCHEMA)
-        name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-        _atomic_parquet(df, self._dir(version) / name)
+        with self.writer(version, batch_size=max(1, len(replies))) as w:
+            for rid, comp in replies.items():
+                w.add(rid, comp)
+
+    def _frame(self, version: str) -> pl.LazyFrame | None:
+        files = sorted(self._dir(version).glob("*.parquet"))
+        frames = [pl.scan_parquet(files)] if files else []
+        wal_rows = [row for wal in sorted(self._dir(version).glob("*.wal.jsonl")) for row in _read_wal(wal)]
+        if wal_rows:
+            frames.append(pl.DataFrame(wal_rows, schema=self.SCHEMA).lazy())
+        return pl.concat(frames) if frames else None
 
     def load(self, version: str, record_ids: Sequence[str]) -> dict[str, Completion]:
-        files = sorted(self._dir(version).glob("*.parquet"))
-        if not files or not record_ids:
+        frame = self._frame(version)
+        if frame is None or not record_ids:
             return {}
         df = (
-            pl.scan_parquet(files)
-            .filter(pl.col("record_id").is_in(list(set(record_ids))))
+            frame.filter(pl.col("record_id").is_in(list(set(record_ids))))
             .sort("created_at")
             .unique(subset="record_id", keep="first", maintain_order=True)
             .collect()
@@ -161,7 +173,63 @@ class ParquetReplyCache:
         }
 
     def count(self, version: str) -> int:
-        files = sorted(self._dir(version).glob("*.parquet"))
-        if not files:
-            return 0
-        return pl.scan_parquet(files).select(pl.col("record_id").n_unique()).collect().item()
+        frame = self._frame(version)
+        return 0 if frame is None else frame.select(pl.col("record_id").n_unique()).collect().item()
+
+
+def _read_wal(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn last line of a killed writer
+            row["created_at"] = datetime.fromisoformat(row["created_at"])
+            rows.append(row)
+    return rows
+
+
+class ReplyWriter:
+    """Appends answers to a write-ahead log and compacts them into Parquet every `batch_size` answers."""
+
+    def __init__(self, directory: Path, batch_size: int) -> None:
+        self.dir = directory
+        self.batch_size = batch_size
+        self.rows: list[dict[str, Any]] = []
+        self._wal: Path | None = None
+        self._fh: Any = None
+
+    def __enter__(self) -> ReplyWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+    def add(self, record_id: str, comp: Completion) -> None:
+        row = {"record_id": record_id, **comp.model_dump(), "created_at": datetime.now(UTC)}
+        if self._fh is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._wal = self.dir / f"{uuid.uuid4().hex}.wal.jsonl"
+            self._fh = self._wal.open("a", encoding="utf-8")
+        # One write per answer, flushed to the OS: a killed process keeps everything written so far.
+        self._fh.write(json.dumps({**row, "created_at": row["created_at"].isoformat()}) + "\n")
+        self._fh.flush()
+        self.rows.append(row)
+        if len(self.rows) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        now = datetime.now(UTC)
+        name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+        _atomic_parquet(pl.DataFrame(self.rows, schema=ParquetReplyCache.SCHEMA), self.dir / name)
+        self.rows = []
+        # The Parquet file now holds what the log held; a crash between the two leaves duplicates, which
+        # readers drop (first answer per record_id wins).
+        self._fh.close()
+        self._fh = None
+        if self._wal is not None:
+            self._wal.unlink(missing_ok=True)
+            self._wal = None

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import dagster as dg
 import polars as pl
@@ -23,16 +24,23 @@ def _records(df: pl.DataFrame) -> list[Record]:
     return [Record(**row) for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True)]
 
 
-def _score(
-    context: dg.AssetExecutionContext, mira: MiraResource, role: Role, records: Sequence[Record]
-) -> tuple[pl.DataFrame, RunStats, str]:
+class Scored(NamedTuple):
+    df: pl.DataFrame
+    stats: RunStats
+    version: str
+    client: dict[str, Any]
+
+
+def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, records: Sequence[Record]) -> Scored:
     source = context.partition_key
-    cfg = mira.config()
-    group_id = cfg.sources[source].group
-    spec, backend, where = mira.scorer(role, group_id)
-    template = spec.user_template
-    jobs = [Job(rec, render_user(template, rec)) for rec in records]
-    context.log.info(f"{role} {source}: {len(jobs)} records, scorer_version {spec.version}, {where}")
+    settings = mira.config().pipeline
+    spec, backend, where = mira.scorer(role, mira.config().sources[source].group)
+    jobs = [Job(rec, render_user(spec.user_template, rec)) for rec in records]
+    # The server's own context length wins over the configured one when it reports it.
+    max_model_len = getattr(backend, "max_model_len", None) or settings.max_model_len
+    context.log.info(
+        f"{role} {source}: {len(jobs)} records, scorer_version {spec.version}, {where}, context {max_model_len}"
+    )
 
     async def run() -> tuple[list[Outcome], RunStats]:
         try:
@@ -41,9 +49,9 @@ def _score(
                 spec,
                 backend,
                 mira.store().replies,
-                max_model_len=cfg.pipeline.max_model_len,
-                max_in_flight=cfg.pipeline.max_in_flight,
-                batch_size=cfg.pipeline.write_batch_size,
+                max_model_len=max_model_len,
+                max_in_flight=getattr(backend, "capacity", settings.max_in_flight),
+                batch_size=settings.write_batch_size,
                 progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
             )
         finally:
@@ -51,23 +59,87 @@ def _score(
                 await close()
 
     outcomes, stats = asyncio.run(run())
-    return scores_frame(records, outcomes, spec), stats, spec.version
+    client = getattr(backend, "stats", None)
+    client_meta = (
+        {}
+        if client is None
+        else {
+            "http_attempts": client.http_attempts,
+            "retries": client.retries,
+            "failovers": client.failovers,
+            "tokenize_calls": client.tokenize_calls,
+            "requests_per_endpoint": client.per_endpoint,
+        }
+    )
+    return Scored(scores_frame(records, outcomes, spec), stats, spec.version, client_meta)
 
 
-def _scoring_metadata(df: pl.DataFrame, stats: RunStats, version: str) -> dict:
-    counts = {s: 0 for s in STATUSES} | dict(df.group_by("status").len().iter_rows())
-    failed = counts["parse_error"] + counts["request_error"]
+def status_counts(df: pl.DataFrame) -> dict[str, int]:
+    return {s: 0 for s in STATUSES} | dict(df.group_by("status").len().iter_rows())
+
+
+def parse_failure_rate(counts: dict[str, int]) -> float:
+    """parse_error among the replies received (requests that failed or were never sent are not replies)."""
+    replies = counts["ok"] + counts["partial"] + counts["parse_error"]
+    return counts["parse_error"] / replies if replies else 0.0
+
+
+def _scoring_metadata(scored: Scored) -> dict[str, Any]:
+    df, stats = scored.df, scored.stats
+    counts = status_counts(df)
     return {
         **table_metadata(df, [c for c in PREVIEW if c in df.columns]),
-        "scorer_version": version,
+        "scorer_version": scored.version,
         "status_counts": dg.MetadataValue.json(counts),
-        "parse_failure_rate": failed / df.height if df.height else 0.0,
+        "parse_failure_rate": parse_failure_rate(counts),
         "requests_sent": stats.sent,
         "from_cache": stats.from_cache,
         "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),
         "completion_tokens": int(df["completion_tokens"].fill_null(0).sum()),
+        "cached_prompt_tokens": int(df["cached_tokens"].fill_null(0).sum()),
         "wall_time_s": round(stats.elapsed, 3),
+        **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in scored.client.items()},
     }
+
+
+def _checks(asset: str, records_in: int, scored: Scored, max_rate: float) -> list[dg.AssetCheckResult]:
+    counts = status_counts(scored.df)
+    rate = parse_failure_rate(counts)
+    accounted = sum(counts.values())
+    return [
+        dg.AssetCheckResult(
+            asset_key=asset,
+            check_name="parse_failure_rate",
+            passed=rate <= max_rate,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"parse_failure_rate": rate, "threshold": max_rate, "parse_errors": counts["parse_error"]},
+            description=f"{counts['parse_error']} replies could not be parsed ({rate:.1%}; limit {max_rate:.1%})",
+        ),
+        dg.AssetCheckResult(
+            asset_key=asset,
+            check_name="statuses_reconcile",
+            passed=accounted == records_in and scored.df["record_id"].n_unique() == scored.df.height,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"records_in": records_in, "records_with_status": accounted},
+        ),
+    ]
+
+
+def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            "parse_failure_rate",
+            asset=asset,
+            blocking=True,
+            description="Share of replies that could not be parsed stays under pipeline.max_parse_failure_rate.",
+        ),
+        dg.AssetCheckSpec(
+            "statuses_reconcile",
+            asset=asset,
+            blocking=True,
+            description="Every record in ends with exactly one status, no record twice.",
+        ),
+    ]
 
 
 @dg.asset(
@@ -75,6 +147,7 @@ def _scoring_metadata(df: pl.DataFrame, stats: RunStats, version: str) -> dict:
     group_name="teacher",
     kinds={"duckdb", "parquet"},
     deps=["raw_records"],
+    check_specs=_check_specs("teacher_labels"),
     description=(
         "The anchored teacher's scores on a stable hashed sample of the source (max(teacher_sample_min, "
         "teacher_sample_fraction × n) records), split into `distill` (SFT data for the student) and "
@@ -93,12 +166,14 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
         seed=settings.seed,
     )
     sampled = _records(raw.filter(pl.col("record_id").is_in(list(split))))
-    df, stats, version = _score(context, mira, "teacher", sampled)
-    df = df.with_columns(pl.col("record_id").replace_strict(split, return_dtype=pl.String).alias("split"))
+    scored = _score(context, mira, "teacher", sampled)
+    df = scored.df.with_columns(pl.col("record_id").replace_strict(split, return_dtype=pl.String).alias("split"))
+    scored = scored._replace(df=df)
     mira.store().write("teacher_labels", df, source)
-    meta = _scoring_metadata(df, stats, version)
+    meta = _scoring_metadata(scored)
     meta["split_counts"] = dg.MetadataValue.json(dict(df.group_by("split").len().iter_rows()))
-    return dg.MaterializeResult(metadata=meta)
+    checks = _checks("teacher_labels", len(sampled), scored, settings.max_parse_failure_rate)
+    return dg.MaterializeResult(metadata=meta, check_results=checks)
 
 
 @dg.asset(
@@ -106,6 +181,8 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
     group_name="student",
     kinds={"duckdb", "parquet"},
     deps=["raw_records"],
+    check_specs=_check_specs("student_scores"),
+    pool="student",
     description=(
         "The group's student scorer (vLLM behind an OpenAI-compatible endpoint, or the offline stand-in) "
         "on every record of the source: 15 slot scores with rationales, overall, recommendation, domain tag, "
@@ -116,8 +193,9 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
 def student_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     source = context.partition_key
     raw = mira.store().read("raw_records", source)
-    df, stats, version = _score(context, mira, "student", _records(raw))
-    mira.store().write("student_scores", df, source)
-    meta = _scoring_metadata(df, stats, version)
+    scored = _score(context, mira, "student", _records(raw))
+    mira.store().write("student_scores", scored.df, source)
+    meta = _scoring_metadata(scored)
     meta["records_in"] = raw.height
-    return dg.MaterializeResult(metadata=meta)
+    checks = _checks("student_scores", raw.height, scored, mira.config().pipeline.max_parse_failure_rate)
+    return dg.MaterializeResult(metadata=meta, check_results=checks)
