@@ -64,7 +64,8 @@ class PipelineSettings(BaseModel):
     # Selection: share of each source's tokens to keep.
     retention_share: float = Field(0.5, gt=0, le=1)
     # Scoring client.
-    max_in_flight: int = Field(64, ge=1)
+    # Requests in flight per endpoint: above what the server runs at once, so its queue never runs dry.
+    max_in_flight: int = Field(128, ge=1)
     request_timeout_s: float = 120.0
     max_retries: int = Field(3, ge=0)
     write_batch_size: int = Field(256, ge=1)

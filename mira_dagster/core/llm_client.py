@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
 from mira_dagster.core.scoring import Completion, Role, ScorerSpec
@@ -179,18 +180,21 @@ class OpenAIBackend:
         raise last
 
     async def _complete_on(self, target: _Target, system: str, user: str, spec: ScorerSpec) -> Completion:
-        extra = {"structured_outputs": {"regex": spec.structured_regex}} if spec.structured_regex else None
+        body: dict[str, Any] = {
+            "model": spec.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "max_tokens": spec.max_tokens,
+        }
+        if spec.structured_regex:
+            body["structured_outputs"] = {"regex": spec.structured_regex}
         async with target.semaphore:
             target.in_flight += 1
             try:
-                resp = await target.client.chat.completions.create(
-                    model=spec.model,
-                    messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
-                    temperature=spec.temperature,
-                    top_p=spec.top_p,
-                    max_tokens=spec.max_tokens,
-                    extra_body=extra,
-                )
+                # The client's generic POST: same retries, errors and auth as chat.completions.create, without
+                # its per-request walk over the typed request body (most of its CPU cost at 300 requests/s).
+                resp = await target.client.post("/chat/completions", body=body, cast_to=ChatCompletion)
             finally:
                 target.in_flight -= 1
         where = redact_url(target.base_url)

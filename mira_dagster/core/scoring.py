@@ -165,11 +165,9 @@ async def score_jobs(
             pending[rid] = job
 
     semaphore = asyncio.Semaphore(max_in_flight)
-    last_report = time.monotonic()
     writer = cache.writer(version, batch_size)
 
     async def one(rid: str, job: Job) -> None:
-        nonlocal last_report
         async with semaphore:
             try:
                 if not await prompt_fits(backend, spec.system_prompt, job.user, spec, max_model_len):
@@ -187,13 +185,18 @@ async def score_jobs(
                 writer.add(rid, comp)
                 results[rid] = Outcome(rid, parse_reply(comp.text, comp.finish_reason), False, comp)
                 stats.answered += 1
-        if progress and time.monotonic() - last_report >= progress_every_s:
-            last_report = time.monotonic()
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(progress_every_s)
             progress(stats)
 
+    ticker = asyncio.create_task(report()) if progress else None
     try:
         await asyncio.gather(*(one(rid, job) for rid, job in pending.items()))
     finally:
+        if ticker:
+            ticker.cancel()
         writer.flush()
     if progress:
         progress(stats)

@@ -57,6 +57,7 @@ def test_vllm_partition_end_to_end(
     ok = df.filter(pl.col("status") == "ok")
     assert ok.select([f"a{i}" for i in range(1, 16)]).null_count().sum_horizontal().item() == 0
     assert ok["prompt_tokens"].min() > 0 and ok["completion_tokens"].min() > 0
+    assert ok["cached_tokens"].sum() > 0  # the shared system prompt came from vLLM's prefix cache
     meta = instance.get_latest_materialization_event(dg.AssetKey("student_scores")).asset_materialization.metadata
     assert meta["requests_sent"].value == N_SHORT
     assert meta["tokenize_calls"].value >= N_LONG
