@@ -37,21 +37,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     import dagster as dg
 
-    from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+    from mira_dagster import definitions as d
     from mira_dagster.defs.resources import MiraResource
 
     # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO.
     run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}}
-    all_assets = [*PARTITIONED_ASSETS, *CORPUS_ASSETS]
     resources = {"mira": MiraResource()}
     sources = args.source or cfg.source_names()
+    groups = sorted({cfg.sources[s].group for s in sources})
+    steps: list[tuple[str, list, str | None]] = [
+        *((f"{s}: raw_records", d.INGEST_ASSETS, s) for s in sources),
+        ("all sources: source_groups", d.GROUPING_ASSETS, None),
+        *((f"group {g}: teacher_judgments, anchor_rubric", d.DISCOVERY_ASSETS, g) for g in groups),
+        *((f"{s}: teacher_labels, student_scores", d.SCORING_ASSETS, s) for s in sources),
+        *((f"group {g}: distillation_dataset", d.DISTILL_ASSETS, g) for g in groups),
+        ("corpus: dim_reliability, reliability_mask, aggregated_scores, selected_subset", d.CORPUS_ASSETS, None),
+    ]
     with dg.DagsterInstance.get() as instance:
-        for i, source in enumerate(sources, 1):
-            print(f"[{i}/{len(sources)}] {source}: raw_records, teacher_labels, student_scores", flush=True)
+        for i, (label, selection, partition) in enumerate(steps, 1):
+            print(f"[{i}/{len(steps)}] {label}", flush=True)
             result = dg.materialize(
-                all_assets,
-                selection=PARTITIONED_ASSETS,
-                partition_key=source,
+                d.ALL_ASSETS,
+                selection=selection,
+                partition_key=partition,
                 instance=instance,
                 resources=resources,
                 raise_on_error=False,
@@ -59,21 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 tags={"mira/entry": "mira run"},
             )
             if not result.success:
-                print(f"mira: run for source {source!r} failed (run id {result.run_id}); see `dagster dev`.")
+                print(f"mira: {label} failed (run id {result.run_id}); see `dagster dev`.", file=sys.stderr)
                 return 1
-        print("corpus: dim_reliability, reliability_mask, aggregated_scores, selected_subset", flush=True)
-        result = dg.materialize(
-            all_assets,
-            selection=CORPUS_ASSETS,
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-            run_config=run_config,
-            tags={"mira/entry": "mira run"},
-        )
-        if not result.success:
-            print(f"mira: corpus run failed (run id {result.run_id}); see `dagster dev`.")
-            return 1
     print_summary(home)
     return 0
 

@@ -2,16 +2,30 @@
 
 import dagster as dg
 
+from mira_dagster.defs.discovery import anchor_rubric, distillation_dataset, source_groups, teacher_judgments
 from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.reliability import dim_reliability, reliability_mask
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 from mira_dagster.defs.selection import aggregated_scores, selected_subset
 
+# The order `mira run` materialises them in: per source, per group, per source, then the corpus.
+INGEST_ASSETS = [raw_records]
+GROUPING_ASSETS = [source_groups]
+DISCOVERY_ASSETS = [teacher_judgments, anchor_rubric]
 PARTITIONED_ASSETS = [raw_records, teacher_labels, student_scores]
+SCORING_ASSETS = [teacher_labels, student_scores]
+DISTILL_ASSETS = [distillation_dataset]
 CORPUS_ASSETS = [dim_reliability, reliability_mask, aggregated_scores, selected_subset]
+ALL_ASSETS = [
+    raw_records,
+    source_groups,
+    teacher_judgments,
+    anchor_rubric,
+    teacher_labels,
+    student_scores,
+    distillation_dataset,
+    *CORPUS_ASSETS,
+]
 
-defs = dg.Definitions(
-    assets=[*PARTITIONED_ASSETS, *CORPUS_ASSETS],
-    resources={"mira": MiraResource()},
-)
+defs = dg.Definitions(assets=ALL_ASSETS, resources={"mira": MiraResource()})

@@ -30,6 +30,14 @@ def user_key(body: dict) -> str:
     return hashlib.sha256(body["messages"][-1]["content"].encode()).hexdigest()[:16]
 
 
+def word_vector(text: str, dim: int = 64) -> list[float]:
+    """A bag-of-words vector (each word hashed to a column): similar texts get similar vectors."""
+    vec = [0.0] * dim
+    for word in text.lower().split():
+        vec[int(hashlib.md5(word.encode()).hexdigest(), 16) % dim] += 1.0
+    return vec
+
+
 def completion(body: dict, text: str, finish_reason: str = "stop") -> dict:
     return {
         "id": "cmpl-test",
@@ -44,6 +52,7 @@ def completion(body: dict, text: str, finish_reason: str = "stop") -> dict:
 class ChatServer:
     def __init__(self, responder: Responder | None = None, latency_s: float = 0.0) -> None:
         self.requests: list[dict] = []
+        self.embedding_requests = 0
         self.answered: list[str] = []  # user_key of every 200 reply written
         self.auth_headers: list[str] = []
         self.attempts: dict[str, int] = {}
@@ -72,6 +81,21 @@ def serve(server: ChatServer) -> Iterator[str]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path.rstrip("/") == "/v1/embeddings":
+                with server.lock:
+                    server.embedding_requests += 1
+                inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                data = [{"object": "embedding", "index": i, "embedding": word_vector(t)} for i, t in enumerate(inputs)]
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": data,
+                        "model": body["model"],
+                        "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                    },
+                )
+                return
             if self.path.rstrip("/") != "/v1/chat/completions":
                 self._send(404, {"error": {"message": "not found"}})
                 return

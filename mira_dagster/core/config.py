@@ -30,7 +30,9 @@ class GroupConfig(BaseModel):
     description: str = ""
     family: Family
     student_model: str
-    anchors: Path
+    # The group's rubric as released with its student (the model cards' anchors). Without it, the rubric
+    # discovered by `anchor_rubric` is used.
+    anchors: Path | None = None
 
 
 class SourceConfig(BaseModel):
@@ -74,6 +76,11 @@ class PipelineSettings(BaseModel):
     constrained_rationale_chars: int = Field(200, ge=1)
     # Blocking check: a partition whose replies fail to parse more often than this stops downstream.
     max_parse_failure_rate: float = Field(0.05, ge=0, le=1)
+    # Stage 1: which rubric the scorers use ("configured" = the group's anchors file when it has one).
+    rubric_source: Literal["configured", "discovered"] = "configured"
+    source_group_k: int = Field(2, ge=1)
+    embed_sample_per_source: int = Field(40, ge=1)
+    judge_sample_per_source: int = Field(30, ge=1)
     # Offline stand-in: slots (1-based) where the offline student is much noisier than the teacher.
     offline_noisy_slots: list[int] = [4, 9, 14]
 
@@ -147,7 +154,8 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
         raise ConfigError(f"{path}: {exc}") from exc
     base = path.parent
     for group in cfg.groups.values():
-        group.anchors = (base / group.anchors).resolve()
+        if group.anchors is not None:
+            group.anchors = (base / group.anchors).resolve()
     for src in cfg.sources.values():
         src.files = [(base / f).resolve() for f in src.files]
     return cfg

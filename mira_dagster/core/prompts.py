@@ -103,3 +103,31 @@ def contract_regex(rubric: Rubric, rationale_chars: int = 200, tag_chars: int = 
         rf"brief: {text}\n"
     )
     return "".join(rows) + trailer
+
+
+def judge_system_prompt(description: str) -> str:
+    return (
+        f"You are a frontier data-quality judge for mid-training data ({description}). You propose your own "
+        "quality dimensions for each record, score each from 0 to 10 and justify each score in one sentence."
+    )
+
+
+def judge_template(family: str) -> str:
+    """The free-form judging prompt of rubric discovery (Phase 1): the teacher names its own dimensions."""
+    sections = (
+        "Group the dimensions under the headings `Thinking:` (the reasoning trace), `Answer:` (question and final "
+        "answer) and `Both:` (the trace and the answer together)."
+        if family == "qa_with_think"
+        else ""
+    )
+    return "\n".join(
+        [
+            "Score this record.",
+            "",
+            _record_sections(family),
+            "",
+            "Judge this record freely: name the 5 to 10 quality dimensions that matter most for it, in your own "
+            f"words. {sections}".rstrip(),
+            "One dimension per line: <dimension name>: <score>/10 — <one-sentence justification>",
+        ]
+    )

@@ -15,8 +15,8 @@ N_SLOTS = 15
 
 Facet = Literal["think", "combined", "qa", "agent"]
 
-# qa_with_think asks 5 dimensions about the thinking trace, 5 about thinking + answer together and 5
-# about the question/answer pair; the other families use one facet for all 15.
+# What a slot looks at. The seed rubric of qa_with_think has 5 slots on the thinking trace, 5 on thinking and
+# answer together and 5 on the question/answer pair; a discovered rubric takes each cluster's majority facet.
 FAMILY_FACETS: dict[Family, dict[Facet, int]] = {
     "qa_with_think": {"think": 5, "combined": 5, "qa": 5},
     "qa": {"qa": 15},
@@ -79,8 +79,19 @@ def load_rubric(path: Path, group: str, family: Family) -> Rubric:
     dims.sort(key=lambda d: d.slot)
     if [d.slot for d in dims] != list(range(1, N_SLOTS + 1)):
         raise RubricError(f"{path}: expected slots 1..{N_SLOTS} once each, got {[d.slot for d in dims]}")
-    want = FAMILY_FACETS[family]
-    got = {f: sum(d.facet == f for d in dims) for f in want}
-    if got != want or any(d.facet not in want for d in dims):
-        raise RubricError(f"{path}: family {family} needs facets {want}, got {got}")
+    allowed = FAMILY_FACETS[family]
+    if bad := [d.slot for d in dims if d.facet not in allowed]:
+        raise RubricError(f"{path}: slots {bad} have facets outside {sorted(allowed)} for family {family}")
     return Rubric(group=group, family=family, dims=dims, file_sha256=hashlib.sha256(data).hexdigest())
+
+
+def discovered_anchor_path(home: Path, group: str) -> Path:
+    return Path(home) / "anchors" / f"group_{group}_dim_anchors.jsonl"
+
+
+def write_anchor_file(path: Path, dims: list[AnchorDim]) -> None:
+    """One slot a line, written atomically (a half-written rubric must never be read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(d.model_dump_json() + "\n" for d in sorted(dims, key=lambda d: d.slot)), encoding="utf-8")
+    tmp.replace(path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from mira_dagster.core.config import MiraConfig
 from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, OpenAIBackend, endpoint_from_env, probe
 from mira_dagster.core.offline import OfflineBackend
-from mira_dagster.core.prompts import contract_regex, system_prompt, user_template
+from mira_dagster.core.offline_judge import OfflineJudge
+from mira_dagster.core.prompts import contract_regex, judge_system_prompt, judge_template, system_prompt, user_template
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 
@@ -48,5 +49,36 @@ def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> t
         top_p=settings.top_p,
         max_tokens=settings.max_tokens,
         structured_regex=regex,
+    )
+    return spec, backend, where
+
+
+def make_judge(group_id: str, cfg: MiraConfig) -> tuple[ScorerSpec, ChatBackend, str]:
+    """The teacher in free-form judging mode (rubric discovery): no rubric, no constrained decoding."""
+    group = cfg.groups[group_id]
+    settings = cfg.pipeline
+    endpoint = endpoint_from_env("teacher", group_id, DEFAULT_TEACHER_MODEL)
+    backend: ChatBackend
+    if endpoint is None:
+        model, backend, where = f"offline-judge:{DEFAULT_TEACHER_MODEL}", OfflineJudge(), "offline stand-in"
+    else:
+        model = endpoint.model
+        backend = OpenAIBackend(
+            endpoint,
+            timeout_s=settings.request_timeout_s,
+            max_retries=settings.max_retries,
+            max_in_flight=settings.max_in_flight,
+        )
+        where = f"{endpoint.redacted()} model {model}"
+    spec = ScorerSpec(
+        role="teacher",
+        backend="offline" if endpoint is None else "openai",
+        model=model,
+        system_prompt=judge_system_prompt(group.description),
+        user_template=judge_template(group.family),
+        anchors_sha256="",
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
     )
     return spec, backend, where

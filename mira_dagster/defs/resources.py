@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from mira_dagster.core.config import MiraConfig, config_path, load_config, mira_home
-from mira_dagster.core.rubric import Rubric, load_rubric
+from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_path, load_rubric
 from mira_dagster.core.scorers import make_scorer
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 from mira_dagster.core.store import Store
@@ -32,8 +32,15 @@ class MiraResource(dg.ConfigurableResource):
         return Store(Path(self.home).resolve() if self.home else mira_home())
 
     def rubric(self, group_id: str) -> Rubric:
-        group = self.config().groups[group_id]
-        return load_rubric(group.anchors, group_id, group.family)
+        """The configured anchors (the released student's rubric) or, without them, the discovered one."""
+        cfg = self.config()
+        group = cfg.groups[group_id]
+        if group.anchors is not None and cfg.pipeline.rubric_source == "configured":
+            return load_rubric(group.anchors, group_id, group.family)
+        path = discovered_anchor_path(self.store().home, group_id)
+        if not path.exists():
+            raise RubricError(f"group {group_id!r} has no rubric yet: materialise anchor_rubric[{group_id}] ({path})")
+        return load_rubric(path, group_id, group.family)
 
     def scorer(self, role: Role, group_id: str) -> tuple[ScorerSpec, ChatBackend, str]:
         return make_scorer(role, group_id, self.config(), self.rubric(group_id))

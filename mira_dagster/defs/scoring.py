@@ -14,7 +14,7 @@ from mira_dagster.core.sampling import teacher_sample
 from mira_dagster.core.scoring import Job, Outcome, Role, RunStats, score_jobs
 from mira_dagster.core.tables import RECORD_SCHEMA, scores_frame
 from mira_dagster.defs.metadata import table_metadata
-from mira_dagster.defs.partitions import source_partitions
+from mira_dagster.defs.partitions import group_to_sources, source_partitions
 from mira_dagster.defs.resources import MiraResource
 
 PREVIEW = ["record_id", "status", "a1", "a2", "a3", "overall", "recommendation", "domain_tag", "brief"]
@@ -146,7 +146,7 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     partitions_def=source_partitions,
     group_name="teacher",
     kinds={"duckdb", "parquet"},
-    deps=["raw_records"],
+    deps=["raw_records", dg.AssetDep("anchor_rubric", partition_mapping=group_to_sources)],
     check_specs=_check_specs("teacher_labels"),
     description=(
         "The anchored teacher's scores on a stable hashed sample of the source (max(teacher_sample_min, "
@@ -180,7 +180,7 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
     partitions_def=source_partitions,
     group_name="student",
     kinds={"duckdb", "parquet"},
-    deps=["raw_records"],
+    deps=["raw_records", dg.AssetDep("anchor_rubric", partition_mapping=group_to_sources)],
     check_specs=_check_specs("student_scores"),
     pool="student",
     description=(

@@ -9,11 +9,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.definitions import ALL_ASSETS, CORPUS_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.resources import MiraResource
 from tests.loopback import ChatServer, serve
 
-ALL = [*PARTITIONED_ASSETS, *CORPUS_ASSETS]
+ALL = ALL_ASSETS
 SOURCES = ["lean_qa", "agent_openhands"]
 
 

@@ -19,6 +19,7 @@ from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from mira_dagster.core.config import PROJECT_ROOT, load_config
+from mira_dagster.definitions import ALL_ASSETS
 
 BIN = Path(sys.executable).parent
 
@@ -67,7 +68,8 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
     # both commands wrote to the one persistent instance that `dagster dev` would show
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / ".mira" / "dagster"))) as inst:
         runs = inst.get_runs()
-        assert len(runs) == len(sources) + 2
+        n_groups = len(load_config().groups)
+        assert len(runs) == 2 * len(sources) + 2 * n_groups + 2 + 1  # mira run's steps + the materialize
         ev = inst.get_latest_materialization_event(dg.AssetKey("selected_subset"))
         assert ev is not None and ev.run_id == runs[0].run_id
         parts = inst.get_materialized_partitions(dg.AssetKey("student_scores"))
@@ -123,19 +125,17 @@ def test_dagster_dev_shows_the_runs_of_mira_run(tmp_path: Path) -> None:
         data = graphql(
             port,
             "{ runsOrError { ... on Runs { results { status } } } "
-            "assetNodes { assetKey { path } groupName description } }",
+            "assetNodes { assetKey { path } groupName description dependencyKeys { path } } }",
         )
-        assert [r["status"] for r in data["runsOrError"]["results"]] == ["SUCCESS", "SUCCESS"]
+        # one source: raw_records, source_groups, group 2 discovery, scoring, distillation, corpus
+        assert [r["status"] for r in data["runsOrError"]["results"]] == ["SUCCESS"] * 6
         nodes = {n["assetKey"]["path"][0]: n for n in data["assetNodes"]}
-        assert set(nodes) == {
-            "raw_records",
-            "teacher_labels",
-            "student_scores",
-            "dim_reliability",
-            "reliability_mask",
-            "aggregated_scores",
-            "selected_subset",
-        }
+        assert set(nodes) == {a.key.path[0] for a in ALL_ASSETS}
+        upstream = {k: {p["path"][0] for p in n["dependencyKeys"]} for k, n in nodes.items()}
+        # the lineage of stage 1: source_groups -> teacher_judgments -> anchor_rubric -> teacher_labels / student_scores
+        assert "source_groups" in upstream["teacher_judgments"]
+        assert "teacher_judgments" in upstream["anchor_rubric"]
+        assert "anchor_rubric" in upstream["teacher_labels"] and "anchor_rubric" in upstream["student_scores"]
         assert all(n["groupName"] and n["description"] for n in nodes.values())
     finally:
         os.killpg(dev.pid, signal.SIGTERM)

@@ -10,12 +10,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.resources import MiraResource
 from tests.loopback import ChatServer, Reply, completion, serve, user_key
 
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS
-ALL = [*PARTITIONED_ASSETS, *CORPUS_ASSETS]
+ALL = ALL_ASSETS
 KINDS = ["ok", "500", "503", "429", "drop", "slow", "prose", "cut", "ok", "ok"]
 
 

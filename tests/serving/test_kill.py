@@ -19,21 +19,21 @@ from mira_dagster.core.config import load_config
 from mira_dagster.core.prompts import render_user, user_template
 from mira_dagster.core.rubric import load_rubric
 from mira_dagster.core.store import ParquetReplyCache
-from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import _records
 from tests.loopback import ChatServer, serve, user_key
 
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS
-ALL = [*PARTITIONED_ASSETS, *CORPUS_ASSETS]
+ALL = ALL_ASSETS
 IN_FLIGHT = 4
 
 SCRIPT = """
 import dagster as dg
-from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.definitions import ALL_ASSETS, CORPUS_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.resources import MiraResource
 mira = MiraResource(config_path={cfg!r}, home={home!r})
-dg.materialize([*PARTITIONED_ASSETS, *CORPUS_ASSETS], selection=[PARTITIONED_ASSETS[2]], partition_key="lean_qa",
+dg.materialize(ALL_ASSETS, selection=[PARTITIONED_ASSETS[2]], partition_key="lean_qa",
                instance=dg.DagsterInstance.ephemeral(), resources={{"mira": mira}})
 """
 

@@ -9,13 +9,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mira_dagster.definitions import CORPUS_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.resources import MiraResource
 from tests.conftest import SAMPLE
 from tests.serving.conftest import chat_requests
 
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS
-ALL = [*PARTITIONED_ASSETS, *CORPUS_ASSETS]
+ALL = ALL_ASSETS
 N_SHORT, N_LONG = 12, 3
 
 

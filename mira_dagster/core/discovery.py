@@ -1,0 +1,144 @@
+"""Stage 1: free-form teacher judgments, parsed into items, clustered into the group's 15 anchor slots.
+
+The naming rule follows the model cards: slots are sorted by cluster size; a slot is named by the most
+frequent dimension name among its items; when two clusters would share a name, the cluster holding more
+items with that name keeps it bare and the other gets a parenthetical sub-label, its own most frequent other
+name ("Tool Selection" and "Tool Selection (Safety & Scope)"). The item nearest each centroid of the 12
+largest clusters becomes a calibration reference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from mira_dagster.core.clustering import kmeans
+from mira_dagster.core.config import Family
+from mira_dagster.core.embeddings import Matrix, dense
+from mira_dagster.core.rubric import N_SLOTS, AnchorDim, CalibrationReference, Facet
+
+N_REFERENCES = 12
+
+
+class JudgmentItem(BaseModel):
+    record_id: str
+    source: str
+    dimension: str
+    facet: Facet
+    score: float
+    rationale: str
+
+
+_HEADING = re.compile(
+    r"^\s*(?:#+\s*)?\**\s*(thinking|answer|both|combined|qa|question and answer)\s*\**\s*:?\s*$", re.I
+)
+_ITEM = re.compile(
+    r"^\s*(?:[-*•]|\d+[.)])?\s*\**\s*(?P<name>[A-Za-z][^:()\n]{1,80}?)\s*\**\s*"
+    r"(?:\(\s*(?P<s1>-?\d+(?:\.\d+)?)\s*/\s*10\s*\)|[:\-–—]\s*\**\s*(?P<s2>-?\d+(?:\.\d+)?)\s*/\s*10\s*\**)"
+    r"\s*[:\-–—|]?\s*(?P<rationale>.*)$"
+)
+_SECTION_FACET = {
+    "thinking": "think",
+    "answer": "qa",
+    "qa": "qa",
+    "question and answer": "qa",
+    "both": "combined",
+    "combined": "combined",
+}
+
+
+def parse_free_judgment(text: str, family: Family) -> list[tuple[str, Facet, float, str]]:
+    """(dimension name, facet, score, rationale) for every judged dimension the text contains.
+
+    Tolerates bullets, numbering, bold names, "(7/10)" or ": 7/10", any dash before the rationale, Windows line
+    endings and prose around the list; a score outside 0-10 drops that item.
+    """
+    default: Facet = "agent" if family == "agent" else "qa"
+    facet: Facet = default
+    out = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if h := _HEADING.match(line):
+            facet = _SECTION_FACET[h.group(1).lower()] if family == "qa_with_think" else default  # type: ignore[assignment]
+            continue
+        m = _ITEM.match(line.replace("**", ""))
+        if not m:
+            continue
+        score = float(m.group("s1") or m.group("s2"))
+        if not 0 <= score <= 10:
+            continue
+        name = " ".join(m.group("name").split()).strip(" *")
+        out.append((name, facet, score, m.group("rationale").strip()))
+    return out
+
+
+def item_text(item: JudgmentItem) -> str:
+    return f"{item.dimension}: {item.rationale}"
+
+
+class Discovered(BaseModel):
+    dims: list[AnchorDim]
+    item_slots: list[int]  # the slot of every item, in input order
+
+
+def discover_anchors(items: Sequence[JudgmentItem], x: Matrix, k: int = N_SLOTS, seed: int = 0) -> Discovered:
+    labels, centers = kmeans(x, k, seed)
+    sizes = Counter(labels.tolist())
+    order = sorted(sizes, key=lambda c: (-sizes[c], c))  # slot i+1 = i-th largest cluster
+    slot_of = {c: i + 1 for i, c in enumerate(order)}
+    names = {c: Counter(items[i].dimension for i in np.flatnonzero(labels == c)) for c in order}
+    slot_names = _unique_names(order, names)
+    xd = dense(x)
+    dims = []
+    for c in order:
+        members = np.flatnonzero(labels == c)
+        facet = Counter(items[i].facet for i in members).most_common(1)[0][0]
+        refs = []
+        if slot_of[c] <= N_REFERENCES:
+            nearest = members[int(np.argmax(xd[members] @ centers[c]))]
+            it = items[nearest]
+            refs = [
+                CalibrationReference(
+                    dimension=slot_names[c],
+                    score=it.score,
+                    rationale=it.rationale,
+                    source_dimension=it.dimension,
+                    record_id=it.record_id,
+                )
+            ]
+        dims.append(
+            AnchorDim(
+                slot=slot_of[c],
+                name=slot_names[c],
+                cluster_size=int(sizes[c]),
+                facet=facet,
+                calibration_references=refs,
+            )
+        )
+    return Discovered(dims=dims, item_slots=[slot_of[c] for c in labels.tolist()])
+
+
+def _unique_names(order: list[int], names: dict[int, Counter[str]]) -> dict[int, str]:
+    top = {c: names[c].most_common(1)[0][0] for c in order}
+    result: dict[int, str] = {}
+    for name in dict.fromkeys(top[c] for c in order):
+        holders = [c for c in order if top[c] == name]
+        # the cluster holding the most items labelled `name` keeps it bare (ties: the larger cluster)
+        keeper = max(holders, key=lambda c: (names[c][name], -order.index(c)))
+        result[keeper] = name
+    used = set(result.values())
+    for c in order:
+        if c in result:
+            continue
+        name = top[c]
+        subs = [n for n, _ in names[c].most_common() if n != name and f"{name} ({n})" not in used]
+        label = f"{name} ({subs[0]})" if subs else name
+        i = 2
+        while label in used:
+            label, i = f"{name} ({i})", i + 1
+        result[c] = label
+        used.add(label)
+    return result

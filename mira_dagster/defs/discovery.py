@@ -1,0 +1,247 @@
+"""Stage 1: source grouping, free-form teacher judgments, the anchor rubric; and the distillation export."""
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from mira_dagster.core.clustering import group_sources, source_vector
+from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text, parse_free_judgment
+from mira_dagster.core.embeddings import embedder_from_env
+from mira_dagster.core.prompts import render_user
+from mira_dagster.core.records import TEXT_FIELDS
+from mira_dagster.core.rubric import discovered_anchor_path, write_anchor_file
+from mira_dagster.core.scorers import make_judge
+from mira_dagster.core.scoring import Job, score_jobs
+from mira_dagster.defs.metadata import md_table, table_metadata
+from mira_dagster.defs.partitions import group_partitions, source_to_group
+from mira_dagster.defs.resources import MiraResource
+from mira_dagster.defs.scoring import _records
+
+
+def _hash_sample(df: pl.DataFrame, n: int, seed: int, purpose: str) -> pl.DataFrame:
+    """A stable sample of n records: the smallest hashes of (seed, purpose, record_id)."""
+    key = [hashlib.sha256(f"{seed}:{purpose}:{r}".encode()).hexdigest() for r in df["record_id"]]
+    return df.with_columns(pl.Series("_k", key)).sort("_k").head(n).drop("_k")
+
+
+def _record_text(row: dict[str, Any], limit: int = 4000) -> str:
+    return "\n".join(row[f] for f in TEXT_FIELDS if row.get(f))[:limit]
+
+
+@dg.asset(
+    group_name="discovery",
+    kinds={"duckdb", "parquet"},
+    deps=["raw_records"],
+    description=(
+        "Sources clustered into capability-coherent groups: a hashed sample of each source's records is embedded "
+        "(offline hashed TF-IDF, or MIRA_EMBED_BASE_URL), averaged per source, and clustered with KMeans "
+        "(source_group_k). Reports each cluster's intra-group cosine similarity and every source whose cluster "
+        "disagrees with its configured group; the configured groups stay authoritative."
+    ),
+)
+def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    cfg, store = mira.config(), mira.store()
+    raw = store.read("raw_records")
+    sample = pl.concat(
+        _hash_sample(part, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
+        for _, part in raw.group_by("source", maintain_order=True)
+    )
+    embedder = embedder_from_env()
+    x = embedder.embed([_record_text(r) for r in sample.iter_rows(named=True)])
+    sources = sample["source"].to_list()
+    vectors = {s: source_vector(x[np.flatnonzero(np.array(sources) == s)]) for s in sorted(set(sources))}
+    groups = group_sources(
+        vectors, {s: cfg.sources[s].group for s in vectors}, cfg.pipeline.source_group_k, cfg.pipeline.seed
+    )
+    df = pl.DataFrame([g.model_dump() for g in groups]).with_columns(pl.lit(embedder.name).alias("embedder"))
+    store.write("source_groups", df)
+    disagree = df.filter(~pl.col("agrees"))["source"].to_list()
+    if disagree:
+        context.log.warning(f"sources whose discovered group differs from the configured one: {disagree}")
+    clusters = (
+        df.group_by("cluster")
+        .agg(pl.col("source").sort().str.join(", ").alias("sources"), pl.col("intra_cluster_cosine").first())
+        .sort("cluster")
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "clusters": md_table(clusters),
+            "disagreements": dg.MetadataValue.json(disagree),
+            "embedder": embedder.name,
+            "records_embedded": sample.height,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=group_partitions,
+    group_name="discovery",
+    kinds={"duckdb", "parquet"},
+    deps=[dg.AssetDep("raw_records", partition_mapping=source_to_group), "source_groups"],
+    description=(
+        "The teacher judges a stratified sample of the group's records freely (judge_sample_per_source per "
+        "source): it names its own dimensions, scores each 0-10 and justifies it. Parsed into items "
+        "(record, dimension, facet, score, rationale). Replies are cached like every scorer's."
+    ),
+)
+def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    group_id = context.partition_key
+    cfg, store = mira.config(), mira.store()
+    family = cfg.groups[group_id].family
+    raw = store.read("raw_records").filter(pl.col("group_id") == group_id)
+    sample = pl.concat(
+        _hash_sample(part, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
+        for _, part in raw.group_by("source", maintain_order=True)
+    )
+    records = _records(sample)
+    spec, backend, where = make_judge(group_id, cfg)
+    context.log.info(f"judging {len(records)} records of group {group_id} freely: {where}")
+    jobs = [Job(r, render_user(spec.user_template, r)) for r in records]
+    outcomes, stats = asyncio.run(
+        score_jobs(
+            jobs,
+            spec,
+            backend,
+            store.replies,
+            max_model_len=cfg.pipeline.max_model_len,
+            max_in_flight=getattr(backend, "capacity", cfg.pipeline.max_in_flight),
+        )
+    )
+    items = [
+        JudgmentItem(record_id=r.record_id, source=r.source, dimension=name, facet=facet, score=score, rationale=why)
+        for r, o in zip(records, outcomes, strict=True)
+        if o.completion is not None
+        for name, facet, score, why in parse_free_judgment(o.completion.text, family)
+    ]
+    df = pl.DataFrame(
+        [i.model_dump() for i in items],
+        schema={
+            "record_id": pl.String,
+            "source": pl.String,
+            "dimension": pl.String,
+            "facet": pl.String,
+            "score": pl.Float64,
+            "rationale": pl.String,
+        },
+    ).with_columns(pl.lit(group_id).alias("group_id"), pl.lit(spec.version).alias("judge_version"))
+    store.write("teacher_judgments", df, group_id)
+    unanswered = sum(o.completion is None for o in outcomes)
+    names = df.group_by("dimension").len().sort("len", descending=True)
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(df, ["source", "dimension", "facet", "score", "rationale"]),
+            "records_judged": len(records),
+            "records_without_reply": unanswered,
+            "distinct_dimension_names": names.height,
+            "top_names": md_table(names, n=20),
+            "requests_sent": stats.sent,
+            "from_cache": stats.from_cache,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=group_partitions,
+    group_name="discovery",
+    kinds={"duckdb", "parquet"},
+    deps=["teacher_judgments"],
+    description=(
+        "The group's 15 anchor dimensions: the judgment items are embedded and clustered (KMeans k=15), slots sorted "
+        "by cluster size and named by their most frequent dimension name, with a parenthetical sub-label where two "
+        "clusters would share a name; the item nearest each centroid of the 12 largest clusters is a calibration "
+        "reference. Written to $MIRA_HOME/anchors/group_<id>_dim_anchors.jsonl; scorers use it when the group has "
+        "no configured anchors or pipeline.rubric_source is 'discovered' (a new file is a new scorer_version)."
+    ),
+)
+def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    group_id = context.partition_key
+    cfg, store = mira.config(), mira.store()
+    df = store.read("teacher_judgments", group_id)
+    items = [JudgmentItem(**{k: row[k] for k in JudgmentItem.model_fields}) for row in df.iter_rows(named=True)]
+    if len(items) < 15:
+        raise ValueError(f"group {group_id}: {len(items)} judgment items, at least 15 are needed for 15 slots")
+    embedder = embedder_from_env()
+    found = discover_anchors(items, embedder.embed([item_text(i) for i in items]), seed=cfg.pipeline.seed)
+    path = discovered_anchor_path(store.home, group_id)
+    write_anchor_file(path, found.dims)
+    table = pl.DataFrame(
+        [
+            {
+                "group_id": group_id,
+                "slot": d.slot,
+                "name": d.name,
+                "cluster_size": d.cluster_size,
+                "facet": d.facet,
+                "references": len(d.calibration_references),
+            }
+            for d in found.dims
+        ]
+    )
+    store.write("anchor_rubric", table, group_id)
+    configured = cfg.groups[group_id].anchors
+    in_use = "discovered" if configured is None or cfg.pipeline.rubric_source == "discovered" else "configured"
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": table.height,
+            "slots": md_table(table.drop("group_id"), n=15),
+            "anchor_file": dg.MetadataValue.path(str(path)),
+            "in_use_by_scorers": in_use,
+            "embedder": embedder.name,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=group_partitions,
+    group_name="teacher",
+    kinds={"jsonl"},
+    deps=[dg.AssetDep("teacher_labels", partition_mapping=source_to_group), "anchor_rubric"],
+    description=(
+        "The teacher's labels of the `distill` split as chat-format SFT data (system, user, assistant in the "
+        "contract format), $MIRA_HOME/exports/distillation/group_<id>.jsonl. Held-out records never appear in it."
+    ),
+)
+def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    group_id = context.partition_key
+    store = mira.store()
+    spec, _, _ = mira.scorer("teacher", group_id)
+    labels = store.read("teacher_labels").filter(
+        (pl.col("group_id") == group_id) & (pl.col("split") == "distill") & pl.col("status").is_in(["ok"])
+    )
+    stale = labels.filter(pl.col("scorer_version") != spec.version).height
+    labels = labels.filter(pl.col("scorer_version") == spec.version)
+    replies = store.replies.load(spec.version, labels["record_id"].to_list())
+    raw = store.read("raw_records").filter(pl.col("group_id") == group_id)
+    by_id = {r.record_id: r for r in _records(raw.unique("record_id", keep="first"))}
+    out = store.exports_dir / "distillation" / f"group_{group_id}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    counts: dict[str, int] = {}
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in labels.iter_rows(named=True):
+            rid, source = row["record_id"], row["source"]
+            if rid not in replies or rid not in by_id:
+                continue
+            messages = [
+                {"role": "system", "content": spec.system_prompt},
+                {"role": "user", "content": render_user(spec.user_template, by_id[rid])},
+                {"role": "assistant", "content": replies[rid].text},
+            ]
+            fh.write(json.dumps({"record_id": rid, "source": source, "messages": messages}, ensure_ascii=False) + "\n")
+            counts[source] = counts.get(source, 0) + 1
+    tmp.replace(out)
+    context.log.info(f"group {group_id}: {sum(counts.values())} distillation examples written to {out}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": sum(counts.values()),
+            "per_source": dg.MetadataValue.json(counts),
+            "stale_labels_skipped": stale,
+            "path": dg.MetadataValue.path(str(out)),
+        }
+    )
