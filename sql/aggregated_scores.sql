@@ -21,7 +21,8 @@ WITH long AS (
     SELECT source, record_id, avg(z) AS aggregate, count(*) AS n_dims_used FROM z GROUP BY source, record_id
 )
 SELECT st.source, st.group_id, st.record_id, st.n_tokens, st.status,
-    agg.aggregate, coalesce(agg.n_dims_used, 0) AS n_dims_used
+    agg.aggregate, coalesce(agg.n_dims_used, 0) AS n_dims_used,
+    (SELECT any_value(mask_version) FROM reliability_mask) AS mask_version
 FROM student_scores st
 LEFT JOIN agg USING (source, record_id)
 ORDER BY st.source, agg.aggregate DESC NULLS LAST, st.record_id

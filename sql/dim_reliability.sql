@@ -2,20 +2,10 @@
 -- n pairs, MAE, and Spearman's rho (Pearson correlation of average ranks, ties averaged, which is
 -- exactly scipy.stats.spearmanr). The same statistics pooled over the group's sources are carried
 -- alongside (group_*), as the fallback for cells with too few pairs.
--- Inputs: teacher_labels, student_scores, dims (group_id, slot, dim_name).
-WITH teacher AS (
-    UNPIVOT (
-        SELECT source, group_id, record_id, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15
-        FROM teacher_labels WHERE split = 'heldout'
-    ) ON a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 INTO NAME dim VALUE teacher
-), student AS (
-    UNPIVOT (
-        SELECT source, record_id, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15
-        FROM student_scores
-    ) ON a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 INTO NAME dim VALUE student
-), pairs AS (
-    SELECT t.source, t.group_id, CAST(substr(t.dim, 2) AS INTEGER) AS slot, t.teacher, s.student
-    FROM teacher t JOIN student s USING (source, record_id, dim)
+-- Inputs: heldout_pairs (sql/heldout_pairs.sql), student_scores, dims (group_id, slot, dim_name).
+-- Bootstrap intervals are added in Python (core/reliability.py).
+WITH pairs AS (
+    SELECT * FROM heldout_pairs
 ), ranked AS (
     SELECT *,
         rank() OVER (PARTITION BY source, slot ORDER BY teacher)

@@ -13,7 +13,8 @@ WITH totals AS (
     WINDOW w AS (PARTITION BY a.source ORDER BY a.aggregate DESC, a.record_id
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
-SELECT source, group_id, record_id, rank, aggregate, n_tokens, cum_tokens, budget_tokens, source_tokens
+SELECT source, group_id, record_id, rank, aggregate, n_tokens, cum_tokens, budget_tokens, source_tokens,
+    mask_version
 FROM ranked
 WHERE cum_tokens <= budget_tokens
    OR (cum_tokens - n_tokens < budget_tokens

@@ -61,6 +61,8 @@ class PipelineSettings(BaseModel):
     # Reliability mask: a (source, dim) cell is kept when MAE <= max_mae and rho >= min_rho.
     mask_max_mae: float = 1.5
     mask_min_rho: float = 0.3
+    bootstrap_resamples: int = Field(1000, ge=10)
+    ci_level: float = Field(0.95, gt=0, lt=1)
     # Cells with fewer held-out pairs use the group-level estimate pooled over the group's sources.
     min_heldout: int = Field(8, ge=2)
     # Selection: share of each source's tokens to keep.

@@ -1,8 +1,11 @@
 """Stage 3: how far the student can be trusted on each (source × dimension), and the mask."""
 
+import hashlib
+
 import dagster as dg
 import polars as pl
 
+from mira_dagster.core.reliability import reliability_table
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.resources import MiraResource
 
@@ -22,14 +25,14 @@ def dims_frame(mira: MiraResource) -> pl.DataFrame:
     kinds={"duckdb", "parquet"},
     deps=["teacher_labels", "student_scores"],
     description=(
-        "Per (source × dimension), on the held-out split: n teacher–student pairs, MAE and Spearman's ρ, "
-        "with the same statistics pooled over the group's sources (group_n, group_mae, group_rho). "
-        "Computed in DuckDB (sql/dim_reliability.sql)."
+        "Per (source × dimension), on the held-out split: n teacher–student pairs, MAE and Spearman's ρ with "
+        "bootstrap confidence intervals (ci_level, bootstrap_resamples), and the same pooled over the group's "
+        "sources (group_*). Point estimates in DuckDB (sql/dim_reliability.sql), intervals in core/reliability.py."
     ),
 )
 def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    store = mira.store()
-    df = store.query("dim_reliability", frames={"dims": dims_frame(mira)})
+    store, s = mira.store(), mira.config().pipeline
+    df = reliability_table(store, dims_frame(mira), s.bootstrap_resamples, s.seed, s.ci_level)
     store.write("dim_reliability", df)
     return dg.MaterializeResult(metadata={**table_metadata(df, n=20), "sources": df["source"].n_unique()})
 
@@ -46,9 +49,22 @@ def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
 )
 def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     s = mira.config().pipeline
-    rule = f"mask if MAE > {s.mask_max_mae} or rho < {s.mask_min_rho}; min_heldout {s.min_heldout}"
+    rule = (
+        f"mask if MAE > {s.mask_max_mae} or rho < {s.mask_min_rho}; min_heldout {s.min_heldout}; "
+        f"group estimate when the source's {s.ci_level:.0%} interval straddles a threshold"
+    )
     store = mira.store()
-    df = store.query("reliability_mask", max_mae=s.mask_max_mae, min_rho=s.mask_min_rho, min_n=s.min_heldout, rule=rule)
+    # The mask version names the rule and the reliability estimates it was applied to.
+    evidence = hashlib.sha256(store.partition_path("dim_reliability").read_bytes()).hexdigest()
+    version = hashlib.sha256(f"{rule}\n{evidence}".encode()).hexdigest()[:12]
+    df = store.query(
+        "reliability_mask",
+        max_mae=s.mask_max_mae,
+        min_rho=s.mask_min_rho,
+        min_n=s.min_heldout,
+        rule=rule,
+        mask_version=version,
+    )
     store.write("reliability_mask", df)
     per_source = (
         df.group_by("source").agg(pl.col("masked").sum().alias("masked"), pl.len().alias("dims")).sort("source")
@@ -58,6 +74,7 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
         metadata={
             "dagster/row_count": df.height,
             "rule": rule,
+            "mask_version": version,
             "masked_cells": int(df["masked"].sum()),
             "masked_per_source": md_table(per_source, n=100),
             "preview": md_table(masked, n=30),

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 from scipy.stats import spearmanr
 
+from mira_dagster.core.reliability import bootstrap_intervals, reliability_table
 from mira_dagster.core.store import Store
 from mira_dagster.core.tables import SLOT_COLUMNS
 
@@ -50,7 +51,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_mae_and_spearman_hand_computed(store: Store) -> None:
-    rel = store.query("dim_reliability", frames={"dims": DIMS})
+    rel = reliability_table(store, DIMS, n_boot=200)
     row = rel.filter(pl.col("slot") == 1).row(0, named=True)
     assert row["n"] == 4
     assert row["mae"] == pytest.approx(0.75)
@@ -62,15 +63,16 @@ def test_mae_and_spearman_hand_computed(store: Store) -> None:
 
 
 def test_mask_decisions(store: Store) -> None:
-    store.write("dim_reliability", store.query("dim_reliability", frames={"dims": DIMS}))
-    mask = store.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=4, rule="r")
+    store.write("dim_reliability", reliability_table(store, DIMS, n_boot=200))
+    mask = store.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=4, rule="r", mask_version="v1")
     by_slot = {r["slot"]: r for r in mask.iter_rows(named=True)}
-    assert not by_slot[1]["masked"] and by_slot[1]["basis"] == "source"
+    # four pairs: slot 1's rho interval straddles 0.3, so the (here identical) group estimate decides
+    assert not by_slot[1]["masked"] and by_slot[1]["basis"] == "group" and "straddles" in by_slot[1]["reason"]
     assert by_slot[2]["masked"] and by_slot[2]["reason"] == "MAE 2.00 > 1.50; rho -1.00 < 0.30"
     assert by_slot[3]["masked"] and "rho undefined" in by_slot[3]["reason"]
     assert not by_slot[4]["masked"] and "kept unverified" in by_slot[4]["reason"]
     # with a higher min_n the cell falls back to the group estimate (the same data here)
-    mask5 = store.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=5, rule="r")
+    mask5 = store.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=5, rule="r", mask_version="v1")
     assert set(mask5["basis"]) == {"none"}
 
 
@@ -81,8 +83,10 @@ def test_group_fallback_pools_sources(tmp_path: Path) -> None:
     s.write("teacher_labels", scores("b", ["4", "5", "6"], {1: t[1][3:]}, split=["heldout"] * 3), "b")
     s.write("student_scores", scores("a", ["1", "2", "3"], {1: [1.0, 2, 3]}), "a")
     s.write("student_scores", scores("b", ["4", "5", "6"], {1: [4.0, 5, 9]}), "b")
-    s.write("dim_reliability", s.query("dim_reliability", frames={"dims": DIMS}))
-    mask = s.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=6, rule="r").filter(pl.col("slot") == 1)
+    s.write("dim_reliability", reliability_table(s, DIMS, n_boot=200))
+    mask = s.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=6, rule="r", mask_version="v").filter(
+        pl.col("slot") == 1
+    )
     assert mask["basis"].to_list() == ["group", "group"]
     assert mask["used_n"].to_list() == [6, 6]
     assert mask["used_mae"].to_list() == pytest.approx([0.5, 0.5])
@@ -101,6 +105,7 @@ def _select(tmp_path: Path, tokens: list[int], share: float) -> list[str]:
             "status": "ok",
             "aggregate": [float(len(tokens) - i) for i in range(len(tokens))],
             "n_dims_used": 12,
+            "mask_version": "v",
         }
     )
     s.write("aggregated_scores", agg)
@@ -130,6 +135,7 @@ def test_unscored_records_count_in_budget_but_are_never_kept(tmp_path: Path) -> 
             "status": ["too_long", "ok", "ok"],
             "aggregate": [None, 1.0, 0.0],
             "n_dims_used": [0, 3, 3],
+            "mask_version": "v",
         }
     )
     s.write("aggregated_scores", agg)
@@ -142,11 +148,75 @@ def test_aggregate_normalises_and_ignores_masked(tmp_path: Path) -> None:
     # slot 1 lenient (9, 10), slot 2 harsh (1, 2): after z-normalising, each record has z = +-1 on both.
     s.write("student_scores", scores("s", ["x", "y"], {1: [10.0, 9], 2: [1.0, 2], 3: [0.0, 10]}), "s")
     mask = pl.DataFrame(
-        {"source": "s", "slot": [1, 2, 3], "masked": [False, False, True]},
-        schema={"source": pl.String, "slot": pl.Int32, "masked": pl.Boolean},
+        {"source": "s", "slot": [1, 2, 3], "masked": [False, False, True], "mask_version": "v"},
+        schema={"source": pl.String, "slot": pl.Int32, "masked": pl.Boolean, "mask_version": pl.String},
     )
     s.write("reliability_mask", mask)
     agg = s.query("aggregated_scores")
     by_id = {r["record_id"]: r for r in agg.iter_rows(named=True)}
     assert by_id["x"]["aggregate"] == pytest.approx(0.0) and by_id["y"]["aggregate"] == pytest.approx(0.0)
     assert by_id["x"]["n_dims_used"] == 2
+
+
+def _pairs(t: list[float], s: list[float]) -> pl.DataFrame:
+    n = len(t)
+    return pl.DataFrame(
+        {"source": ["s"] * n, "key": [f"r{i}" for i in range(n)], "slot": [1] * n, "teacher": t, "student": s},
+        schema_overrides={"slot": pl.Int32},
+    )
+
+
+def test_bootstrap_interval_perfect_agreement() -> None:
+    x = [float(i % 11) for i in range(40)]
+    ci = bootstrap_intervals(_pairs(x, x), "source", n_boot=300).row(0, named=True)
+    assert (ci["mae_lo"], ci["mae_hi"]) == (0.0, 0.0)
+    assert ci["rho_lo"] == pytest.approx(1.0) and ci["rho_hi"] == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_covers_estimate_narrows_with_n_and_is_seeded() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def ci(n: int, seed: int = 0) -> dict:
+        t = rng.integers(0, 11, n).astype(float)
+        s = np.clip(t + rng.normal(0, 1.5, n), 0, 10).round()
+        row = bootstrap_intervals(_pairs(t.tolist(), s.tolist()), "source", n_boot=500, seed=seed).row(0, named=True)
+        return {**row, "mae": float(np.abs(t - s).mean()), "rho": spearmanr(t, s).statistic}
+
+    small, large = ci(20), ci(2000)
+    for c in (small, large):
+        assert c["mae_lo"] < c["mae"] < c["mae_hi"] and c["rho_lo"] < c["rho"] < c["rho_hi"]
+    assert (large["mae_hi"] - large["mae_lo"]) < (small["mae_hi"] - small["mae_lo"]) / 4
+    t = [float(i % 7) for i in range(30)]
+    s = [float((i * 3) % 7) for i in range(30)]
+    a = bootstrap_intervals(_pairs(t, s), "source", n_boot=200, seed=3)
+    assert a.equals(bootstrap_intervals(_pairs(t, s), "source", n_boot=200, seed=3))
+
+
+def test_straddling_interval_falls_back_to_group(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    rel = pl.DataFrame(
+        {
+            "source": ["a", "b"],
+            "group_id": "g",
+            "slot": [1, 1],
+            "dim_name": "d1",
+            "n": [30, 30],
+            "mae": [1.4, 0.5],
+            "rho": [0.8, 0.8],
+            "group_n": 60,
+            "group_mae": 0.95,
+            "group_rho": 0.8,
+            "mae_lo": [1.0, 0.3],
+            "mae_hi": [1.9, 0.7],
+            "rho_lo": [0.6, 0.6],
+            "rho_hi": [0.9, 0.9],
+        },
+        schema_overrides={"slot": pl.Int32},
+    )
+    s.write("dim_reliability", rel)
+    mask = s.query("reliability_mask", max_mae=1.5, min_rho=0.3, min_n=8, rule="r", mask_version="v")
+    by = {r["source"]: r for r in mask.iter_rows(named=True)}
+    assert by["a"]["basis"] == "group" and "straddles" in by["a"]["reason"] and not by["a"]["masked"]
+    assert by["b"]["basis"] == "source" and by["b"]["reason"] == ""
