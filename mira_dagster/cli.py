@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         *((f"group {g}: teacher_judgments, anchor_rubric", d.DISCOVERY_ASSETS, g) for g in groups),
         *((f"{s}: teacher_labels, student_scores", d.SCORING_ASSETS, s) for s in sources),
         *((f"group {g}: distillation_dataset", d.DISTILL_ASSETS, g) for g in groups),
-        ("corpus: dim_reliability, reliability_mask, aggregated_scores, selected_subset", d.CORPUS_ASSETS, None),
+        ("corpus: reliability, mask, aggregates, selection variants, selected_subset, report", d.CORPUS_ASSETS, None),
     ]
     with dg.DagsterInstance.get() as instance:
         for i, (label, selection, partition) in enumerate(steps, 1):

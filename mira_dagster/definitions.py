@@ -7,7 +7,7 @@ from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.reliability import dim_reliability, reliability_mask
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
-from mira_dagster.defs.selection import aggregated_scores, selected_subset
+from mira_dagster.defs.selection import VARIANT_ASSETS, aggregated_scores, selected_subset, selection_report
 
 # The order `mira run` materialises them in: per source, per group, per source, then the corpus.
 INGEST_ASSETS = [raw_records]
@@ -16,7 +16,14 @@ DISCOVERY_ASSETS = [teacher_judgments, anchor_rubric]
 PARTITIONED_ASSETS = [raw_records, teacher_labels, student_scores]
 SCORING_ASSETS = [teacher_labels, student_scores]
 DISTILL_ASSETS = [distillation_dataset]
-CORPUS_ASSETS = [dim_reliability, reliability_mask, aggregated_scores, selected_subset]
+CORPUS_ASSETS = [
+    dim_reliability,
+    reliability_mask,
+    aggregated_scores,
+    *VARIANT_ASSETS,
+    selected_subset,
+    selection_report,
+]
 ALL_ASSETS = [
     raw_records,
     source_groups,

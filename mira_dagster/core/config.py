@@ -65,8 +65,13 @@ class PipelineSettings(BaseModel):
     ci_level: float = Field(0.95, gt=0, lt=1)
     # Cells with fewer held-out pairs use the group-level estimate pooled over the group's sources.
     min_heldout: int = Field(8, ge=2)
-    # Selection: share of each source's tokens to keep.
+    # Selection: the token budget, as a share of all tokens (or absolute, budget_tokens, which wins), spread over
+    # the variant's units in proportion to their tokens; per-source floor and cap as shares of its tokens.
     retention_share: float = Field(0.5, gt=0, le=1)
+    budget_tokens: int | None = Field(None, gt=0)
+    selection_variant: Literal["global", "group", "source", "random"] = "group"
+    source_min_share: float = Field(0.0, ge=0, le=1)
+    source_max_share: float = Field(1.0, ge=0, le=1)
     # Scoring client.
     # Requests in flight per endpoint: above what the server runs at once, so its queue never runs dry.
     max_in_flight: int = Field(128, ge=1)

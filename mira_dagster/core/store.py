@@ -84,6 +84,11 @@ class Store:
                 con.register(name, df)
             return con.sql(load_sql(sql_name), params=params or None).pl()
 
+    def query_sql(self, sql: str) -> pl.DataFrame:
+        """A one-off read over the tables (for small lookups; transforms belong in sql/)."""
+        with self.connect() as con:
+            return con.sql(sql).pl()
+
     def _view_statements(self) -> list[str]:
         stmts = []
         if self.tables_dir.is_dir():

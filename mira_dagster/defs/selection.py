@@ -1,14 +1,17 @@
-"""Stage 4: the reliability-aware aggregate per record, and the per-source selection."""
+"""Stage 4: the reliability-aware aggregate per record, the selection variants at one budget, the export."""
 
 import json
 import shutil
 import uuid
 
 import dagster as dg
+import polars as pl
 
 from mira_dagster.core.store import Store
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.resources import MiraResource
+
+VARIANTS = ("global", "group", "source", "random")
 
 
 @dg.asset(
@@ -16,21 +19,60 @@ from mira_dagster.defs.resources import MiraResource
     kinds={"duckdb", "parquet"},
     deps=["student_scores", "reliability_mask"],
     description=(
-        "Per record: the mean of its unmasked dimension scores, each z-normalised within its group so that "
-        "a lenient dimension does not dominate (sql/aggregated_scores.sql). Records with no usable score "
-        "(too_long, errors) have a NULL aggregate and are never selected."
+        "Per record: the mean of its unmasked dimension scores, each z-normalised so that a lenient dimension does "
+        "not dominate, at three scopes: all sources (aggregate_global), the record's group (aggregate_group, also "
+        "`aggregate`) and its source (aggregate_source); sql/aggregated_scores.sql. Records with no usable score "
+        "(too_long, errors) have NULL aggregates. Every row carries the mask_version it used."
     ),
 )
 def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store = mira.store()
     df = store.query("aggregated_scores")
     store.write("aggregated_scores", df)
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(df),
-            "unscored": int(df["aggregate"].is_null().sum()),
-        }
+    return dg.MaterializeResult(metadata={**table_metadata(df), "unscored": int(df["aggregate"].is_null().sum())})
+
+
+def budget_share(mira: MiraResource) -> float:
+    """The budget as a share of all tokens: budget_tokens / total when set, else retention_share."""
+    s = mira.config().pipeline
+    if s.budget_tokens is None:
+        return s.retention_share
+    total = mira.store().query_sql("SELECT sum(n_tokens) FROM aggregated_scores").item()
+    return min(1.0, s.budget_tokens / total)
+
+
+def select(mira: MiraResource, variant: str) -> pl.DataFrame:
+    s = mira.config().pipeline
+    return mira.store().query(
+        "select_variant",
+        variant=variant,
+        share=budget_share(mira),
+        min_share=s.source_min_share,
+        max_share=s.source_max_share,
+        seed=s.seed,
     )
+
+
+def _variant_asset(variant: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"selected_{variant}",
+        group_name="selection",
+        kinds={"duckdb", "parquet"},
+        deps=["aggregated_scores"],
+        description=(
+            f"The {variant!r} selection variant at the shared token budget (sql/select_variant.sql), kept for "
+            "comparison with selected_subset."
+        ),
+    )
+    def _asset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+        df = select(mira, variant)
+        mira.store().write(f"selected_{variant}", df)
+        return dg.MaterializeResult(metadata={**table_metadata(df), "tokens_kept": int(df["n_tokens"].sum())})
+
+    return _asset
+
+
+VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
 
 
 @dg.asset(
@@ -38,23 +80,33 @@ def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     kinds={"duckdb", "parquet"},
     deps=["aggregated_scores", "raw_records"],
     description=(
-        "Per source, the best records by aggregate up to the source's retention share of its tokens "
-        "(retention_share, default 0.5 as in the paper's 25B of 50B), cut where the kept tokens come closest "
-        "to the budget (sql/selected_subset.sql). The kept records with their text are exported to "
-        "$MIRA_HOME/exports/selected_subset/<source>.parquet with a manifest.json, for training."
+        "The kept records of the configured variant (selection_variant, default 'group': per-group normalisation "
+        "and threshold) at the token budget (retention_share of all tokens, default 0.5 as in the paper's 25B of "
+        "50B, or budget_tokens), with the per-source floor and cap source_min_share / source_max_share. Exported "
+        "with their text to $MIRA_HOME/exports/selected_subset/<source>.parquet with a manifest.json."
     ),
 )
 def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    store = mira.store()
-    share = mira.config().pipeline.retention_share
-    df = store.query("selected_subset", share=share)
+    store, s = mira.store(), mira.config().pipeline
+    df = select(mira, s.selection_variant)
     store.write("selected_subset", df)
-    manifest = export_kept(store, share)
+    manifest = export_kept(
+        store,
+        {
+            "variant": s.selection_variant,
+            "budget_share": budget_share(mira),
+            "source_min_share": s.source_min_share,
+            "source_max_share": s.source_max_share,
+            "mask_version": df["mask_version"][0] if df.height else None,
+            "scorer_versions": store.query_sql("SELECT DISTINCT scorer_version FROM student_scores")[:, 0].to_list(),
+            "thresholds": {src: min(part["score"]) for (src,), part in df.group_by("source")},
+        },
+    )
     summary = store.query("run_summary")
     return dg.MaterializeResult(
         metadata={
             **table_metadata(df),
-            "retention_share": share,
+            "variant": s.selection_variant,
             "summary": md_table(summary, n=100),
             "tokens_kept": int(df["n_tokens"].sum()) if df.height else 0,
             "export": dg.MetadataValue.path(str(store.exports_dir / "selected_subset")),
@@ -63,15 +115,47 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
     )
 
 
-def export_kept(store: Store, share: float) -> dict:
-    """Write the kept records with their text, one Parquet file per source, and a manifest."""
+@dg.asset(
+    group_name="selection",
+    kinds={"duckdb", "parquet"},
+    deps=[*(f"selected_{v}" for v in VARIANTS), "aggregated_scores"],
+    description=(
+        "The variants side by side: per source, the tokens and share each variant keeps, and the overlap (Jaccard "
+        "of kept record sets) of each variant with the group variant (sql/selection_report.sql)."
+    ),
+)
+def selection_report(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    store = mira.store()
+    df = store.query("selection_report")
+    store.write("selection_report", df)
+    totals = (
+        df.group_by("variant")
+        .agg(pl.col("tokens_kept").sum(), pl.col("source_tokens").sum())
+        .with_columns((pl.col("tokens_kept") / pl.col("source_tokens")).round(4).alias("achieved_share"))
+        .sort("variant")
+    )
+    # pivot on "variant: <name>" so that the variant called "source" does not clash with the index column
+    wide = df.with_columns(pl.concat_str(pl.lit("variant: "), "variant").alias("variant"))
+    shares = wide.pivot(on="variant", index="source", values="kept_share").sort("source")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "achieved_budget": md_table(totals),
+            "kept_share_per_source": md_table(shares, n=100),
+            "jaccard_vs_group": md_table(wide.pivot(on="variant", index="source", values="jaccard_vs_group"), n=100),
+        }
+    )
+
+
+def export_kept(store: Store, manifest_extra: dict) -> dict:
+    """Write the kept records with their text, sharded by source, and a manifest, swapped in atomically."""
     out = store.exports_dir / "selected_subset"
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     with store.connect() as con:
         kept = con.sql(
-            "SELECT r.*, s.rank, s.aggregate FROM selected_subset s "
-            "JOIN raw_records r USING (source, record_id) ORDER BY r.source, s.rank"
+            "SELECT r.*, s.score, s.mask_version FROM selected_subset s "
+            "JOIN raw_records r USING (source, record_id) ORDER BY r.source, s.score DESC"
         ).pl()
     files = []
     for (source,), part in kept.group_by("source", maintain_order=True):
@@ -80,8 +164,13 @@ def export_kept(store: Store, share: float) -> dict:
         files.append(
             {"file": path.name, "source": source, "records": part.height, "tokens": int(part["n_tokens"].sum())}
         )
-    manifest = {"retention_share": share, "records": kept.height, "files": files}
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    manifest = {
+        **manifest_extra,
+        "records": kept.height,
+        "tokens": int(kept["n_tokens"].sum()) if kept.height else 0,
+        "files": files,
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     # Swap directories so readers see the old export or the new one, never a mix.
     old = store.exports_dir / f".old.{uuid.uuid4().hex}"
     if out.exists():

@@ -93,6 +93,13 @@ def test_group_fallback_pools_sources(tmp_path: Path) -> None:
     assert "insufficient data (n=3 < 6)" in mask["reason"][0]
 
 
+AGG_COLUMNS = ["aggregate", "aggregate_global", "aggregate_group", "aggregate_source"]
+
+
+def select(s: Store, variant: str, share: float, lo: float = 0.0, hi: float = 1.0, seed: int = 0) -> pl.DataFrame:
+    return s.query("select_variant", variant=variant, share=share, min_share=lo, max_share=hi, seed=seed)
+
+
 def _select(tmp_path: Path, tokens: list[int], share: float) -> list[str]:
     s = Store(tmp_path)
     ids = [f"r{i}" for i in range(len(tokens))]
@@ -103,13 +110,13 @@ def _select(tmp_path: Path, tokens: list[int], share: float) -> list[str]:
             "record_id": ids,
             "n_tokens": tokens,
             "status": "ok",
-            "aggregate": [float(len(tokens) - i) for i in range(len(tokens))],
+            **{c: [float(len(tokens) - i) for i in range(len(tokens))] for c in AGG_COLUMNS},
             "n_dims_used": 12,
             "mask_version": "v",
         }
     )
     s.write("aggregated_scores", agg)
-    return s.query("selected_subset", share=share)["record_id"].to_list()
+    return select(s, "source", share)["record_id"].to_list()
 
 
 def test_budget_exact(tmp_path: Path) -> None:
@@ -133,13 +140,13 @@ def test_unscored_records_count_in_budget_but_are_never_kept(tmp_path: Path) -> 
             "record_id": ["a", "b", "c"],
             "n_tokens": [50, 25, 25],
             "status": ["too_long", "ok", "ok"],
-            "aggregate": [None, 1.0, 0.0],
+            **{c: [None, 1.0, 0.0] for c in AGG_COLUMNS},
             "n_dims_used": [0, 3, 3],
             "mask_version": "v",
         }
     )
     s.write("aggregated_scores", agg)
-    out = s.query("selected_subset", share=0.5)
+    out = select(s, "source", 0.5)
     assert out["record_id"].to_list() == ["b", "c"] and out["budget_tokens"][0] == 50
 
 
@@ -220,3 +227,60 @@ def test_straddling_interval_falls_back_to_group(tmp_path: Path) -> None:
     by = {r["source"]: r for r in mask.iter_rows(named=True)}
     assert by["a"]["basis"] == "group" and "straddles" in by["a"]["reason"] and not by["a"]["masked"]
     assert by["b"]["basis"] == "source" and by["b"]["reason"] == ""
+
+
+def _corpus(tmp_path: Path, n: int = 400, seed: int = 0) -> Store:
+    """Three sources in two groups, tokens 1-300, random aggregates."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    src = rng.choice(["a", "b", "c"], n)
+    s = Store(tmp_path)
+    s.write(
+        "aggregated_scores",
+        pl.DataFrame(
+            {
+                "source": src,
+                "group_id": np.where(src == "c", "h", "g"),
+                "record_id": [f"r{i}" for i in range(n)],
+                "n_tokens": rng.integers(1, 300, n),
+                "status": "ok",
+                **{c: rng.normal(size=n) for c in AGG_COLUMNS},
+                "n_dims_used": 15,
+                "mask_version": "v",
+            }
+        ),
+    )
+    return s
+
+
+@pytest.mark.parametrize("variant", ["global", "group", "source", "random"])
+def test_variants_hit_the_same_budget_within_one_record_per_unit(tmp_path: Path, variant: str) -> None:
+    s = _corpus(tmp_path)
+    agg = s.read("aggregated_scores")
+    out = select(s, variant, 0.4)
+    units = {"global": ["*"], "random": ["*"], "group": ["g", "h"], "source": ["a", "b", "c"]}[variant]
+    key = {"global": None, "random": None, "group": "group_id", "source": "source"}[variant]
+    for unit in units:
+        part = agg if key is None else agg.filter(pl.col(key) == unit)
+        kept = out if key is None else out.filter(pl.col(key) == unit)
+        budget = 0.4 * part["n_tokens"].sum()
+        assert abs(kept["n_tokens"].sum() - budget) <= part["n_tokens"].max() / 2 + 1e-9  # the closest cut
+    assert out.equals(select(s, variant, 0.4))  # deterministic (random is seeded)
+
+
+def test_random_variant_depends_on_seed(tmp_path: Path) -> None:
+    s = _corpus(tmp_path)
+    assert set(select(s, "random", 0.4, seed=1)["record_id"]) != set(select(s, "random", 0.4, seed=2)["record_id"])
+
+
+def test_per_source_floor_and_cap(tmp_path: Path) -> None:
+    s = _corpus(tmp_path)
+    agg = s.read("aggregated_scores")
+    tokens = dict(agg.group_by("source").agg(pl.col("n_tokens").sum()).iter_rows())
+    out = select(s, "global", 0.4, lo=0.2, hi=0.5)
+    kept = dict(out.group_by("source").agg(pl.col("n_tokens").sum()).iter_rows())
+    for src, total in tokens.items():
+        assert kept[src] <= 0.5 * total
+        assert kept[src] >= 0.2 * total - agg.filter(pl.col("source") == src)["n_tokens"].max()
+    assert abs(out["n_tokens"].sum() - 0.4 * agg["n_tokens"].sum()) <= agg["n_tokens"].max()

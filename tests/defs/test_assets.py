@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -41,8 +42,21 @@ def test_pipeline_end_to_end_offline(small_config: Path, tmp_path: Path) -> None
     assert dict(splits) == {"distill": 20, "heldout": 14}
     assert con.execute("SELECT count(*) FROM reliability_mask").fetchone()[0] == 30
     assert con.execute("SELECT count(DISTINCT source) FROM selected_subset").fetchone()[0] == 2
-    kept = con.execute("SELECT sum(n_tokens) / any_value(source_tokens) FROM selected_subset WHERE source='lean_qa'")
+    kept = con.execute(
+        "SELECT sum(s.n_tokens) / (SELECT sum(n_tokens) FROM raw_records WHERE source = 'lean_qa') "
+        "FROM selected_subset s WHERE s.source = 'lean_qa'"
+    )
     assert abs(kept.fetchone()[0] - 0.5) < 0.05
+    # every variant keeps the same budget, within one record per unit (here one source per group)
+    report = con.execute(
+        "SELECT variant, sum(tokens_kept), sum(source_tokens) FROM selection_report GROUP BY 1"
+    ).fetchall()
+    biggest = con.execute("SELECT max(n_tokens) FROM raw_records").fetchone()[0]
+    for _, kept_tokens, total in report:
+        assert abs(kept_tokens - total / 2) <= 2 * biggest
+    assert len({v for v, *_ in report}) == 4
+    manifest = json.loads((home / "exports" / "selected_subset" / "manifest.json").read_text())
+    assert manifest["variant"] == "group" and manifest["mask_version"] and manifest["scorer_versions"]
     export = pl.read_parquet(home / "exports" / "selected_subset" / "lean_qa.parquet")
     assert export.height == con.execute("SELECT count(*) FROM selected_subset WHERE source='lean_qa'").fetchone()[0]
     assert export["answer"].null_count() == 0
