@@ -27,7 +27,7 @@ WITH base AS (
                               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS source_cum
     FROM base b JOIN src s USING (source) JOIN unit u USING (unit)
     WHERE b.score IS NOT NULL
-), flagged AS (
+), flagged AS MATERIALIZED (
     SELECT *,
         $min_share > 0 AND (source_cum <= $min_share * source_tokens
             OR (source_cum - n_tokens < $min_share * source_tokens

@@ -1,6 +1,7 @@
 """Bootstrap confidence intervals for the teacher–student agreement of each cell (source or group × slot).
 
-Vectorised: per unit (a source, or a group), one matrix of multinomial resampling weights (B × n records)
+Vectorised: per unit (a source, or a group), one matrix of resampling weights (B × n records: how often each
+record is drawn in each resample)
 multiplies one matrix of per-record terms (n × 7 terms × 15 slots), so every slot of the unit is resampled
 together. For Spearman's ρ the records are ranked once on the full held-out sample and the resamples draw
 (teacher rank, student rank) pairs: ranks are not recomputed inside each resample, which keeps this a few
@@ -26,7 +27,9 @@ def _unit_intervals(t: np.ndarray, s: np.ndarray, n_boot: int, rng: np.random.Ge
     v = valid.astype(float)
     err = np.where(valid, np.abs(np.nan_to_num(t) - np.nan_to_num(s)), 0.0)
     terms = np.concatenate([v, err, rt, rs, rt * rt, rs * rs, rt * rs], axis=1)  # n × 7·15
-    w = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)  # B × n
+    # resampling weights: how often each record is drawn in each of the B resamples
+    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+    w = np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)  # B × n
     sums = w @ terms
     sv, se, st, ss, stt, sss, sts = np.split(sums, 7, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -68,16 +71,15 @@ def bootstrap_intervals(
     rng = np.random.default_rng(seed)
     rows = []
     for (name,), part in pairs.sort(unit, "key", "slot").group_by(unit, maintain_order=True):
-        keys = part["key"].unique(maintain_order=True)
-        index = {k: i for i, k in enumerate(keys.to_list())}
-        t = np.full((len(keys), N_SLOTS), np.nan)
-        s = np.full((len(keys), N_SLOTS), np.nan)
-        ri = np.array([index[k] for k in part["key"].to_list()])
+        ri = part["key"].rank("dense").to_numpy().astype(np.int64) - 1
+        n_keys = int(ri.max()) + 1
+        if n_keys < 2:
+            continue
+        t = np.full((n_keys, N_SLOTS), np.nan)
+        s = np.full((n_keys, N_SLOTS), np.nan)
         si = part["slot"].to_numpy() - 1
         t[ri, si] = part["teacher"].to_numpy()
         s[ri, si] = part["student"].to_numpy()
-        if len(keys) < 2:
-            continue
         ci = _unit_intervals(t, s, n_boot, rng, 1 - level)
         for j in range(N_SLOTS):
             rows.append({unit: name, "slot": j + 1, **{k: _f(v[j]) for k, v in ci.items()}})
