@@ -4,7 +4,7 @@ import dagster as dg
 
 from mira_dagster.defs.discovery import anchor_rubric, distillation_dataset, source_groups, teacher_judgments
 from mira_dagster.defs.ingest import raw_records
-from mira_dagster.defs.reliability import dim_reliability, reliability_mask
+from mira_dagster.defs.reliability import dim_reliability, disagreements, reliability_mask
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 from mira_dagster.defs.selection import VARIANT_ASSETS, aggregated_scores, selected_subset, selection_report
@@ -19,6 +19,7 @@ DISTILL_ASSETS = [distillation_dataset]
 CORPUS_ASSETS = [
     dim_reliability,
     reliability_mask,
+    disagreements,
     aggregated_scores,
     *VARIANT_ASSETS,
     selected_subset,

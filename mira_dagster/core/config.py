@@ -61,6 +61,7 @@ class PipelineSettings(BaseModel):
     # Reliability mask: a (source, dim) cell is kept when MAE <= max_mae and rho >= min_rho.
     mask_max_mae: float = 1.5
     mask_min_rho: float = 0.3
+    disagreement_top_k: int = Field(10, ge=1)
     bootstrap_resamples: int = Field(1000, ge=10)
     ci_level: float = Field(0.95, gt=0, lt=1)
     # Cells with fewer held-out pairs use the group-level estimate pooled over the group's sources.

@@ -1,5 +1,6 @@
 """Small helpers for the metadata every materialisation reports."""
 
+import base64
 from typing import Any
 
 import dagster as dg
@@ -27,3 +28,8 @@ def md_table(df: pl.DataFrame, n: int = 10, width: int = 48) -> dg.MetadataValue
 def table_metadata(df: pl.DataFrame, preview_columns: list[str] | None = None, n: int = 10) -> dict[str, Any]:
     preview = df.select(preview_columns) if preview_columns else df
     return {"dagster/row_count": df.height, "preview": md_table(preview, n)}
+
+
+def md_image(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG inlined in Markdown metadata (a data URI), so the UI shows it without any file server."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")

@@ -5,8 +5,9 @@ import hashlib
 import dagster as dg
 import polars as pl
 
+from mira_dagster.core.plots import reliability_heatmap
 from mira_dagster.core.reliability import reliability_table
-from mira_dagster.defs.metadata import md_table, table_metadata
+from mira_dagster.defs.metadata import md_image, md_table, table_metadata
 from mira_dagster.defs.resources import MiraResource
 
 
@@ -78,5 +79,30 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
             "masked_cells": int(df["masked"].sum()),
             "masked_per_source": md_table(per_source, n=100),
             "preview": md_table(masked, n=30),
+            "heatmap": md_image(reliability_heatmap(df), "reliability heatmap"),
+        }
+    )
+
+
+@dg.asset(
+    group_name="reliability",
+    kinds={"duckdb", "parquet"},
+    deps=["teacher_labels", "student_scores"],
+    description=(
+        "The held-out records where teacher and student disagree most, per (source × dimension) and overall "
+        "(disagreement_top_k each): the queue for the next round of teacher labelling (sql/disagreements.sql)."
+    ),
+)
+def disagreements(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    store = mira.store()
+    pairs = store.query("heldout_pairs")
+    df = store.query("disagreements", frames={"heldout_pairs": pairs}, k=mira.config().pipeline.disagreement_top_k)
+    store.write("disagreements", df)
+    overall = df.filter(pl.col("kind") == "overall").sort("gap", descending=True)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": df.height,
+            "records_to_relabel": df["record_id"].n_unique(),
+            "preview": md_table(overall.select("source", "record_id", "teacher", "student", "gap"), n=15),
         }
     )

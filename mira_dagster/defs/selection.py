@@ -7,8 +7,9 @@ import uuid
 import dagster as dg
 import polars as pl
 
+from mira_dagster.core.plots import retention_curves, score_distributions
 from mira_dagster.core.store import Store
-from mira_dagster.defs.metadata import md_table, table_metadata
+from mira_dagster.defs.metadata import md_image, md_table, table_metadata
 from mira_dagster.defs.resources import MiraResource
 
 VARIANTS = ("global", "group", "source", "random")
@@ -29,7 +30,14 @@ def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     store = mira.store()
     df = store.query("aggregated_scores")
     store.write("aggregated_scores", df)
-    return dg.MaterializeResult(metadata={**table_metadata(df), "unscored": int(df["aggregate"].is_null().sum())})
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(df),
+            "unscored": int(df["aggregate"].is_null().sum()),
+            "distributions": md_image(score_distributions(df), "score distributions"),
+            "retention_curves": md_image(retention_curves(df), "retention curves"),
+        }
+    )
 
 
 def budget_share(mira: MiraResource) -> float:
@@ -137,10 +145,12 @@ def selection_report(context: dg.AssetExecutionContext, mira: MiraResource) -> d
     # pivot on "variant: <name>" so that the variant called "source" does not clash with the index column
     wide = df.with_columns(pl.concat_str(pl.lit("variant: "), "variant").alias("variant"))
     shares = wide.pivot(on="variant", index="source", values="kept_share").sort("source")
+    tokens = wide.pivot(on="variant", index="source", values="tokens_kept").sort("source")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
             "achieved_budget": md_table(totals),
+            "kept_tokens_per_source": md_table(tokens, n=100),
             "kept_share_per_source": md_table(shares, n=100),
             "jaccard_vs_group": md_table(wide.pivot(on="variant", index="source", values="jaccard_vs_group"), n=100),
         }

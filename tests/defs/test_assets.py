@@ -61,6 +61,24 @@ def test_pipeline_end_to_end_offline(small_config: Path, tmp_path: Path) -> None
     assert export.height == con.execute("SELECT count(*) FROM selected_subset WHERE source='lean_qa'").fetchone()[0]
     assert export["answer"].null_count() == 0
 
+    # the disagreement queue: held-out records only, largest gaps first
+    rows = con.execute(
+        "SELECT kind, source, record_id, gap, pos FROM disagreements ORDER BY source, kind, pos"
+    ).fetchall()
+    heldout = {r[0] for r in con.execute("SELECT record_id FROM teacher_labels WHERE split = 'heldout'").fetchall()}
+    assert rows and {r[2] for r in rows} <= heldout
+    overall = [r[3] for r in rows if r[0] == "overall" and r[1] == "lean_qa"]
+    assert overall == sorted(overall, reverse=True) and len(overall) <= 10
+
+    # pictures inline in the metadata
+    for key, field in [
+        ("reliability_mask", "heatmap"),
+        ("aggregated_scores", "retention_curves"),
+        ("aggregated_scores", "distributions"),
+    ]:
+        md = instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata[field].value
+        assert md.startswith("![") and "data:image/png;base64,iVBORw0KGgo" in md
+
     # metadata reported on the materialisation
     ev = instance.get_latest_materialization_event(dg.AssetKey("student_scores"))
     meta = ev.asset_materialization.metadata
