@@ -3,20 +3,32 @@
 -- (aggregate_group) and within its source (aggregate_source), so that a lenient dimension does not dominate.
 -- Equal weights over the dimensions the record has a score for; `aggregate` is the group-level one. Records
 -- without any usable score get NULL aggregates. Scores stay one 15-element list per record (no 15x unpivot of
--- the corpus): the statistics come from per-(source, slot) sums, pooled per scope.
+-- the corpus); the statistics come from per-(source, slot) sums, pooled per scope.
 WITH mask AS (
     SELECT source, list(masked ORDER BY slot) AS m FROM reliability_mask GROUP BY source
 ), wide AS (
-    SELECT source, group_id, record_id, n_tokens, status,
-        [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15] AS s
-    FROM student_scores
+    SELECT source, group_id, record_id, n_tokens, status, list_value(*COLUMNS('^a[0-9]+$')) AS s FROM student_scores
 ), kept AS (
+    -- the unmasked scores; masked (and missing) ones are NULL
     SELECT w.* EXCLUDE (s), list_transform(range(1, 16), lambda i: CASE WHEN mask.m[i] THEN NULL ELSE w.s[i] END) AS v
     FROM wide w JOIN mask USING (source)
+), sums AS (
+    -- per source and slot: count, sum, sum of squares (a masked cell is emptied whole below)
+    SELECT source, group_id,
+        count(COLUMNS('^(a[0-9]+)$')) AS 'n_\1', sum(COLUMNS('^(a[0-9]+)$')) AS 's1_\1',
+        sum(COLUMNS('^(a[0-9]+)$') ** 2) AS 's2_\1'
+    FROM student_scores GROUP BY source, group_id
 ), per_source AS (
-    SELECT source, group_id, slot, count(x) AS n, sum(x) AS s1, sum(x * x) AS s2
-    FROM (SELECT source, group_id, unnest(v) AS x, unnest(range(1, 16)) AS slot FROM kept)
-    GROUP BY source, group_id, slot
+    -- masked cells keep their row (the per-slot lists below need all 15) but contribute nothing
+    SELECT u.source, u.group_id, u.slot,
+        CASE WHEN m.masked THEN 0 ELSE u.n END AS n,
+        CASE WHEN m.masked THEN NULL ELSE u.s1 END AS s1,
+        CASE WHEN m.masked THEN NULL ELSE u.s2 END AS s2
+    FROM (
+        SELECT source, group_id, unnest(range(1, 16)) AS slot, unnest(list_value(*COLUMNS('^n_a'))) AS n,
+            unnest(list_value(*COLUMNS('^s1_a'))) AS s1, unnest(list_value(*COLUMNS('^s2_a'))) AS s2
+        FROM sums
+    ) u JOIN reliability_mask m ON m.source = u.source AND m.slot = u.slot
 ), scoped AS (
     SELECT p.source, p.group_id, p.slot,
         sum(p.s1) OVER (PARTITION BY p.slot) / sum(p.n) OVER (PARTITION BY p.slot) AS mu_all,

@@ -21,19 +21,23 @@ WITH base AS (
     SELECT source, sum(n_tokens) AS source_tokens FROM base GROUP BY source
 ), unit AS (
     SELECT unit, sum(n_tokens) AS unit_tokens, $share * sum(n_tokens) AS budget_tokens FROM base GROUP BY unit
+), source_cum AS (
+    -- running tokens per source, best first: only needed for a floor or a cap (otherwise empty, and free)
+    SELECT source, record_id,
+        sum(n_tokens) OVER (PARTITION BY source ORDER BY score DESC, record_id
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS source_cum
+    FROM base WHERE score IS NOT NULL AND ($min_share > 0 OR $max_share < 1)
 ), ranked AS (
-    SELECT b.*, s.source_tokens, u.unit_tokens, u.budget_tokens,
-        sum(b.n_tokens) OVER (PARTITION BY b.source ORDER BY b.score DESC, b.record_id
-                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS source_cum
-    FROM base b JOIN src s USING (source) JOIN unit u USING (unit)
+    SELECT b.*, s.source_tokens, u.unit_tokens, u.budget_tokens, c.source_cum
+    FROM base b JOIN src s USING (source) JOIN unit u USING (unit) LEFT JOIN source_cum c USING (source, record_id)
     WHERE b.score IS NOT NULL
 ), flagged AS MATERIALIZED (
     SELECT *,
-        $min_share > 0 AND (source_cum <= $min_share * source_tokens
+        coalesce($min_share > 0 AND (source_cum <= $min_share * source_tokens
             OR (source_cum - n_tokens < $min_share * source_tokens
-                AND source_cum - $min_share * source_tokens < $min_share * source_tokens - (source_cum - n_tokens)))
-            AS reserved,
-        source_cum <= $max_share * source_tokens AS allowed
+                AND source_cum - $min_share * source_tokens < $min_share * source_tokens - (source_cum - n_tokens))),
+            false) AS reserved,
+        coalesce(source_cum <= $max_share * source_tokens, true) AS allowed
     FROM ranked
 ), reserve AS (
     SELECT unit, coalesce(sum(n_tokens) FILTER (WHERE reserved), 0) AS reserved_tokens FROM flagged GROUP BY unit
