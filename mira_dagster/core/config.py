@@ -73,6 +73,7 @@ class PipelineSettings(BaseModel):
     selection_variant: Literal["global", "group", "source", "random"] = "group"
     source_min_share: float = Field(0.0, ge=0, le=1)
     source_max_share: float = Field(1.0, ge=0, le=1)
+    export_shard_records: int = Field(100_000, ge=1)
     # Scoring client.
     # Requests in flight per endpoint: above what the server runs at once, so its queue never runs dry.
     max_in_flight: int = Field(128, ge=1)

@@ -91,7 +91,7 @@ VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
         "The kept records of the configured variant (selection_variant, default 'group': per-group normalisation "
         "and threshold) at the token budget (retention_share of all tokens, default 0.5 as in the paper's 25B of "
         "50B, or budget_tokens), with the per-source floor and cap source_min_share / source_max_share. Exported "
-        "with their text to $MIRA_HOME/exports/selected_subset/<source>.parquet with a manifest.json."
+        "with their text to $MIRA_HOME/exports/selected_subset/<source>-NNNNN.parquet shards with a manifest.json."
     ),
 )
 def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
@@ -109,6 +109,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             "scorer_versions": store.query_sql("SELECT DISTINCT scorer_version FROM student_scores")[:, 0].to_list(),
             "thresholds": {src: min(part["score"]) for (src,), part in df.group_by("source")},
         },
+        s.export_shard_records,
     )
     summary = store.query("run_summary")
     return dg.MaterializeResult(
@@ -157,7 +158,7 @@ def selection_report(context: dg.AssetExecutionContext, mira: MiraResource) -> d
     )
 
 
-def export_kept(store: Store, manifest_extra: dict) -> dict:
+def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000) -> dict:
     """Write the kept records with their text, sharded by source, and a manifest, swapped in atomically."""
     out = store.exports_dir / "selected_subset"
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
@@ -169,11 +170,13 @@ def export_kept(store: Store, manifest_extra: dict) -> dict:
         ).pl()
     files = []
     for (source,), part in kept.group_by("source", maintain_order=True):
-        path = staging / f"{source}.parquet"
-        part.write_parquet(path)
-        files.append(
-            {"file": path.name, "source": source, "records": part.height, "tokens": int(part["n_tokens"].sum())}
-        )
+        # shards of at most shard_records rows, so a training job can read them in parallel
+        for i, shard in enumerate(part.iter_slices(shard_records)):
+            path = staging / f"{source}-{i:05d}.parquet"
+            shard.write_parquet(path)
+            files.append(
+                {"file": path.name, "source": source, "records": shard.height, "tokens": int(shard["n_tokens"].sum())}
+            )
     manifest = {
         **manifest_extra,
         "records": kept.height,
