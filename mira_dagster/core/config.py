@@ -74,6 +74,8 @@ class PipelineSettings(BaseModel):
     source_min_share: float = Field(0.0, ge=0, le=1)
     source_max_share: float = Field(1.0, ge=0, le=1)
     export_shard_records: int = Field(100_000, ge=1)
+    # Non-blocking check: a source's mean aggregate moving more than this between materialisations warns.
+    drift_threshold: float = Field(0.25, ge=0)
     # Scoring client.
     # Requests in flight per endpoint: above what the server runs at once, so its queue never runs dry.
     max_in_flight: int = Field(128, ge=1)

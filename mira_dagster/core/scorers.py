@@ -20,7 +20,9 @@ def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> t
     backend: ChatBackend
     regex = None
     if endpoint is None:
-        model = f"offline-{role}:{default_model}"
+        # the stand-in's noise settings change its scores, so they are part of its name (and scorer_version)
+        noisy = ",".join(map(str, settings.offline_noisy_slots))
+        model = f"offline-{role}[noisy={noisy}]:{default_model}"
         backend = OfflineBackend(role, settings.offline_noisy_slots)
         where = "offline stand-in (no endpoint configured)"
     else:

@@ -1,5 +1,7 @@
 """Stage 0: reading each source's files into normalised records, with a quarantine."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from mira_dagster.core.records import read_source
@@ -12,6 +14,14 @@ from mira_dagster.defs.resources import MiraResource
 @dg.asset(
     partitions_def=source_partitions,
     group_name="ingest",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "lines_reconcile",
+            asset="raw_records",
+            blocking=True,
+            description="Lines in the source files = records + quarantined rows, as stored.",
+        )
+    ],
     kinds={"duckdb", "parquet"},
     description=(
         "Normalised records of one source: record_id (hash of the normalised content), the text fields "
@@ -33,7 +43,17 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
     context.log.info(
         f"{source}: {read.lines_read} lines read, {records.height} records, {quarantined.height} quarantined"
     )
+    # Count again from what was stored and from the files themselves, independently of read_source.
+    stored = store.read("raw_records", source).height + store.read("quarantine", source).height
+    on_disk = sum(_count_lines(f) for f in src.files)
+    check = dg.AssetCheckResult(
+        check_name="lines_reconcile",
+        passed=stored == on_disk == read.lines_read,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"lines_in_files": on_disk, "records_plus_quarantined": stored},
+    )
     return dg.MaterializeResult(
+        check_results=[check],
         metadata={
             **table_metadata(
                 records, ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "question", "task"]
@@ -44,5 +64,10 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             "tokens": int(records["n_tokens"].sum()) if records.height else 0,
             "layouts": dg.MetadataValue.json(dict(records.group_by("layout").len().iter_rows())),
             "files": dg.MetadataValue.json([str(f) for f in src.files]),
-        }
+        },
     )
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for _ in fh)

@@ -42,6 +42,14 @@ def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
     group_name="reliability",
     kinds={"duckdb", "parquet"},
     deps=["dim_reliability"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_source_fully_masked",
+            asset="reliability_mask",
+            blocking=True,
+            description="No source has all 15 dimensions masked (it would have no aggregate at all).",
+        )
+    ],
     description=(
         "Which (source × dimension) cells the aggregate ignores and why: masked when MAE > mask_max_mae or "
         "ρ < mask_min_rho on the held-out split; cells with fewer than min_heldout pairs are judged on the "
@@ -71,7 +79,15 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
         df.group_by("source").agg(pl.col("masked").sum().alias("masked"), pl.len().alias("dims")).sort("source")
     )
     masked = df.filter(pl.col("masked")).select("source", "slot", "dim_name", "reason")
+    fully = per_source.filter(pl.col("masked") == pl.col("dims"))["source"].to_list()
+    check = dg.AssetCheckResult(
+        check_name="no_source_fully_masked",
+        passed=not fully,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"fully_masked_sources": dg.MetadataValue.json(fully)},
+    )
     return dg.MaterializeResult(
+        check_results=[check],
         metadata={
             "dagster/row_count": df.height,
             "rule": rule,
@@ -80,7 +96,7 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
             "masked_per_source": md_table(per_source, n=100),
             "preview": md_table(masked, n=30),
             "heatmap": md_image(reliability_heatmap(df), "reliability heatmap"),
-        }
+        },
     )
 
 

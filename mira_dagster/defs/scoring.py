@@ -12,7 +12,7 @@ from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import Record
 from mira_dagster.core.sampling import teacher_sample
 from mira_dagster.core.scoring import Job, Outcome, Role, RunStats, score_jobs
-from mira_dagster.core.tables import RECORD_SCHEMA, scores_frame
+from mira_dagster.core.tables import RECORD_SCHEMA, SLOT_COLUMNS, scores_frame
 from mira_dagster.defs.metadata import table_metadata
 from mira_dagster.defs.partitions import group_to_sources, source_partitions
 from mira_dagster.defs.resources import MiraResource
@@ -106,7 +106,17 @@ def _checks(asset: str, records_in: int, scored: Scored, max_rate: float) -> lis
     counts = status_counts(scored.df)
     rate = parse_failure_rate(counts)
     accounted = sum(counts.values())
+    out_of_range = scored.df.filter(
+        pl.any_horizontal([~pl.col(c).is_between(0, 10) for c in SLOT_COLUMNS]) | ~pl.col("overall").is_between(0, 100)
+    ).height
     return [
+        dg.AssetCheckResult(
+            asset_key=asset,
+            check_name="scores_in_range",
+            passed=out_of_range == 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"rows_out_of_range": out_of_range},
+        ),
         dg.AssetCheckResult(
             asset_key=asset,
             check_name="parse_failure_rate",
@@ -127,6 +137,12 @@ def _checks(asset: str, records_in: int, scored: Scored, max_rate: float) -> lis
 
 def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     return [
+        dg.AssetCheckSpec(
+            "scores_in_range",
+            asset=asset,
+            blocking=True,
+            description="Every slot score is in 0-10 and overall in 0-100 (or missing).",
+        ),
         dg.AssetCheckSpec(
             "parse_failure_rate",
             asset=asset,

@@ -19,6 +19,14 @@ VARIANTS = ("global", "group", "source", "random")
     group_name="selection",
     kinds={"duckdb", "parquet"},
     deps=["student_scores", "reliability_mask"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "aggregate_drift",
+            asset="aggregated_scores",
+            blocking=False,
+            description="A source's mean aggregate moved by more than pipeline.drift_threshold since last time.",
+        )
+    ],
     description=(
         "Per record: the mean of its unmasked dimension scores, each z-normalised so that a lenient dimension does "
         "not dominate, at three scopes: all sources (aggregate_global), the record's group (aggregate_group, also "
@@ -30,13 +38,36 @@ def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     store = mira.store()
     df = store.query("aggregated_scores")
     store.write("aggregated_scores", df)
+    means = {
+        s: round(float(m), 6)
+        for s, m in df.group_by("source").agg(pl.col("aggregate").mean()).iter_rows()
+        if m is not None
+    }
     return dg.MaterializeResult(
+        check_results=[_drift(context, means, mira.config().pipeline.drift_threshold)],
         metadata={
+            "source_means": dg.MetadataValue.json(means),
             **table_metadata(df),
             "unscored": int(df["aggregate"].is_null().sum()),
             "distributions": md_image(score_distributions(df), "score distributions"),
             "retention_curves": md_image(retention_curves(df), "retention curves"),
-        }
+        },
+    )
+
+
+def _drift(context: dg.AssetExecutionContext, means: dict[str, float], threshold: float) -> dg.AssetCheckResult:
+    """Compare each source's mean aggregate with the previous materialisation's (non-blocking: a warning)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("aggregated_scores"))
+    before = event.asset_materialization.metadata.get("source_means") if event and event.asset_materialization else None
+    previous = before.value if before is not None else {}
+    moved = {
+        s: round(m - previous[s], 4) for s, m in means.items() if s in previous and abs(m - previous[s]) > threshold
+    }
+    return dg.AssetCheckResult(
+        check_name="aggregate_drift",
+        passed=not moved,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"moved": dg.MetadataValue.json(moved), "threshold": threshold, "compared": len(previous)},
     )
 
 
@@ -87,6 +118,14 @@ VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
     group_name="selection",
     kinds={"duckdb", "parquet"},
     deps=["aggregated_scores", "raw_records"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "budget_met",
+            asset="selected_subset",
+            blocking=True,
+            description="Each unit's kept tokens are within one record of its budget (unless a floor or cap binds).",
+        )
+    ],
     description=(
         "The kept records of the configured variant (selection_variant, default 'group': per-group normalisation "
         "and threshold) at the token budget (retention_share of all tokens, default 0.5 as in the paper's 25B of "
@@ -113,6 +152,13 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
     )
     summary = store.query("run_summary")
     return dg.MaterializeResult(
+        check_results=[
+            _budget_check(
+                df,
+                store.query_sql("SELECT max(n_tokens) FROM aggregated_scores").item(),
+                s.source_min_share > 0 or s.source_max_share < 1,
+            )
+        ],
         metadata={
             **table_metadata(df),
             "variant": s.selection_variant,
@@ -120,7 +166,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             "tokens_kept": int(df["n_tokens"].sum()) if df.height else 0,
             "export": dg.MetadataValue.path(str(store.exports_dir / "selected_subset")),
             "export_files": len(manifest["files"]),
-        }
+        },
     )
 
 
@@ -155,6 +201,18 @@ def selection_report(context: dg.AssetExecutionContext, mira: MiraResource) -> d
             "kept_share_per_source": md_table(shares, n=100),
             "jaccard_vs_group": md_table(wide.pivot(on="variant", index="source", values="jaccard_vs_group"), n=100),
         }
+    )
+
+
+def _budget_check(df: pl.DataFrame, largest: int, constrained: bool) -> dg.AssetCheckResult:
+    """Within one record: no unit's kept tokens differ from its budget by more than the largest record."""
+    units = df.group_by("unit").agg(pl.col("n_tokens").sum().alias("kept"), pl.col("budget_tokens").first())
+    missed = units.filter((pl.col("kept") - pl.col("budget_tokens")).abs() > largest)
+    return dg.AssetCheckResult(
+        check_name="budget_met",
+        passed=missed.is_empty() or constrained,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"units": md_table(units.sort("unit"), n=50), "missed": missed.height},
     )
 
 
