@@ -94,17 +94,53 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regroup(args: argparse.Namespace) -> int:
+    """Write a copy of the registry with the groups `source_groups` discovered (the switch from configured groups)."""
+    import yaml
+
+    from mira_dagster.core.store import Store
+
+    home = _prepare_env(args.config, args.home)
+    cfg = load_config()
+    found = Store(home).read("source_groups")
+    raw = yaml.safe_load(cfg.path.read_text(encoding="utf-8"))
+    moved, refused = [], []
+    for row in found.filter(~found["agrees"]).iter_rows(named=True):
+        source, target = row["source"], row["cluster_group"]
+        if cfg.sources[source].format != cfg.groups[target].family:
+            refused.append(f"{source}: format {cfg.sources[source].format} cannot join group {target}")
+            continue
+        raw["sources"][source]["group"] = target
+        moved.append(f"{source}: {row['configured_group']} -> {target}")
+    # paths become absolute so the copy works from anywhere
+    for g in raw["groups"].values():
+        if g.get("anchors"):
+            g["anchors"] = str((cfg.path.parent / g["anchors"]).resolve())
+    for name, src in raw["sources"].items():
+        src["files"] = [str(f) for f in cfg.sources[name].files]
+    out = Path(args.out).resolve()
+    out.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    load_config(out)  # it must validate
+    print("\n".join(moved) or "every source already sits in its discovered group")
+    for line in refused:
+        print(f"not moved: {line}")
+    print(f"written: {out}\nuse it with: MIRA_CONFIG={out} mira run")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mira", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, helptext in (
         ("run", cmd_run, "materialise the whole pipeline (all sources) and print the summary"),
         ("summary", cmd_summary, "print the per-source summary of the last run"),
+        ("regroup", cmd_regroup, "write a registry copy that uses the groups source_groups discovered"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
         p.add_argument("--home", help="where data lands (default: $MIRA_HOME or .mira)")
         p.set_defaults(fn=fn)
+    sub.choices["regroup"].add_argument("--out", default="groups.discovered.yaml", help="where to write the copy")
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")

@@ -10,6 +10,7 @@ import duckdb
 import pytest
 
 from mira_dagster import definitions as d
+from mira_dagster.cli import main
 from mira_dagster.core.config import load_config
 from mira_dagster.defs.resources import MiraResource
 
@@ -101,3 +102,28 @@ def test_distillation_dataset_excludes_heldout(discovered) -> None:
     assert rows[0]["messages"][2]["content"].startswith("[A1] ")
     meta = instance.get_latest_materialization_event(dg.AssetKey("distillation_dataset")).asset_materialization
     assert meta.metadata["per_source"].value == {"swe_qa": sum(r["source"] == "swe_qa" for r in rows)}
+
+
+def test_regroup_moves_a_misfiled_source(tmp_path: Path, small_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MIRA_CONFIG", "MIRA_HOME", "DAGSTER_HOME"):  # the CLI sets these; restore them afterwards
+        monkeypatch.setenv(var, str(tmp_path / "unused"))
+    # qwq is math with thinking traces, filed here in a group of its own: discovery puts it with lean_qa
+    data = Path(load_config().path).parent.parent / "data" / "sample" / "math_think_marco_o1_cot_demo.part2.jsonl"
+    text = small_config.read_text().replace(
+        "sources:",
+        '  "3": {family: qa_with_think, student_model: m3, anchors: group_2_dim_anchors.jsonl}\n'
+        f'sources:\n  qwq: {{group: "3", format: qa_with_think, files: [{data}]}}',
+    )
+    small_config.write_text(text)
+    home = tmp_path / "home"
+    mira = MiraResource(config_path=str(small_config), home=str(home))
+    instance = dg.DagsterInstance.ephemeral()
+    for s in ("lean_qa", "agent_openhands", "qwq"):
+        run(mira, instance, d.INGEST_ASSETS, s)
+    run(mira, instance, d.GROUPING_ASSETS)
+    out = tmp_path / "regrouped.yaml"
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert main(["regroup", "--config", str(small_config), "--home", str(home), "--out", str(out)]) == 0
+    regrouped = load_config(out)
+    assert regrouped.sources["qwq"].group == "2"
+    assert regrouped.sources["lean_qa"].group == "2" and regrouped.sources["agent_openhands"].group == "D"
