@@ -105,8 +105,6 @@ def test_distillation_dataset_excludes_heldout(discovered) -> None:
 
 
 def test_regroup_moves_a_misfiled_source(tmp_path: Path, small_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("MIRA_CONFIG", "MIRA_HOME", "DAGSTER_HOME"):  # the CLI sets these; restore them afterwards
-        monkeypatch.setenv(var, str(tmp_path / "unused"))
     # qwq is math with thinking traces, filed here in a group of its own: discovery puts it with lean_qa
     data = Path(load_config().path).parent.parent / "data" / "sample" / "math_think_marco_o1_cot_demo.part2.jsonl"
     text = small_config.read_text().replace(
@@ -122,7 +120,8 @@ def test_regroup_moves_a_misfiled_source(tmp_path: Path, small_config: Path, mon
         run(mira, instance, d.INGEST_ASSETS, s)
     run(mira, instance, d.GROUPING_ASSETS)
     out = tmp_path / "regrouped.yaml"
-    monkeypatch.delenv("DAGSTER_HOME")
+    for var in ("MIRA_CONFIG", "MIRA_HOME", "DAGSTER_HOME"):  # the CLI sets these; have them restored afterwards
+        monkeypatch.setenv(var, "")
     assert main(["regroup", "--config", str(small_config), "--home", str(home), "--out", str(out)]) == 0
     regrouped = load_config(out)
     assert regrouped.sources["qwq"].group == "2"
