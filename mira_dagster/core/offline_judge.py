@@ -12,8 +12,6 @@ import hashlib
 
 from mira_dagster.core.config import Family
 from mira_dagster.core.offline import OfflineBackend, _unit, features
-from mira_dagster.core.records import estimate_tokens
-from mira_dagster.core.scoring import Completion, ScorerSpec
 
 # (facet, surface names, vocabulary of the justification)
 QA_FACETS: list[tuple[str, list[str], list[str]]] = [
@@ -203,12 +201,6 @@ class OfflineJudge(OfflineBackend):
             lines += rows
         return "\n".join(lines) + "\n"
 
-    async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion:
-        self.calls += 1
-        text = self.judge(user)
-        return Completion(
-            text=text,
-            finish_reason="stop",
-            prompt_tokens=estimate_tokens(system) + estimate_tokens(user),
-            completion_tokens=estimate_tokens(text),
-        )
+    def reply(self, user: str) -> str:
+        # OfflineBackend.complete calls this: the judge answers the free-form prompt instead of the contract
+        return self.judge(user)
