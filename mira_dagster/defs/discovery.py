@@ -84,6 +84,7 @@ def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     group_name="discovery",
     kinds={"duckdb", "parquet"},
     deps=[dg.AssetDep("raw_records", partition_mapping=source_to_group), "source_groups"],
+    pool="teacher",
     description=(
         "The teacher judges a stratified sample of the group's records freely (judge_sample_per_source per "
         "source): it names its own dimensions, scores each 0-10 and justifies it. Parsed into items "

@@ -164,6 +164,7 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     kinds={"duckdb", "parquet"},
     deps=["raw_records", dg.AssetDep("anchor_rubric", partition_mapping=group_to_sources)],
     check_specs=_check_specs("teacher_labels"),
+    pool="teacher",
     description=(
         "The anchored teacher's scores on a stable hashed sample of the source (max(teacher_sample_min, "
         "teacher_sample_fraction × n) records), split into `distill` (SFT data for the student) and "

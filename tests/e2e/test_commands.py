@@ -74,6 +74,10 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
         assert ev is not None and ev.run_id == runs[0].run_id
         parts = inst.get_materialized_partitions(dg.AssetKey("student_scores"))
         assert parts == set(sources)
+        # dagster.yaml's run queue and pool limits are in force on the instance
+        config = inst.get_concurrency_config()
+        assert config.run_queue_config.max_concurrent_runs == 4
+        assert inst.event_log_storage.get_concurrency_info("student").slot_count == 2
 
 
 def graphql(port: int, query: str) -> dict:
