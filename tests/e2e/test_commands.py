@@ -80,10 +80,22 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
         assert inst.event_log_storage.get_concurrency_info("student").slot_count == 2
 
 
-def graphql(port: int, query: str) -> dict:
+LAUNCH = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=30) as resp:
@@ -132,7 +144,7 @@ def test_dagster_dev_shows_the_runs_of_mira_run(tmp_path: Path) -> None:
             "assetNodes { assetKey { path } groupName description dependencyKeys { path } } }",
         )
         # one source: raw_records, source_groups, group 2 discovery, scoring, distillation, corpus
-        assert [r["status"] for r in data["runsOrError"]["results"]] == ["SUCCESS"] * 6
+        assert [r["status"] for r in data["runsOrError"]["results"]] == ["SUCCESS"] * 6  # before the launch below
         nodes = {n["assetKey"]["path"][0]: n for n in data["assetNodes"]}
         assert set(nodes) == {a.key.path[0] for a in ALL_ASSETS}
         upstream = {k: {p["path"][0] for p in n["dependencyKeys"]} for k, n in nodes.items()}
@@ -140,6 +152,40 @@ def test_dagster_dev_shows_the_runs_of_mira_run(tmp_path: Path) -> None:
         assert "source_groups" in upstream["teacher_judgments"]
         assert "teacher_judgments" in upstream["anchor_rubric"]
         assert "anchor_rubric" in upstream["teacher_labels"] and "anchor_rubric" in upstream["student_scores"]
+
+        # launch a partition through the GraphQL API, as the UI does, and wait for the daemon to run it
+        repo = graphql(
+            port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+        )
+        node = repo["repositoriesOrError"]["nodes"][0]
+        launched = graphql(
+            port,
+            LAUNCH,
+            {
+                "params": {
+                    "selector": {
+                        "repositoryLocationName": node["location"]["name"],
+                        "repositoryName": node["name"],
+                        "jobName": "__ASSET_JOB",
+                        "assetSelection": [{"path": ["raw_records"]}],
+                    },
+                    "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "qwq"}]},
+                }
+            },
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        deadline = time.monotonic() + 240
+        status = None
+        while time.monotonic() < deadline:
+            status = graphql(port, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')["runOrError"][
+                "status"
+            ]
+            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+                break
+            time.sleep(2)
+        assert status == "SUCCESS"
+        assert (tmp_path / ".mira" / "tables" / "raw_records" / "qwq.parquet").exists()
         assert all(n["groupName"] and n["description"] for n in nodes.values())
     finally:
         os.killpg(dev.pid, signal.SIGTERM)
