@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import polars as pl
+
 Split = Literal["distill", "heldout"]
 
 
@@ -33,3 +35,9 @@ def teacher_sample(
     n_heldout = math.ceil(heldout_fraction * k)
     by_split = sorted(chosen, key=lambda r: _key(seed, "split", r))
     return {r: ("heldout" if i < n_heldout else "distill") for i, r in enumerate(by_split)}
+
+
+def hash_sample(df: pl.DataFrame, n: int, seed: int, purpose: str) -> pl.DataFrame:
+    """A stable sample of n rows of a record table: the smallest hashes of (seed, purpose, record_id)."""
+    keys = [_key(seed, purpose, r) for r in df["record_id"]]
+    return df.with_columns(pl.Series("_k", keys)).sort("_k").head(n).drop("_k")

@@ -1,7 +1,6 @@
 """Stage 1: source grouping, free-form teacher judgments, the anchor rubric; and the distillation export."""
 
 import asyncio
-import hashlib
 import json
 from typing import Any
 
@@ -15,18 +14,13 @@ from mira_dagster.core.embeddings import embedder_from_env
 from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import TEXT_FIELDS
 from mira_dagster.core.rubric import discovered_anchor_path, write_anchor_file
+from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scorers import make_judge
 from mira_dagster.core.scoring import Job, score_jobs
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import group_partitions, source_to_group
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import _records
-
-
-def _hash_sample(df: pl.DataFrame, n: int, seed: int, purpose: str) -> pl.DataFrame:
-    """A stable sample of n records: the smallest hashes of (seed, purpose, record_id)."""
-    key = [hashlib.sha256(f"{seed}:{purpose}:{r}".encode()).hexdigest() for r in df["record_id"]]
-    return df.with_columns(pl.Series("_k", key)).sort("_k").head(n).drop("_k")
 
 
 def _record_text(row: dict[str, Any], limit: int = 4000) -> str:
@@ -48,7 +42,7 @@ def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     cfg, store = mira.config(), mira.store()
     raw = store.read("raw_records")
     sample = pl.concat(
-        _hash_sample(part, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
+        hash_sample(part, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
         for _, part in raw.group_by("source", maintain_order=True)
     )
     embedder = embedder_from_env()
@@ -97,7 +91,7 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     family = cfg.groups[group_id].family
     raw = store.read("raw_records").filter(pl.col("group_id") == group_id)
     sample = pl.concat(
-        _hash_sample(part, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
+        hash_sample(part, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
         for _, part in raw.group_by("source", maintain_order=True)
     )
     records = _records(sample)
