@@ -52,9 +52,6 @@ class Store:
     def partition_path(self, table: str, partition: str | None = None) -> Path:
         return self.tables_dir / table / f"{partition or UNPARTITIONED}.parquet"
 
-    def partitions(self, table: str) -> list[str]:
-        return sorted(p.stem for p in (self.tables_dir / table).glob("*.parquet"))
-
     def write(self, table: str, df: pl.DataFrame, partition: str | None = None) -> Path:
         path = self.partition_path(table, partition)
         _atomic_parquet(df, path)
@@ -148,11 +145,6 @@ class ParquetReplyCache:
 
     def writer(self, version: str, batch_size: int = 256) -> ReplyWriter:
         return ReplyWriter(self._dir(version), batch_size)
-
-    def append(self, version: str, replies: dict[str, Completion]) -> None:
-        with self.writer(version, batch_size=max(1, len(replies))) as w:
-            for rid, comp in replies.items():
-                w.add(rid, comp)
 
     def _frame(self, version: str) -> pl.LazyFrame | None:
         files = sorted(self._dir(version).glob("*.parquet"))
