@@ -6,17 +6,26 @@
 -- Bootstrap intervals are added in Python (core/reliability.py).
 WITH pairs AS (
     SELECT * FROM heldout_pairs
+), values_ AS (
+    -- average rank of each distinct value within a cell: (values below it) + (its count + 1) / 2.
+    -- Scores take few distinct values, so ranking these counts is far cheaper than ranking every pair.
+    SELECT 'source' AS scope, source AS unit, slot, 't' AS side, teacher AS v, count(*) AS c FROM pairs GROUP BY ALL
+    UNION ALL SELECT 'source', source, slot, 's', student, count(*) FROM pairs GROUP BY ALL
+    UNION ALL SELECT 'group', group_id, slot, 't', teacher, count(*) FROM pairs GROUP BY ALL
+    UNION ALL SELECT 'group', group_id, slot, 's', student, count(*) FROM pairs GROUP BY ALL
+), value_ranks AS (
+    SELECT scope, unit, slot, side, v,
+        sum(c) OVER (PARTITION BY scope, unit, slot, side ORDER BY v ROWS UNBOUNDED PRECEDING) - c + (c + 1) / 2.0 AS r
+    FROM values_
 ), ranked AS (
-    SELECT *,
-        rank() OVER (PARTITION BY source, slot ORDER BY teacher)
-            + (count(*) OVER (PARTITION BY source, slot, teacher) - 1) / 2.0 AS rt,
-        rank() OVER (PARTITION BY source, slot ORDER BY student)
-            + (count(*) OVER (PARTITION BY source, slot, student) - 1) / 2.0 AS rs,
-        rank() OVER (PARTITION BY group_id, slot ORDER BY teacher)
-            + (count(*) OVER (PARTITION BY group_id, slot, teacher) - 1) / 2.0 AS grt,
-        rank() OVER (PARTITION BY group_id, slot ORDER BY student)
-            + (count(*) OVER (PARTITION BY group_id, slot, student) - 1) / 2.0 AS grs
-    FROM pairs
+    SELECT p.*, rt.r AS rt, rs.r AS rs, grt.r AS grt, grs.r AS grs
+    FROM pairs p
+    JOIN value_ranks rt ON rt.scope = 'source' AND rt.side = 't' AND rt.unit = p.source AND rt.slot = p.slot AND rt.v = p.teacher
+    JOIN value_ranks rs ON rs.scope = 'source' AND rs.side = 's' AND rs.unit = p.source AND rs.slot = p.slot AND rs.v = p.student
+    JOIN value_ranks grt ON grt.scope = 'group' AND grt.side = 't' AND grt.unit = p.group_id AND grt.slot = p.slot
+        AND grt.v = p.teacher
+    JOIN value_ranks grs ON grs.scope = 'group' AND grs.side = 's' AND grs.unit = p.group_id AND grs.slot = p.slot
+        AND grs.v = p.student
 ), cell AS (
     SELECT source, group_id, slot, count(*) AS n, avg(abs(teacher - student)) AS mae,
         CASE WHEN var_pop(rt) > 0 AND var_pop(rs) > 0 THEN corr(rt, rs) END AS rho

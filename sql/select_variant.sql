@@ -4,9 +4,10 @@
 --   source: per-source normalisation and threshold                (unit = source, score = aggregate_source)
 --   random: a seeded random order over all records                (unit = all)
 -- Each unit's budget is $share of its tokens (every record counts, scored or not), so every variant keeps the
--- same share overall. Within a unit, records are taken best first; each source first keeps its best records up
--- to $min_share of its tokens, and no source goes past $max_share. The cut is placed where the unit's kept
--- tokens come closest to its budget (a record that crosses it is kept only if that lands nearer).
+-- same share overall. Within a unit, records are taken best first (score DESC, record_id); each source first
+-- keeps its best records up to $min_share of its tokens, and no source goes past $max_share. The cut is placed
+-- where the unit's kept tokens come closest to its budget (a record that crosses it is kept only if that lands
+-- nearer). The cuts themselves come from budget_cut (sql/macro_budget_cut.sql).
 WITH base AS (
     SELECT source, group_id, record_id, n_tokens, mask_version,
         CASE $variant WHEN 'group' THEN group_id WHEN 'source' THEN source ELSE '*' END AS unit,
@@ -20,41 +21,42 @@ WITH base AS (
 ), src AS (
     SELECT source, sum(n_tokens) AS source_tokens FROM base GROUP BY source
 ), unit AS (
-    SELECT unit, sum(n_tokens) AS unit_tokens, $share * sum(n_tokens) AS budget_tokens FROM base GROUP BY unit
-), source_cum AS (
-    -- running tokens per source, best first: only needed for a floor or a cap (otherwise empty, and free)
-    SELECT source, record_id,
-        sum(n_tokens) OVER (PARTITION BY source ORDER BY score DESC, record_id
-                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS source_cum
-    FROM base WHERE score IS NOT NULL AND ($min_share > 0 OR $max_share < 1)
-), ranked AS (
-    SELECT b.*, s.source_tokens, u.unit_tokens, u.budget_tokens, c.source_cum
-    FROM base b JOIN src s USING (source) JOIN unit u USING (unit) LEFT JOIN source_cum c USING (source, record_id)
+    SELECT unit, $share * sum(n_tokens) AS budget_tokens FROM base GROUP BY unit
+), scored AS MATERIALIZED (
+    SELECT b.*, s.source_tokens, u.budget_tokens
+    FROM base b JOIN src s USING (source) JOIN unit u USING (unit)
     WHERE b.score IS NOT NULL
+), floor_rows AS (
+    -- only built for a floor or a cap (otherwise empty, and free)
+    SELECT source AS part, score, record_id, n_tokens, $min_share * source_tokens AS budget, true AS closest
+    FROM scored WHERE $min_share > 0
+), cap_rows AS (
+    SELECT source AS part, score, record_id, n_tokens, $max_share * source_tokens AS budget, false AS closest
+    FROM scored WHERE $max_share < 1
+), floor_cut AS (
+    SELECT * FROM budget_cut('floor_rows')
+), cap_cut AS (
+    SELECT * FROM budget_cut('cap_rows')
 ), flagged AS MATERIALIZED (
-    SELECT *,
-        coalesce($min_share > 0 AND (source_cum <= $min_share * source_tokens
-            OR (source_cum - n_tokens < $min_share * source_tokens
-                AND source_cum - $min_share * source_tokens < $min_share * source_tokens - (source_cum - n_tokens))),
-            false) AS reserved,
-        coalesce(source_cum <= $max_share * source_tokens, true) AS allowed
-    FROM ranked
+    SELECT s.*,
+        coalesce(s.score > f.cut_score OR (s.score = f.cut_score AND s.record_id <= f.cut_id), false) AS reserved,
+        $max_share >= 1
+            OR coalesce(s.score > c.cut_score OR (s.score = c.cut_score AND s.record_id <= c.cut_id), false) AS allowed
+    FROM scored s LEFT JOIN floor_cut f ON f.part = s.source LEFT JOIN cap_cut c ON c.part = s.source
 ), reserve AS (
     SELECT unit, coalesce(sum(n_tokens) FILTER (WHERE reserved), 0) AS reserved_tokens FROM flagged GROUP BY unit
-), pool AS (
-    SELECT f.*, r.reserved_tokens + sum(f.n_tokens) OVER (
-            PARTITION BY f.unit ORDER BY f.score DESC, f.record_id
-            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS unit_cum
+), pool_rows AS (
+    -- what the floors left of each unit's budget, filled best first from the records within their caps
+    SELECT f.unit AS part, f.score, f.record_id, f.n_tokens, f.budget_tokens - r.reserved_tokens AS budget,
+        true AS closest
     FROM flagged f JOIN reserve r USING (unit)
     WHERE NOT f.reserved AND f.allowed
+), pool_cut AS (
+    SELECT * FROM budget_cut('pool_rows')
 )
 SELECT $variant AS variant, unit, source, group_id, record_id, score, n_tokens, budget_tokens, mask_version,
-    true AS reserved
-FROM flagged WHERE reserved
-UNION ALL
-SELECT $variant AS variant, unit, source, group_id, record_id, score, n_tokens, budget_tokens, mask_version,
-    false AS reserved
-FROM pool
-WHERE unit_cum <= budget_tokens
-   OR (unit_cum - n_tokens < budget_tokens AND unit_cum - budget_tokens < budget_tokens - (unit_cum - n_tokens))
+    reserved
+FROM flagged f LEFT JOIN pool_cut p ON p.part = f.unit
+WHERE reserved
+   OR (allowed AND (score > p.cut_score OR (score = p.cut_score AND record_id <= p.cut_id)))
 ORDER BY source, score DESC, record_id

@@ -1,14 +1,19 @@
 """Bootstrap confidence intervals for the teacher–student agreement of each cell (source or group × slot).
 
-Vectorised: per unit (a source, or a group), one matrix of resampling weights (B × n records: how often each
-record is drawn in each resample)
-multiplies one matrix of per-record terms (n × 7 terms × 15 slots), so every slot of the unit is resampled
-together. For Spearman's ρ the records are ranked once on the full held-out sample and the resamples draw
-(teacher rank, student rank) pairs: ranks are not recomputed inside each resample, which keeps this a few
-matrix products instead of B sorts per cell, at the cost of a slightly narrower interval for small n.
+Vectorised: per source, one matrix of resampling weights (B × n records: how often each record is drawn in
+each resample) multiplies one matrix of per-record terms (n × 7 terms × 15 slots), so every slot of the source
+is resampled together. For Spearman's ρ the records are ranked once on the full held-out sample and the
+resamples draw (teacher rank, student rank) pairs: ranks are not recomputed inside each resample, which keeps
+this a few matrix products instead of B sorts per cell, at the cost of a slightly narrower interval for small n.
+
+Group intervals are a stratified bootstrap over the same draws: a group's resample is the union of its
+sources' resamples (each source keeps its size), with the records ranked within the group. So the pooled
+estimate costs one more set of columns in the same matrix product, not a second round of draws.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -17,27 +22,57 @@ from scipy.stats import rankdata
 from mira_dagster.core.rubric import N_SLOTS
 from mira_dagster.core.store import Store
 
+_CHUNK = 125  # resamples per weight matrix (125 × 10,000 records = 10 MB)
+_N_TERMS = 7
+_INTERVAL_COLUMNS = ("mae_lo", "mae_hi", "rho_lo", "rho_hi")
 
-def _unit_intervals(t: np.ndarray, s: np.ndarray, n_boot: int, rng: np.random.Generator, alpha: float) -> dict:
-    """t, s: (n, 15) with NaN where a pair is missing. Returns per-slot CI arrays."""
-    n = t.shape[0]
-    valid = ~(np.isnan(t) | np.isnan(s))
-    rt = np.where(valid, _ranks(np.where(valid, t, np.nan)), 0.0)
-    rs = np.where(valid, _ranks(np.where(valid, s, np.nan)), 0.0)
-    v = valid.astype(float)
-    err = np.where(valid, np.abs(np.nan_to_num(t) - np.nan_to_num(s)), 0.0)
-    terms = np.concatenate([v, err, rt, rs, rt * rt, rs * rs, rt * rs], axis=1)  # n × 7·15
-    # resampling weights: how often each record is drawn in each of the B resamples
-    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
-    w = np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)  # B × n
-    sums = w @ terms
-    sv, se, st, ss, stt, sss, sts = np.split(sums, 7, axis=1)
+
+@dataclass
+class _Unit:
+    """Held-out pairs of one source or group as (records × 15) arrays, NaN where a pair is missing."""
+
+    teacher: np.ndarray
+    student: np.ndarray
+
+    def terms(self) -> np.ndarray:
+        """Per record: [valid, |t − s|, rank t, rank s, rank t², rank s², rank t · rank s] per slot (n × 7·15)."""
+        t, s = self.teacher, self.student
+        valid = ~(np.isnan(t) | np.isnan(s))
+        rt = np.where(valid, _ranks(np.where(valid, t, np.nan)), 0.0)
+        rs = np.where(valid, _ranks(np.where(valid, s, np.nan)), 0.0)
+        err = np.where(valid, np.abs(np.nan_to_num(t) - np.nan_to_num(s)), 0.0)
+        return np.concatenate([valid.astype(float), err, rt, rs, rt * rt, rs * rs, rt * rs], axis=1)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks per column, NaNs left out (ties averaged, as in Spearman's ρ)."""
+    return rankdata(x, axis=0, nan_policy="omit")
+
+
+def resample_sums(terms: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(B × columns): each column of `terms` summed over each of B resamples (with replacement) of its rows."""
+    n = terms.shape[0]
+    sums = np.empty((n_boot, terms.shape[1]))
+    for start in range(0, n_boot, _CHUNK):
+        # weights of this chunk's resamples, built and multiplied a chunk at a time so they stay small;
+        # the draws are the same as drawing all B × n at once
+        b = min(_CHUNK, n_boot - start)
+        draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+        w = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(float)
+        np.matmul(w, terms, out=sums[start : start + b])
+    return sums
+
+
+def intervals_from_sums(sums: np.ndarray, level: float) -> dict[str, np.ndarray]:
+    """Percentile intervals of MAE and ρ per slot from (B × 7·15) resampled sums of `_Unit.terms`."""
+    sv, se, st, ss, stt, sss, sts = np.split(sums, _N_TERMS, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mae = se / sv
         mt, ms = st / sv, ss / sv
         cov = sts / sv - mt * ms
         var_t, var_s = stt / sv - mt * mt, sss / sv - ms * ms
         rho = np.where((var_t > 1e-12) & (var_s > 1e-12), cov / np.sqrt(var_t * var_s), np.nan)
+    alpha = 1 - level
     lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
     return {
         "mae_lo": _nanpercentile(mae, lo),
@@ -45,11 +80,6 @@ def _unit_intervals(t: np.ndarray, s: np.ndarray, n_boot: int, rng: np.random.Ge
         "rho_lo": _nanpercentile(rho, lo),
         "rho_hi": _nanpercentile(rho, hi),
     }
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks per column, NaNs left out (ties averaged, as in Spearman's ρ)."""
-    return rankdata(x, axis=0, nan_policy="omit")
 
 
 def _nanpercentile(x: np.ndarray, q: float) -> np.ndarray:
@@ -61,36 +91,54 @@ def _nanpercentile(x: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
-def bootstrap_intervals(
-    pairs: pl.DataFrame, unit: str, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> pl.DataFrame:
-    """CIs per (unit, slot) from held-out pairs with columns [unit, record key, slot, teacher, student].
+def _unit(part: pl.DataFrame) -> tuple[_Unit, np.ndarray]:
+    """The unit's arrays, and each record's source (rows in record_id order within source)."""
+    keys = part.select("source", "record_id").unique(maintain_order=True)
+    index = keys.with_row_index("i")
+    rows = part.join(index, on=["source", "record_id"], how="left")["i"].to_numpy()
+    t = np.full((keys.height, N_SLOTS), np.nan)
+    s = np.full((keys.height, N_SLOTS), np.nan)
+    slots = part["slot"].to_numpy() - 1
+    t[rows, slots] = part["teacher"].to_numpy()
+    s[rows, slots] = part["student"].to_numpy()
+    return _Unit(t, s), keys["source"].to_numpy()
 
-    `pairs` must have a `key` column identifying the record within the unit.
-    """
+
+def bootstrap_intervals(
+    pairs: pl.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """CIs per (source, slot) and per (group_id, slot) from held-out pairs
+    [source, group_id, record_id, slot, teacher, student]. Groups and their sources are visited in sorted
+    order and each source's draws come from one seeded generator, so the result depends only on the seed."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for (name,), part in pairs.sort(unit, "key", "slot").group_by(unit, maintain_order=True):
-        ri = part["key"].rank("dense").to_numpy().astype(np.int64) - 1
-        n_keys = int(ri.max()) + 1
-        if n_keys < 2:
-            continue
-        t = np.full((n_keys, N_SLOTS), np.nan)
-        s = np.full((n_keys, N_SLOTS), np.nan)
-        si = part["slot"].to_numpy() - 1
-        t[ri, si] = part["teacher"].to_numpy()
-        s[ri, si] = part["student"].to_numpy()
-        ci = _unit_intervals(t, s, n_boot, rng, 1 - level)
-        for j in range(N_SLOTS):
-            rows.append({unit: name, "slot": j + 1, **{k: _f(v[j]) for k, v in ci.items()}})
-    schema = {
-        unit: pl.String,
-        "slot": pl.Int32,
-        "mae_lo": pl.Float64,
-        "mae_hi": pl.Float64,
-        "rho_lo": pl.Float64,
-        "rho_hi": pl.Float64,
-    }
+    src_rows, grp_rows = [], []
+    ordered = pairs.sort("group_id", "source", "record_id", "slot")
+    for (group,), gpart in ordered.group_by("group_id", maintain_order=True):
+        unit, record_source = _unit(gpart)
+        group_terms = unit.terms()
+        group_sums = np.zeros((n_boot, group_terms.shape[1]))
+        drawn = False
+        for source in dict.fromkeys(record_source):
+            at = record_source == source
+            if at.sum() < 2:  # one record resamples to itself: no interval of its own, a constant in the group's
+                group_sums += group_terms[at].sum(axis=0)
+                continue
+            source_terms = _Unit(unit.teacher[at], unit.student[at]).terms()
+            sums = resample_sums(np.concatenate([source_terms, group_terms[at]], axis=1), n_boot, rng)
+            src_rows += _rows("source", source, intervals_from_sums(sums[:, : source_terms.shape[1]], level))
+            group_sums += sums[:, source_terms.shape[1] :]
+            drawn = True
+        if drawn:
+            grp_rows += _rows("group_id", group, intervals_from_sums(group_sums, level))
+    return _frame("source", src_rows), _frame("group_id", grp_rows)
+
+
+def _rows(unit: str, name: str, ci: dict[str, np.ndarray]) -> list[dict]:
+    return [{unit: name, "slot": j + 1, **{k: _f(v[j]) for k, v in ci.items()}} for j in range(N_SLOTS)]
+
+
+def _frame(unit: str, rows: list[dict]) -> pl.DataFrame:
+    schema = {unit: pl.String, "slot": pl.Int32, **{c: pl.Float64 for c in _INTERVAL_COLUMNS}}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -104,13 +152,7 @@ def reliability_table(
     """dim_reliability: the SQL point estimates per cell and per group, with bootstrap intervals for both."""
     pairs = store.query("heldout_pairs")
     rel = store.query("dim_reliability", frames={"dims": dims, "heldout_pairs": pairs})
-    src = bootstrap_intervals(pairs.with_columns(pl.col("record_id").alias("key")), "source", n_boot, seed, level)
-    grp = bootstrap_intervals(
-        pairs.with_columns(pl.concat_str("source", "record_id", separator="/").alias("key")),
-        "group_id",
-        n_boot,
-        seed,
-        level,
-    ).rename({c: f"group_{c}" for c in ("mae_lo", "mae_hi", "rho_lo", "rho_hi")})
+    src, grp = bootstrap_intervals(pairs, n_boot, seed, level)
+    grp = grp.rename({c: f"group_{c}" for c in _INTERVAL_COLUMNS})
     rel = rel.with_columns(pl.col("slot").cast(pl.Int32))
     return rel.join(src, on=["source", "slot"], how="left").join(grp, on=["group_id", "slot"], how="left")

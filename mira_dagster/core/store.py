@@ -72,6 +72,8 @@ class Store:
         con = duckdb.connect()
         for stmt in self._view_statements():
             con.execute(stmt)
+        for macro in sorted(SQL_DIR.glob("macro_*.sql")):  # helpers the queries in sql/ call
+            con.execute(macro.read_text(encoding="utf-8"))
         return con
 
     def query(self, sql_name: str, frames: dict[str, pl.DataFrame] | None = None, **params: Any) -> pl.DataFrame:

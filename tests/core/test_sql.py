@@ -168,14 +168,21 @@ def test_aggregate_normalises_and_ignores_masked(tmp_path: Path) -> None:
 def _pairs(t: list[float], s: list[float]) -> pl.DataFrame:
     n = len(t)
     return pl.DataFrame(
-        {"source": ["s"] * n, "key": [f"r{i}" for i in range(n)], "slot": [1] * n, "teacher": t, "student": s},
+        {
+            "source": ["s"] * n,
+            "group_id": ["g"] * n,
+            "record_id": [f"r{i}" for i in range(n)],
+            "slot": [1] * n,
+            "teacher": t,
+            "student": s,
+        },
         schema_overrides={"slot": pl.Int32},
     )
 
 
 def test_bootstrap_interval_perfect_agreement() -> None:
     x = [float(i % 11) for i in range(40)]
-    ci = bootstrap_intervals(_pairs(x, x), "source", n_boot=300).row(0, named=True)
+    ci = bootstrap_intervals(_pairs(x, x), n_boot=300)[0].row(0, named=True)
     assert (ci["mae_lo"], ci["mae_hi"]) == (0.0, 0.0)
     assert ci["rho_lo"] == pytest.approx(1.0) and ci["rho_hi"] == pytest.approx(1.0)
 
@@ -188,7 +195,7 @@ def test_bootstrap_interval_covers_estimate_narrows_with_n_and_is_seeded() -> No
     def ci(n: int, seed: int = 0) -> dict:
         t = rng.integers(0, 11, n).astype(float)
         s = np.clip(t + rng.normal(0, 1.5, n), 0, 10).round()
-        row = bootstrap_intervals(_pairs(t.tolist(), s.tolist()), "source", n_boot=500, seed=seed).row(0, named=True)
+        row = bootstrap_intervals(_pairs(t.tolist(), s.tolist()), n_boot=500, seed=seed)[0].row(0, named=True)
         return {**row, "mae": float(np.abs(t - s).mean()), "rho": spearmanr(t, s).statistic}
 
     small, large = ci(20), ci(2000)
@@ -197,8 +204,11 @@ def test_bootstrap_interval_covers_estimate_narrows_with_n_and_is_seeded() -> No
     assert (large["mae_hi"] - large["mae_lo"]) < (small["mae_hi"] - small["mae_lo"]) / 4
     t = [float(i % 7) for i in range(30)]
     s = [float((i * 3) % 7) for i in range(30)]
-    a = bootstrap_intervals(_pairs(t, s), "source", n_boot=200, seed=3)
-    assert a.equals(bootstrap_intervals(_pairs(t, s), "source", n_boot=200, seed=3))
+    a, ga = bootstrap_intervals(_pairs(t, s), n_boot=200, seed=3)
+    b, gb = bootstrap_intervals(_pairs(t, s), n_boot=200, seed=3)
+    assert a.equals(b) and ga.equals(gb)
+    # one source in the group: the stratified group interval is the source's own
+    assert a.drop("source").equals(ga.drop("group_id"))
 
 
 def test_straddling_interval_falls_back_to_group(tmp_path: Path) -> None:
@@ -284,3 +294,71 @@ def test_per_source_floor_and_cap(tmp_path: Path) -> None:
         assert kept[src] <= 0.5 * total
         assert kept[src] >= 0.2 * total - agg.filter(pl.col("source") == src)["n_tokens"].max()
     assert abs(out["n_tokens"].sum() - 0.4 * agg["n_tokens"].sum()) <= agg["n_tokens"].max()
+
+
+def _reference_selection(agg: pl.DataFrame, variant: str, share: float, lo: float, hi: float) -> set[str]:
+    """The documented rule as running sums over fully sorted rows: what budget_cut must reproduce."""
+    unit_of = {"global": lambda r: "*", "group": lambda r: r["group_id"], "source": lambda r: r["source"]}[variant]
+    score_of = {"global": "aggregate_global", "group": "aggregate_group", "source": "aggregate_source"}[variant]
+    rows = agg.to_dicts()
+    source_tokens: dict[str, int] = {}
+    unit_tokens: dict[str, int] = {}
+    for r in rows:
+        source_tokens[r["source"]] = source_tokens.get(r["source"], 0) + r["n_tokens"]
+        unit_tokens[unit_of(r)] = unit_tokens.get(unit_of(r), 0) + r["n_tokens"]
+    scored = sorted((r for r in rows if r[score_of] is not None), key=lambda r: (-r[score_of], r["record_id"]))
+
+    def closest(cum: float, n: int, budget: float) -> bool:
+        return cum <= budget or (cum - n < budget and cum - budget < budget - (cum - n))
+
+    reserved, allowed, source_cum = set(), set(), dict.fromkeys(source_tokens, 0)
+    for r in scored:
+        source_cum[r["source"]] += r["n_tokens"]
+        cum, total = source_cum[r["source"]], source_tokens[r["source"]]
+        if lo > 0 and closest(cum, r["n_tokens"], lo * total):
+            reserved.add(r["record_id"])
+        if hi >= 1 or cum <= hi * total:
+            allowed.add(r["record_id"])
+    unit_cum = {u: 0 for u in unit_tokens}
+    for r in scored:
+        if r["record_id"] in reserved:
+            unit_cum[unit_of(r)] += r["n_tokens"]
+    kept = set(reserved)
+    for r in scored:
+        if r["record_id"] in reserved or r["record_id"] not in allowed:
+            continue
+        unit_cum[unit_of(r)] += r["n_tokens"]
+        if closest(unit_cum[unit_of(r)], r["n_tokens"], share * unit_tokens[unit_of(r)]):
+            kept.add(r["record_id"])
+    return kept
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("variant", ["global", "group", "source"])
+def test_budget_cut_equals_running_sums_over_sorted_rows(tmp_path: Path, variant: str, seed: int) -> None:
+    # coarse scores (many ties), zero-token and unscored records, floors and caps: the bucketed cut of
+    # sql/macro_budget_cut.sql must keep exactly what a running sum over fully sorted rows keeps
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    src = rng.choice(["a", "b", "c", "d"], n)
+    aggs = {c: np.round(rng.normal(size=n), 1) for c in AGG_COLUMNS}
+    unscored = rng.random(n) < 0.05
+    agg = pl.DataFrame(
+        {
+            "source": src,
+            "group_id": np.where(np.isin(src, ["a", "b"]), "g", "h"),
+            "record_id": [f"r{i:05d}" for i in rng.permutation(n)],
+            "n_tokens": np.where(rng.random(n) < 0.05, 0, rng.integers(1, 500, n)),
+            "status": "ok",
+            **{c: np.where(unscored, np.nan, v) for c, v in aggs.items()},
+            "n_dims_used": 15,
+            "mask_version": "v",
+        }
+    ).with_columns(pl.col(AGG_COLUMNS).fill_nan(None))
+    s = Store(tmp_path)
+    s.write("aggregated_scores", agg)
+    for share, lo, hi in [(0.3, 0.0, 1.0), (0.5, 0.1, 0.6), (0.05, 0.02, 1.0), (0.9, 0.0, 0.4)]:
+        got = set(select(s, variant, share, lo, hi)["record_id"].to_list())
+        assert got == _reference_selection(agg, variant, share, lo, hi), (share, lo, hi)
