@@ -58,6 +58,8 @@ class PipelineSettings(BaseModel):
     teacher_sample_min: int = Field(20, ge=0)
     heldout_fraction: float = Field(0.4, gt=0, lt=1)
     seed: int = 0
+    # Ingest: a longer line is quarantined (no scorer context holds it).
+    max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Reliability mask: a (source, dim) cell is kept when MAE <= max_mae and rho >= min_rho.
     mask_max_mae: float = 1.5
     mask_min_rho: float = 0.3

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,22 +233,61 @@ class SourceRead:
     records: list[Record]
     quarantined: list[Quarantined]
     lines_read: int
+    empty_files: list[str] = field(default_factory=list)
 
 
-class SourceFileError(FileNotFoundError):
-    pass
+class SourceFileError(OSError):
+    """A source file that is missing or changed under the reader: the message names the source and file."""
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+MAX_RECORD_BYTES = 4 * 1024 * 1024  # a longer line is quarantined: no scorer context holds it
+
+
+def input_fingerprint(files: list[Path]) -> str:
+    """A cheap identity of a version of a source's files (path, size, modification time, inode): it changes
+    when a file is edited, replaced, added or removed, without reading the contents."""
+    parts = []
+    for path in files:
+        st = path.stat() if path.exists() else None
+        parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" if st else f"{path}:missing")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _lines(path: Path, source: str) -> Iterator[tuple[int, bytes]]:
+    """The file's lines; raises SourceFileError if the file is replaced or changed while being read, since
+    what was read would then match no version of it (the caller writes nothing and the run can be retried)."""
     with path.open("rb") as fh:
+        before = os.fstat(fh.fileno())
         for lineno, raw in enumerate(fh, 1):
             yield lineno, raw.rstrip(b"\r\n")
+        after = os.fstat(fh.fileno())
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        now = None
+    same = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+    if (
+        not same
+        or now is None
+        or (now.st_ino, now.st_size, now.st_mtime_ns)
+        != (
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
+        )
+    ):
+        raise SourceFileError(
+            f"source {source!r}: {path} was replaced or changed while being read; nothing was written, run the "
+            "partition again once the file is complete"
+        )
 
 
-def parse_line(raw: bytes, family: Family) -> tuple[str, Fields] | str:
+def parse_line(raw: bytes, family: Family, max_bytes: int = MAX_RECORD_BYTES) -> tuple[str, Fields] | str:
     """Return (layout, fields) for a usable line, or the quarantine reason."""
     if not raw.strip():
         return "blank line"
+    if len(raw) > max_bytes:
+        return f"record of {len(raw):,} bytes is over the {max_bytes:,}-byte limit (max_record_bytes)"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -269,19 +309,25 @@ def parse_line(raw: bytes, family: Family) -> tuple[str, Fields] | str:
     return f"no {family} layout matches keys {sorted(obj)[:12]}"
 
 
-def read_source(source: str, group_id: str, family: Family, files: list[Path]) -> SourceRead:
-    """Read every line of a source's files; duplicates inside the source are quarantined."""
+def read_source(
+    source: str, group_id: str, family: Family, files: list[Path], max_bytes: int = MAX_RECORD_BYTES
+) -> SourceRead:
+    """Read every line of a source's files; duplicates inside the source are quarantined.
+
+    An empty file has no line to quarantine, so it is reported in `empty_files` (and by the asset) instead."""
     records: list[Record] = []
     quarantined: list[Quarantined] = []
     seen: dict[str, str] = {}
     lines_read = 0
+    empty_files: list[str] = []
     for path in files:
         if not path.is_file():
             raise SourceFileError(f"source {source!r}: file not found: {path}")
-        for lineno, raw in _lines(path):
+        lines_before = lines_read
+        for lineno, raw in _lines(path, source):
             lines_read += 1
             where = f"{path.name}:{lineno}"
-            parsed = parse_line(raw, family)
+            parsed = parse_line(raw, family, max_bytes)
             if isinstance(parsed, str):
                 quarantined.append(_quarantine(source, path, lineno, parsed, raw))
                 continue
@@ -304,7 +350,9 @@ def read_source(source: str, group_id: str, family: Family, files: list[Path]) -
                     **fields,
                 )
             )
-    return SourceRead(records, quarantined, lines_read)
+        if lines_read == lines_before:
+            empty_files.append(str(path))
+    return SourceRead(records, quarantined, lines_read, empty_files)
 
 
 def _quarantine(source: str, path: Path, lineno: int, reason: str, raw: bytes) -> Quarantined:

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from mira_dagster.core.records import read_source
+from mira_dagster.core.records import SourceFileError, input_fingerprint, read_source
 from mira_dagster.core.tables import quarantine_frame, records_frame
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import source_partitions
 from mira_dagster.defs.resources import MiraResource
+
+INPUT_FINGERPRINT = "input_fingerprint"
 
 
 @dg.asset(
@@ -33,7 +35,11 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
     source = context.partition_key
     cfg = mira.config()
     src = cfg.sources[source]
-    read = read_source(source, src.group, src.format, src.files)
+    read = read_source(source, src.group, src.format, src.files, cfg.pipeline.max_record_bytes)
+    if read.empty_files and len(read.empty_files) == len(src.files):
+        raise SourceFileError(f"source {source!r}: every file is empty: {', '.join(read.empty_files)}")
+    for path in read.empty_files:
+        context.log.warning(f"{source}: {path} is empty (no lines); the source's other files were read")
     records = records_frame(read.records)
     quarantined = quarantine_frame(read.quarantined)
     store = mira.store()
@@ -64,6 +70,9 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             "tokens": int(records["n_tokens"].sum()) if records.height else 0,
             "layouts": dg.MetadataValue.json(dict(records.group_by("layout").len().iter_rows())),
             "files": dg.MetadataValue.json([str(f) for f in src.files]),
+            "empty_files": dg.MetadataValue.json(read.empty_files),
+            # what the schedule compares to find partitions whose input files changed (defs/automation.py)
+            INPUT_FINGERPRINT: input_fingerprint(src.files),
         },
     )
 

@@ -105,3 +105,66 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens("") == 0
     assert estimate_tokens("hello, world") == 5  # hell o , worl d
     assert estimate_tokens("a b c") == 3
+
+
+def _good_line(i: int) -> bytes:
+    return json.dumps({"question": f"Q{i}?", "thinking": "t", "answer": f"A{i}."}).encode()
+
+
+def test_a_10_mb_record_is_quarantined_and_the_rest_kept(tmp_path: Path) -> None:
+    huge = json.dumps({"question": "Q?", "thinking": "x" * (10 * 1024 * 1024), "answer": "A."}).encode()
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"\n".join([_good_line(1), huge, _good_line(2)]) + b"\n")
+    read = read_source("s", "g", "qa_with_think", [path])
+    assert len(read.records) == 2 and read.lines_read == 3
+    (q,) = read.quarantined
+    assert q.origin_line == 2 and "over the 4,194,304-byte limit" in q.reason and len(q.excerpt) <= 200
+
+
+def test_empty_file_is_reported_not_lost(tmp_path: Path) -> None:
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "a.jsonl").write_bytes(_good_line(1) + b"\n")
+    read = read_source("s", "g", "qa_with_think", [tmp_path / "empty.jsonl", tmp_path / "a.jsonl"])
+    assert read.empty_files == [str(tmp_path / "empty.jsonl")] and len(read.records) == 1
+
+
+def test_file_replaced_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from mira_dagster.core import records
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\n".join(_good_line(i) for i in range(50)) + b"\n")
+    parse = records.parse_line
+    calls = []
+
+    def parse_then_replace(raw: bytes, family: str, max_bytes: int) -> object:
+        calls.append(1)
+        if len(calls) == 10:  # a writer swaps in a new version mid-read, as `mv new a.jsonl` would
+            (tmp_path / "new.jsonl").write_bytes(_good_line(99) + b"\n")
+            os.replace(tmp_path / "new.jsonl", path)
+        return parse(raw, family, max_bytes)
+
+    monkeypatch.setattr(records, "parse_line", parse_then_replace)
+    with pytest.raises(SourceFileError, match=r"a\.jsonl was replaced or changed while being read"):
+        read_source("s", "g", "qa_with_think", [path])
+
+
+def test_file_appended_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mira_dagster.core import records
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\n".join(_good_line(i) for i in range(5)) + b"\n")
+    parse = records.parse_line
+    calls = []
+
+    def parse_then_append(raw: bytes, family: str, max_bytes: int) -> object:
+        calls.append(1)
+        if len(calls) == 2:  # a writer still appending to the file being read
+            with path.open("ab") as fh:
+                fh.write(b'{"question": "late')
+        return parse(raw, family, max_bytes)
+
+    monkeypatch.setattr(records, "parse_line", parse_then_append)
+    with pytest.raises(SourceFileError, match="changed while being read"):
+        read_source("s", "g", "qa_with_think", [path])
