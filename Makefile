@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format dev vllm-env bench
+.PHONY: setup run test lint format dev vllm-env bench browser
 
 $(BIN)/.mira-installed: pyproject.toml scripts/activate.sh
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ $(VLLM_VENV)/.installed:
 
 vllm-env: $(VLLM_VENV)/.installed
 
-test: lint vllm-env
+# Debian's Chromium for the browser test of the UI (tests/e2e); installing it needs root, as on CI.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+
+test: lint vllm-env browser
 	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest
 
 bench: setup

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,19 @@ def _no_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in list(__import__("os").environ):
         if var.startswith(("MIRA_STUDENT_", "MIRA_TEACHER_")):
             monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _reset_defs_state_storage() -> Iterator[None]:
+    """`dg.materialize` enters its instance, which sets a process-wide "current defs state storage" that nothing
+    resets (dagster 1.13.27). Once that instance is garbage-collected, the next in-process materialisation
+    fails ("undefined DagsterInstance weakref", or "unable to open database file" once its folder is gone),
+    depending on when the collector ran. Reset it around each test."""
+    from dagster._core.storage.defs_state import base
+
+    base._current_storage.set(None)
+    yield
+    base._current_storage.set(None)
 
 
 @pytest.fixture

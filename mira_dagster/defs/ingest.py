@@ -7,7 +7,7 @@ import dagster as dg
 from mira_dagster.core.records import SourceFileError, input_fingerprint, read_source
 from mira_dagster.core.tables import quarantine_frame, records_frame
 from mira_dagster.defs.metadata import md_table, table_metadata
-from mira_dagster.defs.partitions import source_partitions
+from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, source_partitions
 from mira_dagster.defs.resources import MiraResource
 
 INPUT_FINGERPRINT = "input_fingerprint"
@@ -15,6 +15,7 @@ INPUT_FINGERPRINT = "input_fingerprint"
 
 @dg.asset(
     partitions_def=source_partitions,
+    backfill_policy=ONE_PARTITION_PER_RUN,
     group_name="ingest",
     check_specs=[
         dg.AssetCheckSpec(

@@ -8,6 +8,7 @@ import polars as pl
 from mira_dagster.core.plots import reliability_heatmap
 from mira_dagster.core.reliability import reliability_table
 from mira_dagster.defs.metadata import md_image, md_table, table_metadata
+from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
 
 
@@ -22,6 +23,7 @@ def dims_frame(mira: MiraResource) -> pl.DataFrame:
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     group_name="reliability",
     kinds={"duckdb", "parquet"},
     deps=["teacher_labels", "student_scores"],
@@ -39,6 +41,7 @@ def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     group_name="reliability",
     kinds={"duckdb", "parquet"},
     deps=["dim_reliability"],
@@ -101,6 +104,7 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     group_name="reliability",
     kinds={"duckdb", "parquet"},
     deps=["teacher_labels", "student_scores"],

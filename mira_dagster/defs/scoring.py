@@ -14,7 +14,7 @@ from mira_dagster.core.sampling import teacher_sample
 from mira_dagster.core.scoring import Job, Outcome, Role, RunStats, score_jobs
 from mira_dagster.core.tables import RECORD_SCHEMA, SLOT_COLUMNS, scores_frame
 from mira_dagster.defs.metadata import table_metadata
-from mira_dagster.defs.partitions import group_to_sources, source_partitions
+from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, source_partitions
 from mira_dagster.defs.resources import MiraResource
 
 PREVIEW = ["record_id", "status", "a1", "a2", "a3", "overall", "recommendation", "domain_tag", "brief"]
@@ -160,6 +160,7 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
 
 @dg.asset(
     partitions_def=source_partitions,
+    backfill_policy=ONE_PARTITION_PER_RUN,
     group_name="teacher",
     kinds={"duckdb", "parquet"},
     deps=["raw_records", dg.AssetDep("anchor_rubric", partition_mapping=group_to_sources)],
@@ -195,6 +196,7 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
 
 @dg.asset(
     partitions_def=source_partitions,
+    backfill_policy=ONE_PARTITION_PER_RUN,
     group_name="student",
     kinds={"duckdb", "parquet"},
     deps=["raw_records", dg.AssetDep("anchor_rubric", partition_mapping=group_to_sources)],

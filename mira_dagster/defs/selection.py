@@ -10,12 +10,14 @@ import polars as pl
 from mira_dagster.core.plots import retention_curves, score_distributions
 from mira_dagster.core.store import Store
 from mira_dagster.defs.metadata import md_image, md_table, table_metadata
+from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
 
 VARIANTS = ("global", "group", "source", "random")
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     group_name="selection",
     kinds={"duckdb", "parquet"},
     deps=["student_scores", "reliability_mask"],
@@ -94,6 +96,7 @@ def select(mira: MiraResource, variant: str) -> pl.DataFrame:
 
 def _variant_asset(variant: str) -> dg.AssetsDefinition:
     @dg.asset(
+        automation_condition=FOLLOW_INPUTS,
         name=f"selected_{variant}",
         group_name="selection",
         kinds={"duckdb", "parquet"},
@@ -115,6 +118,7 @@ VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     group_name="selection",
     kinds={"duckdb", "parquet"},
     deps=["aggregated_scores", "raw_records"],
@@ -171,6 +175,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     group_name="selection",
     kinds={"duckdb", "parquet"},
     deps=[*(f"selected_{v}" for v in VARIANTS), "aggregated_scores"],

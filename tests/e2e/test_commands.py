@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,10 +12,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
@@ -108,7 +112,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dagster_dev_shows_the_runs_of_mira_run(tmp_path: Path) -> None:
+@dataclass
+class DevServer:
+    port: int
+    home: Path
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """`mira run` for one source, then `dagster dev` on loopback over the same DAGSTER_HOME (.env)."""
+    tmp_path = tmp_path_factory.mktemp("dev")
     env = user_env(tmp_path)
     run = subprocess.run(
         [BIN / "mira", "run", "--source", "lean_qa"],
@@ -138,58 +151,113 @@ def test_dagster_dev_shows_the_runs_of_mira_run(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "dagster dev did not start in 180 s"
                 assert dev.poll() is None, "dagster dev exited"
                 time.sleep(2)
-        data = graphql(
-            port,
-            "{ runsOrError { ... on Runs { results { status } } } "
-            "assetNodes { assetKey { path } groupName description dependencyKeys { path } } }",
-        )
-        # one source: raw_records, source_groups, group 2 discovery, scoring, distillation, corpus
-        assert [r["status"] for r in data["runsOrError"]["results"]] == ["SUCCESS"] * 6  # before the launch below
-        nodes = {n["assetKey"]["path"][0]: n for n in data["assetNodes"]}
-        assert set(nodes) == {a.key.path[0] for a in ALL_ASSETS}
-        upstream = {k: {p["path"][0] for p in n["dependencyKeys"]} for k, n in nodes.items()}
-        # the lineage of stage 1: source_groups -> teacher_judgments -> anchor_rubric -> teacher_labels / student_scores
-        assert "source_groups" in upstream["teacher_judgments"]
-        assert "teacher_judgments" in upstream["anchor_rubric"]
-        assert "anchor_rubric" in upstream["teacher_labels"] and "anchor_rubric" in upstream["student_scores"]
-
-        # launch a partition through the GraphQL API, as the UI does, and wait for the daemon to run it
-        repo = graphql(
-            port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
-        )
-        node = repo["repositoriesOrError"]["nodes"][0]
-        launched = graphql(
-            port,
-            LAUNCH,
-            {
-                "params": {
-                    "selector": {
-                        "repositoryLocationName": node["location"]["name"],
-                        "repositoryName": node["name"],
-                        "jobName": "__ASSET_JOB",
-                        "assetSelection": [{"path": ["raw_records"]}],
-                    },
-                    "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "qwq"}]},
-                }
-            },
-        )["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
-        deadline = time.monotonic() + 240
-        status = None
-        while time.monotonic() < deadline:
-            status = graphql(port, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')["runOrError"][
-                "status"
-            ]
-            if status in ("SUCCESS", "FAILURE", "CANCELED"):
-                break
-            time.sleep(2)
-        assert status == "SUCCESS"
-        assert (tmp_path / ".mira" / "tables" / "raw_records" / "qwq.parquet").exists()
-        assert all(n["groupName"] and n["description"] for n in nodes.values())
+        yield DevServer(port, tmp_path)
     finally:
         os.killpg(dev.pid, signal.SIGTERM)
         try:
             dev.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(dev.pid, signal.SIGKILL)
+
+
+def test_dagster_dev_shows_the_runs_of_mira_run(dagster_dev: DevServer) -> None:
+    port, tmp_path = dagster_dev.port, dagster_dev.home
+    data = graphql(
+        port,
+        "{ runsOrError { ... on Runs { results { status } } } "
+        "assetNodes { assetKey { path } groupName description dependencyKeys { path } } }",
+    )
+    # one source: raw_records, source_groups, group 2 discovery, scoring, distillation, corpus
+    assert [r["status"] for r in data["runsOrError"]["results"]] == ["SUCCESS"] * 6  # before the launch below
+    nodes = {n["assetKey"]["path"][0]: n for n in data["assetNodes"]}
+    assert set(nodes) == {a.key.path[0] for a in ALL_ASSETS}
+    upstream = {k: {p["path"][0] for p in n["dependencyKeys"]} for k, n in nodes.items()}
+    # the lineage of stage 1: source_groups -> teacher_judgments -> anchor_rubric -> teacher_labels / student_scores
+    assert "source_groups" in upstream["teacher_judgments"]
+    assert "teacher_judgments" in upstream["anchor_rubric"]
+    assert "anchor_rubric" in upstream["teacher_labels"] and "anchor_rubric" in upstream["student_scores"]
+
+    # launch a partition through the GraphQL API, as the UI does, and wait for the daemon to run it
+    repo = graphql(port, "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
+    node = repo["repositoriesOrError"]["nodes"][0]
+    launched = graphql(
+        port,
+        LAUNCH,
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": node["location"]["name"],
+                    "repositoryName": node["name"],
+                    "jobName": "__ASSET_JOB",
+                    "assetSelection": [{"path": ["raw_records"]}],
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "qwq"}]},
+            }
+        },
+    )["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        status = graphql(port, f'{{ runOrError(runId: "{run_id}") {{ ... on Run {{ status }} }} }}')["runOrError"][
+            "status"
+        ]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS"
+    assert (tmp_path / ".mira" / "tables" / "raw_records" / "qwq.parquet").exists()
+    assert all(n["groupName"] and n["description"] for n in nodes.values())
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; `make test` installs it
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+GROUPS = ["ingest", "discovery", "teacher", "student", "reliability", "selection"]
+
+
+def test_asset_graph_in_headless_chromium(dagster_dev: DevServer, tmp_path: Path) -> None:
+    """The asset graph as a user sees it: the global lineage lists every group, and a group's page draws its
+    assets. Screenshots land in tmp_path (and in $MIRA_SCREENSHOT_DIR when set: that is how docs/ui-*.png are
+    made)."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    base = f"http://127.0.0.1:{dagster_dev.port}"
+    shots = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1250})
+        page.goto(f"{base}/asset-groups", wait_until="networkidle")
+        with contextlib.suppress(PlaywrightTimeout):  # a fresh instance greets the first visitor with a dialog
+            page.get_by_role("button", name="Skip").click(timeout=8000)
+        for group in GROUPS:
+            page.get_by_text(group, exact=True).first.wait_for(timeout=30000)
+        shots["lineage"] = tmp_path / "ui-lineage.png"
+        page.screenshot(path=shots["lineage"])
+
+        page.goto(f"{base}/locations/mira_dagster.definitions/asset-groups/selection", wait_until="networkidle")
+        for asset in ("aggregated_scores", "selected_group", "selected_subset", "selection_report"):
+            page.get_by_text(asset, exact=True).first.wait_for(timeout=30000)
+        page.wait_for_timeout(1000)  # let the graph finish laying out before the picture
+        shots["selection"] = tmp_path / "ui-selection.png"
+        page.screenshot(path=shots["selection"])
+        browser.close()
+    for path in shots.values():
+        png = path.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn page, not a blank one
+    if os.environ.get("MIRA_SCREENSHOT_DIR"):
+        for path in shots.values():
+            shutil.copy(path, Path(os.environ["MIRA_SCREENSHOT_DIR"]) / path.name)

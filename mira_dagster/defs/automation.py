@@ -1,0 +1,108 @@
+"""Automation: a schedule that re-runs the source partitions that are missing or stale, and the corpus
+assets following their inputs by declarative automation (AutomationCondition.eager on the corpus assets).
+
+A source partition is stale when its input files changed since raw_records[source] last ran (the
+`input_fingerprint` metadata: path, size, mtime, inode of each file) or when the scorer it would use now has a
+different `scorer_version` from the one recorded by its last teacher_labels / student_scores run (a new model,
+endpoint model name, prompt, rubric or sampling setting). Re-running a partition whose content did not change
+costs no request: replies are cached by (record_id, scorer_version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from mira_dagster.core.records import input_fingerprint
+from mira_dagster.defs.ingest import INPUT_FINGERPRINT, raw_records
+from mira_dagster.defs.resources import MiraResource
+from mira_dagster.defs.scoring import student_scores, teacher_labels
+
+refresh_sources_job = dg.define_asset_job(
+    "refresh_sources",
+    selection=dg.AssetSelection.assets(raw_records, teacher_labels, student_scores),
+    description="Ingest and score one source partition (raw_records, teacher_labels, student_scores).",
+)
+
+
+@dataclass(frozen=True)
+class Staleness:
+    source: str
+    reason: str
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, object] | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def stale_sources(instance: dg.DagsterInstance, mira: MiraResource) -> list[Staleness]:
+    """Every source partition that was never materialised or whose inputs or scorer changed, with why."""
+    cfg = mira.config()
+    versions: dict[tuple[str, str], str] = {}
+    out = []
+    for source, src in cfg.sources.items():
+        raw = _latest_metadata(instance, "raw_records", source)
+        if raw is None:
+            out.append(Staleness(source, "never materialised"))
+            continue
+        if raw.get(INPUT_FINGERPRINT) != input_fingerprint(src.files):
+            out.append(Staleness(source, "input files changed"))
+            continue
+        for asset, role in (("teacher_labels", "teacher"), ("student_scores", "student")):
+            meta = _latest_metadata(instance, asset, source)
+            if (role, src.group) not in versions:
+                versions[(role, src.group)] = mira.scorer(role, src.group)[0].version
+            if meta is None:
+                out.append(Staleness(source, f"{asset} never materialised"))
+                break
+            if meta.get("scorer_version") != versions[(role, src.group)]:
+                out.append(Staleness(source, f"{asset} scorer_version changed"))
+                break
+    return out
+
+
+def in_flight_partitions(instance: dg.DagsterInstance) -> set[str]:
+    """Source partitions with a run of refresh_sources queued or running."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=refresh_sources_job.name,
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ],
+        )
+    )
+    return {r.tags["dagster/partition"] for r in runs if "dagster/partition" in r.tags}
+
+
+@dg.schedule(
+    job=refresh_sources_job,
+    cron_schedule="0 * * * *",
+    description=(
+        "Hourly: run every source partition that is missing or stale (input files changed, or a scorer_version "
+        "changed). Partitions already queued or running are not requested twice."
+    ),
+)
+def refresh_stale_sources(
+    context: dg.ScheduleEvaluationContext, mira: MiraResource
+) -> dg.SkipReason | list[dg.RunRequest]:
+    return stale_run_requests(context.instance, mira)
+
+
+def stale_run_requests(instance: dg.DagsterInstance, mira: MiraResource) -> dg.SkipReason | list[dg.RunRequest]:
+    """One run request per missing or stale source partition not already queued or running."""
+    busy = in_flight_partitions(instance)
+    stale = [s for s in stale_sources(instance, mira) if s.source not in busy]
+    if not stale:
+        return dg.SkipReason("every source partition is up to date")
+    # no run_key: a partition whose run failed is asked for again at the next tick; one still queued or
+    # running is not (in_flight_partitions)
+    return [dg.RunRequest(partition_key=s.source, tags={"mira/stale_reason": s.reason}) for s in stale]
