@@ -38,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mira_dagster import definitions as d
+    from mira_dagster.defs.partitions import register_sources
     from mira_dagster.defs.resources import MiraResource
 
     # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO.
@@ -54,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("corpus: reliability, mask, aggregates, selection variants, selected_subset, report", d.CORPUS_ASSETS, None),
     ]
     with dg.DagsterInstance.get() as instance:
+        register_sources(instance, cfg.source_names())  # the partitions the sensor would add
         for i, (label, selection, partition) in enumerate(steps, 1):
             print(f"[{i}/{len(steps)}] {label}", flush=True)
             result = dg.materialize(

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mira_dagster.defs.automation import refresh_sources_job, refresh_stale_sources
+from mira_dagster.defs.automation import new_sources, refresh_sources_job, refresh_stale_sources
 from mira_dagster.defs.discovery import anchor_rubric, distillation_dataset, source_groups, teacher_judgments
 from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.reliability import dim_reliability, disagreements, reliability_mask
@@ -41,5 +41,6 @@ defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=[refresh_sources_job],
     schedules=[refresh_stale_sources],
+    sensors=[new_sources],
     resources={"mira": MiraResource()},
 )

@@ -104,7 +104,12 @@ class MiraConfig(BaseModel):
     groups: dict[str, GroupConfig]
     sources: dict[str, SourceConfig]
     pipeline: PipelineSettings = PipelineSettings()
+    # Watched folders, per group: each *.jsonl file directly inside becomes a source of that group, named after
+    # the file (lowercased, other characters as "_"). The sensor `new_sources` adds their partitions.
+    watch: dict[str, Path] = {}
     path: Path = DEFAULT_CONFIG
+    # Files in watched folders that could not become a source, with why (for the sensor to report).
+    rejected_files: list[str] = []
 
     @field_validator("groups")
     @classmethod
@@ -124,6 +129,11 @@ class MiraConfig(BaseModel):
                     "(it becomes a partition key, a file name and a SQL value)"
                 )
         return sources
+
+    @field_validator("watch", mode="before")
+    @classmethod
+    def _watch_keys(cls, watch: dict | None) -> dict:
+        return {str(k): v for k, v in (watch or {}).items()}
 
     @model_validator(mode="after")
     def _sources_fit_groups(self) -> MiraConfig:
@@ -171,7 +181,45 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
             group.anchors = (base / group.anchors).resolve()
     for src in cfg.sources.values():
         src.files = [(base / f).resolve() for f in src.files]
+    for group_id, folder in cfg.watch.items():
+        if group_id not in cfg.groups:
+            raise ConfigError(f"{path}: watch: unknown group {group_id!r}")
+        cfg.watch[group_id] = (base / folder).resolve()
+        _add_watched_sources(cfg, group_id, cfg.watch[group_id])
     return cfg
+
+
+def watched_source_name(file: Path) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", file.stem.lower())
+
+
+def _add_watched_sources(cfg: MiraConfig, group_id: str, folder: Path) -> None:
+    """Each *.jsonl file in the folder becomes a source of the group, unless its name is unusable or taken."""
+    if not folder.is_dir():
+        cfg.rejected_files.append(f"{folder}: watched folder of group {group_id!r} does not exist")
+        return
+    for file in sorted(folder.glob("*.jsonl")):
+        name = watched_source_name(file)
+        if not _SAFE_NAME.match(name):
+            cfg.rejected_files.append(f"{file}: source name {name!r} must match {_SAFE_NAME.pattern}")
+        elif name in cfg.sources:
+            cfg.rejected_files.append(f"{file}: source {name!r} already exists ({cfg.sources[name].files[0]})")
+        else:
+            family = cfg.groups[group_id].family
+            cfg.sources[name] = SourceConfig(group=group_id, format=family, files=[file.resolve()])
+
+
+def registry_stamp(path: Path) -> tuple[float, ...]:
+    """Changes when the registry file or the listing of a watched folder changes (for caching a loaded config)."""
+    stamps = [path.stat().st_mtime if path.exists() else 0.0]
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return tuple(stamps)
+    for folder in (raw.get("watch") or {}).values() if isinstance(raw, dict) else []:
+        folder = path.parent / str(folder)
+        stamps.append(folder.stat().st_mtime if folder.is_dir() else 0.0)
+    return tuple(stamps)
 
 
 def mira_home() -> Path:

@@ -1,5 +1,6 @@
-"""Automation: a schedule that re-runs the source partitions that are missing or stale, and the corpus
-assets following their inputs by declarative automation (AutomationCondition.eager on the corpus assets).
+"""Automation: a sensor that adds a partition (and a run) for every new source, a schedule that re-runs the
+source partitions that are missing or stale, and the corpus assets following their inputs by declarative
+automation (AutomationCondition.eager on the corpus assets).
 
 A source partition is stale when its input files changed since raw_records[source] last ran (the
 `input_fingerprint` metadata: path, size, mtime, inode of each file) or when the scorer it would use now has a
@@ -16,6 +17,7 @@ import dagster as dg
 
 from mira_dagster.core.records import input_fingerprint
 from mira_dagster.defs.ingest import INPUT_FINGERPRINT, raw_records
+from mira_dagster.defs.partitions import source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 
@@ -106,3 +108,32 @@ def stale_run_requests(instance: dg.DagsterInstance, mira: MiraResource) -> dg.S
     # no run_key: a partition whose run failed is asked for again at the next tick; one still queued or
     # running is not (in_flight_partitions)
     return [dg.RunRequest(partition_key=s.source, tags={"mira/stale_reason": s.reason}) for s in stale]
+
+
+def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.SensorResult | dg.SkipReason:
+    """Partitions for the registry's sources and watched files that the instance does not have yet, and a
+    refresh_sources run for each."""
+    cfg = mira.config()
+    known = set(instance.get_dynamic_partitions(source_partitions.name))
+    new = [s for s in cfg.source_names() if s not in known]
+    rejected = "; ".join(cfg.rejected_files)
+    if not new:
+        return dg.SkipReason("no new source" + (f"; not usable as sources: {rejected}" if rejected else ""))
+    return dg.SensorResult(
+        dynamic_partitions_requests=[source_partitions.build_add_request(new)],
+        run_requests=[dg.RunRequest(partition_key=s, tags={"mira/reason": "new source"}) for s in new],
+    )
+
+
+@dg.sensor(
+    job=refresh_sources_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Adds a source partition for every source of the registry and every *.jsonl file of a watched folder "
+        "(`watch:` in the registry) that has none yet, and requests its refresh_sources run. Files that cannot be "
+        "sources (bad name, name taken) are named in the tick's skip reason."
+    ),
+)
+def new_sources(context: dg.SensorEvaluationContext, mira: MiraResource) -> dg.SensorResult | dg.SkipReason:
+    return new_source_result(context.instance, mira)

@@ -1,4 +1,5 @@
-"""Partitions from the registry ($MIRA_CONFIG or anchors/groups.yaml): one per source, one per group."""
+"""Partitions: one per source (dynamic: the registry's sources and the files of its watched folders, added to the
+instance by the `new_sources` sensor or by `mira run`), one per group (static, from the registry)."""
 
 import warnings
 
@@ -7,14 +8,16 @@ import dagster as dg
 from mira_dagster.core.config import load_config
 
 _cfg = load_config()
-source_partitions = dg.StaticPartitionsDefinition(_cfg.source_names())
+source_partitions = dg.DynamicPartitionsDefinition(name="sources")
 group_partitions = dg.StaticPartitionsDefinition(sorted(_cfg.groups))
 
-# A group's assets read all its sources; a source's assets read its group's rubric.
-source_to_group = dg.StaticPartitionMapping({s: src.group for s, src in _cfg.sources.items()})
-group_to_sources = dg.StaticPartitionMapping(
-    {g: [s for s, src in _cfg.sources.items() if src.group == g] for g in _cfg.groups}
-)
+# A group's assets read its sources, a source's assets read its group's rubric. Dagster has no static mapping
+# between a dynamic and a static partitions definition (StaticPartitionMapping needs two static ones), so the
+# dependency is declared over all partitions: a group depends on every source partition and a source on every
+# group's rubric. That over-approximates what the UI marks unsynced; the assets read only their own group's data,
+# and the schedule decides staleness precisely (scorer_version, input_fingerprint).
+source_to_group = dg.AllPartitionMapping()
+group_to_sources = dg.AllPartitionMapping()
 
 # Backfills from the UI: one source partition per run, so one bad source fails alone and the run queue and
 # the scorer pools (dagster.yaml) decide how many run at once.
@@ -25,3 +28,20 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of functi
 # running, they materialise once every source partition they read exists and something upstream changed, and
 # not while an upstream run is still in progress (docs: "Operating").
 FOLLOW_INPUTS = dg.AutomationCondition.eager()
+
+
+def register_sources(instance: dg.DagsterInstance, names: list[str]) -> list[str]:
+    """Add the source partitions the instance does not have yet; returns the new ones."""
+    known = set(instance.get_dynamic_partitions(source_partitions.name))
+    new = [n for n in names if n not in known]
+    if new:
+        instance.add_dynamic_partitions(source_partitions.name, new)
+    return new
+
+
+def in_process_instance() -> dg.DagsterInstance:
+    """An ephemeral instance that knows every source partition of the registry, for in-process
+    `dg.materialize` calls (tests, notebooks)."""
+    instance = dg.DagsterInstance.ephemeral()
+    register_sources(instance, load_config().source_names())
+    return instance

@@ -7,6 +7,7 @@ import polars as pl
 
 from mira_dagster.core.plots import reliability_heatmap
 from mira_dagster.core.reliability import reliability_table
+from mira_dagster.core.store import UNPARTITIONED
 from mira_dagster.defs.metadata import md_image, md_table, table_metadata
 from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
@@ -66,8 +67,12 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
         f"group estimate when the source's {s.ci_level:.0%} interval straddles a threshold"
     )
     store = mira.store()
-    # The mask version names the rule and the reliability estimates it was applied to.
-    evidence = hashlib.sha256(store.partition_path("dim_reliability").read_bytes()).hexdigest()
+    # The mask version names the rule and the reliability estimates it was applied to. The estimates are rounded
+    # first: DuckDB's parallel sums may differ in the last bits between runs over the same data, which must not
+    # make a new version.
+    rel = store.read("dim_reliability", UNPARTITIONED).sort("source", "slot")
+    rounded = rel.with_columns(pl.col(pl.Float64).round(9))
+    evidence = hashlib.sha256(rounded.write_csv().encode()).hexdigest()
     version = hashlib.sha256(f"{rule}\n{evidence}".encode()).hexdigest()[:12]
     df = store.query(
         "reliability_mask",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from mira_dagster.core.config import MiraConfig, config_path, load_config, mira_home
+from mira_dagster.core.config import MiraConfig, config_path, load_config, mira_home, registry_stamp
 from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_path, load_rubric
 from mira_dagster.core.scorers import make_scorer
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
@@ -13,7 +13,7 @@ from mira_dagster.core.store import Store
 
 
 @cache
-def _config(path: Path, mtime: float) -> MiraConfig:
+def _config(path: Path, stamp: tuple[float, ...]) -> MiraConfig:
     return load_config(path)
 
 
@@ -26,7 +26,8 @@ class MiraResource(dg.ConfigurableResource):
 
     def config(self) -> MiraConfig:
         path = Path(self.config_path).resolve() if self.config_path else config_path()
-        return _config(path, path.stat().st_mtime if path.exists() else 0.0)
+        # reloaded when the registry or a watched folder's listing changes
+        return _config(path, registry_stamp(path))
 
     def store(self) -> Store:
         return Store(Path(self.home).resolve() if self.home else mira_home())

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.definitions import ALL_ASSETS, CORPUS_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from tests.loopback import ChatServer, serve
 
@@ -30,7 +31,7 @@ def materialize_all(mira: MiraResource, instance: dg.DagsterInstance) -> None:
 def test_pipeline_end_to_end_offline(small_config: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     mira = MiraResource(config_path=str(small_config), home=str(home))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     materialize_all(mira, instance)
 
     con = duckdb.connect(str(home / "mira.duckdb"), read_only=True)
@@ -93,7 +94,7 @@ def test_student_scores_over_http_and_never_twice(
 ) -> None:
     server = ChatServer()
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     with serve(server) as url:
         monkeypatch.setenv("MIRA_STUDENT_BASE_URL", url)
         monkeypatch.setenv("MIRA_STUDENT_API_KEY", "sk-very-secret")

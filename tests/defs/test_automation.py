@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
 
 from mira_dagster import definitions as d
-from mira_dagster.defs.automation import refresh_sources_job, stale_run_requests, stale_sources
+from mira_dagster.defs.automation import new_source_result, refresh_sources_job, stale_run_requests, stale_sources
+from mira_dagster.defs.partitions import in_process_instance, register_sources
 from mira_dagster.defs.resources import MiraResource
 
 
@@ -25,7 +27,7 @@ def _reasons(mira: MiraResource, instance: dg.DagsterInstance) -> dict[str, str]
 
 def test_missing_and_stale_partitions_are_found_and_requested(small_config: Path, tmp_path: Path) -> None:
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     assert _reasons(mira, instance) == {"lean_qa": "never materialised", "agent_openhands": "never materialised"}
     for source in ("lean_qa", "agent_openhands"):
         _materialize(mira, instance, source)
@@ -55,8 +57,43 @@ def test_missing_and_stale_partitions_are_found_and_requested(small_config: Path
 
 def test_partitions_already_in_flight_are_not_requested_twice(small_config: Path, tmp_path: Path) -> None:
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
     job = defs.resolve_job_def("refresh_sources")
     instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "lean_qa"})
     assert [r.partition_key for r in stale_run_requests(instance, mira)] == ["agent_openhands"]
+
+
+def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config: Path, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    small_config.write_text(small_config.read_text() + 'watch: {"2": incoming}\n', encoding="utf-8")
+    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()  # knows no source yet
+
+    first = new_source_result(instance, mira)
+    assert [r.partition_key for r in first.run_requests] == ["agent_openhands", "lean_qa"]
+    register_sources(instance, ["agent_openhands", "lean_qa"])  # what the daemon does with the request
+    assert isinstance(new_source_result(instance, mira), dg.SkipReason)
+
+    sample = (tmp_path / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").read_bytes()
+    (incoming / "New-Proofs.2026.jsonl").write_bytes(sample)  # becomes source new_proofs_2026 of group 2
+    (incoming / "9lives.jsonl").write_bytes(sample)  # not a usable name: reported, not added
+    (incoming / "lean_qa.jsonl").write_bytes(sample)  # taken by the registry: reported, not added
+    os.utime(incoming, (time.time() + 5, time.time() + 5))  # the listing changed (coarse mtime clocks)
+    result = new_source_result(instance, mira)
+    (request,) = result.run_requests
+    assert request.partition_key == "new_proofs_2026" and request.tags["mira/reason"] == "new source"
+    assert result.dynamic_partitions_requests[0].partition_keys == ["new_proofs_2026"]
+    cfg = mira.config()
+    assert cfg.sources["new_proofs_2026"].group == "2" and cfg.sources["new_proofs_2026"].format == "qa_with_think"
+    assert any("9lives.jsonl" in r and "must match" in r for r in cfg.rejected_files)
+    assert any("lean_qa.jsonl" in r and "already exists" in r for r in cfg.rejected_files)
+
+    # the new partition materialises like any other
+    register_sources(instance, ["new_proofs_2026"])
+    sel = [*d.INGEST_ASSETS, *d.SCORING_ASSETS]
+    assert dg.materialize(
+        d.ALL_ASSETS, selection=sel, partition_key="new_proofs_2026", instance=instance, resources={"mira": mira}
+    ).success
+    assert (tmp_path / "home" / "tables" / "student_scores" / "new_proofs_2026.parquet").exists()

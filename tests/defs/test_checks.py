@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 from mira_dagster import definitions as d
+from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from tests.conftest import SAMPLE
 
@@ -30,7 +31,7 @@ def _corpus(mira: MiraResource, instance: dg.DagsterInstance) -> dg.ExecuteInPro
 
 def test_all_checks_pass_on_the_sample(small_config: Path, tmp_path: Path) -> None:
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     _prepare(mira, instance)
     res = _corpus(mira, instance)
     assert res.success
@@ -41,7 +42,7 @@ def test_all_checks_pass_on_the_sample(small_config: Path, tmp_path: Path) -> No
 def test_fully_masked_source_blocks_downstream(small_config: Path, tmp_path: Path) -> None:
     small_config.write_text(small_config.read_text().replace("pipeline: {", "pipeline: {mask_max_mae: 0.0, "))
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     _prepare(mira, instance)
     res = _corpus(mira, instance)
     assert not res.success
@@ -56,7 +57,7 @@ def test_drift_warns_without_blocking(small_config: Path, tmp_path: Path) -> Non
     extra = f'  reason_dpsk32: {{group: "2", format: qa_with_think, files: [{data}]}}\n'
     small_config.write_text(small_config.read_text().replace("pipeline: {", extra + "pipeline: {"))
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     _prepare(mira, instance, [*SOURCES, "reason_dpsk32"])
     assert _corpus(mira, instance).success
     # the student's scores for one source move (a new scorer, say): the drift check warns, the run still succeeds

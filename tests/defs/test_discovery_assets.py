@@ -12,6 +12,7 @@ import pytest
 from mira_dagster import definitions as d
 from mira_dagster.cli import main
 from mira_dagster.core.config import load_config
+from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 
 
@@ -26,7 +27,7 @@ def run(mira: MiraResource, instance: dg.DagsterInstance, selection: list, parti
 def discovered(tmp_path_factory: pytest.TempPathFactory) -> tuple[MiraResource, dg.DagsterInstance, Path]:
     home = tmp_path_factory.mktemp("home")
     mira = MiraResource(home=str(home))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     cfg = load_config()
     for s in cfg.source_names():
         run(mira, instance, d.INGEST_ASSETS, s)
@@ -115,7 +116,7 @@ def test_regroup_moves_a_misfiled_source(tmp_path: Path, small_config: Path, mon
     small_config.write_text(text)
     home = tmp_path / "home"
     mira = MiraResource(config_path=str(small_config), home=str(home))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     for s in ("lean_qa", "agent_openhands", "qwq"):
         run(mira, instance, d.INGEST_ASSETS, s)
     run(mira, instance, d.GROUPING_ASSETS)

@@ -16,11 +16,12 @@ SCRIPT = """
 import sys
 import dagster as dg
 from mira_dagster import definitions as d
+from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 mira = MiraResource(home=sys.argv[2])
 for selection in (d.INGEST_ASSETS, d.SCORING_ASSETS):
     res = dg.materialize(d.ALL_ASSETS, selection=selection, partition_key=sys.argv[1], resources={"mira": mira},
-                         instance=dg.DagsterInstance.ephemeral())
+                         instance=in_process_instance())
     assert res.success
 """
 

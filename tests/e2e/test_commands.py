@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
@@ -112,6 +113,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def watched_registry(tmp_path: Path) -> Path:
+    """The bundled registry with absolute paths, plus a watched folder for group 2 (tmp_path/incoming)."""
+    cfg_path = PROJECT_ROOT / "anchors" / "groups.yaml"
+    raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    for group in raw["groups"].values():
+        group["anchors"] = str((cfg_path.parent / group["anchors"]).resolve())
+    for src in raw["sources"].values():
+        src["files"] = [str((cfg_path.parent / f).resolve()) for f in src["files"]]
+    (tmp_path / "incoming").mkdir()
+    raw["watch"] = {"2": str(tmp_path / "incoming")}
+    out = tmp_path / "groups.yaml"
+    out.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return out
+
+
 @dataclass
 class DevServer:
     port: int
@@ -122,7 +138,7 @@ class DevServer:
 def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     """`mira run` for one source, then `dagster dev` on loopback over the same DAGSTER_HOME (.env)."""
     tmp_path = tmp_path_factory.mktemp("dev")
-    env = user_env(tmp_path)
+    env = {**user_env(tmp_path), "MIRA_CONFIG": str(watched_registry(tmp_path))}
     run = subprocess.run(
         [BIN / "mira", "run", "--source", "lean_qa"],
         cwd=tmp_path,
@@ -261,3 +277,24 @@ def test_asset_graph_in_headless_chromium(dagster_dev: DevServer, tmp_path: Path
     if os.environ.get("MIRA_SCREENSHOT_DIR"):
         for path in shots.values():
             shutil.copy(path, Path(os.environ["MIRA_SCREENSHOT_DIR"]) / path.name)
+
+
+def test_a_new_file_in_a_watched_folder_gets_a_partition_and_a_run(dagster_dev: DevServer) -> None:
+    """The `new_sources` sensor, run by the daemon of `dagster dev`: drop a file, get a partition and its run."""
+    sample = PROJECT_ROOT / "data" / "sample" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl"
+    shutil.copy(sample, dagster_dev.home / "incoming" / "fresh_proofs.jsonl")
+    query = (
+        '{ runsOrError(filter: {tags: [{key: "mira/reason", value: "new source"}]}) '
+        "{ ... on Runs { results { status tags { key value } } } } }"
+    )
+    deadline = time.monotonic() + 300
+    runs: list = []
+    while time.monotonic() < deadline:
+        runs = graphql(dagster_dev.port, query)["runsOrError"]["results"]
+        if runs and runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(3)
+    assert [r["status"] for r in runs] == ["SUCCESS"], runs
+    assert {"key": "dagster/partition", "value": "fresh_proofs"} in runs[0]["tags"]
+    for table in ("raw_records", "teacher_labels", "student_scores"):
+        assert (dagster_dev.home / ".mira" / "tables" / table / "fresh_proofs.parquet").exists(), table

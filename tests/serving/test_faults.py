@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from tests.loopback import ChatServer, Reply, completion, serve, user_key
 
@@ -62,7 +63,7 @@ def test_every_record_one_status_and_transient_faults_retried(
     mira = MiraResource(config_path=str(cfg), home=str(tmp_path / "home"))
     server = ChatServer()
     server.responder = faulty(server)
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     with serve(server) as url:
         monkeypatch.setenv("MIRA_STUDENT_BASE_URL", url)
         res = dg.materialize(
@@ -108,7 +109,7 @@ def test_one_endpoint_down_does_not_stop_the_partition(
     with serve(server) as url:
         dead = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
         monkeypatch.setenv("MIRA_STUDENT_BASE_URL", f"{dead},{url}")
-        instance = dg.DagsterInstance.ephemeral()
+        instance = in_process_instance()
         res = dg.materialize(
             ALL, selection=[RAW, STUDENT], partition_key="lean_qa", instance=instance, resources={"mira": mira}
         )

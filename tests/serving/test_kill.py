@@ -20,6 +20,7 @@ from mira_dagster.core.prompts import render_user, user_template
 from mira_dagster.core.rubric import load_rubric
 from mira_dagster.core.store import ParquetReplyCache
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import _records
 from tests.loopback import ChatServer, serve, user_key
@@ -32,9 +33,10 @@ SCRIPT = """
 import dagster as dg
 from mira_dagster.definitions import ALL_ASSETS, CORPUS_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.defs.partitions import in_process_instance
 mira = MiraResource(config_path={cfg!r}, home={home!r})
 dg.materialize(ALL_ASSETS, selection=[PARTITIONED_ASSETS[2]], partition_key="lean_qa",
-               instance=dg.DagsterInstance.ephemeral(), resources={{"mira": mira}})
+               instance=in_process_instance(), resources={{"mira": mira}})
 """
 
 
@@ -45,7 +47,10 @@ def test_sigkill_mid_partition_then_resume(small_config: Path, tmp_path: Path, m
     small_config.write_text(text)
     home = tmp_path / "home"
     mira = MiraResource(config_path=str(small_config), home=str(home))
-    assert dg.materialize(ALL, selection=[RAW], partition_key="lean_qa", resources={"mira": mira}).success
+    instance = in_process_instance()
+    assert dg.materialize(
+        ALL, selection=[RAW], partition_key="lean_qa", instance=instance, resources={"mira": mira}
+    ).success
     raw = pl.read_parquet(home / "tables" / "raw_records" / "lean_qa.parquet")
     cfg = load_config(small_config)
     template = user_template(load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think"))
@@ -76,7 +81,9 @@ def test_sigkill_mid_partition_then_resume(small_config: Path, tmp_path: Path, m
         assert not (home / "tables" / "student_scores" / "lean_qa.parquet").exists()
 
         n_before = server.chat_requests
-        res = dg.materialize(ALL, selection=[STUDENT], partition_key="lean_qa", resources={"mira": mira})
+        res = dg.materialize(
+            ALL, selection=[STUDENT], partition_key="lean_qa", instance=instance, resources={"mira": mira}
+        )
         assert res.success
         rerequested = {rid_of[user_key(b)] for b in server.requests[n_before:]}
 

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
+from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from tests.conftest import SAMPLE
 from tests.serving.conftest import chat_requests
@@ -42,7 +43,7 @@ def test_vllm_partition_end_to_end(
 ) -> None:
     monkeypatch.setenv("MIRA_STUDENT_BASE_URL", vllm_url)
     mira = MiraResource(config_path=str(mixed_source), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = in_process_instance()
     before = chat_requests(vllm_url)
     res = dg.materialize(
         ALL, selection=[RAW, STUDENT], partition_key="lean_qa", instance=instance, resources={"mira": mira}
