@@ -40,9 +40,25 @@ def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def object_store(url: str) -> Any:
+    """The fsspec filesystem of an s3:// tables URL. Endpoint from MIRA_S3_ENDPOINT_URL (an S3-compatible server;
+    unset for AWS); credentials the usual AWS way (environment, profile, role), never from the registry."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"MIRA_TABLES_URL must be an s3:// URL, got {url!r}")
+    import s3fs  # the optional `s3` extra
+
+    endpoint = os.environ.get("MIRA_S3_ENDPOINT_URL")
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, use_listings_cache=False)
+
+
 class Store:
-    def __init__(self, home: Path) -> None:
+    """Tables under `home/tables`, or under MIRA_TABLES_URL (s3://bucket/prefix) when set; the reply cache,
+    exports, discovered rubrics and the catalogue stay in `home` (they are written often, or by one process)."""
+
+    def __init__(self, home: Path, tables_url: str | None = None) -> None:
         self.home = Path(home)
+        self.tables_url = (tables_url or os.environ.get("MIRA_TABLES_URL") or "").rstrip("/") or None
+        self.fs = object_store(self.tables_url) if self.tables_url else None
         self.tables_dir = self.home / "tables"
         self.exports_dir = self.home / "exports"
         self.catalog_path = self.home / "mira.duckdb"
@@ -52,14 +68,31 @@ class Store:
     def partition_path(self, table: str, partition: str | None = None) -> Path:
         return self.tables_dir / table / f"{partition or UNPARTITIONED}.parquet"
 
-    def write(self, table: str, df: pl.DataFrame, partition: str | None = None) -> Path:
+    def _remote_key(self, table: str, partition: str | None = None) -> str:
+        """bucket/prefix/tables/<table>/<partition>.parquet (fsspec paths carry no scheme)."""
+        assert self.tables_url is not None
+        return f"{self.tables_url.removeprefix('s3://')}/tables/{table}/{partition or UNPARTITIONED}.parquet"
+
+    def write(self, table: str, df: pl.DataFrame, partition: str | None = None) -> str:
+        if self.fs is not None:
+            # one PUT per partition: readers see the old object or the new one, never a part
+            key = self._remote_key(table, partition)
+            with self.fs.open(key, "wb") as fh:
+                df.write_parquet(fh)
+            return f"s3://{key}"
         path = self.partition_path(table, partition)
         _atomic_parquet(df, path)
         self.refresh_catalog()
-        return path
+        return str(path)
 
     def read(self, table: str, partition: str | None = None) -> pl.DataFrame:
         if partition is not None:
+            if self.fs is not None:
+                key = self._remote_key(table, partition)
+                if not self.fs.exists(key):
+                    raise FileNotFoundError(f"table {table!r} has no partition {partition!r} yet (s3://{key})")
+                with self.fs.open(key, "rb") as fh:
+                    return pl.read_parquet(fh)
             path = self.partition_path(table, partition)
             if not path.is_file():
                 raise FileNotFoundError(f"table {table!r} has no partition {partition!r} yet ({path})")
@@ -70,6 +103,8 @@ class Store:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with a view per table over its Parquet files: no lock on any file."""
         con = duckdb.connect()
+        if self.fs is not None:
+            con.register_filesystem(self.fs)  # DuckDB reads s3:// through fsspec: no httpfs extension needed
         for stmt in self._view_statements():
             con.execute(stmt)
         for macro in sorted(SQL_DIR.glob("macro_*.sql")):  # helpers the queries in sql/ call
@@ -89,6 +124,8 @@ class Store:
             return con.sql(sql).pl()
 
     def _view_statements(self) -> list[str]:
+        if self.fs is not None:
+            return self._remote_view_statements()
         stmts = []
         if self.tables_dir.is_dir():
             for table_dir in sorted(self.tables_dir.iterdir()):
@@ -100,12 +137,28 @@ class Store:
                     )
         return stmts
 
+    def _remote_view_statements(self) -> list[str]:
+        root = f"{self.tables_url.removeprefix('s3://')}/tables"  # type: ignore[union-attr]
+        if not self.fs.exists(root):
+            return []
+        stmts = []
+        for table_dir in sorted(self.fs.ls(root, detail=False)):
+            name = table_dir.rstrip("/").rsplit("/", 1)[-1]
+            if self.fs.glob(f"{table_dir}/*.parquet"):
+                glob = f"s3://{table_dir}/*.parquet".replace("'", "''")
+                stmts.append(
+                    f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+                )
+        return stmts
+
     def refresh_catalog(self, attempts: int = 20) -> bool:
         """Recreate the catalogue's views; False if another process kept the file locked throughout.
 
         The views are a convenience (the data is in Parquet), so a user holding the catalogue open in the
         duckdb CLI delays this by at most a few seconds and never fails a run.
         """
+        if self.fs is not None:
+            return False  # the catalogue's views would need the same S3 access in every reader: not kept
         self.home.mkdir(parents=True, exist_ok=True)
         stmts = self._view_statements()
         for attempt in range(attempts):

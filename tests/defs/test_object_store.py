@@ -1,0 +1,90 @@
+"""Tables on S3-compatible object storage: moto's server on loopback, the pipeline's assets writing their
+partitions there, DuckDB reading them from there (through fsspec), nothing under the local tables folder."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mira_dagster import definitions as d
+from mira_dagster.core.store import Store, object_store
+from mira_dagster.defs.partitions import in_process_instance
+from mira_dagster.defs.resources import MiraResource
+
+SOURCES = ["lean_qa", "agent_openhands"]
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto S3 server on a free loopback port, a bucket, and the environment pointing at it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
+                time.sleep(0.3)
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MIRA_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "MIRA_TABLES_URL": "s3://mira-test/run-1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        object_store("s3://mira-test").mkdir("mira-test")
+        yield "s3://mira-test/run-1"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_pipeline_tables_on_object_storage(s3: str, small_config: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    mira = MiraResource(config_path=str(small_config), home=str(home))
+    instance = in_process_instance()
+    for source in SOURCES:
+        sel = [*d.INGEST_ASSETS, *d.SCORING_ASSETS]
+        assert dg.materialize(
+            d.ALL_ASSETS, selection=sel, partition_key=source, instance=instance, resources={"mira": mira}
+        ).success
+    assert dg.materialize(d.ALL_ASSETS, selection=d.CORPUS_ASSETS, instance=instance, resources={"mira": mira}).success
+
+    fs = object_store(s3)
+    stored = set(fs.find("mira-test/run-1/tables"))
+    for table in ("raw_records", "teacher_labels", "student_scores"):
+        for source in SOURCES:
+            assert f"mira-test/run-1/tables/{table}/{source}.parquet" in stored
+    for table in ("dim_reliability", "reliability_mask", "aggregated_scores", "selected_subset"):
+        assert f"mira-test/run-1/tables/{table}/all.parquet" in stored
+    assert not (home / "tables").exists()  # nothing went to the local disk
+
+    # DuckDB reads the partitions from the object store: counts reconcile with the stored partitions
+    store = Store(home)
+    summary = store.query("run_summary")
+    assert sorted(summary["source"].to_list()) == sorted(SOURCES)
+    for row in summary.iter_rows(named=True):
+        raw = store.read("raw_records", row["source"])
+        assert row["records_in"] == raw.height == row["records_with_status"]
+        assert row["records_kept"] > 0
+    kept = store.read("selected_subset")
+    assert kept.height == int(summary["records_kept"].sum())
+    assert (home / "exports" / "selected_subset" / "manifest.json").exists()  # exports stay local
