@@ -15,16 +15,35 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from mira_dagster.core.config import load_config
 from mira_dagster.core.records import input_fingerprint
 from mira_dagster.defs.ingest import INPUT_FINGERPRINT, raw_records
 from mira_dagster.defs.partitions import source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 
+SCORER_GROUP_TAG = "mira/scorer_group"
+
+
+def _scorer_group_tag(source: str) -> dict[str, str]:
+    """Each run of a source carries its scorer group, which dagster.yaml limits per value (one endpoint group)."""
+    cfg = load_config()
+    return {SCORER_GROUP_TAG: cfg.sources[source].group} if source in cfg.sources else {}
+
+
 refresh_sources_job = dg.define_asset_job(
     "refresh_sources",
     selection=dg.AssetSelection.assets(raw_records, teacher_labels, student_scores),
-    description="Ingest and score one source partition (raw_records, teacher_labels, student_scores).",
+    config=dg.PartitionedConfig(
+        partitions_def=source_partitions,
+        run_config_for_partition_key_fn=lambda _key: {},
+        tags_for_partition_key_fn=_scorer_group_tag,
+    ),
+    description=(
+        "Ingest and score one source partition (raw_records, teacher_labels, student_scores). Its runs carry "
+        f"the tag {SCORER_GROUP_TAG}=<group>, limited per group in dagster.yaml: backfill this job to cap the "
+        "partitions sent to each group's scorers at once."
+    ),
 )
 
 

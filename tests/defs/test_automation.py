@@ -97,3 +97,10 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
         d.ALL_ASSETS, selection=sel, partition_key="new_proofs_2026", instance=instance, resources={"mira": mira}
     ).success
     assert (tmp_path / "home" / "tables" / "student_scores" / "new_proofs_2026.parquet").exists()
+
+
+def test_refresh_runs_carry_their_scorer_group_for_the_per_group_run_limit() -> None:
+    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": MiraResource()})
+    job = defs.resolve_job_def("refresh_sources")
+    assert job.partitioned_config.get_tags_for_partition_key("lean_qa")["mira/scorer_group"] == "2"
+    assert job.partitioned_config.get_tags_for_partition_key("swe_qa")["mira/scorer_group"] == "D"

@@ -82,6 +82,9 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
         # dagster.yaml's run queue and pool limits are in force on the instance
         config = inst.get_concurrency_config()
         assert config.run_queue_config.max_concurrent_runs == 4
+        assert config.run_queue_config.tag_concurrency_limits == [
+            {"key": "mira/scorer_group", "value": {"applyLimitPerUniqueValue": True}, "limit": 2}
+        ]
         assert inst.event_log_storage.get_concurrency_info("student").slot_count == 2
 
 
@@ -296,5 +299,6 @@ def test_a_new_file_in_a_watched_folder_gets_a_partition_and_a_run(dagster_dev: 
         time.sleep(3)
     assert [r["status"] for r in runs] == ["SUCCESS"], runs
     assert {"key": "dagster/partition", "value": "fresh_proofs"} in runs[0]["tags"]
+    assert {"key": "mira/scorer_group", "value": "2"} in runs[0]["tags"]  # limited per group by dagster.yaml
     for table in ("raw_records", "teacher_labels", "student_scores"):
         assert (dagster_dev.home / ".mira" / "tables" / table / "fresh_proofs.parquet").exists(), table
