@@ -104,3 +104,30 @@ def test_refresh_runs_carry_their_scorer_group_for_the_per_group_run_limit() -> 
     job = defs.resolve_job_def("refresh_sources")
     assert job.partitioned_config.get_tags_for_partition_key("lean_qa")["mira/scorer_group"] == "2"
     assert job.partitioned_config.get_tags_for_partition_key("swe_qa")["mira/scorer_group"] == "D"
+
+
+def test_corpus_assets_follow_their_inputs(small_config: Path, tmp_path: Path) -> None:
+    """AutomationCondition.eager on the corpus assets, evaluated as the daemon would: nothing while a source
+    partition is missing, the corpus once every partition exists, nothing more until an input changes."""
+    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    register_sources(instance, ["lean_qa", "agent_openhands"])
+    corpus = {a.key for a in d.CORPUS_ASSETS}
+
+    def requested(cursor: object = None) -> tuple[set, object]:
+        defs = dg.Definitions(assets=d.ALL_ASSETS, resources={"mira": mira})
+        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return {k for k in corpus if res.get_num_requested(k)}, res.cursor
+
+    _materialize(mira, instance, "lean_qa")
+    got, cursor = requested()
+    assert got == set()  # agent_openhands has not run: the corpus would read a missing partition
+    _materialize(mira, instance, "agent_openhands")
+    got, cursor = requested(cursor)
+    assert dg.AssetKey("dim_reliability") in got and dg.AssetKey("aggregated_scores") in got
+    assert dg.materialize(d.ALL_ASSETS, selection=d.CORPUS_ASSETS, instance=instance, resources={"mira": mira}).success
+    got, cursor = requested(cursor)
+    assert got == set()  # up to date
+    _materialize(mira, instance, "lean_qa")  # a source re-ran (say, the schedule found it stale)
+    got, cursor = requested(cursor)
+    assert dg.AssetKey("dim_reliability") in got
