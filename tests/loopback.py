@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,3 +137,16 @@ def serve(server: ChatServer) -> Iterator[str]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll `url` until it answers; fail if `proc` exits first or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            assert proc.poll() is None, f"{what} exited"
+            assert time.monotonic() < deadline, f"{what} did not start in {timeout_s:.0f} s"
+            time.sleep(0.5)

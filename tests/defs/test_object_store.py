@@ -6,8 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from mira_dagster import definitions as d
 from mira_dagster.core.store import Store, object_store
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
+from tests.loopback import wait_for_http
 
 SOURCES = ["lean_qa", "agent_openhands"]
 
@@ -34,14 +33,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
-                time.sleep(0.3)
+        wait_for_http(f"http://127.0.0.1:{port}/", server, 60, "moto_server")
         for key, value in {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",

@@ -25,6 +25,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from mira_dagster.core.config import PROJECT_ROOT, load_config
 from mira_dagster.definitions import ALL_ASSETS
+from tests.loopback import wait_for_http
 
 BIN = Path(sys.executable).parent
 
@@ -161,15 +162,7 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "dagster dev did not start in 180 s"
-                assert dev.poll() is None, "dagster dev exited"
-                time.sleep(2)
+        wait_for_http(f"http://127.0.0.1:{port}/server_info", dev, 180, "dagster dev")
         yield DevServer(port, tmp_path)
     finally:
         os.killpg(dev.pid, signal.SIGTERM)
