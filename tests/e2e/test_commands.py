@@ -295,3 +295,46 @@ def test_a_new_file_in_a_watched_folder_gets_a_partition_and_a_run(dagster_dev: 
     assert {"key": "mira/scorer_group", "value": "2"} in runs[0]["tags"]  # limited per group by dagster.yaml
     for table in ("raw_records", "teacher_labels", "student_scores"):
         assert (dagster_dev.home / ".mira" / "tables" / table / "fresh_proofs.parquet").exists(), table
+
+
+BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def test_a_backfill_of_several_partitions_runs_one_partition_per_run(dagster_dev: DevServer) -> None:
+    """What the UI's "Materialize" over a set of partitions sends: an asset backfill, run by the daemon."""
+    partitions = ["ace_reason", "mathcode", "swe_qa"]
+    launched = graphql(
+        dagster_dev.port,
+        BACKFILL,
+        {"params": {"partitionNames": partitions, "assetSelection": [{"path": ["raw_records"]}], "title": "e2e"}},
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    query = (
+        f'{{ partitionBackfillOrError(backfillId: "{launched["backfillId"]}") '
+        "{ ... on PartitionBackfill { status runs(limit: 20) { status tags { key value } } } } }"
+    )
+    deadline = time.monotonic() + 300
+    backfill: dict = {}
+    while time.monotonic() < deadline:
+        backfill = graphql(dagster_dev.port, query)["partitionBackfillOrError"]
+        if backfill["status"] not in ("REQUESTED", "CANCELING", "FAILING"):
+            break
+        time.sleep(3)
+    assert backfill["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), backfill
+    runs = backfill["runs"]
+    # BackfillPolicy.multi_run(1): one run per partition, all successful
+    assert len(runs) == len(partitions) and {r["status"] for r in runs} == {"SUCCESS"}
+    # each run names its one partition as a range of one (dagster/asset_partition_range_start = _end)
+    tags = [{t["key"]: t["value"] for t in r["tags"]} for r in runs]
+    ranges = {(t["dagster/asset_partition_range_start"], t["dagster/asset_partition_range_end"]) for t in tags}
+    assert ranges == {(p, p) for p in partitions}
+    for source in partitions:
+        assert (dagster_dev.home / ".mira" / "tables" / "raw_records" / f"{source}.parquet").exists()
