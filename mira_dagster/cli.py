@@ -7,8 +7,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mira_dagster.core.config import PROJECT_ROOT, ConfigError, load_config, mira_home
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 
 def _prepare_env(config: str | None, home: str | None) -> Path:
@@ -55,6 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ("corpus: reliability, mask, aggregates, selection variants, selected_subset, report", d.CORPUS_ASSETS, None),
     ]
     with dg.DagsterInstance.get() as instance:
+        for run_id in release_dead_runs(instance):
+            print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
         register_sources(instance, cfg.source_names())  # the partitions the sensor would add
         for i, (label, selection, partition) in enumerate(steps, 1):
             print(f"[{i}/{len(steps)}] {label}", flush=True)
@@ -66,13 +72,43 @@ def cmd_run(args: argparse.Namespace) -> int:
                 resources=resources,
                 raise_on_error=False,
                 run_config=run_config,
-                tags={"mira/entry": "mira run"},
+                tags={"mira/entry": "mira run", PID_TAG: str(os.getpid())},
             )
             if not result.success:
                 print(f"mira: {label} failed (run id {result.run_id}); see `dagster dev`.", file=sys.stderr)
                 return 1
     print_summary(home)
     return 0
+
+
+PID_TAG = "mira/pid"
+
+
+def release_dead_runs(instance: DagsterInstance) -> list[str]:
+    """Runs of a `mira run` that was killed stay "started" and keep their concurrency-pool slots, so the next one
+    would wait for those slots forever. Mark them failed and free their slots; runs of live processes are left."""
+    import dagster as dg
+
+    in_progress = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+    released = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=in_progress, tags={"mira/entry": "mira run"})):
+        pid = run.tags.get(PID_TAG)
+        if pid is None or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, f"its `mira run` process ({pid}) is gone")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def print_summary(home: Path) -> None:

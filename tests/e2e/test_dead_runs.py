@@ -1,0 +1,45 @@
+"""A `mira run` killed while its steps held concurrency-pool slots: the next `mira run` frees them instead of
+waiting for them for ever (found by tests/e2e/test_kill_run.py, where the resumed run hung)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+
+from mira_dagster.cli import PID_TAG, release_dead_runs
+from mira_dagster.definitions import ALL_ASSETS
+from mira_dagster.defs.resources import MiraResource
+
+
+def _run(instance: dg.DagsterInstance, pid: int) -> str:
+    defs = dg.Definitions(assets=ALL_ASSETS, resources={"mira": MiraResource()})
+    job = defs.resolve_implicit_global_asset_job_def()
+    run = instance.create_run_for_job(
+        job, status=dg.DagsterRunStatus.STARTED, tags={"mira/entry": "mira run", PID_TAG: str(pid)}
+    )
+    return run.run_id
+
+
+def test_slots_of_a_dead_mira_run_are_freed_and_its_run_failed(tmp_path: Path) -> None:
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"))
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("student", 2)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    dead_run = _run(instance, dead.pid)
+    live_run = _run(instance, os.getpid())  # this test's own process: alive
+    for run_id, step in ((dead_run, "student_scores"), (dead_run, "teacher_labels"), (live_run, "student_scores")):
+        storage.claim_concurrency_slot("student", run_id, step)
+    assert storage.get_concurrency_info("student").active_slot_count == 2
+
+    assert release_dead_runs(instance) == [dead_run]
+    assert instance.get_run_by_id(dead_run).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(live_run).status == dg.DagsterRunStatus.STARTED
+    info = storage.get_concurrency_info("student")
+    assert dead_run not in {s.run_id for s in info.claimed_slots}
+    # the live run's step, which was waiting for a slot, gets one now
+    assert storage.claim_concurrency_slot("student", live_run, "student_scores").is_claimed
