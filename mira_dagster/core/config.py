@@ -209,19 +209,6 @@ def _add_watched_sources(cfg: MiraConfig, group_id: str, folder: Path) -> None:
             cfg.sources[name] = SourceConfig(group=group_id, format=family, files=[file.resolve()])
 
 
-def registry_stamp(path: Path) -> tuple[float, ...]:
-    """Changes when the registry file or the listing of a watched folder changes (for caching a loaded config)."""
-    stamps = [path.stat().st_mtime if path.exists() else 0.0]
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return tuple(stamps)
-    for folder in (raw.get("watch") or {}).values() if isinstance(raw, dict) else []:
-        folder = path.parent / str(folder)
-        stamps.append(folder.stat().st_mtime if folder.is_dir() else 0.0)
-    return tuple(stamps)
-
-
 def mira_home() -> Path:
     """Where tables, caches and exports live: $MIRA_HOME, default `.mira/` in the working directory."""
     return Path(os.environ.get("MIRA_HOME") or ".mira").resolve()

@@ -243,13 +243,15 @@ class SourceFileError(OSError):
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # a longer line is quarantined: no scorer context holds it
 
 
+def _file_version(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells two versions of a file apart without reading it: inode, size, modification time."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def input_fingerprint(files: list[Path]) -> str:
-    """A cheap identity of a version of a source's files (path, size, modification time, inode): it changes
-    when a file is edited, replaced, added or removed, without reading the contents."""
-    parts = []
-    for path in files:
-        st = path.stat() if path.exists() else None
-        parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" if st else f"{path}:missing")
+    """A cheap identity of a version of a source's files: it changes when a file is edited, replaced, added or
+    removed, without reading the contents."""
+    parts = [f"{path}:{_file_version(path.stat()) if path.exists() else 'missing'}" for path in files]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -257,25 +259,12 @@ def _lines(path: Path, source: str) -> Iterator[tuple[int, bytes]]:
     """The file's lines; raises SourceFileError if the file is replaced or changed while being read, since
     what was read would then match no version of it (the caller writes nothing and the run can be retried)."""
     with path.open("rb") as fh:
-        before = os.fstat(fh.fileno())
+        before = _file_version(os.fstat(fh.fileno()))
         for lineno, raw in enumerate(fh, 1):
             yield lineno, raw.rstrip(b"\r\n")
-        after = os.fstat(fh.fileno())
-    try:
-        now = path.stat()
-    except FileNotFoundError:
-        now = None
-    same = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
-    if (
-        not same
-        or now is None
-        or (now.st_ino, now.st_size, now.st_mtime_ns)
-        != (
-            before.st_ino,
-            before.st_size,
-            before.st_mtime_ns,
-        )
-    ):
+        after = _file_version(os.fstat(fh.fileno()))
+    now = _file_version(path.stat()) if path.exists() else None
+    if not before == after == now:
         raise SourceFileError(
             f"source {source!r}: {path} was replaced or changed while being read; nothing was written, run the "
             "partition again once the file is complete"

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,12 @@ UNPARTITIONED = "all"
 def load_sql(name: str) -> str:
     """SQL lives in sql/, one file per concern, loaded by name."""
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+@cache
+def _macros() -> tuple[str, ...]:
+    """sql/macro_*.sql, read once per process: every connection loads them."""
+    return tuple(path.read_text(encoding="utf-8") for path in sorted(SQL_DIR.glob("macro_*.sql")))
 
 
 def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
@@ -59,6 +66,8 @@ class Store:
         self.home = Path(home)
         self.tables_url = (tables_url or os.environ.get("MIRA_TABLES_URL") or "").rstrip("/") or None
         self.fs = object_store(self.tables_url) if self.tables_url else None
+        # fsspec paths carry no scheme: bucket/prefix/tables
+        self._remote_root = f"{self.tables_url.removeprefix('s3://')}/tables" if self.tables_url else ""
         self.tables_dir = self.home / "tables"
         self.exports_dir = self.home / "exports"
         self.catalog_path = self.home / "mira.duckdb"
@@ -69,9 +78,7 @@ class Store:
         return self.tables_dir / table / f"{partition or UNPARTITIONED}.parquet"
 
     def _remote_key(self, table: str, partition: str | None = None) -> str:
-        """bucket/prefix/tables/<table>/<partition>.parquet (fsspec paths carry no scheme)."""
-        assert self.tables_url is not None
-        return f"{self.tables_url.removeprefix('s3://')}/tables/{table}/{partition or UNPARTITIONED}.parquet"
+        return f"{self._remote_root}/{table}/{partition or UNPARTITIONED}.parquet"
 
     def write(self, table: str, df: pl.DataFrame, partition: str | None = None) -> str:
         if self.fs is not None:
@@ -107,8 +114,8 @@ class Store:
             con.register_filesystem(self.fs)  # DuckDB reads s3:// through fsspec: no httpfs extension needed
         for stmt in self._view_statements():
             con.execute(stmt)
-        for macro in sorted(SQL_DIR.glob("macro_*.sql")):  # helpers the queries in sql/ call
-            con.execute(macro.read_text(encoding="utf-8"))
+        for macro in _macros():  # helpers the queries in sql/ call
+            con.execute(macro)
         return con
 
     def query(self, sql_name: str, frames: dict[str, pl.DataFrame] | None = None, **params: Any) -> pl.DataFrame:
@@ -124,32 +131,31 @@ class Store:
             return con.sql(sql).pl()
 
     def _view_statements(self) -> list[str]:
-        if self.fs is not None:
-            return self._remote_view_statements()
         stmts = []
-        if self.tables_dir.is_dir():
-            for table_dir in sorted(self.tables_dir.iterdir()):
-                if table_dir.is_dir() and any(table_dir.glob("*.parquet")):
-                    glob = str(table_dir / "*.parquet").replace("'", "''")
-                    stmts.append(
-                        f'CREATE OR REPLACE VIEW "{table_dir.name}" AS '
-                        f"SELECT * FROM read_parquet('{glob}', union_by_name = true)"
-                    )
+        for name, glob in self._table_globs():
+            quoted = glob.replace("'", "''")
+            stmts.append(
+                f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet('{quoted}', union_by_name = true)"
+            )
         return stmts
 
-    def _remote_view_statements(self) -> list[str]:
-        root = f"{self.tables_url.removeprefix('s3://')}/tables"  # type: ignore[union-attr]
-        if not self.fs.exists(root):
+    def _table_globs(self) -> list[tuple[str, str]]:
+        """(table, glob of its partition files) for every table with at least one partition."""
+        if self.fs is not None:
+            if not self.fs.exists(self._remote_root):
+                return []
+            return [
+                (table_dir.rstrip("/").rsplit("/", 1)[-1], f"s3://{table_dir}/*.parquet")
+                for table_dir in sorted(self.fs.ls(self._remote_root, detail=False))
+                if self.fs.glob(f"{table_dir}/*.parquet")
+            ]
+        if not self.tables_dir.is_dir():
             return []
-        stmts = []
-        for table_dir in sorted(self.fs.ls(root, detail=False)):
-            name = table_dir.rstrip("/").rsplit("/", 1)[-1]
-            if self.fs.glob(f"{table_dir}/*.parquet"):
-                glob = f"s3://{table_dir}/*.parquet".replace("'", "''")
-                stmts.append(
-                    f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}', union_by_name = true)"
-                )
-        return stmts
+        return [
+            (table_dir.name, str(table_dir / "*.parquet"))
+            for table_dir in sorted(self.tables_dir.iterdir())
+            if table_dir.is_dir() and any(table_dir.glob("*.parquet"))
+        ]
 
     def refresh_catalog(self, attempts: int = 20) -> bool:
         """Recreate the catalogue's views; False if another process kept the file locked throughout.

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from mira_dagster.core.config import load_config
 from mira_dagster.core.records import input_fingerprint
 from mira_dagster.defs.ingest import INPUT_FINGERPRINT, raw_records
-from mira_dagster.defs.partitions import source_partitions
+from mira_dagster.defs.partitions import source_partitions, unregistered_sources
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 
@@ -27,7 +26,7 @@ SCORER_GROUP_TAG = "mira/scorer_group"
 
 def _scorer_group_tag(source: str) -> dict[str, str]:
     """Each run of a source carries its scorer group, which dagster.yaml limits per value (one endpoint group)."""
-    cfg = load_config()
+    cfg = MiraResource().config()  # the cached registry, reloaded only when it or a watched folder changes
     return {SCORER_GROUP_TAG: cfg.sources[source].group} if source in cfg.sources else {}
 
 
@@ -77,11 +76,11 @@ def stale_sources(instance: dg.DagsterInstance, mira: MiraResource) -> list[Stal
             continue
         for asset, role in (("teacher_labels", "teacher"), ("student_scores", "student")):
             meta = _latest_metadata(instance, asset, source)
-            if (role, src.group) not in versions:
-                versions[(role, src.group)] = mira.scorer(role, src.group)[0].version
             if meta is None:
                 out.append(Staleness(source, f"{asset} never materialised"))
                 break
+            if (role, src.group) not in versions:  # building a scorer probes its endpoints: once per tick
+                versions[(role, src.group)] = mira.scorer(role, src.group)[0].version
             if meta.get("scorer_version") != versions[(role, src.group)]:
                 out.append(Staleness(source, f"{asset} scorer_version changed"))
                 break
@@ -133,8 +132,7 @@ def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.Se
     """Partitions for the registry's sources and watched files that the instance does not have yet, and a
     refresh_sources run for each."""
     cfg = mira.config()
-    known = set(instance.get_dynamic_partitions(source_partitions.name))
-    new = [s for s in cfg.source_names() if s not in known]
+    new = unregistered_sources(instance, cfg.source_names())
     rejected = "; ".join(cfg.rejected_files)
     if not new:
         return dg.SkipReason("no new source" + (f"; not usable as sources: {rejected}" if rejected else ""))

@@ -30,10 +30,15 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of functi
 FOLLOW_INPUTS = dg.AutomationCondition.eager()
 
 
+def unregistered_sources(instance: dg.DagsterInstance, names: list[str]) -> list[str]:
+    """The sources among `names` that have no partition in the instance yet."""
+    known = set(instance.get_dynamic_partitions(source_partitions.name))
+    return [n for n in names if n not in known]
+
+
 def register_sources(instance: dg.DagsterInstance, names: list[str]) -> list[str]:
     """Add the source partitions the instance does not have yet; returns the new ones."""
-    known = set(instance.get_dynamic_partitions(source_partitions.name))
-    new = [n for n in names if n not in known]
+    new = unregistered_sources(instance, names)
     if new:
         instance.add_dynamic_partitions(source_partitions.name, new)
     return new

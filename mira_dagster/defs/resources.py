@@ -1,20 +1,31 @@
 """The one resource: where the registry and MIRA_HOME are, and how to reach the scorers."""
 
-from functools import cache
 from pathlib import Path
 
 import dagster as dg
 
-from mira_dagster.core.config import MiraConfig, config_path, load_config, mira_home, registry_stamp
+from mira_dagster.core.config import MiraConfig, config_path, load_config, mira_home
 from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_path, load_rubric
 from mira_dagster.core.scorers import make_scorer
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 from mira_dagster.core.store import Store
 
+# path -> (what the registry and its watched folders looked like when loaded, the config)
+_loaded: dict[Path, tuple[tuple[float, ...], MiraConfig]] = {}
 
-@cache
-def _config(path: Path, stamp: tuple[float, ...]) -> MiraConfig:
-    return load_config(path)
+
+def _stamp(path: Path, cfg: MiraConfig) -> tuple[float, ...]:
+    """Changes when the registry file or the listing of one of its watched folders changes (stat calls only)."""
+    paths = [path, *cfg.watch.values()]
+    return tuple(p.stat().st_mtime if p.exists() else 0.0 for p in paths)
+
+
+def _config(path: Path) -> MiraConfig:
+    hit = _loaded.get(path)
+    if hit is None or hit[0] != _stamp(path, hit[1]):
+        cfg = load_config(path)
+        _loaded[path] = (_stamp(path, cfg), cfg)
+    return _loaded[path][1]
 
 
 class MiraResource(dg.ConfigurableResource):
@@ -27,7 +38,7 @@ class MiraResource(dg.ConfigurableResource):
     def config(self) -> MiraConfig:
         path = Path(self.config_path).resolve() if self.config_path else config_path()
         # reloaded when the registry or a watched folder's listing changes
-        return _config(path, registry_stamp(path))
+        return _config(path)
 
     def store(self) -> Store:
         return Store(Path(self.home).resolve() if self.home else mira_home())

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,43 +130,43 @@ def test_empty_file_is_reported_not_lost(tmp_path: Path) -> None:
     assert read.empty_files == [str(tmp_path / "empty.jsonl")] and len(read.records) == 1
 
 
-def test_file_replaced_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
+def _while_reading(monkeypatch: pytest.MonkeyPatch, at_line: int, act: Callable[[], None]) -> None:
+    """Run `act` (another writer touching the file) just as the reader parses line `at_line`."""
     from mira_dagster.core import records
 
-    path = tmp_path / "a.jsonl"
-    path.write_bytes(b"\n".join(_good_line(i) for i in range(50)) + b"\n")
     parse = records.parse_line
     calls = []
 
-    def parse_then_replace(raw: bytes, family: str, max_bytes: int) -> object:
+    def parse_and_act(raw: bytes, family: str, max_bytes: int) -> object:
         calls.append(1)
-        if len(calls) == 10:  # a writer swaps in a new version mid-read, as `mv new a.jsonl` would
-            (tmp_path / "new.jsonl").write_bytes(_good_line(99) + b"\n")
-            os.replace(tmp_path / "new.jsonl", path)
+        if len(calls) == at_line:
+            act()
         return parse(raw, family, max_bytes)
 
-    monkeypatch.setattr(records, "parse_line", parse_then_replace)
+    monkeypatch.setattr(records, "parse_line", parse_and_act)
+
+
+def test_file_replaced_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\n".join(_good_line(i) for i in range(50)) + b"\n")
+
+    def replace() -> None:  # a writer swaps in a new version mid-read, as `mv new a.jsonl` would
+        (tmp_path / "new.jsonl").write_bytes(_good_line(99) + b"\n")
+        os.replace(tmp_path / "new.jsonl", path)
+
+    _while_reading(monkeypatch, 10, replace)
     with pytest.raises(SourceFileError, match=r"a\.jsonl was replaced or changed while being read"):
         read_source("s", "g", "qa_with_think", [path])
 
 
 def test_file_appended_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mira_dagster.core import records
-
     path = tmp_path / "a.jsonl"
     path.write_bytes(b"\n".join(_good_line(i) for i in range(5)) + b"\n")
-    parse = records.parse_line
-    calls = []
 
-    def parse_then_append(raw: bytes, family: str, max_bytes: int) -> object:
-        calls.append(1)
-        if len(calls) == 2:  # a writer still appending to the file being read
-            with path.open("ab") as fh:
-                fh.write(b'{"question": "late')
-        return parse(raw, family, max_bytes)
+    def append() -> None:  # a writer still appending to the file being read
+        with path.open("ab") as fh:
+            fh.write(b'{"question": "late')
 
-    monkeypatch.setattr(records, "parse_line", parse_then_append)
+    _while_reading(monkeypatch, 2, append)
     with pytest.raises(SourceFileError, match="changed while being read"):
         read_source("s", "g", "qa_with_think", [path])
