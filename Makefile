@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format dev vllm-env bench browser
+.PHONY: setup run test lint format dev vllm-env bench bench-ingest browser
 
 $(BIN)/.mira-installed: pyproject.toml scripts/activate.sh
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ test: lint vllm-env browser
 
 bench: setup
 	$(BIN)/python bench/scoring.py
+
+bench-ingest: setup
+	$(BIN)/python bench/ingest.py
 
 dev: setup
 	. $(BIN)/activate && dagster dev

@@ -25,6 +25,12 @@ def _prepare_env(config: str | None, home: str | None) -> Path:
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(home_path / "dagster")
     dagster_home = Path(os.environ["DAGSTER_HOME"]).resolve()
+    if {"?", "#"} & set(str(dagster_home)):
+        # Dagster opens its SQLite storage through a URL, where these start a query or a fragment
+        raise ConfigError(
+            f"DAGSTER_HOME {dagster_home} contains '?' or '#', which Dagster's SQLite storage cannot open; "
+            "set DAGSTER_HOME to a folder without them (MIRA_HOME itself may keep them)"
+        )
     dagster_home.mkdir(parents=True, exist_ok=True)
     instance_yaml = dagster_home / "dagster.yaml"
     if not instance_yaml.exists():
@@ -39,46 +45,111 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mira: {exc}", file=sys.stderr)
         return 2
+    unknown = sorted(set(args.source or []) - set(cfg.sources))
+    if unknown:
+        known = ", ".join(cfg.source_names())
+        print(f"mira: unknown source(s) {', '.join(unknown)} (the registry {cfg.path} has {known})", file=sys.stderr)
+        return 2
     import dagster as dg
 
     from mira_dagster import definitions as d
     from mira_dagster.defs.partitions import register_sources
     from mira_dagster.defs.resources import MiraResource
 
-    # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO.
+    # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO. Failures are
+    # printed by us, one line each: Dagster's tracebacks only with -v.
     run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}}
+    if not args.verbose:
+        quiet_dagster_failures()
     resources = {"mira": MiraResource()}
     sources = args.source or cfg.source_names()
     groups = sorted({cfg.sources[s].group for s in sources})
-    steps: list[tuple[str, list, str | None]] = [
-        *((f"{s}: raw_records", d.INGEST_ASSETS, s) for s in sources),
-        ("all sources: source_groups", d.GROUPING_ASSETS, None),
-        *((f"group {g}: teacher_judgments, anchor_rubric", d.DISCOVERY_ASSETS, g) for g in groups),
-        *((f"{s}: teacher_labels, student_scores", d.SCORING_ASSETS, s) for s in sources),
-        *((f"group {g}: distillation_dataset", d.DISTILL_ASSETS, g) for g in groups),
-        ("corpus: reliability, mask, aggregates, selection variants, selected_subset, report", d.CORPUS_ASSETS, None),
+    # Phases: every partition of a phase runs even when one fails (a bad source fails alone), but the next
+    # phase starts only when the whole phase succeeded, so no rubric, mask, selection or export is ever
+    # replaced by the output of a run with a failed part.
+    phases: list[list[tuple[str, list, str | None]]] = [
+        [(f"{s}: raw_records", d.INGEST_ASSETS, s) for s in sources],
+        [("all sources: source_groups", d.GROUPING_ASSETS, None)],
+        [(f"group {g}: teacher_judgments, anchor_rubric", d.DISCOVERY_ASSETS, g) for g in groups],
+        [(f"{s}: teacher_labels, student_scores", d.SCORING_ASSETS, s) for s in sources],
+        [(f"group {g}: distillation_dataset", d.DISTILL_ASSETS, g) for g in groups],
+        [("corpus: reliability, mask, aggregates, selection variants, selected_subset, report", d.CORPUS_ASSETS, None)],
     ]
+    total = sum(len(p) for p in phases)
+    step = 0
     with dg.DagsterInstance.get() as instance:
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
         register_sources(instance, cfg.source_names())  # the partitions the sensor would add
-        for i, (label, selection, partition) in enumerate(steps, 1):
-            print(f"[{i}/{len(steps)}] {label}", flush=True)
-            result = dg.materialize(
-                d.ALL_ASSETS,
-                selection=selection,
-                partition_key=partition,
-                instance=instance,
-                resources=resources,
-                raise_on_error=False,
-                run_config=run_config,
-                tags={"mira/entry": "mira run", PID_TAG: str(os.getpid())},
-            )
-            if not result.success:
-                print(f"mira: {label} failed (run id {result.run_id}); see `dagster dev`.", file=sys.stderr)
+        for phase in phases:
+            failures: list[str] = []
+            for label, selection, partition in phase:
+                step += 1
+                print(f"[{step}/{total}] {label}", flush=True)
+                result = dg.materialize(
+                    d.ALL_ASSETS,
+                    selection=selection,
+                    partition_key=partition,
+                    instance=instance,
+                    resources=resources,
+                    raise_on_error=False,
+                    run_config=run_config,
+                    tags={"mira/entry": "mira run", PID_TAG: str(os.getpid())},
+                )
+                if not result.success:
+                    failures += failure_lines(result, label.split(":")[0])
+            if failures:
+                print_summary(home, cfg.source_names(), stale_selection=True)
+                for line in failures:
+                    print(f"mira: FAILED {line}", file=sys.stderr)
+                rest = total - step
+                print(
+                    f"mira: {len(failures)} failure(s); {rest} later step(s) not run, so the last good selection and "
+                    "export stay in place (run with -v for Dagster's tracebacks)",
+                    file=sys.stderr,
+                )
                 return 1
-    print_summary(home)
+    print_summary(home, cfg.source_names())
     return 0
+
+
+def failure_lines(result: object, where: str) -> list[str]:
+    """One line per failed blocking check or failed step of an in-process run: where, and why."""
+    lines = [
+        f"{where}: check {ev.asset_key.to_user_string()}.{ev.check_name}: {ev.description or 'failed'}"
+        for ev in result.get_asset_check_evaluations()  # type: ignore[attr-defined]
+        if not ev.passed and str(ev.severity.value) == "ERROR"
+    ]
+    for event in result.get_step_failure_events():  # type: ignore[attr-defined]
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
+            error = error.cause
+        message = (error.message if error else "failed").strip().splitlines()[0]
+        message = message.split(": ", 1)[1] if ": " in message and "." in message.split(": ", 1)[0] else message
+        if "blocking asset check" in message.lower() and lines:
+            continue  # the check's own line above says why
+        lines.append(f"{where}: step {event.step_key}: {message[:400]}")
+    return lines or [f"{where}: run {result.run_id} failed; see `dagster dev`"]  # type: ignore[attr-defined]
+
+
+def quiet_dagster_failures() -> None:
+    """Dagster's console logger prints a traceback for every failed step and run; `mira run` prints one line per
+    failure instead (tracebacks with -v). Dagster builds its console logger from logging.getLoggerClass(), so a
+    logger class that filters those two events is the one public place to do it."""
+    import logging
+
+    def drop_failures(record: logging.LogRecord) -> bool:
+        event = getattr(record, "dagster_event", None) or (getattr(record, "dagster_meta", None) or {}).get(
+            "dagster_event"
+        )
+        return not (getattr(event, "is_step_failure", False) or getattr(event, "is_run_failure", False))
+
+    class QuietFailures(logging.Logger):
+        def __init__(self, name: str, level: int | str = logging.NOTSET) -> None:
+            super().__init__(name, level)
+            self.addFilter(drop_failures)
+
+    logging.setLoggerClass(QuietFailures)
 
 
 PID_TAG = "mira/pid"
@@ -111,25 +182,116 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def print_summary(home: Path) -> None:
+SUMMARY_COLUMNS = [
+    "source",
+    "records_in",
+    "quarantined",
+    "top_quarantine_reason",
+    "records_scored",
+    "records_kept",
+    "tokens_in",
+    "tokens_kept",
+    "kept_token_share",
+]
+
+
+def summary_rows(home: Path, sources: list[str]) -> list[list[object]]:
+    """One row per configured source, whatever the tables hold: a source never ingested or with 0 records
+    shows with zeros rather than disappearing."""
+    import polars as pl
+
+    from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
+    from mira_dagster.core.store import Store
+    from mira_dagster.core.tables import SCORE_SCHEMA
+
+    store = Store(home)
+    # a stage that never ran has no table yet: it counts as empty
+    empty = {
+        "raw_records": RECORD_SCHEMA,
+        "quarantine": QUARANTINE_SCHEMA,
+        "student_scores": SCORE_SCHEMA,
+        "selected_subset": {"source": pl.String, "record_id": pl.String, "n_tokens": pl.Int64},
+    }
+    present = set(store.tables())
+    frames = {name: pl.DataFrame(schema=schema) for name, schema in empty.items() if name not in present}
+    found = {row["source"]: row for row in store.query("run_summary", frames).iter_rows(named=True)}
+    rows = []
+    for source in sorted(set(sources) | set(found)):
+        row = found.get(source)
+        if row is None:
+            rows.append([source, 0, 0, "not ingested", 0, 0, 0, 0, 0.0])
+            continue
+        rows.append(
+            [
+                row.get(c) if row.get(c) is not None else (0 if c != "top_quarantine_reason" else "")
+                for c in SUMMARY_COLUMNS
+            ]
+        )
+    return rows
+
+
+def print_summary(home: Path, sources: list[str] | None = None, stale_selection: bool = False) -> None:
     from tabulate import tabulate
 
     from mira_dagster.core.store import Store
 
     store = Store(home)
-    df = store.query("run_summary")
-    cols = ["source", "records_in", "records_scored", "records_kept", "tokens_in", "tokens_kept", "kept_token_share"]
-    rows = [list(r) for r in df.select(cols).iter_rows()]
-    totals = ["TOTAL", *(int(df[c].sum()) for c in cols[1:6])]
-    totals.append(round(totals[5] / totals[4], 3) if totals[4] else 0.0)
+    rows = summary_rows(home, sources or [])
+    n = {c: i for i, c in enumerate(SUMMARY_COLUMNS)}
+    totals: list[object] = ["TOTAL"] + [""] * (len(SUMMARY_COLUMNS) - 1)
+    for c in ("records_in", "quarantined", "records_scored", "records_kept", "tokens_in", "tokens_kept"):
+        totals[n[c]] = sum(int(r[n[c]] or 0) for r in rows)
+    tokens_in, tokens_kept = int(totals[n["tokens_in"]]), int(totals[n["tokens_kept"]])
+    totals[n["kept_token_share"]] = round(tokens_kept / tokens_in, 3) if tokens_in else 0.0
     print()
-    print(tabulate([*rows, totals], headers=cols, tablefmt="github"))
+    if stale_selection:
+        print("tables as they stand; records_kept is from the last successful selection")
+    print(tabulate([*rows, totals], headers=SUMMARY_COLUMNS, tablefmt="github"))
     print(f"\ncatalogue: {store.catalog_path}   export: {store.exports_dir / 'selected_subset'}")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    print_summary(_prepare_env(args.config, args.home))
+    home = _prepare_env(args.config, args.home)
+    try:
+        sources = load_config().source_names()
+    except ConfigError:
+        sources = []
+    print_summary(home, sources)
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """What mira would make of some files: read only, nothing is written."""
+    from mira_dagster.core.inspect import inspect_files, render_report
+
+    family, mapping, paths = None, None, [Path(p) for p in args.paths]
+    if args.group or args.source:
+        _prepare_env(args.config, args.home)
+        try:
+            cfg = load_config()
+        except ConfigError as exc:
+            print(f"mira: {exc}", file=sys.stderr)
+            return 2
+        if args.source:
+            if args.source not in cfg.sources:
+                print(
+                    f"mira: unknown source {args.source!r} (the registry {cfg.path} has "
+                    f"{', '.join(cfg.source_names())})"
+                )
+                return 2
+            src = cfg.sources[args.source]
+            family, mapping, paths = src.format, src.fields, paths or src.files
+        elif args.group not in cfg.groups:
+            print(f"mira: unknown group {args.group!r} (the registry {cfg.path} has {', '.join(sorted(cfg.groups))})")
+            return 2
+        else:
+            family = cfg.groups[args.group].family
+    if not paths:
+        print("mira: inspect needs files, or --source", file=sys.stderr)
+        return 2
+    reports = inspect_files(paths, family, mapping, max_bytes=args.max_bytes)
+    print(render_report(reports, examples=args.examples))
+    return 1 if any(r.error for r in reports) else 0
 
 
 def cmd_regroup(args: argparse.Namespace) -> int:
@@ -179,11 +341,29 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--home", help="where data lands (default: $MIRA_HOME or .mira)")
         p.set_defaults(fn=fn)
     sub.choices["regroup"].add_argument("--out", default="groups.discovered.yaml", help="where to write the copy")
+    insp = sub.add_parser(
+        "inspect",
+        help="read files as a source would and report layouts, quarantine reasons and a suggested mapping",
+    )
+    insp.add_argument("paths", nargs="*", help="files, globs or folders (default with --source: its files)")
+    insp.add_argument("--group", help="read with this group's prompt family (default: try every family)")
+    insp.add_argument("--source", help="read as this registry source does (its family and its fields: mapping)")
+    insp.add_argument("--examples", type=int, default=3, help="normalised records shown per file (default 3)")
+    insp.add_argument("--max-bytes", type=int, default=4 * 1024 * 1024, help="max_record_bytes (default 4 MiB)")
+    insp.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
+    insp.add_argument("--home", help=argparse.SUPPRESS)
+    insp.set_defaults(fn=cmd_inspect)
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except Exception as exc:  # one line naming the cause; the traceback with -v
+        if getattr(args, "verbose", False):
+            raise
+        print(f"mira: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

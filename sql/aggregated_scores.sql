@@ -7,12 +7,23 @@
 -- weight w_i = 1/sd_i and an offset c_i = mu_i/sd_i (both 0 for a masked slot or one with sd = 0), so that
 --   aggregate = (sum_i s_i * w_i - sum_i present_i * c_i) / (number of present unmasked slots)
 -- is three dot products per record over 15-element lists: no per-element lambda, no 15x unpivot.
-WITH sums AS (
+-- Cross-source duplicates: record_id hashes the normalised content, so the same content in two sources has one
+-- id. Such a record is ONE record here (and so in every budget, selection and the export), owned by the source
+-- whose name sorts first (byte order, as Python's sorted()) among the sources with a student_scores row for it;
+-- the other sources' copies are left out of the statistics and of this table. sql/source_overlap.sql reports
+-- the overlap per source pair, run_summary.duplicates_elsewhere the copies a source does not own.
+WITH shared AS MATERIALIZED (
+    -- the records in more than one source, with their owner (a small table: duplicates are rare)
+    SELECT record_id, min(source) AS owner FROM student_scores GROUP BY record_id HAVING count(*) > 1
+), owned AS (
+    SELECT s.* FROM student_scores s LEFT JOIN shared d USING (record_id)
+    WHERE d.owner IS NULL OR s.source = d.owner
+), sums AS (
     -- per source and slot: count, sum, sum of squares
     SELECT source, group_id,
         count(COLUMNS('^(a[0-9]+)$')) AS 'n_\1', sum(COLUMNS('^(a[0-9]+)$')) AS 's1_\1',
         sum(COLUMNS('^(a[0-9]+)$') ** 2) AS 's2_\1'
-    FROM student_scores GROUP BY source, group_id
+    FROM owned GROUP BY source, group_id
 ), per_source AS (
     -- masked cells keep their row (the per-slot lists below need all 15) but contribute nothing; a slot
     -- the mask has no row for (a group with fewer dimensions) counts as masked
@@ -53,7 +64,7 @@ WITH sums AS (
     -- scores with missing ones as 0, and which are present
     SELECT source, group_id, record_id, n_tokens, status,
         coalesce(COLUMNS('^(a[0-9]+)$'), 0.0) AS 's_\1', CAST(COLUMNS('^(a[0-9]+)$') IS NOT NULL AS DOUBLE) AS 'p_\1'
-    FROM student_scores
+    FROM owned
 ), lists AS (
     SELECT source, group_id, record_id, n_tokens, status,
         list_value(*COLUMNS('^s_a[0-9]+$')) AS s, list_value(*COLUMNS('^p_a[0-9]+$')) AS p

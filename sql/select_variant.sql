@@ -8,6 +8,9 @@
 -- keeps its best records up to $min_share of its tokens, and no source goes past $max_share. The cut is placed
 -- where the unit's kept tokens come closest to its budget (a record that crosses it is kept only if that lands
 -- nearer). The cuts themselves come from budget_cut (sql/macro_budget_cut.sql).
+-- aggregated_scores has one row per record: content found in several sources (one record_id) is the row of the
+-- source whose name sorts first (sql/aggregated_scores.sql), so it counts once in every budget and is selected,
+-- and exported, at most once, under that source.
 WITH base AS (
     SELECT source, group_id, record_id, n_tokens, mask_version,
         CASE $variant WHEN 'group' THEN group_id WHEN 'source' THEN source ELSE '*' END AS unit,

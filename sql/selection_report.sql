@@ -1,5 +1,6 @@
 -- selection_report: per variant and source, the tokens kept, the share of the source's tokens, and the
--- Jaccard overlap of the kept record set with the group variant's.
+-- Jaccard overlap of the kept record set with the group variant's. A source's tokens are those of the records it
+-- owns (aggregated_scores: content shared with a source whose name sorts first counts there), as in the budget.
 WITH kept AS (
     SELECT 'global' AS variant, source, record_id, n_tokens FROM selected_global
     UNION ALL SELECT 'group', source, record_id, n_tokens FROM selected_group

@@ -40,7 +40,11 @@ class SourceConfig(BaseModel):
 
     group: str
     format: Family
+    # Files, globs (`data/*.jsonl.gz`) or folders of shards (every supported file inside, recursively).
     files: list[Path] = Field(min_length=1)
+    # Optional field mapping: text field -> JMESPath expression over each object (core/mapping.py). When given,
+    # it replaces layout detection for this source.
+    fields: dict[str, str] | None = None
 
 
 class PipelineSettings(BaseModel):
@@ -60,6 +64,8 @@ class PipelineSettings(BaseModel):
     seed: int = 0
     # Ingest: a longer line is quarantined (no scorer context holds it).
     max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Blocking check on raw_records: a source fails when more than this share of what it read was quarantined.
+    max_quarantine_share: float = Field(0.2, ge=0, le=1)
     # Reliability mask: a (source, dim) cell is kept when MAE <= max_mae and rho >= min_rho.
     mask_max_mae: float = 1.5
     mask_min_rho: float = 0.3
@@ -89,6 +95,9 @@ class PipelineSettings(BaseModel):
     constrained_rationale_chars: int = Field(200, ge=1)
     # Blocking check: a partition whose replies fail to parse more often than this stops downstream.
     max_parse_failure_rate: float = Field(0.05, ge=0, le=1)
+    # Blocking check: a partition whose requests failed (status request_error) more often than this fails, naming
+    # the endpoint and the error (a server that is down must not look like a run with nothing to score).
+    max_request_error_share: float = Field(0.2, ge=0, le=1)
     # Stage 1: which rubric the scorers use ("configured" = the group's anchors file when it has one).
     rubric_source: Literal["configured", "discovered"] = "configured"
     source_group_k: int = Field(2, ge=1)
@@ -104,8 +113,9 @@ class MiraConfig(BaseModel):
     groups: dict[str, GroupConfig]
     sources: dict[str, SourceConfig]
     pipeline: PipelineSettings = PipelineSettings()
-    # Watched folders, per group: each *.jsonl file directly inside becomes a source of that group, named after
-    # the file (lowercased, other characters as "_"). The sensor `new_sources` adds their partitions.
+    # Watched folders, per group: each supported file (.jsonl, .json, .parquet, compressed too) directly inside
+    # becomes a source of that group, named after the file (lowercased, other characters as "_"). The sensor
+    # `new_sources` adds their partitions.
     watch: dict[str, Path] = {}
     path: Path = DEFAULT_CONFIG
     # Files in watched folders that could not become a source, with why (for the sensor to report).
@@ -137,7 +147,11 @@ class MiraConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sources_fit_groups(self) -> MiraConfig:
+        from mira_dagster.core.mapping import mapping_problems
+
         for name, src in self.sources.items():
+            if src.fields is not None and (problems := mapping_problems(src.fields, src.format)):
+                raise ValueError(f"source {name!r}: fields: {'; '.join(problems)}")
             group = self.groups.get(src.group)
             if group is None:
                 raise ValueError(f"source {name!r}: unknown group {src.group!r}")
@@ -180,7 +194,7 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
         if group.anchors is not None:
             group.anchors = (base / group.anchors).resolve()
     for src in cfg.sources.values():
-        src.files = [(base / f).resolve() for f in src.files]
+        src.files = [_absolute(base / f) for f in src.files]
     for group_id, folder in cfg.watch.items():
         if group_id not in cfg.groups:
             raise ConfigError(f"{path}: watch: unknown group {group_id!r}")
@@ -189,24 +203,66 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
     return cfg
 
 
+def _absolute(path: Path) -> Path:
+    """The path made absolute; symlinks resolved where that works (a loop or a glob pattern stays as written)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
 def watched_source_name(file: Path) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", file.stem.lower())
+    """`New-Proofs.jsonl.gz` -> `new_proofs`: the name without its data and compression suffixes."""
+    from mira_dagster.core.readers import split_name
+
+    return re.sub(r"[^a-z0-9_]", "_", split_name(file.name)[0].lower())
 
 
 def _add_watched_sources(cfg: MiraConfig, group_id: str, folder: Path) -> None:
-    """Each *.jsonl file in the folder becomes a source of the group, unless its name is unusable or taken."""
+    """Each supported file directly inside the folder becomes a source of the group, unless its name is unusable
+    or taken. Only regular files: a symlink is followed only to a file inside the folder, and an entry that cannot
+    be looked at (a loop, no permission) is skipped with its reason, never breaking the definitions."""
+    from mira_dagster.core.readers import is_supported
+
     if not folder.is_dir():
         cfg.rejected_files.append(f"{folder}: watched folder of group {group_id!r} does not exist")
         return
-    for file in sorted(folder.glob("*.jsonl")):
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        cfg.rejected_files.append(f"{folder}: watched folder of group {group_id!r} cannot be listed: {exc.strerror}")
+        return
+    for entry in entries:
+        file = Path(entry.path)
+        if entry.name.startswith(".") or not is_supported(file):
+            continue  # hidden files and other formats are not sources, and not worth a word
+        problem = _watched_entry_problem(entry, folder)
         name = watched_source_name(file)
-        if not _SAFE_NAME.match(name):
+        if problem:
+            cfg.rejected_files.append(f"{file}: {problem}")
+        elif not _SAFE_NAME.match(name):
             cfg.rejected_files.append(f"{file}: source name {name!r} must match {_SAFE_NAME.pattern}")
         elif name in cfg.sources:
             cfg.rejected_files.append(f"{file}: source {name!r} already exists ({cfg.sources[name].files[0]})")
         else:
             family = cfg.groups[group_id].family
             cfg.sources[name] = SourceConfig(group=group_id, format=family, files=[file.resolve()])
+
+
+def _watched_entry_problem(entry: os.DirEntry[str], folder: Path) -> str | None:
+    """Why a watched folder's entry cannot be a source, or None."""
+    try:
+        if entry.is_symlink():
+            target = Path(entry.path).resolve(strict=True)
+            if target.parent != folder.resolve():
+                return "a symlink to a file outside the watched folder (not followed)"
+        if not entry.is_file(follow_symlinks=True):
+            return "not a regular file"
+        if not os.access(entry.path, os.R_OK):
+            return "not readable"
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a dangling link, no permission
+        return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    return None
 
 
 def mira_home() -> Path:

@@ -6,6 +6,15 @@
   does not stop a partition.
 - Retries with exponential backoff and jitter are the `openai` client's own (408/409/429/5xx, timeouts,
   dropped connections; never 400). Every HTTP attempt is counted, so retries show in the metadata.
+- A dead service fails fast: connecting is given at most CONNECT_TIMEOUT_S (a server that accepts no
+  connection in that time is down, however long its replies may take), and once no endpoint has answered
+  anything for DOWN_AFTER_S while every endpoint keeps failing, the requests not yet sent fail at once
+  (`request_error`, "not sent") instead of each spending its retries on the same dead servers. Once an
+  endpoint's rest (REST_AFTER_FAILURE_S) is over, requests go out to it again, and any reply (even an error
+  status) closes the breaker: an endpoint that comes back is used again. A closed port fails a partition in
+  seconds (the client's backoff, about 3.5 s with 3 retries, per endpoint).
+- Errors: a request that fails for good raises `RequestFailed` with "<error type>: <message> (<cause>)", URLs
+  redacted and the API key removed, so the record's `issues` say why without leaking a secret.
 - Length: vLLM's `/v1/models` tells the context length, `/tokenize` counts a prompt exactly.
 - Constrained decoding: vLLM's `structured_outputs` regex, when the spec carries one.
 
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,10 +36,15 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
-from mira_dagster.core.scoring import Completion, Role, ScorerSpec
+from mira_dagster.core.scoring import Completion, RequestFailed, Role, ScorerSpec
 
 DEFAULT_TEACHER_MODEL = "moonshotai/Kimi-K2.6"
 REST_AFTER_FAILURE_S = 15.0
+# Connecting takes milliseconds on a live server, however busy: longer means the host is gone (a dropped SYN
+# would otherwise cost the full request timeout on every attempt).
+CONNECT_TIMEOUT_S = 10.0
+# No reply from any endpoint for this long, and every endpoint failing: the endpoints are down, stop sending.
+DOWN_AFTER_S = 30.0
 # Failures that say "this endpoint, now" rather than "this request": worth another endpoint.
 _ENDPOINT_FAILURES = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
 
@@ -50,6 +65,25 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+
+def safe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """The error as "<type>: <message> (<cause>)", every URL redacted and the given secrets removed: fit for logs,
+    metadata and the tables. The cause says what the client's generic "Connection error." hides (refused,
+    name not known, ...)."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    cause = exc.__cause__ or exc.__context__
+    # a status error says it all (its cause repeats it); a connection error's cause says what really happened
+    if isinstance(exc, openai.APIConnectionError) and cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {cause})"
+    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    for secret in secrets:
+        if len(secret) >= 4 and secret != "EMPTY":  # vLLM's placeholder key is no secret
+            text = text.replace(secret, "***")
+    return " ".join(text.split())[:300]
 
 
 def endpoint_from_env(role: Role, group: str, default_model: str) -> Endpoint | None:
@@ -114,6 +148,7 @@ class ClientStats:
     requests: int = 0  # logical chat requests
     http_attempts: int = 0  # including the client's retries
     failovers: int = 0
+    not_sent: int = 0  # failed at once: every endpoint was down
     tokenize_calls: int = 0
     per_endpoint: dict[str, int] = field(default_factory=dict)
 
@@ -137,6 +172,10 @@ class OpenAIBackend:
         self.capacity = max_in_flight * len(endpoint.base_urls)
         infos = infos or {}
         self._targets = [self._target(url, timeout_s, max_retries, max_in_flight, infos) for url in endpoint.base_urls]
+        # the breaker: when some endpoint last answered (or the first request went out), endpoint failures since
+        self._answered_at: float | None = None
+        self._failures_since = 0
+        self._last_error = ""
 
     def _target(
         self, url: str, timeout_s: float, max_retries: int, max_in_flight: int, infos: dict[str, ServerInfo]
@@ -145,9 +184,10 @@ class OpenAIBackend:
             if request.url.path.endswith("/chat/completions"):
                 self.stats.http_attempts += 1
 
-        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count]}, timeout=timeout_s)
+        timeout = openai.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count]}, timeout=timeout)
         client = AsyncOpenAI(
-            base_url=url, api_key=self.endpoint.api_key, timeout=timeout_s, max_retries=max_retries, http_client=http
+            base_url=url, api_key=self.endpoint.api_key, timeout=timeout, max_retries=max_retries, http_client=http
         )
         return _Target(url, client, http, asyncio.Semaphore(max_in_flight), infos.get(url, ServerInfo()))
 
@@ -163,21 +203,57 @@ class OpenAIBackend:
         rested = [t for t in fresh if t.rest_until <= now] or fresh
         return min(rested, key=lambda t: t.in_flight) if rested else None
 
+    def down_for(self) -> float | None:
+        """Seconds since any endpoint last answered, when every endpoint is failing (resting after a failure) and
+        that has lasted DOWN_AFTER_S; else None. Requests not yet sent then fail at once."""
+        now = time.monotonic()
+        if self._answered_at is None or self._failures_since < len(self._targets):
+            return None
+        if any(t.rest_until <= now for t in self._targets):
+            return None
+        silent = now - self._answered_at
+        return silent if silent >= DOWN_AFTER_S else None
+
     async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion:
+        if self._answered_at is None:
+            self._answered_at = time.monotonic()  # the breaker's clock starts with the first request
+        if self.down_for() is not None:
+            self.stats.not_sent += 1
+            # the same text for every record not sent, so that the check can count them as one error
+            raise RequestFailed(
+                f"{self._last_error} [not sent: no endpoint answered for {DOWN_AFTER_S:.0f} s]", sent=False
+            )
         self.stats.requests += 1
         tried: set[str] = set()
         last: Exception | None = None
         while (target := self._pick(tried)) is not None:
             tried.add(target.base_url)
             try:
-                return await self._complete_on(target, system, user, spec)
+                comp = await self._complete_on(target, system, user, spec)
             except _ENDPOINT_FAILURES as exc:
                 last = exc
                 target.rest_until = time.monotonic() + REST_AFTER_FAILURE_S
+                self._failures_since += 1
+                self._last_error = self._safe(exc)
                 if len(tried) < len(self._targets):
                     self.stats.failovers += 1
+            except openai.APIStatusError as exc:  # the server answered (400, 401, 404, ...): alive, not retried
+                self._alive()
+                raise RequestFailed(self._safe(exc)) from exc
+            except openai.OpenAIError as exc:
+                raise RequestFailed(self._safe(exc)) from exc
+            else:
+                self._alive()
+                return comp
         assert last is not None
-        raise last
+        raise RequestFailed(self._safe(last)) from last
+
+    def _alive(self) -> None:
+        self._answered_at = time.monotonic()
+        self._failures_since = 0
+
+    def _safe(self, exc: BaseException) -> str:
+        return safe_error(exc, (self.endpoint.api_key,))
 
     async def _complete_on(self, target: _Target, system: str, user: str, spec: ScorerSpec) -> Completion:
         body: dict[str, Any] = {

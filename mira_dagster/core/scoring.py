@@ -73,6 +73,16 @@ class ReplyCache(Protocol):
     def writer(self, version: str, batch_size: int = 256) -> ReplyWriterLike: ...
 
 
+class RequestFailed(Exception):
+    """A request that failed for good. Its message names the error and is safe to store and show: the backend
+    that raises it has removed credentials and URLs' secrets. `sent` is False when it was never sent (the
+    backend had given up on its endpoints), so RunStats.sent counts only requests that went out."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
 @dataclass
 class Job:
     record: Record
@@ -179,8 +189,11 @@ async def score_jobs(
                 stats.sent += 1
                 comp = await backend.complete(spec.system_prompt, job.user, spec)
             except Exception as exc:  # every failure becomes this record's status; the run goes on
+                # the error text stays with the record (`issues`): the request_errors check names the commonest
                 results[rid] = Outcome(rid, ScoreResult.failed("request_error", _describe(exc)), False)
                 stats.failed += 1
+                if isinstance(exc, RequestFailed) and not exc.sent:
+                    stats.sent -= 1
             else:
                 writer.add(rid, comp)
                 results[rid] = Outcome(rid, parse_reply(comp.text, comp.finish_reason), False, comp)
@@ -204,4 +217,6 @@ async def score_jobs(
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RequestFailed):  # already "<error type>: <message>", without secrets
+        return str(exc)[:500]
     return f"{type(exc).__name__}: {exc}"[:500]

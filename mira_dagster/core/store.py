@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 
 from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.core.scoring import Completion
@@ -45,6 +48,12 @@ def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     df.write_parquet(tmp)
     os.replace(tmp, path)
+
+
+def glob_escape(path: str) -> str:
+    """A literal path inside a DuckDB glob: `[`, `*` and `?` in folder names (a MIRA_HOME of `runs[1]`) are
+    wrapped in a character class, the escape DuckDB's glob understands."""
+    return re.sub(r"[\[*?]", lambda m: f"[{m.group(0)}]", path)
 
 
 def object_store(url: str) -> Any:
@@ -92,6 +101,38 @@ class Store:
         self.refresh_catalog()
         return str(path)
 
+    @contextmanager
+    def table_writer(
+        self, table: str, partition: str | None, schema: dict[str, Any]
+    ) -> Iterator[Callable[[pl.DataFrame], None]]:
+        """Write a partition batch by batch (memory bounded by the batch); it replaces the old one only when the
+        block ends without an error, so a failed read leaves the last good partition in place."""
+        final = self.partition_path(table, partition)
+        staging_dir = final.parent if self.fs is None else self.home / "tmp"
+        staging_dir.mkdir(parents=True, exist_ok=True)
+        tmp = staging_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
+        writer = pq.ParquetWriter(tmp, arrow_schema)
+        try:
+            yield lambda df: writer.write_table(df.to_arrow().cast(arrow_schema)) if df.height else None
+            writer.close()
+            if self.fs is not None:
+                self.fs.put_file(str(tmp), self._remote_key(table, partition))  # one PUT: old or new, never a part
+                tmp.unlink()
+            else:
+                os.replace(tmp, final)
+                self.refresh_catalog()
+        finally:
+            writer.close()
+            tmp.unlink(missing_ok=True)
+
+    def row_count(self, table: str, partition: str) -> int:
+        """Rows in a stored partition, from the Parquet footer (nothing else is read)."""
+        if self.fs is not None:
+            with self.fs.open(self._remote_key(table, partition), "rb") as fh:
+                return pq.ParquetFile(fh).metadata.num_rows
+        return pq.ParquetFile(self.partition_path(table, partition)).metadata.num_rows
+
     def read(self, table: str, partition: str | None = None) -> pl.DataFrame:
         if partition is not None:
             if self.fs is not None:
@@ -103,7 +144,7 @@ class Store:
             path = self.partition_path(table, partition)
             if not path.is_file():
                 raise FileNotFoundError(f"table {table!r} has no partition {partition!r} yet ({path})")
-            return pl.read_parquet(path)
+            return pl.read_parquet(path, glob=False)  # a MIRA_HOME may hold [ * ?
         with self.connect() as con:
             return con.sql(f"SELECT * FROM {table}").pl()
 
@@ -139,6 +180,10 @@ class Store:
             )
         return stmts
 
+    def tables(self) -> list[str]:
+        """The tables that have at least one partition."""
+        return [name for name, _ in self._table_globs()]
+
     def _table_globs(self) -> list[tuple[str, str]]:
         """(table, glob of its partition files) for every table with at least one partition."""
         if self.fs is not None:
@@ -152,7 +197,7 @@ class Store:
         if not self.tables_dir.is_dir():
             return []
         return [
-            (table_dir.name, str(table_dir / "*.parquet"))
+            (table_dir.name, glob_escape(str(table_dir)) + "/*.parquet")
             for table_dir in sorted(self.tables_dir.iterdir())
             if table_dir.is_dir() and any(table_dir.glob("*.parquet"))
         ]
@@ -209,7 +254,7 @@ class ParquetReplyCache:
 
     def _frame(self, version: str) -> pl.LazyFrame | None:
         files = sorted(self._dir(version).glob("*.parquet"))
-        frames = [pl.scan_parquet(files)] if files else []
+        frames = [pl.scan_parquet(files, glob=False)] if files else []
         wal_rows = [row for wal in sorted(self._dir(version).glob("*.wal.jsonl")) for row in _read_wal(wal)]
         if wal_rows:
             frames.append(pl.DataFrame(wal_rows, schema=self.SCHEMA).lazy())

@@ -6,36 +6,13 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from mira_dagster.core.records import Quarantined, Record
+from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, Quarantined, Record
 from mira_dagster.core.rubric import N_SLOTS
 from mira_dagster.core.scoring import Outcome, ScorerSpec
 
+__all__ = ["RECORD_SCHEMA", "QUARANTINE_SCHEMA", "SCORE_SCHEMA", "SLOT_COLUMNS"]
+
 SLOT_COLUMNS = [f"a{i}" for i in range(1, N_SLOTS + 1)]
-
-RECORD_SCHEMA = {
-    "record_id": pl.String,
-    "source": pl.String,
-    "group_id": pl.String,
-    "format": pl.String,
-    "layout": pl.String,
-    "question": pl.String,
-    "thinking": pl.String,
-    "answer": pl.String,
-    "task": pl.String,
-    "trajectory": pl.String,
-    "outcome": pl.String,
-    "n_tokens": pl.Int64,
-    "origin_file": pl.String,
-    "origin_line": pl.Int64,
-}
-
-QUARANTINE_SCHEMA = {
-    "source": pl.String,
-    "origin_file": pl.String,
-    "origin_line": pl.Int64,
-    "reason": pl.String,
-    "excerpt": pl.String,
-}
 
 SCORE_SCHEMA = {
     "record_id": pl.String,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from mira_dagster.core.readers import SourceFileError, expand_files
 from mira_dagster.core.records import input_fingerprint
 from mira_dagster.defs.ingest import INPUT_FINGERPRINT, raw_records
 from mira_dagster.defs.partitions import source_partitions, unregistered_sources
@@ -71,7 +72,12 @@ def stale_sources(instance: dg.DagsterInstance, mira: MiraResource) -> list[Stal
         if raw is None:
             out.append(Staleness(source, "never materialised"))
             continue
-        if raw.get(INPUT_FINGERPRINT) != input_fingerprint(src.files):
+        try:
+            files = expand_files(src.files, source)
+        except SourceFileError as exc:
+            out.append(Staleness(source, f"input files unreadable: {exc}"))
+            continue
+        if raw.get(INPUT_FINGERPRINT) != input_fingerprint(files):
             out.append(Staleness(source, "input files changed"))
             continue
         for asset, role in (("teacher_labels", "teacher"), ("student_scores", "student")):
@@ -147,7 +153,7 @@ def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.Se
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Adds a source partition for every source of the registry and every *.jsonl file of a watched folder "
+        "Adds a source partition for every source of the registry and every supported file of a watched folder "
         "(`watch:` in the registry) that has none yet, and requests its refresh_sources run. Files that cannot be "
         "sources (bad name, name taken) are named in the tick's skip reason."
     ),

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 
 from mira_dagster.core.clustering import group_sources, source_vector
+from mira_dagster.core.config import MiraConfig
 from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text, parse_free_judgment
 from mira_dagster.core.embeddings import embedder_from_env
 from mira_dagster.core.prompts import render_user
@@ -17,6 +18,7 @@ from mira_dagster.core.rubric import discovered_anchor_path, write_anchor_file
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scorers import make_judge
 from mira_dagster.core.scoring import Job, score_jobs
+from mira_dagster.core.store import Store
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import group_partitions, source_to_group
 from mira_dagster.defs.resources import MiraResource
@@ -27,6 +29,21 @@ def _record_text(row: dict[str, Any], limit: int = 4000) -> str:
     return "\n".join(row[f] for f in TEXT_FIELDS if row.get(f))[:limit]
 
 
+def _group_records(store: Store, cfg: MiraConfig, group_id: str) -> tuple[pl.DataFrame, str | None]:
+    """The group's records, and why the group is skipped when it has none (every source has 0 records)."""
+    raw = store.read("raw_records").filter(pl.col("group_id") == group_id)
+    if raw.height:
+        return raw, None
+    sources = sorted(n for n, src in cfg.sources.items() if src.group == group_id)
+    return raw, f"group {group_id}: no records in any of its sources ({', '.join(sources) or 'none configured'})"
+
+
+def _skip(context: dg.AssetExecutionContext, why: str, kept: str) -> dg.MaterializeResult:
+    """Skipped with a warning: nothing is written, so what an earlier run made (`kept`) stays as it was."""
+    context.log.warning(f"{context.asset_key.to_user_string()} skipped: {why}; {kept}")
+    return dg.MaterializeResult(metadata={"skipped": why, "kept": kept})
+
+
 @dg.asset(
     group_name="discovery",
     kinds={"duckdb", "parquet"},
@@ -35,12 +52,20 @@ def _record_text(row: dict[str, Any], limit: int = 4000) -> str:
         "Sources clustered into capability-coherent groups: a hashed sample of each source's records is embedded "
         "(offline hashed TF-IDF, or MIRA_EMBED_BASE_URL), averaged per source, and clustered with KMeans "
         "(source_group_k). Reports each cluster's intra-group cosine similarity and every source whose cluster "
-        "disagrees with its configured group; the configured groups stay authoritative."
+        "disagrees with its configured group; the configured groups stay authoritative. Sources with 0 records are "
+        "left out and listed in the metadata (`skipped`)."
     ),
 )
 def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     cfg, store = mira.config(), mira.store()
     raw = store.read("raw_records")
+    # a source with 0 records (every line quarantined, say) has nothing to embed: it is left out and listed
+    present = set(raw["source"].unique().to_list())
+    skipped = {n: "no records in raw_records" for n in cfg.source_names() if n not in present}
+    if skipped:
+        context.log.warning(f"source_groups: sources without records, left out: {sorted(skipped)}")
+    if raw.is_empty():
+        raise dg.Failure(description="source_groups: no source has records in raw_records; nothing to cluster")
     sample = pl.concat(
         hash_sample(part, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
         for _, part in raw.group_by("source", maintain_order=True)
@@ -69,6 +94,7 @@ def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
             "disagreements": dg.MetadataValue.json(disagree),
             "embedder": embedder.name,
             "records_embedded": sample.height,
+            "skipped": dg.MetadataValue.json(skipped),
         }
     )
 
@@ -82,14 +108,17 @@ def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     description=(
         "The teacher judges a stratified sample of the group's records freely (judge_sample_per_source per "
         "source): it names its own dimensions, scores each 0-10 and justifies it. Parsed into items "
-        "(record, dimension, facet, score, rationale). Replies are cached like every scorer's."
+        "(record, dimension, facet, score, rationale). Replies are cached like every scorer's. A group whose sources "
+        "all have 0 records is skipped with a warning (metadata `skipped`), keeping earlier judgments."
     ),
 )
 def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     group_id = context.partition_key
     cfg, store = mira.config(), mira.store()
     family = cfg.groups[group_id].family
-    raw = store.read("raw_records").filter(pl.col("group_id") == group_id)
+    raw, empty = _group_records(store, cfg, group_id)
+    if empty:
+        return _skip(context, empty, "earlier judgments of the group, if any, are kept")
     sample = pl.concat(
         hash_sample(part, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
         for _, part in raw.group_by("source", maintain_order=True)
@@ -151,12 +180,18 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
         "by cluster size and named by their most frequent dimension name, with a parenthetical sub-label where two "
         "clusters would share a name; the item nearest each centroid of the 12 largest clusters is a calibration "
         "reference. Written to $MIRA_HOME/anchors/group_<id>_dim_anchors.jsonl; scorers use it when the group has "
-        "no configured anchors or pipeline.rubric_source is 'discovered' (a new file is a new scorer_version)."
+        "no configured anchors or pipeline.rubric_source is 'discovered' (a new file is a new scorer_version). A group "
+        "whose sources all have 0 records is skipped with a warning (metadata `skipped`): an existing rubric stays."
     ),
 )
 def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     group_id = context.partition_key
     cfg, store = mira.config(), mira.store()
+    _, empty = _group_records(store, cfg, group_id)
+    if empty:
+        path = discovered_anchor_path(store.home, group_id)
+        kept = f"the existing rubric {path} is kept" if path.exists() else "no rubric written"
+        return _skip(context, empty, kept)
     df = store.read("teacher_judgments", group_id)
     items = [JudgmentItem(**{k: row[k] for k in JudgmentItem.model_fields}) for row in df.iter_rows(named=True)]
     if len(items) < 15:
@@ -199,12 +234,17 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     deps=[dg.AssetDep("teacher_labels", partition_mapping=source_to_group), "anchor_rubric"],
     description=(
         "The teacher's labels of the `distill` split as chat-format SFT data (system, user, assistant in the "
-        "contract format), $MIRA_HOME/exports/distillation/group_<id>.jsonl. Held-out records never appear in it."
+        "contract format), $MIRA_HOME/exports/distillation/group_<id>.jsonl. Held-out records never appear in it. "
+        "A group whose sources all have 0 records is skipped with a warning (metadata `skipped`)."
     ),
 )
 def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     group_id = context.partition_key
     store = mira.store()
+    out = store.exports_dir / "distillation" / f"group_{group_id}.jsonl"
+    raw, empty = _group_records(store, mira.config(), group_id)
+    if empty:
+        return _skip(context, empty, f"the existing {out} is kept" if out.exists() else "nothing written")
     spec, _, _ = mira.scorer("teacher", group_id)
     labels = store.read("teacher_labels").filter(
         (pl.col("group_id") == group_id) & (pl.col("split") == "distill") & pl.col("status").is_in(["ok"])
@@ -212,9 +252,7 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
     stale = labels.filter(pl.col("scorer_version") != spec.version).height
     labels = labels.filter(pl.col("scorer_version") == spec.version)
     replies = store.replies.load(spec.version, labels["record_id"].to_list())
-    raw = store.read("raw_records").filter(pl.col("group_id") == group_id)
     by_id = {r.record_id: r for r in _records(raw.unique("record_id", keep="first"))}
-    out = store.exports_dir / "distillation" / f"group_{group_id}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     counts: dict[str, int] = {}

@@ -1,16 +1,16 @@
 """Stage 0: reading each source's files into normalised records, with a quarantine."""
 
-from pathlib import Path
-
 import dagster as dg
 
-from mira_dagster.core.records import SourceFileError, input_fingerprint, read_source
-from mira_dagster.core.tables import quarantine_frame, records_frame
-from mira_dagster.defs.metadata import md_table, table_metadata
+from mira_dagster.core.mapping import compile_mapping
+from mira_dagster.core.readers import count_units
+from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, IngestStats, SourceIngest, input_fingerprint
+from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, source_partitions
 from mira_dagster.defs.resources import MiraResource
 
 INPUT_FINGERPRINT = "input_fingerprint"
+PREVIEW = ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "question", "task"]
 
 
 @dg.asset(
@@ -22,62 +22,105 @@ INPUT_FINGERPRINT = "input_fingerprint"
             "lines_reconcile",
             asset="raw_records",
             blocking=True,
-            description="Lines in the source files = records + quarantined rows, as stored.",
-        )
+            description="Units in the source files (lines, array elements, rows) = records + quarantined rows, as "
+            "stored.",
+        ),
+        dg.AssetCheckSpec(
+            "records_usable",
+            asset="raw_records",
+            blocking=True,
+            description="The source gave at least one record, and at most pipeline.max_quarantine_share of what was "
+            "read was quarantined (run `mira inspect` on its files to see why).",
+        ),
     ],
     kinds={"duckdb", "parquet"},
     description=(
-        "Normalised records of one source: record_id (hash of the normalised content), the text fields "
-        "its prompt family needs, an estimated token count and the original file and line. Lines that are "
-        "not valid records go to the `quarantine` table with the reason; lines read = records + quarantined."
+        "Normalised records of one source: record_id (hash of the normalised content), the text fields its prompt "
+        "family needs, an estimated token count and the original file and line (or array element, or Parquet row). "
+        "JSONL, JSON arrays and Parquet, compressed or not; layouts are detected per object, or given by the "
+        "source's `fields:` mapping. What is not a valid record goes to the `quarantine` table with the reason; "
+        "units read = records + quarantined."
     ),
 )
 def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     source = context.partition_key
     cfg = mira.config()
     src = cfg.sources[source]
-    read = read_source(source, src.group, src.format, src.files, cfg.pipeline.max_record_bytes)
-    if read.empty_files and len(read.empty_files) == len(src.files):
-        raise SourceFileError(f"source {source!r}: every file is empty: {', '.join(read.empty_files)}")
-    for path in read.empty_files:
-        context.log.warning(f"{source}: {path} is empty (no lines); the source's other files were read")
-    records = records_frame(read.records)
-    quarantined = quarantine_frame(read.quarantined)
+    mapping = compile_mapping(src.fields, src.format) if src.fields else None
     store = mira.store()
-    store.write("quarantine", quarantined, source)
-    store.write("raw_records", records, source)
-    reasons = quarantined.group_by("reason").len().sort("len", descending=True) if quarantined.height else None
-    context.log.info(
-        f"{source}: {read.lines_read} lines read, {records.height} records, {quarantined.height} quarantined"
-    )
-    # Count again from what was stored and from the files themselves, independently of read_source.
-    stored = store.read("raw_records", source).height + store.read("quarantine", source).height
-    on_disk = sum(_count_lines(f) for f in src.files)
-    check = dg.AssetCheckResult(
-        check_name="lines_reconcile",
-        passed=stored == on_disk == read.lines_read,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"lines_in_files": on_disk, "records_plus_quarantined": stored},
-    )
+    with (
+        store.table_writer("raw_records", source, RECORD_SCHEMA) as write_records,
+        store.table_writer("quarantine", source, QUARANTINE_SCHEMA) as write_quarantine,
+    ):
+        ingest = SourceIngest(
+            source,
+            src.group,
+            src.format,
+            src.files,
+            max_bytes=cfg.pipeline.max_record_bytes,
+            mapping=mapping,
+            sink=lambda records, quarantined: (write_records(records), write_quarantine(quarantined)),
+        )  # a missing file or an empty glob raises here, naming it: this partition fails, the others go on
+        for i, _ in enumerate(ingest.batches(), 1):
+            if i % 50 == 0:
+                context.log.info(f"{source}: {ingest.stats.units_read:,} read, {ingest.stats.records:,} records")
+    stats = ingest.stats
+    for path in stats.empty_files:
+        context.log.warning(f"{source}: {path} is empty (nothing to read)")
+    context.log.info(f"{source}: {stats.units_read} read, {stats.records} records, {stats.quarantined} quarantined")
+    # Count again from what was stored and from the files themselves, independently of the reader.
+    stored = store.row_count("raw_records", source) + store.row_count("quarantine", source)
+    on_disk = sum(count_units(f) for f in ingest.files)
+    share = stats.quarantined / stats.units_read if stats.units_read else 0.0
     return dg.MaterializeResult(
-        check_results=[check],
-        metadata={
-            **table_metadata(
-                records, ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "question", "task"]
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="lines_reconcile",
+                passed=stored == on_disk == stats.units_read,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"units_in_files": on_disk, "records_plus_quarantined": stored},
+                description=f"{on_disk} units in the files, {stored} records + quarantined rows stored",
             ),
-            "lines_read": read.lines_read,
-            "quarantined": quarantined.height,
-            "quarantine_reasons": md_table(reasons) if reasons is not None else "none",
-            "tokens": int(records["n_tokens"].sum()) if records.height else 0,
-            "layouts": dg.MetadataValue.json(dict(records.group_by("layout").len().iter_rows())),
-            "files": dg.MetadataValue.json([str(f) for f in src.files]),
-            "empty_files": dg.MetadataValue.json(read.empty_files),
+            _usable_check(source, stats, share, cfg.pipeline.max_quarantine_share),
+        ],
+        metadata={
+            "dagster/row_count": stats.records,
+            "preview": md_table(store.read("raw_records", source).select(PREVIEW), n=5)
+            if stats.records
+            else dg.MetadataValue.md("no records"),
+            "lines_read": stats.units_read,
+            "quarantined": stats.quarantined,
+            "quarantined_share": round(share, 4),
+            "quarantine_reasons": dg.MetadataValue.json(dict(stats.reasons.most_common())),
+            "tokens": stats.tokens,
+            "layouts": dg.MetadataValue.json(dict(stats.layouts.most_common())),
+            "files": dg.MetadataValue.json(stats.files),
+            "units_per_file": dg.MetadataValue.json(stats.units_per_file),
+            "empty_files": dg.MetadataValue.json(stats.empty_files),
             # what the schedule compares to find partitions whose input files changed (defs/automation.py)
-            INPUT_FINGERPRINT: input_fingerprint(src.files),
+            INPUT_FINGERPRINT: input_fingerprint(ingest.files),
         },
     )
 
 
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as fh:
-        return sum(1 for _ in fh)
+def _usable_check(source: str, stats: IngestStats, share: float, limit: float) -> dg.AssetCheckResult:
+    top = stats.reasons.most_common(1)
+    why = f"; most common reason: {top[0][0]} ({top[0][1]})" if top else ""
+    hint = f"; run `mira inspect {' '.join(stats.files[:3])}{' ...' if len(stats.files) > 3 else ''}` to see why"
+    if stats.records == 0:
+        passed, text = False, f"source {source!r}: 0 records from {stats.units_read} units read{why}{hint}"
+    elif share > limit:
+        passed = False
+        text = (
+            f"source {source!r}: {stats.quarantined} of {stats.units_read} units quarantined ({share:.0%}, limit "
+            f"{limit:.0%} max_quarantine_share){why}{hint}"
+        )
+    else:
+        passed, text = True, f"{stats.records} records, {stats.quarantined} quarantined ({share:.1%})"
+    return dg.AssetCheckResult(
+        check_name="records_usable",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=text,
+        metadata={"records": stats.records, "quarantined_share": round(share, 4), "limit": limit},
+    )

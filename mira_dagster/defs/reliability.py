@@ -7,7 +7,7 @@ import polars as pl
 
 from mira_dagster.core.plots import reliability_heatmap
 from mira_dagster.core.reliability import reliability_table
-from mira_dagster.core.store import UNPARTITIONED
+from mira_dagster.core.store import UNPARTITIONED, Store
 from mira_dagster.defs.metadata import md_image, md_table, table_metadata
 from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
@@ -23,6 +23,22 @@ def dims_frame(mira: MiraResource) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"group_id": pl.String, "slot": pl.Int32, "dim_name": pl.String})
 
 
+def _no_pairs(store: Store) -> str:
+    """Why there is no held-out pair, in one line: what the held-out labels and the student scores hold."""
+    labels = store.query_sql(
+        "SELECT count(*) FILTER (WHERE split = 'heldout') AS heldout, "
+        "count(*) FILTER (WHERE split = 'heldout' AND status IN ('ok', 'partial')) AS usable FROM teacher_labels"
+    ).row(0, named=True)
+    student = store.query_sql(
+        "SELECT count(*) AS records, count(*) FILTER (WHERE status IN ('ok', 'partial')) AS usable FROM student_scores"
+    ).row(0, named=True)
+    return (
+        f"no held-out (teacher, student) score pair in any source (teacher_labels: {labels['heldout']} held-out "
+        f"records, {labels['usable']} with scores; student_scores: {student['usable']} of {student['records']} "
+        "records with scores)"
+    )
+
+
 @dg.asset(
     automation_condition=FOLLOW_INPUTS,
     group_name="reliability",
@@ -31,12 +47,16 @@ def dims_frame(mira: MiraResource) -> pl.DataFrame:
     description=(
         "Per (source × dimension), on the held-out split: n teacher–student pairs, MAE and Spearman's ρ with "
         "bootstrap confidence intervals (ci_level, bootstrap_resamples), and the same pooled over the group's "
-        "sources (group_*). Point estimates in DuckDB (sql/dim_reliability.sql), intervals in core/reliability.py."
+        "sources (group_*). Point estimates in DuckDB (sql/dim_reliability.sql), intervals in core/reliability.py. "
+        "Fails, writing nothing, when there is no held-out pair at all."
     ),
 )
 def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store, s = mira.store(), mira.config().pipeline
     df = reliability_table(store, dims_frame(mira), s.bootstrap_resamples, s.seed, s.ci_level)
+    if df.is_empty() or not df["n"].sum():
+        # nothing to estimate from: a table of n = 0 would make a mask that trusts every dimension unverified
+        raise dg.Failure(description=f"dim_reliability: {_no_pairs(store)}; not written")
     store.write("dim_reliability", df)
     return dg.MaterializeResult(metadata={**table_metadata(df, n=20), "sources": df["source"].n_unique()})
 
@@ -57,7 +77,8 @@ def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
     description=(
         "Which (source × dimension) cells the aggregate ignores and why: masked when MAE > mask_max_mae or "
         "ρ < mask_min_rho on the held-out split; cells with fewer than min_heldout pairs are judged on the "
-        "group-level estimate (sql/reliability_mask.sql). The rule is stored with every row."
+        "group-level estimate (sql/reliability_mask.sql). The rule is stored with every row. Fails, writing "
+        "nothing, when dim_reliability has no held-out pair at all."
     ),
 )
 def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
@@ -71,6 +92,9 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
     # first: DuckDB's parallel sums may differ in the last bits between runs over the same data, which must not
     # make a new version.
     rel = store.read("dim_reliability", UNPARTITIONED).sort("source", "slot")
+    if rel.is_empty() or not rel["n"].sum():
+        # no evidence at all: any mask would be a guess; the last mask (if any) stays
+        raise dg.Failure(description=f"reliability_mask: dim_reliability has {_no_pairs(store)}; no mask written")
     rounded = rel.with_columns(pl.col(pl.Float64).round(9))
     evidence = hashlib.sha256(rounded.write_csv().encode()).hexdigest()
     version = hashlib.sha256(f"{rule}\n{evidence}".encode()).hexdigest()[:12]

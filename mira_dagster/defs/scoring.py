@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 import dagster as dg
 import polars as pl
 
+from mira_dagster.core.config import PipelineSettings
+from mira_dagster.core.llm_client import OpenAIBackend
 from mira_dagster.core.parsing import STATUSES
 from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import Record
@@ -29,6 +31,11 @@ class Scored(NamedTuple):
     stats: RunStats
     version: str
     client: dict[str, Any]
+    # who scored, for the checks' descriptions: role, "endpoint <urls without credentials>" or "offline stand-in",
+    # model
+    role: Role = "student"
+    endpoint: str = ""
+    model: str = ""
 
 
 def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, records: Sequence[Record]) -> Scored:
@@ -67,11 +74,14 @@ def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, re
             "http_attempts": client.http_attempts,
             "retries": client.retries,
             "failovers": client.failovers,
+            "not_sent_endpoint_down": client.not_sent,
             "tokenize_calls": client.tokenize_calls,
             "requests_per_endpoint": client.per_endpoint,
         }
     )
-    return Scored(scores_frame(records, outcomes, spec), stats, spec.version, client_meta)
+    # Endpoint.redacted() drops user:password@ and query strings; the offline stand-in has no endpoint
+    endpoint = f"endpoint {backend.endpoint.redacted()}" if isinstance(backend, OpenAIBackend) else "offline stand-in"
+    return Scored(scores_frame(records, outcomes, spec), stats, spec.version, client_meta, role, endpoint, spec.model)
 
 
 def status_counts(df: pl.DataFrame) -> dict[str, int]:
@@ -82,6 +92,59 @@ def parse_failure_rate(counts: dict[str, int]) -> float:
     """parse_error among the replies received (requests that failed or were never sent are not replies)."""
     replies = counts["ok"] + counts["partial"] + counts["parse_error"]
     return counts["parse_error"] / replies if replies else 0.0
+
+
+# Records that were never meant to reach the endpoint: too long for its context, or unusable input.
+_NOT_FOR_SENDING = ("too_long", "invalid_input")
+
+
+def request_errors(df: pl.DataFrame) -> tuple[int, int, list[tuple[str, int]]]:
+    """(failed, to_send, [(error text, records)] commonest first) for one partition's scores.
+
+    The share is taken over the records this run had to send: cache hits are left out (they needed no request,
+    and a request_error is never cached, so each failed record was attempted this run), as are too_long and
+    invalid_input (never sent by design). So a dead endpoint fails the check even when most of the partition
+    was answered in an earlier run: every record that needed it failed.
+    """
+    to_send = df.filter(~pl.col("from_cache") & ~pl.col("status").is_in(_NOT_FOR_SENDING))
+    failed = to_send.filter(pl.col("status") == "request_error")
+    texts = failed.select(pl.col("issues").list.first().fill_null("(no error text)").alias("error"))
+    counts = texts.group_by("error").len().sort(["len", "error"], descending=[True, False])
+    return failed.height, to_send.height, list(counts.iter_rows())
+
+
+def _pct(x: float) -> str:
+    """12%, or 0.3% when a whole percent would round a non-zero share to 0 or hide the gap to 100%."""
+    return f"{x:.0%}" if x in (0.0, 1.0) or 0.01 <= x <= 0.99 else f"{x:.1%}"
+
+
+def _request_error_check(asset: str, source: str, scored: Scored, limit: float) -> dg.AssetCheckResult:
+    failed, to_send, errors = request_errors(scored.df)
+    share = failed / to_send if to_send else 0.0
+    who = f"{scored.role} {scored.endpoint} (model {scored.model}), source {source}"
+    if not to_send:
+        what = "no request to send (every record cached, too long or invalid)"
+    else:
+        what = f"{failed} of {to_send} requests failed ({_pct(share)}, limit {_pct(limit)})"
+    if errors:
+        top, n = errors[0]
+        what += f": {top}" if len(errors) == 1 else f": {top} ({n} records; {len(errors) - 1} other error texts)"
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name="request_errors",
+        passed=share <= limit,
+        severity=dg.AssetCheckSeverity.ERROR,
+        # one line: `mira run` prints the description of every failed check as it is
+        description=" ".join(f"{who}: {what}".split()),
+        metadata={
+            "request_errors": failed,
+            "requests_to_send": to_send,
+            "request_error_share": share,
+            "threshold": limit,
+            "scorer": scored.endpoint,
+            "top_errors": dg.MetadataValue.json(dict(errors[:5])),
+        },
+    )
 
 
 def _scoring_metadata(scored: Scored) -> dict[str, Any]:
@@ -102,7 +165,10 @@ def _scoring_metadata(scored: Scored) -> dict[str, Any]:
     }
 
 
-def _checks(asset: str, records_in: int, scored: Scored, max_rate: float) -> list[dg.AssetCheckResult]:
+def _checks(
+    asset: str, source: str, records_in: int, scored: Scored, settings: PipelineSettings
+) -> list[dg.AssetCheckResult]:
+    max_rate = settings.max_parse_failure_rate
     counts = status_counts(scored.df)
     rate = parse_failure_rate(counts)
     accounted = sum(counts.values())
@@ -132,6 +198,7 @@ def _checks(asset: str, records_in: int, scored: Scored, max_rate: float) -> lis
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={"records_in": records_in, "records_with_status": accounted},
         ),
+        _request_error_check(asset, source, scored, settings.max_request_error_share),
     ]
 
 
@@ -154,6 +221,16 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
             asset=asset,
             blocking=True,
             description="Every record in ends with exactly one status, no record twice.",
+        ),
+        dg.AssetCheckSpec(
+            "request_errors",
+            asset=asset,
+            blocking=True,
+            description=(
+                "Share of request_error among the records this run had to send (not cached, not too_long or "
+                "invalid_input) stays under pipeline.max_request_error_share; a failure names the endpoint and the "
+                "commonest error, so a scorer that is down fails its partition instead of scoring nothing."
+            ),
         ),
     ]
 
@@ -190,7 +267,7 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
     mira.store().write("teacher_labels", df, source)
     meta = _scoring_metadata(scored)
     meta["split_counts"] = dg.MetadataValue.json(dict(df.group_by("split").len().iter_rows()))
-    checks = _checks("teacher_labels", len(sampled), scored, settings.max_parse_failure_rate)
+    checks = _checks("teacher_labels", source, len(sampled), scored, settings)
     return dg.MaterializeResult(metadata=meta, check_results=checks)
 
 
@@ -216,5 +293,5 @@ def student_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
     mira.store().write("student_scores", scored.df, source)
     meta = _scoring_metadata(scored)
     meta["records_in"] = raw.height
-    checks = _checks("student_scores", raw.height, scored, mira.config().pipeline.max_parse_failure_rate)
+    checks = _checks("student_scores", source, raw.height, scored, mira.config().pipeline)
     return dg.MaterializeResult(metadata=meta, check_results=checks)

@@ -33,7 +33,8 @@ VARIANTS = ("global", "group", "source", "random")
         "Per record: the mean of its unmasked dimension scores, each z-normalised so that a lenient dimension does "
         "not dominate, at three scopes: all sources (aggregate_global), the record's group (aggregate_group, also "
         "`aggregate`) and its source (aggregate_source); sql/aggregated_scores.sql. Records with no usable score "
-        "(too_long, errors) have NULL aggregates. Every row carries the mask_version it used."
+        "(too_long, errors) have NULL aggregates. Every row carries the mask_version it used. A record whose content "
+        "is in several sources (one record_id) is one row, owned by the source whose name sorts first."
     ),
 )
 def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
@@ -134,12 +135,42 @@ VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
         "The kept records of the configured variant (selection_variant, default 'group': per-group normalisation "
         "and threshold) at the token budget (retention_share of all tokens, default 0.5 as in the paper's 25B of "
         "50B, or budget_tokens), with the per-source floor and cap source_min_share / source_max_share. Exported "
-        "with their text to $MIRA_HOME/exports/selected_subset/<source>-NNNNN.parquet shards with a manifest.json."
+        "with their text to $MIRA_HOME/exports/selected_subset/<source>-NNNNN.parquet shards with a manifest.json. "
+        "The same content in several sources (one record_id) is one record in the budget and the export, owned by "
+        "the source whose name sorts first; the overlap per source pair is the table `source_overlap` "
+        "(sql/source_overlap.sql). A run with no scored record or an empty selection fails and leaves the previous "
+        "export as it was."
     ),
 )
 def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store, s = mira.store(), mira.config().pipeline
+    out = store.exports_dir / "selected_subset"
+    kept_as_is = f"the previous export ({out}) is left as it was" if out.exists() else "no export written"
+    # Never replace good output with the output of an empty run: check before writing anything.
+    counts = store.query_sql(
+        "SELECT count(*) AS records, count(aggregate) AS scored, coalesce(sum(n_tokens), 0) AS tokens "
+        "FROM aggregated_scores"
+    ).row(0, named=True)
+    if not counts["scored"]:
+        statuses = store.query_sql(
+            "SELECT status, count(*) AS n FROM student_scores GROUP BY status ORDER BY n DESC, status"
+        )
+        seen = ", ".join(f"{st} {n}" for st, n in statuses.iter_rows()) or "none"
+        raise dg.Failure(
+            description=(
+                f"selected_subset: none of the {counts['records']} records has a usable score (student_scores "
+                f"statuses: {seen}); nothing selected, {kept_as_is}"
+            )
+        )
     df = select(mira, s.selection_variant)
+    if df.is_empty():
+        raise dg.Failure(
+            description=(
+                f"selected_subset: the {s.selection_variant!r} selection is empty ({counts['scored']} of "
+                f"{counts['records']} records scored, budget {budget_share(mira):.1%} of {counts['tokens']} tokens, "
+                f"source_max_share {s.source_max_share}); {kept_as_is}"
+            )
+        )
     store.write("selected_subset", df)
     manifest = export_kept(
         store,
@@ -155,6 +186,8 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
         s.export_shard_records,
     )
     summary = store.query("run_summary")
+    overlap = store.query("source_overlap")
+    store.write("source_overlap", overlap)
     return dg.MaterializeResult(
         check_results=[
             _budget_check(
@@ -167,6 +200,10 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             **table_metadata(df),
             "variant": s.selection_variant,
             "summary": md_table(summary, n=100),
+            # shared content per source pair: counted once, for the source that sorts first
+            "source_overlap": md_table(overlap, n=100)
+            if overlap.height
+            else dg.MetadataValue.md("no content is shared between sources"),
             "tokens_kept": int(df["n_tokens"].sum()) if df.height else 0,
             "export": dg.MetadataValue.path(str(store.exports_dir / "selected_subset")),
             "export_files": len(manifest["files"]),
@@ -227,9 +264,11 @@ def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     with store.connect() as con:
+        # selected_subset holds owner copies only (aggregated_scores.sql), and a source never holds a record twice,
+        # so this join gives each kept record once, with its owner's text and origin
         kept = con.sql(
             "SELECT r.*, s.score, s.mask_version FROM selected_subset s "
-            "JOIN raw_records r USING (source, record_id) ORDER BY r.source, s.score DESC"
+            "JOIN raw_records r USING (source, record_id) ORDER BY r.source, s.score DESC, r.record_id"
         ).pl()
     files = []
     for (source,), part in kept.group_by("source", maintain_order=True):

@@ -134,16 +134,16 @@ def _while_reading(monkeypatch: pytest.MonkeyPatch, at_line: int, act: Callable[
     """Run `act` (another writer touching the file) just as the reader parses line `at_line`."""
     from mira_dagster.core import records
 
-    parse = records.parse_line
+    parse = records.parse_unit
     calls = []
 
-    def parse_and_act(raw: bytes, family: str, max_bytes: int) -> object:
+    def parse_and_act(unit: object, family: str, mapping: object, max_bytes: int) -> object:
         calls.append(1)
         if len(calls) == at_line:
             act()
-        return parse(raw, family, max_bytes)
+        return parse(unit, family, mapping, max_bytes)
 
-    monkeypatch.setattr(records, "parse_line", parse_and_act)
+    monkeypatch.setattr(records, "parse_unit", parse_and_act)
 
 
 def test_file_replaced_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,14 +9,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from mira_dagster import definitions as d
 from mira_dagster.core.store import Store, object_store
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from tests.loopback import wait_for_http
+from tests.pipeline import run_pipeline
 
 SOURCES = ["lean_qa", "agent_openhands"]
 
@@ -53,12 +52,7 @@ def test_pipeline_tables_on_object_storage(s3: str, small_config: Path, tmp_path
     home = tmp_path / "home"
     mira = MiraResource(config_path=str(small_config), home=str(home))
     instance = in_process_instance()
-    for source in SOURCES:
-        sel = [*d.INGEST_ASSETS, *d.SCORING_ASSETS]
-        assert dg.materialize(
-            d.ALL_ASSETS, selection=sel, partition_key=source, instance=instance, resources={"mira": mira}
-        ).success
-    assert dg.materialize(d.ALL_ASSETS, selection=d.CORPUS_ASSETS, instance=instance, resources={"mira": mira}).success
+    run_pipeline(mira, instance, SOURCES)
 
     fs = object_store(s3)
     stored = set(fs.find("mira-test/run-1/tables"))

@@ -1,0 +1,353 @@
+"""Ingest benchmark: records/s and MB/s of mira's reader against a plain read of the same files, same run.
+
+    .venv/bin/python bench/ingest.py [--gb 1.0] [--workdir /tmp/mira-bench-ingest]
+
+It generates at least --gb of JSONL in the bundled sample's record mix (every sample line, repeated with a small
+change in its longest text so that each copy is a distinct record), as shards per sample file, then the same
+data as .jsonl.gz and as Parquet shards. For each format it times, each in a fresh process so that peak RSS is
+that step's own:
+- ours: `SourceIngest` (read, decode, detect the layout, normalise, hash, count tokens, quarantine, dedupe) with
+  the records and quarantine written to Parquet through `Store.table_writer`, as the raw_records asset does;
+- the baseline: `polars.read_ndjson` of each JSONL shard (gzip: polars reads the decompressed bytes) and
+  `pyarrow.parquet.read_table` of each Parquet shard, which decode the files and do nothing else.
+MB/s is over the uncompressed JSONL bytes of the data in every row, so formats compare; "per core" divides by
+the process's CPU time (user + system) instead of wall time. Growth: ours is also run on a quarter of the data.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SAMPLE = ROOT / "data" / "sample"
+
+
+def _family(name: str) -> str:
+    return "agent" if name.startswith("swe_") else "qa_with_think"
+
+
+def _longest_string_path(obj: object, path: tuple = ()) -> tuple[tuple, int]:
+    best: tuple[tuple, int] = ((), -1)
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    for key, value in items:
+        cand = (path + (key,), len(value)) if isinstance(value, str) else _longest_string_path(value, path + (key,))
+        if cand[1] > best[1]:
+            best = cand
+    return best
+
+
+def _variant(obj: dict, path: tuple, i: int) -> dict:
+    """A copy with ` v<i> ` inserted in the middle of its longest string: another record, same shape and size."""
+    out = json.loads(json.dumps(obj))
+    parent = out
+    for key in path[:-1]:
+        parent = parent[key]
+    text = parent[path[-1]]
+    mid = len(text) // 2
+    parent[path[-1]] = f"{text[:mid]} v{i} {text[mid:]}"
+    return out
+
+
+def _parquet_safe(value: object) -> object:
+    """Parquet has no struct without fields: an empty object becomes null (no text is lost)."""
+    if isinstance(value, dict):
+        return {k: _parquet_safe(v) for k, v in value.items()} or None
+    if isinstance(value, list):
+        return [_parquet_safe(v) for v in value]
+    return value
+
+
+def _arrow_accepts(objs: list) -> bool:
+    import pyarrow as pa
+
+    try:
+        pa.Table.from_pylist(objs)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def generate(workdir: Path, gb: float) -> dict:
+    """Shards per sample file in three formats; returns the byte counts. Reused when already there."""
+    stamp = workdir / "done.json"
+    if stamp.exists() and json.loads(stamp.read_text())["gb"] == gb:
+        return json.loads(stamp.read_text())
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    samples = {p.name.removesuffix(".jsonl"): p for p in sorted(SAMPLE.glob("*.jsonl"))}
+    lines = {
+        name: [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+        for name, p in samples.items()
+    }
+    sample_bytes = sum(p.stat().st_size for p in samples.values())
+    copies = max(1, int(gb * 1e9 / sample_bytes) + 1)
+    for fmt in ("jsonl", "gz", "parquet"):
+        for family in ("qa_with_think", "agent"):
+            (workdir / fmt / family).mkdir(parents=True, exist_ok=True)
+    total = parquet_total = 0
+    skipped: list[str] = []
+    bytes_by_name: dict[str, int] = {}
+    import polars as pl
+
+    def polars_reads(path: Path) -> bool:
+        try:
+            pl.read_ndjson(path, infer_schema_length=None)
+        except Exception:
+            return False
+        return True
+
+    unreadable = [name for name, p in samples.items() if not polars_reads(p)]
+    for name, objs in lines.items():
+        family = _family(name)
+        paths = [_longest_string_path(o)[0] for o in objs]
+        jsonl = workdir / "jsonl" / family / f"{name}.jsonl"
+        with (
+            jsonl.open("w", encoding="utf-8") as fh,
+            gzip.open(workdir / "gz" / family / f"{name}.jsonl.gz", "wt", compresslevel=1, encoding="utf-8") as gz,
+        ):
+            chunk: list[dict] = []
+            chunk_bytes = shard = 0
+            # Arrow needs one type per column: files whose objects mix types under a key (a string here, an object
+            # there) have no Parquet form, and are left out of the Parquet rows (named in the summary)
+            arrow_ok = _arrow_accepts([_parquet_safe(o) for o in objs])
+            if not arrow_ok:
+                skipped.append(name)
+            for i in range(copies):
+                for obj, path in zip(objs, paths, strict=True):
+                    v = _variant(obj, path, i) if path else obj
+                    line = json.dumps(v, ensure_ascii=False) + "\n"
+                    fh.write(line)
+                    gz.write(line)
+                    total += len(line.encode("utf-8"))
+                    bytes_by_name[name] = bytes_by_name.get(name, 0) + len(line.encode("utf-8"))
+                    if arrow_ok:
+                        chunk.append(_parquet_safe(v))
+                        chunk_bytes += len(line.encode("utf-8"))
+                if chunk and (len(chunk) >= 2000 or i == copies - 1):
+                    # one schema per shard (the sample's layouts differ between files, not within a chunk)
+                    pq.write_table(
+                        pa.Table.from_pylist(chunk), workdir / "parquet" / family / f"{name}-{shard:05d}.parquet"
+                    )
+                    parquet_total += chunk_bytes
+                    chunk, chunk_bytes, shard = [], 0, shard + 1
+    info = {
+        "gb": gb,
+        "copies": copies,
+        "jsonl_bytes": total,
+        "parquet_jsonl_bytes": parquet_total,
+        "parquet_left_out": skipped,
+        "ndjson_left_out": unreadable,
+        "bytes_by_name": bytes_by_name,
+    }
+    for fmt in ("jsonl", "gz", "parquet"):
+        info[f"{fmt}_disk_bytes"] = sum(f.stat().st_size for f in (workdir / fmt).rglob("*") if f.is_file())
+    stamp.write_text(json.dumps(info))
+    return info
+
+
+def _files(workdir: Path, fmt: str, family: str, fraction: float, subset: str = "all") -> list[Path]:
+    files = sorted((workdir / fmt / family).iterdir())
+    if subset == "plain":  # only what the baseline can read
+        info = json.loads((workdir / "done.json").read_text())
+        files = [f for f in files if _sample_name(f) not in info["ndjson_left_out"] + info["parquet_left_out"]]
+    if fraction >= 1:
+        return files
+    if fmt == "parquet":  # a quarter of each sample file's shards
+        by_name: dict[str, list[Path]] = {}
+        for f in files:
+            by_name.setdefault(f.name.rsplit("-", 1)[0], []).append(f)
+        return [f for group in by_name.values() for f in group[: max(1, int(len(group) * fraction))]]
+    return files
+
+
+def _sample_name(path: Path) -> str:
+    name = path.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".parquet")
+    return name.rsplit("-", 1)[0] if path.name.endswith(".parquet") else name
+
+
+def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "all") -> dict:
+    """One measurement, in this process (called in a child process by main)."""
+    t0, c0 = time.perf_counter(), _cpu()
+    records = quarantined = 0
+    if who == "ours":
+        import tempfile
+
+        from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, SourceIngest
+        from mira_dagster.core.store import Store
+
+        with tempfile.TemporaryDirectory(dir=workdir) as home:
+            store = Store(Path(home))
+            for family in ("qa_with_think", "agent"):
+                files = _files(workdir, fmt, family, fraction, subset)
+                if fraction < 1 and fmt != "parquet":
+                    files = [_head(f, fraction, workdir) for f in files]
+                with (
+                    store.table_writer("raw_records", family, RECORD_SCHEMA) as w,
+                    store.table_writer("quarantine", family, QUARANTINE_SCHEMA) as q,
+                ):  # as the raw_records asset does: the frames are written on the ingest's worker thread
+                    ingest = SourceIngest(family, "g", family, files, sink=lambda r, b: (w(r), q(b)))  # type: ignore[arg-type]
+                    for _ in ingest.batches():
+                        pass
+                records += ingest.stats.records
+                quarantined += ingest.stats.quarantined
+    else:
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        for family in ("qa_with_think", "agent"):
+            for f in _files(workdir, fmt, family, fraction, subset):
+                if fraction < 1 and fmt != "parquet":
+                    f = _head(f, fraction, workdir)
+                if fmt == "parquet":
+                    records += pq.read_table(f).num_rows
+                else:
+                    data = _gunzip(f) if fmt == "gz" else f
+                    records += pl.read_ndjson(data, infer_schema_length=None).height
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    peak = _peak_rss_bytes()
+    return {
+        "format": fmt,
+        "who": who,
+        "subset": subset,
+        "fraction": fraction,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "records": records,
+        "quarantined": quarantined,
+        "peak_rss_mb": round(peak / 2**20, 1),
+    }
+
+
+def _head(path: Path, fraction: float, workdir: Path) -> Path:
+    """The first `fraction` of a JSONL(.gz) shard's lines, written once next to the data."""
+    out = workdir / "head" / f"{fraction}" / path.parent.name / path.name
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            data = fh.read()
+        lines = data.splitlines(keepends=True)
+        part = b"".join(lines[: max(1, int(len(lines) * fraction))])
+        with opener(out, "wb") as fh:
+            fh.write(part)
+    return out
+
+
+def _peak_rss_bytes() -> int:
+    """This process's own peak RSS (VmHWM: reset at exec, unlike ru_maxrss, which a child inherits on Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _gunzip(path: Path) -> bytes:
+    with gzip.open(path) as fh:
+        return fh.read()
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gb", type=float, default=1.0)
+    parser.add_argument("--workdir", default="/tmp/mira-bench-ingest")
+    parser.add_argument("--one", nargs=4, metavar=("FMT", "WHO", "FRACTION", "SUBSET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    if args.one:
+        fmt, who, fraction, subset = args.one
+        print(json.dumps(run_one(workdir, fmt, who, float(fraction), subset)))
+        return
+    t = time.perf_counter()
+    info = generate(workdir, args.gb)
+    print(
+        f"data: {info['jsonl_bytes'] / 1e9:.2f} GB of JSONL ({info['copies']} copies of the sample), generated "
+        f"or reused in {time.perf_counter() - t:.0f} s",
+        flush=True,
+    )
+    for fmt in ("jsonl", "gz"):  # the quarter-size inputs, made here so that no measured process makes them
+        for family in ("qa_with_think", "agent"):
+            for f in _files(workdir, fmt, family, 1.0):
+                _head(f, 0.25, workdir)
+    results = []
+    for fmt in ("jsonl", "gz", "parquet"):
+        for who, fraction, subset in (
+            ("baseline", 1.0, "plain"),
+            ("ours", 1.0, "plain"),
+            ("ours", 1.0, "all"),
+            ("ours", 0.25, "all"),
+        ):
+            out = subprocess.run(
+                [sys.executable, __file__, "--workdir", str(workdir), "--one", fmt, who, str(fraction), subset],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"bench step {fmt} {who} {subset} failed: {out.stderr.strip().splitlines()[-1]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            left_out = info["parquet_left_out"] if fmt == "parquet" else []
+            if subset == "plain":
+                left_out = left_out + info["ndjson_left_out"] + info["parquet_left_out"]
+            nbytes = sum(b for name, b in info["bytes_by_name"].items() if name not in left_out)
+            mb = nbytes * fraction / 1e6
+            row["mb"] = round(mb, 1)
+            row["mb_per_s"] = round(mb / row["wall_s"], 1)
+            row["mb_per_cpu_s"] = round(mb / row["cpu_s"], 1)
+            row["records_per_s"] = round(row["records"] / row["wall_s"])
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    summary: dict = {
+        "jsonl_gb": round(info["jsonl_bytes"] / 1e9, 3),
+        "left_out_of_baseline": sorted(set(info["ndjson_left_out"] + info["parquet_left_out"])),
+        "left_out_of_parquet": info["parquet_left_out"],
+        "cores": os.cpu_count(),
+    }
+
+    def pick(fmt: str, who: str, subset: str, fraction: float = 1.0) -> dict:
+        return next(
+            r for r in results if (r["format"], r["who"], r["subset"], r["fraction"]) == (fmt, who, subset, fraction)
+        )
+
+    for fmt in ("jsonl", "gz", "parquet"):
+        base, same, whole, quarter = (
+            pick(fmt, "baseline", "plain"),
+            pick(fmt, "ours", "plain"),
+            pick(fmt, "ours", "all"),
+            pick(fmt, "ours", "all", 0.25),
+        )
+        summary[fmt] = {
+            "time_ratio_vs_baseline": round(same["wall_s"] / base["wall_s"], 2),
+            "ours_mb_per_s": whole["mb_per_s"],
+            "ours_mb_per_cpu_s": whole["mb_per_cpu_s"],
+            "ours_records_per_s": whole["records_per_s"],
+            "baseline_mb_per_s": base["mb_per_s"],
+            "ours_same_files_mb_per_s": same["mb_per_s"],
+            "ours_peak_rss_mb": whole["peak_rss_mb"],
+            "ours_peak_rss_mb_at_quarter": quarter["peak_rss_mb"],
+            "ours_time_s": whole["wall_s"],
+            "ours_time_s_at_quarter": quarter["wall_s"],
+            "baseline_peak_rss_mb": base["peak_rss_mb"],
+            "records": whole["records"],
+            "quarantined": whole["quarantined"],
+        }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""`mira inspect`: what ingest would make of some files, before they are registered. Reads only.
+
+Per file: the format, how many units were read, which layout matched how many (per prompt family when no
+group is given), a few normalised records, the quarantine reasons with counts, and for objects no layout
+matched, their keys and a suggested `fields:` mapping to paste into the registry.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mira_dagster.core.mapping import compile_mapping, suggest_mapping
+from mira_dagster.core.readers import SourceFileError, expand_files, iter_units, sniff
+from mira_dagster.core.records import Rejected, decode_line, to_fields
+
+FAMILIES = ("qa_with_think", "agent")  # "qa" reads exactly as qa_with_think
+
+
+@dataclass
+class FamilyResult:
+    records: int = 0
+    layouts: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # kind
+    first_reason: dict[str, str] = field(default_factory=dict)  # kind -> "line N: reason"
+    examples: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
+    unmatched_keys: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    first_unmatched: dict[str, Any] | None = None
+
+
+@dataclass
+class FileReport:
+    path: str
+    format: str = ""
+    units: int = 0
+    error: str | None = None
+    families: dict[str, FamilyResult] = field(default_factory=dict)
+
+    def best(self) -> tuple[str, FamilyResult] | None:
+        return max(self.families.items(), key=lambda kv: kv[1].records, default=None)
+
+
+def inspect_files(
+    patterns: Sequence[Path],
+    family: str | None = None,
+    mapping: dict[str, str] | None = None,
+    max_bytes: int = 4 * 1024 * 1024,
+    examples: int = 3,
+) -> list[FileReport]:
+    reports = []
+    for pattern in patterns:
+        try:
+            files = expand_files([Path(pattern).absolute()], "inspect")
+        except SourceFileError as exc:
+            reports.append(FileReport(str(pattern), error=str(exc).removeprefix("source 'inspect': ")))
+            continue
+        reports += [_inspect_file(f, family, mapping, max_bytes, examples) for f in files]
+    return reports
+
+
+def _inspect_file(
+    path: Path, family: str | None, mapping: dict[str, str] | None, max_bytes: int, examples: int
+) -> FileReport:
+    families = (family,) if family else FAMILIES
+    compiled = {f: compile_mapping(mapping, f) if mapping else None for f in families}
+    report = FileReport(str(path), families={f: FamilyResult() for f in families})
+    try:
+        kind, comp = sniff(path)
+        report.format = kind + (f", {comp}" if comp else "")
+        for units in iter_units(path, "inspect", max_bytes):
+            for unit in units:
+                report.units += 1
+                _inspect_unit(report, unit, compiled, max_bytes, examples)
+    except (SourceFileError, OSError) as exc:
+        report.error = str(exc).replace("source 'inspect': ", "")
+    return report
+
+
+def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_bytes: int, examples: int) -> None:
+    try:
+        if unit.error is not None:
+            raise Rejected("unreadable", unit.error)
+        obj = decode_line(unit.raw, max_bytes) if unit.raw is not None else unit.obj
+    except Rejected as rej:
+        for res in report.families.values():
+            _count_reason(res, rej, unit.position)
+        return
+    for fam, res in report.families.items():
+        try:
+            layout, fields = to_fields(obj, fam, compiled[fam])  # type: ignore[arg-type]
+        except Rejected as rej:
+            _count_reason(res, rej, unit.position)
+            if rej.kind == "no layout" and isinstance(obj, dict):
+                res.unmatched_keys[tuple(sorted(map(str, obj))[:12])] += 1
+                res.first_unmatched = res.first_unmatched or obj
+            continue
+        except Exception as exc:  # same rule as ingest: one object never stops the report
+            _count_reason(res, Rejected("error", f"{type(exc).__name__}: {exc}"), unit.position)
+            continue
+        res.records += 1
+        res.layouts[layout] += 1
+        if len(res.examples) < examples:
+            res.examples.append((unit.position, layout, fields))
+
+
+def _count_reason(res: FamilyResult, rej: Rejected, position: int) -> None:
+    res.reasons[rej.kind] += 1
+    res.first_reason.setdefault(rej.kind, f"#{position}: {str(rej)[:160]}")
+
+
+def _short(text: str, n: int = 90) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= n else f"{flat[: n - 1]}… ({len(text):,} chars)"
+
+
+def render_report(reports: list[FileReport], examples: int = 3) -> str:
+    out: list[str] = []
+    for rep in reports:
+        out.append(f"== {rep.path}" + (f"  ({rep.format})" if rep.format else "") + f"  {rep.units:,} read")
+        if rep.error:
+            out.append(f"   ERROR: {rep.error}")
+        best = rep.best()
+        if best is None:
+            continue
+        for fam, res in rep.families.items():
+            share = f" ({res.records / rep.units:.0%})" if rep.units else ""
+            layouts = ", ".join(f"{name} {n:,}" for name, n in res.layouts.most_common()) or "none"
+            out.append(f"   {fam}: {res.records:,} records{share}; layouts: {layouts}")
+        fam, res = best
+        quarantined = sum(res.reasons.values())
+        if quarantined:
+            out.append(f"   quarantined as {fam}: {quarantined:,}")
+            out += [f"     {kind}: {n:,}  (first: {res.first_reason[kind]})" for kind, n in res.reasons.most_common()]
+        for position, layout, fields in res.examples[:examples]:
+            out.append(f"   example #{position} [{layout}]")
+            out += [f"     {name}: {_short(text)}" for name, text in fields.items() if text]
+        if res.unmatched_keys:
+            out.append(f"   objects no {fam} layout matched, by keys:")
+            out += [f"     {list(keys)}: {n:,}" for keys, n in res.unmatched_keys.most_common(5)]
+            suggestion = suggest_mapping(res.first_unmatched or {}, fam)
+            if suggestion:
+                out.append("   a mapping to start from (registry, under the source; check every path):")
+                snippet = yaml.safe_dump({"fields": suggestion}, sort_keys=False, allow_unicode=True)
+                out += [f"     {line}" for line in snippet.splitlines()]
+    return "\n".join(out)

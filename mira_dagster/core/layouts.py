@@ -1,0 +1,561 @@
+"""Layouts: how one parsed JSON object maps onto the text fields of a prompt family, found without configuration.
+
+A layout takes an object (a JSONL line, a JSON-array element or a Parquet row) and returns the family's fields as
+raw text, or None when it does not apply. The caller normalises the text, checks the required fields and hashes
+them into the record id, so a layout's output for a given object must never change once released: the layouts
+marked (*) are the original ones and their output is pinned by `tests/fixtures/layouts/sample_golden.json`.
+
+QA families (`qa_with_think`, `qa`: question, thinking, answer), tried in this order:
+
+- `responses_rollout`: OpenAI Responses API rollouts as written by NVIDIA NeMo-Gym / NeMo-RL
+  (`responses_create_params.input` + `response.output` items: message, reasoning, function_call, ...).
+- `question_answer` (*): `question` + `answer` (GSM8K-style dumps), optional `thinking`.
+- `prompt_solution` (*): DeepSeek-R1 distill dumps: `prompt` ending in `<think>`, `solution` = thinking
+  `</think>` answer.
+- `instruction_response` (*): Marco-o1 CoT: `instruction` + `response` with `<Thought>`/`<Output>` or `<think>`.
+- `lean_cot_proof` (*): Kimina-Prover: `cot` (`<think>` + Lean) + `correct_proof`.
+- `lean_formal` (*): DeepSeek-Prover few-shot: `informal_prefix`, `formal_statement`, `formal_proof`.
+- `chat_messages` (*): OpenAI chat `messages`; content parts keyed `text` or `value`; thinking from reasoning
+  parts, DeepSeek `reasoning_content` / vLLM `reasoning` / `thinking` fields, else a `<think>` block.
+- `sharegpt`: ShareGPT / LLaMA-Factory / FastChat `conversations` (`from`/`value`), and lmsys-chat / WildChat
+  `conversation` (`role`/`content`).
+- `alpaca`: Stanford Alpaca `alpaca_data.json`: `instruction`, `input`, `output`.
+- `qa_fields`: anything else with a question and an answer under common names (MATH, NuminaMath, MetaMathQA,
+  math evaluation outputs...): see `_QUESTION_KEYS`, `_THINKING_KEYS`, `_ANSWER_KEYS`.
+
+Agent family (task, trajectory, outcome):
+
+- `responses_rollout`: as above; the trajectory renders every input and output item in order.
+- `agent_turns` (*): SWE-agent / SWE-smith trajectories and OpenHands outputs (`history`), chat `messages`.
+- `sharegpt`: ShareGPT-style tool conversations (`function_call`, `observation` turns).
+
+Every layout returns None (rather than fields with an empty required field) when it cannot fill the family's
+required fields, so a later layout gets its chance; no layout raises, and all run in time linear in the input
+(no backtracking regex over record text).
+
+Changes to the original layouts touch only objects they used to mis-read: content parts keyed `value` /
+`thinking` (read as empty before), reasoning parts and fields of chat messages (now thinking, not answer), roles
+`human` / `gpt`, and objects whose required fields came out empty (quarantined before, now offered to later
+layouts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mira_dagster.core.config import Family
+
+Fields = dict[str, str]
+Layout = Callable[[dict[str, Any]], Fields | None]
+
+_QA_REQUIRED = ("question", "answer")
+_AGENT_REQUIRED = ("trajectory",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text of JSON values
+
+
+def as_text(value: Any) -> str:
+    """Any JSON (or Parquet) value as text: answers may be numbers, booleans or lists and must not read as empty.
+
+    Floats keep `repr` ("42.0", "1e-05") so the text is what the source wrote, not a rounding of it."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return _int_text(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        if all(_is_scalar(v) for v in value):
+            return ", ".join(as_text(v) for v in value)
+        return _dumps(value)
+    if isinstance(value, dict):
+        return _dumps(value)
+    return _scalar_text(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, list | tuple | dict)
+
+
+def _int_text(value: int) -> str:
+    try:
+        return str(value)
+    except ValueError:  # over Python's int-to-str digit limit: hex is exact and has no limit
+        return hex(value)
+
+
+def _scalar_text(value: Any) -> str:
+    """Parquet-only scalars: bytes, timestamps, decimals."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    try:
+        return str(value)
+    except Exception:  # an arbitrary object's __str__: rendering must not stop a read
+        return ""
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=_scalar_text)
+    except (TypeError, ValueError, RecursionError):  # non-string keys, pathological nesting
+        return ""
+
+
+def _str(v: Any) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def _blank(text: str) -> bool:
+    # `not text.strip()` without copying the text: isspace stops at the first visible character
+    return not text or text.isspace()
+
+
+def _find_after(text: str, tag: str, start: int = 0) -> int:
+    """Index just past the first `tag` at or after `start`, or -1."""
+    i = text.find(tag, start)
+    return -1 if i < 0 else i + len(tag)
+
+
+def _until_tag_or_end(text: str, start: int, closing: str) -> str:
+    """What `<tag>(.*?)(?:</tag>|$)` captures from `start`: up to the closing tag, else to the end (before a final
+    newline, as `$` matches there). Written with `find`, since the regex is quadratic when the tag repeats."""
+    end = text.find(closing, start)
+    if end < 0:
+        end = len(text) - 1 if text.endswith("\n") else len(text)
+    return text[start:end]
+
+
+def _split_think(text: str) -> tuple[str, str]:
+    """(thinking, answer) of a reply that may open with a `<think>...</think>` block; no closing tag: all answer."""
+    thinking, sep, answer = text.partition("</think>")
+    if not sep:
+        return "", text
+    return thinking.replace("<think>", ""), answer
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat turns (OpenAI messages, ShareGPT conversations)
+
+# Part keys holding text: OpenAI `text`; several chat exporters `value`; Anthropic `thinking`; others `reasoning`.
+_PART_TEXT_KEYS = ("text", "value", "thinking", "reasoning")
+_REASONING_PART_TYPES = frozenset({"reasoning", "thinking", "reasoning_text", "reasoning_content"})
+# Message-level reasoning: DeepSeek API `reasoning_content`, vLLM / OpenRouter `reasoning`, others `thinking`.
+_REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+_ROLE_ALIASES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant"}
+
+
+def _part_text(part: Any) -> str:
+    if not isinstance(part, dict):
+        return _str(part)
+    for key in _PART_TEXT_KEYS:
+        value = part.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):  # Mistral thinking chunks nest one list of text parts
+            return "\n".join(_str(v.get("text")) if isinstance(v, dict) else _str(v) for v in value)
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    """Chat content as text: a string, or a list of content parts (each part's text, one per line)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(_part_text(p) for p in content)
+    return ""
+
+
+def _is_reasoning_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") in _REASONING_PART_TYPES
+
+
+def _role(turn: dict[str, Any]) -> str:
+    role = _str(turn.get("role")) or _str(turn.get("from"))
+    return _ROLE_ALIASES.get(role, role)
+
+
+def _body(turn: dict[str, Any]) -> Any:
+    content = turn.get("content")
+    return turn.get("value") if content is None else content
+
+
+def _reply(message: dict[str, Any]) -> tuple[str, str]:
+    """(thinking, answer) of an assistant turn: reasoning fields and parts, else the `<think>` block of its text."""
+    content = _body(message)
+    reasoning = [_content_text(message.get(key)) for key in _REASONING_FIELDS]
+    if isinstance(content, list):
+        reasoning += [_part_text(p) for p in content if _is_reasoning_part(p)]
+        content = [p for p in content if not _is_reasoning_part(p)]
+    thinking = "\n\n".join(r for r in reasoning if not _blank(r))
+    text = _content_text(content)
+    return (thinking, text) if thinking else _split_think(text)
+
+
+def _qa_from_turns(turns: Any) -> Fields | None:
+    # The first user turn asks; the last assistant turn with a non-empty reply answers.
+    if not isinstance(turns, list):
+        return None
+    msgs = [t for t in turns if isinstance(t, dict)]
+    user = next((m for m in msgs if _role(m) == "user"), None)
+    replies = (_reply(m) for m in reversed(msgs) if _role(m) == "assistant")
+    reply = next((r for r in replies if not _blank(r[1])), None)
+    if user is None or reply is None:
+        return None
+    return {"question": _content_text(_body(user)), "thinking": reply[0], "answer": reply[1]}
+
+
+def _render(turns: Iterable[tuple[str, str]]) -> str:
+    return "\n\n".join(f"### {role}\n{text}" for role, text in turns if text)
+
+
+def _conversation(d: dict[str, Any]) -> Any:
+    turns = d.get("conversations")
+    return turns if isinstance(turns, list) else d.get("conversation")
+
+
+# ---------------------------------------------------------------------------------------------
+# QA layouts kept from the first release (*): their output is pinned by record ids in users' caches.
+
+
+def _qa_generic(d: dict[str, Any]) -> Fields | None:
+    if "question" in d and "answer" in d:
+        return {"question": _str(d["question"]), "thinking": _str(d.get("thinking")), "answer": _str(d["answer"])}
+    return None
+
+
+def _prompt_solution(d: dict[str, Any]) -> Fields | None:
+    # DeepSeek-R1 distill dumps: prompt ends with "<think>\n"; solution = thinking + "</think>" + answer.
+    if "prompt" not in d or "solution" not in d:
+        return None
+    prompt = _str(d["prompt"])
+    head = prompt.rstrip()  # what `re.sub(r"<think>\s*$", "", prompt)` did, without scanning for the tag
+    question = head[: -len("<think>")] if head.endswith("<think>") else prompt
+    thinking, sep, answer = _str(d["solution"]).partition("</think>")
+    if not sep:
+        thinking, answer = "", thinking
+    return {"question": question, "thinking": thinking, "answer": answer}
+
+
+def _instruction_response(d: dict[str, Any]) -> Fields | None:
+    # Marco-o1 style: <Thought>...</Thought><Output>...</Output>, or <think>...</think> answer.
+    if "instruction" not in d or "response" not in d or not isinstance(d["response"], str):
+        return None
+    resp, question = d["response"], _str(d["instruction"])
+    start = _find_after(resp, "<Thought>")
+    end = resp.find("</Thought>", start) if start >= 0 else -1
+    if end >= 0:
+        out = _find_after(resp, "<Output>")  # searched from the start, as before: <Output> may precede the thought
+        answer = _until_tag_or_end(resp, out, "</Output>") if out >= 0 else resp[end + len("</Thought>") :]
+        return {"question": question, "thinking": resp[start:end], "answer": answer}
+    thinking, answer = _split_think(resp)
+    return {"question": question, "thinking": thinking, "answer": answer}
+
+
+def _theorem_statement(proof: str) -> str | None:
+    """What `(theorem\\s.*?:=)` matched: the first `theorem` + whitespace, through the next `:=`."""
+    i = proof.find("theorem")
+    while i >= 0 and not proof[i + 7 : i + 8].isspace():  # str.isspace is re's \s for str patterns
+        i = proof.find("theorem", i + 1)
+    end = proof.find(":=", i + 8) if i >= 0 else -1
+    return proof[i : end + 2] if end >= 0 else None
+
+
+def _lean_cot_proof(d: dict[str, Any]) -> Fields | None:
+    # Kimina-Prover: `cot` = <think>...</think> + Lean, `correct_proof` = the verified Lean file.
+    if "cot" not in d or "correct_proof" not in d:
+        return None
+    proof, cot = _str(d["correct_proof"]), _str(d["cot"])
+    stmt = _theorem_statement(proof)
+    start = _find_after(cot, "<think>")
+    thinking = _until_tag_or_end(cot, start, "</think>") if start >= 0 else ""
+    question = f"Prove in Lean 4: {stmt}" if stmt else f"Prove in Lean 4: {_str(d.get('name'))}"
+    return {"question": question, "thinking": thinking, "answer": proof}
+
+
+def _lean_formal(d: dict[str, Any]) -> Fields | None:
+    # DeepSeek-Prover few-shot: informal statement as a Lean comment, formal statement, tactic proof.
+    if "formal_statement" not in d or "formal_proof" not in d:
+        return None
+    question = _str(d.get("informal_prefix")) + _str(d["formal_statement"])
+    return {"question": question, "thinking": "", "answer": _str(d["formal_statement"]) + _str(d["formal_proof"])}
+
+
+def _chat_qa(d: dict[str, Any]) -> Fields | None:
+    return _qa_from_turns(d.get("messages"))
+
+
+# ---------------------------------------------------------------------------------------------
+# New QA layouts
+
+
+def _sharegpt_qa(d: dict[str, Any]) -> Fields | None:
+    return _qa_from_turns(_conversation(d))
+
+
+def _alpaca(d: dict[str, Any]) -> Fields | None:
+    # Alpaca joins instruction and input with a blank line; an empty input is just absent.
+    if "instruction" not in d or "output" not in d:
+        return None
+    instruction, extra = as_text(d["instruction"]), as_text(d.get("input"))
+    thinking, answer = _split_think(as_text(d["output"]))
+    question = f"{instruction}\n\n{extra}" if not _blank(extra) else instruction
+    return {"question": question, "thinking": thinking, "answer": answer}
+
+
+# Aliases in order of preference. Questions: "input" last, as Alpaca-like data uses it for context.
+_QUESTION_KEYS = (
+    *("question", "problem", "prompt", "query", "instruction", "user_prompt", "input"),
+    *("Question", "Problem", "Prompt", "Query", "Instruction", "Input"),
+)
+# Reasoning: a worked solution or a model's full generation next to a (short) answer.
+_THINKING_KEYS = (
+    *("reasoning_content", "reasoning", "thinking", "thought", "thoughts", "rationale", "cot", "chain_of_thought"),
+    *("solution", "worked_solution", "generation", "model_output", "explanation", "deepseek_reasoning"),
+    *("Reasoning", "Rationale", "Solution", "Explanation"),
+)
+# Answers may be numbers, booleans or lists (math evaluation outputs, labels).
+_ANSWER_KEYS = (
+    *("answer", "final_answer", "output", "response", "completion", "target", "expected_answer", "ground_truth"),
+    *("correct_answer", "reference_answer", "gold", "gt", "label"),
+    *("Answer", "Final Answer", "Output", "Response", "Target", "Correct Answer"),
+)
+
+
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and _role(m) for m in value)
+
+
+def _field_text(value: Any, role: str, render: Callable[[Any], str]) -> str:
+    """A field's text; a list of chat turns (TRL conversational prompt/completion) gives its last `role` turn."""
+    if _is_chat(value):
+        return next((t for m in reversed(value) if _role(m) == role and not _blank(t := _content_text(_body(m)))), "")
+    return render(value)
+
+
+def _prose(value: Any) -> str:
+    # Questions and reasoning are prose: a flag or a number under such a key is not one.
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    return _str(value)
+
+
+def _first(d: dict[str, Any], keys: tuple[str, ...], role: str, render: Callable[[Any], str]) -> str:
+    texts = (_field_text(d[k], role, render) for k in keys if k in d)
+    return next((t for t in texts if not _blank(t)), "")
+
+
+def _qa_fields(d: dict[str, Any]) -> Fields | None:
+    question = _first(d, _QUESTION_KEYS, "user", _prose)
+    thinking = _first(d, _THINKING_KEYS, "assistant", _prose)
+    answer = _first(d, _ANSWER_KEYS, "assistant", as_text)
+    if _blank(answer):  # MATH-style: the worked solution is the answer
+        thinking, answer = "", thinking
+    if _blank(thinking):
+        thinking, answer = _split_think(answer)
+    return {"question": question, "thinking": thinking, "answer": answer}
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI Responses API rollouts (NeMo-Gym / NeMo-RL)
+
+
+def _rollout_items(d: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """(instructions, input items, output items), or None when `d` is not a rollout."""
+    params, response = d.get("responses_create_params"), d.get("response")
+    if not isinstance(params, dict) or not isinstance(response, dict) or not isinstance(response.get("output"), list):
+        return None
+    raw = params.get("input")
+    inputs = [{"type": "message", "role": "user", "content": raw}] if isinstance(raw, str) else raw
+    inputs = [i for i in inputs if isinstance(i, dict)] if isinstance(inputs, list) else []
+    outputs = [i for i in response["output"] if isinstance(i, dict)]
+    return _str(params.get("instructions")), inputs, outputs
+
+
+def _item_type(item: dict[str, Any]) -> str:
+    # Input messages may omit `type` (EasyInputMessage).
+    return _str(item.get("type")) or ("message" if "role" in item else "")
+
+
+def _joined(value: Any) -> str:
+    if isinstance(value, list):
+        return "\n\n".join(t for t in map(_part_text, value) if not _blank(t))
+    return _str(value)
+
+
+def _reasoning_text(item: dict[str, Any]) -> str:
+    # The API returns summaries; open models served through it also return the raw reasoning as `content`.
+    return next((t for t in (_joined(item.get("summary")), _joined(item.get("content"))) if not _blank(t)), "")
+
+
+def _message_texts(items: list[dict[str, Any]], role: str) -> list[str]:
+    texts = (_content_text(i.get("content")) for i in items if _item_type(i) == "message" and i.get("role") == role)
+    return [t for t in texts if not _blank(t)]
+
+
+def _responses_qa(d: dict[str, Any]) -> Fields | None:
+    rollout = _rollout_items(d)
+    if rollout is None:
+        return None
+    _, inputs, outputs = rollout
+    questions, answers = _message_texts(inputs, "user"), _message_texts(outputs, "assistant")
+    thinking = "\n\n".join(t for i in outputs if _item_type(i) == "reasoning" and not _blank(t := _reasoning_text(i)))
+    answer = answers[-1] if answers else _str(d["response"].get("output_text"))
+    if _blank(thinking):
+        thinking, answer = _split_think(answer)
+    return {"question": questions[-1] if questions else "", "thinking": thinking, "answer": answer}
+
+
+def _item_turn(item: dict[str, Any]) -> tuple[str, str]:
+    kind = _item_type(item)
+    if kind == "message":
+        return _str(item.get("role")) or kind, _content_text(item.get("content"))
+    if kind == "reasoning":
+        return kind, _reasoning_text(item)
+    if kind.endswith("_call"):  # function_call, custom_tool_call, computer_call, ...
+        args = next((item[k] for k in ("arguments", "input", "action") if k in item), "")
+        return kind, f"{as_text(item.get('name'))}({as_text(args)})"
+    if kind.endswith("_call_output"):
+        output = item.get("output")
+        return kind, _content_text(output) if isinstance(output, list) else as_text(output)
+    return kind, ""  # other items (web search, images) carry no text worth scoring
+
+
+def _responses_agent(d: dict[str, Any]) -> Fields | None:
+    rollout = _rollout_items(d)
+    if rollout is None:
+        return None
+    instructions, inputs, outputs = rollout
+    turns = [("system", instructions)] + [_item_turn(i) for i in inputs + outputs]
+    tasks, outcomes = _message_texts(inputs, "user"), _message_texts(outputs, "assistant")
+    return {
+        "task": tasks[0] if tasks else "",
+        "trajectory": _render(turns),
+        "outcome": outcomes[-1] if outcomes else "",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent layouts
+
+
+def _turn_text(turn: dict[str, Any]) -> tuple[str, str]:
+    # (*) SWE-agent / OpenHands turns: role or source, content or message, plus thought, command, code, action.
+    role = _str(turn.get("role")) or _str(turn.get("source"))
+    if not role:
+        role = "observation" if "observation" in turn else "action" if "action" in turn else "event"
+    parts = [_content_text(turn.get("content")) or _str(turn.get("message"))]
+    thought = _str(turn.get("thought"))
+    if thought and thought not in parts[0]:
+        parts.insert(0, thought)
+    for key in ("command", "code"):
+        if _str(turn.get(key)) and _str(turn.get(key)) not in parts[-1]:
+            parts.append(f"[{key}] {turn[key]}")
+    action = turn.get("action")
+    if isinstance(action, str) and action and role in ("assistant", "agent") and action not in "\n".join(parts):
+        parts.append(f"[action] {action}")
+    return role, "\n".join(p for p in parts if p)
+
+
+def _agent_turns(d: dict[str, Any]) -> Fields | None:
+    # (*) The outcome is the final patch (OpenHands) or submission (SWE-agent).
+    turns = d.get("messages") if isinstance(d.get("messages"), list) else d.get("history")
+    if not isinstance(turns, list) or not turns:
+        return None
+    rendered = [_turn_text(t) for t in turns if isinstance(t, dict)]
+    trajectory = _render(rendered)
+    task = _str(d.get("instruction")) or next((text for role, text in rendered if role == "user"), "")
+    test_result = d.get("test_result") if isinstance(d.get("test_result"), dict) else {}
+    info = d.get("info") if isinstance(d.get("info"), dict) else {}
+    outcome = _str(d.get("git_patch")) or _str(test_result.get("git_patch")) or _str(info.get("submission"))
+    return {"task": task, "trajectory": trajectory, "outcome": outcome}
+
+
+def _sharegpt_agent(d: dict[str, Any]) -> Fields | None:
+    turns = _conversation(d)
+    if not isinstance(turns, list):
+        return None
+    msgs = [t for t in turns if isinstance(t, dict)]
+    rendered = [("system", _str(d.get("system")))]
+    rendered += [(_str(m.get("from")) or _str(m.get("role")), _content_text(_body(m))) for m in msgs]
+    said = [(_role(m), _content_text(_body(m))) for m in msgs]
+    task = next((text for role, text in said if role == "user" and not _blank(text)), "")
+    outcome = next((text for role, text in reversed(said) if role == "assistant" and not _blank(text)), "")
+    return {"task": task, "trajectory": _render(rendered), "outcome": outcome}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _requiring(required: tuple[str, ...], layout: Layout) -> Layout:
+    """The layout, returning None instead of fields with an empty required field so the next layout can try."""
+
+    def checked(d: dict[str, Any]) -> Fields | None:
+        fields = layout(d)
+        return fields if fields is not None and not any(_blank(fields[k]) for k in required) else None
+
+    checked.__name__ = checked.__qualname__ = layout.__name__
+    checked.__doc__ = layout.__doc__
+    return checked
+
+
+_QA_LAYOUTS: list[tuple[str, Layout]] = [
+    ("responses_rollout", _responses_qa),
+    ("question_answer", _qa_generic),
+    ("prompt_solution", _prompt_solution),
+    ("instruction_response", _instruction_response),
+    ("lean_cot_proof", _lean_cot_proof),
+    ("lean_formal", _lean_formal),
+    ("chat_messages", _chat_qa),
+    ("sharegpt", _sharegpt_qa),
+    ("alpaca", _alpaca),
+    ("qa_fields", _qa_fields),
+]
+_AGENT_LAYOUTS: list[tuple[str, Layout]] = [
+    ("responses_rollout", _responses_agent),
+    ("agent_turns", _agent_turns),
+    ("sharegpt", _sharegpt_agent),
+]
+
+LAYOUTS: dict[Family, list[tuple[str, Layout]]] = {
+    "qa_with_think": [(name, _requiring(_QA_REQUIRED, layout)) for name, layout in _QA_LAYOUTS],
+    "agent": [(name, _requiring(_AGENT_REQUIRED, layout)) for name, layout in _AGENT_LAYOUTS],
+}
+LAYOUTS["qa"] = LAYOUTS["qa_with_think"]
+
+
+_RAW_LAYOUTS: dict[Family, list[tuple[str, Layout]]] = {
+    "qa_with_think": _QA_LAYOUTS,
+    "qa": _QA_LAYOUTS,
+    "agent": _AGENT_LAYOUTS,
+}
+_REQUIRED: dict[Family, tuple[str, ...]] = {"qa_with_think": _QA_REQUIRED, "qa": _QA_REQUIRED, "agent": _AGENT_REQUIRED}
+
+
+def match(obj: dict[str, Any], family: Family) -> tuple[str, Fields] | None:
+    """The first layout of the family that fills its required fields: (layout name, raw fields). When none does but
+    one recognised the object's shape (its keys were there, a required field was blank), that one, so the caller
+    can say which field is empty rather than "no layout"; None when no layout recognised the object at all."""
+    if not isinstance(obj, dict):
+        return None
+    partial: tuple[str, Fields] | None = None
+    for name, layout in _RAW_LAYOUTS[family]:
+        fields = layout(obj)
+        if fields is None:
+            continue
+        blank = [_blank(fields.get(k, "")) for k in _REQUIRED[family]]
+        if not any(blank):
+            return name, fields
+        if not all(blank):  # some required text was found: this layout knew the shape
+            partial = partial or (name, fields)
+    return partial

@@ -1,0 +1,272 @@
+"""Reading source files as a stream of units (a JSONL line, a JSON-array element, a Parquet row), in batches.
+
+Accepted, whatever the producer named them (compression and Parquet are recognised by their magic bytes, so a
+misnamed file still reads):
+- JSON Lines (`.jsonl`, `.ndjson`, or any other name), plain or compressed with gzip, zstd, bzip2 or xz;
+- JSON (`.json`, compressed too): an array of objects, streamed element by element, or one document;
+- Parquet: one file, a glob, or a folder of shards as dataset hubs and Spark write them.
+
+A `files:` entry is a path, a glob (`data/*.jsonl.gz`, `**` for subfolders) or a folder (every supported file
+inside, recursively, skipping hidden `.x` / `_x` entries such as `_SUCCESS`). A path that exists is taken
+literally, so paths with `[`, `*` or `?` in their names work.
+
+Memory stays bounded by the batch: lines are read with a size cap (a longer line is skipped to its end without
+being held), JSON arrays through ijson, Parquet by record batches. Errors in a unit are the caller's to
+quarantine; what makes a whole file unusable (missing, unreadable, a corrupt Parquet file, changed while read)
+raises SourceFileError naming the file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import io
+import json
+import lzma
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import ijson
+import pyarrow.parquet as pq
+import zstandard
+
+Kind = Literal["jsonl", "json", "parquet"]
+
+# name endings we recognise, longest first where one is the end of another
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd", ".bz2", ".xz")
+_MAGIC = {
+    b"\x1f\x8b": "gz",
+    b"\x28\xb5\x2f\xfd": "zst",
+    b"BZh": "bz2",
+    b"\xfd7zXZ\x00": "xz",
+}
+_PARQUET_MAGIC = b"PAR1"
+_GLOB_CHARS = set("*?[")
+
+
+class SourceFileError(OSError):
+    """A source file that cannot be read as a whole: the message names the source and the file."""
+
+
+@dataclass(slots=True)
+class Unit:
+    """One thing read from a file: a raw JSONL line still to decode, or an already decoded value."""
+
+    position: int  # 1-based line (JSONL), element (JSON array) or row (Parquet) in its file
+    raw: bytes | None = None
+    obj: Any = None
+    error: str | None = None  # the unit could not be read at all (the broken tail of a JSON array)
+
+
+def split_name(name: str) -> tuple[str, str | None, str | None]:
+    """(stem, data suffix, compression suffix) of a file name: `a.jsonl.gz` -> ('a', '.jsonl', '.gz')."""
+    lower = name.lower()
+    comp = next((c for c in COMPRESSION_SUFFIXES if lower.endswith(c)), None)
+    if comp:
+        lower, name = lower[: -len(comp)], name[: -len(comp)]
+    data = next((d for d in DATA_SUFFIXES if lower.endswith(d)), None)
+    if data:
+        name = name[: -len(data)]
+    return name, data, comp
+
+
+def is_supported(path: Path) -> bool:
+    """A file whose name says it is one of the accepted formats."""
+    _, data, comp = split_name(path.name)
+    return data is not None and not (data == ".parquet" and comp)
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
+
+
+def expand_files(patterns: Sequence[Path], source: str) -> list[Path]:
+    """The files a source's `files:` entries stand for, in a stable order; raises SourceFileError for an entry that
+    stands for nothing (missing file, glob with no match, folder without a supported file) or is not a file."""
+    out: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and is_supported(f) and not _hidden(f, path))
+            if not found:
+                raise SourceFileError(
+                    f"source {source!r}: folder {path} holds no supported file ({', '.join(DATA_SUFFIXES)}, "
+                    f"compressed with {', '.join(COMPRESSION_SUFFIXES)})"
+                )
+            out.extend(found)
+        elif path.exists() or path.is_symlink():
+            if not path.is_file():
+                raise SourceFileError(f"source {source!r}: {path} is not a regular file")
+            out.append(path)
+        elif _GLOB_CHARS & set(str(path)):
+            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not found:
+                raise SourceFileError(f"source {source!r}: no file matches {path}")
+            out.extend(found)
+        else:
+            raise SourceFileError(f"source {source!r}: file not found: {path}")
+    return list(dict.fromkeys(out))  # a file named twice (a path and a glob) is read once
+
+
+def sniff(path: Path) -> tuple[Kind, str | None]:
+    """(kind, compression) from the first bytes, falling back on the name for JSON vs JSONL."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet", None
+    comp = next((c for magic, c in _MAGIC.items() if head.startswith(magic)), None)
+    _, data, _ = split_name(path.name)
+    if data == ".json":
+        # many hubs name JSON Lines `.json`: a first line that is a whole object, with more after it, says so
+        return ("jsonl" if _looks_like_jsonl(path, comp) else "json"), comp
+    if data in (".jsonl", ".ndjson"):
+        return "jsonl", comp
+    return ("json" if _first_char(path, comp) == b"[" else "jsonl"), comp
+
+
+def _open(path: Path, comp: str | None) -> IO[bytes]:
+    """The file's decompressed bytes as a buffered binary stream."""
+    if comp == "gz":
+        return gzip.open(path, "rb")
+    if comp == "zst":
+        raw = path.open("rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
+    if comp == "bz2":
+        return bz2.open(path, "rb")
+    if comp == "xz":
+        return lzma.open(path, "rb")
+    return path.open("rb", buffering=1 << 20)
+
+
+def _first_char(path: Path, comp: str | None) -> bytes:
+    with _open(path, comp) as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1]
+
+
+def _looks_like_jsonl(path: Path, comp: str | None) -> bool:
+    with _open(path, comp) as fh:
+        first = fh.readline(1 << 24).lstrip(b"\xef\xbb\xbf \t")
+        if not first.startswith(b"{"):
+            return False
+        try:
+            json.loads(first)
+        except ValueError:
+            return False
+        return bool(fh.read(4096).strip())
+
+
+def _file_version(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells two versions of a file apart without reading it: inode, size, modification time."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def iter_units(path: Path, source: str, max_bytes: int, batch_size: int = 1024) -> Iterator[list[Unit]]:
+    """Every unit of one file, in batches. Raises SourceFileError if the file cannot be read, or was replaced or
+    changed while being read (what was read would then match no version of it)."""
+    try:
+        before = _file_version(path.stat())
+        kind, comp = sniff(path)
+        reader = {"jsonl": _jsonl_units, "json": _json_units, "parquet": _parquet_units}[kind]
+        batch: list[Unit] = []
+        for unit in reader(path, comp, max_bytes):
+            batch.append(unit)
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        after = _file_version(path.stat())
+    except SourceFileError:
+        raise
+    except (OSError, EOFError, zstandard.ZstdError, ValueError) as exc:
+        # a truncated archive or a corrupt Parquet file: the file as a whole is unreadable
+        raise SourceFileError(f"source {source!r}: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    if before != after:
+        raise SourceFileError(
+            f"source {source!r}: {path} was replaced or changed while being read; nothing was written, run the "
+            "partition again once the file is complete"
+        )
+
+
+def _jsonl_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]:
+    with _open(path, comp) as fh:
+        for lineno, raw in enumerate(_capped_lines(fh, max_bytes), 1):
+            yield Unit(lineno, raw=raw)
+
+
+# A line longer than the cap is cut to this marker plus its first bytes, so the caller can quarantine it
+# without it ever being held whole in memory.
+OVERSIZED = b"\x00oversized:"
+
+
+def _capped_lines(fh: IO[bytes], max_bytes: int) -> Iterator[bytes]:
+    """Lines without their end-of-line bytes; a line over max_bytes comes back as OVERSIZED + its size + a head."""
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            size = len(line)
+            head = line[:200]
+            while line and not line.endswith(b"\n"):  # skip to the end of the line, a chunk at a time
+                line = fh.readline(1 << 20)
+                size += len(line)
+            yield OVERSIZED + str(size - line.endswith(b"\n")).encode() + b":" + head
+            continue
+        yield line.rstrip(b"\r\n")
+
+
+def _json_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]:
+    """A JSON array, element by element (ijson, so the file is never held whole), or a single document."""
+    first = _first_char(path, comp)
+    if not first:
+        return  # an empty file: no unit (reported as an empty file by the caller)
+    array = first == b"["
+    position = 0
+    with _open(path, comp) as fh:
+        if fh.peek(3)[:3] == b"\xef\xbb\xbf":  # a byte-order mark, which ijson does not skip
+            fh.read(3)
+        try:
+            for value in ijson.items(fh, "item" if array else "", use_float=True):
+                position += 1
+                yield Unit(position, obj=value)
+        except ijson.JSONError as exc:
+            what = f"after element {position}" if array else "in the document"
+            yield Unit(position + 1, error=f"invalid JSON {what}, the rest of the file is unreadable: {exc}"[:500])
+
+
+def _parquet_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]:
+    """Parquet rows as dicts, one record batch at a time."""
+    pf = pq.ParquetFile(path)
+    position = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            position += 1
+            yield Unit(position, obj=row)
+
+
+def count_units(path: Path) -> int:
+    """Units in a file, counted independently of iter_units (for the reconciliation check): newline-separated
+    lines, JSON-array elements (plus one for an unreadable tail), or Parquet rows from the footer."""
+    kind, comp = sniff(path)
+    if kind == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    if kind == "json":
+        return sum(1 for _ in _json_units(path, comp, 0))
+    lines, last = 0, b""
+    with _open(path, comp) as fh:
+        while chunk := fh.read(1 << 22):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (1 if last and last != b"\n" else 0)
+
+
+def file_versions(files: Sequence[Path]) -> list[str]:
+    """Path and (inode, size, mtime) of each file: what the input fingerprint is made of."""
+    return [f"{path}:{_file_version(path.stat()) if path.exists() else 'missing'}" for path in files]

@@ -1,0 +1,107 @@
+"""A scorer endpoint that is down: every request ends `request_error` quickly, with a safe, telling error text."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from mira_dagster.core import llm_client
+from mira_dagster.core.llm_client import Endpoint, OpenAIBackend, probe, safe_error
+from mira_dagster.core.store import ParquetReplyCache
+from tests.core.test_scoring import _setup, run
+from tests.loopback import ChatServer, Reply, serve
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: bind a socket to a free port, then close it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_closed_port_fails_every_record_in_seconds_with_default_retries(tmp_path: Path) -> None:
+    spec, _, jobs = _setup()
+    backend = OpenAIBackend(Endpoint((closed_port_url(),), "sk-closed-secret", spec.model))  # max_retries 3
+    started = time.monotonic()
+    outcomes, stats = run(jobs[:50], spec, backend, ParquetReplyCache(tmp_path))
+    elapsed = time.monotonic() - started
+    assert [o.result.status for o in outcomes] == ["request_error"] * 50
+    assert stats.failed == 50 == stats.sent
+    assert backend.stats.http_attempts == 50 * 4  # the client's own retries, each refused at once
+    assert elapsed < 30, elapsed  # backoff 0.5 + 1 + 2 s, all records at once: seconds, not hours
+    issue = outcomes[0].result.issues[0]
+    assert issue.startswith("APIConnectionError: Connection error.") and "ConnectError" in issue
+    assert "sk-closed-secret" not in issue
+
+
+def test_breaker_stops_sending_once_every_endpoint_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one request at a time against a closed port (refused in a millisecond, no retries)
+    spec, _, jobs = _setup()
+    url = closed_port_url()
+    backend = OpenAIBackend(Endpoint((url,), "k-secret", spec.model), max_retries=0, max_in_flight=1)
+    outcomes, stats = run(jobs[:40], spec, backend, ParquetReplyCache(tmp_path / "a"), max_in_flight=1)
+    assert backend.stats.not_sent == 0 and stats.sent == 40  # failing for less than DOWN_AFTER_S: all sent
+    # once no endpoint has answered for DOWN_AFTER_S, the records not yet sent fail at once
+    monkeypatch.setattr(llm_client, "DOWN_AFTER_S", 0.0)
+    backend = OpenAIBackend(Endpoint((url,), "k-secret", spec.model), max_retries=0, max_in_flight=1)
+    outcomes, stats = run(jobs[:40], spec, backend, ParquetReplyCache(tmp_path / "b"), max_in_flight=1)
+    assert [o.result.status for o in outcomes] == ["request_error"] * 40
+    not_sent = [o for o in outcomes if "[not sent: no endpoint answered" in o.result.issues[0]]
+    assert len(not_sent) == backend.stats.not_sent == 39
+    assert stats.sent == 1 == backend.stats.requests  # only requests that went out count as sent
+    assert not_sent[0].result.issues[0].startswith("APIConnectionError: Connection error.")
+
+
+def test_breaker_stays_closed_while_an_endpoint_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llm_client, "DOWN_AFTER_S", 0.0)
+    spec, _, jobs = _setup()
+    server = ChatServer(latency_s=0.01)
+    with serve(server) as url:
+        backend = OpenAIBackend(Endpoint((closed_port_url(), url), "k", spec.model), max_retries=0, max_in_flight=2)
+        outcomes, _ = run(jobs[:20], spec, backend, ParquetReplyCache(tmp_path))
+    assert [o.result.status for o in outcomes] == ["ok"] * 20
+    assert backend.stats.not_sent == 0
+
+
+def test_status_errors_keep_their_text_and_keep_the_breaker_closed(tmp_path: Path) -> None:
+    spec, _, jobs = _setup()
+    server = ChatServer(responder=lambda body, n: Reply(404, {"error": {"message": "model m does not exist"}}))
+    with serve(server) as url:
+        backend = OpenAIBackend(Endpoint((url,), "k", "m"), max_retries=3)
+        outcomes, _ = run(jobs[:3], spec, backend, ParquetReplyCache(tmp_path))
+    assert server.chat_requests == 3  # 404 is not retried
+    assert outcomes[0].result.issues[0].startswith("NotFoundError: Error code: 404")
+    assert "model m does not exist" in outcomes[0].result.issues[0]
+    assert backend.down_for() is None
+
+
+def test_safe_error_redacts_urls_and_removes_the_key() -> None:
+    try:
+        try:
+            raise ValueError("refused by http://user:pw@host:8000/v1?key=abc with sk-abcdef")
+        except ValueError as inner:
+            raise openai.APIConnectionError(message="Connection error.", request=None) from inner  # type: ignore[arg-type]
+    except openai.APIConnectionError as exc:
+        text = safe_error(exc, ("sk-abcdef",))
+    assert text == "APIConnectionError: Connection error. (ValueError: refused by http://host:8000/v1 with ***)"
+    assert safe_error(ValueError("EMPTY key"), ("EMPTY",)) == "ValueError: EMPTY key"  # vLLM's placeholder
+
+
+def test_probe_of_a_closed_port_says_unreachable() -> None:
+    started = time.monotonic()
+    info = probe(closed_port_url(), "k")
+    assert not info.reachable and info.max_model_len is None
+    assert time.monotonic() - started < 5
+
+
+def test_connect_timeout_is_short_whatever_the_request_timeout() -> None:
+    backend = OpenAIBackend(Endpoint(("http://127.0.0.1:1/v1",), "k", "m"), timeout_s=120)
+    timeout = backend._targets[0].client.timeout
+    assert timeout.connect == llm_client.CONNECT_TIMEOUT_S and timeout.read == 120
+    asyncio.run(backend.aclose())

@@ -1,0 +1,76 @@
+"""Watched folders: every supported format becomes a source; symlinks, loops and odd entries never break loading
+and never let text from outside the folder in."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mira_dagster.core.config import load_config
+
+LINE = json.dumps({"question": "q?", "answer": "a"}) + "\n"
+
+
+def _registry(tmp_path: Path, folder: Path) -> Path:
+    cfg = tmp_path / "groups.yaml"
+    cfg.write_text(
+        json.dumps(
+            {
+                "groups": {"g": {"family": "qa", "student_model": "m"}},
+                "sources": {},
+                "watch": {"g": str(folder)},
+            }
+        )
+    )
+    return cfg
+
+
+def test_every_supported_format_is_a_source(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "Plain-One.jsonl").write_text(LINE)
+    (inbox / "zipped.jsonl.gz").write_bytes(gzip.compress(LINE.encode()))
+    (inbox / "array.json").write_text("[" + LINE + "]")
+    pq.write_table(pa.Table.from_pylist([json.loads(LINE)]), inbox / "table.parquet")
+    (inbox / "notes.txt").write_text("not data")  # another format: ignored, no word
+    (inbox / ".partial.jsonl").write_text(LINE)  # hidden (a download in progress): ignored
+    (inbox / "shards.parquet").mkdir()  # a folder: not a regular file
+    cfg = load_config(_registry(tmp_path, inbox))
+    assert sorted(cfg.sources) == ["array", "plain_one", "table", "zipped"]
+    assert any("shards.parquet" in r and "not a regular file" in r for r in cfg.rejected_files)
+
+
+def test_symlinks_out_of_the_folder_loops_and_dangling_links_are_skipped(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "good.jsonl").write_text(LINE)
+    os.symlink("/proc/self/environ", inbox / "secrets.jsonl")  # would put the environment into excerpts
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(LINE)
+    os.symlink(outside, inbox / "outside.jsonl")
+    os.symlink(inbox / "loop_b.jsonl", inbox / "loop_a.jsonl")
+    os.symlink(inbox / "loop_a.jsonl", inbox / "loop_b.jsonl")
+    os.symlink(tmp_path / "gone.jsonl", inbox / "dangling.jsonl")
+    os.symlink(inbox / "good.jsonl", inbox / "alias.jsonl")  # inside the folder: allowed
+    cfg = load_config(_registry(tmp_path, inbox))
+    assert sorted(cfg.sources) == ["alias", "good"]
+    rejected = "\n".join(cfg.rejected_files)
+    for name in ("secrets.jsonl", "outside.jsonl", "loop_a.jsonl", "loop_b.jsonl", "dangling.jsonl"):
+        assert name in rejected
+    assert "outside the watched folder" in rejected
+
+
+def test_definitions_load_with_a_looping_watched_folder(tmp_path: Path, monkeypatch) -> None:
+    """The code location must load whatever sits in a watched folder."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    os.symlink(inbox / "x.jsonl", inbox / "x.jsonl")  # a link to itself
+    cfg = _registry(tmp_path, inbox)
+    monkeypatch.setenv("MIRA_CONFIG", str(cfg))
+    loaded = load_config(cfg)
+    assert loaded.sources == {} and "x.jsonl" in loaded.rejected_files[0]

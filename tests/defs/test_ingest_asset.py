@@ -1,0 +1,116 @@
+"""raw_records through Dagster: one bad source fails its own partition with a message naming the cause, the others
+materialise, and a failed read leaves the last good partition in place."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import yaml
+
+from mira_dagster.definitions import ALL_ASSETS, INGEST_ASSETS
+from mira_dagster.defs.partitions import register_sources
+from mira_dagster.defs.resources import MiraResource
+from tests.conftest import ANCHORS
+
+GOOD = [{"question": f"What is {i} squared?", "thinking": "multiply", "answer": i * i} for i in range(1, 21)]
+
+
+def _registry(tmp_path: Path, sources: dict[str, dict]) -> Path:
+    shutil.copy(ANCHORS / "group_2_dim_anchors.jsonl", tmp_path / "anchors.jsonl")
+    cfg = tmp_path / "groups.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "groups": {"2": {"family": "qa_with_think", "student_model": "m", "anchors": "anchors.jsonl"}},
+                "sources": {name: {"group": "2", "format": "qa_with_think", **s} for name, s in sources.items()},
+            }
+        )
+    )
+    return cfg
+
+
+def _materialize(mira: MiraResource, instance: dg.DagsterInstance, source: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=INGEST_ASSETS,
+        partition_key=source,
+        instance=instance,
+        resources={"mira": mira},
+        raise_on_error=False,
+    )
+
+
+def _check(result: dg.ExecuteInProcessResult, name: str) -> dg.AssetCheckEvaluation:
+    return next(e for e in result.get_asset_check_evaluations() if e.check_name == name)
+
+
+def test_each_source_succeeds_or_fails_alone(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in GOOD).encode()))
+    (data / "noisy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in GOOD[:5]) + "{broken\n" * 5)
+    (data / "alien.jsonl").write_text(json.dumps({"foo": 1}) + "\n")
+    cfg = _registry(
+        tmp_path,
+        {
+            "good": {"files": ["data/*.jsonl.gz"]},
+            "noisy": {"files": ["data/noisy.jsonl"]},
+            "alien": {"files": ["data/alien.jsonl"]},
+            "missing": {"files": ["data/missing.jsonl"]},
+        },
+    )
+    mira = MiraResource(config_path=str(cfg), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    register_sources(instance, ["good", "noisy", "alien", "missing"])
+
+    good = _materialize(mira, instance, "good")
+    assert good.success
+    assert _check(good, "records_usable").passed and _check(good, "lines_reconcile").passed
+
+    noisy = _materialize(mira, instance, "noisy")  # 5 of 10 quarantined: over max_quarantine_share
+    assert not noisy.success
+    check = _check(noisy, "records_usable")
+    assert not check.passed and "5 of 10 units quarantined (50%" in check.description
+    assert "invalid JSON" in check.description and "mira inspect" in check.description
+
+    alien = _materialize(mira, instance, "alien")
+    assert not alien.success
+    assert "0 records from 1 units read; most common reason: no layout" in _check(alien, "records_usable").description
+
+    missing = _materialize(mira, instance, "missing")
+    assert not missing.success
+    (failure,) = missing.get_step_failure_events()
+    assert "file not found" in str(failure.step_failure_data.error) and "missing.jsonl" in str(
+        failure.step_failure_data.error
+    )
+
+    # what the summary will read: every unit of the sources that were read is a record or a quarantine row
+    home = tmp_path / "home" / "tables"
+    assert pl.read_parquet(home / "raw_records" / "good.parquet").height == 20
+    assert pl.read_parquet(home / "quarantine" / "noisy.parquet")["kind"].to_list() == ["invalid JSON"] * 5
+
+
+def test_a_failed_read_keeps_the_last_good_partition(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "a.jsonl.gz"
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in GOOD).encode()))
+    cfg = _registry(tmp_path, {"a": {"files": ["data/a.jsonl.gz"]}})
+    mira = MiraResource(config_path=str(cfg), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    register_sources(instance, ["a"])
+    assert _materialize(mira, instance, "a").success
+    stored = tmp_path / "home" / "tables" / "raw_records" / "a.parquet"
+    before = stored.read_bytes()
+
+    path.write_bytes(path.read_bytes()[:-30])  # the producer's upload was cut short
+    result = _materialize(mira, instance, "a")
+    assert not result.success
+    assert "cannot read" in str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert stored.read_bytes() == before
+    assert not list(stored.parent.glob(".*.tmp"))  # no staging file left behind
