@@ -76,7 +76,7 @@ def _inspect_file(
             for unit in units:
                 report.units += 1
                 _inspect_unit(report, unit, compiled, max_bytes, examples)
-    except (SourceFileError, OSError) as exc:
+    except Exception as exc:  # a file that cannot be read: said in its report, the other files go on
         report.error = str(exc).replace("source 'inspect': ", "")
     return report
 
@@ -85,8 +85,11 @@ def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_b
     try:
         if unit.error is not None:
             raise Rejected("unreadable", unit.error)
+        if unit.oversize is not None:
+            raise Rejected("too large", f"record of {unit.oversize:,} bytes is over the {max_bytes:,}-byte limit")
         obj = decode_line(unit.raw, max_bytes) if unit.raw is not None else unit.obj
-    except Rejected as rej:
+    except Exception as exc:  # as in ingest: one unit never stops the report
+        rej = exc if isinstance(exc, Rejected) else Rejected("error", f"{type(exc).__name__}: {exc}")
         for res in report.families.values():
             _count_reason(res, rej, unit.position)
         return
@@ -110,11 +113,11 @@ def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_b
 
 def _count_reason(res: FamilyResult, rej: Rejected, position: int) -> None:
     res.reasons[rej.kind] += 1
-    res.first_reason.setdefault(rej.kind, f"#{position}: {str(rej)[:160]}")
+    res.first_reason.setdefault(rej.kind, _short(f"#{position}: {rej}", 160))
 
 
 def _short(text: str, n: int = 90) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(text.encode("utf-8", "replace").decode("utf-8").split())  # printable even with lone surrogates
     return flat if len(flat) <= n else f"{flat[: n - 1]}… ({len(text):,} chars)"
 
 

@@ -29,8 +29,9 @@ Agent family (task, trajectory, outcome):
 - `agent_turns` (*): SWE-agent / SWE-smith trajectories and OpenHands outputs (`history`), chat `messages`.
 - `sharegpt`: ShareGPT-style tool conversations (`function_call`, `observation` turns).
 
-Every layout returns None (rather than fields with an empty required field) when it cannot fill the family's
-required fields, so a later layout gets its chance; no layout raises, and all run in time linear in the input
+`match` takes the first layout whose fields fill the family's required fields, so a later layout gets its chance
+when an earlier one recognises the keys but finds them blank; when none fills them, the first that found some text
+is returned, so the caller can say which field is empty. No layout raises, and all run in time linear in the input
 (no backtracking regex over record text).
 
 Changes to the original layouts touch only objects they used to mis-read: content parts keyed `value` /
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -72,7 +74,7 @@ def as_text(value: Any) -> str:
     if isinstance(value, int):
         return _int_text(value)
     if isinstance(value, float):
-        return repr(value)
+        return repr(value) if math.isfinite(value) else ""  # NaN or infinity (a Parquet null in disguise): no text
     if isinstance(value, list | tuple):
         if all(_is_scalar(v) for v in value):
             return ", ".join(as_text(v) for v in value)
@@ -497,18 +499,6 @@ def _sharegpt_agent(d: dict[str, Any]) -> Fields | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _requiring(required: tuple[str, ...], layout: Layout) -> Layout:
-    """The layout, returning None instead of fields with an empty required field so the next layout can try."""
-
-    def checked(d: dict[str, Any]) -> Fields | None:
-        fields = layout(d)
-        return fields if fields is not None and not any(_blank(fields[k]) for k in required) else None
-
-    checked.__name__ = checked.__qualname__ = layout.__name__
-    checked.__doc__ = layout.__doc__
-    return checked
-
-
 _QA_LAYOUTS: list[tuple[str, Layout]] = [
     ("responses_rollout", _responses_qa),
     ("question_answer", _qa_generic),
@@ -528,13 +518,6 @@ _AGENT_LAYOUTS: list[tuple[str, Layout]] = [
 ]
 
 LAYOUTS: dict[Family, list[tuple[str, Layout]]] = {
-    "qa_with_think": [(name, _requiring(_QA_REQUIRED, layout)) for name, layout in _QA_LAYOUTS],
-    "agent": [(name, _requiring(_AGENT_REQUIRED, layout)) for name, layout in _AGENT_LAYOUTS],
-}
-LAYOUTS["qa"] = LAYOUTS["qa_with_think"]
-
-
-_RAW_LAYOUTS: dict[Family, list[tuple[str, Layout]]] = {
     "qa_with_think": _QA_LAYOUTS,
     "qa": _QA_LAYOUTS,
     "agent": _AGENT_LAYOUTS,
@@ -549,7 +532,7 @@ def match(obj: dict[str, Any], family: Family) -> tuple[str, Fields] | None:
     if not isinstance(obj, dict):
         return None
     partial: tuple[str, Fields] | None = None
-    for name, layout in _RAW_LAYOUTS[family]:
+    for name, layout in LAYOUTS[family]:
         fields = layout(obj)
         if fields is None:
             continue

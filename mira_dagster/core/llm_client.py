@@ -233,8 +233,11 @@ class OpenAIBackend:
             except _ENDPOINT_FAILURES as exc:
                 last = exc
                 target.rest_until = time.monotonic() + REST_AFTER_FAILURE_S
-                self._failures_since += 1
                 self._last_error = self._safe(exc)
+                if isinstance(exc, openai.APIStatusError):
+                    self._alive()  # a 5xx or 429 is an answer: busy or failing, not down (no breaker)
+                else:
+                    self._failures_since += 1  # refused or timed out: what the breaker counts
                 if len(tried) < len(self._targets):
                     self.stats.failovers += 1
             except openai.APIStatusError as exc:  # the server answered (400, 401, 404, ...): alive, not retried

@@ -60,7 +60,8 @@ class Unit:
     position: int  # 1-based line (JSONL), element (JSON array) or row (Parquet) in its file
     raw: bytes | None = None
     obj: Any = None
-    error: str | None = None  # the unit could not be read at all (the broken tail of a JSON array)
+    error: str | None = None  # the unit could not be read at all (the broken tail of a JSON array, a bad row)
+    oversize: int | None = None  # a line over the cap: its size in bytes (raw then holds only its head)
 
 
 def split_name(name: str) -> tuple[str, str | None, str | None]:
@@ -79,6 +80,21 @@ def is_supported(path: Path) -> bool:
     """A file whose name says it is one of the accepted formats."""
     _, data, comp = split_name(path.name)
     return data is not None and not (data == ".parquet" and comp)
+
+
+def _hidden_name(path: str) -> bool:
+    return Path(path).name.startswith((".", "_"))
+
+
+def _literal_prefix(pattern: Path) -> str:
+    """The pattern with its leading folders that exist as written escaped (`runs[1]/*.jsonl` with a folder named
+    `runs[1]`), so that only the rest is read as a glob."""
+    parts = pattern.parts
+    for i in range(len(parts) - 1, 0, -1):
+        head = Path(*parts[:i])
+        if head.is_dir():
+            return str(Path(glob.escape(str(head)), *parts[i:]))
+    return str(pattern)
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -104,7 +120,11 @@ def expand_files(patterns: Sequence[Path], source: str) -> list[Path]:
                 raise SourceFileError(f"source {source!r}: {path} is not a regular file")
             out.append(path)
         elif _GLOB_CHARS & set(str(path)):
-            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            found = sorted(
+                Path(p)
+                for p in glob.glob(_literal_prefix(path), recursive=True)
+                if Path(p).is_file() and not _hidden_name(p)
+            )
             if not found:
                 raise SourceFileError(f"source {source!r}: no file matches {path}")
             out.extend(found)
@@ -121,6 +141,8 @@ def sniff(path: Path) -> tuple[Kind, str | None]:
         return "parquet", None
     comp = next((c for magic, c in _MAGIC.items() if head.startswith(magic)), None)
     _, data, _ = split_name(path.name)
+    if data == ".parquet":  # a git-LFS pointer, an empty or a half-downloaded file
+        raise SourceFileError(f"{path} is named .parquet but is not a Parquet file (no PAR1 magic bytes)")
     if data == ".json":
         # many hubs name JSON Lines `.json`: a first line that is a whole object, with more after it, says so
         return ("jsonl" if _looks_like_jsonl(path, comp) else "json"), comp
@@ -134,13 +156,50 @@ def _open(path: Path, comp: str | None) -> IO[bytes]:
     if comp == "gz":
         return gzip.open(path, "rb")
     if comp == "zst":
-        raw = path.open("rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
+        return io.BufferedReader(_ZstdStream(path), 1 << 20)
     if comp == "bz2":
         return bz2.open(path, "rb")
     if comp == "xz":
         return lzma.open(path, "rb")
     return path.open("rb", buffering=1 << 20)
+
+
+class _ZstdStream(io.RawIOBase):
+    """zstd frames decompressed in order; unlike zstandard's stream_reader, a file cut inside a frame raises
+    EOFError (as gzip, bz2 and lzma do) instead of ending early without a word."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = path.open("rb")
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = self._fh.read(1 << 20)
+            if not chunk:
+                if not self._d.eof:
+                    raise EOFError("compressed file ended before the end of its zstd frame (truncated)")
+                return 0
+            self._buf = self._decompress(chunk)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        out = self._d.decompress(chunk)
+        while self._d.eof and self._d.unused_data:  # the next frame of a multi-frame file
+            rest = self._d.unused_data
+            self._d = zstandard.ZstdDecompressor().decompressobj()
+            out += self._d.decompress(rest)
+        return out
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _first_char(path: Path, comp: str | None) -> bytes:
@@ -149,16 +208,20 @@ def _first_char(path: Path, comp: str | None) -> bytes:
     return head[:1]
 
 
-def _looks_like_jsonl(path: Path, comp: str | None) -> bool:
+def _looks_like_jsonl(path: Path, comp: str | None, probe: int = 5) -> bool:
+    """A `.json` file is JSON Lines when one of its first non-blank lines is a whole JSON object and another line
+    follows: a pretty-printed document has no such line, and one broken first line does not hide the rest."""
     with _open(path, comp) as fh:
-        first = fh.readline(1 << 24).lstrip(b"\xef\xbb\xbf \t")
-        if not first.startswith(b"{"):
-            return False
+        lines = [line for line in (fh.readline(1 << 24) for _ in range(4 * probe)) if line.strip()][: probe + 1]
+    if len(lines) < 2 or not lines[0].lstrip(b"\xef\xbb\xbf \t").startswith(b"{"):
+        return False
+    for line in lines[:probe]:
         try:
-            json.loads(first)
-        except ValueError:
-            return False
-        return bool(fh.read(4096).strip())
+            if isinstance(json.loads(line.lstrip(b"\xef\xbb\xbf")), dict):
+                return True
+        except Exception:  # not a whole object on this line (or too deep to say): look at the next
+            continue
+    return False
 
 
 def _file_version(st: os.stat_result) -> tuple[int, int, int]:
@@ -182,10 +245,11 @@ def iter_units(path: Path, source: str, max_bytes: int, batch_size: int = 1024) 
         if batch:
             yield batch
         after = _file_version(path.stat())
-    except SourceFileError:
-        raise
-    except (OSError, EOFError, zstandard.ZstdError, ValueError) as exc:
-        # a truncated archive or a corrupt Parquet file: the file as a whole is unreadable
+    except SourceFileError as exc:
+        if f"source {source!r}" in str(exc):
+            raise
+        raise SourceFileError(f"source {source!r}: {exc}") from exc
+    except Exception as exc:  # a truncated archive, a corrupt Parquet file: the file as a whole is unreadable
         raise SourceFileError(f"source {source!r}: cannot read {path}: {type(exc).__name__}: {exc}") from exc
     if before != after:
         raise SourceFileError(
@@ -196,17 +260,13 @@ def iter_units(path: Path, source: str, max_bytes: int, batch_size: int = 1024) 
 
 def _jsonl_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]:
     with _open(path, comp) as fh:
-        for lineno, raw in enumerate(_capped_lines(fh, max_bytes), 1):
-            yield Unit(lineno, raw=raw)
+        for lineno, (raw, oversize) in enumerate(_capped_lines(fh, max_bytes), 1):
+            yield Unit(lineno, raw=raw, oversize=oversize)
 
 
-# A line longer than the cap is cut to this marker plus its first bytes, so the caller can quarantine it
-# without it ever being held whole in memory.
-OVERSIZED = b"\x00oversized:"
-
-
-def _capped_lines(fh: IO[bytes], max_bytes: int) -> Iterator[bytes]:
-    """Lines without their end-of-line bytes; a line over max_bytes comes back as OVERSIZED + its size + a head."""
+def _capped_lines(fh: IO[bytes], max_bytes: int) -> Iterator[tuple[bytes, int | None]]:
+    """(line without its end-of-line bytes, None); a line over max_bytes comes back as (its first 200 bytes, its
+    size), so that it is never held whole in memory."""
     while True:
         line = fh.readline(max_bytes + 1)
         if not line:
@@ -217,9 +277,9 @@ def _capped_lines(fh: IO[bytes], max_bytes: int) -> Iterator[bytes]:
             while line and not line.endswith(b"\n"):  # skip to the end of the line, a chunk at a time
                 line = fh.readline(1 << 20)
                 size += len(line)
-            yield OVERSIZED + str(size - line.endswith(b"\n")).encode() + b":" + head
+            yield head, size - line.endswith(b"\n")
             continue
-        yield line.rstrip(b"\r\n")
+        yield line.rstrip(b"\r\n"), None
 
 
 def _json_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]:
@@ -236,7 +296,7 @@ def _json_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]:
             for value in ijson.items(fh, "item" if array else "", use_float=True):
                 position += 1
                 yield Unit(position, obj=value)
-        except ijson.JSONError as exc:
+        except (ijson.JSONError, UnicodeDecodeError) as exc:  # a broken tail, or bytes that are not UTF-8
             what = f"after element {position}" if array else "in the document"
             yield Unit(position + 1, error=f"invalid JSON {what}, the rest of the file is unreadable: {exc}"[:500])
 
@@ -246,9 +306,25 @@ def _parquet_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Uni
     pf = pq.ParquetFile(path)
     position = 0
     for batch in pf.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
+        try:
+            rows = batch.to_pylist()
+        except Exception:  # one value Python cannot hold (a timestamp out of range): find it row by row
+            rows = [_row_or_error(batch, i) for i in range(batch.num_rows)]
+        for row in rows:
             position += 1
-            yield Unit(position, obj=row)
+            yield Unit(position, error=row.message) if isinstance(row, _BadRow) else Unit(position, obj=row)
+
+
+@dataclass(slots=True)
+class _BadRow:
+    message: str
+
+
+def _row_or_error(batch: Any, i: int) -> dict[str, Any] | _BadRow:
+    try:
+        return batch.slice(i, 1).to_pylist()[0]
+    except Exception as exc:
+        return _BadRow(f"row cannot be read: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def count_units(path: Path) -> int:

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from mira_dagster.core.config import Family
 from mira_dagster.core.layouts import Fields, match
 from mira_dagster.core.mapping import MAPPED_LAYOUT, REQUIRED, FieldMapping
-from mira_dagster.core.readers import OVERSIZED, SourceFileError, Unit, expand_files, file_versions, iter_units
+from mira_dagster.core.readers import SourceFileError, Unit, expand_files, file_versions, iter_units
 
 __all__ = ["SourceFileError", "read_source", "record_id_of", "estimate_tokens", "SourceIngest"]
 
@@ -146,14 +146,17 @@ def _no_constant(name: str) -> Any:
 
 
 # Built once: json.loads / json.dumps with non-default arguments build a new decoder / encoder on every call.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=lambda text: _finite(float(text), text))
+
+
+def _finite(value: float, text: str) -> float:
+    if value in (float("inf"), float("-inf")):  # 1e999: no number a text field can hold
+        raise Rejected("invalid JSON", f"invalid JSON: {text[:40]} is out of range for a number")
+    return value
 
 
 def decode_line(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     """The JSON value of one JSONL line; raises Rejected with the reason."""
-    if raw.startswith(OVERSIZED):
-        size = int(raw[len(OVERSIZED) :].split(b":", 1)[0])
-        raise Rejected("too large", f"record of {size:,} bytes is over the {max_bytes:,}-byte limit (max_record_bytes)")
     if raw.startswith(_BOM):  # a byte-order mark (first line of a file written by some Windows tools)
         raw = raw[3:]
     if not raw or raw.isspace():  # no copy of the line, unlike strip()
@@ -205,6 +208,10 @@ def parse_unit(unit: Unit, family: Family, mapping: FieldMapping | None, max_byt
     unit, however malformed, escapes as an exception."""
     if unit.error is not None:
         raise Rejected("unreadable", unit.error)
+    if unit.oversize is not None:
+        raise Rejected(
+            "too large", f"record of {unit.oversize:,} bytes is over the {max_bytes:,}-byte limit (max_record_bytes)"
+        )
     try:
         obj = decode_line(unit.raw, max_bytes) if unit.raw is not None else unit.obj
         layout, fields = to_fields(obj, family, mapping)
@@ -224,8 +231,7 @@ def parse_unit(unit: Unit, family: Family, mapping: FieldMapping | None, max_byt
 def _excerpt(unit: Unit) -> str:
     """At most 200 characters of what the unit held, from the configured file itself."""
     if unit.raw is not None:
-        raw = unit.raw[len(OVERSIZED) :].split(b":", 1)[-1] if unit.raw.startswith(OVERSIZED) else unit.raw
-        return raw[:200].decode("utf-8", errors="replace")
+        return unit.raw[:200].decode("utf-8", errors="replace")
     try:
         return json.dumps(unit.obj, ensure_ascii=False, default=str)[:200]
     except Exception:  # a value json cannot render (a lone surrogate, deep nesting): its repr, if it has one
@@ -233,6 +239,11 @@ def _excerpt(unit: Unit) -> str:
             return repr(unit.obj)[:200]
         except Exception:
             return f"<a {type(unit.obj).__name__} nested too deeply to show>"
+
+
+def _printable(text: str) -> str:
+    """Text that is valid Unicode (a lone surrogate from the data, quoted in a reason, becomes '?')."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +321,7 @@ class SourceIngest:
                 if rid in self._seen:
                     raise Rejected("duplicate", f"duplicate of {self._seen[rid]}")
             except Rejected as rej:
-                parsed.rejected.append((unit.position, rej.kind, str(rej), _excerpt(unit)))
+                parsed.rejected.append((unit.position, rej.kind, _printable(str(rej)), _printable(_excerpt(unit))))
                 continue
             self._seen[rid] = f"{name}:{unit.position}"
             parsed.record_id.append(rid)

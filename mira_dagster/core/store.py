@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
@@ -102,23 +102,21 @@ class Store:
         return str(path)
 
     @contextmanager
-    def table_writer(
-        self, table: str, partition: str | None, schema: dict[str, Any]
-    ) -> Iterator[Callable[[pl.DataFrame], None]]:
+    def table_writer(self, table: str, partition: str | None, schema: dict[str, Any]) -> Iterator[PartitionWriter]:
         """Write a partition batch by batch (memory bounded by the batch); it replaces the old one only when the
-        block ends without an error, so a failed read leaves the last good partition in place."""
+        block ends without an error and the writer was not discarded, so the last good partition stays otherwise."""
         final = self.partition_path(table, partition)
         staging_dir = final.parent if self.fs is None else self.home / "tmp"
         staging_dir.mkdir(parents=True, exist_ok=True)
         tmp = staging_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
-        arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
-        writer = pq.ParquetWriter(tmp, arrow_schema)
+        writer = PartitionWriter(tmp, pl.DataFrame(schema=schema).to_arrow().schema)
         try:
-            yield lambda df: writer.write_table(df.to_arrow().cast(arrow_schema)) if df.height else None
+            yield writer
             writer.close()
+            if writer.discarded:
+                return
             if self.fs is not None:
                 self.fs.put_file(str(tmp), self._remote_key(table, partition))  # one PUT: old or new, never a part
-                tmp.unlink()
             else:
                 os.replace(tmp, final)
                 self.refresh_catalog()
@@ -223,6 +221,27 @@ class Store:
             except duckdb.IOException:
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         return False
+
+
+class PartitionWriter:
+    """Appends frames to a staging Parquet file; `discard()` keeps the old partition when the block ends."""
+
+    def __init__(self, path: Path, schema: Any) -> None:
+        self._schema = schema
+        self._writer = pq.ParquetWriter(path, schema)
+        self.rows = 0
+        self.discarded = False
+
+    def __call__(self, df: pl.DataFrame) -> None:
+        if df.height:
+            self._writer.write_table(df.to_arrow().cast(self._schema))
+            self.rows += df.height
+
+    def discard(self) -> None:
+        self.discarded = True
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class ParquetReplyCache:

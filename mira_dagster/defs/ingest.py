@@ -1,6 +1,9 @@
 """Stage 0: reading each source's files into normalised records, with a quarantine."""
 
+from pathlib import Path
+
 import dagster as dg
+import polars as pl
 
 from mira_dagster.core.mapping import compile_mapping
 from mira_dagster.core.readers import count_units
@@ -64,30 +67,33 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:
                 context.log.info(f"{source}: {ingest.stats.units_read:,} read, {ingest.stats.records:,} records")
-    stats = ingest.stats
+        stats = ingest.stats
+        # Count again from the files themselves, independently of the reader's own count, and from what was
+        # written; both checks are decided before anything replaces the last good partition.
+        on_disk = sum(count_units(f) for f in ingest.files)
+        written = write_records.rows + write_quarantine.rows
+        share = stats.quarantined / stats.units_read if stats.units_read else 0.0
+        reconcile = dg.AssetCheckResult(
+            check_name="lines_reconcile",
+            passed=written == on_disk == stats.units_read,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"units_in_files": on_disk, "records_plus_quarantined": written},
+            description=f"{on_disk} units in the files, {written} records + quarantined rows written",
+        )
+        usable = _usable_check(source, stats, share, cfg.pipeline.max_quarantine_share)
+        kept = reconcile.passed and usable.passed
+        if not kept:
+            # the quarantine says why (the summary shows it); the records stay those of the last good read
+            write_records.discard()
     for path in stats.empty_files:
         context.log.warning(f"{source}: {path} is empty (nothing to read)")
     context.log.info(f"{source}: {stats.units_read} read, {stats.records} records, {stats.quarantined} quarantined")
-    # Count again from what was stored and from the files themselves, independently of the reader.
-    stored = store.row_count("raw_records", source) + store.row_count("quarantine", source)
-    on_disk = sum(count_units(f) for f in ingest.files)
-    share = stats.quarantined / stats.units_read if stats.units_read else 0.0
     return dg.MaterializeResult(
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="lines_reconcile",
-                passed=stored == on_disk == stats.units_read,
-                severity=dg.AssetCheckSeverity.ERROR,
-                metadata={"units_in_files": on_disk, "records_plus_quarantined": stored},
-                description=f"{on_disk} units in the files, {stored} records + quarantined rows stored",
-            ),
-            _usable_check(source, stats, share, cfg.pipeline.max_quarantine_share),
-        ],
+        check_results=[reconcile, usable],
         metadata={
             "dagster/row_count": stats.records,
-            "preview": md_table(store.read("raw_records", source).select(PREVIEW), n=5)
-            if stats.records
-            else dg.MetadataValue.md("no records"),
+            "records_written": kept,
+            "preview": _preview(store.partition_path("raw_records", source)) if kept and stats.records else "none",
             "lines_read": stats.units_read,
             "quarantined": stats.quarantined,
             "quarantined_share": round(share, 4),
@@ -103,10 +109,17 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
     )
 
 
+def _preview(path: Path) -> dg.MetadataValue:
+    """The first rows of the written partition, without reading the rest of it."""
+    if not path.is_file():  # tables on object storage: no local file to peek at
+        return dg.MetadataValue.md("(on object storage)")
+    return md_table(pl.scan_parquet(path, glob=False).select(PREVIEW).head(5).collect(), n=5)
+
+
 def _usable_check(source: str, stats: IngestStats, share: float, limit: float) -> dg.AssetCheckResult:
     top = stats.reasons.most_common(1)
     why = f"; most common reason: {top[0][0]} ({top[0][1]})" if top else ""
-    hint = f"; run `mira inspect {' '.join(stats.files[:3])}{' ...' if len(stats.files) > 3 else ''}` to see why"
+    hint = f"; run `mira inspect --source {source}` to see why (the last good records are kept)"
     if stats.records == 0:
         passed, text = False, f"source {source!r}: 0 records from {stats.units_read} units read{why}{hint}"
     elif share > limit:

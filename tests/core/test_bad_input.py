@@ -168,6 +168,40 @@ CASES: list[tuple[str, str, Writer, int, dict[str, int]]] = [
         {"invalid JSON": 1},
     ),
     ("empty file", "a.jsonl", jsonl(b""), 0, {}),
+    (
+        "number out of range (1e999)",
+        "a.jsonl",
+        jsonl(lines(b'{"question": "q", "answer": 1e999}', good())),
+        1,
+        {"invalid JSON": 1},
+    ),
+    (
+        "a line that looks like an internal marker",
+        "a.jsonl",
+        jsonl(lines(b"\x00oversized:zz", good())),
+        1,
+        {"invalid JSON": 1},
+    ),
+    (
+        "JSON Lines named .json, first line broken",
+        "a.json",
+        jsonl(lines(b'{"question": "cut', good(), good(1), good(2))),
+        3,
+        {"invalid JSON": 1},
+    ),
+    ("JSON Lines named .json, blank first line", "a.json", jsonl(lines(b"", good(), good(1))), 2, {"blank line": 1}),
+    (
+        "Parquet row with a value Python cannot hold",
+        "a.parquet",
+        lambda p: pq.write_table(
+            pa.table(
+                {"question": ["q1", "q2"], "answer": ["a", "b"], "when": pa.array([0, 10**15], type=pa.timestamp("s"))}
+            ),
+            p,
+        ),
+        1,
+        {"unreadable": 1},
+    ),
 ]
 
 

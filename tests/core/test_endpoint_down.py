@@ -105,3 +105,21 @@ def test_connect_timeout_is_short_whatever_the_request_timeout() -> None:
     timeout = backend._targets[0].client.timeout
     assert timeout.connect == llm_client.CONNECT_TIMEOUT_S and timeout.read == 120
     asyncio.run(backend.aclose())
+
+
+def test_a_server_answering_errors_is_not_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 500 or a 429 is an answer: the server is busy or failing, not gone, so the breaker stays closed and every
+    record is still sent (slow reasoning replies and one 5xx must not fail a whole partition)."""
+    monkeypatch.setattr(llm_client, "DOWN_AFTER_S", 0.0)  # the breaker would open at once on connection errors
+    spec, _, jobs = _setup()
+    server = ChatServer()
+    server.responder = lambda body, attempt: (
+        Reply(status=500, payload={"error": {"message": "boom"}})
+        if attempt == 1
+        else Reply(payload=server.contract(body))
+    )
+    with serve(server) as url:
+        backend = OpenAIBackend(Endpoint((url,), "k", spec.model), max_retries=0, max_in_flight=1)
+        outcomes, stats = run(jobs[:20], spec, backend, ParquetReplyCache(tmp_path), max_in_flight=1)
+    assert backend.stats.not_sent == 0 and stats.sent == 20
+    assert all("not sent" not in " ".join(o.result.issues) for o in outcomes)

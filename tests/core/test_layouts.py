@@ -232,7 +232,8 @@ def test_qa_fields() -> None:
         (42.0, "42.0"),  # repr: what the source wrote
         (0.1, "0.1"),
         (1e-05, "1e-05"),
-        (float("nan"), "nan"),
+        (float("nan"), ""),  # not a number: no text (a required field then reads as empty)
+        (float("inf"), ""),
         (True, "true"),
         (False, "false"),
         ([], ""),

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mira_dagster.core.parsing import parse_reply
 
@@ -151,3 +153,178 @@ def test_score_out_of_100_is_rejected() -> None:
     text = contract().replace("[A6] Dim 6: 6/10", "[A6] Dim 6: 60/100")
     r = parse_reply(text)
     assert r.scores[5] is None
+
+
+# --- the rules the golden table (test_parsing_golden.py) exercises on whole replies, one at a time ---
+
+
+def test_stop_is_never_cut_off() -> None:
+    full = contract()
+    text = full[: full.index("[A9] Dim 9: 9") + len("[A9] Dim 9: 9")]
+    r = parse_reply(text, finish_reason="stop")
+    assert "reply cut off" not in r.issues
+    assert r.scores[8] == 9.0
+    assert "missing overall, training_recommendation, domain_tag, brief" in r.issues
+
+
+def test_no_final_newline_is_not_cut_off() -> None:
+    text = contract(trailer="training_recommendation: keep\ndomain_tag: math\nbrief: fine.\noverall: 72")
+    for finish in (None, "stop"):
+        r = parse_reply(text, finish)
+        assert r.status == "ok" and r.issues == [], finish
+
+
+@pytest.mark.parametrize(
+    "tail", ["[A1", "[A", "overall", "training_recommendation", "Training Recommendation", "domain_tag:", "brief:"]
+)
+def test_obviously_truncated_last_line_without_finish_reason(tail: str) -> None:
+    r = parse_reply(contract(trailer="") + tail)
+    assert "reply cut off" in r.issues
+
+
+@pytest.mark.parametrize("tail", ["Let me know if you need more.", "brief: fine.", "training_recommendation: keep"])
+def test_complete_last_line_without_finish_reason(tail: str) -> None:
+    r = parse_reply(contract(trailer="") + tail)
+    assert "reply cut off" not in r.issues
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "issue"),
+    [
+        ("72", 72.0, None),
+        ("72/100", 72.0, None),
+        ("72 / 100", 72.0, None),
+        ("72%", 72.0, None),
+        ("**80**", 80.0, None),
+        ("7.8/10", 78.0, "overall 7.8/10 converted to 78 on 0-100"),
+        ("8.5 out of 10", 85.0, "overall 8.5/10 converted to 85 on 0-100"),
+        ("10/10", 100.0, "overall 10/10 converted to 100 on 0-100"),
+        ("150", None, "overall not a number in 0-100: '150'"),
+        ("72/50", None, "overall out of 50, not 100: '72/50'"),
+        ("N/A", None, "overall not a number in 0-100: 'N/A'"),
+    ],
+)
+def test_overall_is_on_0_100(value: str, expected: float | None, issue: str | None) -> None:
+    r = parse_reply(contract(trailer=TRAILER.replace("overall: 72", f"overall: {value}")), "stop")
+    assert r.overall == expected
+    assert r.issues == ([issue] if issue else [])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("KEEP", "keep"), ("Downsample", "downsample"), ("down-sample", "downsample"), ("drop — low value", "drop")],
+)
+def test_recommendation_forms(value: str, expected: str) -> None:
+    r = parse_reply(contract(trailer=TRAILER.replace("keep", value)), "stop")
+    assert r.recommendation == expected and r.status == "ok"
+
+
+@pytest.mark.parametrize("value", ["keep / drop", "keep | downsample | drop", "maybe"])
+def test_recommendation_not_chosen(value: str) -> None:
+    r = parse_reply(contract(trailer=TRAILER.replace("keep", value)), "stop")
+    assert r.recommendation is None and r.status == "partial"
+    assert any(i.startswith("unknown recommendation") for i in r.issues)
+
+
+def test_score_is_the_number_after_the_name() -> None:
+    text = contract().replace("[A3] Dim 3: 3/10 — reason 3", "[A3] Clarity 7/10 — the ratio 3:1 holds at step 2: 5")
+    r = parse_reply(text, "stop")
+    assert r.scores[2] == 7.0 and r.rationales[2] == "the ratio 3:1 holds at step 2: 5"
+
+
+def test_a_rationale_without_a_score_gives_no_score() -> None:
+    text = contract().replace("[A3] Dim 3: 3/10 — reason 3", "[A3] Clarity — the ratio 3:1 holds")
+    r = parse_reply(text, "stop")
+    assert r.scores[2] is None and "A3: no score" in r.issues
+    assert r.rationales[2] == "the ratio 3:1 holds"
+
+
+def test_slot_tag_inside_text_is_not_a_slot() -> None:
+    text = "Note that [A3] was the hardest call.\n" + contract().replace("reason 5", "unlike [A3], fine")
+    r = parse_reply(text, "stop")
+    assert r.status == "ok" and r.issues == []
+    assert r.rationales[4] == "unlike [A3], fine"
+
+
+def test_reasoning_tag_mentioned_in_a_rationale_is_text() -> None:
+    text = contract().replace("reason 7", "the </think> tag closes the trace and <think> opens it")
+    r = parse_reply(text, "stop")
+    assert r.status == "ok" and r.issues == []
+    assert r.scores[0] == 1.0
+
+
+def test_last_valid_trailer_value_wins() -> None:
+    text = "Overall: the record is strong.\n" + contract(trailer=TRAILER + "overall: 80\n")
+    r = parse_reply(text, "stop")
+    assert r.overall == 80.0
+    assert r.issues == ["overall given 2 times with different values; last kept"]
+
+
+def test_unclosed_think_without_draft_is_read() -> None:
+    r = parse_reply("<think>\nThe record is fine.\n" + contract(), "stop")
+    assert r.status == "ok"
+    assert r.issues == ["unclosed <think> block; read the last set of slot lines in it"]
+
+
+def _best_ms(text: str) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        parse_reply(text, "stop")
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "".join(f"[A{i % 15 + 1}] Dim {i}: {i % 10}/10 — reason {i}: 3:1, 4:5 at 10:42\n" for i in range(1000)),
+        "[A3] Clarity 7/10 — " + "ratio 3:1 at 10:42, 2/3 of 7 steps: 5 " * 1400,
+        "[A3] Clarity — " + "ratio 3:1 at 10:42, 2 of 7 steps: 5 (score " * 1200,
+        "[A3] " + "1 " * 25_000,
+        "- " * 25_000 + "[A1]",
+        "overall: " + " " * 50_000 + "x",
+        "<think>" * 7000,
+        "**[A1]** " * 5500,
+    ],
+    ids=["slot-lines", "colons-and-digits", "no-score-colons", "digits", "bullets", "spaces", "tags", "emphasis"],
+)
+def test_parsing_50kb_is_fast(text: str) -> None:
+    assert len(text) >= 49_000
+    assert _best_ms(text) < 50
+
+
+def test_contract_key_wins_over_its_alias() -> None:
+    text = contract(trailer=TRAILER + "Summary: This is a high-quality record overall.\nDomain: mathematics\n")
+    r = parse_reply(text, "stop")
+    assert (r.brief, r.domain_tag) == ("A clean worked solution.", "math")
+    assert r.issues == []
+
+
+def test_single_asterisk_emphasis_around_scores() -> None:
+    text = contract().replace("[A2] Dim 2: 2/10 — reason 2", "[A2] *Dim 2*: *8*/10 — _reason 2_")
+    r = parse_reply(text, "stop")
+    assert r.scores[1] == 8.0 and r.status == "ok"
+
+
+_PIECES = [
+    "[A1] ", "[A15] ", "[A7]", "Dim: ", "7/10", " — ", ": ", "3:1", "N/A", "none of", "(8/10)", "**", "\n", "\n\n",
+    "<think>", "</think>", "overall: ", "7.8/10", "brief: ", "training_recommendation: keep", "domain_tag: x", "```",
+    "- ", "1. ", "| ", "Score: ", "out of 10", "11", "-1", "x",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=60), st.sampled_from(["stop", "length", None]))
+def test_any_text_ends_in_one_consistent_status(pieces: list[str], finish: str | None) -> None:
+    r = parse_reply("".join(pieces), finish)
+    scored = [s for s in r.scores if s is not None]
+    assert (r.status == "parse_error") == (not scored)
+    assert all(0 <= s <= 10 for s in scored)
+    assert r.overall is None or 0 <= r.overall <= 100
+    if r.status == "ok":
+        assert None not in (r.overall, r.recommendation, r.domain_tag, r.brief)
+    if finish == "stop":
+        assert "reply cut off" not in r.issues

@@ -70,6 +70,7 @@ def test_parquet_shards_in_a_folder_as_hubs_and_spark_write_them(tmp_path: Path)
     pq.write_table(pa.Table.from_pylist(ROWS[:3]), root / "data" / "train-00000-of-00002.parquet")
     pq.write_table(pa.Table.from_pylist(ROWS[3:]), root / "data" / "train-00001-of-00002.parquet")
     (root / "data" / "_SUCCESS").write_bytes(b"")
+    (root / "data" / "_committed_123").write_bytes(b"{}")  # Spark's markers: hidden, not read by globs either
     (root / ".cache").mkdir()
     pq.write_table(pa.Table.from_pylist(ROWS[:1]), root / ".cache" / "stale.parquet")  # hidden: not read
     (root / "README.md").write_text("# card")
@@ -86,6 +87,7 @@ def test_a_path_with_glob_characters_is_taken_literally(tmp_path: Path) -> None:
     assert expand_files([path], "s") == [path]
     assert _answers(path) == EXPECTED
     assert _answers(folder) == EXPECTED
+    assert _answers(folder / "*.jsonl") == EXPECTED  # a glob below folders whose names hold [ and ?
 
 
 def test_a_file_named_by_a_path_and_a_glob_is_read_once(tmp_path: Path) -> None:

@@ -95,17 +95,24 @@ def test_each_source_succeeds_or_fails_alone(tmp_path: Path) -> None:
     assert pl.read_parquet(home / "quarantine" / "noisy.parquet")["kind"].to_list() == ["invalid JSON"] * 5
 
 
-def test_a_failed_read_keeps_the_last_good_partition(tmp_path: Path) -> None:
+def _ingested_once(tmp_path: Path, name: str, content: bytes) -> tuple[Path, MiraResource, dg.DagsterInstance, Path]:
+    """A one-source registry whose file `name` held `content`, ingested once: (the file, the resource, the
+    instance, the stored raw_records partition)."""
     data = tmp_path / "data"
     data.mkdir()
-    path = data / "a.jsonl.gz"
-    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in GOOD).encode()))
-    cfg = _registry(tmp_path, {"a": {"files": ["data/a.jsonl.gz"]}})
+    path = data / name
+    path.write_bytes(content)
+    cfg = _registry(tmp_path, {"a": {"files": [f"data/{name}"]}})
     mira = MiraResource(config_path=str(cfg), home=str(tmp_path / "home"))
     instance = dg.DagsterInstance.ephemeral()
     register_sources(instance, ["a"])
     assert _materialize(mira, instance, "a").success
-    stored = tmp_path / "home" / "tables" / "raw_records" / "a.parquet"
+    return path, mira, instance, tmp_path / "home" / "tables" / "raw_records" / "a.parquet"
+
+
+def test_a_failed_read_keeps_the_last_good_partition(tmp_path: Path) -> None:
+    good = "".join(json.dumps(r) + "\n" for r in GOOD).encode()
+    path, mira, instance, stored = _ingested_once(tmp_path, "a.jsonl.gz", gzip.compress(good))
     before = stored.read_bytes()
 
     path.write_bytes(path.read_bytes()[:-30])  # the producer's upload was cut short
@@ -114,3 +121,16 @@ def test_a_failed_read_keeps_the_last_good_partition(tmp_path: Path) -> None:
     assert "cannot read" in str(result.get_step_failure_events()[0].step_failure_data.error)
     assert stored.read_bytes() == before
     assert not list(stored.parent.glob(".*.tmp"))  # no staging file left behind
+
+
+def test_a_failed_check_keeps_the_last_good_records_and_writes_why(tmp_path: Path) -> None:
+    good = "".join(json.dumps(r) + "\n" for r in GOOD).encode()
+    path, mira, instance, stored = _ingested_once(tmp_path, "a.jsonl", good)
+    before = stored.read_bytes()
+
+    path.write_text("{garbage\n" * 30)  # the producer overwrote it with something else
+    result = _materialize(mira, instance, "a")
+    assert not result.success and not _check(result, "records_usable").passed
+    assert stored.read_bytes() == before  # the last good records stay
+    quarantine = pl.read_parquet(tmp_path / "home" / "tables" / "quarantine" / "a.parquet")
+    assert quarantine.height == 30 and set(quarantine["kind"]) == {"invalid JSON"}  # and why is on record
