@@ -260,8 +260,32 @@ def iter_units(path: Path, source: str, max_bytes: int, batch_size: int = 1024) 
 
 def _jsonl_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]:
     with _open(path, comp) as fh:
-        for lineno, (raw, oversize) in enumerate(_capped_lines(fh, max_bytes), 1):
+        lines = fh if _line_end(path, comp) == b"\n" else io.BufferedReader(_CRAsLF(fh), 1 << 20)
+        for lineno, (raw, oversize) in enumerate(_capped_lines(lines, max_bytes), 1):
             yield Unit(lineno, raw=raw, oversize=oversize)
+
+
+def _line_end(path: Path, comp: str | None) -> bytes:
+    """b"\r" for a file whose lines end in CR alone (classic Mac tools), else b"\n". A raw CR cannot occur inside
+    JSON text, so a start with CRs and no LF at all says so."""
+    with _open(path, comp) as fh:
+        head = fh.read(1 << 16)
+    return b"\r" if b"\r" in head and b"\n" not in head else b"\n"
+
+
+class _CRAsLF(io.RawIOBase):
+    """A stream with every CR read as LF, for files whose lines end in CR alone."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self._inner.read(len(b)).replace(b"\r", b"\n")
+        b[: len(data)] = data
+        return len(data)
 
 
 def _capped_lines(fh: IO[bytes], max_bytes: int) -> Iterator[tuple[bytes, int | None]]:
@@ -335,12 +359,13 @@ def count_units(path: Path) -> int:
         return pq.ParquetFile(path).metadata.num_rows
     if kind == "json":
         return sum(1 for _ in _json_units(path, comp, 0))
+    end = _line_end(path, comp)
     lines, last = 0, b""
     with _open(path, comp) as fh:
         while chunk := fh.read(1 << 22):
-            lines += chunk.count(b"\n")
+            lines += chunk.count(end)
             last = chunk[-1:]
-    return lines + (1 if last and last != b"\n" else 0)
+    return lines + (1 if last and last != end else 0)
 
 
 def file_versions(files: Sequence[Path]) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from mira_dagster.core.readers import SourceFileError, count_units
 from mira_dagster.core.records import read_source
@@ -77,7 +78,20 @@ CASES: list[tuple[str, str, Writer, int, dict[str, int]]] = [
     ("a line that is only a BOM", "a.jsonl", jsonl(lines(b"\xef\xbb\xbf", good())), 1, {"blank line": 1}),
     ("CRLF line ends", "a.jsonl", jsonl(good() + b"\r\n" + good(1) + b"\r\n"), 2, {}),
     ("no newline at the end", "a.jsonl", jsonl(good() + b"\n" + good(1)), 2, {}),
-    ("old Mac CR-only line ends", "a.jsonl", jsonl(good() + b"\r" + good(1) + b"\r"), 0, {"invalid JSON": 1}),
+    (
+        "old Mac CR-only line ends",
+        "a.jsonl",
+        jsonl(good() + b"\r" + good(1) + b"\r" + b"{x\r" + good(2)),
+        3,
+        {"invalid JSON": 1},
+    ),
+    (
+        "CR-only line ends, gzipped",
+        "a.jsonl.gz",
+        lambda p: p.write_bytes(gzip.compress(good() + b"\r" + good(1) + b"\r")),
+        2,
+        {},
+    ),
     (
         "raw control byte in a string",
         "a.jsonl",
@@ -273,6 +287,21 @@ FILE_ERRORS: list[tuple[str, Callable[[Path], Path], str]] = [
         "a FIFO, not a regular file",
         lambda d: __import__("os").mkfifo(d / "p.jsonl") or d / "p.jsonl",
         "not a regular file",
+    ),
+    (
+        "truncated zstd (the stream reader alone would end early without a word)",
+        lambda d: (
+            (d / "t.jsonl.zst").write_bytes(
+                zstandard.ZstdCompressor().compress(lines(*[good(i) for i in range(2000)]))[:-200]
+            )
+            and d / "t.jsonl.zst"
+        ),
+        "truncated",
+    ),
+    (
+        "a .parquet that is not Parquet (a git-LFS pointer)",
+        lambda d: (d / "l.parquet").write_text("version https://git-lfs.github.com/spec/v1\n") and d / "l.parquet",
+        "not a Parquet file",
     ),
 ]
 
