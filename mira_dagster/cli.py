@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -328,6 +329,61 @@ def cmd_regroup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anchors_check(args: argparse.Namespace) -> int:
+    """Validate an anchors file (downloaded or hand-written) and print it as the scorer would see it."""
+    import re
+
+    from mira_dagster.core.prompts import system_prompt
+    from mira_dagster.core.rubric import FAMILY_FACETS, RubricError, load_rubric
+
+    path = Path(args.file)
+    cfg = None
+    with contextlib.suppress(ConfigError, OSError):
+        cfg = load_config(Path(args.config).resolve()) if args.config else load_config()
+    groups = cfg.groups if cfg is not None else {}
+    group_id = args.group
+    if group_id is None and (m := re.fullmatch(r"group_(\w+?)_dim_anchors\.jsonl", path.name)) and m[1] in groups:
+        group_id = m[1]
+    if args.group is not None and args.group not in groups:
+        known = ", ".join(sorted(groups)) or "none"
+        print(f"mira: unknown group {args.group!r} (the registry has {known})", file=sys.stderr)
+        return 1
+    family = args.family or (groups[group_id].family if group_id in groups else None)
+    if family is None:
+        print("mira: cannot tell the prompt family: pass --group G (from the registry) or --family F", file=sys.stderr)
+        return 1
+    if args.group and args.family and groups[args.group].family != args.family:
+        print(f"mira: group {args.group} is family {groups[args.group].family}, not {args.family}", file=sys.stderr)
+        return 1
+    try:
+        rubric = load_rubric(path, group_id or "?", family)
+    except RubricError as exc:
+        print(f"mira: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+    description = groups[group_id].description if group_id in groups else ""
+    shown = {id(r) for r in rubric.references()}
+    print(f"anchors file: {path.resolve()}  (sha256 {rubric.file_sha256[:16]}…)")
+    where = f"group {group_id}" if group_id else "no group (pass --group for its description)"
+    print(f"{where}, family {family}: {len(rubric.dims)} slots, facets {', '.join(FAMILY_FACETS[family])}")
+    for d in rubric.dims:
+        facet = d.facet if d.facet_given else f"{d.facet} (derived: no facet in the file)"
+        refs = len(d.calibration_references)
+        used = sum(id(r) in shown for r in d.calibration_references)
+        ref_text = f", {refs} reference(s), {used} shown" if refs else ""
+        extra = f", other fields: {', '.join(sorted(d.model_extra or {}))}" if d.model_extra else ""
+        size = f", cluster size {d.cluster_size}" if d.cluster_size is not None else ""
+        print(f"  [A{d.slot}] {d.name}  facet {facet}{size}{ref_text}{extra}")
+    total = rubric.n_references()
+    if total:
+        which = ", ".join(f"A{d.slot}" for d, _ in rubric.shown_references())
+        print(f"calibration references: {total}, {len(shown)} shown in the system prompt (at most 12): {which}")
+    else:
+        print("calibration references: none; the system prompt says so (the cards' prompt embeds the top-12)")
+    print("=== system prompt ===")
+    print(system_prompt(rubric, description))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mira", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -353,6 +409,18 @@ def main(argv: list[str] | None = None) -> int:
     insp.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
     insp.add_argument("--home", help=argparse.SUPPRESS)
     insp.set_defaults(fn=cmd_inspect)
+    anchors = sub.add_parser("anchors", help="anchors files: `mira anchors check FILE`")
+    anchors_sub = anchors.add_subparsers(dest="anchors_command", required=True)
+    check = anchors_sub.add_parser(
+        "check", help="validate an anchors file and print the report and the system prompt the scorer would send"
+    )
+    check.add_argument("file", help="the anchors file (JSONL, one slot a line)")
+    check.add_argument("--group", help="the registry group it is for (default: from a group_<id>_dim_anchors name)")
+    check.add_argument(
+        "--family", choices=["qa_with_think", "qa", "agent"], help="prompt family (default: the group's)"
+    )
+    check.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
+    check.set_defaults(fn=cmd_anchors_check)
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")

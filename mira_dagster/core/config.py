@@ -78,7 +78,9 @@ class PipelineSettings(BaseModel):
     # the variant's units in proportion to their tokens; per-source floor and cap as shares of its tokens.
     retention_share: float = Field(0.5, gt=0, le=1)
     budget_tokens: int | None = Field(None, gt=0)
-    selection_variant: Literal["global", "group", "source", "random"] = "group"
+    # "source": per-source retention, the cards' rule (each source keeps its best records up to retention_share of
+    # its own tokens); the others cut once per group, once over everything, or at random (for comparison).
+    selection_variant: Literal["global", "group", "source", "random"] = "source"
     source_min_share: float = Field(0.0, ge=0, le=1)
     source_max_share: float = Field(1.0, ge=0, le=1)
     export_shard_records: int = Field(100_000, ge=1)

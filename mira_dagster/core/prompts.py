@@ -36,11 +36,10 @@ def system_prompt(rubric: Rubric, description: str) -> str:
     ]
     lines += [f"[A{d.slot}] {d.name}" for d in rubric.dims]
     lines += ["", "Calibration references (scored examples that fix the scale):"]
-    refs = rubric.references()
+    # at most 12 (the cards' top-12), one line each; CalibrationReference.line says how each part is shown
+    refs = rubric.shown_references()
     if refs:
-        for r in refs:
-            excerpt = f' (on: "{r.excerpt}")' if r.excerpt else ""
-            lines.append(f"- {r.dimension}: {r.score:g}/10 — {r.rationale}{excerpt}")
+        lines += [ref.line(dim.name) for dim, ref in refs]
     else:
         lines.append("- none yet: use the full 0-10 range, 5 meaning typical for this group.")
     lines += ["", "Answer in exactly the line format the user asks for, and nothing else."]
@@ -60,6 +59,7 @@ def user_template(rubric: Rubric) -> str:
     guide = [
         f"- {', '.join(f'A{d.slot}' for d in rubric.dims if d.facet == facet)}: {_FACET_TEXT[facet]}"
         for facet in FAMILY_FACETS[rubric.family]
+        if any(d.facet == facet for d in rubric.dims)  # a file may leave a facet without slots
     ]
     rows = [f"[A{d.slot}] {d.name}: <score>/10 — <justification>" for d in rubric.dims]
     return "\n".join(

@@ -12,6 +12,7 @@ from mira_dagster.core.llm_client import OpenAIBackend
 from mira_dagster.core.parsing import STATUSES
 from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import Record
+from mira_dagster.core.rubric import released_student_warnings
 from mira_dagster.core.sampling import teacher_sample
 from mira_dagster.core.scoring import Job, Outcome, Role, RunStats, score_jobs
 from mira_dagster.core.tables import RECORD_SCHEMA, SLOT_COLUMNS, scores_frame
@@ -36,12 +37,20 @@ class Scored(NamedTuple):
     role: Role = "student"
     endpoint: str = ""
     model: str = ""
+    # calibration references in the system prompt, and why a released student's scores may be off
+    references: int = 0
+    warnings: tuple[str, ...] = ()
 
 
 def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, records: Sequence[Record]) -> Scored:
     source = context.partition_key
     settings = mira.config().pipeline
-    spec, backend, where = mira.scorer(role, mira.config().sources[source].group)
+    group_id = mira.config().sources[source].group
+    spec, backend, where = mira.scorer(role, group_id)
+    rubric = mira.rubric(group_id)
+    warnings = tuple(released_student_warnings(mira.config(), group_id, rubric))
+    for text in warnings:
+        context.log.warning(f"{role} {source}: {text}")
     jobs = [Job(rec, render_user(spec.user_template, rec)) for rec in records]
     # The server's own context length wins over the configured one when it reports it.
     max_model_len = getattr(backend, "max_model_len", None) or settings.max_model_len
@@ -81,7 +90,9 @@ def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, re
     )
     # Endpoint.redacted() drops user:password@ and query strings; the offline stand-in has no endpoint
     endpoint = f"endpoint {backend.endpoint.redacted()}" if isinstance(backend, OpenAIBackend) else "offline stand-in"
-    return Scored(scores_frame(records, outcomes, spec), stats, spec.version, client_meta, role, endpoint, spec.model)
+    df = scores_frame(records, outcomes, spec)
+    refs = len(rubric.references())
+    return Scored(df, stats, spec.version, client_meta, role, endpoint, spec.model, refs, warnings)
 
 
 def status_counts(df: pl.DataFrame) -> dict[str, int]:
@@ -162,6 +173,8 @@ def _scoring_metadata(scored: Scored) -> dict[str, Any]:
         "cached_prompt_tokens": int(df["cached_tokens"].fill_null(0).sum()),
         "wall_time_s": round(stats.elapsed, 3),
         **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in scored.client.items()},
+        "calibration_references": scored.references,
+        **({"warnings": dg.MetadataValue.json(list(scored.warnings))} if scored.warnings else {}),
     }
 
 

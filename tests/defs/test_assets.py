@@ -57,7 +57,7 @@ def test_pipeline_end_to_end_offline(small_config: Path, tmp_path: Path) -> None
         assert abs(kept_tokens - total / 2) <= 2 * biggest
     assert len({v for v, *_ in report}) == 4
     manifest = json.loads((home / "exports" / "selected_subset" / "manifest.json").read_text())
-    assert manifest["variant"] == "group" and manifest["mask_version"] and manifest["scorer_versions"]
+    assert manifest["variant"] == "source" and manifest["mask_version"] and manifest["scorer_versions"]
     export = pl.read_parquet(home / "exports" / "selected_subset" / "lean_qa-00000.parquet")
     assert sum(f["records"] for f in manifest["files"]) == manifest["records"]
     assert export.height == con.execute("SELECT count(*) FROM selected_subset WHERE source='lean_qa'").fetchone()[0]
