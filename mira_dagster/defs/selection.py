@@ -133,8 +133,9 @@ VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
     ],
     description=(
         "The kept records of the configured variant (selection_variant, default 'source': per-source retention, "
-        "each source keeping its best records up to its share of the budget) at the token budget (retention_share of all tokens, default 0.5 as in the paper's 25B of "
-        "50B, or budget_tokens), with the per-source floor and cap source_min_share / source_max_share. Exported "
+        "each source keeping its best records up to its share of the budget) at the token budget (retention_share "
+        "of all tokens, default 0.5 as in the paper's 25B of 50B, or budget_tokens), with the per-source floor and "
+        "cap source_min_share / source_max_share. Exported "
         "with their text to $MIRA_HOME/exports/selected_subset/<source>-NNNNN.parquet shards with a manifest.json. "
         "The same content in several sources (one record_id) is one record in the budget and the export, owned by "
         "the source whose name sorts first; the overlap per source pair is the table `source_overlap` "
