@@ -69,6 +69,10 @@ class PipelineSettings(BaseModel):
     # Reliability mask: a (source, dim) cell is kept when MAE <= max_mae and rho >= min_rho.
     mask_max_mae: float = 1.5
     mask_min_rho: float = 0.3
+    # A mask from elsewhere (CSV / JSONL / Parquet of source, dimension, masked; core/mask_import.py), relative to
+    # the registry: applied on top of the computed mask ("union") or instead of it for the cells it lists ("replace").
+    reliability_mask_file: Path | None = None
+    reliability_mask_mode: Literal["union", "replace"] = "union"
     disagreement_top_k: int = Field(10, ge=1)
     bootstrap_resamples: int = Field(1000, ge=10)
     ci_level: float = Field(0.95, gt=0, lt=1)
@@ -197,6 +201,8 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
             group.anchors = (base / group.anchors).resolve()
     for src in cfg.sources.values():
         src.files = [_absolute(base / f) for f in src.files]
+    if cfg.pipeline.reliability_mask_file is not None:
+        cfg.pipeline.reliability_mask_file = _absolute(base / cfg.pipeline.reliability_mask_file)
     for group_id, folder in cfg.watch.items():
         if group_id not in cfg.groups:
             raise ConfigError(f"{path}: watch: unknown group {group_id!r}")

@@ -5,6 +5,7 @@ import hashlib
 import dagster as dg
 import polars as pl
 
+from mira_dagster.core.mask_import import MaskFileError, apply_mask_file, mask_file_digest, read_mask_file
 from mira_dagster.core.plots import reliability_heatmap
 from mira_dagster.core.reliability import reliability_table
 from mira_dagster.core.store import UNPARTITIONED, Store
@@ -77,8 +78,10 @@ def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
     description=(
         "Which (source × dimension) cells the aggregate ignores and why: masked when MAE > mask_max_mae or "
         "ρ < mask_min_rho on the held-out split; cells with fewer than min_heldout pairs are judged on the "
-        "group-level estimate (sql/reliability_mask.sql). The rule is stored with every row. Fails, writing "
-        "nothing, when dim_reliability has no held-out pair at all."
+        "group-level estimate (sql/reliability_mask.sql). A mask from elsewhere (reliability_mask_file) is applied "
+        "on top of it or instead of it (reliability_mask_mode); every cell records its mask_basis (computed, "
+        "imported, both). The rule is stored with every row. Fails, writing nothing, when dim_reliability has no "
+        "held-out pair at all or a mask file row matches no cell."
     ),
 )
 def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
@@ -95,6 +98,12 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
     if rel.is_empty() or not rel["n"].sum():
         # no evidence at all: any mask would be a guess; the last mask (if any) stays
         raise dg.Failure(description=f"reliability_mask: dim_reliability has {_no_pairs(store)}; no mask written")
+    if s.reliability_mask_file is not None:
+        rule += f"; imported mask {s.reliability_mask_file.name} ({s.reliability_mask_mode})"
+        try:
+            rule += f" sha256 {mask_file_digest(s.reliability_mask_file)}"
+        except OSError as exc:
+            raise dg.Failure(description=f"reliability_mask: cannot read {s.reliability_mask_file}: {exc}") from exc
     rounded = rel.with_columns(pl.col(pl.Float64).round(9))
     evidence = hashlib.sha256(rounded.write_csv().encode()).hexdigest()
     version = hashlib.sha256(f"{rule}\n{evidence}".encode()).hexdigest()[:12]
@@ -105,7 +114,13 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
         min_n=s.min_heldout,
         rule=rule,
         mask_version=version,
-    )
+    ).with_columns(pl.lit("computed").alias("mask_basis"))
+    if s.reliability_mask_file is not None:
+        try:
+            imported = read_mask_file(s.reliability_mask_file)
+            df = apply_mask_file(df, imported, s.reliability_mask_mode, str(s.reliability_mask_file))
+        except MaskFileError as exc:  # nothing written: the last mask stays
+            raise dg.Failure(description=f"reliability_mask: {exc}") from exc
     store.write("reliability_mask", df)
     per_source = (
         df.group_by("source").agg(pl.col("masked").sum().alias("masked"), pl.len().alias("dims")).sort("source")
@@ -125,6 +140,7 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
             "rule": rule,
             "mask_version": version,
             "masked_cells": int(df["masked"].sum()),
+            "mask_basis": dg.MetadataValue.json(dict(df.group_by("mask_basis").len().sort("mask_basis").iter_rows())),
             "masked_per_source": md_table(per_source, n=100),
             "preview": md_table(masked, n=30),
             "heatmap": md_image(reliability_heatmap(df), "reliability heatmap"),
