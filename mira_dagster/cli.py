@@ -39,6 +39,12 @@ def _prepare_env(config: str | None, home: str | None) -> Path:
     return home_path
 
 
+def _unknown(what: str, names: list[str], known: list[str], registry: Path) -> int:
+    """A name the registry does not have: one line saying which names it does have; exit code 2."""
+    print(f"mira: unknown {what} {', '.join(names)} (the registry {registry} has {', '.join(known)})", file=sys.stderr)
+    return 2
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     home = _prepare_env(args.config, args.home)
     try:
@@ -46,11 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mira: {exc}", file=sys.stderr)
         return 2
-    unknown = sorted(set(args.source or []) - set(cfg.sources))
-    if unknown:
-        known = ", ".join(cfg.source_names())
-        print(f"mira: unknown source(s) {', '.join(unknown)} (the registry {cfg.path} has {known})", file=sys.stderr)
-        return 2
+    if unknown := sorted(set(args.source or []) - set(cfg.sources)):
+        return _unknown("source(s)", unknown, cfg.source_names(), cfg.path)
     import dagster as dg
 
     from mira_dagster import definitions as d
@@ -275,16 +278,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             return 2
         if args.source:
             if args.source not in cfg.sources:
-                print(
-                    f"mira: unknown source {args.source!r} (the registry {cfg.path} has "
-                    f"{', '.join(cfg.source_names())})"
-                )
-                return 2
+                return _unknown("source", [args.source], cfg.source_names(), cfg.path)
             src = cfg.sources[args.source]
             family, mapping, paths = src.format, src.fields, paths or src.files
         elif args.group not in cfg.groups:
-            print(f"mira: unknown group {args.group!r} (the registry {cfg.path} has {', '.join(sorted(cfg.groups))})")
-            return 2
+            return _unknown("group", [args.group], sorted(cfg.groups), cfg.path)
         else:
             family = cfg.groups[args.group].family
     if not paths:

@@ -17,7 +17,7 @@ import yaml
 
 from mira_dagster.core.mapping import compile_mapping, suggest_mapping
 from mira_dagster.core.readers import SourceFileError, expand_files, iter_units, sniff
-from mira_dagster.core.records import Rejected, decode_line, to_fields
+from mira_dagster.core.records import Rejected, printable, to_fields, unit_value
 
 FAMILIES = ("qa_with_think", "agent")  # "qa" reads exactly as qa_with_think
 
@@ -83,11 +83,7 @@ def _inspect_file(
 
 def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_bytes: int, examples: int) -> None:
     try:
-        if unit.error is not None:
-            raise Rejected("unreadable", unit.error)
-        if unit.oversize is not None:
-            raise Rejected("too large", f"record of {unit.oversize:,} bytes is over the {max_bytes:,}-byte limit")
-        obj = decode_line(unit.raw, max_bytes) if unit.raw is not None else unit.obj
+        obj = unit_value(unit, max_bytes)
     except Exception as exc:  # as in ingest: one unit never stops the report
         rej = exc if isinstance(exc, Rejected) else Rejected("error", f"{type(exc).__name__}: {exc}")
         for res in report.families.values():
@@ -117,7 +113,7 @@ def _count_reason(res: FamilyResult, rej: Rejected, position: int) -> None:
 
 
 def _short(text: str, n: int = 90) -> str:
-    flat = " ".join(text.encode("utf-8", "replace").decode("utf-8").split())  # printable even with lone surrogates
+    flat = " ".join(printable(text).split())  # lone surrogates from the data would not print
     return flat if len(flat) <= n else f"{flat[: n - 1]}… ({len(text):,} chars)"
 
 

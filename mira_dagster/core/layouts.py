@@ -53,8 +53,17 @@ from mira_dagster.core.config import Family
 Fields = dict[str, str]
 Layout = Callable[[dict[str, Any]], Fields | None]
 
-_QA_REQUIRED = ("question", "answer")
-_AGENT_REQUIRED = ("trajectory",)
+# The text fields of each prompt family, and those a record must have (non-empty after normalisation).
+FAMILY_FIELDS: dict[Family, tuple[str, ...]] = {
+    "qa_with_think": ("question", "thinking", "answer"),
+    "qa": ("question", "thinking", "answer"),
+    "agent": ("task", "trajectory", "outcome"),
+}
+REQUIRED: dict[Family, tuple[str, ...]] = {
+    "qa_with_think": ("question", "answer"),
+    "qa": ("question", "answer"),
+    "agent": ("trajectory",),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +531,6 @@ LAYOUTS: dict[Family, list[tuple[str, Layout]]] = {
     "qa": _QA_LAYOUTS,
     "agent": _AGENT_LAYOUTS,
 }
-_REQUIRED: dict[Family, tuple[str, ...]] = {"qa_with_think": _QA_REQUIRED, "qa": _QA_REQUIRED, "agent": _AGENT_REQUIRED}
 
 
 def match(obj: dict[str, Any], family: Family) -> tuple[str, Fields] | None:
@@ -536,7 +544,7 @@ def match(obj: dict[str, Any], family: Family) -> tuple[str, Fields] | None:
         fields = layout(obj)
         if fields is None:
             continue
-        blank = [_blank(fields.get(k, "")) for k in _REQUIRED[family]]
+        blank = [_blank(fields.get(k, "")) for k in REQUIRED[family]]
         if not any(blank):
             return name, fields
         if not all(blank):  # some required text was found: this layout knew the shape

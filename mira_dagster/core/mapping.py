@@ -19,18 +19,8 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from mira_dagster.core.layouts import Fields, as_text
+from mira_dagster.core.layouts import FAMILY_FIELDS, REQUIRED, Fields, as_text
 
-FAMILY_FIELDS: dict[str, tuple[str, ...]] = {
-    "qa_with_think": ("question", "thinking", "answer"),
-    "qa": ("question", "thinking", "answer"),
-    "agent": ("task", "trajectory", "outcome"),
-}
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "qa_with_think": ("question", "answer"),
-    "qa": ("question", "answer"),
-    "agent": ("trajectory",),
-}
 MAPPED_LAYOUT = "fields"  # the layout name recorded for mapped records
 
 

@@ -17,6 +17,8 @@ from typing import Literal
 
 import polars as pl
 
+from mira_dagster.core.rubric import N_SLOTS, slot_number
+
 MaskMode = Literal["union", "replace"]
 _TRUE = {"true", "1", "yes", "y", "t", "masked"}
 _FALSE = {"false", "0", "no", "n", "f", "kept", ""}
@@ -90,7 +92,7 @@ def _resolve(computed: pl.DataFrame, imported: pl.DataFrame, where: str) -> pl.D
     resolved, problems = [], []
     for i, row in enumerate(imported.iter_rows(named=True), 1):
         source, dim, flag = row["source"] or "", (row["dimension"] or "").strip(), (row["masked"] or "").strip().lower()
-        slot = _slot(dim) or names.get((source, dim))
+        slot = _slot(dim) or names.get((source, dim))  # "4" / "A4", else the dimension's name
         if flag not in _TRUE | _FALSE:
             problems.append(f"row {i}: masked={row['masked']!r} is not true/false")
         elif slot is None or (source, slot) not in cells:
@@ -106,5 +108,5 @@ def _resolve(computed: pl.DataFrame, imported: pl.DataFrame, where: str) -> pl.D
 
 
 def _slot(dimension: str) -> int | None:
-    text = dimension.upper().removeprefix("A")
-    return int(text) if text.isdigit() and 1 <= int(text) <= 15 else None
+    slot = slot_number(dimension)
+    return slot if slot is not None and 1 <= slot <= N_SLOTS else None

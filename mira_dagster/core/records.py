@@ -27,8 +27,8 @@ import polars as pl
 from pydantic import BaseModel
 
 from mira_dagster.core.config import Family
-from mira_dagster.core.layouts import Fields, match
-from mira_dagster.core.mapping import MAPPED_LAYOUT, REQUIRED, FieldMapping
+from mira_dagster.core.layouts import REQUIRED, Fields, match
+from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping
 from mira_dagster.core.readers import SourceFileError, Unit, expand_files, file_versions, iter_units
 
 __all__ = ["SourceFileError", "read_source", "record_id_of", "estimate_tokens", "SourceIngest"]
@@ -203,17 +203,23 @@ def _json_type(obj: Any) -> str:
     return names.get(type(obj), type(obj).__name__)
 
 
-def parse_unit(unit: Unit, family: Family, mapping: FieldMapping | None, max_bytes: int) -> tuple[str, Fields, str]:
-    """(layout, normalised fields, record_id) of a unit; raises Rejected for anything that goes wrong, so that no
-    unit, however malformed, escapes as an exception."""
+def unit_value(unit: Unit, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """The JSON value a unit holds (a decoded line, an array element, a Parquet row); raises Rejected when it
+    holds none: unreadable, over the size limit, or not valid JSON."""
     if unit.error is not None:
         raise Rejected("unreadable", unit.error)
     if unit.oversize is not None:
         raise Rejected(
             "too large", f"record of {unit.oversize:,} bytes is over the {max_bytes:,}-byte limit (max_record_bytes)"
         )
+    return decode_line(unit.raw, max_bytes) if unit.raw is not None else unit.obj
+
+
+def parse_unit(unit: Unit, family: Family, mapping: FieldMapping | None, max_bytes: int) -> tuple[str, Fields, str]:
+    """(layout, normalised fields, record_id) of a unit; raises Rejected for anything that goes wrong, so that no
+    unit, however malformed, escapes as an exception."""
     try:
-        obj = decode_line(unit.raw, max_bytes) if unit.raw is not None else unit.obj
+        obj = unit_value(unit, max_bytes)
         layout, fields = to_fields(obj, family, mapping)
         if sum(map(len, fields.values())) > max_bytes:  # objects from JSON arrays and Parquet have no line size
             raise Rejected("too large", f"record text is over the {max_bytes:,}-character limit (max_record_bytes)")
@@ -241,7 +247,7 @@ def _excerpt(unit: Unit) -> str:
             return f"<a {type(unit.obj).__name__} nested too deeply to show>"
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Text that is valid Unicode (a lone surrogate from the data, quoted in a reason, becomes '?')."""
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
@@ -321,7 +327,7 @@ class SourceIngest:
                 if rid in self._seen:
                     raise Rejected("duplicate", f"duplicate of {self._seen[rid]}")
             except Rejected as rej:
-                parsed.rejected.append((unit.position, rej.kind, _printable(str(rej)), _printable(_excerpt(unit))))
+                parsed.rejected.append((unit.position, rej.kind, printable(str(rej)), printable(_excerpt(unit))))
                 continue
             self._seen[rid] = f"{name}:{unit.position}"
             parsed.record_id.append(rid)

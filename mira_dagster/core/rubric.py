@@ -182,7 +182,8 @@ class RubricError(ValueError):
     pass
 
 
-def _slot_number(value: Any) -> int | None:
+def slot_number(value: Any) -> int | None:
+    """A slot as files write it: 4, 4.0, "4" or "A4" (not checked against 1-15)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -201,7 +202,7 @@ def _parse_slot(raw: Any, where: str, family: Family) -> AnchorDim:
         raise RubricError(f"{where}: expected a JSON object (one slot a line), got {type(raw).__name__}")
     if "slot" not in raw:
         raise RubricError(f"{where}: no `slot` (each line needs a slot number 1-{N_SLOTS} and a name)")
-    slot = _slot_number(raw["slot"])
+    slot = slot_number(raw["slot"])
     if slot is None or not 1 <= slot <= N_SLOTS:
         raise RubricError(f"{where}: slot {raw['slot']!r} is not a slot number 1-{N_SLOTS}")
     what = f"{where}: slot {slot}"

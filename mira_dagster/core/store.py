@@ -124,13 +124,6 @@ class Store:
             writer.close()
             tmp.unlink(missing_ok=True)
 
-    def row_count(self, table: str, partition: str) -> int:
-        """Rows in a stored partition, from the Parquet footer (nothing else is read)."""
-        if self.fs is not None:
-            with self.fs.open(self._remote_key(table, partition), "rb") as fh:
-                return pq.ParquetFile(fh).metadata.num_rows
-        return pq.ParquetFile(self.partition_path(table, partition)).metadata.num_rows
-
     def read(self, table: str, partition: str | None = None) -> pl.DataFrame:
         if partition is not None:
             if self.fs is not None:

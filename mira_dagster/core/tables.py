@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, Quarantined, Record
+from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, Record
 from mira_dagster.core.rubric import N_SLOTS
 from mira_dagster.core.scoring import Outcome, ScorerSpec
 
@@ -34,14 +34,6 @@ SCORE_SCHEMA = {
     "scorer_version": pl.String,
     "model": pl.String,
 }
-
-
-def records_frame(records: Sequence[Record]) -> pl.DataFrame:
-    return pl.DataFrame([r.model_dump() for r in records], schema=RECORD_SCHEMA)
-
-
-def quarantine_frame(rows: Sequence[Quarantined]) -> pl.DataFrame:
-    return pl.DataFrame([q.model_dump() for q in rows], schema=QUARANTINE_SCHEMA)
 
 
 def scores_frame(records: Sequence[Record], outcomes: Sequence[Outcome], spec: ScorerSpec) -> pl.DataFrame:

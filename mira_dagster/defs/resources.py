@@ -54,5 +54,6 @@ class MiraResource(dg.ConfigurableResource):
             raise RubricError(f"group {group_id!r} has no rubric yet: materialise anchor_rubric[{group_id}] ({path})")
         return load_rubric(path, group_id, group.family)
 
-    def scorer(self, role: Role, group_id: str) -> tuple[ScorerSpec, ChatBackend, str]:
-        return make_scorer(role, group_id, self.config(), self.rubric(group_id))
+    def scorer(self, role: Role, group_id: str, rubric: Rubric | None = None) -> tuple[ScorerSpec, ChatBackend, str]:
+        """The group's scorer for a role; pass the rubric when the caller has already loaded it."""
+        return make_scorer(role, group_id, self.config(), rubric or self.rubric(group_id))

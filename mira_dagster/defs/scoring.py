@@ -46,8 +46,8 @@ def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, re
     source = context.partition_key
     settings = mira.config().pipeline
     group_id = mira.config().sources[source].group
-    spec, backend, where = mira.scorer(role, group_id)
     rubric = mira.rubric(group_id)
+    spec, backend, where = mira.scorer(role, group_id, rubric)
     warnings = tuple(released_student_warnings(mira.config(), group_id, rubric))
     for text in warnings:
         context.log.warning(f"{role} {source}: {text}")
