@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from mira_dagster.core.config import DEFAULT_CONFIG
 from mira_dagster.core.mapping import compile_mapping
 from mira_dagster.core.readers import count_units
 from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, IngestStats, SourceIngest, input_fingerprint
@@ -80,7 +81,9 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             metadata={"units_in_files": on_disk, "records_plus_quarantined": written},
             description=f"{on_disk} units in the files, {written} records + quarantined rows written",
         )
-        usable = _usable_check(source, stats, share, cfg.pipeline.max_quarantine_share)
+        # the command to look with: the registry named when it is not the default one
+        inspect = f"mira inspect --source {source}" + (f" --config {cfg.path}" if cfg.path != DEFAULT_CONFIG else "")
+        usable = _usable_check(source, stats, share, cfg.pipeline.max_quarantine_share, inspect)
         kept = reconcile.passed and usable.passed
         if not kept:
             # the quarantine says why (the summary shows it); the records stay those of the last good read
@@ -116,10 +119,10 @@ def _preview(path: Path) -> dg.MetadataValue:
     return md_table(pl.scan_parquet(path, glob=False).select(PREVIEW).head(5).collect(), n=5)
 
 
-def _usable_check(source: str, stats: IngestStats, share: float, limit: float) -> dg.AssetCheckResult:
+def _usable_check(source: str, stats: IngestStats, share: float, limit: float, inspect: str) -> dg.AssetCheckResult:
     top = stats.reasons.most_common(1)
     why = f"; most common reason: {top[0][0]} ({top[0][1]})" if top else ""
-    hint = f"; run `mira inspect --source {source}` to see why (the last good records are kept)"
+    hint = f"; run `{inspect}` to see why (the last good records are kept)"
     if stats.records == 0:
         passed, text = False, f"source {source!r}: 0 records from {stats.units_read} units read{why}{hint}"
     elif share > limit:
