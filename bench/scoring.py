@@ -33,7 +33,7 @@ from mira_dagster.core.config import load_config  # noqa: E402
 from mira_dagster.core.llm_client import Endpoint, OpenAIBackend  # noqa: E402
 from mira_dagster.core.offline import OfflineBackend  # noqa: E402
 from mira_dagster.core.parsing import parse_reply  # noqa: E402
-from mira_dagster.core.prompts import render_user, system_prompt, user_template  # noqa: E402
+from mira_dagster.core.prompts import load_templates, render_system, render_user  # noqa: E402
 from mira_dagster.core.records import Record, record_id_of  # noqa: E402
 from mira_dagster.core.rubric import load_rubric  # noqa: E402
 from mira_dagster.core.scoring import Completion, Job, ScorerSpec, score_jobs  # noqa: E402
@@ -116,20 +116,20 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = load_config()
-    rubric = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think")
+    rubric, templates = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think"), load_templates()
     spec = ScorerSpec(
         role="student",
         backend="openai",
         model="whw06/MIRA-QA-Group3",
-        system_prompt=system_prompt(rubric, cfg.groups["2"].description),
-        user_template=user_template(rubric),
+        system_prompt=render_system(templates, rubric, cfg.groups["2"].description),
+        user_template=templates.user,
         anchors_sha256=rubric.file_sha256,
         temperature=0.7,
         top_p=0.95,
         max_tokens=2048,
     )
     records = make_records(args.records)
-    sample_user = render_user(spec.user_template, records[0])
+    sample_user = render_user(spec.user_template, rubric, records[0])
     reply_text = OfflineBackend("student").reply(sample_user)
     reply = json.dumps(
         {
@@ -151,7 +151,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             # our path, end to end: prompts, async client, cache on disk, parse
-            jobs = [Job(r, render_user(spec.user_template, r)) for r in records]
+            jobs = [Job(r, render_user(spec.user_template, rubric, r)) for r in records]
             # the project's default client settings, as a user runs them
             in_flight = cfg.pipeline.max_in_flight
             backend = OpenAIBackend(Endpoint((url,), "EMPTY", spec.model), max_in_flight=in_flight)
@@ -179,7 +179,7 @@ def main() -> None:
             # CPU in our own code, each phase on its own
             cpu = {}
             t0 = time.process_time()
-            users = [render_user(spec.user_template, r) for r in records]
+            users = [render_user(spec.user_template, rubric, r) for r in records]
             cpu["prompt_build"] = time.process_time() - t0
             t0 = time.process_time()
             parsed = [parse_reply(reply_text, "stop") for _ in users]

@@ -78,15 +78,14 @@ def make_tables(n: int, n_heldout: int, n_sources: int, seed: int = 0) -> tuple[
     return students, teachers
 
 
-def dims() -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "group_id": [g for g in ("g0", "g1", "g2") for _ in range(15)],
-            "slot": list(range(1, 16)) * 3,
-            "dim_name": [f"d{i}" for i in range(1, 16)] * 3,
-        },
-        schema={"group_id": pl.String, "slot": pl.Int32, "dim_name": pl.String},
+def dims(store: Store) -> pl.DataFrame:
+    """Every source's 15 slots, pooled over its group (the default scorer_scope: one scorer per group)."""
+    pools = store.query_sql("SELECT DISTINCT source, group_id AS pool FROM student_scores ORDER BY source")
+    slots = pl.DataFrame(
+        {"slot": list(range(1, 16)), "dim_name": [f"d{i}" for i in range(1, 16)]},
+        schema={"slot": pl.Int32, "dim_name": pl.String},
     )
+    return pools.join(slots, how="cross")
 
 
 # -- our path ------------------------------------------------------------------------------------------
@@ -98,7 +97,7 @@ def ours(store: Store) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
         steps[name] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
 
-    rel = reliability_table(store, dims(), n_boot=N_BOOT, seed=0)
+    rel = reliability_table(store, dims(store), n_boot=N_BOOT, seed=0)
     store.write("dim_reliability", rel)
     lap("reliability")
     mask = store.query(
@@ -106,10 +105,12 @@ def ours(store: Store) -> tuple[dict[str, pl.DataFrame], dict[str, float]]:
     )
     store.write("reliability_mask", mask)
     lap("mask")
-    agg = store.query("aggregated_scores")
+    agg = store.query("aggregated_scores", normalise="group")
     store.write("aggregated_scores", agg)
     lap("aggregates")
-    kept = store.query("select_variant", variant="group", share=SHARE, min_share=0.0, max_share=1.0, seed=0)
+    kept = store.query(
+        "select_variant", variant="scores", label="bench", share=SHARE, min_share=0.0, max_share=1.0, seed=0
+    )
     lap("selection")
     return {"rel": rel, "mask": mask, "agg": agg, "kept": kept}, steps
 
@@ -285,13 +286,14 @@ def baseline(students: pl.DataFrame, teachers: pl.DataFrame) -> dict:
                     mu, sd = stats[(scope, unit_of(r), slot)]
                     zs.append((v - mu) / sd if sd > 0 else 0.0)
             agg[scope][(r["source"], r["record_id"])] = sum(zs) / len(zs) if zs else None
-    # per group: best first, cut closest to SHARE of the group's tokens
+    # per source (per-source retention), by the group-normalised aggregate: best first, cut closest to SHARE of
+    # the source's tokens
     kept = set()
-    by_group: dict[str, list] = defaultdict(list)
+    by_source: dict[str, list] = defaultdict(list)
     for r in srows:
-        by_group[r["group_id"]].append(r)
+        by_source[r["source"]].append(r)
     group_agg = agg["group"]
-    for rows in by_group.values():
+    for rows in by_source.values():
         budget = SHARE * sum(r["n_tokens"] for r in rows)
         scored = [r for r in rows if group_agg[(r["source"], r["record_id"])] is not None]
         scored.sort(key=lambda r: (-group_agg[(r["source"], r["record_id"])], r["record_id"]))

@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mira_dagster import definitions as d
-    from mira_dagster.defs.partitions import register_sources
+    from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import MiraResource
 
     # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO. Failures are
@@ -67,24 +67,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet_dagster_failures()
     resources = {"mira": MiraResource()}
     sources = args.source or cfg.source_names()
-    groups = sorted({cfg.sources[s].group for s in sources})
+    # the scorer units (groups by default, "global", or sources: pipeline.scorer_scope) the chosen sources need
+    units = sorted({cfg.unit_of(s).key for s in sources})
+    scope = cfg.pipeline.scorer_scope
     # Phases: every partition of a phase runs even when one fails (a bad source fails alone), but the next
     # phase starts only when the whole phase succeeded, so no rubric, mask, selection or export is ever
     # replaced by the output of a run with a failed part.
     phases: list[list[tuple[str, list, str | None]]] = [
         [(f"{s}: raw_records", d.INGEST_ASSETS, s) for s in sources],
         [("all sources: source_groups", d.GROUPING_ASSETS, None)],
-        [(f"group {g}: teacher_judgments, anchor_rubric", d.DISCOVERY_ASSETS, g) for g in groups],
+        [(f"{scope} {u}: teacher_judgments, anchor_rubric", d.DISCOVERY_ASSETS, u) for u in units],
         [(f"{s}: teacher_labels, student_scores", d.SCORING_ASSETS, s) for s in sources],
-        [(f"group {g}: distillation_dataset", d.DISTILL_ASSETS, g) for g in groups],
-        [("corpus: reliability, mask, aggregates, selection variants, selected_subset, report", d.CORPUS_ASSETS, None)],
+        [(f"{scope} {u}: distillation_dataset", d.DISTILL_ASSETS, u) for u in units],
+        [("corpus: reliability, mask, aggregates, selected_subset, random, report", d.CORPUS_ASSETS, None)],
     ]
     total = sum(len(p) for p in phases)
     step = 0
     with dg.DagsterInstance.get() as instance:
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
-        register_sources(instance, cfg.source_names())  # the partitions the sensor would add
+        register_partitions(instance, cfg)  # the partitions the sensor would add
         for phase in phases:
             failures: list[str] = []
             for label, selection, partition in phase:
@@ -199,6 +201,18 @@ SUMMARY_COLUMNS = [
 ]
 
 
+VARIANT_COLUMNS = [
+    "variant",
+    "records_kept",
+    "tokens_kept",
+    "kept_token_share",
+    "jaccard_vs_current",
+    "heldout_kept",
+    "teacher_overall_kept",
+    "teacher_overall_dropped",
+]
+
+
 def summary_rows(home: Path, sources: list[str]) -> list[list[object]]:
     """One row per configured source, whatever the tables hold: a source never ingested or with 0 records
     shows with zeros rather than disappearing."""
@@ -251,6 +265,11 @@ def print_summary(home: Path, sources: list[str] | None = None, stale_selection:
     if stale_selection:
         print("tables as they stand; records_kept is from the last successful selection")
     print(tabulate([*rows, totals], headers=SUMMARY_COLUMNS, tablefmt="github"))
+    if "selection_variants" in store.tables():
+        variants = store.read("selection_variants").select(VARIANT_COLUMNS)
+        print("\nthe variants at the same budget (selection_report; teacher: the anchored teacher's overall 0-100 on")
+        print("held-out records kept and left out):")
+        print(tabulate(variants.rows(), headers=VARIANT_COLUMNS, tablefmt="github"))
     print(f"\ncatalogue: {store.catalog_path}   export: {store.exports_dir / 'selected_subset'}")
 
 
@@ -331,7 +350,7 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
     """Validate an anchors file (downloaded or hand-written) and print it as the scorer would see it."""
     import re
 
-    from mira_dagster.core.prompts import system_prompt
+    from mira_dagster.core.prompts import PromptTemplateError, load_templates, render_system
     from mira_dagster.core.rubric import FAMILY_FACETS, RubricError, load_rubric
 
     path = Path(args.file)
@@ -359,6 +378,16 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
         print(f"mira: {exc}".splitlines()[0], file=sys.stderr)
         return 1
     description = groups[group_id].description if group_id in groups else ""
+    # the template the group's scorer uses (its `system_template`, the pipeline's, else the shipped one) unless one
+    # is given
+    template = Path(args.system_template) if args.system_template else None
+    if template is None and cfg is not None and group_id in groups:
+        template = groups[group_id].system_template or cfg.pipeline.system_template
+    try:
+        prompt = render_system(load_templates(template), rubric, description)
+    except PromptTemplateError as exc:
+        print(f"mira: {exc}", file=sys.stderr)
+        return 1
     shown = {id(r) for r in rubric.references()}
     print(f"anchors file: {path.resolve()}  (sha256 {rubric.file_sha256[:16]}…)")
     where = f"group {group_id}" if group_id else "no group (pass --group for its description)"
@@ -378,7 +407,7 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
     else:
         print("calibration references: none; the system prompt says so (the cards' prompt embeds the top-12)")
     print("=== system prompt ===")
-    print(system_prompt(rubric, description))
+    print(prompt)
     return 0
 
 
@@ -415,9 +444,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file", help="the anchors file (JSONL, one slot a line)")
     check.add_argument("--group", help="the registry group it is for (default: from a group_<id>_dim_anchors name)")
     check.add_argument(
-        "--family", choices=["qa_with_think", "qa", "agent"], help="prompt family (default: the group's)"
+        "--family",
+        choices=["qa_with_think", "qa", "agent", "mixed"],
+        help="prompt family (default: the group's; mixed: a global rubric)",
     )
     check.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
+    check.add_argument(
+        "--system-template", help="render with this Jinja2 system template (default: the group's, else the shipped)"
+    )
     check.set_defaults(fn=cmd_anchors_check)
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")

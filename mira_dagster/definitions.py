@@ -8,9 +8,9 @@ from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.reliability import dim_reliability, disagreements, reliability_mask
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
-from mira_dagster.defs.selection import VARIANT_ASSETS, aggregated_scores, selected_subset, selection_report
+from mira_dagster.defs.selection import aggregated_scores, selected_random, selected_subset, selection_report
 
-# The order `mira run` materialises them in: per source, per group, per source, then the corpus.
+# The order `mira run` materialises them in: per source, per scorer unit, per source, then the corpus.
 INGEST_ASSETS = [raw_records]
 GROUPING_ASSETS = [source_groups]
 DISCOVERY_ASSETS = [teacher_judgments, anchor_rubric]
@@ -22,8 +22,8 @@ CORPUS_ASSETS = [
     reliability_mask,
     disagreements,
     aggregated_scores,
-    *VARIANT_ASSETS,
     selected_subset,
+    selected_random,
     selection_report,
 ]
 ALL_ASSETS = [

@@ -1,8 +1,9 @@
 -- aggregated_scores: per record, the mean of its unmasked dimension scores after z-normalising each
 -- dimension, at three scopes: over all sources (aggregate_global), within the record's group
 -- (aggregate_group) and within its source (aggregate_source), so that a lenient dimension does not dominate.
--- Equal weights over the dimensions the record has a score for; `aggregate` is the group-level one. Records
--- without any usable score get NULL aggregates.
+-- Equal weights over the dimensions the record has a score for; `aggregate`, the one selection ranks by, is the
+-- one of $normalise (pipeline.normalise_within: global | group | source). Records without any usable score get
+-- NULL aggregates.
 -- How: the statistics come from per-(source, slot) sums pooled per scope. Per source and scope, slot i gets a
 -- weight w_i = 1/sd_i and an offset c_i = mu_i/sd_i (both 0 for a masked slot or one with sd = 0), so that
 --   aggregate = (sum_i s_i * w_i - sum_i present_i * c_i) / (number of present unmasked slots)
@@ -78,7 +79,8 @@ WITH shared AS MATERIALIZED (
     FROM lists l JOIN weights w USING (source)
 )
 SELECT source, group_id, record_id, n_tokens, status,
-    t_grp / nullif(k, 0) AS aggregate, t_all / nullif(k, 0) AS aggregate_global,
+    CASE $normalise WHEN 'global' THEN t_all WHEN 'source' THEN t_src ELSE t_grp END / nullif(k, 0) AS aggregate,
+    t_all / nullif(k, 0) AS aggregate_global,
     t_grp / nullif(k, 0) AS aggregate_group, t_src / nullif(k, 0) AS aggregate_source,
     CAST(k AS INTEGER) AS n_dims_used,
     (SELECT any_value(mask_version) FROM reliability_mask) AS mask_version

@@ -1,24 +1,21 @@
--- select_variant: the records one selection variant keeps, all variants at the same token budget.
---   global: one normalisation, one threshold over all sources    (unit = all, score = aggregate_global)
---   group:  per-group normalisation and threshold                 (unit = group, score = aggregate_group)
---   source: per-source normalisation and threshold                (unit = source, score = aggregate_source)
---   random: a seeded random order over all records                (unit = all)
--- Each unit's budget is $share of its tokens (every record counts, scored or not), so every variant keeps the
--- same share overall. Within a unit, records are taken best first (score DESC, record_id); each source first
--- keeps its best records up to $min_share of its tokens, and no source goes past $max_share. The cut is placed
--- where the unit's kept tokens come closest to its budget (a record that crosses it is kept only if that lands
--- nearer). The cuts themselves come from budget_cut (sql/macro_budget_cut.sql).
+-- select_variant: the records a selection keeps under per-source retention (the cards' rule), at the token budget.
+--   $variant = 'scores': each source keeps its best records by `aggregate` (sql/aggregated_scores.sql)
+--   $variant = 'random': each source keeps a seeded random order's first records (the baseline)
+-- $label names the selection in its rows (e.g. MIRA-group, random). Each source's budget is $share of its tokens
+-- (every record counts, scored or not), so every selection keeps the same share of each source. Records are taken
+-- best first (score DESC, record_id); each source first keeps its best records up to $min_share of its tokens, and
+-- no source goes past $max_share. The cut is placed where the source's kept tokens come closest to its budget (a
+-- record that crosses it is kept only if that lands nearer). The cuts come from budget_cut
+-- (sql/macro_budget_cut.sql).
 -- aggregated_scores has one row per record: content found in several sources (one record_id) is the row of the
 -- source whose name sorts first (sql/aggregated_scores.sql), so it counts once in every budget and is selected,
 -- and exported, at most once, under that source.
 WITH base AS (
     SELECT source, group_id, record_id, n_tokens, mask_version,
-        CASE $variant WHEN 'group' THEN group_id WHEN 'source' THEN source ELSE '*' END AS unit,
+        source AS unit,
         CASE $variant
-            WHEN 'global' THEN aggregate_global
-            WHEN 'group' THEN aggregate_group
-            WHEN 'source' THEN aggregate_source
-            ELSE CAST(hash(record_id || '/' || CAST($seed AS VARCHAR)) % 1000000007 AS DOUBLE)
+            WHEN 'random' THEN CAST(hash(record_id || '/' || CAST($seed AS VARCHAR)) % 1000000007 AS DOUBLE)
+            ELSE aggregate
         END AS score
     FROM aggregated_scores
 ), src AS (
@@ -57,7 +54,7 @@ WITH base AS (
 ), pool_cut AS (
     SELECT * FROM budget_cut('pool_rows')
 )
-SELECT $variant AS variant, unit, source, group_id, record_id, score, n_tokens, budget_tokens, mask_version,
+SELECT $label AS variant, unit, source, group_id, record_id, score, n_tokens, budget_tokens, mask_version,
     reserved
 FROM flagged f LEFT JOIN pool_cut p ON p.part = f.unit
 WHERE reserved

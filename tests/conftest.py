@@ -16,7 +16,7 @@ ANCHORS = PROJECT_ROOT / "anchors"
 def _no_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests choose their endpoints explicitly; nothing leaks in from the environment."""
     for var in list(__import__("os").environ):
-        if var.startswith(("MIRA_STUDENT_", "MIRA_TEACHER_")):
+        if var.startswith(("MIRA_STUDENT_", "MIRA_TEACHER_", "MIRA_EMBED_")):
             monkeypatch.delenv(var, raising=False)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """The registry or settings are not usable; the message names the file and the key."""
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `on` / `off` as a boolean: take it back as the word the user wrote."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class GroupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,6 +38,14 @@ class GroupConfig(BaseModel):
     # The group's rubric as released with its student (the model cards' anchors). Without it, the rubric
     # discovered by `anchor_rubric` is used.
     anchors: Path | None = None
+    # Prompt templates (Jinja2, core/prompts.py), relative to the registry; unset = the shipped ones
+    # (anchors/templates/). They are part of scorer_version.
+    system_template: Path | None = None
+    user_template: Path | None = None
+    # vLLM structured outputs for this group's scorers; unset = pipeline.constrained_decoding.
+    constrained_decoding: Literal["auto", "on", "off"] | None = None
+
+    _constrained_words = field_validator("constrained_decoding", mode="before")(_on_off)
 
 
 class SourceConfig(BaseModel):
@@ -82,9 +95,9 @@ class PipelineSettings(BaseModel):
     # the variant's units in proportion to their tokens; per-source floor and cap as shares of its tokens.
     retention_share: float = Field(0.5, gt=0, le=1)
     budget_tokens: int | None = Field(None, gt=0)
-    # "source": per-source retention, the cards' rule (each source keeps its best records up to retention_share of
-    # its own tokens); the others cut once per group, once over everything, or at random (for comparison).
-    selection_variant: Literal["global", "group", "source", "random"] = "source"
+    # Selection is per-source retention, the cards' rule: each source keeps its best records up to its share of the
+    # budget. The aggregate z-normalises each dimension over the record's source (default), group, or all sources.
+    normalise_within: Literal["global", "group", "source"] = "source"
     source_min_share: float = Field(0.0, ge=0, le=1)
     source_max_share: float = Field(1.0, ge=0, le=1)
     export_shard_records: int = Field(100_000, ge=1)
@@ -98,7 +111,16 @@ class PipelineSettings(BaseModel):
     write_batch_size: int = Field(256, ge=1)
     # vLLM structured outputs: "auto" = on when the endpoint reports itself as vLLM.
     constrained_decoding: Literal["auto", "on", "off"] = "auto"
-    constrained_rationale_chars: int = Field(200, ge=1)
+    _constrained_words = field_validator("constrained_decoding", mode="before")(_on_off)
+    constrained_rationale_chars: int = Field(300, ge=1)  # measured: README "Constrained decoding"
+    # A reply that is parse_error or partial is asked again up to this many times (every attempt is cached).
+    parse_retries: int = Field(1, ge=0)
+    # Prompt templates for scorer units that are not a group (scorer_scope global or source); unset = shipped.
+    system_template: Path | None = None
+    user_template: Path | None = None
+    # The paper's variants: one rubric and one student over all sources ("global"), one per group ("group", the
+    # released students) or one per source ("source"). Stages 1 and 2 run once per unit of the scope.
+    scorer_scope: Literal["global", "group", "source"] = "group"
     # Blocking check: a partition whose replies fail to parse more often than this stops downstream.
     max_parse_failure_rate: float = Field(0.05, ge=0, le=1)
     # Blocking check: a partition whose requests failed (status request_error) more often than this fails, naming
@@ -111,6 +133,39 @@ class PipelineSettings(BaseModel):
     judge_sample_per_source: int = Field(30, ge=1)
     # Offline stand-in: slots (1-based) where the offline student is much noisier than the teacher.
     offline_noisy_slots: list[int] = [4, 9, 14]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "selection_variant" in data:
+            raise ValueError(
+                "pipeline.selection_variant was removed: selection is always per-source retention (the cards' rule). "
+                "Use scorer_scope (global | group | source) for the paper's variants, and normalise_within for the "
+                "scope the aggregate z-normalises over; selection_report compares the scopes with random"
+            )
+        return data
+
+
+class ScorerUnit(BaseModel):
+    """One scorer of the scope: the sources it scores, its rubric and its student (issue: the paper's variants).
+
+    scorer_scope "group": one unit per group (the released students); "global": one unit, key "global", over all
+    sources; "source": one unit per source, keyed by the source name.
+    """
+
+    key: str
+    scope: Literal["global", "group", "source"]
+    sources: list[str]
+    # the prompt family of its records, or "mixed" when a global unit spans several
+    family: Family | Literal["mixed"]
+    description: str
+    student_model: str
+    # the registry group behind a group unit (its anchors, templates, released student); None otherwise
+    group: str | None = None
+    anchors: Path | None = None
+    system_template: Path | None = None
+    user_template: Path | None = None
+    constrained_decoding: Literal["auto", "on", "off"]
 
 
 class MiraConfig(BaseModel):
@@ -173,6 +228,63 @@ class MiraConfig(BaseModel):
     def source_names(self) -> list[str]:
         return sorted(self.sources)
 
+    def scorer_units(self) -> dict[str, ScorerUnit]:
+        """The scorer units of pipeline.scorer_scope, by key (sorted), each with its sources (sorted)."""
+        scope, p = self.pipeline.scorer_scope, self.pipeline
+        if scope == "group":
+            return {gid: self._group_unit(gid) for gid in sorted(self.groups)}
+        if scope == "source":
+            return {
+                name: ScorerUnit(
+                    key=name,
+                    scope="source",
+                    sources=[name],
+                    family=src.format,
+                    description=f"source {name} ({self.groups[src.group].description or src.format})",
+                    student_model=f"mira-source-student-{name}",
+                    system_template=p.system_template,
+                    user_template=p.user_template,
+                    constrained_decoding=p.constrained_decoding,
+                )
+                for name, src in sorted(self.sources.items())
+            }
+        families = sorted({src.format for src in self.sources.values()})
+        return {
+            "global": ScorerUnit(
+                key="global",
+                scope="global",
+                sources=self.source_names(),
+                family=families[0] if len(families) == 1 else "mixed",
+                description="all sources",
+                student_model="mira-global-student",
+                system_template=p.system_template,
+                user_template=p.user_template,
+                constrained_decoding=p.constrained_decoding,
+            )
+        }
+
+    def _group_unit(self, gid: str) -> ScorerUnit:
+        g = self.groups[gid]
+        return ScorerUnit(
+            key=gid,
+            scope="group",
+            sources=sorted(n for n, src in self.sources.items() if src.group == gid),
+            family=g.family,
+            description=g.description,
+            student_model=g.student_model,
+            group=gid,
+            anchors=g.anchors,
+            system_template=g.system_template or self.pipeline.system_template,
+            user_template=g.user_template or self.pipeline.user_template,
+            constrained_decoding=g.constrained_decoding or self.pipeline.constrained_decoding,
+        )
+
+    def unit_of(self, source: str) -> ScorerUnit:
+        """The scorer unit that scores a source."""
+        scope = self.pipeline.scorer_scope
+        key = {"group": self.sources[source].group, "source": source, "global": "global"}[scope]
+        return self.scorer_units()[key]
+
 
 def config_path() -> Path:
     return Path(os.environ.get("MIRA_CONFIG") or DEFAULT_CONFIG).resolve()
@@ -201,6 +313,13 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
             group.anchors = (base / group.anchors).resolve()
     for src in cfg.sources.values():
         src.files = [_absolute(base / f) for f in src.files]
+    for group in cfg.groups.values():
+        for attr in ("system_template", "user_template"):
+            if getattr(group, attr) is not None:
+                setattr(group, attr, _absolute(base / getattr(group, attr)))
+    for attr in ("system_template", "user_template"):
+        if getattr(cfg.pipeline, attr) is not None:
+            setattr(cfg.pipeline, attr, _absolute(base / getattr(cfg.pipeline, attr)))
     if cfg.pipeline.reliability_mask_file is not None:
         cfg.pipeline.reliability_mask_file = _absolute(base / cfg.pipeline.reliability_mask_file)
     for group_id, folder in cfg.watch.items():

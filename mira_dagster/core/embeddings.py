@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from openai import OpenAI
+from openai import APIError, BadRequestError, OpenAI
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.preprocessing import normalize
@@ -19,7 +19,8 @@ Matrix = np.ndarray | sparse.csr_matrix
 
 
 class Embedder(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def embed(self, texts: Sequence[str]) -> Matrix: ...
 
@@ -41,30 +42,94 @@ class HashedTfidfEmbedder:
         return normalize(tfidf).tocsr()
 
 
-class OpenAIEmbedder:
-    """Any OpenAI-compatible embeddings endpoint (vLLM serves embedding models the same way)."""
+class EmbeddingError(RuntimeError):
+    """The embeddings endpoint failed; the message names the endpoint and the model."""
 
-    def __init__(self, base_url: str, model: str, api_key: str = "EMPTY", batch_size: int = 64) -> None:
-        self.name = f"openai:{model}"
-        self.model = model
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible embeddings endpoint (vLLM serves embedding models the same way).
+
+    `model=None` takes the one model the endpoint lists at /v1/models. An input longer than the model's context
+    (vLLM answers 400 "maximum context length") makes the embedder resend that batch, and every later one, with
+    vLLM's `truncate_prompt_tokens: -1`: each input cut at the model's maximum length, as sentence-transformers
+    does. Rows come back L2-normalised in input order, whatever order the server answers in.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str = "EMPTY", batch_size: int = 64) -> None:
+        self.base_url = base_url
         self.batch_size = batch_size
+        self.truncate = False
         self.client = OpenAI(base_url=base_url, api_key=api_key, max_retries=3)
+        self._model = model
+
+    @property
+    def model(self) -> str:
+        if self._model is None:
+            self._model = self._only_model()
+        return self._model
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0))
         rows: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
-            resp = self.client.embeddings.create(model=self.model, input=list(texts[start : start + self.batch_size]))
-            rows.extend(d.embedding for d in sorted(resp.data, key=lambda d: d.index))
-        return normalize(np.asarray(rows, dtype=np.float64))
+            rows.extend(self._batch(list(texts[start : start + self.batch_size])))
+        return normalize(self._matrix(rows, len(texts)))
+
+    def _batch(self, texts: list[str]) -> list[list[float]]:
+        try:
+            resp = self.client.embeddings.create(model=self.model, input=texts, **self._extra())
+        except BadRequestError as exc:
+            if self.truncate or "maximum context length" not in str(exc):
+                raise self._error(exc) from exc
+            self.truncate = True  # from now on every batch is cut at the model's maximum length
+            return self._batch(texts)
+        except APIError as exc:
+            raise self._error(exc) from exc
+        if len(resp.data) != len(texts):
+            raise EmbeddingError(f"{self._where()}: {len(resp.data)} embeddings for {len(texts)} inputs")
+        return [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+
+    def _extra(self) -> dict[str, Any]:
+        return {"extra_body": {"truncate_prompt_tokens": -1}} if self.truncate else {}
+
+    def _matrix(self, rows: list[list[float]], n: int) -> np.ndarray:
+        dims = {len(r) for r in rows}
+        if len(dims) != 1 or 0 in dims:
+            raise EmbeddingError(f"{self._where()}: embeddings of differing or zero dimension {sorted(dims)}")
+        return np.asarray(rows, dtype=np.float64).reshape(n, dims.pop())
+
+    def _only_model(self) -> str:
+        try:
+            ids = [m.id for m in self.client.models.list()]
+        except APIError as exc:
+            raise EmbeddingError(f"embeddings endpoint {self.base_url}: cannot list its models: {exc}") from exc
+        if len(ids) != 1:
+            raise EmbeddingError(
+                f"embeddings endpoint {self.base_url} serves {len(ids)} models ({', '.join(ids) or 'none'}): "
+                "set MIRA_EMBED_MODEL"
+            )
+        return ids[0]
+
+    def _where(self) -> str:
+        return f"embeddings endpoint {self.base_url} (model {self.model})"
+
+    def _error(self, exc: APIError) -> EmbeddingError:
+        return EmbeddingError(f"{self._where()}: {exc}")
 
 
 def embedder_from_env() -> Embedder:
-    """MIRA_EMBED_BASE_URL, MIRA_EMBED_MODEL, MIRA_EMBED_API_KEY; the offline TF-IDF when no URL is set."""
+    """MIRA_EMBED_BASE_URL, MIRA_EMBED_MODEL (unset: the endpoint's only model), MIRA_EMBED_API_KEY; the offline
+    TF-IDF when no URL is set."""
     url = os.environ.get("MIRA_EMBED_BASE_URL")
     if not url:
         return HashedTfidfEmbedder()
     return OpenAIEmbedder(
-        url, os.environ.get("MIRA_EMBED_MODEL", "embedding"), os.environ.get("MIRA_EMBED_API_KEY") or "EMPTY"
+        url, os.environ.get("MIRA_EMBED_MODEL") or None, os.environ.get("MIRA_EMBED_API_KEY") or "EMPTY"
     )
 
 

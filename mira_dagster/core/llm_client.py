@@ -86,15 +86,17 @@ def safe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     return " ".join(text.split())[:300]
 
 
-def endpoint_from_env(role: Role, group: str, default_model: str) -> Endpoint | None:
-    """The endpoint(s) for a role and group, or None to use the offline stand-in.
+def endpoint_from_env(role: Role, unit: str, default_model: str) -> Endpoint | None:
+    """The endpoint(s) for a role and scorer unit (a group, "global", or a source), or None to use the offline
+    stand-in.
 
-    Student: MIRA_STUDENT_BASE_URL_<GROUP> or MIRA_STUDENT_BASE_URL (comma-separated for several servers
-    of the same model), key MIRA_STUDENT_API_KEY, model = the group's student_model unless
-    MIRA_STUDENT_MODEL_<GROUP> / MIRA_STUDENT_MODEL says otherwise.
-    Teacher: MIRA_TEACHER_BASE_URL, MIRA_TEACHER_MODEL, MIRA_TEACHER_API_KEY.
+    Student: MIRA_STUDENT_BASE_URL_<UNIT> or MIRA_STUDENT_BASE_URL (comma-separated for several servers
+    of the same model), key MIRA_STUDENT_API_KEY, model = the unit's student_model unless
+    MIRA_STUDENT_MODEL_<UNIT> / MIRA_STUDENT_MODEL says otherwise. <UNIT> is the key upper-cased
+    (MIRA_STUDENT_BASE_URL_D, MIRA_STUDENT_BASE_URL_GLOBAL, MIRA_STUDENT_BASE_URL_LEAN_QA).
+    Teacher: MIRA_TEACHER_BASE_URL, MIRA_TEACHER_MODEL, MIRA_TEACHER_API_KEY (the _<UNIT> forms work too).
     """
-    prefix, suffix = f"MIRA_{role.upper()}", group.upper()
+    prefix, suffix = f"MIRA_{role.upper()}", unit.upper()
     raw = os.environ.get(f"{prefix}_BASE_URL_{suffix}") or os.environ.get(f"{prefix}_BASE_URL")
     if not raw:
         return None

@@ -1,13 +1,28 @@
-"""The scorer prompts: one system prompt per group (byte-identical for all its records, so vLLM's
-prefix cache serves it) and one user template per group, filled with a record's fields."""
+"""The scorer prompts, as data: a system template rendered once per scorer (byte-identical for all its records, so
+vLLM's prefix cache serves it) and a user template rendered per record, both Jinja2 files a user can replace
+(anchors/templates/ by default; see README "Prompt templates"). The free-form judging prompts of rubric discovery
+stay in code (`judge_template`): they are ours, not the released students'.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import Any
 
-from mira_dagster.core.records import Record
-from mira_dagster.core.rubric import FAMILY_FACETS, Rubric
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
 
+from mira_dagster.core.config import PROJECT_ROOT
+from mira_dagster.core.records import TEXT_FIELDS, Record
+from mira_dagster.core.rubric import Rubric
+
+SHIPPED_TEMPLATES = PROJECT_ROOT / "anchors" / "templates"
+
+# The cards' four trailer lines (the constrained-decoding regex below spells the same contract).
 TRAILER = (
     "overall: <0-100>\n"
     "training_recommendation: <keep | downsample | drop>\n"
@@ -21,81 +36,181 @@ _FACET_TEXT = {
     "qa": "judge the question and the final answer",
     "agent": "judge the agent's trajectory and outcome",
 }
+# The guide's order; a family's facets are a subsequence of it, so a "mixed" rubric lists them the same way.
+_FACET_ORDER = ("think", "combined", "qa", "agent")
 
 _PLACEHOLDER = re.compile(r"⟦(\w+)⟧")
 
 
+class PromptTemplateError(ValueError):
+    """A template that cannot be read, compiled or rendered: one line, `<file>:<line>: <what>`."""
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    """The two template sources and where they came from. The sources are what scorer_version hashes (the system
+    one through the prompt it renders), so the paths are for messages only."""
+
+    system: str
+    user: str
+    system_path: Path
+    user_path: Path
+
+
+@dataclass(frozen=True)
+class DimView:
+    slot: int
+    name: str
+    facet: str | None
+    cluster_size: int | None
+
+
+@dataclass(frozen=True)
+class ReferenceView:
+    """A shown calibration reference: its slot and the slot's name, the line the shipped template prints, and the
+    reference's own fields as the anchors file has them (for a template that lays them out differently)."""
+
+    slot: int
+    name: str
+    line: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FacetLine:
+    facet: str
+    slots: tuple[str, ...]  # "A1", "A2", ...
+    text: str
+
+
+# Template sources read by load_templates -> their file, so a render from the source a ScorerSpec holds can still
+# name the file in an error.
+_ORIGIN: dict[str, str] = {}
+
+
+def load_templates(system_path: Path | None = None, user_path: Path | None = None) -> PromptTemplates:
+    """Read and compile both templates (None = the shipped one); a syntax error is raised here, naming file:line."""
+    system_path = Path(system_path or SHIPPED_TEMPLATES / "system.j2")
+    user_path = Path(user_path or SHIPPED_TEMPLATES / "user.j2")
+    templates = PromptTemplates(_read(system_path), _read(user_path), system_path, user_path)
+    for source, path in ((templates.system, system_path), (templates.user, user_path)):
+        _ORIGIN[source] = str(path)
+        _compile(source, str(path))
+    return templates
+
+
+def render_system(templates: PromptTemplates, rubric: Rubric, description: str) -> str:
+    context = {**_rubric_context(rubric), "family": rubric.family, "description": description}
+    return _render(templates.system, str(templates.system_path), context)
+
+
 def system_prompt(rubric: Rubric, description: str) -> str:
-    lines = [
-        f"You are MIRA's anchored data-quality scorer for group {rubric.group} ({description}).",
-        "You score one mid-training record at a time on the group's 15 anchor dimensions, each from 0 "
-        "(absent or harmful) to 10 (exemplary), with a one-sentence justification, then give an overall "
-        "score from 0 to 100, a training recommendation, a short domain tag and a one-sentence brief.",
-        "",
-        "Anchor dimensions (sorted by how much of the corpus they describe):",
+    """The system prompt with the shipped template."""
+    return render_system(load_templates(), rubric, description)
+
+
+def render_user(template: PromptTemplates | str, rubric: Rubric, record: Record) -> str:
+    """The user message for one record. `template` is the templates or the user template's source as a ScorerSpec
+    holds it (`spec.user_template`). The family is the record's own (one rubric may score several families), and
+    the record's text is passed as values: braces in it are never read as template syntax."""
+    source = template.user if isinstance(template, PromptTemplates) else template
+    name = str(template.user_path) if isinstance(template, PromptTemplates) else _ORIGIN.get(source, "<user template>")
+    fields = {f: getattr(record, f) or "(none)" for f in TEXT_FIELDS}
+    return _render(source, name, {**_rubric_context(rubric), **fields, "family": record.format})
+
+
+def facet_guide(rubric: Rubric) -> list[FacetLine]:
+    """Which slots look at what, one line per facet that has slots (a file may leave a facet without any)."""
+    return [
+        FacetLine(facet, tuple(f"A{d.slot}" for d in rubric.dims if d.facet == facet), _FACET_TEXT[facet])
+        for facet in _FACET_ORDER
+        if any(d.facet == facet for d in rubric.dims)
     ]
-    lines += [f"[A{d.slot}] {d.name}" for d in rubric.dims]
-    lines += ["", "Calibration references (scored examples that fix the scale):"]
-    # at most 12 (the cards' top-12), one line each; CalibrationReference.line says how each part is shown
-    refs = rubric.shown_references()
-    if refs:
-        lines += [ref.line(dim.name) for dim, ref in refs]
-    else:
-        lines.append("- none yet: use the full 0-10 range, 5 meaning typical for this group.")
-    lines += ["", "Answer in exactly the line format the user asks for, and nothing else."]
-    return "\n".join(lines)
 
 
-def _record_sections(family: str) -> str:
-    if family == "agent":
-        return "## Task\n⟦task⟧\n\n## Trajectory\n⟦trajectory⟧\n\n## Outcome (final patch or submission)\n⟦outcome⟧"
-    if family == "qa_with_think":
-        return "## Question\n⟦question⟧\n\n## Thinking\n⟦thinking⟧\n\n## Answer\n⟦answer⟧"
-    return "## Question\n⟦question⟧\n\n## Answer\n⟦answer⟧"
+# Rubric -> its part of the context. A partition renders thousands of records with one Rubric object, and the
+# reference lines are not free, so the last few are kept (keyed by identity, the object held so the id stays its).
+_CONTEXTS: dict[int, tuple[Rubric, dict[str, Any]]] = {}
 
 
-def user_template(rubric: Rubric) -> str:
-    """The record-independent user message with ⟦field⟧ placeholders; part of scorer_version."""
-    guide = [
-        f"- {', '.join(f'A{d.slot}' for d in rubric.dims if d.facet == facet)}: {_FACET_TEXT[facet]}"
-        for facet in FAMILY_FACETS[rubric.family]
-        if any(d.facet == facet for d in rubric.dims)  # a file may leave a facet without slots
-    ]
-    rows = [f"[A{d.slot}] {d.name}: <score>/10 — <justification>" for d in rubric.dims]
-    return "\n".join(
-        [
-            "Score this record.",
-            "",
-            _record_sections(rubric.family),
-            "",
-            "Dimensions:",
-            *guide,
-            "",
-            "Reply with exactly these lines, in this order:",
-            *rows,
-            TRAILER,
-        ]
-    )
+def _rubric_context(rubric: Rubric) -> dict[str, Any]:
+    hit = _CONTEXTS.get(id(rubric))
+    if hit is not None and hit[0] is rubric:
+        return hit[1]
+    context = {
+        "group": rubric.group,
+        "dims": [DimView(d.slot, d.name, d.facet, d.cluster_size) for d in rubric.dims],
+        "references": [
+            ReferenceView(d.slot, d.name, ref.line(d.name), ref.model_dump()) for d, ref in rubric.shown_references()
+        ],
+        "facet_guide": facet_guide(rubric),
+        "trailer": TRAILER,
+    }
+    if len(_CONTEXTS) >= 16:
+        _CONTEXTS.clear()
+    _CONTEXTS[id(rubric)] = (rubric, context)
+    return context
 
 
-def render_user(template: str, record: Record) -> str:
-    """Fill the placeholders in one pass, so record text that looks like a placeholder stays literal."""
-    values = record.model_dump()
-
-    def fill(m: re.Match[str]) -> str:
-        return values.get(m.group(1)) or "(none)"
-
-    return _PLACEHOLDER.sub(fill, template)
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptTemplateError(f"{path}: cannot read the prompt template: {exc}") from None
 
 
-def contract_regex(rubric: Rubric, rationale_chars: int = 200, tag_chars: int = 40) -> str:
-    """The scorer contract as a regex, for servers that constrain decoding (vLLM structured outputs).
+# Sandboxed: a dropped-in template is data and gets no access to Python internals. StrictUndefined: a misspelt
+# variable is an error, not an empty string in the prompt. trim_blocks/lstrip_blocks: a line holding only a tag
+# leaves nothing behind. keep_trailing_newline: every byte outside tags is sent, so an upstream prompt can be
+# reproduced exactly. No autoescape: prompts are not HTML.
+_ENV = SandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
 
-    Slot names are fixed, scores are integers 0-10, overall 0-100; rationale lengths are bounded so a
-    constrained reply always fits in max_tokens.
+
+@lru_cache(maxsize=64)
+def _compile(source: str, name: str) -> jinja2.Template:
+    try:
+        return _ENV.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise PromptTemplateError(f"{name}:{exc.lineno}: {exc.message}") from None
+
+
+def _render(source: str, name: str, context: dict[str, Any]) -> str:
+    template = _compile(source, name)
+    try:
+        return template.render(context)
+    except Exception as exc:  # anything a template does wrong is the template's error, named by file and line
+        line = _template_line(exc.__traceback__)
+        message = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
+        raise PromptTemplateError(f"{name}:{line or '?'}: {message}") from None
+
+
+def _template_line(tb: TracebackType | None) -> int | None:
+    """The template line an error was raised at: Jinja rewrites the traceback so template frames carry it."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def contract_regex(rubric: Rubric, rationale_chars: int = 300, tag_chars: int = 40) -> str:
+    """The scorer contract as a regex, for servers that constrain decoding (vLLM structured outputs); our addition to
+    the cards' plain call.
+
+    Slot names are fixed; scores are 0-10 in half points (7.5/10; never 10.5), overall 0-100. Rationales and the
+    brief are bounded so a constrained reply fits in max_tokens (README "Constrained decoding" has the measurement
+    behind the default).
     """
     text = rf"[^\n]{{1,{rationale_chars}}}"
-    rows = [rf"\[A{d.slot}\] {re.escape(d.name)}: (10|[0-9])/10 — {text}\n" for d in rubric.dims]
+    score = r"(10|[0-9](\.5)?)"
+    rows = [rf"\[A{d.slot}\] {re.escape(d.name)}: {score}/10 — {text}\n" for d in rubric.dims]
     trailer = (
         r"overall: (100|[1-9]?[0-9])\n"
         r"training_recommendation: (keep|downsample|drop)\n"
@@ -105,11 +220,29 @@ def contract_regex(rubric: Rubric, rationale_chars: int = 200, tag_chars: int = 
     return "".join(rows) + trailer
 
 
+def fill_record(template: str, record: Record) -> str:
+    """Fill a judging prompt's ⟦field⟧ placeholders in one pass, so record text that looks like one stays literal."""
+    values = record.model_dump()
+
+    def fill(m: re.Match[str]) -> str:
+        return values.get(m.group(1)) or "(none)"
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
 def judge_system_prompt(description: str) -> str:
     return (
         f"You are a frontier data-quality judge for mid-training data ({description}). You propose your own "
         "quality dimensions for each record, score each from 0 to 10 and justify each score in one sentence."
     )
+
+
+def _record_sections(family: str) -> str:
+    if family == "agent":
+        return "## Task\n⟦task⟧\n\n## Trajectory\n⟦trajectory⟧\n\n## Outcome (final patch or submission)\n⟦outcome⟧"
+    if family == "qa_with_think":
+        return "## Question\n⟦question⟧\n\n## Thinking\n⟦thinking⟧\n\n## Answer\n⟦answer⟧"
+    return "## Question\n⟦question⟧\n\n## Answer\n⟦answer⟧"
 
 
 def judge_template(family: str) -> str:

@@ -107,13 +107,14 @@ def _unit(part: pl.DataFrame) -> tuple[_Unit, np.ndarray]:
 def bootstrap_intervals(
     pairs: pl.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """CIs per (source, slot) and per (group_id, slot) from held-out pairs
-    [source, group_id, record_id, slot, teacher, student]. Groups and their sources are visited in sorted
-    order and each source's draws come from one seeded generator, so the result depends only on the seed."""
+    """CIs per (source, slot) and per (pool, slot) from held-out pairs [source, pool, record_id, slot, teacher,
+    student], `pool` being the sources that share a scorer (the group by default). Pools and their sources are
+    visited in sorted order and each source's draws come from one seeded generator, so the result depends only on
+    the seed."""
     rng = np.random.default_rng(seed)
     src_rows, grp_rows = [], []
-    ordered = pairs.sort("group_id", "source", "record_id", "slot")
-    for (group,), gpart in ordered.group_by("group_id", maintain_order=True):
+    ordered = pairs.sort("pool", "source", "record_id", "slot")
+    for (group,), gpart in ordered.group_by("pool", maintain_order=True):
         unit, record_source = _unit(gpart)
         group_terms = unit.terms()
         group_sums = np.zeros((n_boot, group_terms.shape[1]))
@@ -129,8 +130,8 @@ def bootstrap_intervals(
             group_sums += sums[:, source_terms.shape[1] :]
             drawn = True
         if drawn:
-            grp_rows += _rows("group_id", group, intervals_from_sums(group_sums, level))
-    return _frame("source", src_rows), _frame("group_id", grp_rows)
+            grp_rows += _rows("pool", group, intervals_from_sums(group_sums, level))
+    return _frame("source", src_rows), _frame("pool", grp_rows)
 
 
 def _rows(unit: str, name: str, ci: dict[str, np.ndarray]) -> list[dict]:
@@ -149,10 +150,12 @@ def _f(x: float) -> float | None:
 def reliability_table(
     store: Store, dims: pl.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> pl.DataFrame:
-    """dim_reliability: the SQL point estimates per cell and per group, with bootstrap intervals for both."""
+    """dim_reliability: the SQL point estimates per cell and per pool (the sources sharing a scorer), with bootstrap
+    intervals for both. `dims` has (source, pool, slot, dim_name) for every source the scorers' rubrics name."""
     pairs = store.query("heldout_pairs")
     rel = store.query("dim_reliability", frames={"dims": dims, "heldout_pairs": pairs})
-    src, grp = bootstrap_intervals(pairs, n_boot, seed, level)
+    pools = dims.select("source", "pool").unique()
+    src, grp = bootstrap_intervals(pairs.join(pools, on="source"), n_boot, seed, level)
     grp = grp.rename({c: f"group_{c}" for c in _INTERVAL_COLUMNS})
     rel = rel.with_columns(pl.col("slot").cast(pl.Int32))
-    return rel.join(src, on=["source", "slot"], how="left").join(grp, on=["group_id", "slot"], how="left")
+    return rel.join(src, on=["source", "slot"], how="left").join(grp, on=["pool", "slot"], how="left")

@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from mira_dagster.core.config import Family
 
 if TYPE_CHECKING:
-    from mira_dagster.core.config import MiraConfig
+    from mira_dagster.core.config import MiraConfig, ScorerUnit
+
+# A rubric's family: a prompt family, or "mixed" for one rubric over several (scorer_scope: global).
+RubricFamily = Family | Literal["mixed"]
 
 N_SLOTS = 15
 # The cards: "the system prompt embeds the top-12 anchor calibration references".
@@ -30,15 +33,17 @@ Facet = Literal["think", "combined", "qa", "agent"]
 
 # What a slot looks at. The seed rubric of qa_with_think has 5 slots on the thinking trace, 5 on thinking and
 # answer together and 5 on the question/answer pair; a discovered rubric takes each cluster's majority facet.
-FAMILY_FACETS: dict[Family, dict[Facet, int]] = {
+FAMILY_FACETS: dict[RubricFamily, dict[Facet, int]] = {
     "qa_with_think": {"think": 5, "combined": 5, "qa": 5},
     "qa": {"qa": 15},
     "agent": {"agent": 15},
+    # one rubric over every family: any facet, as many slots as discovery gives each
+    "mixed": {"think": 0, "combined": 0, "qa": 0, "agent": 0},
 }
 
 # A slot without a facet: the family's only facet, or for qa_with_think "combined" (the slot judges the thinking
 # trace and the answer together), the one facet that assumes nothing about which part of the record it looks at.
-DEFAULT_FACET: dict[Family, Facet] = {"qa_with_think": "combined", "qa": "qa", "agent": "agent"}
+DEFAULT_FACET: dict[RubricFamily, Facet] = {"qa_with_think": "combined", "qa": "qa", "agent": "agent", "mixed": "qa"}
 
 # Facet spellings other files use: the section headings of the free-form judgments (core/discovery.py).
 _FACET_ALIASES: dict[str, Facet] = {
@@ -147,7 +152,7 @@ class AnchorDim(BaseModel):
 
 class Rubric(BaseModel):
     group: str
-    family: Family
+    family: RubricFamily
     dims: list[AnchorDim]
     file_sha256: str
 
@@ -196,7 +201,7 @@ def slot_number(value: Any) -> int | None:
     return None
 
 
-def _parse_slot(raw: Any, where: str, family: Family) -> AnchorDim:
+def _parse_slot(raw: Any, where: str, family: RubricFamily) -> AnchorDim:
     """One line's object as a slot, or a one-line RubricError saying what is wrong."""
     if not isinstance(raw, dict):
         raise RubricError(f"{where}: expected a JSON object (one slot a line), got {type(raw).__name__}")
@@ -238,7 +243,7 @@ def _parse_slot(raw: Any, where: str, family: Family) -> AnchorDim:
     return dim
 
 
-def load_rubric(path: Path, group: str, family: Family) -> Rubric:
+def load_rubric(path: Path, group: str, family: RubricFamily) -> Rubric:
     """Read an anchors file (one JSON object a line, blank lines allowed), leniently; see the module docstring.
 
     A slot without `facet` gets DEFAULT_FACET[family]: the family's only facet (qa, agent), and for qa_with_think
@@ -275,33 +280,35 @@ def load_rubric(path: Path, group: str, family: Family) -> Rubric:
     return Rubric(group=group, family=family, dims=dims, file_sha256=hashlib.sha256(data).hexdigest())
 
 
-def released_student_warnings(cfg: MiraConfig, group_id: str, rubric: Rubric) -> list[str]:
+def released_student_warnings(cfg: MiraConfig, unit: ScorerUnit, rubric: Rubric) -> list[str]:
     """Why a released student's scores may be off, for the scoring steps' log and metadata (empty: nothing).
 
-    A released student is a group's `student_model` trained on the group's configured anchors file. It is warned
-    about when its prompt has no calibration reference (the cards' system prompt embeds the top-12), and when
-    `rubric_source: discovered` gives it slot names it was never trained on.
+    A released student is a group's `student_model` trained on the group's configured anchors file (so only a
+    group unit has one). It is warned about when its prompt has no calibration reference (the cards' system prompt
+    embeds the top-12), and when `rubric_source: discovered` gives it slot names it was never trained on.
     """
-    group = cfg.groups[group_id]
-    if not group.student_model or group.anchors is None:
+    if unit.group is None or not unit.student_model or unit.anchors is None:
         return []
     if cfg.pipeline.rubric_source == "discovered":
         return [
-            f"group {group_id}: the released student {group.student_model} is given the discovered rubric "
+            f"group {unit.group}: the released student {unit.student_model} is given the discovered rubric "
             "(rubric_source: discovered), whose dimension names it was never trained on; its scores may not mean "
             "what the names say"
         ]
     if not rubric.references():
         return [
-            f"group {group_id}: the released student {group.student_model} is prompted without any calibration "
-            f"reference (the cards' system prompt embeds the top-{N_SHOWN_REFERENCES}; {group.anchors.name} has "
+            f"group {unit.group}: the released student {unit.student_model} is prompted without any calibration "
+            f"reference (the cards' system prompt embeds the top-{N_SHOWN_REFERENCES}; {unit.anchors.name} has "
             "none), so its scores may be off-scale"
         ]
     return []
 
 
-def discovered_anchor_path(home: Path, group: str) -> Path:
-    return Path(home) / "anchors" / f"group_{group}_dim_anchors.jsonl"
+def discovered_anchor_path(home: Path, key: str, scope: str = "group") -> Path:
+    """Where anchor_rubric writes a unit's rubric: group_<id>_dim_anchors.jsonl (the cards' name) for a group,
+    global_dim_anchors.jsonl, or source_<name>_dim_anchors.jsonl."""
+    name = "global" if scope == "global" else f"{scope}_{key}"
+    return Path(home) / "anchors" / f"{name}_dim_anchors.jsonl"
 
 
 def write_anchor_file(path: Path, dims: list[AnchorDim]) -> None:

@@ -1,22 +1,23 @@
-"""Choosing a scorer for a (role, group): the spec that identifies it and the backend that runs it."""
+"""Choosing a scorer for a (role, scorer unit): the spec that identifies it and the backend that runs it. A unit is a
+group (the released students), the one global unit, or a source (pipeline.scorer_scope)."""
 
 from __future__ import annotations
 
-from mira_dagster.core.config import MiraConfig
+from mira_dagster.core.config import MiraConfig, ScorerUnit
 from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, OpenAIBackend, endpoint_from_env, probe
 from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.offline_judge import OfflineJudge
-from mira_dagster.core.prompts import contract_regex, judge_system_prompt, judge_template, system_prompt, user_template
+from mira_dagster.core.prompts import contract_regex, judge_system_prompt, judge_template, load_templates, render_system
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 
 
-def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> tuple[ScorerSpec, ChatBackend, str]:
+def make_scorer(role: Role, unit: ScorerUnit, cfg: MiraConfig, rubric: Rubric) -> tuple[ScorerSpec, ChatBackend, str]:
     """Return (spec, backend, where): `where` describes the endpoint without secrets, for logs."""
-    group = cfg.groups[group_id]
+    group = unit  # a unit carries its group's description, templates and switches (or the pipeline's)
     settings = cfg.pipeline
-    default_model = group.student_model if role == "student" else DEFAULT_TEACHER_MODEL
-    endpoint = endpoint_from_env(role, group_id, default_model)
+    default_model = unit.student_model if role == "student" else DEFAULT_TEACHER_MODEL
+    endpoint = endpoint_from_env(role, unit.key, default_model)
     backend: ChatBackend
     regex = None
     if endpoint is None:
@@ -29,7 +30,9 @@ def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> t
         model = endpoint.model
         infos = {url: probe(url, endpoint.api_key) for url in endpoint.base_urls}
         is_vllm = any(i.is_vllm for i in infos.values())
-        if settings.constrained_decoding == "on" or (settings.constrained_decoding == "auto" and is_vllm):
+        # the group's switch wins over the pipeline's (constrained decoding is ours, not the cards' plain call)
+        constrained = group.constrained_decoding or settings.constrained_decoding
+        if constrained == "on" or (constrained == "auto" and is_vllm):
             regex = contract_regex(rubric, settings.constrained_rationale_chars)
         backend = OpenAIBackend(
             endpoint,
@@ -40,12 +43,14 @@ def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> t
         )
         kind = "vLLM" if is_vllm else "OpenAI-compatible"
         where = f"{kind} {endpoint.redacted()} model {model}, constrained decoding {'on' if regex else 'off'}"
+    templates = load_templates(group.system_template, group.user_template)
     spec = ScorerSpec(
         role=role,
         backend="offline" if endpoint is None else "openai",
         model=model,
-        system_prompt=system_prompt(rubric, group.description),
-        user_template=user_template(rubric),
+        # the rendered system prompt and the user template's source: a changed template file is a new version
+        system_prompt=render_system(templates, rubric, group.description),
+        user_template=templates.user,
         anchors_sha256=rubric.file_sha256,
         temperature=settings.temperature,
         top_p=settings.top_p,
@@ -55,11 +60,12 @@ def make_scorer(role: Role, group_id: str, cfg: MiraConfig, rubric: Rubric) -> t
     return spec, backend, where
 
 
-def make_judge(group_id: str, cfg: MiraConfig) -> tuple[ScorerSpec, ChatBackend, str]:
-    """The teacher in free-form judging mode (rubric discovery): no rubric, no constrained decoding."""
-    group = cfg.groups[group_id]
+def make_judge(unit: ScorerUnit, cfg: MiraConfig) -> tuple[ScorerSpec, ChatBackend, str]:
+    """The teacher in free-form judging mode (rubric discovery): no rubric, no constrained decoding. Each record is
+    judged with its own family's template; the spec holds those of every family of the unit (its version)."""
     settings = cfg.pipeline
-    endpoint = endpoint_from_env("teacher", group_id, DEFAULT_TEACHER_MODEL)
+    endpoint = endpoint_from_env("teacher", unit.key, DEFAULT_TEACHER_MODEL)
+    families = sorted({cfg.sources[s].format for s in unit.sources}) or [unit.family]
     backend: ChatBackend
     if endpoint is None:
         model, backend, where = f"offline-judge:{DEFAULT_TEACHER_MODEL}", OfflineJudge(), "offline stand-in"
@@ -76,8 +82,9 @@ def make_judge(group_id: str, cfg: MiraConfig) -> tuple[ScorerSpec, ChatBackend,
         role="teacher",
         backend="offline" if endpoint is None else "openai",
         model=model,
-        system_prompt=judge_system_prompt(group.description),
-        user_template=judge_template(group.family),
+        system_prompt=judge_system_prompt(unit.description),
+        # one family: its template as before (same version); several: all of them
+        user_template="\n\n".join(judge_template(f) for f in families),
         anchors_sha256="",
         temperature=settings.temperature,
         top_p=settings.top_p,

@@ -238,7 +238,11 @@ class PartitionWriter:
 
 
 class ParquetReplyCache:
-    """Scorer replies keyed by (record_id, scorer_version), one directory per version.
+    """Scorer replies keyed by (record_id, scorer_version, attempt), one directory per version.
+
+    A record may hold several replies: `attempt` 0 is the first request, 1, 2, ... the re-asks of a reply that
+    did not parse (see score_jobs). Files written before re-asking existed have no `attempt` column; their
+    replies read as attempt 0.
 
     Each answer is appended at once to a write-ahead log (a JSONL file of this writer's own), so even a
     SIGKILL loses no answer the server gave; every `batch_size` answers the log is compacted into a Parquet
@@ -253,6 +257,7 @@ class ParquetReplyCache:
         "completion_tokens": pl.Int64,
         "cached_tokens": pl.Int64,
         "created_at": pl.Datetime("us", "UTC"),
+        "attempt": pl.Int64,
     }
 
     def __init__(self, root: Path) -> None:
@@ -266,30 +271,50 @@ class ParquetReplyCache:
 
     def _frame(self, version: str) -> pl.LazyFrame | None:
         files = sorted(self._dir(version).glob("*.parquet"))
-        frames = [pl.scan_parquet(files, glob=False)] if files else []
+        # the schema is given, so files of the old format (no `attempt`) mix with new ones in any order
+        frames = [pl.scan_parquet(files, glob=False, schema=self.SCHEMA, missing_columns="insert")] if files else []
         wal_rows = [row for wal in sorted(self._dir(version).glob("*.wal.jsonl")) for row in _read_wal(wal)]
         if wal_rows:
             frames.append(pl.DataFrame(wal_rows, schema=self.SCHEMA).lazy())
-        return pl.concat(frames) if frames else None
+        return pl.concat(frames).with_columns(pl.col("attempt").fill_null(0)) if frames else None
 
-    def load(self, version: str, record_ids: Sequence[str]) -> dict[str, Completion]:
+    def _replies(self, version: str, record_ids: Sequence[str]) -> pl.DataFrame | None:
+        """One row per (record_id, attempt), in attempt order. A crash between compacting a log and removing it
+        leaves the same reply twice, and two runs at once may answer the same attempt: the first written wins."""
         frame = self._frame(version)
         if frame is None or not record_ids:
-            return {}
-        df = (
+            return None
+        return (
             frame.filter(pl.col("record_id").is_in(list(set(record_ids))))
-            .sort("created_at")
-            .unique(subset="record_id", keep="first", maintain_order=True)
+            .sort(["attempt", "created_at"])
+            .unique(subset=["record_id", "attempt"], keep="first", maintain_order=True)
             .collect()
         )
-        return {
-            row["record_id"]: Completion(**{k: row[k] for k in Completion.model_fields})
-            for row in df.iter_rows(named=True)
-        }
+
+    def load(self, version: str, record_ids: Sequence[str]) -> dict[str, Completion]:
+        """Each record's last attempt. score_jobs asks no more once a reply parses, so a record's `ok` reply, if
+        it has one, is its last attempt: what readers of the replies behind `ok` scores need."""
+        df = self._replies(version, record_ids)
+        if df is None:
+            return {}
+        return {rid: comps[-1] for rid, comps in _by_record(df).items()}
+
+    def load_attempts(self, version: str, record_ids: Sequence[str]) -> dict[str, list[Completion]]:
+        """Every attempt of each record that has any, in attempt order (index i is attempt i when none is missing)."""
+        df = self._replies(version, record_ids)
+        return {} if df is None else _by_record(df)
 
     def count(self, version: str) -> int:
         frame = self._frame(version)
         return 0 if frame is None else frame.select(pl.col("record_id").n_unique()).collect().item()
+
+
+def _by_record(df: pl.DataFrame) -> dict[str, list[Completion]]:
+    out: dict[str, list[Completion]] = {}
+    fields = list(Completion.model_fields)
+    for row in df.select(["record_id", *fields]).iter_rows():
+        out.setdefault(row[0], []).append(Completion(**dict(zip(fields, row[1:], strict=True))))
+    return out
 
 
 def _read_wal(path: Path) -> list[dict[str, Any]]:
@@ -321,8 +346,9 @@ class ReplyWriter:
     def __exit__(self, *exc: object) -> None:
         self.flush()
 
-    def add(self, record_id: str, comp: Completion) -> None:
-        row = {"record_id": record_id, **comp.model_dump(), "created_at": datetime.now(UTC)}
+    def add(self, record_id: str, comp: Completion, attempt: int = 0) -> None:
+        """`attempt`: 0 for a record's first request, n for its n-th re-ask."""
+        row = {"record_id": record_id, **comp.model_dump(), "created_at": datetime.now(UTC), "attempt": attempt}
         if self._fh is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._wal = self.dir / f"{uuid.uuid4().hex}.wal.jsonl"
@@ -342,7 +368,7 @@ class ReplyWriter:
         _atomic_parquet(pl.DataFrame(self.rows, schema=ParquetReplyCache.SCHEMA), self.dir / name)
         self.rows = []
         # The Parquet file now holds what the log held; a crash between the two leaves duplicates, which
-        # readers drop (first answer per record_id wins).
+        # readers drop (first answer per (record_id, attempt) wins).
         self._fh.close()
         self._fh = None
         if self._wal is not None:

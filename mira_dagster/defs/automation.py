@@ -18,7 +18,7 @@ import dagster as dg
 from mira_dagster.core.readers import SourceFileError, expand_files
 from mira_dagster.core.records import input_fingerprint
 from mira_dagster.defs.ingest import INPUT_FINGERPRINT, raw_records
-from mira_dagster.defs.partitions import source_partitions, unregistered_sources
+from mira_dagster.defs.partitions import source_partitions, unit_partitions, unregistered_sources
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 
@@ -26,9 +26,10 @@ SCORER_GROUP_TAG = "mira/scorer_group"
 
 
 def _scorer_group_tag(source: str) -> dict[str, str]:
-    """Each run of a source carries its scorer group, which dagster.yaml limits per value (one endpoint group)."""
+    """Each run of a source carries its scorer unit (the group by default), which dagster.yaml limits per value
+    (one endpoint group)."""
     cfg = MiraResource().config()  # the cached registry, reloaded only when it or a watched folder changes
-    return {SCORER_GROUP_TAG: cfg.sources[source].group} if source in cfg.sources else {}
+    return {SCORER_GROUP_TAG: cfg.unit_of(source).key} if source in cfg.sources else {}
 
 
 refresh_sources_job = dg.define_asset_job(
@@ -85,9 +86,10 @@ def stale_sources(instance: dg.DagsterInstance, mira: MiraResource) -> list[Stal
             if meta is None:
                 out.append(Staleness(source, f"{asset} never materialised"))
                 break
-            if (role, src.group) not in versions:  # building a scorer probes its endpoints: once per tick
-                versions[(role, src.group)] = mira.scorer(role, src.group)[0].version
-            if meta.get("scorer_version") != versions[(role, src.group)]:
+            unit = cfg.unit_of(source).key
+            if (role, unit) not in versions:  # building a scorer probes its endpoints: once per tick
+                versions[(role, unit)] = mira.scorer(role, unit)[0].version
+            if meta.get("scorer_version") != versions[(role, unit)]:
                 out.append(Staleness(source, f"{asset} scorer_version changed"))
                 break
     return out
@@ -136,14 +138,23 @@ def stale_run_requests(instance: dg.DagsterInstance, mira: MiraResource) -> dg.S
 
 def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.SensorResult | dg.SkipReason:
     """Partitions for the registry's sources and watched files that the instance does not have yet, and a
-    refresh_sources run for each."""
+    refresh_sources run for each; the scorer-unit partitions brought in step with pipeline.scorer_scope."""
     cfg = mira.config()
     new = unregistered_sources(instance, cfg.source_names())
+    known_units = instance.get_dynamic_partitions(unit_partitions.name)
+    units = list(cfg.scorer_units())
+    add_units = [u for u in units if u not in known_units]
+    drop_units = [u for u in known_units if u not in units]
     rejected = "; ".join(cfg.rejected_files)
-    if not new:
+    if not new and not add_units and not drop_units:
         return dg.SkipReason("no new source" + (f"; not usable as sources: {rejected}" if rejected else ""))
+    requests: list = [source_partitions.build_add_request(new)] if new else []
+    if add_units:
+        requests.append(unit_partitions.build_add_request(add_units))
+    if drop_units:
+        requests.append(unit_partitions.build_delete_request(drop_units))
     return dg.SensorResult(
-        dynamic_partitions_requests=[source_partitions.build_add_request(new)],
+        dynamic_partitions_requests=requests,
         run_requests=[dg.RunRequest(partition_key=s, tags={"mira/reason": "new source"}) for s in new],
     )
 

@@ -1,4 +1,6 @@
-"""Stage 1: source grouping, free-form teacher judgments, the anchor rubric; and the distillation export."""
+"""Stage 1: source grouping, free-form teacher judgments, the anchor rubric; and the distillation export. The
+judgments, the rubric and the export are made once per scorer unit of pipeline.scorer_scope (a group by default,
+"global", or a source)."""
 
 import asyncio
 import json
@@ -9,10 +11,10 @@ import numpy as np
 import polars as pl
 
 from mira_dagster.core.clustering import group_sources, source_vector
-from mira_dagster.core.config import MiraConfig
+from mira_dagster.core.config import MiraConfig, ScorerUnit
 from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text, parse_free_judgment
 from mira_dagster.core.embeddings import embedder_from_env
-from mira_dagster.core.prompts import render_user
+from mira_dagster.core.prompts import fill_record, judge_template, render_user
 from mira_dagster.core.records import TEXT_FIELDS
 from mira_dagster.core.rubric import discovered_anchor_path, write_anchor_file
 from mira_dagster.core.sampling import hash_sample
@@ -20,7 +22,7 @@ from mira_dagster.core.scorers import make_judge
 from mira_dagster.core.scoring import Job, score_jobs
 from mira_dagster.core.store import Store
 from mira_dagster.defs.metadata import md_table, table_metadata
-from mira_dagster.defs.partitions import group_partitions, source_to_group
+from mira_dagster.defs.partitions import source_to_group, unit_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import _records
 
@@ -29,13 +31,36 @@ def _record_text(row: dict[str, Any], limit: int = 4000) -> str:
     return "\n".join(row[f] for f in TEXT_FIELDS if row.get(f))[:limit]
 
 
-def _group_records(store: Store, cfg: MiraConfig, group_id: str) -> tuple[pl.DataFrame, str | None]:
-    """The group's records, and why the group is skipped when it has none (every source has 0 records)."""
-    raw = store.read("raw_records").filter(pl.col("group_id") == group_id)
+def _unit(cfg: MiraConfig, key: str) -> ScorerUnit:
+    units = cfg.scorer_units()
+    if key not in units:
+        raise dg.Failure(
+            description=(
+                f"{key!r} is not a scorer unit of scorer_scope {cfg.pipeline.scorer_scope!r} "
+                f"(its units: {', '.join(units) or 'none'}); `mira run` or the new_sources sensor updates the "
+                "partitions"
+            )
+        )
+    return units[key]
+
+
+def _unit_records(store: Store, unit: ScorerUnit) -> tuple[pl.DataFrame, str | None]:
+    """The unit's records, and why the unit is skipped when it has none (every source has 0 records)."""
+    raw = store.read("raw_records").filter(pl.col("source").is_in(unit.sources))
     if raw.height:
         return raw, None
-    sources = sorted(n for n, src in cfg.sources.items() if src.group == group_id)
-    return raw, f"group {group_id}: no records in any of its sources ({', '.join(sources) or 'none configured'})"
+    return raw, f"{unit.scope} {unit.key}: no records in any of its sources ({', '.join(unit.sources) or 'none'})"
+
+
+def _unit_file_name(unit: ScorerUnit) -> str:
+    """group_<id> (the cards' naming), global, or source_<name>."""
+    return "global" if unit.scope == "global" else f"{unit.scope}_{unit.key}"
+
+
+def _unit_partition(unit: ScorerUnit) -> str:
+    """The unit's partition of the per-unit tables: the group id (as before scopes existed), or as its file name,
+    so that a source named like a group never overwrites the group's rows."""
+    return unit.key if unit.scope == "group" else _unit_file_name(unit)
 
 
 def _skip(context: dg.AssetExecutionContext, why: str, kept: str) -> dg.MaterializeResult:
@@ -100,33 +125,34 @@ def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
 
 
 @dg.asset(
-    partitions_def=group_partitions,
+    partitions_def=unit_partitions,
     group_name="discovery",
     kinds={"duckdb", "parquet"},
     deps=[dg.AssetDep("raw_records", partition_mapping=source_to_group), "source_groups"],
     pool="teacher",
     description=(
-        "The teacher judges a stratified sample of the group's records freely (judge_sample_per_source per "
+        "The teacher judges a stratified sample of the scorer unit's records freely (judge_sample_per_source per "
         "source): it names its own dimensions, scores each 0-10 and justifies it. Parsed into items "
-        "(record, dimension, facet, score, rationale). Replies are cached like every scorer's. A group whose sources "
+        "(record, dimension, facet, score, rationale). Replies are cached like every scorer's. A unit whose sources "
         "all have 0 records is skipped with a warning (metadata `skipped`), keeping earlier judgments."
     ),
 )
 def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    group_id = context.partition_key
+    key = context.partition_key
     cfg, store = mira.config(), mira.store()
-    family = cfg.groups[group_id].family
-    raw, empty = _group_records(store, cfg, group_id)
+    unit = _unit(cfg, key)
+    raw, empty = _unit_records(store, unit)
     if empty:
-        return _skip(context, empty, "earlier judgments of the group, if any, are kept")
+        return _skip(context, empty, "earlier judgments of the unit, if any, are kept")
     sample = pl.concat(
         hash_sample(part, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
         for _, part in raw.group_by("source", maintain_order=True)
     )
     records = _records(sample)
-    spec, backend, where = make_judge(group_id, cfg)
-    context.log.info(f"judging {len(records)} records of group {group_id} freely: {where}")
-    jobs = [Job(r, render_user(spec.user_template, r)) for r in records]
+    spec, backend, where = make_judge(unit, cfg)
+    context.log.info(f"judging {len(records)} records of {unit.scope} {key} freely: {where}")
+    # each record in its own family's judging prompt (a global unit spans several)
+    jobs = [Job(r, fill_record(judge_template(r.format), r)) for r in records]
     outcomes, stats = asyncio.run(
         score_jobs(
             jobs,
@@ -141,7 +167,7 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
         JudgmentItem(record_id=r.record_id, source=r.source, dimension=name, facet=facet, score=score, rationale=why)
         for r, o in zip(records, outcomes, strict=True)
         if o.completion is not None
-        for name, facet, score, why in parse_free_judgment(o.completion.text, family)
+        for name, facet, score, why in parse_free_judgment(o.completion.text, r.format)
     ]
     df = pl.DataFrame(
         [i.model_dump() for i in items],
@@ -153,8 +179,12 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
             "score": pl.Float64,
             "rationale": pl.String,
         },
-    ).with_columns(pl.lit(group_id).alias("group_id"), pl.lit(spec.version).alias("judge_version"))
-    store.write("teacher_judgments", df, group_id)
+    ).with_columns(
+        pl.lit(key).alias("scorer_unit"),
+        pl.lit(unit.scope).alias("scorer_scope"),
+        pl.lit(spec.version).alias("judge_version"),
+    )
+    store.write("teacher_judgments", df, _unit_partition(unit))
     unanswered = sum(o.completion is None for o in outcomes)
     names = df.group_by("dimension").len().sort("len", descending=True)
     return dg.MaterializeResult(
@@ -171,39 +201,42 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
 
 
 @dg.asset(
-    partitions_def=group_partitions,
+    partitions_def=unit_partitions,
     group_name="discovery",
     kinds={"duckdb", "parquet"},
     deps=["teacher_judgments"],
     description=(
-        "The group's 15 anchor dimensions: the judgment items are embedded and clustered (KMeans k=15), slots sorted "
-        "by cluster size and named by their most frequent dimension name, with a parenthetical sub-label where two "
-        "clusters would share a name; the item nearest each centroid of the 12 largest clusters is a calibration "
-        "reference. Written to $MIRA_HOME/anchors/group_<id>_dim_anchors.jsonl; scorers use it when the group has "
-        "no configured anchors or pipeline.rubric_source is 'discovered' (a new file is a new scorer_version). A group "
-        "whose sources all have 0 records is skipped with a warning (metadata `skipped`): an existing rubric stays."
+        "The scorer unit's 15 anchor dimensions: the judgment items are embedded and clustered (KMeans k=15), slots "
+        "sorted by cluster size and named by their most frequent dimension name, with a parenthetical sub-label where "
+        "two clusters would share a name; the item nearest each centroid of the 12 largest clusters is a calibration "
+        "reference. Written to $MIRA_HOME/anchors/group_<id>_dim_anchors.jsonl (global_dim_anchors.jsonl, "
+        "source_<name>_dim_anchors.jsonl in the other scopes); scorers use it when the unit has no configured "
+        "anchors (only groups have them) or pipeline.rubric_source is 'discovered' (a new file is a new "
+        "scorer_version). A unit whose sources all have 0 records is skipped with a warning (metadata `skipped`): an "
+        "existing rubric stays."
     ),
 )
 def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    group_id = context.partition_key
+    key = context.partition_key
     cfg, store = mira.config(), mira.store()
-    _, empty = _group_records(store, cfg, group_id)
+    unit = _unit(cfg, key)
+    path = discovered_anchor_path(store.home, key, unit.scope)
+    _, empty = _unit_records(store, unit)
     if empty:
-        path = discovered_anchor_path(store.home, group_id)
         kept = f"the existing rubric {path} is kept" if path.exists() else "no rubric written"
         return _skip(context, empty, kept)
-    df = store.read("teacher_judgments", group_id)
+    df = store.read("teacher_judgments", _unit_partition(unit))
     items = [JudgmentItem(**{k: row[k] for k in JudgmentItem.model_fields}) for row in df.iter_rows(named=True)]
     if len(items) < 15:
-        raise ValueError(f"group {group_id}: {len(items)} judgment items, at least 15 are needed for 15 slots")
+        raise ValueError(f"{unit.scope} {key}: {len(items)} judgment items, at least 15 are needed for 15 slots")
     embedder = embedder_from_env()
     found = discover_anchors(items, embedder.embed([item_text(i) for i in items]), seed=cfg.pipeline.seed)
-    path = discovered_anchor_path(store.home, group_id)
     write_anchor_file(path, found.dims)
     table = pl.DataFrame(
         [
             {
-                "group_id": group_id,
+                "scorer_unit": key,
+                "scorer_scope": unit.scope,
                 "slot": d.slot,
                 "name": d.name,
                 "cluster_size": d.cluster_size,
@@ -213,13 +246,12 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
             for d in found.dims
         ]
     )
-    store.write("anchor_rubric", table, group_id)
-    configured = cfg.groups[group_id].anchors
-    in_use = "discovered" if configured is None or cfg.pipeline.rubric_source == "discovered" else "configured"
+    store.write("anchor_rubric", table, _unit_partition(unit))
+    in_use = "discovered" if unit.anchors is None or cfg.pipeline.rubric_source == "discovered" else "configured"
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.height,
-            "slots": md_table(table.drop("group_id"), n=15),
+            "slots": md_table(table.drop("scorer_unit", "scorer_scope"), n=15),
             "anchor_file": dg.MetadataValue.path(str(path)),
             "in_use_by_scorers": in_use,
             "embedder": embedder.name,
@@ -228,26 +260,29 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
 
 
 @dg.asset(
-    partitions_def=group_partitions,
+    partitions_def=unit_partitions,
     group_name="teacher",
     kinds={"jsonl"},
     deps=[dg.AssetDep("teacher_labels", partition_mapping=source_to_group), "anchor_rubric"],
     description=(
         "The teacher's labels of the `distill` split as chat-format SFT data (system, user, assistant in the "
-        "contract format), $MIRA_HOME/exports/distillation/group_<id>.jsonl. Held-out records never appear in it. "
-        "A group whose sources all have 0 records is skipped with a warning (metadata `skipped`)."
+        "contract format), one file per scorer unit: $MIRA_HOME/exports/distillation/group_<id>.jsonl (global.jsonl, "
+        "source_<name>.jsonl in the other scopes), the data to train that unit's student. Held-out records never "
+        "appear in it. A unit whose sources all have 0 records is skipped with a warning (metadata `skipped`)."
     ),
 )
 def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    group_id = context.partition_key
+    key = context.partition_key
     store = mira.store()
-    out = store.exports_dir / "distillation" / f"group_{group_id}.jsonl"
-    raw, empty = _group_records(store, mira.config(), group_id)
+    unit = _unit(mira.config(), key)
+    out = store.exports_dir / "distillation" / f"{_unit_file_name(unit)}.jsonl"
+    raw, empty = _unit_records(store, unit)
     if empty:
         return _skip(context, empty, f"the existing {out} is kept" if out.exists() else "nothing written")
-    spec, _, _ = mira.scorer("teacher", group_id)
+    rubric = mira.rubric(key)
+    spec, _, _ = mira.scorer("teacher", key, rubric)
     labels = store.read("teacher_labels").filter(
-        (pl.col("group_id") == group_id) & (pl.col("split") == "distill") & pl.col("status").is_in(["ok"])
+        pl.col("source").is_in(unit.sources) & (pl.col("split") == "distill") & pl.col("status").is_in(["ok"])
     )
     stale = labels.filter(pl.col("scorer_version") != spec.version).height
     labels = labels.filter(pl.col("scorer_version") == spec.version)
@@ -263,13 +298,13 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
                 continue
             messages = [
                 {"role": "system", "content": spec.system_prompt},
-                {"role": "user", "content": render_user(spec.user_template, by_id[rid])},
+                {"role": "user", "content": render_user(spec.user_template, rubric, by_id[rid])},
                 {"role": "assistant", "content": replies[rid].text},
             ]
             fh.write(json.dumps({"record_id": rid, "source": source, "messages": messages}, ensure_ascii=False) + "\n")
             counts[source] = counts.get(source, 0) + 1
     tmp.replace(out)
-    context.log.info(f"group {group_id}: {sum(counts.values())} distillation examples written to {out}")
+    context.log.info(f"{unit.scope} {key}: {sum(counts.values())} distillation examples written to {out}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sum(counts.values()),

@@ -1,15 +1,16 @@
 """Partitions: one per source (dynamic: the registry's sources and the files of its watched folders, added to the
-instance by the `new_sources` sensor or by `mira run`), one per group (static, from the registry)."""
+instance by the `new_sources` sensor or by `mira run`), and one per scorer unit of pipeline.scorer_scope (dynamic
+too: the groups by default, "global", or the sources; kept in step with the registry by the same sensor and
+`mira run`)."""
 
 import warnings
 
 import dagster as dg
 
-from mira_dagster.core.config import load_config
+from mira_dagster.core.config import MiraConfig, load_config
 
-_cfg = load_config()
 source_partitions = dg.DynamicPartitionsDefinition(name="sources")
-group_partitions = dg.StaticPartitionsDefinition(sorted(_cfg.groups))
+unit_partitions = dg.DynamicPartitionsDefinition(name="scorer_units")
 
 # A group's assets read its sources, a source's assets read its group's rubric. Dagster has no static mapping
 # between a dynamic and a static partitions definition (StaticPartitionMapping needs two static ones), so the
@@ -44,9 +45,28 @@ def register_sources(instance: dg.DagsterInstance, names: list[str]) -> list[str
     return new
 
 
-def in_process_instance() -> dg.DagsterInstance:
-    """An ephemeral instance that knows every source partition of the registry, for in-process
-    `dg.materialize` calls (tests, notebooks)."""
+def register_units(instance: dg.DagsterInstance, cfg: MiraConfig) -> list[str]:
+    """Make the instance's scorer-unit partitions those of the registry's scope (a unit of another scope, left
+    from before the scope changed, is removed: its data stays on disk under its scope's name); returns the new."""
+    want = list(cfg.scorer_units())
+    known = instance.get_dynamic_partitions(unit_partitions.name)
+    for key in [k for k in known if k not in want]:
+        instance.delete_dynamic_partition(unit_partitions.name, key)
+    new = [k for k in want if k not in known]
+    if new:
+        instance.add_dynamic_partitions(unit_partitions.name, new)
+    return new
+
+
+def register_partitions(instance: dg.DagsterInstance, cfg: MiraConfig) -> None:
+    """Every partition the registry implies: its sources and its scope's scorer units."""
+    register_sources(instance, cfg.source_names())
+    register_units(instance, cfg)
+
+
+def in_process_instance(cfg: MiraConfig | None = None) -> dg.DagsterInstance:
+    """An ephemeral instance that knows every source and scorer-unit partition of the registry (default: the
+    configured one), for in-process `dg.materialize` calls (tests, notebooks)."""
     instance = dg.DagsterInstance.ephemeral()
-    register_sources(instance, load_config().source_names())
+    register_partitions(instance, cfg or load_config())
     return instance

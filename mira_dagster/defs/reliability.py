@@ -15,13 +15,17 @@ from mira_dagster.defs.resources import MiraResource
 
 
 def dims_frame(mira: MiraResource) -> pl.DataFrame:
-    """(group_id, slot, dim_name) for every configured group, read from its anchor file."""
+    """(source, pool, slot, dim_name) for every configured source: the slots of its scorer unit's rubric, `pool`
+    being the unit (the sources that share the scorer, pooled for the fallback estimate)."""
+    cfg = mira.config()
     rows = [
-        {"group_id": gid, "slot": d.slot, "dim_name": d.name}
-        for gid in mira.config().groups
-        for d in mira.rubric(gid).dims
+        {"source": source, "pool": key, "slot": d.slot, "dim_name": d.name}
+        for key, unit in cfg.scorer_units().items()
+        for d in mira.rubric(key).dims
+        for source in unit.sources
     ]
-    return pl.DataFrame(rows, schema={"group_id": pl.String, "slot": pl.Int32, "dim_name": pl.String})
+    schema = {"source": pl.String, "pool": pl.String, "slot": pl.Int32, "dim_name": pl.String}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def _no_pairs(store: Store) -> str:
@@ -47,8 +51,9 @@ def _no_pairs(store: Store) -> str:
     deps=["teacher_labels", "student_scores"],
     description=(
         "Per (source × dimension), on the held-out split: n teacher–student pairs, MAE and Spearman's ρ with "
-        "bootstrap confidence intervals (ci_level, bootstrap_resamples), and the same pooled over the group's "
-        "sources (group_*). Point estimates in DuckDB (sql/dim_reliability.sql), intervals in core/reliability.py. "
+        "bootstrap confidence intervals (ci_level, bootstrap_resamples), and the same pooled over the sources that "
+        "share the scorer (group_*; `pool` is the scorer unit: the group in the default scorer_scope). Point "
+        "estimates in DuckDB (sql/dim_reliability.sql), intervals in core/reliability.py. "
         "Fails, writing nothing, when there is no held-out pair at all."
     ),
 )

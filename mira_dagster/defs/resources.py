@@ -43,17 +43,22 @@ class MiraResource(dg.ConfigurableResource):
     def store(self) -> Store:
         return Store(Path(self.home).resolve() if self.home else mira_home())
 
-    def rubric(self, group_id: str) -> Rubric:
-        """The configured anchors (the released student's rubric) or, without them, the discovered one."""
+    def rubric(self, unit_key: str) -> Rubric:
+        """A scorer unit's rubric: a group's configured anchors (the released student's rubric) or, without them
+        (and for the global and per-source scopes, which have no released rubric), the discovered one."""
         cfg = self.config()
-        group = cfg.groups[group_id]
-        if group.anchors is not None and cfg.pipeline.rubric_source == "configured":
-            return load_rubric(group.anchors, group_id, group.family)
-        path = discovered_anchor_path(self.store().home, group_id)
+        unit = cfg.scorer_units()[unit_key]
+        if unit.anchors is not None and cfg.pipeline.rubric_source == "configured":
+            return load_rubric(unit.anchors, unit_key, unit.family)
+        path = discovered_anchor_path(self.store().home, unit_key, unit.scope)
         if not path.exists():
-            raise RubricError(f"group {group_id!r} has no rubric yet: materialise anchor_rubric[{group_id}] ({path})")
-        return load_rubric(path, group_id, group.family)
+            raise RubricError(
+                f"scorer unit {unit_key!r} ({unit.scope} scope) has no rubric yet: materialise "
+                f"anchor_rubric[{unit_key}] ({path})"
+            )
+        return load_rubric(path, unit_key, unit.family)
 
-    def scorer(self, role: Role, group_id: str, rubric: Rubric | None = None) -> tuple[ScorerSpec, ChatBackend, str]:
-        """The group's scorer for a role; pass the rubric when the caller has already loaded it."""
-        return make_scorer(role, group_id, self.config(), rubric or self.rubric(group_id))
+    def scorer(self, role: Role, unit_key: str, rubric: Rubric | None = None) -> tuple[ScorerSpec, ChatBackend, str]:
+        """A scorer unit's scorer for a role; pass the rubric when the caller has already loaded it."""
+        cfg = self.config()
+        return make_scorer(role, cfg.scorer_units()[unit_key], cfg, rubric or self.rubric(unit_key))

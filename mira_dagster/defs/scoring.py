@@ -45,13 +45,13 @@ class Scored(NamedTuple):
 def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, records: Sequence[Record]) -> Scored:
     source = context.partition_key
     settings = mira.config().pipeline
-    group_id = mira.config().sources[source].group
-    rubric = mira.rubric(group_id)
-    spec, backend, where = mira.scorer(role, group_id, rubric)
-    warnings = tuple(released_student_warnings(mira.config(), group_id, rubric))
+    unit = mira.config().unit_of(source)
+    rubric = mira.rubric(unit.key)
+    spec, backend, where = mira.scorer(role, unit.key, rubric)
+    warnings = tuple(released_student_warnings(mira.config(), unit, rubric))
     for text in warnings:
         context.log.warning(f"{role} {source}: {text}")
-    jobs = [Job(rec, render_user(spec.user_template, rec)) for rec in records]
+    jobs = [Job(rec, render_user(spec.user_template, rubric, rec)) for rec in records]
     # The server's own context length wins over the configured one when it reports it.
     max_model_len = getattr(backend, "max_model_len", None) or settings.max_model_len
     context.log.info(
@@ -68,6 +68,7 @@ def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, re
                 max_model_len=max_model_len,
                 max_in_flight=getattr(backend, "capacity", settings.max_in_flight),
                 batch_size=settings.write_batch_size,
+                parse_retries=settings.parse_retries,
                 progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
             )
         finally:
@@ -90,7 +91,8 @@ def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, re
     )
     # Endpoint.redacted() drops user:password@ and query strings; the offline stand-in has no endpoint
     endpoint = f"endpoint {backend.endpoint.redacted()}" if isinstance(backend, OpenAIBackend) else "offline stand-in"
-    df = scores_frame(records, outcomes, spec)
+    # which scorer of the scope scored it: reliability pools a cell's fallback estimate over the unit's sources
+    df = scores_frame(records, outcomes, spec).with_columns(pl.lit(unit.key).alias("scorer_unit"))
     refs = len(rubric.references())
     return Scored(df, stats, spec.version, client_meta, role, endpoint, spec.model, refs, warnings)
 
@@ -168,6 +170,10 @@ def _scoring_metadata(scored: Scored) -> dict[str, Any]:
         "parse_failure_rate": parse_failure_rate(counts),
         "requests_sent": stats.sent,
         "from_cache": stats.from_cache,
+        # re-asks of replies that did not parse (pipeline.parse_retries), and the records they brought to `ok`
+        "parse_retries_sent": stats.retries,
+        "parse_retried_records": stats.retried_records,
+        "parse_retries_rescued": stats.rescued,
         "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),
         "completion_tokens": int(df["completion_tokens"].fill_null(0).sum()),
         "cached_prompt_tokens": int(df["cached_tokens"].fill_null(0).sum()),

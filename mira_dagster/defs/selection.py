@@ -1,8 +1,11 @@
-"""Stage 4: the reliability-aware aggregate per record, the selection variants at one budget, the export."""
+"""Stage 4: the reliability-aware aggregate per record, per-source retention at the budget (the scope's selection
+and random), the export, and the report that puts the paper's variants (scorer scopes) side by side."""
 
 import json
 import shutil
+import time
 import uuid
+from itertools import combinations
 
 import dagster as dg
 import polars as pl
@@ -13,7 +16,10 @@ from mira_dagster.defs.metadata import md_image, md_table, table_metadata
 from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
 
-VARIANTS = ("global", "group", "source", "random")
+
+def scope_label(scope: str) -> str:
+    """The paper's name of a scorer-scope variant: MIRA-global, MIRA-group, MIRA-source."""
+    return f"MIRA-{scope}"
 
 
 @dg.asset(
@@ -26,24 +32,29 @@ VARIANTS = ("global", "group", "source", "random")
             "aggregate_drift",
             asset="aggregated_scores",
             blocking=False,
-            description="A source's mean aggregate moved by more than pipeline.drift_threshold since last time.",
+            description=(
+                "A source's mean aggregate_global (normalised over all sources, so that a source's shift shows; "
+                "a per-source normalised mean is 0 by construction) moved by more than pipeline.drift_threshold "
+                "since last time."
+            ),
         )
     ],
     description=(
         "Per record: the mean of its unmasked dimension scores, each z-normalised so that a lenient dimension does "
-        "not dominate, at three scopes: all sources (aggregate_global), the record's group (aggregate_group, also "
-        "`aggregate`) and its source (aggregate_source); sql/aggregated_scores.sql. Records with no usable score "
+        "not dominate, at three scopes: all sources (aggregate_global), the record's group (aggregate_group) and its "
+        "source (aggregate_source); `aggregate`, the one selection ranks by, is pipeline.normalise_within's "
+        "(default source); sql/aggregated_scores.sql. Records with no usable score "
         "(too_long, errors) have NULL aggregates. Every row carries the mask_version it used. A record whose content "
         "is in several sources (one record_id) is one row, owned by the source whose name sorts first."
     ),
 )
 def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store = mira.store()
-    df = store.query("aggregated_scores")
+    df = store.query("aggregated_scores", normalise=mira.config().pipeline.normalise_within)
     store.write("aggregated_scores", df)
     means = {
         s: round(float(m), 6)
-        for s, m in df.group_by("source").agg(pl.col("aggregate").mean()).iter_rows()
+        for s, m in df.group_by("source").agg(pl.col("aggregate_global").mean()).iter_rows()
         if m is not None
     }
     return dg.MaterializeResult(
@@ -84,10 +95,12 @@ def budget_share(mira: MiraResource) -> float:
 
 
 def select(mira: MiraResource, variant: str) -> pl.DataFrame:
+    """Per-source retention at the budget: by the aggregate ("scores", labelled with the scope) or at random."""
     s = mira.config().pipeline
     return mira.store().query(
         "select_variant",
         variant=variant,
+        label=scope_label(s.scorer_scope) if variant == "scores" else "random",
         share=budget_share(mira),
         min_share=s.source_min_share,
         max_share=s.source_max_share,
@@ -95,27 +108,20 @@ def select(mira: MiraResource, variant: str) -> pl.DataFrame:
     )
 
 
-def _variant_asset(variant: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        automation_condition=FOLLOW_INPUTS,
-        name=f"selected_{variant}",
-        group_name="selection",
-        kinds={"duckdb", "parquet"},
-        deps=["aggregated_scores"],
-        description=(
-            f"The {variant!r} selection variant at the shared token budget (sql/select_variant.sql), kept for "
-            "comparison with selected_subset."
-        ),
-    )
-    def _asset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-        df = select(mira, variant)
-        mira.store().write(f"selected_{variant}", df)
-        return dg.MaterializeResult(metadata={**table_metadata(df), "tokens_kept": int(df["n_tokens"].sum())})
-
-    return _asset
-
-
-VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
+@dg.asset(
+    automation_condition=FOLLOW_INPUTS,
+    group_name="selection",
+    kinds={"duckdb", "parquet"},
+    deps=["aggregated_scores"],
+    description=(
+        "Random at the same budget: each source keeps a seeded random order's first records up to its share of the "
+        "budget (sql/select_variant.sql), the baseline selection_report compares the scorer scopes with."
+    ),
+)
+def selected_random(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
+    df = select(mira, "random")
+    mira.store().write("selected_random", df)
+    return dg.MaterializeResult(metadata={**table_metadata(df), "tokens_kept": int(df["n_tokens"].sum())})
 
 
 @dg.asset(
@@ -132,10 +138,11 @@ VARIANT_ASSETS = [_variant_asset(v) for v in VARIANTS]
         )
     ],
     description=(
-        "The kept records of the configured variant (selection_variant, default 'source': per-source retention, "
-        "each source keeping its best records up to its share of the budget) at the token budget (retention_share "
-        "of all tokens, default 0.5 as in the paper's 25B of 50B, or budget_tokens), with the per-source floor and "
-        "cap source_min_share / source_max_share. Exported "
+        "The kept records: per-source retention (the cards' rule), each source keeping its best records by the "
+        "aggregate up to its share of the token budget (retention_share of all tokens, default 0.5 as in the paper's "
+        "25B of 50B, or budget_tokens), with the per-source floor and cap source_min_share / source_max_share. Also "
+        "kept under its scorer scope's name (table scope_selections, partition = scorer_scope) for selection_report. "
+        "Exported "
         "with their text to $MIRA_HOME/exports/selected_subset/<source>-NNNNN.parquet shards with a manifest.json. "
         "The same content in several sources (one record_id) is one record in the budget and the export, owned by "
         "the source whose name sorts first; the overlap per source pair is the table `source_overlap` "
@@ -163,25 +170,39 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
                 f"statuses: {seen}); nothing selected, {kept_as_is}"
             )
         )
-    df = select(mira, s.selection_variant)
+    label = scope_label(s.scorer_scope)
+    df = select(mira, "scores")
     if df.is_empty():
         raise dg.Failure(
             description=(
-                f"selected_subset: the {s.selection_variant!r} selection is empty ({counts['scored']} of "
+                f"selected_subset: the {label} selection is empty ({counts['scored']} of "
                 f"{counts['records']} records scored, budget {budget_share(mira):.1%} of {counts['tokens']} tokens, "
                 f"source_max_share {s.source_max_share}); {kept_as_is}"
             )
         )
     store.write("selected_subset", df)
+    scorer_versions = store.query_sql("SELECT DISTINCT scorer_version FROM student_scores")[:, 0].sort().to_list()
+    store.write(
+        "scope_selections",
+        df.select("variant", "source", "record_id", "n_tokens", "score", "mask_version").with_columns(
+            pl.lit(s.scorer_scope).alias("scorer_scope"),
+            pl.lit(budget_share(mira)).alias("budget_share"),
+            pl.lit(",".join(scorer_versions)).alias("scorer_versions"),
+            pl.lit(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).alias("made_at"),
+        ),
+        s.scorer_scope,
+    )
     manifest = export_kept(
         store,
         {
-            "variant": s.selection_variant,
+            "variant": label,
+            "scorer_scope": s.scorer_scope,
+            "normalise_within": s.normalise_within,
             "budget_share": budget_share(mira),
             "source_min_share": s.source_min_share,
             "source_max_share": s.source_max_share,
             "mask_version": df["mask_version"][0] if df.height else None,
-            "scorer_versions": store.query_sql("SELECT DISTINCT scorer_version FROM student_scores")[:, 0].to_list(),
+            "scorer_versions": scorer_versions,
             "thresholds": {src: min(part["score"]) for (src,), part in df.group_by("source")},
         },
         s.export_shard_records,
@@ -199,7 +220,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
         ],
         metadata={
             **table_metadata(df),
-            "variant": s.selection_variant,
+            "variant": label,
             "summary": md_table(summary, n=100),
             # shared content per source pair: counted once, for the source that sorts first
             "source_overlap": md_table(overlap, n=100)
@@ -216,35 +237,57 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
     automation_condition=FOLLOW_INPUTS,
     group_name="selection",
     kinds={"duckdb", "parquet"},
-    deps=[*(f"selected_{v}" for v in VARIANTS), "aggregated_scores"],
+    deps=["selected_subset", "selected_random", "aggregated_scores", "teacher_labels"],
     description=(
-        "The variants side by side: per source, the tokens and share each variant keeps, and the overlap (Jaccard "
-        "of kept record sets) of each variant with the group variant (sql/selection_report.sql)."
+        "The paper's variants side by side at the same budget: the selection of every scorer_scope run so far "
+        "(MIRA-global, MIRA-group, MIRA-source: one rubric and student over all sources, one per group, one per "
+        "source, each with per-source retention) and random. Per source: tokens and share kept, Jaccard overlap with "
+        "the current scope's selection, and the anchored teacher's mean overall score on the held-out records kept "
+        "and left out (sql/selection_report.sql). A scope's selection made at another budget is left out and named."
     ),
 )
 def selection_report(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    store = mira.store()
-    df = store.query("selection_report")
+    store, s = mira.store(), mira.config().pipeline
+    current, share = scope_label(s.scorer_scope), budget_share(mira)
+    scopes = store.read("scope_selections")
+    same = (pl.col("budget_share") - share).abs() < 1e-9
+    other_budget = scopes.filter(~same).group_by("variant").agg(pl.col("budget_share").first()).sort("variant")
+    columns = ["variant", "source", "record_id", "n_tokens"]
+    kept = pl.concat([scopes.filter(same).select(columns), store.read("selected_random").select(columns)])
+    df = store.query("selection_report", frames={"kept": kept}, current=current)
+    totals = store.query("selection_variants", frames={"kept": kept}, current=current)
     store.write("selection_report", df)
-    totals = (
-        df.group_by("variant")
-        .agg(pl.col("tokens_kept").sum(), pl.col("source_tokens").sum())
-        .with_columns((pl.col("tokens_kept") / pl.col("source_tokens")).round(4).alias("achieved_share"))
-        .sort("variant")
-    )
-    # pivot on "variant: <name>" so that the variant called "source" does not clash with the index column
+    store.write("selection_variants", totals)
+    made = scopes.group_by("variant").agg(pl.col("made_at").first(), pl.col("budget_share").first()).sort("variant")
+    # pivot on "variant: <name>" so that no variant name clashes with the index column
     wide = df.with_columns(pl.concat_str(pl.lit("variant: "), "variant").alias("variant"))
-    shares = wide.pivot(on="variant", index="source", values="kept_share").sort("source")
-    tokens = wide.pivot(on="variant", index="source", values="tokens_kept").sort("source")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
-            "achieved_budget": md_table(totals),
-            "kept_tokens_per_source": md_table(tokens, n=100),
-            "kept_share_per_source": md_table(shares, n=100),
-            "jaccard_vs_group": md_table(wide.pivot(on="variant", index="source", values="jaccard_vs_group"), n=100),
+            "current": current,
+            "variants": md_table(totals),
+            "jaccard": md_table(_jaccard(kept)),
+            "kept_tokens_per_source": md_table(wide.pivot(on="variant", index="source", values="tokens_kept"), n=100),
+            "kept_share_per_source": md_table(wide.pivot(on="variant", index="source", values="kept_share"), n=100),
+            "teacher_overall_kept_per_source": md_table(
+                wide.pivot(on="variant", index="source", values="teacher_overall_kept"), n=100
+            ),
+            "selections": md_table(made),
+            "left_out_other_budget": dg.MetadataValue.json(dict(other_budget.iter_rows())),
         }
     )
+
+
+def _jaccard(kept: pl.DataFrame) -> pl.DataFrame:
+    """Jaccard overlap of every pair of selections' kept record sets, over the whole corpus (joins, not sets)."""
+    keys = ["source", "record_id"]
+    parts = {v: part.select(keys) for (v,), part in kept.group_by("variant")}
+    rows = []
+    for a, b in combinations(sorted(parts), 2):
+        both = parts[a].join(parts[b], on=keys).height
+        union = parts[a].height + parts[b].height - both
+        rows.append({"a": a, "b": b, "jaccard": round(both / union, 4) if union else None})
+    return pl.DataFrame(rows, schema={"a": pl.String, "b": pl.String, "jaccard": pl.Float64})
 
 
 def _budget_check(df: pl.DataFrame, largest: int, constrained: bool) -> dg.AssetCheckResult:

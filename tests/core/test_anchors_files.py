@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mira_dagster.core.config import PROJECT_ROOT, load_config
-from mira_dagster.core.prompts import system_prompt, user_template
+from mira_dagster.core.prompts import facet_guide, system_prompt
 from mira_dagster.core.rubric import (
     AnchorDim,
     CalibrationReference,
@@ -73,7 +73,7 @@ def test_at_most_12_references_reach_the_system_prompt() -> None:
     assert lines[3] == "- Difficulty Level: 4/10 — object with text only, slot 4"
     assert "never derived" not in prompt and "never shown" not in prompt
     # the user template lists only facets that have slots
-    guide = [ln for ln in user_template(rubric).splitlines() if ln.startswith("- ")]
+    guide = [f"- {', '.join(line.slots)}: {line.text}" for line in facet_guide(rubric)]
     assert guide == [f"- {', '.join(f'A{i}' for i in range(1, 16))}: judge the thinking trace and the answer together"]
 
 
@@ -210,15 +210,17 @@ def test_facet_spellings_of_the_judgments_are_accepted(tmp_path: Path) -> None:
 
 def test_released_student_warnings(tmp_path: Path) -> None:
     cfg = load_config()
+    unit = cfg.scorer_units()["2"]
     shipped = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think")
-    (warning,) = released_student_warnings(cfg, "2", shipped)
+    (warning,) = released_student_warnings(cfg, unit, shipped)
     assert "whw06/MIRA-QA-Group3" in warning and "without any calibration reference" in warning
     with_refs = load_rubric(UPSTREAM, "2", "qa_with_think")
-    assert released_student_warnings(cfg, "2", with_refs) == []
+    assert released_student_warnings(cfg, unit, with_refs) == []
     discovered = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"rubric_source": "discovered"})})
-    (warning,) = released_student_warnings(discovered, "2", with_refs)
+    (warning,) = released_student_warnings(discovered, unit, with_refs)
     assert "discovered rubric (rubric_source: discovered)" in warning and "never trained on" in warning
-    no_anchors = cfg.model_copy(
-        update={"groups": {**cfg.groups, "2": cfg.groups["2"].model_copy(update={"anchors": None})}}
-    )
-    assert released_student_warnings(no_anchors, "2", shipped) == []
+    assert released_student_warnings(cfg, unit.model_copy(update={"anchors": None}), shipped) == []
+    # a global or per-source scorer is not a released student
+    for scope in ("global", "source"):
+        other = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"scorer_scope": scope})})
+        assert released_student_warnings(other, other.unit_of("qwq"), shipped) == []

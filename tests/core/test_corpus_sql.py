@@ -47,16 +47,21 @@ def corpus(tmp_path: Path) -> Store:
 
 
 def test_shared_records_are_one_row_owned_by_the_first_name(corpus: Store) -> None:
-    agg = corpus.query("aggregated_scores")
+    agg = corpus.query("aggregated_scores", normalise="source")
     assert agg["record_id"].n_unique() == agg.height == 6  # x, y, z, a1, b1, c1
     owner = dict(agg.select("record_id", "source").iter_rows())
     assert owner == {"x": "b", "y": "b", "z": "a", "a1": "a", "b1": "b", "c1": "c"}
     # c keeps its own record only, normalised over what it owns
     assert agg.filter(pl.col("source") == "c")["n_tokens"].to_list() == [40]
-    # the budget counts each record once: half of the distinct tokens
+    # each budget counts each record once, under its owner: half of the distinct tokens each source owns
     corpus.write("aggregated_scores", agg)
-    sel = corpus.query("select_variant", variant="global", share=0.5, min_share=0.0, max_share=1.0, seed=0)
-    assert sel["budget_tokens"][0] == 0.5 * (10 + 20 + 5 + 30 + 40 + 50)
+    sel = corpus.query(
+        "select_variant", variant="scores", label="MIRA-group", share=0.5, min_share=0.0, max_share=1.0, seed=0
+    )
+    owned = dict(agg.group_by("source").agg(pl.col("n_tokens").sum()).iter_rows())
+    budgets = dict(sel.select("source", "budget_tokens").unique().iter_rows())
+    assert budgets and all(b == 0.5 * owned[s] for s, b in budgets.items())  # c's one record is not nearer: none kept
+    assert sum(owned.values()) == 10 + 20 + 5 + 30 + 40 + 50
 
 
 def test_source_overlap_per_pair(corpus: Store) -> None:

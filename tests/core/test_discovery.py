@@ -10,7 +10,7 @@ from mira_dagster.core.clustering import group_sources
 from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text, parse_free_judgment
 from mira_dagster.core.embeddings import HashedTfidfEmbedder, OpenAIEmbedder
 from mira_dagster.core.offline_judge import OfflineJudge
-from mira_dagster.core.prompts import judge_template, render_user
+from mira_dagster.core.prompts import fill_record, judge_template
 from mira_dagster.core.records import read_source
 from tests.conftest import SAMPLE
 from tests.loopback import ChatServer, serve
@@ -108,7 +108,7 @@ def test_offline_judge_names_vary_and_parse() -> None:
         "s", "2", "qa_with_think", [SAMPLE / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl"]
     ).records
     judge, template = OfflineJudge(), judge_template("qa_with_think")
-    items = [it for r in recs for it in parse_free_judgment(judge.judge(render_user(template, r)), "qa_with_think")]
+    items = [it for r in recs for it in parse_free_judgment(judge.judge(fill_record(template, r)), "qa_with_think")]
     assert len(items) == 8 * len(recs)
     names = Counter(name for name, *_ in items)
     assert {"Factual Correctness", "Correctness", "Mathematical Accuracy"} <= set(names)

@@ -1,19 +1,39 @@
-"""The full prompts for one record of each seed group are kept in tests/core/golden/, so a reviewer
-can read exactly what the scorer sees; a change to them is a change of scorer_version."""
+"""The scorer prompts are Jinja2 templates (anchors/templates/); these tests pin what they render.
+
+tests/golden/prompts/ holds, per group of anchors/groups.yaml and for the qa family, the system prompt and one
+rendered user message as the code before the templates built them (the templates reproduce them byte for byte), and
+two files written by hand: what a user's own templates (written below into tmp_path) must render to.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.config import load_config
-from mira_dagster.core.prompts import render_user, system_prompt, user_template
+from mira_dagster import cli
+from mira_dagster.core import scorers
+from mira_dagster.core.config import MiraConfig, load_config
+from mira_dagster.core.llm_client import ServerInfo
+from mira_dagster.core.prompts import (
+    PromptTemplateError,
+    contract_regex,
+    facet_guide,
+    load_templates,
+    render_system,
+    render_user,
+)
 from mira_dagster.core.records import Record
-from mira_dagster.core.rubric import load_rubric
+from mira_dagster.core.rubric import AnchorDim, Rubric, load_rubric
+from mira_dagster.core.scorers import make_scorer
+from mira_dagster.core.scoring import Role, ScorerSpec
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden" / "prompts"
+OLD_GOLDEN = Path(__file__).parent / "golden"  # full prompts, also read by tests/e2e/test_anchors_command.py
+UPSTREAM = Path(__file__).parents[1] / "fixtures" / "anchors" / "upstream" / "group_2_dim_anchors.jsonl"
+REPLIES = Path(__file__).parents[1] / "fixtures" / "replies"
 
 QA = Record(
     record_id="r1",
@@ -41,32 +61,68 @@ AGENT = Record(
     origin_file="y.jsonl",
     origin_line=3,
 )
+QA_PLAIN = Record(
+    record_id="r3",
+    source="s",
+    group_id="Q",
+    format="qa",
+    layout="qa_fields",
+    question="Is 91 prime?",
+    answer="No: 91 = 7 × 13.",
+    n_tokens=12,
+    origin_file="z.jsonl",
+    origin_line=2,
+)
+RECORDS = {"2": QA, "D": AGENT}
 
 
-def full_prompt(record: Record) -> str:
-    cfg = load_config()
-    group = cfg.groups[record.group_id]
-    rubric = load_rubric(group.anchors, record.group_id, group.family)
-    system = system_prompt(rubric, group.description)
-    user = render_user(user_template(rubric), record)
-    return f"=== system ===\n{system}\n=== user ===\n{user}\n"
-
-
-@pytest.mark.parametrize(("record", "name"), [(QA, "prompt_group_2.txt"), (AGENT, "prompt_group_D.txt")])
-def test_full_prompt_matches_golden(record: Record, name: str) -> None:
-    text = full_prompt(record)
+def golden(name: str, text: str) -> str:
     if os.environ.get("MIRA_UPDATE_GOLDEN"):
         (GOLDEN / name).write_text(text, encoding="utf-8")
-    assert text == (GOLDEN / name).read_text(encoding="utf-8")
+    return (GOLDEN / name).read_text(encoding="utf-8")
+
+
+def group_rubric(cfg: MiraConfig, group_id: str) -> Rubric:
+    group = cfg.groups[group_id]
+    return load_rubric(group.anchors, group_id, group.family)
+
+
+def scorer_spec(cfg: MiraConfig, group_id: str, role: Role = "student") -> tuple[ScorerSpec, str]:
+    spec, _, where = make_scorer(role, cfg.scorer_units()[group_id], cfg, group_rubric(cfg, group_id))
+    return spec, where
+
+
+# --- the shipped templates reproduce the prompts byte for byte ---------------------------------------------------
+
+
+@pytest.mark.parametrize("group_id", sorted(load_config().groups))
+def test_every_group_renders_its_golden_prompts(group_id: str) -> None:
+    cfg = load_config()
+    rubric = group_rubric(cfg, group_id)
+    spec, _ = scorer_spec(cfg, group_id)
+    assert spec.system_prompt == golden(f"group_{group_id}.system.txt", spec.system_prompt)
+    user = render_user(spec.user_template, rubric, RECORDS[group_id])
+    assert user == golden(f"group_{group_id}.user.txt", user)
+    # the same, as the full prompt a reviewer reads in tests/core/golden/
+    full = (OLD_GOLDEN / f"prompt_group_{group_id}.txt").read_text(encoding="utf-8")
+    assert full == f"=== system ===\n{spec.system_prompt}\n=== user ===\n{user}\n"
+
+
+def test_qa_family_with_references_renders_its_golden_prompts() -> None:
+    rubric = load_rubric(UPSTREAM, "Q", "qa")
+    templates = load_templates()
+    system = render_system(templates, rubric, "QA without thinking traces")
+    assert system == golden("qa.system.txt", system)
+    assert sum(ln.startswith("- ") for ln in system.splitlines()) == 12  # the cards' top-12
+    user = render_user(templates, rubric, QA_PLAIN)
+    assert user == golden("qa.user.txt", user)
 
 
 @pytest.mark.parametrize("record", [QA, AGENT])
 def test_user_prompt_follows_contract(record: Record) -> None:
     cfg = load_config()
-    group = cfg.groups[record.group_id]
-    rubric = load_rubric(group.anchors, record.group_id, group.family)
-    user = render_user(user_template(rubric), record)
-    lines = user.splitlines()
+    rubric = group_rubric(cfg, record.group_id)
+    lines = render_user(load_templates(), rubric, record).splitlines()
     slot_lines = [ln for ln in lines if ln.startswith("[A")]
     assert slot_lines == [f"[A{d.slot}] {d.name}: <score>/10 — <justification>" for d in rubric.dims]
     assert lines[-4:] == [
@@ -79,28 +135,195 @@ def test_user_prompt_follows_contract(record: Record) -> None:
 
 def test_system_prompt_is_identical_for_every_record_of_a_group() -> None:
     cfg = load_config()
-    rubric = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think")
-    prompts = {system_prompt(rubric, cfg.groups["2"].description) for _ in range(3)}
+    prompts = {scorer_spec(cfg, "2")[0].system_prompt for _ in range(3)}
     assert len(prompts) == 1
     assert "What is 7" not in prompts.pop()
 
 
 def test_qa_with_think_lists_five_dimensions_per_facet() -> None:
-    cfg = load_config()
-    rubric = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think")
-    template = user_template(rubric)
+    user = render_user(load_templates(), group_rubric(load_config(), "2"), QA)
     for facet_text in (
         "judge the thinking trace itself",
         "judge the thinking trace and the answer together",
         "judge the question and the final answer",
     ):
-        line = next(ln for ln in template.splitlines() if ln.endswith(facet_text))
+        line = next(ln for ln in user.splitlines() if ln.endswith(facet_text))
         assert line.count("A") == 5
 
 
-def test_record_text_that_looks_like_a_placeholder_stays_literal() -> None:
+def test_one_mixed_rubric_renders_each_record_with_its_own_family() -> None:
+    """scorer_scope global: one rubric over several families; each record keeps its own sections, and the guide
+    lists the facets the dims have, in the order think, combined, qa, agent."""
+    facets = ["agent", "think", "qa", "agent", "combined"] * 3
+    dims = [AnchorDim(slot=i + 1, name=f"Dim {i + 1}", facet=f) for i, f in enumerate(facets)]
+    rubric = Rubric.model_construct(group="global", family="mixed", dims=dims, file_sha256="x")
+    assert [(g.facet, g.slots[0]) for g in facet_guide(rubric)] == [
+        ("think", "A2"),
+        ("combined", "A5"),
+        ("qa", "A3"),
+        ("agent", "A1"),
+    ]
+    templates = load_templates()
+    agent, qa = render_user(templates, rubric, AGENT), render_user(templates, rubric, QA)
+    assert "## Trajectory\n" in agent and "## Thinking" not in agent
+    assert "## Thinking\nSeven sixes" in qa and "## Trajectory" not in qa
+    assert "- A1, A4, A6, A9, A11, A14: judge the agent's trajectory and outcome" in agent
+
+
+def test_record_text_that_looks_like_template_syntax_stays_literal() -> None:
+    rubric = group_rubric(load_config(), "2")
+    text = "Explain {{ answer }} and {% for x in y %}{{ x }}{% endfor %} {# not a comment #} ⟦answer⟧ {{"
+    user = render_user(load_templates(), rubric, QA.model_copy(update={"question": text}))
+    assert f"## Question\n{text}\n" in user
+
+
+def test_empty_fields_read_none() -> None:
+    user = render_user(load_templates(), group_rubric(load_config(), "2"), QA.model_copy(update={"thinking": ""}))
+    assert "## Thinking\n(none)\n" in user
+
+
+# --- a user's own templates --------------------------------------------------------------------------------------
+
+CUSTOM_SYSTEM = """\
+{# My upstream builder's system prompt, as a template. #}
+You are the anchored judge for group {{ group }} — {{ description }}.
+Score on these {{ dims | length }} dimensions:
+{% for d in dims %}
+  A{{ d.slot }} = {{ d.name }} (cluster {{ d.cluster_size }})
+{% endfor %}
+{% if not references %}
+(no calibration references)
+{% endif %}
+"""
+
+CUSTOM_USER = """\
+{# My upstream builder's user prompt. #}
+<record family="{{ family }}">
+TASK: {{ task }}
+OUTCOME: {{ outcome }}
+</record>
+Rate each of:
+{% for d in dims %}
+[A{{ d.slot }}] {{ d.name }}: <score>/10 — <justification>
+{% endfor %}
+{{ trailer }}
+"""
+
+
+def registry_with_templates(tmp_path: Path, **group_d: str) -> Path:
+    """The shipped registry, copied into tmp_path, with group D's extra settings (relative paths stay relative)."""
+    shipped = Path(load_config().path)
+    text = shipped.read_text(encoding="utf-8").replace("../data/", f"{shipped.parent.parent / 'data'}/")
+    text = text.replace("anchors: group_", f"anchors: {shipped.parent}/group_")
+    extra = "".join(f"\n    {k}: {v}" for k, v in group_d.items())
+    text = text.replace("student_model: whw06/MIRA-Agent-Group4", f"student_model: whw06/MIRA-Agent-Group4{extra}")
+    path = tmp_path / "groups.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_templates_dropped_in_by_a_user_render_byte_for_byte(tmp_path: Path) -> None:
+    (tmp_path / "my").mkdir()
+    (tmp_path / "my" / "system.j2").write_text(CUSTOM_SYSTEM, encoding="utf-8")
+    (tmp_path / "my" / "user.j2").write_text(CUSTOM_USER, encoding="utf-8")
+    cfg = load_config(registry_with_templates(tmp_path, system_template="my/system.j2", user_template="my/user.j2"))
+    rubric = group_rubric(cfg, "D")
+    spec, _ = scorer_spec(cfg, "D")
+    record = AGENT.model_copy(update={"task": "Make {{ 7 * 6 }} print 42 {% raw %}", "outcome": ""})
+    assert spec.system_prompt == (GOLDEN / "custom_D.system.txt").read_text(encoding="utf-8")
+    assert render_user(spec.user_template, rubric, record) == (GOLDEN / "custom_D.user.txt").read_text(encoding="utf-8")
+    # the other group keeps the shipped templates
+    shipped = (GOLDEN / "group_2.system.txt").read_text(encoding="utf-8")
+    assert scorer_spec(cfg, "2")[0].system_prompt == shipped
+
+
+@pytest.mark.parametrize(
+    ("which", "old", "new", "new_version"),
+    [
+        ("system.j2", "Score on these", "Rate on these", True),
+        ("user.j2", "Rate each of:", "Score each of:", True),
+        # the user template's source is hashed (a message needs a record to render), so even a comment counts;
+        # the system prompt is hashed as rendered, so a comment that changes no byte of it re-scores nothing
+        ("user.j2", "{# My", "{# Still my", True),
+        ("system.j2", "{# My", "{# Still my", False),
+    ],
+)
+def test_a_changed_template_file_is_a_new_scorer_version(
+    tmp_path: Path, which: str, old: str, new: str, new_version: bool
+) -> None:
+    (tmp_path / "system.j2").write_text(CUSTOM_SYSTEM, encoding="utf-8")
+    (tmp_path / "user.j2").write_text(CUSTOM_USER, encoding="utf-8")
+    cfg = load_config(registry_with_templates(tmp_path, system_template="system.j2", user_template="user.j2"))
+    before = scorer_spec(cfg, "D")[0].version
+    assert scorer_spec(cfg, "D")[0].version == before
+    path = tmp_path / which
+    path.write_text(path.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+    assert (scorer_spec(cfg, "D")[0].version != before) == new_version
+
+
+def test_a_template_error_is_one_line_naming_file_and_line(tmp_path: Path) -> None:
+    rubric = group_rubric(load_config(), "2")
+    bad = tmp_path / "user.j2"
+    bad.write_text("Score this.\n\n{{ questoin }}\n", encoding="utf-8")
+    with pytest.raises(PromptTemplateError) as err:
+        render_user(load_templates(None, bad), rubric, QA)
+    assert str(err.value) == f"{bad}:3: 'questoin' is undefined"
+    bad.write_text("Score this.\n{% for d in dims %}\n", encoding="utf-8")
+    with pytest.raises(PromptTemplateError, match=rf"^{re.escape(str(bad))}:2: .*'endfor'"):
+        load_templates(None, bad)
+    with pytest.raises(PromptTemplateError, match=r"nowhere\.j2: cannot read the prompt template"):
+        load_templates(tmp_path / "nowhere.j2")
+
+
+def test_anchors_check_shows_a_given_system_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "system.j2").write_text(CUSTOM_SYSTEM, encoding="utf-8")
+    anchors = Path(load_config().path).parent / "group_D_dim_anchors.jsonl"
+    assert cli.main(["anchors", "check", str(anchors), "--system-template", str(tmp_path / "system.j2")]) == 0
+    shown = capsys.readouterr().out.split("=== system prompt ===\n", 1)[1]
+    assert shown == (GOLDEN / "custom_D.system.txt").read_text(encoding="utf-8") + "\n"
+
+
+# --- constrained decoding ----------------------------------------------------------------------------------------
+
+
+def contract_reply(rubric: Rubric, scores: list[str], rationale: str = "Clear and correct.") -> str:
+    rows = "".join(f"[A{d.slot}] {d.name}: {s}/10 — {rationale}\n" for d, s in zip(rubric.dims, scores, strict=True))
+    return rows + "overall: 78\ntraining_recommendation: keep\ndomain_tag: math/algebra\nbrief: A clean solution.\n"
+
+
+def test_contract_regex_admits_half_points_and_long_rationales() -> None:
     cfg = load_config()
-    rubric = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think")
-    rec = QA.model_copy(update={"question": "Explain ⟦answer⟧ please"})
-    user = render_user(user_template(rubric), rec)
-    assert "Explain ⟦answer⟧ please" in user
+    rubric = group_rubric(cfg, "2")
+    regex = contract_regex(rubric, cfg.pipeline.constrained_rationale_chars)
+    scores = ["7.5", "10", "0", "0.5", "9.5", *["8"] * 10]
+    assert re.fullmatch(regex, contract_reply(rubric, scores))
+    assert re.fullmatch(regex, contract_reply(rubric, scores, "x" * 300))  # the default admits 300 characters
+    assert re.fullmatch(regex, (REPLIES / "01_contract_exact.txt").read_text(encoding="utf-8"))
+    for bad in ("10.5", "11", "7.25", "-1", "07"):
+        assert not re.fullmatch(regex, contract_reply(rubric, [bad, *scores[1:]])), bad
+    assert not re.fullmatch(regex, contract_reply(rubric, scores, ""))
+    assert not re.fullmatch(contract_regex(rubric, 200), contract_reply(rubric, scores, "x" * 201))
+
+
+@pytest.fixture
+def vllm_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endpoint that says it is vLLM, without a server: make_scorer only probes it."""
+    monkeypatch.setenv("MIRA_STUDENT_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setattr(scorers, "probe", lambda url, key: ServerInfo(reachable=True, is_vllm=True))
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "group", "constrained"),
+    [("auto", None, True), ("auto", "off", False), ("off", None, False), ("off", "on", True), ("on", "off", False)],
+)
+def test_a_group_turns_constrained_decoding_on_or_off(
+    vllm_endpoint: None, pipeline: str, group: str | None, constrained: bool
+) -> None:
+    cfg = load_config()
+    cfg.pipeline.constrained_decoding = pipeline  # type: ignore[assignment]
+    cfg.groups["D"].constrained_decoding = group  # type: ignore[assignment]
+    spec, where = scorer_spec(cfg, "D")
+    assert (spec.structured_regex is not None) == constrained
+    assert where.endswith(f"constrained decoding {'on' if constrained else 'off'}")
+    if constrained:
+        assert spec.structured_regex == contract_regex(group_rubric(cfg, "D"), 300)

@@ -22,11 +22,11 @@ from tests.loopback import ChatServer, Reply, serve
 def _setup(role: str = "student"):
     cfg = load_config()
     rubric = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think")
-    spec, backend, _ = make_scorer(role, "2", cfg, rubric)
+    spec, backend, _ = make_scorer(role, cfg.scorer_units()["2"], cfg, rubric)
     recs = read_source(
         "lean_qa", "2", "qa_with_think", [SAMPLE / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl"]
     ).records
-    jobs = [Job(r, render_user(spec.user_template, r)) for r in recs]
+    jobs = [Job(r, render_user(spec.user_template, rubric, r)) for r in recs]
     return spec, backend, jobs
 
 

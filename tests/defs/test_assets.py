@@ -48,16 +48,16 @@ def test_pipeline_end_to_end_offline(small_config: Path, tmp_path: Path) -> None
         "FROM selected_subset s WHERE s.source = 'lean_qa'"
     )
     assert abs(kept.fetchone()[0] - 0.5) < 0.05
-    # every variant keeps the same budget, within one record per unit (here one source per group)
+    # the scope's selection and random keep the same budget, within one record per source
     report = con.execute(
         "SELECT variant, sum(tokens_kept), sum(source_tokens) FROM selection_report GROUP BY 1"
     ).fetchall()
     biggest = con.execute("SELECT max(n_tokens) FROM raw_records").fetchone()[0]
     for _, kept_tokens, total in report:
         assert abs(kept_tokens - total / 2) <= 2 * biggest
-    assert len({v for v, *_ in report}) == 4
+    assert {v for v, *_ in report} == {"MIRA-group", "random"}
     manifest = json.loads((home / "exports" / "selected_subset" / "manifest.json").read_text())
-    assert manifest["variant"] == "source" and manifest["mask_version"] and manifest["scorer_versions"]
+    assert manifest["variant"] == "MIRA-group" and manifest["mask_version"] and manifest["scorer_versions"]
     export = pl.read_parquet(home / "exports" / "selected_subset" / "lean_qa-00000.parquet")
     assert sum(f["records"] for f in manifest["files"]) == manifest["records"]
     assert export.height == con.execute("SELECT count(*) FROM selected_subset WHERE source='lean_qa'").fetchone()[0]

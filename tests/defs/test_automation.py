@@ -10,7 +10,7 @@ import dagster as dg
 
 from mira_dagster import definitions as d
 from mira_dagster.defs.automation import new_source_result, refresh_sources_job, stale_run_requests, stale_sources
-from mira_dagster.defs.partitions import in_process_instance, register_sources
+from mira_dagster.defs.partitions import in_process_instance, register_partitions, register_sources
 from mira_dagster.defs.resources import MiraResource
 
 
@@ -73,8 +73,24 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
 
     first = new_source_result(instance, mira)
     assert [r.partition_key for r in first.run_requests] == ["agent_openhands", "lean_qa"]
-    register_sources(instance, ["agent_openhands", "lean_qa"])  # what the daemon does with the request
+    # the scorer-unit partitions of the scope come with them (the groups: scorer_scope group)
+    adds = {r.partitions_def_name: r.partition_keys for r in first.dynamic_partitions_requests}
+    assert adds == {"sources": ["agent_openhands", "lean_qa"], "scorer_units": ["2", "D"]}
+    register_partitions(instance, mira.config())  # what the daemon does with the requests
     assert isinstance(new_source_result(instance, mira), dg.SkipReason)
+    # a change of scope swaps the unit partitions: the groups go, the one global unit comes
+    original = small_config.read_text()
+    small_config.write_text(original.replace("pipeline: {", "pipeline: {scorer_scope: global, "), encoding="utf-8")
+    os.utime(small_config, (time.time() + 3, time.time() + 3))
+    swap = new_source_result(instance, mira)
+    kinds = {(type(r).__name__, tuple(r.partition_keys)) for r in swap.dynamic_partitions_requests}
+    assert kinds == {("AddDynamicPartitionsRequest", ("global",)), ("DeleteDynamicPartitionsRequest", ("2", "D"))}
+    assert swap.run_requests == []
+    register_partitions(instance, mira.config())
+    assert instance.get_dynamic_partitions("scorer_units") == ["global"]
+    small_config.write_text(original, encoding="utf-8")  # back to the groups (their configured anchors) below
+    os.utime(small_config, (time.time() + 6, time.time() + 6))
+    register_partitions(instance, mira.config())
 
     sample = (tmp_path / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").read_bytes()
     (incoming / "New-Proofs.2026.jsonl").write_bytes(sample)  # becomes source new_proofs_2026 of group 2

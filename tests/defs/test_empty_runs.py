@@ -76,7 +76,7 @@ def test_empty_selection_keeps_the_previous_export(done, small_config: Path) -> 
     small_config.write_text(small_config.read_text().replace("pipeline: {", "pipeline: {source_max_share: 0.0, "))
     res = _run(mira, instance, [selected_subset])
     text = _failure(res, "selected_subset")
-    assert text.startswith("selected_subset: the 'source' selection is empty (")
+    assert text.startswith("selected_subset: the MIRA-group selection is empty (")
     assert _snapshot(export) == before
 
 

@@ -261,7 +261,7 @@ def test_asset_graph_in_headless_chromium(dagster_dev: DevServer, tmp_path: Path
         page.screenshot(path=shots["lineage"])
 
         page.goto(f"{base}/locations/mira_dagster.definitions/asset-groups/selection", wait_until="networkidle")
-        for asset in ("aggregated_scores", "selected_group", "selected_subset", "selection_report"):
+        for asset in ("aggregated_scores", "selected_random", "selected_subset", "selection_report"):
             page.get_by_text(asset, exact=True).first.wait_for(timeout=30000)
         page.wait_for_timeout(1000)  # let the graph finish laying out before the picture
         shots["selection"] = tmp_path / "ui-selection.png"

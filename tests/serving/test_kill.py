@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.core.config import load_config
-from mira_dagster.core.prompts import render_user, user_template
+from mira_dagster.core.prompts import load_templates, render_user
 from mira_dagster.core.rubric import load_rubric
 from mira_dagster.core.store import ParquetReplyCache
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
@@ -53,8 +53,10 @@ def test_sigkill_mid_partition_then_resume(small_config: Path, tmp_path: Path, m
     ).success
     raw = pl.read_parquet(home / "tables" / "raw_records" / "lean_qa.parquet")
     cfg = load_config(small_config)
-    template = user_template(load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think"))
-    rid_of = {user_key({"messages": [{"content": render_user(template, r)}]}): r.record_id for r in _records(raw)}
+    rubric, template = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think"), load_templates()
+    rid_of = {
+        user_key({"messages": [{"content": render_user(template, rubric, r)}]}): r.record_id for r in _records(raw)
+    }
 
     server = ChatServer(latency_s=0.15)
     with serve(server) as url:
