@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format dev vllm-env embed-model bench bench-ingest browser
+.PHONY: setup run test lint format dev vllm-env embed-model bench bench-ingest bench-cache browser
 
 $(BIN)/.mira-installed: pyproject.toml scripts/activate.sh
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,9 @@ bench: setup
 
 bench-ingest: setup
 	$(BIN)/python bench/ingest.py
+
+bench-cache: setup
+	$(BIN)/python bench/cache.py
 
 dev: setup
 	. $(BIN)/activate && dagster dev

@@ -57,6 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mira_dagster import definitions as d
+    from mira_dagster.core.cost import cost_gate
+    from mira_dagster.defs.freshness import RunPlan
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import MiraResource
 
@@ -65,56 +67,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}}
     if not args.verbose:
         quiet_dagster_failures()
-    resources = {"mira": MiraResource()}
+    mira = MiraResource()
+    resources = {"mira": mira}
+    stages = {
+        "ingest": d.INGEST_ASSETS,
+        "grouping": d.GROUPING_ASSETS,
+        "discovery": d.DISCOVERY_ASSETS,
+        "scoring": d.SCORING_ASSETS,
+        "distill": d.DISTILL_ASSETS,
+        "corpus": d.CORPUS_ASSETS,
+    }
     sources = args.source or cfg.source_names()
-    # the scorer units (groups by default, "global", or sources: pipeline.scorer_scope) the chosen sources need
-    units = sorted({cfg.unit_of(s).key for s in sources})
-    scope = cfg.pipeline.scorer_scope
+    step = 0
     # Phases: every partition of a phase runs even when one fails (a bad source fails alone), but the next
     # phase starts only when the whole phase succeeded, so no rubric, mask, selection or export is ever
-    # replaced by the output of a run with a failed part.
-    phases: list[list[tuple[str, list, str | None]]] = [
-        [(f"{s}: raw_records", d.INGEST_ASSETS, s) for s in sources],
-        [("all sources: source_groups", d.GROUPING_ASSETS, None)],
-        [(f"{scope} {u}: teacher_judgments, anchor_rubric", d.DISCOVERY_ASSETS, u) for u in units],
-        [(f"{s}: teacher_labels, student_scores", d.SCORING_ASSETS, s) for s in sources],
-        [(f"{scope} {u}: distillation_dataset", d.DISTILL_ASSETS, u) for u in units],
-        [("corpus: reliability, mask, aggregates, selected_subset, random, report", d.CORPUS_ASSETS, None)],
-    ]
-    total = sum(len(p) for p in phases)
-    step = 0
+    # replaced by the output of a run with a failed part. Only what is stale runs (defs/freshness.py).
     with dg.DagsterInstance.get() as instance:
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
         register_partitions(instance, cfg)  # the partitions the sensor would add
-        for phase in phases:
+        plan = RunPlan(instance, mira, sources, force=args.force)
+        gated = False
+        for phase in plan.phases():
             failures: list[str] = []
-            for label, selection, partition in phase:
+            for item in phase():
+                # cost before spending: the plan (and max_teacher_requests) once ingest is done, before any request
+                if item.stage != "ingest" and not gated:
+                    gated = True
+                    if (code := cost_gate(cfg, home, sources)) is not None:
+                        return code
                 step += 1
-                print(f"[{step}/{total}] {label}", flush=True)
+                print(f"[{step}] {item.label}", flush=True)
                 result = dg.materialize(
                     d.ALL_ASSETS,
-                    selection=selection,
-                    partition_key=partition,
+                    selection=stages[item.stage],
+                    partition_key=item.partition,
                     instance=instance,
                     resources=resources,
                     raise_on_error=False,
                     run_config=run_config,
                     tags={"mira/entry": "mira run", PID_TAG: str(os.getpid())},
                 )
-                if not result.success:
-                    failures += failure_lines(result, label.split(":")[0])
+                if result.success:
+                    plan.done(item)
+                else:
+                    failures += failure_lines(result, item.label.split(":")[0])
             if failures:
                 print_summary(home, cfg.source_names(), stale_selection=True)
                 for line in failures:
                     print(f"mira: FAILED {line}", file=sys.stderr)
-                rest = total - step
                 print(
-                    f"mira: {len(failures)} failure(s); {rest} later step(s) not run, so the last good selection and "
+                    f"mira: {len(failures)} failure(s); later phases not run, so the last good selection and "
                     "export stay in place (run with -v for Dagster's tracebacks)",
                     file=sys.stderr,
                 )
                 return 1
+        if plan.skipped:
+            print(f"up to date, not run ({len(plan.skipped)}): " + "; ".join(plan.skipped) + " (--force runs all)")
+        if not step:
+            print("mira: nothing changed since the last run; the selection and export stand as they are")
     print_summary(home, cfg.source_names())
     return 0
 
@@ -456,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")
+    run.add_argument("--force", action="store_true", help="run every step, also those that are up to date")
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

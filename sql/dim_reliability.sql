@@ -36,8 +36,9 @@ WITH pairs AS (
         CASE WHEN var_pop(grt) > 0 AND var_pop(grs) > 0 THEN corr(grt, grs) END AS group_rho
     FROM ranked GROUP BY pool, slot
 ), cells AS (
+    -- the distinct (source, group) first, then the join: never a row per (record × dimension) of the corpus
     SELECT DISTINCT s.source, s.group_id, d.pool, d.slot, d.dim_name
-    FROM student_scores s JOIN dims d USING (source)
+    FROM (SELECT DISTINCT source, group_id FROM student_scores) s JOIN dims d USING (source)
 )
 SELECT c.source, c.group_id, c.pool, c.slot, c.dim_name,
     coalesce(cell.n, 0) AS n, cell.mae, cell.rho,

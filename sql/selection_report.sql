@@ -5,8 +5,13 @@
 -- paper compares its variants by, here the current scope's anchored teacher on the held-out split (the same
 -- records in every scope: the split is a hash of record_id). A source's tokens are those of the records it owns
 -- (aggregated_scores), as in the budget.
--- Input `kept` (variant, source, record_id, n_tokens) is registered by the caller.
-WITH totals AS (
+-- The kept sets are read from the tables (scope_selections, selected_random), never loaded into Python.
+WITH kept AS (
+    -- the selections compared, at the budget $share: every scope's last selection made at it, and random
+    SELECT variant, source, record_id, n_tokens FROM scope_selections WHERE abs(budget_share - $share) < 1e-9
+    UNION ALL
+    SELECT variant, source, record_id, n_tokens FROM selected_random
+), totals AS (
     SELECT source, CAST(sum(n_tokens) AS BIGINT) AS source_tokens FROM aggregated_scores GROUP BY source
 ), variants AS (
     SELECT v.variant, t.source, t.source_tokens

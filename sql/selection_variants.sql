@@ -1,8 +1,13 @@
 -- selection_variants: selection_report over the whole corpus, one row per selection (what `mira run` prints):
 -- records and tokens kept, the share of all tokens, the Jaccard overlap of the kept record set with the current
 -- scope's ($current), and the anchored teacher's mean overall (0-100) on the held-out records kept and left out.
--- Input `kept` (variant, source, record_id, n_tokens) is registered by the caller, as for selection_report.
-WITH current_sel AS (
+-- The kept sets are read from the tables (scope_selections, selected_random), never loaded into Python.
+WITH kept AS (
+    -- the selections compared, at the budget $share: every scope's last selection made at it, and random
+    SELECT variant, source, record_id, n_tokens FROM scope_selections WHERE abs(budget_share - $share) < 1e-9
+    UNION ALL
+    SELECT variant, source, record_id, n_tokens FROM selected_random
+), current_sel AS (
     SELECT source, record_id FROM kept WHERE variant = $current
 ), sizes AS (
     SELECT variant, count(*) AS records_kept, CAST(sum(n_tokens) AS BIGINT) AS tokens_kept FROM kept GROUP BY variant

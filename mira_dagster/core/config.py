@@ -73,6 +73,10 @@ class PipelineSettings(BaseModel):
     # Teacher sample per source: max(teacher_sample_min, fraction * n), capped at n.
     teacher_sample_fraction: float = Field(0.5, gt=0, le=1)
     teacher_sample_min: int = Field(20, ge=0)
+    # ... and at most this many per source (a count, so a 10M-record source does not buy 5M frontier requests).
+    teacher_sample_max: int = Field(2000, ge=1)
+    # Refuse a run whose teacher requests (labels and judgments not yet cached) would exceed this; None = no cap.
+    max_teacher_requests: int | None = Field(None, ge=0)
     heldout_fraction: float = Field(0.4, gt=0, lt=1)
     seed: int = 0
     # Ingest: a longer line is quarantined (no scorer context holds it).
@@ -109,6 +113,13 @@ class PipelineSettings(BaseModel):
     request_timeout_s: float = 120.0
     max_retries: int = Field(3, ge=0)
     write_batch_size: int = Field(256, ge=1)
+    # Scoring streams a source in chunks of this many records: a step's memory is bounded by the chunk and
+    # max_in_flight, not the source size.
+    scoring_chunk_records: int = Field(20_000, ge=1)
+    # DuckDB spills to disk instead of failing: its memory limit (DuckDB syntax, e.g. "4GB") and spill folder
+    # (default $MIRA_HOME/duckdb_tmp).
+    duckdb_memory_limit: str = "4GB"
+    duckdb_temp_directory: Path | None = None
     # vLLM structured outputs: "auto" = on when the endpoint reports itself as vLLM.
     constrained_decoding: Literal["auto", "on", "off"] = "auto"
     _constrained_words = field_validator("constrained_decoding", mode="before")(_on_off)

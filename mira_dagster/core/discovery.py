@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from mira_dagster.core.clustering import kmeans
 from mira_dagster.core.config import Family
-from mira_dagster.core.embeddings import Matrix, dense
+from mira_dagster.core.embeddings import Matrix
 from mira_dagster.core.rubric import N_SLOTS, AnchorDim, CalibrationReference, Facet
 
 N_REFERENCES = 12
@@ -91,14 +91,15 @@ def discover_anchors(items: Sequence[JudgmentItem], x: Matrix, k: int = N_SLOTS,
     slot_of = {c: i + 1 for i, c in enumerate(order)}
     names = {c: Counter(items[i].dimension for i in np.flatnonzero(labels == c)) for c in order}
     slot_names = _unique_names(order, names)
-    xd = dense(x)
     dims = []
     for c in order:
         members = np.flatnonzero(labels == c)
         facet = Counter(items[i].facet for i in members).most_common(1)[0][0]
         refs = []
         if slot_of[c] <= N_REFERENCES:
-            nearest = members[int(np.argmax(xd[members] @ centers[c]))]
+            # the members' rows only (a sparse product when x is sparse): the judgment matrix is never densified,
+            # which at 2^18 hashed columns would take n_items x 2 MB
+            nearest = members[int(np.argmax(np.asarray(x[members] @ centers[c]).ravel()))]
             it = items[nearest]
             refs = [
                 CalibrationReference(

@@ -41,7 +41,7 @@ def reliability_heatmap(mask: pl.DataFrame) -> bytes:
 
 
 def score_distributions(agg: pl.DataFrame, column: str = "aggregate") -> bytes:
-    """One box per source of the records' aggregate scores."""
+    """One box per source of the records' aggregate scores (`agg`: the table or, at corpus scale, a sample of it)."""
     data = agg.filter(pl.col(column).is_not_null())
     sources = sorted(data["source"].unique().to_list())
     fig, ax = plt.subplots(figsize=(9, 0.4 * len(sources) + 1.5))
@@ -53,7 +53,8 @@ def score_distributions(agg: pl.DataFrame, column: str = "aggregate") -> bytes:
 
 
 def retention_curves(agg: pl.DataFrame, column: str = "aggregate") -> bytes:
-    """Per source: the share of its tokens kept if every record scoring at least x were kept."""
+    """Per source: the share of its tokens kept if every record scoring at least x were kept. From a uniform sample
+    of records the curve is an estimate (shares of the sample's tokens), which is all a picture needs."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for (source,), part in agg.group_by("source", maintain_order=True):
         total = part["n_tokens"].sum()
@@ -65,6 +66,7 @@ def retention_curves(agg: pl.DataFrame, column: str = "aggregate") -> bytes:
     ax.set_ylabel("share of the source's tokens kept")
     ax.invert_xaxis()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # no scored record: no curve, no legend
+        ax.legend(fontsize=7, ncol=2)
     ax.set_title("Retention curve per source")
     return _png(fig)

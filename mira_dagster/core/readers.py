@@ -21,6 +21,7 @@ from __future__ import annotations
 import bz2
 import glob
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -229,15 +230,21 @@ def _file_version(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def iter_units(path: Path, source: str, max_bytes: int, batch_size: int = 1024) -> Iterator[list[Unit]]:
+def iter_units(
+    path: Path, source: str, max_bytes: int, batch_size: int = 1024, start: int = 0, first: int = 1
+) -> Iterator[list[Unit]]:
     """Every unit of one file, in batches. Raises SourceFileError if the file cannot be read, or was replaced or
-    changed while being read (what was read would then match no version of it)."""
+    changed while being read (what was read would then match no version of it). `start` (bytes) and `first` (the
+    number of the first unit read) resume an appendable file (see file_state) where an earlier read ended."""
     try:
         before = _file_version(path.stat())
         kind, comp = sniff(path)
-        reader = {"jsonl": _jsonl_units, "json": _json_units, "parquet": _parquet_units}[kind]
+        if start:
+            units: Iterator[Unit] = _jsonl_tail(path, start, first, max_bytes)
+        else:
+            units = {"jsonl": _jsonl_units, "json": _json_units, "parquet": _parquet_units}[kind](path, comp, max_bytes)
         batch: list[Unit] = []
-        for unit in reader(path, comp, max_bytes):
+        for unit in units:
             batch.append(unit)
             if len(batch) >= batch_size:
                 yield batch
@@ -263,6 +270,53 @@ def _jsonl_units(path: Path, comp: str | None, max_bytes: int) -> Iterator[Unit]
         lines = fh if _line_end(path, comp) == b"\n" else io.BufferedReader(_CRAsLF(fh), 1 << 20)
         for lineno, (raw, oversize) in enumerate(_capped_lines(lines, max_bytes), 1):
             yield Unit(lineno, raw=raw, oversize=oversize)
+
+
+def _jsonl_tail(path: Path, start: int, first: int, max_bytes: int) -> Iterator[Unit]:
+    """The lines of a plain JSON Lines file from byte `start` (a line start), numbered from `first`."""
+    with path.open("rb") as fh:
+        fh.seek(start)
+        for lineno, (raw, oversize) in enumerate(_capped_lines(fh, max_bytes), first):
+            yield Unit(lineno, raw=raw, oversize=oversize)
+
+
+def file_state(path: Path) -> dict[str, Any]:
+    """What a later read needs to tell whether the file only grew: its size, inode and, for a plain JSON Lines
+    file with LF line ends that ends with a complete line (`appendable`), the sha256 of its bytes."""
+    st = path.stat()
+    state: dict[str, Any] = {
+        "size": st.st_size,
+        "inode": st.st_ino,
+        "mtime_ns": st.st_mtime_ns,
+        "appendable": False,
+        "sha256": None,
+    }
+    kind, comp = sniff(path)
+    if kind != "jsonl" or comp is not None or _line_end(path, comp) != b"\n":
+        return state
+    digest, last = hashlib.sha256(), b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+            last = chunk[-1:]
+    state.update(appendable=last in (b"", b"\n"), sha256=digest.hexdigest())
+    return state
+
+
+def grew_from(path: Path, before: dict[str, Any]) -> bool:
+    """True when the file is the one `before` (file_state) describes with lines appended: same inode, larger, and
+    its first `before["size"]` bytes unchanged."""
+    if not before.get("appendable") or not path.is_file():
+        return False
+    st = path.stat()
+    if st.st_ino != before.get("inode") or st.st_size <= before.get("size", 0):
+        return False
+    digest, left = hashlib.sha256(), int(before["size"])
+    with path.open("rb") as fh:
+        while left and (chunk := fh.read(min(left, 1 << 22))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest() == before.get("sha256")
 
 
 def _line_end(path: Path, comp: str | None) -> bytes:
@@ -371,3 +425,32 @@ def count_units(path: Path) -> int:
 def file_versions(files: Sequence[Path]) -> list[str]:
     """Path and (inode, size, mtime) of each file: what the input fingerprint is made of."""
     return [f"{path}:{_file_version(path.stat()) if path.exists() else 'missing'}" for path in files]
+
+
+def append_offsets(
+    files: Sequence[Path], states: dict[str, dict[str, Any]], units: dict[str, int]
+) -> dict[Path, tuple[int, int]] | None:
+    """Where to resume each file when the source only grew since an earlier read (`states`: file_state per file,
+    `units`: units read per file then): (byte offset, units read) per earlier file, (0, 0) for a new one. None when
+    a whole read is needed: a file gone, replaced, edited or shrunk, or nothing appended at all."""
+    if any(str(f) not in states for f in files) and not any(str(f) in states for f in files):
+        return None
+    if set(states) - {str(f) for f in files}:
+        return None  # a file was removed: its records must go
+    plan: dict[Path, tuple[int, int]] = {}
+    grew = False
+    for f in files:
+        before = states.get(str(f))
+        if before is None:
+            plan[f], grew = (0, 0), True
+            continue
+        if str(f) not in units:
+            return None
+        st = f.stat()
+        if (st.st_ino, st.st_size, st.st_mtime_ns) == (before.get("inode"), before.get("size"), before.get("mtime_ns")):
+            plan[f] = (st.st_size, units[str(f)])  # unchanged (same identity and size): nothing to read
+        elif grew_from(f, before):
+            plan[f], grew = (int(before["size"]), units[str(f)]), True
+        else:
+            return None
+    return plan if grew else None

@@ -288,16 +288,21 @@ class SourceIngest:
         mapping: FieldMapping | None = None,
         batch_size: int = 2048,
         sink: Callable[[pl.DataFrame, pl.DataFrame], None] | None = None,
+        resume: dict[Path, tuple[int, int]] | None = None,
+        seen: dict[str, str] | None = None,
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
-        writes then overlap with decoding the next batch too)."""
+        writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
+        reads only what was appended to files an earlier ingest read, `seen` (record_id -> "file:line") being that
+        ingest's records, so a new line that repeats one of them is a duplicate as in a whole read."""
         self.sink = sink
         self.source, self.group_id, self.family = source, group_id, family
         self.files = expand_files(patterns, source)  # raises SourceFileError naming the entry
         self.names = display_names(self.files)
         self.max_bytes, self.mapping, self.batch_size = max_bytes, mapping, batch_size
         self.stats = IngestStats(files=[str(f) for f in self.files])
-        self._seen: dict[str, str] = {}  # record_id -> "file:line" of its first occurrence
+        self._seen: dict[str, str] = dict(seen or {})  # record_id -> "file:line" of its first occurrence
+        self.resume = resume or {}
 
     def batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         # This thread decodes, normalises, hashes and deduplicates (per-record Python); a second thread counts
@@ -307,13 +312,14 @@ class SourceIngest:
             for path in self.files:
                 name = self.names[path]
                 before = self.stats.units_read
-                for units in iter_units(path, self.source, self.max_bytes, self.batch_size):
+                start, done = self.resume.get(path, (0, 0))
+                for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
                     self.stats.units_read += len(units)
                     pending.append(pool.submit(self._finish, name, self._parse(name, units)))
                     if len(pending) > _IN_FLIGHT:
                         yield pending.popleft().result()
-                self.stats.units_per_file[str(path)] = self.stats.units_read - before
-                if self.stats.units_read == before:
+                self.stats.units_per_file[str(path)] = done + self.stats.units_read - before
+                if self.stats.units_read == before and not done:
                     self.stats.empty_files.append(str(path))
             while pending:
                 yield pending.popleft().result()
@@ -433,3 +439,20 @@ def input_fingerprint(files: Sequence[Path]) -> str:
     """A cheap identity of a version of a source's files: it changes when a file is edited, replaced, added or
     removed, without reading the contents."""
     return hashlib.sha256("\n".join(file_versions(files)).encode()).hexdigest()[:16]
+
+
+# Bump when a change to ingest changes what it writes for the same files: every source is then re-ingested.
+INGEST_CODE_VERSION = "2026-11-26"
+
+
+def entry_fingerprint(entry: BaseModel, max_record_bytes: int) -> str:
+    """What changes a source's raw_records besides its files: its registry entry (group, format, files, fields
+    mapping), the record size cap and the ingest code version."""
+    parts = [entry.model_dump_json(), str(max_record_bytes), INGEST_CODE_VERSION]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def ingest_fingerprint(files: Sequence[Path], entry: BaseModel, max_record_bytes: int) -> str:
+    """Everything that changes a source's raw_records: its files' identity and entry_fingerprint."""
+    parts = [input_fingerprint(files), entry_fingerprint(entry, max_record_bytes)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

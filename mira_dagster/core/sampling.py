@@ -21,16 +21,26 @@ def _key(seed: int, purpose: str, record_id: str) -> str:
     return hashlib.sha256(f"{seed}:{purpose}:{record_id}".encode()).hexdigest()
 
 
-def sample_size(n: int, fraction: float, minimum: int) -> int:
-    return min(n, max(minimum, math.ceil(fraction * n)))
+def sample_size(n: int, fraction: float, minimum: int, maximum: int | None = None) -> int:
+    """max(minimum, fraction * n), capped at n and at `maximum`: the cap is a cost limit, so it wins over the
+    minimum (a 50M-record source at fraction 0.5 would otherwise buy 25M teacher requests)."""
+    k = min(n, max(minimum, math.ceil(fraction * n)))
+    return k if maximum is None else min(k, maximum)
 
 
 def teacher_sample(
-    record_ids: Sequence[str], *, fraction: float, minimum: int, heldout_fraction: float, seed: int
+    record_ids: Sequence[str],
+    *,
+    fraction: float,
+    minimum: int,
+    heldout_fraction: float,
+    seed: int,
+    maximum: int | None = None,
 ) -> dict[str, Split]:
-    """Map each sampled record_id to its split; unsampled records are absent."""
+    """Map each sampled record_id to its split; unsampled records are absent. At most `maximum` records
+    (pipeline.teacher_sample_max): the smallest hashes, so raising the cap later keeps the ones already labelled."""
     unique = sorted(set(record_ids))
-    k = sample_size(len(unique), fraction, minimum)
+    k = sample_size(len(unique), fraction, minimum, maximum)
     chosen = sorted(unique, key=lambda r: _key(seed, "sample", r))[:k]
     n_heldout = math.ceil(heldout_fraction * k)
     by_split = sorted(chosen, key=lambda r: _key(seed, "split", r))

@@ -10,6 +10,11 @@ times: the scorer samples (temperature > 0), so another reply often parses. Ever
 number (0 = the first request), and the record's result is its best attempt (see `best_attempt`). A re-run
 asks again only a record with no `ok` attempt and fewer than 1 + parse_retries attempts, and only for the
 missing ones: raising parse_retries later asks again, lowering it sends nothing.
+
+A source is scored as a stream of chunks (`score_stream`): each chunk's ids are looked up in the cache at once,
+its jobs are made one at a time as a bounded queue takes them, and each outcome goes to a sink as it settles. So
+a step's memory is bounded by the chunk and max_in_flight, not the source size, and the queue stays full across
+chunk boundaries.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -189,6 +194,18 @@ async def prompt_fits(backend: ChatBackend, system: str, user: str, spec: Scorer
     return n + spec.max_tokens <= max_model_len
 
 
+@dataclass
+class Chunk:
+    """A slice of the records to score: its record ids, looked up in the reply cache in one go, and its jobs, made
+    one at a time as the request queue takes them (so a chunk's prompts never all exist at once)."""
+
+    record_ids: Sequence[str]
+    jobs: Iterable[Job]
+
+
+Sink = Callable[[Job, Outcome], None]
+
+
 async def score_jobs(
     jobs: Sequence[Job],
     spec: ScorerSpec,
@@ -202,7 +219,7 @@ async def score_jobs(
     progress: Callable[[RunStats], None] | None = None,
     progress_every_s: float = 5.0,
 ) -> tuple[list[Outcome], RunStats]:
-    """Score every job; each ends with exactly one Outcome, in the order given.
+    """Score every job; each ends with exactly one Outcome, in the order given (one chunk of `score_stream`).
 
     Cached answers are reused; the rest go out with at most `max_in_flight` requests at once. Every answer
     is written to the cache as it arrives (see ParquetReplyCache), so an interrupted run resumes where it
@@ -210,75 +227,191 @@ async def score_jobs(
     that does not parse is asked again up to `parse_retries` times (0, the default, never re-asks: callers
     whose replies are not in the contract format, like free-form judgments, keep it).
     """
-    version = spec.version
-    max_attempts = 1 + max(parse_retries, 0)
-    stats = RunStats(total=len(jobs))
-    cached = cache.load_attempts(version, [j.record.record_id for j in jobs])
-    results: dict[str, Outcome] = {}
-    pending: dict[str, tuple[Job, list[Attempt]]] = {}
-    for job in jobs:
+    by_id: dict[str, Outcome] = {}
+    stats = await score_stream(
+        [Chunk([j.record.record_id for j in jobs], jobs)],
+        spec,
+        backend,
+        cache,
+        sink=lambda job, out: by_id.__setitem__(job.record.record_id, out),
+        total=len(jobs),
+        max_model_len=max_model_len,
+        max_in_flight=max_in_flight,
+        batch_size=batch_size,
+        parse_retries=parse_retries,
+        progress=progress,
+        progress_every_s=progress_every_s,
+    )
+    return [by_id[j.record.record_id] for j in jobs], stats
+
+
+async def score_stream(
+    chunks: Iterable[Chunk],
+    spec: ScorerSpec,
+    backend: ChatBackend,
+    cache: ReplyCache,
+    *,
+    sink: Sink,
+    total: int = 0,
+    max_model_len: int,
+    max_in_flight: int = 64,
+    batch_size: int = 256,
+    parse_retries: int = 0,
+    progress: Callable[[RunStats], None] | None = None,
+    progress_every_s: float = 5.0,
+) -> RunStats:
+    """Score chunk after chunk through one bounded queue: `max_in_flight` workers take requests from a queue of at
+    most `max_in_flight` prepared jobs, so the next chunk's requests go out while the last ones of the previous
+    chunk are still in flight, and memory holds one chunk's cache lookup plus the queue, whatever the source size.
+
+    `sink(job, outcome)` gets every job's outcome once, as it settles (cached ones at once), in no particular
+    order; the caller writes it out and keeps nothing it does not need. A record id repeated inside a chunk is
+    scored once and each of its jobs gets the outcome; `total` is only for the progress line.
+    """
+    writer = cache.writer(spec.version, batch_size)
+    run = _Run(spec, backend, writer, RunStats(total=total), max_model_len, 1 + max(parse_retries, 0), sink)
+    queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=max_in_flight)
+    workers = [asyncio.create_task(run.work(queue)) for _ in range(max_in_flight)]
+
+    async def feed() -> None:
+        for chunk in chunks:  # reading the next chunk blocks the loop briefly; the queue is full meanwhile
+            await run.feed(chunk, cache.load_attempts(spec.version, chunk.record_ids), queue)
+        for _ in workers:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(feed()), *workers]
+    ticker = asyncio.create_task(_report(progress, run.stats, progress_every_s)) if progress else None
+    try:
+        await _until_done_or_failed(tasks)
+    finally:
+        for task in [*tasks, *([ticker] if ticker else [])]:
+            task.cancel()
+        run.writer.flush()
+    if progress:
+        progress(run.stats)
+    return run.stats
+
+
+async def _until_done_or_failed(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Wait for every task; the first one to fail stops the wait with its error (a worker dying must not leave the
+    feeder waiting for a queue slot forever)."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+
+async def _report(progress: Callable[[RunStats], None], stats: RunStats, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        progress(stats)
+
+
+@dataclass
+class _Pending:
+    """A record to send: its job, its cached attempts, and the chunk's bookkeeping for repeated ids."""
+
+    job: Job
+    tried: list[Attempt]
+    repeats: _Repeats
+
+
+@dataclass
+class _Repeats:
+    """The ids a chunk holds more than once: their outcome once settled, or the jobs waiting for it. Only repeated
+    ids are kept, so a chunk's outcomes are not (ingest drops repeats inside a source, so this is usually empty)."""
+
+    ids: set[str]
+    settled: dict[str, Outcome] = field(default_factory=dict)
+    waiting: dict[str, list[Job]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record_ids: Sequence[str]) -> _Repeats:
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for rid in record_ids:
+            (repeated if rid in seen else seen).add(rid)
+        return cls(repeated)
+
+
+@dataclass
+class _Run:
+    spec: ScorerSpec
+    backend: ChatBackend
+    writer: ReplyWriterLike
+    stats: RunStats
+    max_model_len: int
+    max_attempts: int
+    sink: Sink
+
+    async def feed(
+        self, chunk: Chunk, cached: dict[str, list[Completion]], queue: asyncio.Queue[_Pending | None]
+    ) -> None:
+        """Settle the chunk's cached records at once and queue the others, one job at a time."""
+        repeats = _Repeats.of(chunk.record_ids)
+        for job in chunk.jobs:
+            rid = job.record.record_id
+            if rid in repeats.settled:
+                self.sink(job, repeats.settled[rid])
+                continue
+            if rid in repeats.waiting:
+                repeats.waiting[rid].append(job)
+                continue
+            prior = [Attempt(parse_reply(c.text, c.finish_reason), c) for c in cached.pop(rid, ())]
+            if prior and not wants_more(prior, self.max_attempts):
+                self.stats.from_cache += 1
+                self._settled(job, _best_outcome(rid, prior, cached=True), repeats)
+                continue
+            if rid in repeats.ids:
+                repeats.waiting[rid] = []
+            await queue.put(_Pending(job, prior, repeats))
+
+    async def work(self, queue: asyncio.Queue[_Pending | None]) -> None:
+        while (item := await queue.get()) is not None:
+            self._settled(item.job, await self.score_one(item.job, item.tried), item.repeats)
+
+    def _settled(self, job: Job, outcome: Outcome, repeats: _Repeats) -> None:
         rid = job.record.record_id
-        if rid in results or rid in pending:
-            continue
-        prior = [Attempt(parse_reply(c.text, c.finish_reason), c) for c in cached.get(rid, ())]
-        if prior and not wants_more(prior, max_attempts):
-            results[rid] = _best_outcome(rid, prior, cached=True)
-            stats.from_cache += 1
-        else:
-            pending[rid] = (job, prior)
+        self.sink(job, outcome)
+        if rid in repeats.ids:
+            repeats.settled[rid] = outcome
+            for other in repeats.waiting.pop(rid, ()):
+                self.sink(other, outcome)
 
-    semaphore = asyncio.Semaphore(max_in_flight)
-    writer = cache.writer(version, batch_size)
-
-    async def send(job: Job, attempt: int) -> Completion | Exception:
-        stats.sent += 1
-        stats.retries += attempt > 0
+    async def score_one(self, job: Job, tried: list[Attempt]) -> Outcome:
+        """Send the record (and re-ask while its replies do not parse); the worker's slot is kept through the
+        re-asks: the server still holds the prompt's prefix in its cache."""
+        rid, spec = job.record.record_id, self.spec
         try:
-            return await backend.complete(spec.system_prompt, job.user, spec)
+            fits = await prompt_fits(self.backend, spec.system_prompt, job.user, spec, self.max_model_len)
+        except Exception as exc:
+            return _settle(rid, tried, exc, reasked=False, stats=self.stats)
+        if not fits:
+            return _not_sent(rid, tried, self.stats)
+        reasked, error = False, None
+        while error is None and wants_more(tried, self.max_attempts):
+            attempt = len(tried)
+            reply = await self.send(job, attempt)
+            if isinstance(reply, Exception):
+                error = reply
+            else:
+                self.writer.add(rid, reply, attempt)
+                tried.append(Attempt(parse_reply(reply.text, reply.finish_reason), reply))
+            reasked = reasked or (attempt > 0 and _went_out(reply))
+        return _settle(rid, tried, error, reasked=reasked, stats=self.stats)
+
+    async def send(self, job: Job, attempt: int) -> Completion | Exception:
+        self.stats.sent += 1
+        self.stats.retries += attempt > 0
+        try:
+            return await self.backend.complete(self.spec.system_prompt, job.user, self.spec)
         except Exception as exc:  # every failure becomes this record's status; the run goes on
             if not _went_out(exc):
-                stats.sent -= 1
-                stats.retries -= attempt > 0
+                self.stats.sent -= 1
+                self.stats.retries -= attempt > 0
             return exc
-
-    async def one(rid: str, job: Job, tried: list[Attempt]) -> None:
-        async with semaphore:
-            try:
-                fits = await prompt_fits(backend, spec.system_prompt, job.user, spec, max_model_len)
-            except Exception as exc:
-                results[rid] = _settle(rid, tried, exc, reasked=False, stats=stats)
-                return
-            if not fits:
-                results[rid] = _not_sent(rid, tried, stats)
-                return
-            reasked, error = False, None
-            # the slot is kept through the re-asks: the server still holds the prompt's prefix in its cache
-            while error is None and wants_more(tried, max_attempts):
-                attempt = len(tried)
-                reply = await send(job, attempt)
-                if isinstance(reply, Exception):
-                    error = reply
-                else:
-                    writer.add(rid, reply, attempt)
-                    tried.append(Attempt(parse_reply(reply.text, reply.finish_reason), reply))
-                reasked = reasked or (attempt > 0 and _went_out(reply))
-            results[rid] = _settle(rid, tried, error, reasked=reasked, stats=stats)
-
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(progress_every_s)
-            progress(stats)
-
-    ticker = asyncio.create_task(report()) if progress else None
-    try:
-        await asyncio.gather(*(one(rid, job, prior) for rid, (job, prior) in pending.items()))
-    finally:
-        if ticker:
-            ticker.cancel()
-        writer.flush()
-    if progress:
-        progress(stats)
-    return [results[j.record.record_id] for j in jobs], stats
 
 
 def _best_outcome(rid: str, attempts: Sequence[Attempt], *, cached: bool) -> Outcome:

@@ -9,12 +9,14 @@ for users to query with the duckdb CLI or Python.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mira_dagster.core.config import PROJECT_ROOT
@@ -50,6 +54,11 @@ def _atomic_parquet(df: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _sql_path(path: Path) -> str:
+    """A path as a DuckDB string literal's content (quotes doubled)."""
+    return str(path).replace("'", "''")
+
+
 def glob_escape(path: str) -> str:
     """A literal path inside a DuckDB glob: `[`, `*` and `?` in folder names (a MIRA_HOME of `runs[1]`) are
     wrapped in a character class, the escape DuckDB's glob understands."""
@@ -71,8 +80,17 @@ class Store:
     """Tables under `home/tables`, or under MIRA_TABLES_URL (s3://bucket/prefix) when set; the reply cache,
     exports, discovered rubrics and the catalogue stay in `home` (they are written often, or by one process)."""
 
-    def __init__(self, home: Path, tables_url: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        tables_url: str | None = None,
+        memory_limit: str = "4GB",
+        temp_directory: Path | None = None,
+    ) -> None:
         self.home = Path(home)
+        # DuckDB spills past memory_limit into temp_directory instead of failing a corpus-sized query
+        self.memory_limit = memory_limit
+        self.temp_directory = Path(temp_directory) if temp_directory else self.home / "duckdb_tmp"
         self.tables_url = (tables_url or os.environ.get("MIRA_TABLES_URL") or "").rstrip("/") or None
         self.fs = object_store(self.tables_url) if self.tables_url else None
         # fsspec paths carry no scheme: bucket/prefix/tables
@@ -140,8 +158,11 @@ class Store:
             return con.sql(f"SELECT * FROM {table}").pl()
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with a view per table over its Parquet files: no lock on any file."""
-        con = duckdb.connect()
+        """An in-memory DuckDB with a view per table over its Parquet files: no lock on any file. Bounded by
+        memory_limit: larger sorts, joins and aggregates spill to temp_directory."""
+        con = duckdb.connect(
+            config={"memory_limit": self.memory_limit, "temp_directory": _sql_path(self.temp_directory)}
+        )
         if self.fs is not None:
             con.register_filesystem(self.fs)  # DuckDB reads s3:// through fsspec: no httpfs extension needed
         for stmt in self._view_statements():
@@ -157,10 +178,54 @@ class Store:
                 con.register(name, df)
             return con.sql(load_sql(sql_name), params=params or None).pl()
 
-    def query_sql(self, sql: str) -> pl.DataFrame:
+    def query_sql(self, sql: str, **params: Any) -> pl.DataFrame:
         """A one-off read over the tables (for small lookups; transforms belong in sql/)."""
         with self.connect() as con:
-            return con.sql(sql).pl()
+            return con.sql(sql, params=params or None).pl()
+
+    def materialize(
+        self,
+        table: str,
+        sql_name: str,
+        partition: str | None = None,
+        *,
+        keep_empty: bool = True,
+        **params: Any,
+    ) -> int:
+        """Run sql/<sql_name>.sql and write its result as the table's partition with DuckDB's COPY: no row passes
+        through Python, and DuckDB streams or spills, so memory stays bounded by memory_limit whatever the table's
+        size. The partition is replaced atomically (staged, then renamed or PUT once); with keep_empty=False an
+        empty result leaves the old partition as it was. Returns the number of rows."""
+        final = self.partition_path(table, partition)
+        staging_dir = final.parent if self.fs is None else self.home / "tmp"  # S3 objects are PUT whole
+        staging_dir.mkdir(parents=True, exist_ok=True)
+        tmp = staging_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with self.connect() as con:
+                # the SQL's own ORDER BY still holds; other results need not keep scan order (less buffering)
+                con.execute("SET preserve_insertion_order = false")
+                sql = load_sql(sql_name).strip().rstrip(";")
+                copy = f"COPY ({sql}\n) TO '{_sql_path(tmp)}' (FORMAT parquet, COMPRESSION zstd)"
+                rows = int(con.execute(copy, params or None).fetchone()[0])
+            if rows or keep_empty:
+                self._publish(tmp, table, partition)
+            return rows
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def stream(self, sql_name: str, batch_rows: int = 20_000, **params: Any) -> Iterator[pa.RecordBatch]:
+        """Run sql/<sql_name>.sql and yield its result in Arrow batches of at most batch_rows: for results too large
+        to hold in Python at once (DuckDB sorts or spills within memory_limit; Python holds one batch)."""
+        with self.connect() as con:
+            yield from con.sql(load_sql(sql_name), params=params or None).to_arrow_reader(batch_rows)
+
+    def _publish(self, staged: Path, table: str, partition: str | None) -> None:
+        """Swap a staged Parquet file in as the table's partition: old or new for every reader, never a part."""
+        if self.fs is not None:
+            self.fs.put_file(str(staged), self._remote_key(table, partition))
+            return
+        os.replace(staged, self.partition_path(table, partition))
+        self.refresh_catalog()
 
     def _view_statements(self) -> list[str]:
         stmts = []
@@ -238,15 +303,47 @@ class PartitionWriter:
 
 
 class ParquetReplyCache:
-    """Scorer replies keyed by (record_id, scorer_version, attempt), one directory per version.
+    """Scorer replies keyed by (record_id, scorer_version, attempt), one directory per version, indexed by record_id.
 
     A record may hold several replies: `attempt` 0 is the first request, 1, 2, ... the re-asks of a reply that
     did not parse (see score_jobs). Files written before re-asking existed have no `attempt` column; their
     replies read as attempt 0.
 
-    Each answer is appended at once to a write-ahead log (a JSONL file of this writer's own), so even a
-    SIGKILL loses no answer the server gave; every `batch_size` answers the log is compacted into a Parquet
-    file and removed. Readers take both, so logs left by a killed process still count.
+    Layout of `<root>/<version>/` (a log-structured merge tree, so a lookup costs the same whatever the size):
+
+    - `<uuid>.wal.jsonl`: each writer's write-ahead log. Every answer is appended at once, so even a SIGKILL
+      loses none. The writer holds an exclusive `flock` on its log while alive: a log nobody holds belongs to a
+      dead process.
+    - `*.parquet` ("level 0"): one file per `batch_size` answers, written by the writers exactly as before (so
+      the write path costs the same), and the flat files of caches written before the index existed.
+    - `runs/<b>/L<level>-<time>-<uuid>.arrow`: sorted runs. `<b>` is the bucket, the first hex digit of
+      record_id (which is a SHA-256 prefix, so uniform; ids that do not start with a hex digit get one from
+      their BLAKE2 hash). A run is an uncompressed Arrow IPC file sorted by `key` (the first 8 bytes of
+      record_id as a big-endian integer), then record_id and attempt.
+
+    A lookup memory-maps the runs of the buckets asked for and binary-searches `key` (numpy `searchsorted` on the
+    mapped column), then copies out only the matching rows (`take`): it touches O(ids x log rows) pages, never
+    a whole column. Level 0 and live logs are scanned whole, but they are bounded (compaction keeps level 0
+    under `l0_max` files). Why not sorted Parquet with row-group statistics: ids are hashes, so 10k of them
+    fall in almost every row group of a 1.6M-row cache unless groups hold a handful of rows, and then the
+    footers (parsed whole on open) grow with the cache; pyarrow, polars and DuckDB read no smaller unit than
+    a row group. Arrow IPC read through a memory map gives row-level random access; the price is that runs
+    are uncompressed (about 3x the disk of zstd Parquet for reply text).
+
+    Compaction (`compact`, run by a writer after a flush once level 0 holds `l0_max` files, under an exclusive
+    `flock` on `.compact.lock`, skipped if another process holds it): level-0 files and the logs of dead
+    writers become one run per bucket; then, per bucket, whenever `fanout` runs share a level they are merged
+    into one (size-tiered: level = log_fanout(rows / unit)). So each reply is rewritten about
+    log_fanout(rows per bucket / unit) times, a bucket holds at most (fanout - 1) runs per level, and the
+    largest merge is one bucket (1/16 of the cache). 16 buckets rather than 256: a lookup of 10k ids touches
+    every bucket anyway, and each run it opens costs a few tens of microseconds.
+
+    Crash safety: a run is written to a temporary name, fsync'd and renamed; only then are its inputs removed.
+    Killed between the two, the same reply is in both, and readers keep the first written per
+    (record_id, attempt), as they always did for a log and its batch file. Temporary files are ignored by
+    readers and removed by the next compaction. Writers of one version in several processes never share a
+    file (unique names) and compaction only removes the files it read (never a live writer's log). A reader
+    that lists a file a compaction then removes lists again: the rename happened before the removal.
     """
 
     SCHEMA = {
@@ -259,36 +356,98 @@ class ParquetReplyCache:
         "created_at": pl.Datetime("us", "UTC"),
         "attempt": pl.Int64,
     }
+    BUCKETS = "0123456789abcdef"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, l0_max: int = 16, fanout: int = 8, unit: int = 256) -> None:
         self.root = Path(root)
+        self.l0_max = l0_max  # level-0 files that start a compaction
+        self.fanout = fanout  # runs of one level that are merged into one
+        self.unit = unit  # rows of a level-0 run
 
     def _dir(self, version: str) -> Path:
         return self.root / version
 
     def writer(self, version: str, batch_size: int = 256) -> ReplyWriter:
-        return ReplyWriter(self._dir(version), batch_size)
+        return ReplyWriter(self._dir(version), batch_size, after_flush=lambda: self.compact(version))
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _runs(self, version: str, bucket: str) -> list[Path]:
+        return sorted((self._dir(version) / "runs" / bucket).glob("*.arrow"))
 
     def _frame(self, version: str) -> pl.LazyFrame | None:
-        files = sorted(self._dir(version).glob("*.parquet"))
-        # the schema is given, so files of the old format (no `attempt`) mix with new ones in any order
-        frames = [pl.scan_parquet(files, glob=False, schema=self.SCHEMA, missing_columns="insert")] if files else []
-        wal_rows = [row for wal in sorted(self._dir(version).glob("*.wal.jsonl")) for row in _read_wal(wal)]
+        """Every stored row (runs, level 0, logs), duplicates included: for counting and tests."""
+        for attempt in range(_RETRIES):
+            try:
+                parts = [_run_rows(_open_run(path)) for bucket in self.BUCKETS for path in self._runs(version, bucket)]
+                parts += self._unsorted(version, None)
+                break
+            except FileNotFoundError:  # a compaction removed a file listed: its rows are in a run by now
+                if attempt == _RETRIES - 1:
+                    raise
+        return pl.concat(parts).lazy() if parts else None
+
+    def _unsorted(self, version: str, ids: list[str] | None) -> list[pl.DataFrame]:
+        """The rows of level 0 and the logs, of `ids` (all if None)."""
+        d = self._dir(version)
+        parts = []
+        files = sorted(d.glob("*.parquet"))
+        if files:
+            # the schema is given, so files of the old format (no `attempt`) mix with new ones in any order
+            frame = pl.scan_parquet(files, glob=False, schema=self.SCHEMA, missing_columns="insert")
+            if ids is not None:
+                frame = frame.filter(pl.col("record_id").is_in(ids))
+            parts.append(frame.collect())  # a file gone since the listing: FileNotFoundError
+        wal_rows = [row for wal in sorted(d.glob("*.wal.jsonl")) for row in _read_wal(wal)]
+        if ids is not None:
+            wanted = set(ids)
+            wal_rows = [row for row in wal_rows if row["record_id"] in wanted]
         if wal_rows:
-            frames.append(pl.DataFrame(wal_rows, schema=self.SCHEMA).lazy())
-        return pl.concat(frames).with_columns(pl.col("attempt").fill_null(0)) if frames else None
+            parts.append(pl.DataFrame(wal_rows, schema=self.SCHEMA))
+        return [p.with_columns(pl.col("attempt").fill_null(0)) for p in parts]
+
+    def _lookup(self, version: str, ids: list[str]) -> list[pl.DataFrame]:
+        found: list[pa.Table] = []
+        by_bucket: dict[str, list[str]] = {}
+        for rid in ids:
+            by_bucket.setdefault(_bucket(rid), []).append(rid)
+        for bucket, rids in by_bucket.items():
+            runs = self._runs(version, bucket)
+            if not runs:
+                continue
+            wanted = np.unique(_keys(rids))
+            for path in runs:
+                table = _open_run(path)
+                keys = table.column("key").chunk(0).to_numpy() if table.num_rows else np.empty(0, np.uint64)
+                lo, hi = np.searchsorted(keys, wanted, "left"), np.searchsorted(keys, wanted, "right")
+                n = hi - lo
+                if not n.any():
+                    continue
+                starts = np.repeat(lo[n > 0], n[n > 0])
+                offsets = np.arange(starts.size) - np.repeat(np.cumsum(n[n > 0]) - n[n > 0], n[n > 0])
+                found.append(table.take(pa.array(starts + offsets)))
+        parts = [_run_rows(pa.concat_tables(found))] if found else []
+        return parts + self._unsorted(version, ids)
 
     def _replies(self, version: str, record_ids: Sequence[str]) -> pl.DataFrame | None:
         """One row per (record_id, attempt), in attempt order. A crash between compacting a log and removing it
         leaves the same reply twice, and two runs at once may answer the same attempt: the first written wins."""
-        frame = self._frame(version)
-        if frame is None or not record_ids:
+        ids = sorted(set(record_ids))
+        if not ids:
+            return None
+        for attempt in range(_RETRIES):
+            try:
+                parts = self._lookup(version, ids)
+                break
+            except FileNotFoundError:  # a compaction removed a file listed: its rows are in a run by now
+                if attempt == _RETRIES - 1:
+                    raise
+        if not parts:
             return None
         return (
-            frame.filter(pl.col("record_id").is_in(list(set(record_ids))))
+            pl.concat(parts)
+            .filter(pl.col("record_id").is_in(ids))  # runs match on an 8-byte key prefix
             .sort(["attempt", "created_at"])
             .unique(subset=["record_id", "attempt"], keep="first", maintain_order=True)
-            .collect()
         )
 
     def load(self, version: str, record_ids: Sequence[str]) -> dict[str, Completion]:
@@ -308,18 +467,220 @@ class ParquetReplyCache:
         frame = self._frame(version)
         return 0 if frame is None else frame.select(pl.col("record_id").n_unique()).collect().item()
 
+    # -- compaction ------------------------------------------------------------------------------------------
+    def compact(self, version: str, *, full: bool = False, wait: bool = False) -> bool:
+        """Merge level 0 and dead writers' logs into runs, then runs of a level into the next. `full`: every
+        level-0 file whatever their number, and each bucket into a single run. Returns False without doing
+        anything when another process is compacting this version (unless `wait`) or there is nothing to do."""
+        d = self._dir(version)
+        if not full and _count_l0(d) < self.l0_max:
+            return False
+        d.mkdir(parents=True, exist_ok=True)
+        with (d / ".compact.lock").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            for tmp in (d / "runs").glob("*/.*.tmp"):  # only compaction writes there, and we hold the lock
+                tmp.unlink(missing_ok=True)
+            self._compact_l0(d, full)
+            if full:
+                for bucket in self.BUCKETS:
+                    self._merge_bucket(d / "runs" / bucket, full=True)
+        return True
+
+    def _compact_l0(self, d: Path, full: bool) -> None:
+        files = sorted(d.glob("*.parquet"))
+        if not full and len(files) < self.l0_max:
+            return
+        dead = _dead_logs(d)
+        try:
+            # in chunks of `l0_max` files (at most _CHUNK_ROWS rows), each followed by its merges, as the writers'
+            # compactions go: an old flat cache is migrated in bounded memory into the shape the writers build
+            chunk: list[Path] = []
+            rows = 0
+            for i, path in enumerate(files):
+                chunk.append(path)
+                rows += pq.ParquetFile(path).metadata.num_rows
+                if rows >= _CHUNK_ROWS or len(chunk) >= self.l0_max or i == len(files) - 1:
+                    for bucket in self._to_runs(d, chunk, [wal for wal, _ in dead] if i == len(files) - 1 else []):
+                        self._merge_bucket(d / "runs" / bucket, full=False)
+                    chunk, rows = [], 0
+            if not files and dead:
+                self._to_runs(d, [], [wal for wal, _ in dead])
+        finally:
+            for _, fh in dead:
+                fh.close()
+
+    def _to_runs(self, d: Path, files: list[Path], wals: list[Path]) -> set[str]:
+        parts = []
+        if files:
+            scan = pl.scan_parquet(files, glob=False, schema=self.SCHEMA, missing_columns="insert")
+            parts.append(scan.collect())
+        wal_rows = [row for wal in wals for row in _read_wal(wal)]
+        if wal_rows:
+            parts.append(pl.DataFrame(wal_rows, schema=self.SCHEMA))
+        df = pl.concat(parts).with_columns(pl.col("attempt").fill_null(0)) if parts else None
+        touched = set()
+        if df is not None and df.height:
+            df = df.with_columns(
+                key=pl.Series(_keys(df["record_id"].to_list()), dtype=pl.UInt64),
+                bucket=pl.Series(_buckets(df["record_id"].to_list()), dtype=pl.String),
+            )
+            for (bucket,), part in df.partition_by("bucket", as_dict=True, maintain_order=True).items():
+                self._write_run(d / "runs" / bucket, part.drop("bucket"))
+                touched.add(bucket)
+        _fsync_dir(d / "runs", touched)
+        for path in [*files, *wals]:  # only now: killed before this, the rows are in both (readers dedupe)
+            path.unlink(missing_ok=True)
+        return touched
+
+    def _merge_bucket(self, bucket_dir: Path, full: bool) -> None:
+        while True:
+            runs = sorted(bucket_dir.glob("*.arrow"))
+            by_level: dict[int, list[Path]] = {}
+            for path in runs:
+                by_level.setdefault(_level_of(path), []).append(path)
+            if full:
+                group = runs if len(runs) > 1 else []
+            else:
+                # the oldest `fanout` runs of the lowest level that has that many
+                group = next(
+                    (paths[: self.fanout] for _, paths in sorted(by_level.items()) if len(paths) >= self.fanout), []
+                )
+            if not group:
+                return
+            merged = pl.concat([_run_rows(_open_run(path), key=True) for path in group])
+            # at least one level up, so that merging always progresses even when the sizes fall short
+            self._write_run(bucket_dir, merged, min_level=1 + max(_level_of(path) for path in group))
+            _fsync_dir(bucket_dir.parent, {bucket_dir.name})
+            for path in group:
+                path.unlink(missing_ok=True)
+
+    def _write_run(self, bucket_dir: Path, df: pl.DataFrame, min_level: int = 0) -> None:
+        """`df` with `key`: first written per (record_id, attempt), sorted, to an fsync'd run file."""
+        df = (
+            df.sort(["attempt", "created_at"])
+            .unique(subset=["record_id", "attempt"], keep="first", maintain_order=True)
+            .sort(["key", "record_id", "attempt"])
+        )
+        level, size = 0, self.unit * self.fanout
+        while df.height >= size:
+            level, size = level + 1, size * self.fanout
+        level = max(level, min_level)
+        bucket_dir.mkdir(parents=True, exist_ok=True)
+        name = f"L{level}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.arrow"
+        tmp = bucket_dir / f".{name}.tmp"
+        table = df.select(list(_RUN_SCHEMA.names)).to_arrow().cast(_RUN_SCHEMA).combine_chunks()
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, _RUN_SCHEMA) as out:
+            out.write_table(table)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, bucket_dir / name)
+
+
+_RETRIES = 5
+_CHUNK_ROWS = 65536
+_HEX = frozenset("0123456789abcdef")
+_RUN_SCHEMA = pa.schema(
+    [
+        ("key", pa.uint64()),
+        ("record_id", pa.string()),
+        ("attempt", pa.int64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("text", pa.large_string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+    ]
+)
+
+
+def _bucket(record_id: str) -> str:
+    first = record_id[:1]
+    if first in _HEX:
+        return first
+    return hashlib.blake2b(record_id.encode(), digest_size=1).hexdigest()[0]
+
+
+def _buckets(record_ids: list[str]) -> list[str]:
+    return [_bucket(rid) for rid in record_ids]
+
+
+def _keys(record_ids: list[str]) -> np.ndarray:
+    """The first 8 bytes of each id (zero-padded) as a big-endian integer: its order is the ids' byte order."""
+    blob = b"".join(rid.encode()[:8].ljust(8, b"\0") for rid in record_ids)
+    return np.frombuffer(blob, dtype=">u8").astype(np.uint64)
+
+
+def _level_of(path: Path) -> int:
+    return int(path.name.split("-", 1)[0].removeprefix("L"))
+
+
+def _open_run(path: Path) -> pa.Table:
+    """The run, memory-mapped: nothing is read until touched."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def _run_rows(table: pa.Table, *, key: bool = False) -> pl.DataFrame:
+    """A run's rows in the cache's schema (with `key` when asked)."""
+    df = pl.from_arrow(table if key else table.drop_columns(["key"]))
+    assert isinstance(df, pl.DataFrame)
+    cols = [pl.col(name).cast(dtype) for name, dtype in ParquetReplyCache.SCHEMA.items()]
+    return df.select([*cols, pl.col("key")] if key else cols)
+
+
+def _count_l0(d: Path) -> int:
+    try:
+        with os.scandir(d) as it:
+            return sum(1 for entry in it if entry.name.endswith(".parquet"))
+    except FileNotFoundError:
+        return 0
+
+
+def _dead_logs(d: Path) -> list[tuple[Path, Any]]:
+    """Logs whose writer is gone (nobody holds their lock), each with the open file that now holds it."""
+    dead = []
+    for wal in sorted(d.glob("*.wal.jsonl")):
+        try:
+            fh = wal.open("rb")
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        dead.append((wal, fh))
+    return dead
+
+
+def _fsync_dir(parent: Path, names: set[str]) -> None:
+    for name in names:
+        fd = os.open(parent / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
 
 def _by_record(df: pl.DataFrame) -> dict[str, list[Completion]]:
     out: dict[str, list[Completion]] = {}
     fields = list(Completion.model_fields)
-    for row in df.select(["record_id", *fields]).iter_rows():
-        out.setdefault(row[0], []).append(Completion(**dict(zip(fields, row[1:], strict=True))))
+    columns = [df[name].to_list() for name in ["record_id", *fields]]
+    for rid, *values in zip(*columns, strict=True):
+        out.setdefault(rid, []).append(Completion(**dict(zip(fields, values, strict=True))))
     return out
 
 
 def _read_wal(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with path.open("r", encoding="utf-8") as fh:
+    try:
+        fh = path.open("r", encoding="utf-8")
+    except FileNotFoundError:  # its writer flushed it to a batch file, or a compaction took it, since the listing
+        return rows
+    with fh:
         for line in fh:
             try:
                 row = json.loads(line)
@@ -331,14 +692,15 @@ def _read_wal(path: Path) -> list[dict[str, Any]]:
 
 
 class ReplyWriter:
-    """Appends answers to a write-ahead log and compacts them into Parquet every `batch_size` answers."""
+    """Appends answers to a write-ahead log and writes them to a Parquet file every `batch_size` answers."""
 
-    def __init__(self, directory: Path, batch_size: int) -> None:
+    def __init__(self, directory: Path, batch_size: int, after_flush: Callable[[], object] | None = None) -> None:
         self.dir = directory
         self.batch_size = batch_size
         self.rows: list[dict[str, Any]] = []
         self._wal: Path | None = None
         self._fh: Any = None
+        self._after_flush = after_flush
 
     def __enter__(self) -> ReplyWriter:
         return self
@@ -351,8 +713,14 @@ class ReplyWriter:
         row = {"record_id": record_id, **comp.model_dump(), "created_at": datetime.now(UTC), "attempt": attempt}
         if self._fh is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._wal = self.dir / f"{uuid.uuid4().hex}.wal.jsonl"
-            self._fh = self._wal.open("a", encoding="utf-8")
+            name = f"{uuid.uuid4().hex}.wal.jsonl"
+            tmp = self.dir / f".{name}.tmp"
+            self._fh = tmp.open("a", encoding="utf-8")
+            # held while this writer lives (the kernel drops it when the process dies): compaction takes only
+            # the logs nobody holds. Locked before it gets its name, so no compaction ever sees it unlocked.
+            fcntl.flock(self._fh, fcntl.LOCK_EX)
+            self._wal = self.dir / name
+            os.replace(tmp, self._wal)
         # One write per answer, flushed to the OS: a killed process keeps everything written so far.
         self._fh.write(json.dumps({**row, "created_at": row["created_at"].isoformat()}) + "\n")
         self._fh.flush()
@@ -369,8 +737,10 @@ class ReplyWriter:
         self.rows = []
         # The Parquet file now holds what the log held; a crash between the two leaves duplicates, which
         # readers drop (first answer per (record_id, attempt) wins).
-        self._fh.close()
-        self._fh = None
         if self._wal is not None:
             self._wal.unlink(missing_ok=True)
             self._wal = None
+        self._fh.close()
+        self._fh = None
+        if self._after_flush is not None:
+            self._after_flush()

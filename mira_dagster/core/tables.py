@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import polars as pl
 
@@ -36,30 +37,50 @@ SCORE_SCHEMA = {
 }
 
 
+def score_row(record: Record, out: Outcome, spec: ScorerSpec) -> dict[str, Any]:
+    """One record's row of the scores tables; the outcome's reply text is not kept (it stays in the reply cache)."""
+    res, comp = out.result, out.completion
+    return {
+        "record_id": record.record_id,
+        "source": record.source,
+        "group_id": record.group_id,
+        "n_tokens": record.n_tokens,
+        "status": res.status,
+        **dict(zip(SLOT_COLUMNS, res.scores, strict=True)),
+        "overall": res.overall,
+        "recommendation": res.recommendation,
+        "domain_tag": res.domain_tag,
+        "brief": res.brief,
+        "rationales": res.rationales,
+        "issues": res.issues,
+        "from_cache": out.cached,
+        "prompt_tokens": comp.prompt_tokens if comp else None,
+        "completion_tokens": comp.completion_tokens if comp else None,
+        "cached_tokens": comp.cached_tokens if comp else None,
+        "scorer_version": spec.version,
+        "model": spec.model,
+    }
+
+
 def scores_frame(records: Sequence[Record], outcomes: Sequence[Outcome], spec: ScorerSpec) -> pl.DataFrame:
-    rows = []
-    for rec, out in zip(records, outcomes, strict=True):
-        res, comp = out.result, out.completion
-        rows.append(
-            {
-                "record_id": rec.record_id,
-                "source": rec.source,
-                "group_id": rec.group_id,
-                "n_tokens": rec.n_tokens,
-                "status": res.status,
-                **dict(zip(SLOT_COLUMNS, res.scores, strict=True)),
-                "overall": res.overall,
-                "recommendation": res.recommendation,
-                "domain_tag": res.domain_tag,
-                "brief": res.brief,
-                "rationales": res.rationales,
-                "issues": res.issues,
-                "from_cache": out.cached,
-                "prompt_tokens": comp.prompt_tokens if comp else None,
-                "completion_tokens": comp.completion_tokens if comp else None,
-                "cached_tokens": comp.cached_tokens if comp else None,
-                "scorer_version": spec.version,
-                "model": spec.model,
-            }
-        )
+    rows = [score_row(rec, out, spec) for rec, out in zip(records, outcomes, strict=True)]
     return pl.DataFrame(rows, schema=SCORE_SCHEMA)
+
+
+class ScoreRows:
+    """Rows of a scores table collected as outcomes settle and handed on in frames of `batch` rows, so a streamed
+    partition holds at most one batch of rows (`flush` hands on the rest at the end)."""
+
+    def __init__(self, spec: ScorerSpec, out: Callable[[pl.DataFrame], None], batch: int = 2048) -> None:
+        self.spec, self.out, self.batch = spec, out, batch
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, record: Record, outcome: Outcome) -> None:
+        self.rows.append(score_row(record, outcome, self.spec))
+        if len(self.rows) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            rows, self.rows = self.rows, []
+            self.out(pl.DataFrame(rows, schema=SCORE_SCHEMA))

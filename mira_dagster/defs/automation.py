@@ -2,22 +2,18 @@
 source partitions that are missing or stale, and the corpus assets following their inputs by declarative
 automation (AutomationCondition.eager on the corpus assets).
 
-A source partition is stale when its input files changed since raw_records[source] last ran (the
-`input_fingerprint` metadata: path, size, mtime, inode of each file) or when the scorer it would use now has a
-different `scorer_version` from the one recorded by its last teacher_labels / student_scores run (a new model,
-endpoint model name, prompt, rubric or sampling setting). Re-running a partition whose content did not change
-costs no request: replies are cached by (record_id, scorer_version).
+What is stale is defined once, in defs/freshness.py, for the schedule and `mira run` alike: a source whose files,
+registry entry or ingest code changed, whose scorer_version changed, whose last scoring failed a check or left
+records without a reply. Re-running a partition whose content did not change costs no request: replies are cached
+by (record_id, scorer_version).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dagster as dg
 
-from mira_dagster.core.readers import SourceFileError, expand_files
-from mira_dagster.core.records import input_fingerprint
-from mira_dagster.defs.ingest import INPUT_FINGERPRINT, raw_records
+from mira_dagster.defs.freshness import Staleness, ingest_reason, scoring_reason
+from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.partitions import source_partitions, unit_partitions, unregistered_sources
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
@@ -48,50 +44,20 @@ refresh_sources_job = dg.define_asset_job(
 )
 
 
-@dataclass(frozen=True)
-class Staleness:
-    source: str
-    reason: str
-
-
-def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, object] | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-
-
 def stale_sources(instance: dg.DagsterInstance, mira: MiraResource) -> list[Staleness]:
     """Every source partition that was never materialised or whose inputs or scorer changed, with why."""
     cfg = mira.config()
-    versions: dict[tuple[str, str], str] = {}
+    versions: dict[str, dict[str, str]] = {}
     out = []
-    for source, src in cfg.sources.items():
-        raw = _latest_metadata(instance, "raw_records", source)
-        if raw is None:
-            out.append(Staleness(source, "never materialised"))
-            continue
-        try:
-            files = expand_files(src.files, source)
-        except SourceFileError as exc:
-            out.append(Staleness(source, f"input files unreadable: {exc}"))
-            continue
-        if raw.get(INPUT_FINGERPRINT) != input_fingerprint(files):
-            out.append(Staleness(source, "input files changed"))
-            continue
-        for asset, role in (("teacher_labels", "teacher"), ("student_scores", "student")):
-            meta = _latest_metadata(instance, asset, source)
-            if meta is None:
-                out.append(Staleness(source, f"{asset} never materialised"))
-                break
+    for source in cfg.source_names():
+        reason = ingest_reason(instance, cfg, source)
+        if reason is None:
             unit = cfg.unit_of(source).key
-            if (role, unit) not in versions:  # building a scorer probes its endpoints: once per tick
-                versions[(role, unit)] = mira.scorer(role, unit)[0].version
-            if meta.get("scorer_version") != versions[(role, unit)]:
-                out.append(Staleness(source, f"{asset} scorer_version changed"))
-                break
+            if unit not in versions:  # building a scorer probes its endpoints: once per unit and tick
+                versions[unit] = {role: mira.scorer(role, unit)[0].version for role in ("teacher", "student")}
+            reason = scoring_reason(instance, source, versions[unit])
+        if reason is not None:
+            out.append(Staleness(source, reason))
     return out
 
 

@@ -52,6 +52,40 @@ def _unit_records(store: Store, unit: ScorerUnit) -> tuple[pl.DataFrame, str | N
     return raw, f"{unit.scope} {unit.key}: no records in any of its sources ({', '.join(unit.sources) or 'none'})"
 
 
+def _unit_ids(store: Store, unit: ScorerUnit) -> tuple[pl.DataFrame, str | None]:
+    """The unit's (source, record_id) pairs, no text, and why the unit is skipped when it has none."""
+    ids = _ids(store, unit.sources)
+    if ids.height:
+        return ids, None
+    return ids, f"{unit.scope} {unit.key}: no records in any of its sources ({', '.join(unit.sources) or 'none'})"
+
+
+def _ids(store: Store, sources: list[str] | None = None) -> pl.DataFrame:
+    """(source, record_id) of raw_records, of the given sources (all when None): ids only, never the text."""
+    if "raw_records" not in store.tables():
+        return pl.DataFrame(schema={"source": pl.String, "record_id": pl.String})
+    sql = "SELECT source, record_id FROM raw_records"
+    if sources is None:
+        return store.query_sql(sql)
+    return store.query_sql(f"{sql} WHERE list_contains($sources, source)", sources=sources)
+
+
+def _sample_records(store: Store, ids: pl.DataFrame, n: int, seed: int, purpose: str) -> pl.DataFrame:
+    """A stable sample of n records per source (hash_sample over the ids), then the text of only those records, in
+    the sample's order (source by source as the ids came, smallest hashes first)."""
+    sample = pl.concat(hash_sample(part, n, seed, purpose) for _, part in ids.group_by("source", maintain_order=True))
+    return _records_of(store, sample.with_row_index("_order")).sort("_order").drop("_order")
+
+
+def _records_of(store: Store, wanted: pl.DataFrame) -> pl.DataFrame:
+    """raw_records rows of the (source, record_id) pairs in `wanted`, with its other columns: DuckDB reads the text
+    of those records only."""
+    extra = "".join(f', w."{c}"' for c in wanted.columns if c not in ("source", "record_id"))
+    with store.connect() as con:
+        con.register("wanted", wanted.to_arrow())
+        return con.sql(f"SELECT r.*{extra} FROM raw_records r JOIN wanted w USING (source, record_id)").pl()
+
+
 def _unit_file_name(unit: ScorerUnit) -> str:
     """group_<id> (the cards' naming), global, or source_<name>."""
     return "global" if unit.scope == "global" else f"{unit.scope}_{unit.key}"
@@ -83,18 +117,16 @@ def _skip(context: dg.AssetExecutionContext, why: str, kept: str) -> dg.Material
 )
 def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     cfg, store = mira.config(), mira.store()
-    raw = store.read("raw_records")
+    ids = _ids(store)
     # a source with 0 records (every line quarantined, say) has nothing to embed: it is left out and listed
-    present = set(raw["source"].unique().to_list())
+    present = set(ids["source"].unique().to_list())
     skipped = {n: "no records in raw_records" for n in cfg.source_names() if n not in present}
     if skipped:
         context.log.warning(f"source_groups: sources without records, left out: {sorted(skipped)}")
-    if raw.is_empty():
+    if ids.is_empty():
         raise dg.Failure(description="source_groups: no source has records in raw_records; nothing to cluster")
-    sample = pl.concat(
-        hash_sample(part, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
-        for _, part in raw.group_by("source", maintain_order=True)
-    )
+    # sampled by id; only the sampled records' text is read
+    sample = _sample_records(store, ids, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
     embedder = embedder_from_env()
     x = embedder.embed([_record_text(r) for r in sample.iter_rows(named=True)])
     sources = sample["source"].to_list()
@@ -141,13 +173,10 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     key = context.partition_key
     cfg, store = mira.config(), mira.store()
     unit = _unit(cfg, key)
-    raw, empty = _unit_records(store, unit)
+    ids, empty = _unit_ids(store, unit)
     if empty:
         return _skip(context, empty, "earlier judgments of the unit, if any, are kept")
-    sample = pl.concat(
-        hash_sample(part, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
-        for _, part in raw.group_by("source", maintain_order=True)
-    )
+    sample = _sample_records(store, ids, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
     records = _records(sample)
     spec, backend, where = make_judge(unit, cfg)
     context.log.info(f"judging {len(records)} records of {unit.scope} {key} freely: {where}")
@@ -276,7 +305,7 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
     store = mira.store()
     unit = _unit(mira.config(), key)
     out = store.exports_dir / "distillation" / f"{_unit_file_name(unit)}.jsonl"
-    raw, empty = _unit_records(store, unit)
+    _, empty = _unit_ids(store, unit)
     if empty:
         return _skip(context, empty, f"the existing {out} is kept" if out.exists() else "nothing written")
     rubric = mira.rubric(key)
@@ -287,7 +316,9 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
     stale = labels.filter(pl.col("scorer_version") != spec.version).height
     labels = labels.filter(pl.col("scorer_version") == spec.version)
     replies = store.replies.load(spec.version, labels["record_id"].to_list())
-    by_id = {r.record_id: r for r in _records(raw.unique("record_id", keep="first"))}
+    # the text of the labelled records only (one row per id: a record shared by two sources is the same content)
+    texts = _records_of(store, labels.select("source", "record_id"))
+    by_id = {r.record_id: r for r in _records(texts.unique("record_id", keep="first"))}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     counts: dict[str, int] = {}

@@ -4,16 +4,29 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pyarrow.parquet as pq
 
 from mira_dagster.core.config import DEFAULT_CONFIG
 from mira_dagster.core.mapping import compile_mapping
-from mira_dagster.core.readers import count_units
-from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, IngestStats, SourceIngest, input_fingerprint
+from mira_dagster.core.readers import append_offsets, count_units, expand_files, file_state
+from mira_dagster.core.records import (
+    INGEST_CODE_VERSION,
+    QUARANTINE_SCHEMA,
+    RECORD_SCHEMA,
+    IngestStats,
+    SourceIngest,
+    entry_fingerprint,
+    ingest_fingerprint,
+    input_fingerprint,
+)
+from mira_dagster.core.store import PartitionWriter, Store
+from mira_dagster.defs.freshness import FILES_FINGERPRINT, INPUT_FINGERPRINT, Latest, latest
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, source_partitions
 from mira_dagster.defs.resources import MiraResource
 
-INPUT_FINGERPRINT = "input_fingerprint"
+ENTRY_FINGERPRINT = "entry_fingerprint"
+FILE_STATES = "file_states"
 PREVIEW = ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "question", "task"]
 
 
@@ -21,6 +34,7 @@ PREVIEW = ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "que
     partitions_def=source_partitions,
     backfill_policy=ONE_PARTITION_PER_RUN,
     group_name="ingest",
+    code_version=INGEST_CODE_VERSION,
     check_specs=[
         dg.AssetCheckSpec(
             "lines_reconcile",
@@ -52,23 +66,34 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
     src = cfg.sources[source]
     mapping = compile_mapping(src.fields, src.format) if src.fields else None
     store = mira.store()
+    files = expand_files(src.files, source)  # a missing file or an empty glob raises here, naming it
+    prev = latest(context.instance, "raw_records", source)
+    resume = _append_plan(store, source, prev, files, entry_fingerprint(src, cfg.pipeline.max_record_bytes))
+    if resume:
+        context.log.info(f"{source}: the files only grew since the last ingest: reading the appended lines alone")
     with (
         store.table_writer("raw_records", source, RECORD_SCHEMA) as write_records,
         store.table_writer("quarantine", source, QUARANTINE_SCHEMA) as write_quarantine,
     ):
+        seen = _carry_over(store, source, write_records, write_quarantine) if resume else None
         ingest = SourceIngest(
             source,
             src.group,
             src.format,
-            src.files,
+            files,
             max_bytes=cfg.pipeline.max_record_bytes,
             mapping=mapping,
             sink=lambda records, quarantined: (write_records(records), write_quarantine(quarantined)),
-        )  # a missing file or an empty glob raises here, naming it: this partition fails, the others go on
+            resume=resume,
+            seen=seen,
+        )
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:
                 context.log.info(f"{source}: {ingest.stats.units_read:,} read, {ingest.stats.records:,} records")
         stats = ingest.stats
+        new_units = stats.units_read
+        if resume and prev is not None:
+            _add_earlier(stats, prev.metadata)
         # Count again from the files themselves, independently of the reader's own count, and from what was
         # written; both checks are decided before anything replaces the last good partition.
         on_disk = sum(count_units(f) for f in ingest.files)
@@ -91,7 +116,11 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
     for path in stats.empty_files:
         context.log.warning(f"{source}: {path} is empty (nothing to read)")
     context.log.info(f"{source}: {stats.units_read} read, {stats.records} records, {stats.quarantined} quarantined")
+    # the ingest fingerprint is the partition's data version: Dagster (the UI), the schedule and `mira run` all
+    # call it stale when it changes (defs/freshness.py)
+    fingerprint = ingest_fingerprint(ingest.files, src, cfg.pipeline.max_record_bytes)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(fingerprint),
         check_results=[reconcile, usable],
         metadata={
             "dagster/row_count": stats.records,
@@ -106,10 +135,57 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             "files": dg.MetadataValue.json(stats.files),
             "units_per_file": dg.MetadataValue.json(stats.units_per_file),
             "empty_files": dg.MetadataValue.json(stats.empty_files),
-            # what the schedule compares to find partitions whose input files changed (defs/automation.py)
-            INPUT_FINGERPRINT: input_fingerprint(ingest.files),
+            # what `mira run` and the schedule compare to find partitions to re-ingest (defs/freshness.py)
+            INPUT_FINGERPRINT: fingerprint,
+            FILES_FINGERPRINT: input_fingerprint(ingest.files),
+            # what the next ingest needs to read appended lines alone (core/readers.append_offsets)
+            ENTRY_FINGERPRINT: entry_fingerprint(src, cfg.pipeline.max_record_bytes),
+            FILE_STATES: dg.MetadataValue.json({str(f): file_state(f) for f in ingest.files}),
+            "ingest_mode": f"append: {new_units} new units" if resume else "whole read",
         },
     )
+
+
+def _append_plan(
+    store: Store, source: str, prev: Latest | None, files: list[Path], entry: str
+) -> dict[Path, tuple[int, int]] | None:
+    """Where to resume each file when the source's files only grew since the last good ingest with the same
+    registry entry and settings; None for a whole read (also for tables on object storage)."""
+    if prev is None or prev.metadata.get("records_written") is not True:
+        return None
+    if prev.metadata.get(ENTRY_FINGERPRINT) != entry:
+        return None
+    if store.fs is not None or not store.partition_path("raw_records", source).is_file():
+        return None
+    states, units = prev.metadata.get(FILE_STATES) or {}, prev.metadata.get("units_per_file") or {}
+    return append_offsets(files, states, units) if states else None
+
+
+def _carry_over(store: Store, source: str, write_records: PartitionWriter, write_quarantine: PartitionWriter) -> dict:
+    """Copy the last good partition's records and quarantine into the new partition, batch by batch; return its
+    record ids (record_id -> "file:line") for duplicate detection."""
+    seen: dict[str, str] = {}
+    for table, write in (("raw_records", write_records), ("quarantine", write_quarantine)):
+        path = store.partition_path(table, source)
+        if not path.is_file():
+            continue
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+            frame = pl.from_arrow(batch)
+            write(frame)  # type: ignore[arg-type]
+            if table == "raw_records":
+                keys = frame.select("record_id", pl.format("{}:{}", "origin_file", "origin_line"))
+                seen.update(keys.iter_rows())  # type: ignore[arg-type]
+    return seen
+
+
+def _add_earlier(stats: IngestStats, earlier: dict) -> None:
+    """Make an append read's counts those of the whole source (the earlier read's plus the new lines')."""
+    stats.units_read += int(earlier.get("lines_read", 0))
+    stats.records += int(earlier.get("dagster/row_count", 0))
+    stats.quarantined += int(earlier.get("quarantined", 0))
+    stats.tokens += int(earlier.get("tokens", 0))
+    stats.reasons.update(earlier.get("quarantine_reasons") or {})
+    stats.layouts.update(earlier.get("layouts") or {})
 
 
 def _preview(path: Path) -> dg.MetadataValue:

@@ -41,7 +41,9 @@ class MiraResource(dg.ConfigurableResource):
         return _config(path)
 
     def store(self) -> Store:
-        return Store(Path(self.home).resolve() if self.home else mira_home())
+        s = self.config().pipeline  # DuckDB's memory limit and spill folder
+        home = Path(self.home).resolve() if self.home else mira_home()
+        return Store(home, memory_limit=s.duckdb_memory_limit, temp_directory=s.duckdb_temp_directory)
 
     def rubric(self, unit_key: str) -> Rubric:
         """A scorer unit's rubric: a group's configured anchors (the released student's rubric) or, without them

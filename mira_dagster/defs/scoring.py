@@ -1,22 +1,32 @@
-"""Stage 2: the anchored teacher labels a sample of each source; the student scores every record."""
+"""Stage 2: the anchored teacher labels a sample of each source; the student scores every record.
+
+Both stream their source: records are read from the raw_records partition `scoring_chunk_records` rows at a time
+(DuckDB over the Parquet file, the teacher's sample filtered by id there), scored through one bounded queue of
+requests (core/scoring.score_stream), and written batch by batch to the partition, which replaces the old one only
+when the step ends without an error. The metadata and checks are running totals, so nothing holds the whole source.
+"""
 
 import asyncio
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 
 from mira_dagster.core.config import PipelineSettings
 from mira_dagster.core.llm_client import OpenAIBackend
 from mira_dagster.core.parsing import STATUSES
 from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import Record
-from mira_dagster.core.rubric import released_student_warnings
-from mira_dagster.core.sampling import teacher_sample
-from mira_dagster.core.scoring import Job, Outcome, Role, RunStats, score_jobs
-from mira_dagster.core.tables import RECORD_SCHEMA, SLOT_COLUMNS, scores_frame
-from mira_dagster.defs.metadata import table_metadata
+from mira_dagster.core.rubric import Rubric, released_student_warnings
+from mira_dagster.core.sampling import Split, teacher_sample
+from mira_dagster.core.scoring import Chunk, Job, Role, RunStats, score_stream
+from mira_dagster.core.store import Store
+from mira_dagster.core.tables import RECORD_SCHEMA, SCORE_SCHEMA, SLOT_COLUMNS, ScoreRows
+from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, source_partitions
 from mira_dagster.defs.resources import MiraResource
 
@@ -27,11 +37,85 @@ def _records(df: pl.DataFrame) -> list[Record]:
     return [Record(**row) for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True)]
 
 
+def _iter_records(df: pl.DataFrame) -> Iterator[Record]:
+    """One Record at a time. The rows were validated at ingest (raw_records' schema), so they are not again."""
+    for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True):
+        yield Record.model_construct(**row)
+
+
+def _raw_records(store: Store, source: str) -> None:
+    if "raw_records" not in store.tables():
+        raise FileNotFoundError(f"table 'raw_records' has no partition {source!r} yet")
+
+
+def record_ids(store: Store, source: str) -> list[str]:
+    """The source's record ids only (no text): what the teacher sample is drawn from."""
+    _raw_records(store, source)
+    with store.connect() as con:
+        rows = con.execute("SELECT record_id FROM raw_records WHERE source = $source", {"source": source})
+        return [r for (r,) in rows.fetchall()]
+
+
+def record_chunks(store: Store, source: str, size: int, only: Collection[str] | None = None) -> Iterator[pl.DataFrame]:
+    """The source's records `size` rows at a time, in stored order, streamed by DuckDB from its Parquet partition
+    (local or on object storage); only the ids in `only` when given, filtered before any text is read out."""
+    _raw_records(store, source)
+    sql = f"SELECT {', '.join(RECORD_SCHEMA)} FROM raw_records WHERE source = $source"
+    with store.connect() as con:
+        if only is not None:
+            con.register("wanted_ids", pa.table({"record_id": pa.array(sorted(only), pa.string())}))
+            sql += " AND record_id IN (SELECT record_id FROM wanted_ids)"
+        for batch in con.sql(sql, params={"source": source}).to_arrow_reader(size):
+            yield pl.from_arrow(batch)  # type: ignore[misc]
+
+
+def _chunk(df: pl.DataFrame, user_template: str, rubric: Rubric) -> Chunk:
+    """A chunk whose prompts are rendered one by one as the request queue takes them."""
+    jobs = (Job(rec, render_user(user_template, rubric, rec)) for rec in _iter_records(df))
+    return Chunk(df["record_id"].to_list(), jobs)
+
+
+@dataclass
+class Tally:
+    """Running totals of a streamed scores partition: what the metadata and the checks need, batch by batch."""
+
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
+    out_of_range: int = 0
+    failed: int = 0  # request_error among the records this run had to send
+    to_send: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    tokens: Counter[str] = field(default_factory=Counter)
+    splits: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0  # rows whose record_id another row has; counted over the written partition
+    preview: pl.DataFrame | None = None
+
+    def add(self, df: pl.DataFrame) -> None:
+        self.rows += df.height
+        for status, n in status_counts(df).items():
+            self.counts[status] = self.counts.get(status, 0) + n
+        self.out_of_range += out_of_range(df)
+        failed, to_send, errors = request_errors(df)
+        self.failed, self.to_send = self.failed + failed, self.to_send + to_send
+        self.errors.update(dict(errors))
+        for col, key in (("prompt_tokens", "prompt"), ("completion_tokens", "completion"), ("cached_tokens", "cached")):
+            self.tokens[key] += int(df[col].fill_null(0).sum())
+        if "split" in df.columns:
+            self.splits.update(dict(df.group_by("split").len().iter_rows()))
+        if self.preview is None:
+            self.preview = df.select([c for c in PREVIEW if c in df.columns]).head(10)
+
+    def top_errors(self) -> list[tuple[str, int]]:
+        """Error texts, commonest first (ties by text), as request_errors gives them."""
+        return sorted(self.errors.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 class Scored(NamedTuple):
-    df: pl.DataFrame
+    tally: Tally
     stats: RunStats
     version: str
     client: dict[str, Any]
+    records_in: int = 0
     # who scored, for the checks' descriptions: role, "endpoint <urls without credentials>" or "offline stand-in",
     # model
     role: Role = "student"
@@ -42,7 +126,15 @@ class Scored(NamedTuple):
     warnings: tuple[str, ...] = ()
 
 
-def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, records: Sequence[Record]) -> Scored:
+def _score(
+    context: dg.AssetExecutionContext,
+    mira: MiraResource,
+    role: Role,
+    frames: Iterable[pl.DataFrame],
+    total: int,
+    splits: dict[str, Split] | None = None,
+) -> Scored:
+    """Score the frames' records into the role's table partition, chunk by chunk, and tally what was written."""
     source = context.partition_key
     settings = mira.config().pipeline
     unit = mira.config().unit_of(source)
@@ -51,54 +143,107 @@ def _score(context: dg.AssetExecutionContext, mira: MiraResource, role: Role, re
     warnings = tuple(released_student_warnings(mira.config(), unit, rubric))
     for text in warnings:
         context.log.warning(f"{role} {source}: {text}")
-    jobs = [Job(rec, render_user(spec.user_template, rubric, rec)) for rec in records]
     # The server's own context length wins over the configured one when it reports it.
     max_model_len = getattr(backend, "max_model_len", None) or settings.max_model_len
     context.log.info(
-        f"{role} {source}: {len(jobs)} records, scorer_version {spec.version}, {where}, context {max_model_len}"
+        f"{role} {source}: {total} records in chunks of {settings.scoring_chunk_records}, scorer_version "
+        f"{spec.version}, {where}, context {max_model_len}"
     )
+    table = "teacher_labels" if role == "teacher" else "student_scores"
+    tally, seen = Tally(), Counter[str]()
+    store = mira.store()
+    with store.table_writer(table, source, _table_schema(splits)) as write:
+        add = _row_sink(unit.key, splits, tally, write)
+        rows = ScoreRows(spec, add, batch=min(2048, settings.scoring_chunk_records))
 
-    async def run() -> tuple[list[Outcome], RunStats]:
+        def chunks() -> Iterator[Chunk]:
+            for df in frames:
+                seen["records"] += df.height
+                yield _chunk(df, spec.user_template, rubric)
+
+        async def run() -> RunStats:
+            try:
+                return await score_stream(
+                    chunks(),
+                    spec,
+                    backend,
+                    store.replies,
+                    sink=lambda job, out: rows.add(job.record, out),
+                    total=total,
+                    max_model_len=max_model_len,
+                    max_in_flight=getattr(backend, "capacity", settings.max_in_flight),
+                    batch_size=settings.write_batch_size,
+                    parse_retries=settings.parse_retries,
+                    progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
+                )
+            finally:
+                if close := getattr(backend, "aclose", None):
+                    await close()
+
         try:
-            return await score_jobs(
-                jobs,
-                spec,
-                backend,
-                mira.store().replies,
-                max_model_len=max_model_len,
-                max_in_flight=getattr(backend, "capacity", settings.max_in_flight),
-                batch_size=settings.write_batch_size,
-                parse_retries=settings.parse_retries,
-                progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
-            )
-        finally:
-            if close := getattr(backend, "aclose", None):
-                await close()
-
-    outcomes, stats = asyncio.run(run())
-    client = getattr(backend, "stats", None)
-    client_meta = (
-        {}
-        if client is None
-        else {
-            "http_attempts": client.http_attempts,
-            "retries": client.retries,
-            "failovers": client.failovers,
-            "not_sent_endpoint_down": client.not_sent,
-            "tokenize_calls": client.tokenize_calls,
-            "requests_per_endpoint": client.per_endpoint,
-        }
-    )
+            stats = asyncio.run(run())
+        finally:  # a stopped run lets go of the DuckDB reader at once
+            if close := getattr(frames, "close", None):
+                close()
+        rows.flush()
+    tally.duplicates = _duplicates(store, table, source) if tally.rows else 0
     # Endpoint.redacted() drops user:password@ and query strings; the offline stand-in has no endpoint
     endpoint = f"endpoint {backend.endpoint.redacted()}" if isinstance(backend, OpenAIBackend) else "offline stand-in"
-    # which scorer of the scope scored it: reliability pools a cell's fallback estimate over the unit's sources
-    df = scores_frame(records, outcomes, spec).with_columns(pl.lit(unit.key).alias("scorer_unit"))
     refs = len(rubric.references())
-    return Scored(df, stats, spec.version, client_meta, role, endpoint, spec.model, refs, warnings)
+    return Scored(
+        tally, stats, spec.version, _client_meta(backend), seen["records"], role, endpoint, spec.model, refs, warnings
+    )
+
+
+def _table_schema(splits: dict[str, Split] | None) -> dict[str, Any]:
+    """SCORE_SCHEMA, the scorer unit that scored (reliability pools a cell's fallback estimate over the unit's
+    sources) and, for the teacher, the record's split."""
+    schema: dict[str, Any] = {**SCORE_SCHEMA, "scorer_unit": pl.String}
+    return schema if splits is None else {**schema, "split": pl.String}
+
+
+def _row_sink(
+    unit_key: str, splits: dict[str, Split] | None, tally: Tally, write: Callable[[pl.DataFrame], None]
+) -> Callable[[pl.DataFrame], None]:
+    def add(df: pl.DataFrame) -> None:
+        df = df.with_columns(pl.lit(unit_key).alias("scorer_unit"))
+        if splits is not None:
+            df = df.with_columns(pl.col("record_id").replace_strict(splits, return_dtype=pl.String).alias("split"))
+        tally.add(df)
+        write(df)
+
+    return add
+
+
+def _duplicates(store: Store, table: str, source: str) -> int:
+    """Rows of the written partition whose record_id another row has (source names are safe SQL literals)."""
+    sql = f"SELECT count(*) - count(DISTINCT record_id) FROM {table} WHERE source = '{source}'"
+    return int(store.query_sql(sql).item())
+
+
+def _client_meta(backend: object) -> dict[str, Any]:
+    client = getattr(backend, "stats", None)
+    if client is None:
+        return {}
+    return {
+        "http_attempts": client.http_attempts,
+        "retries": client.retries,
+        "failovers": client.failovers,
+        "not_sent_endpoint_down": client.not_sent,
+        "tokenize_calls": client.tokenize_calls,
+        "requests_per_endpoint": client.per_endpoint,
+    }
 
 
 def status_counts(df: pl.DataFrame) -> dict[str, int]:
     return {s: 0 for s in STATUSES} | dict(df.group_by("status").len().iter_rows())
+
+
+def out_of_range(df: pl.DataFrame) -> int:
+    """Rows with a slot score outside 0-10 or an overall outside 0-100 (missing scores are not out of range)."""
+    return df.filter(
+        pl.any_horizontal([~pl.col(c).is_between(0, 10) for c in SLOT_COLUMNS]) | ~pl.col("overall").is_between(0, 100)
+    ).height
 
 
 def parse_failure_rate(counts: dict[str, int]) -> float:
@@ -132,7 +277,8 @@ def _pct(x: float) -> str:
 
 
 def _request_error_check(asset: str, source: str, scored: Scored, limit: float) -> dg.AssetCheckResult:
-    failed, to_send, errors = request_errors(scored.df)
+    tally = scored.tally
+    failed, to_send, errors = tally.failed, tally.to_send, tally.top_errors()
     share = failed / to_send if to_send else 0.0
     who = f"{scored.role} {scored.endpoint} (model {scored.model}), source {source}"
     if not to_send:
@@ -161,10 +307,12 @@ def _request_error_check(asset: str, source: str, scored: Scored, limit: float) 
 
 
 def _scoring_metadata(scored: Scored) -> dict[str, Any]:
-    df, stats = scored.df, scored.stats
-    counts = status_counts(df)
+    tally, stats = scored.tally, scored.stats
+    counts = tally.counts
+    preview = tally.preview if tally.preview is not None else pl.DataFrame(schema=PREVIEW)
     return {
-        **table_metadata(df, [c for c in PREVIEW if c in df.columns]),
+        "dagster/row_count": tally.rows,
+        "preview": md_table(preview, 10),
         "scorer_version": scored.version,
         "status_counts": dg.MetadataValue.json(counts),
         "parse_failure_rate": parse_failure_rate(counts),
@@ -174,9 +322,9 @@ def _scoring_metadata(scored: Scored) -> dict[str, Any]:
         "parse_retries_sent": stats.retries,
         "parse_retried_records": stats.retried_records,
         "parse_retries_rescued": stats.rescued,
-        "prompt_tokens": int(df["prompt_tokens"].fill_null(0).sum()),
-        "completion_tokens": int(df["completion_tokens"].fill_null(0).sum()),
-        "cached_prompt_tokens": int(df["cached_tokens"].fill_null(0).sum()),
+        "prompt_tokens": tally.tokens["prompt"],
+        "completion_tokens": tally.tokens["completion"],
+        "cached_prompt_tokens": tally.tokens["cached"],
         "wall_time_s": round(stats.elapsed, 3),
         **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in scored.client.items()},
         "calibration_references": scored.references,
@@ -188,19 +336,17 @@ def _checks(
     asset: str, source: str, records_in: int, scored: Scored, settings: PipelineSettings
 ) -> list[dg.AssetCheckResult]:
     max_rate = settings.max_parse_failure_rate
-    counts = status_counts(scored.df)
+    tally = scored.tally
+    counts = tally.counts
     rate = parse_failure_rate(counts)
     accounted = sum(counts.values())
-    out_of_range = scored.df.filter(
-        pl.any_horizontal([~pl.col(c).is_between(0, 10) for c in SLOT_COLUMNS]) | ~pl.col("overall").is_between(0, 100)
-    ).height
     return [
         dg.AssetCheckResult(
             asset_key=asset,
             check_name="scores_in_range",
-            passed=out_of_range == 0,
+            passed=tally.out_of_range == 0,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"rows_out_of_range": out_of_range},
+            metadata={"rows_out_of_range": tally.out_of_range},
         ),
         dg.AssetCheckResult(
             asset_key=asset,
@@ -213,9 +359,9 @@ def _checks(
         dg.AssetCheckResult(
             asset_key=asset,
             check_name="statuses_reconcile",
-            passed=accounted == records_in and scored.df["record_id"].n_unique() == scored.df.height,
+            passed=accounted == records_in and tally.duplicates == 0,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"records_in": records_in, "records_with_status": accounted},
+            metadata={"records_in": records_in, "records_with_status": accounted, "duplicate_rows": tally.duplicates},
         ),
         _request_error_check(asset, source, scored, settings.max_request_error_share),
     ]
@@ -264,29 +410,28 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
     pool="teacher",
     description=(
         "The anchored teacher's scores on a stable hashed sample of the source (max(teacher_sample_min, "
-        "teacher_sample_fraction × n) records), split into `distill` (SFT data for the student) and "
-        "`heldout` (reliability). Replies are cached by (record_id, teacher scorer_version)."
+        "teacher_sample_fraction × n) records, at most teacher_sample_max), split into `distill` (SFT data for the "
+        "student) and `heldout` (reliability). Replies are cached by (record_id, teacher scorer_version)."
     ),
 )
 def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     source = context.partition_key
     settings = mira.config().pipeline
-    raw = mira.store().read("raw_records", source)
+    store = mira.store()
+    # the sample is drawn from the ids alone; only the sampled records' text is read
     split = teacher_sample(
-        raw["record_id"].to_list(),
+        record_ids(store, source),
         fraction=settings.teacher_sample_fraction,
         minimum=settings.teacher_sample_min,
         heldout_fraction=settings.heldout_fraction,
         seed=settings.seed,
+        maximum=settings.teacher_sample_max,
     )
-    sampled = _records(raw.filter(pl.col("record_id").is_in(list(split))))
-    scored = _score(context, mira, "teacher", sampled)
-    df = scored.df.with_columns(pl.col("record_id").replace_strict(split, return_dtype=pl.String).alias("split"))
-    scored = scored._replace(df=df)
-    mira.store().write("teacher_labels", df, source)
+    frames = record_chunks(store, source, settings.scoring_chunk_records, only=split)
+    scored = _score(context, mira, "teacher", frames, len(split), splits=split)
     meta = _scoring_metadata(scored)
-    meta["split_counts"] = dg.MetadataValue.json(dict(df.group_by("split").len().iter_rows()))
-    checks = _checks("teacher_labels", source, len(sampled), scored, settings)
+    meta["split_counts"] = dg.MetadataValue.json(dict(scored.tally.splits))
+    checks = _checks("teacher_labels", source, scored.records_in, scored, settings)
     return dg.MaterializeResult(metadata=meta, check_results=checks)
 
 
@@ -302,15 +447,23 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
         "The group's student scorer (vLLM behind an OpenAI-compatible endpoint, or the offline stand-in) "
         "on every record of the source: 15 slot scores with rationales, overall, recommendation, domain tag, "
         "brief, and exactly one status per record. Replies are cached by (record_id, scorer_version): "
-        "materialising again sends no request for a record already scored."
+        "materialising again sends no request for a record already scored. The source is streamed in chunks of "
+        "scoring_chunk_records records."
     ),
 )
 def student_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     source = context.partition_key
-    raw = mira.store().read("raw_records", source)
-    scored = _score(context, mira, "student", _records(raw))
-    mira.store().write("student_scores", scored.df, source)
+    settings = mira.config().pipeline
+    store = mira.store()
+    frames = record_chunks(store, source, settings.scoring_chunk_records)
+    scored = _score(context, mira, "student", frames, _count(store, source))
     meta = _scoring_metadata(scored)
-    meta["records_in"] = raw.height
-    checks = _checks("student_scores", source, raw.height, scored, mira.config().pipeline)
+    meta["records_in"] = scored.records_in
+    checks = _checks("student_scores", source, scored.records_in, scored, settings)
     return dg.MaterializeResult(metadata=meta, check_results=checks)
+
+
+def _count(store: Store, source: str) -> int:
+    """The source's records, for the progress line (Parquet metadata and one column: no text is read)."""
+    _raw_records(store, source)
+    return int(store.query_sql(f"SELECT count(*) FROM raw_records WHERE source = '{source}'").item())

@@ -1,25 +1,40 @@
 """Stage 4: the reliability-aware aggregate per record, per-source retention at the budget (the scope's selection
 and random), the export, and the report that puts the paper's variants (scorer scopes) side by side."""
 
+import itertools
 import json
 import shutil
 import time
 import uuid
-from itertools import combinations
+from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mira_dagster.core.plots import retention_curves, score_distributions
 from mira_dagster.core.store import Store
-from mira_dagster.defs.metadata import md_image, md_table, table_metadata
+from mira_dagster.defs.freshness import CORPUS_FINGERPRINT, corpus_fingerprint
+from mira_dagster.defs.metadata import md_image, md_table
 from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
+
+# The plots are drawn from a seeded sample of this many records, not the corpus (enough for box plots and curves).
+PLOT_SAMPLE = 200_000
 
 
 def scope_label(scope: str) -> str:
     """The paper's name of a scorer-scope variant: MIRA-global, MIRA-group, MIRA-source."""
     return f"MIRA-{scope}"
+
+
+def _preview(store: Store, table: str, rows: int, n: int = 10) -> dict:
+    """Row count and the first rows of a table written by DuckDB (read back: n rows, not the table)."""
+    head = store.query_sql(f"SELECT * FROM {table} LIMIT {n}")
+    return {"dagster/row_count": rows, "preview": md_table(head, n)}
 
 
 @dg.asset(
@@ -49,22 +64,27 @@ def scope_label(scope: str) -> str:
     ),
 )
 def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    store = mira.store()
-    df = store.query("aggregated_scores", normalise=mira.config().pipeline.normalise_within)
-    store.write("aggregated_scores", df)
-    means = {
-        s: round(float(m), 6)
-        for s, m in df.group_by("source").agg(pl.col("aggregate_global").mean()).iter_rows()
-        if m is not None
-    }
+    store, s = mira.store(), mira.config().pipeline
+    # computed and written by DuckDB: the corpus never comes into Python; the metadata are small queries over it
+    rows = store.materialize("aggregated_scores", "aggregated_scores", normalise=s.normalise_within)
+    per_source = store.query_sql(
+        "SELECT source, avg(aggregate_global) AS mean, count(*) - count(aggregate) AS unscored "
+        "FROM aggregated_scores GROUP BY source ORDER BY source"
+    )
+    means = {src: round(float(m), 6) for src, m, _ in per_source.iter_rows() if m is not None}
+    sample = store.query_sql(
+        "SELECT source, n_tokens, aggregate FROM aggregated_scores "
+        f"USING SAMPLE reservoir({PLOT_SAMPLE} ROWS) REPEATABLE ({s.seed})"
+    )
     return dg.MaterializeResult(
-        check_results=[_drift(context, means, mira.config().pipeline.drift_threshold)],
+        check_results=[_drift(context, means, s.drift_threshold)],
         metadata={
             "source_means": dg.MetadataValue.json(means),
-            **table_metadata(df),
-            "unscored": int(df["aggregate"].is_null().sum()),
-            "distributions": md_image(score_distributions(df), "score distributions"),
-            "retention_curves": md_image(retention_curves(df), "retention curves"),
+            **_preview(store, "aggregated_scores", rows),
+            "unscored": int(per_source["unscored"].sum()),
+            "plot_sample": sample.height,
+            "distributions": md_image(score_distributions(sample), "score distributions"),
+            "retention_curves": md_image(retention_curves(sample), "retention curves"),
         },
     )
 
@@ -94,18 +114,26 @@ def budget_share(mira: MiraResource) -> float:
     return min(1.0, s.budget_tokens / total)
 
 
-def select(mira: MiraResource, variant: str) -> pl.DataFrame:
-    """Per-source retention at the budget: by the aggregate ("scores", labelled with the scope) or at random."""
+def select(mira: MiraResource, variant: str, table: str, share: float, keep_empty: bool = True) -> int:
+    """Per-source retention at the budget: by the aggregate ("scores", labelled with the scope) or at random,
+    computed once and written by DuckDB as `table`. Returns the rows kept; with keep_empty=False an empty
+    selection leaves the table as it was."""
     s = mira.config().pipeline
-    return mira.store().query(
+    return mira.store().materialize(
+        table,
         "select_variant",
+        keep_empty=keep_empty,
         variant=variant,
         label=scope_label(s.scorer_scope) if variant == "scores" else "random",
-        share=budget_share(mira),
+        share=share,
         min_share=s.source_min_share,
         max_share=s.source_max_share,
         seed=s.seed,
     )
+
+
+def _kept_tokens(store: Store, table: str) -> int:
+    return int(store.query_sql(f"SELECT coalesce(sum(n_tokens), 0) FROM {table}").item())
 
 
 @dg.asset(
@@ -119,9 +147,11 @@ def select(mira: MiraResource, variant: str) -> pl.DataFrame:
     ),
 )
 def selected_random(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
-    df = select(mira, "random")
-    mira.store().write("selected_random", df)
-    return dg.MaterializeResult(metadata={**table_metadata(df), "tokens_kept": int(df["n_tokens"].sum())})
+    store = mira.store()
+    rows = select(mira, "random", "selected_random", budget_share(mira))
+    return dg.MaterializeResult(
+        metadata={**_preview(store, "selected_random", rows), "tokens_kept": _kept_tokens(store, "selected_random")}
+    )
 
 
 @dg.asset(
@@ -170,27 +200,30 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
                 f"statuses: {seen}); nothing selected, {kept_as_is}"
             )
         )
-    label = scope_label(s.scorer_scope)
-    df = select(mira, "scores")
-    if df.is_empty():
+    label, share = scope_label(s.scorer_scope), budget_share(mira)
+    # selected once, by DuckDB straight into the table; an empty selection writes nothing
+    rows = select(mira, "scores", "selected_subset", share, keep_empty=False)
+    if not rows:
         raise dg.Failure(
             description=(
                 f"selected_subset: the {label} selection is empty ({counts['scored']} of "
-                f"{counts['records']} records scored, budget {budget_share(mira):.1%} of {counts['tokens']} tokens, "
+                f"{counts['records']} records scored, budget {share:.1%} of {counts['tokens']} tokens, "
                 f"source_max_share {s.source_max_share}); {kept_as_is}"
             )
         )
-    store.write("selected_subset", df)
     scorer_versions = store.query_sql("SELECT DISTINCT scorer_version FROM student_scores")[:, 0].sort().to_list()
-    store.write(
+    store.materialize(
         "scope_selections",
-        df.select("variant", "source", "record_id", "n_tokens", "score", "mask_version").with_columns(
-            pl.lit(s.scorer_scope).alias("scorer_scope"),
-            pl.lit(budget_share(mira)).alias("budget_share"),
-            pl.lit(",".join(scorer_versions)).alias("scorer_versions"),
-            pl.lit(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())).alias("made_at"),
-        ),
+        "scope_selection",
         s.scorer_scope,
+        scope=s.scorer_scope,
+        share=share,
+        versions=",".join(scorer_versions),
+        made_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    kept = store.query_sql(
+        "SELECT source, min(score) AS threshold, any_value(mask_version) AS mask_version "
+        "FROM selected_subset GROUP BY source ORDER BY source"
     )
     manifest = export_kept(
         store,
@@ -198,35 +231,39 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             "variant": label,
             "scorer_scope": s.scorer_scope,
             "normalise_within": s.normalise_within,
-            "budget_share": budget_share(mira),
+            "budget_share": share,
             "source_min_share": s.source_min_share,
             "source_max_share": s.source_max_share,
-            "mask_version": df["mask_version"][0] if df.height else None,
+            "mask_version": kept["mask_version"][0],
             "scorer_versions": scorer_versions,
-            "thresholds": {src: min(part["score"]) for (src,), part in df.group_by("source")},
+            "thresholds": dict(zip(kept["source"], kept["threshold"], strict=True)),
         },
         s.export_shard_records,
     )
     summary = store.query("run_summary")
     overlap = store.query("source_overlap")
     store.write("source_overlap", overlap)
+    units = store.query_sql(
+        "SELECT unit, sum(n_tokens) AS kept, any_value(budget_tokens) AS budget_tokens "
+        "FROM selected_subset GROUP BY unit ORDER BY unit"
+    )
     return dg.MaterializeResult(
         check_results=[
             _budget_check(
-                df,
+                units,
                 store.query_sql("SELECT max(n_tokens) FROM aggregated_scores").item(),
                 s.source_min_share > 0 or s.source_max_share < 1,
             )
         ],
         metadata={
-            **table_metadata(df),
+            **_preview(store, "selected_subset", rows),
             "variant": label,
             "summary": md_table(summary, n=100),
             # shared content per source pair: counted once, for the source that sorts first
             "source_overlap": md_table(overlap, n=100)
             if overlap.height
             else dg.MetadataValue.md("no content is shared between sources"),
-            "tokens_kept": int(df["n_tokens"].sum()) if df.height else 0,
+            "tokens_kept": int(units["kept"].sum()),
             "export": dg.MetadataValue.path(str(store.exports_dir / "selected_subset")),
             "export_files": len(manifest["files"]),
         },
@@ -249,24 +286,26 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
 def selection_report(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store, s = mira.store(), mira.config().pipeline
     current, share = scope_label(s.scorer_scope), budget_share(mira)
-    scopes = store.read("scope_selections")
-    same = (pl.col("budget_share") - share).abs() < 1e-9
-    other_budget = scopes.filter(~same).group_by("variant").agg(pl.col("budget_share").first()).sort("variant")
-    columns = ["variant", "source", "record_id", "n_tokens"]
-    kept = pl.concat([scopes.filter(same).select(columns), store.read("selected_random").select(columns)])
-    df = store.query("selection_report", frames={"kept": kept}, current=current)
-    totals = store.query("selection_variants", frames={"kept": kept}, current=current)
+    # the kept sets stay in the tables: the SQL reads scope_selections and selected_random at this budget
+    df = store.query("selection_report", current=current, share=share)
+    totals = store.query("selection_variants", current=current, share=share)
     store.write("selection_report", df)
     store.write("selection_variants", totals)
-    made = scopes.group_by("variant").agg(pl.col("made_at").first(), pl.col("budget_share").first()).sort("variant")
+    made = store.query_sql(
+        "SELECT variant, any_value(made_at) AS made_at, any_value(budget_share) AS budget_share "
+        "FROM scope_selections GROUP BY variant ORDER BY variant"
+    )
+    other_budget = made.filter((pl.col("budget_share") - share).abs() >= 1e-9).select("variant", "budget_share")
     # pivot on "variant: <name>" so that no variant name clashes with the index column
     wide = df.with_columns(pl.concat_str(pl.lit("variant: "), "variant").alias("variant"))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": df.height,
             "current": current,
+            # what `mira run` compares to skip the corpus when none of its inputs changed (defs/freshness.py)
+            CORPUS_FINGERPRINT: corpus_fingerprint(context.instance, mira.config()),
             "variants": md_table(totals),
-            "jaccard": md_table(_jaccard(kept)),
+            "jaccard": md_table(store.query("selection_jaccard", share=share)),
             "kept_tokens_per_source": md_table(wide.pivot(on="variant", index="source", values="tokens_kept"), n=100),
             "kept_share_per_source": md_table(wide.pivot(on="variant", index="source", values="kept_share"), n=100),
             "teacher_overall_kept_per_source": md_table(
@@ -278,55 +317,38 @@ def selection_report(context: dg.AssetExecutionContext, mira: MiraResource) -> d
     )
 
 
-def _jaccard(kept: pl.DataFrame) -> pl.DataFrame:
-    """Jaccard overlap of every pair of selections' kept record sets, over the whole corpus (joins, not sets)."""
-    keys = ["source", "record_id"]
-    parts = {v: part.select(keys) for (v,), part in kept.group_by("variant")}
-    rows = []
-    for a, b in combinations(sorted(parts), 2):
-        both = parts[a].join(parts[b], on=keys).height
-        union = parts[a].height + parts[b].height - both
-        rows.append({"a": a, "b": b, "jaccard": round(both / union, 4) if union else None})
-    return pl.DataFrame(rows, schema={"a": pl.String, "b": pl.String, "jaccard": pl.Float64})
-
-
-def _budget_check(df: pl.DataFrame, largest: int, constrained: bool) -> dg.AssetCheckResult:
-    """Within one record: no unit's kept tokens differ from its budget by more than the largest record."""
-    units = df.group_by("unit").agg(pl.col("n_tokens").sum().alias("kept"), pl.col("budget_tokens").first())
+def _budget_check(units: pl.DataFrame, largest: int, constrained: bool) -> dg.AssetCheckResult:
+    """Within one record: no unit's kept tokens differ from its budget by more than the largest record.
+    `units`: (unit, kept, budget_tokens) per unit of the selection."""
     missed = units.filter((pl.col("kept") - pl.col("budget_tokens")).abs() > largest)
     return dg.AssetCheckResult(
         check_name="budget_met",
         passed=missed.is_empty() or constrained,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"units": md_table(units.sort("unit"), n=50), "missed": missed.height},
+        metadata={"units": md_table(units, n=50), "missed": missed.height},
     )
 
 
 def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000) -> dict:
-    """Write the kept records with their text, sharded by source, and a manifest, swapped in atomically."""
+    """Write the kept records with their text, sharded by source, and a manifest, swapped in atomically. The rows
+    stream from DuckDB in batches (sql/export_kept.sql), so memory is bounded by a batch, not by the kept text."""
     out = store.exports_dir / "selected_subset"
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
-    with store.connect() as con:
-        # selected_subset holds owner copies only (aggregated_scores.sql), and a source never holds a record twice,
-        # so this join gives each kept record once, with its owner's text and origin
-        kept = con.sql(
-            "SELECT r.*, s.score, s.mask_version FROM selected_subset s "
-            "JOIN raw_records r USING (source, record_id) ORDER BY r.source, s.score DESC, r.record_id"
-        ).pl()
-    files = []
-    for (source,), part in kept.group_by("source", maintain_order=True):
-        # shards of at most shard_records rows, so a training job can read them in parallel
-        for i, shard in enumerate(part.iter_slices(shard_records)):
-            path = staging / f"{source}-{i:05d}.parquet"
-            shard.write_parquet(path)
-            files.append(
-                {"file": path.name, "source": source, "records": shard.height, "tokens": int(shard["n_tokens"].sum())}
-            )
+    shards = _Shards(staging, shard_records)
+    try:
+        for batch in store.stream("export_kept", batch_rows=min(shard_records, 20_000)):
+            shards.add(batch)
+    except BaseException:
+        shards.close()
+        shutil.rmtree(staging, ignore_errors=True)  # the previous export stays as it was
+        raise
+    shards.close()
+    files = shards.files
     manifest = {
         **manifest_extra,
-        "records": kept.height,
-        "tokens": int(kept["n_tokens"].sum()) if kept.height else 0,
+        "records": sum(f["records"] for f in files),
+        "tokens": sum(f["tokens"] for f in files),
         "files": files,
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
@@ -337,3 +359,46 @@ def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return manifest
+
+
+class _Shards:
+    """<source>-NNNNN.parquet files of at most `shard_records` rows each (so a training job can read them in
+    parallel), filled from batches ordered by source."""
+
+    def __init__(self, folder: Path, shard_records: int) -> None:
+        self.folder, self.shard_records = folder, shard_records
+        self.files: list[dict] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._source: str | None = None
+        self._index = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        # a batch may span sources (they come in order): each source's run of rows goes to its own shards
+        table = pa.Table.from_batches([batch])
+        sources = table["source"].to_numpy(zero_copy_only=False)
+        starts = [0, *(np.flatnonzero(sources[1:] != sources[:-1]) + 1).tolist(), len(sources)]
+        for a, b in itertools.pairwise(starts):
+            self._add_source(str(sources[a]), table.slice(a, b - a))
+
+    def _add_source(self, source: str, rows: pa.Table) -> None:
+        while rows.num_rows:
+            if self._writer is None or source != self._source or self.files[-1]["records"] >= self.shard_records:
+                self._open(source, rows.schema)
+            room = self.shard_records - self.files[-1]["records"]
+            head, rows = rows.slice(0, room), rows.slice(room)
+            self._writer.write_table(head)
+            self.files[-1]["records"] += head.num_rows
+            self.files[-1]["tokens"] += int(pc.sum(head["n_tokens"]).as_py() or 0)
+
+    def _open(self, source: str, schema: pa.Schema) -> None:
+        self.close()
+        self._index = self._index + 1 if source == self._source else 0
+        self._source = source
+        name = f"{source}-{self._index:05d}.parquet"
+        self._writer = pq.ParquetWriter(self.folder / name, schema)
+        self.files.append({"file": name, "source": source, "records": 0, "tokens": 0})
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -23,3 +23,12 @@ def test_stable_and_seeded() -> None:
     a = teacher_sample(IDS, fraction=0.5, minimum=0, heldout_fraction=0.4, seed=0)
     assert a == teacher_sample(list(reversed(IDS)), fraction=0.5, minimum=0, heldout_fraction=0.4, seed=0)
     assert a != teacher_sample(IDS, fraction=0.5, minimum=0, heldout_fraction=0.4, seed=1)
+
+
+def test_teacher_sample_max_caps_the_sample_and_keeps_its_smallest_hashes() -> None:
+    assert sample_size(100, 0.5, 20, maximum=30) == 30
+    assert sample_size(100, 0.5, 20, maximum=10) == 10  # the cap (a cost limit) wins over the minimum
+    full = teacher_sample(IDS, fraction=0.5, minimum=0, heldout_fraction=0.4, seed=0)
+    capped = teacher_sample(IDS, fraction=0.5, minimum=0, heldout_fraction=0.4, seed=0, maximum=12)
+    assert len(capped) == 12 and set(capped) < set(full)  # raising the cap later keeps what was labelled
+    assert sum(s == "heldout" for s in capped.values()) == 5

@@ -1,0 +1,187 @@
+"""The indexed reply cache (ParquetReplyCache): lookups across buckets and compaction, attempts in order, crash
+safety between compaction steps, the old flat layout, and two writers of one version."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mira_dagster.core.scoring import Completion
+from mira_dagster.core.store import ParquetReplyCache, _bucket
+
+V = "v1"
+
+
+def rid(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()[:32]
+
+
+def comp(i: int, attempt: int = 0) -> Completion:
+    return Completion(text=f"reply {i} attempt {attempt}", finish_reason="stop", prompt_tokens=i, completion_tokens=1)
+
+
+def small(root: Path) -> ParquetReplyCache:
+    """Compacts after 4 batch files and merges 2 runs of a level: every path runs on a few hundred replies."""
+    return ParquetReplyCache(root, l0_max=4, fanout=2, unit=8)
+
+
+def write(cache: ParquetReplyCache, ids: range, attempts: int = 1, batch: int = 10) -> None:
+    with cache.writer(V, batch) as w:
+        for a in range(attempts):
+            for i in ids:
+                w.add(rid(i), comp(i, a), a)
+
+
+def texts(cache: ParquetReplyCache, ids) -> dict[str, list[str]]:
+    return {r: [c.text for c in cs] for r, cs in cache.load_attempts(V, [rid(i) for i in ids]).items()}
+
+
+def layout(root: Path) -> tuple[int, int]:
+    """(level-0 files, run files) of the version."""
+    d = root / V
+    return len(list(d.glob("*.parquet"))), len(list(d.glob("runs/*/*.arrow")))
+
+
+def test_lookups_across_buckets_and_compaction(tmp_path: Path) -> None:
+    cache = small(tmp_path)
+    write(cache, range(300))
+    l0, runs = layout(tmp_path)
+    assert l0 < 4 and runs > 0  # compacted as it went
+    buckets = {p.parent.name for p in (tmp_path / V).glob("runs/*/*.arrow")}
+    assert buckets == set("0123456789abcdef")
+    asked = [*range(0, 300, 7), *range(1000, 1010)]  # present ones and absent ones
+    got = texts(cache, asked)
+    assert got == {rid(i): [f"reply {i} attempt 0"] for i in range(0, 300, 7)}
+    assert cache.load(V, [rid(5)])[rid(5)] == comp(5)
+    assert cache.count(V) == 300
+    cache.compact(V, full=True)
+    assert layout(tmp_path) == (0, 16)  # one run per bucket
+    assert texts(cache, asked) == got and cache.count(V) == 300
+    assert cache.load_attempts(V, []) == {} and cache.load_attempts("other", [rid(1)]) == {}
+
+
+def test_attempts_kept_in_order_across_files(tmp_path: Path) -> None:
+    cache = small(tmp_path)
+    write(cache, range(100), attempts=3)  # attempt 2 of a record lands in another file than attempt 0
+    expected = {rid(i): [f"reply {i} attempt {a}" for a in range(3)] for i in range(100)}
+    assert texts(cache, range(100)) == expected
+    assert cache.load(V, [rid(7)])[rid(7)].text == "reply 7 attempt 2"
+    cache.compact(V, full=True)
+    assert texts(cache, range(100)) == expected
+
+
+def test_first_written_wins_within_and_across_runs(tmp_path: Path) -> None:
+    cache = small(tmp_path)
+    write(cache, range(50))
+    with cache.writer(V, 10) as w:  # another run answered the same attempts later
+        for i in range(50):
+            w.add(rid(i), Completion(text="later"), 0)
+    assert all(t == [f"reply {i} attempt 0"] for i, t in zip(range(50), texts(cache, range(50)).values(), strict=True))
+    cache.compact(V, full=True)
+    assert texts(cache, [3]) == {rid(3): ["reply 3 attempt 0"]}
+
+
+def test_crash_between_compaction_steps_loses_nothing(tmp_path: Path) -> None:
+    cache = small(tmp_path)
+    write(cache, range(40), batch=10)  # 4 files: compacted into runs
+    write(cache, range(40, 70), batch=10)  # 3 more level-0 files
+    before = tmp_path / "before"
+    shutil.copytree(tmp_path / V, before)
+    expected = texts(cache, range(70))
+    cache.compact(V, full=True)
+    # killed after writing the new runs but before removing their inputs: old files and new ones together
+    shutil.copytree(before, tmp_path / V, dirs_exist_ok=True)
+    assert texts(cache, range(70)) == expected and cache.count(V) == 70
+    # killed while writing a run: a temporary file, which readers ignore and the next compaction removes
+    bucket = next((tmp_path / V / "runs").iterdir())
+    (bucket / ".L3-x.arrow.tmp").write_bytes(b"torn")
+    (tmp_path / V / ".batch.parquet.abc.tmp").write_bytes(b"torn")
+    assert texts(cache, range(70)) == expected
+    cache.compact(V, full=True)
+    assert not list(bucket.glob(".*.tmp")) and layout(tmp_path) == (0, 16)
+    assert texts(cache, range(70)) == expected and cache.count(V) == 70
+
+
+def test_killed_writers_log_is_read_then_compacted(tmp_path: Path) -> None:
+    cache = small(tmp_path)
+    w = cache.writer(V, 1000)
+    for i in range(5):
+        w.add(rid(i), comp(i))
+    # alive: its log is read, and compaction leaves it (the writer holds its lock)
+    assert set(texts(cache, range(5))) == {rid(i) for i in range(5)}
+    write(cache, range(100, 160))
+    assert len(list((tmp_path / V).glob("*.wal.jsonl"))) == 1
+    w._fh.close()  # the process dies: the kernel drops its lock, the log stays
+    cache.compact(V, full=True)
+    assert not list((tmp_path / V).glob("*.wal.jsonl"))
+    assert texts(cache, range(5)) == {rid(i): [f"reply {i} attempt 0"] for i in range(5)}
+
+
+OLD_SCHEMA = {k: v for k, v in ParquetReplyCache.SCHEMA.items() if k != "attempt"}
+
+
+@pytest.mark.parametrize("with_attempt", [False, True])
+def test_old_flat_layout_is_read_and_migrated(tmp_path: Path, with_attempt: bool) -> None:
+    """Caches written before the index: flat batch files in the version folder (and, older, without `attempt`)."""
+    folder = tmp_path / V
+    folder.mkdir()
+    now = datetime.now(UTC)
+    schema = ParquetReplyCache.SCHEMA if with_attempt else OLD_SCHEMA
+    for f in range(30):
+        rows = [
+            {"record_id": rid(i), "text": f"old {i}", "finish_reason": "stop", "prompt_tokens": 1,
+             "completion_tokens": 1, "cached_tokens": None, "created_at": now - timedelta(days=1, seconds=-i)}
+            for i in range(f * 10, f * 10 + 10)
+        ]  # fmt: skip
+        if with_attempt:
+            rows = [{**row, "attempt": 0} for row in rows]
+        pl.DataFrame(rows, schema=schema).write_parquet(folder / f"2025-{f:04d}.parquet")
+    cache = small(tmp_path)
+    assert texts(cache, [1, 299, 500]) == {rid(1): ["old 1"], rid(299): ["old 299"]}
+    write(cache, range(295, 305), attempts=2)  # new replies (a second attempt for old records) start compaction
+    assert layout(tmp_path)[0] < 4
+    got = texts(cache, [1, 299, 303])
+    assert got == {rid(1): ["old 1"], rid(299): ["old 299", "reply 299 attempt 1"], rid(303): [
+        "reply 303 attempt 0", "reply 303 attempt 1"]}  # fmt: skip
+    assert cache.count(V) == 305
+
+
+def _writer_process(root: str, start: int) -> None:
+    cache = small(Path(root))
+    write(cache, range(start, start + 400), batch=7)
+
+
+def test_two_writers_of_one_version_do_not_clobber(tmp_path: Path) -> None:
+    procs = [mp.get_context("spawn").Process(target=_writer_process, args=(str(tmp_path), s)) for s in (0, 400)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    cache = small(tmp_path)
+    assert cache.count(V) == 800
+    assert texts(cache, range(800)) == {rid(i): [f"reply {i} attempt 0"] for i in range(800)}
+
+
+def test_bucket_of_any_id() -> None:
+    assert _bucket("a3f0") == "a"
+    assert _bucket("r0") in "0123456789abcdef" and _bucket("r0") == _bucket("r0")
+    assert _bucket("") in "0123456789abcdef"
+
+
+def test_short_and_colliding_ids(tmp_path: Path) -> None:
+    """Runs are searched on an 8-byte prefix: ids sharing it, or shorter, are told apart by the full id."""
+    cache = small(tmp_path)
+    ids = ["abcdefgh1", "abcdefgh2", "abcdefgh", "abc", "r0", "r0x", "ééé"]
+    with cache.writer(V, 2) as w:
+        for i, r in enumerate(ids):
+            w.add(r, Completion(text=str(i)))
+    cache.compact(V, full=True)
+    got = cache.load_attempts(V, [*ids, "abcdefgh3", "ab"])
+    assert {r: [c.text for c in cs] for r, cs in got.items()} == {r: [str(i)] for i, r in enumerate(ids)}

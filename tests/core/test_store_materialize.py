@@ -1,0 +1,60 @@
+"""Store.materialize: a named SQL's result written by DuckDB's COPY as a table partition, atomically; DuckDB's
+memory limit and spill folder; Store.stream for results read in batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from mira_dagster.core.store import Store
+
+
+def _store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "home", memory_limit="512MB", temp_directory=tmp_path / "spill")
+    s.write("student_scores", pl.DataFrame({"source": ["a", "a", "b"], "n_tokens": [3, 5, 7]}), "a")
+    return s
+
+
+def test_connect_sets_memory_limit_and_spill_folder(tmp_path: Path) -> None:
+    s = _store(tmp_path)
+    with s.connect() as con:
+        settings = con.sql("SELECT current_setting('memory_limit'), current_setting('temp_directory')")
+        limit, spill = settings.fetchall()[0]
+    assert limit == "488.2 MiB"  # 512 MB as DuckDB prints it
+    assert spill == str(tmp_path / "spill")
+
+
+def test_materialize_writes_the_partition_and_refreshes_views(tmp_path: Path, monkeypatch) -> None:
+    s = _store(tmp_path)
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    (sql / "tokens.sql").write_text(
+        "-- a comment on the last line must not swallow COPY's closing parenthesis\n"
+        "SELECT source, sum(n_tokens) AS tokens FROM student_scores WHERE n_tokens > $min GROUP BY source "
+        "ORDER BY source -- trailing comment",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr("mira_dagster.core.store.SQL_DIR", sql)
+    assert s.materialize("tokens", "tokens", "p1", min=4) == 2
+    assert s.read("tokens", "p1").to_dicts() == [{"source": "a", "tokens": 5}, {"source": "b", "tokens": 7}]
+    assert s.query_sql("SELECT count(*) FROM tokens").item() == 2  # the new table has a view at once
+    # an empty result with keep_empty=False leaves the old partition as it was, and no staging file behind
+    before = s.partition_path("tokens", "p1").read_bytes()
+    assert s.materialize("tokens", "tokens", "p1", keep_empty=False, min=100) == 0
+    assert s.partition_path("tokens", "p1").read_bytes() == before
+    assert [p.name for p in s.partition_path("tokens", "p1").parent.iterdir()] == ["p1.parquet"]
+    # by default an empty result replaces it
+    assert s.materialize("tokens", "tokens", "p1", min=100) == 0
+    assert s.read("tokens", "p1").height == 0
+
+
+def test_stream_yields_batches(tmp_path: Path, monkeypatch) -> None:
+    s = _store(tmp_path)
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    (sql / "rows.sql").write_text("SELECT range AS i FROM range($n) ORDER BY i", encoding="utf-8")
+    monkeypatch.setattr("mira_dagster.core.store.SQL_DIR", sql)
+    batches = list(s.stream("rows", batch_rows=1000, n=2500))
+    assert sum(b.num_rows for b in batches) == 2500 and max(b.num_rows for b in batches) <= 1000
+    assert pl.concat([pl.from_arrow(b) for b in batches])["i"].to_list() == list(range(2500))

@@ -1,0 +1,127 @@
+"""`mira run` redoes only what changed: a re-run with nothing changed runs nothing; a source with appended lines is
+re-ingested and re-scored alone (asking only for its new records), with its unit's stage 1 and the corpus; a changed
+setting of the selection reruns only the corpus; a failed step is retried by the next run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mira_dagster.core.config import PROJECT_ROOT
+from tests.e2e.test_commands import BIN, user_env
+
+SAMPLE = PROJECT_ROOT / "data" / "sample"
+ANCHORS = PROJECT_ROOT / "anchors"
+
+
+def _registry(tmp: Path, pipeline: str = "") -> Path:
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    for name in ("lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl", "math_think_marco_o1_cot_demo.part2.jsonl"):
+        if not (data / name).exists():
+            shutil.copy(SAMPLE / name, data / name)
+    for name in ("group_2_dim_anchors.jsonl",):
+        shutil.copy(ANCHORS / name, tmp / name)
+    cfg = tmp / "groups.yaml"
+    cfg.write_text(
+        f"""
+groups:
+  "2": {{family: qa_with_think, student_model: whw06/MIRA-QA-Group3, anchors: group_2_dim_anchors.jsonl}}
+sources:
+  lean_qa: {{group: "2", format: qa_with_think, files: [data/lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl]}}
+  qwq: {{group: "2", format: qa_with_think, files: [data/math_think_marco_o1_cot_demo.part2.jsonl]}}
+pipeline: {{teacher_sample_min: 10, min_heldout: 4{pipeline}}}
+""",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def _run(tmp: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [str(BIN / "mira"), "run", "--config", str(tmp / "groups.yaml"), *extra],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return out
+
+
+def _steps(stdout: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"^\[\d+\] (.*?)(?: \(.*\))?$", stdout, re.M)]
+
+
+def _student_requests(tmp: Path, source: str) -> int:
+    with dg.DagsterInstance.from_config(str(tmp / ".mira" / "dagster")) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("student_scores"))
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("student_scores"), asset_partitions=[source]), limit=1
+        ).records
+        assert event is not None and records
+        return records[0].asset_materialization.metadata["requests_sent"].value
+
+
+@pytest.fixture
+def ran(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    env = user_env(tmp_path)
+    _registry(tmp_path)
+    first = _run(tmp_path, env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "lean_qa: raw_records" in _steps(first.stdout) and any(s.startswith("corpus") for s in _steps(first.stdout))
+    return tmp_path, env
+
+
+def test_nothing_changed_runs_nothing(ran) -> None:
+    tmp, env = ran
+    again = _run(tmp, env)
+    assert again.returncode == 0, again.stderr
+    assert _steps(again.stdout) == []
+    assert "nothing changed since the last run" in again.stdout and "| TOTAL" in again.stdout
+    forced = _run(tmp, env, "--force", "--source", "qwq")
+    assert forced.returncode == 0 and "qwq: raw_records" in _steps(forced.stdout)
+    assert _student_requests(tmp, "qwq") == 0  # forced, but every reply is cached
+
+
+def test_appended_lines_redo_one_source_and_ask_only_for_them(ran) -> None:
+    tmp, env = ran
+    src = tmp / "data" / "math_think_marco_o1_cot_demo.part2.jsonl"
+    extra = SAMPLE / "math_think_marco_o1_cot_demo.part1.jsonl"  # 42 other records
+    with src.open("ab") as fh:
+        fh.write(b"".join(extra.read_bytes().splitlines(keepends=True)[:5]))
+    out = _run(tmp, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = _steps(out.stdout)
+    assert "qwq: raw_records" in steps and "qwq: teacher_labels, student_scores" in steps
+    assert "lean_qa: raw_records" not in steps and "lean_qa: teacher_labels, student_scores" not in steps
+    assert "group 2: teacher_judgments, anchor_rubric" in steps and steps[-1].startswith("corpus")
+    assert _student_requests(tmp, "qwq") == 5  # the appended records only
+
+
+def test_a_selection_setting_reruns_only_the_corpus(ran) -> None:
+    tmp, env = ran
+    _registry(tmp, ", retention_share: 0.3")
+    out = _run(tmp, env)
+    assert out.returncode == 0, out.stderr
+    assert [s.split(":")[0] for s in _steps(out.stdout)] == ["corpus"]
+
+
+def test_a_failed_ingest_is_retried_by_the_next_run(ran) -> None:
+    tmp, env = ran
+    src = tmp / "data" / "math_think_marco_o1_cot_demo.part2.jsonl"
+    good = src.read_bytes()
+    src.write_bytes(b"not json\n" * 40 + good[:200])  # mostly garbage: records_usable refuses it
+    bad = _run(tmp, env)
+    assert bad.returncode == 1 and "records_usable" in bad.stderr
+    again = _run(tmp, env)  # nothing changed since, but the last ingest was refused: it runs (and fails) again
+    assert again.returncode == 1 and "qwq: raw_records" in _steps(again.stdout)
+    src.write_bytes(good)
+    fixed = _run(tmp, env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert _student_requests(tmp, "qwq") == 0  # the records are the earlier ones: all cached
