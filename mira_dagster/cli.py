@@ -123,7 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
                 return 1
         if plan.skipped:
-            print(f"up to date, not run ({len(plan.skipped)}): " + "; ".join(plan.skipped) + " (--force runs all)")
+            shown = plan.skipped if args.verbose or len(plan.skipped) <= 6 else [*plan.skipped[:5], "..."]
+            print(f"up to date, not run ({len(plan.skipped)}; -v lists all, --force runs all): " + "; ".join(shown))
         if not step:
             print("mira: nothing changed since the last run; the selection and export stand as they are")
     print_summary(home, cfg.source_names())
