@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mira_dagster.defs.freshness import Staleness, ingest_reason, scoring_reason
+from mira_dagster.defs.freshness import Staleness, ingest_reason, scorer_versions, scoring_reason
 from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.partitions import source_partitions, unit_partitions, unregistered_sources
 from mira_dagster.defs.resources import MiraResource
@@ -54,7 +54,7 @@ def stale_sources(instance: dg.DagsterInstance, mira: MiraResource) -> list[Stal
         if reason is None:
             unit = cfg.unit_of(source).key
             if unit not in versions:  # building a scorer probes its endpoints: once per unit and tick
-                versions[unit] = {role: mira.scorer(role, unit)[0].version for role in ("teacher", "student")}
+                versions[unit] = scorer_versions(mira, unit)
             reason = scoring_reason(instance, source, versions[unit])
         if reason is not None:
             out.append(Staleness(source, reason))

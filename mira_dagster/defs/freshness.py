@@ -96,6 +96,11 @@ def scoring_reason(instance: dg.DagsterInstance, source: str, versions: dict[str
     return None
 
 
+def scorer_versions(mira: Any, unit: str) -> dict[str, str]:
+    """The scorer_version each role of a scorer unit has now (building a scorer probes its endpoints)."""
+    return {role: mira.scorer(role, unit)[0].version for role in ("teacher", "student")}
+
+
 def corpus_fingerprint(instance: dg.DagsterInstance, cfg: MiraConfig) -> str:
     """Changes when anything the corpus assets read changes: settings, sources, a scoring partition's output."""
     parts: list[Any] = [cfg.pipeline.model_dump(mode="json"), sorted(cfg.sources)]
@@ -143,6 +148,7 @@ class RunPlan:
         self.ingested: set[str] = set()
         self.scored: set[str] = set()
         self.skipped: list[str] = []
+        self._versions: dict[str, dict[str, str] | str] = {}  # unit -> role -> scorer_version, or why unknown
 
     def done(self, step: Step) -> None:
         if step.stage == "ingest" and step.partition:
@@ -183,27 +189,26 @@ class RunPlan:
         return steps
 
     def scoring(self) -> list[Step]:
-        steps, versions = [], {}
+        steps: list[Step] = []
         for s in self.sources:
-            unit = self.cfg.unit_of(s).key
-            why = "forced" if self.force else "records re-ingested" if s in self.ingested else None
-            if why is None:
-                if unit not in versions:
-                    versions[unit] = self._versions(unit)
-                why = versions[unit] if isinstance(versions[unit], str) else None
-                why = why or scoring_reason(self.instance, s, versions[unit])  # type: ignore[arg-type]
+            why = "forced" if self.force else "records re-ingested" if s in self.ingested else self._score_reason(s)
             if why is None:
                 self.skipped.append(f"{s}: teacher_labels, student_scores")
             else:
                 steps.append(Step("scoring", s, f"{s}: teacher_labels, student_scores ({why})"))
         return steps
 
-    def _versions(self, unit: str) -> dict[str, str] | str:
-        """The unit's scorer_version per role, or why they cannot be known (the step will fail and say so)."""
-        try:
-            return {role: self.mira.scorer(role, unit)[0].version for role in ("teacher", "student")}
-        except Exception as exc:  # a missing rubric, an unreadable template: the step reports it
-            return f"scorer unavailable: {exc}"
+    def _score_reason(self, source: str) -> str | None:
+        """scoring_reason with the source's unit's current scorer_versions, built once per unit; a scorer that cannot
+        be built (a missing rubric, an unreadable template) is a reason to run: the step then reports it."""
+        unit = self.cfg.unit_of(source).key
+        if unit not in self._versions:
+            try:
+                self._versions[unit] = scorer_versions(self.mira, unit)
+            except Exception as exc:
+                self._versions[unit] = f"scorer unavailable: {exc}"
+        versions = self._versions[unit]
+        return versions if isinstance(versions, str) else scoring_reason(self.instance, source, versions)
 
     def distill(self) -> list[Step]:
         steps, scope = [], self.cfg.pipeline.scorer_scope
