@@ -1,19 +1,23 @@
-# `make run`: set up .venv and run the whole pipeline on the bundled sample. `make test`: the test suite.
+# `make run`: set up .venv and run the whole pipeline on the bundled sample. `make test`: the test suite (CI);
+# `make test-fast`: the core and definitions tests without the slow tiers.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format dev vllm-env embed-model bench bench-ingest bench-cache browser
+.PHONY: setup run test test-fast lint format dev vllm-env embed-model bench bench-ingest bench-cache browser
 
-$(BIN)/.mira-installed: pyproject.toml scripts/activate.sh
+$(BIN)/.mira-installed: pyproject.toml scripts/mira_dagster.pth
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	@# so that `dagster asset materialize --select X` works from the repo root (see scripts/activate.sh)
-	grep -q 'mira-dagster' $(BIN)/activate || cat scripts/activate.sh >> $(BIN)/activate
+	@# Dagster's commands started in this checkout (`dagster dev`, `dagster asset materialize`, ...) get DAGSTER_HOME,
+	@# a ready instance and the code location, with or without `activate` (mira_dagster/instance.py)
+	cp scripts/mira_dagster.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"
 	touch $@
 
+# the instance (DAGSTER_HOME, else .mira/dagster) with the project's dagster.yaml and its storage created
 setup: $(BIN)/.mira-installed
+	@$(BIN)/python -m mira_dagster.instance
 
 run: setup
 	$(BIN)/mira run
@@ -63,6 +67,12 @@ browser:
 
 test: lint vllm-env embed-model browser
 	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python MIRA_EMBED_MODEL_DIR=$(EMBED_MODEL_DIR) $(BIN)/pytest
+
+# The core and definitions tests without the slow tiers (markers in pyproject.toml), on two workers (pytest-xdist):
+# under 2 minutes, no vLLM, no browser, no `mira` or `dagster` command. What to run while editing; `make test` is
+# what CI runs.
+test-fast: setup
+	$(BIN)/pytest -q -n 2 -m "not vllm and not browser and not e2e and not slow" tests/core tests/defs
 
 bench: setup
 	$(BIN)/python bench/scoring.py

@@ -41,8 +41,8 @@ from mira_dagster.core.config import MiraConfig, load_config  # noqa: E402
 from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text  # noqa: E402
 from mira_dagster.core.embeddings import Embedder, HashedTfidfEmbedder, OpenAIEmbedder, dense  # noqa: E402
 from mira_dagster.core.offline_judge import catalogue  # noqa: E402
+from mira_dagster.core.records import record_text  # noqa: E402
 from mira_dagster.core.sampling import hash_sample  # noqa: E402
-from mira_dagster.defs.discovery import _record_text  # noqa: E402
 from mira_dagster.defs.partitions import in_process_instance  # noqa: E402
 from mira_dagster.defs.resources import MiraResource  # noqa: E402
 from tests.core.test_discovery import planted_items  # noqa: E402
@@ -73,7 +73,7 @@ def grouping(cfg: MiraConfig, raw: pl.DataFrame, embedder: Embedder) -> dict[str
         hash_sample(part, p.embed_sample_per_source, p.seed, "embed") for _, part in raw.group_by("source")
     ).sort("source", "record_id")
     t0 = time.perf_counter()
-    x = dense(embedder.embed([_record_text(r) for r in sample.iter_rows(named=True)]))
+    x = dense(embedder.embed([record_text(r) for r in sample.iter_rows(named=True)]))
     seconds = time.perf_counter() - t0
     src = np.array(sample["source"].to_list())
     vectors = {s: source_vector(x[src == s]) for s in sorted(set(src))}

@@ -36,9 +36,10 @@ from mira_dagster.core.parsing import parse_reply  # noqa: E402
 from mira_dagster.core.prompts import load_templates, render_system, render_user  # noqa: E402
 from mira_dagster.core.records import Record, record_id_of  # noqa: E402
 from mira_dagster.core.rubric import load_rubric  # noqa: E402
-from mira_dagster.core.scoring import Completion, Job, ScorerSpec, score_jobs  # noqa: E402
+from mira_dagster.core.scoring import Completion, Job, ScorerSpec  # noqa: E402
 from mira_dagster.core.store import ParquetReplyCache  # noqa: E402
 from mira_dagster.core.tables import scores_frame  # noqa: E402
+from tests.helpers import score_jobs  # noqa: E402
 
 
 # -- the loopback server (its own process, so it does not share our GIL) --------------------------------

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mira_dagster.core.config import PROJECT_ROOT, ConfigError, load_config, mira_home
+from mira_dagster.core.config import ConfigError, load_config
+from mira_dagster.settings import load_registry, mira_home, open_store
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -22,20 +22,11 @@ def _prepare_env(config: str | None, home: str | None) -> Path:
         os.environ["MIRA_CONFIG"] = str(Path(config).resolve())
     if home:
         os.environ["MIRA_HOME"] = str(Path(home).resolve())
+    from mira_dagster.instance import dagster_home, ensure_instance
+
     home_path = mira_home()
-    if not os.environ.get("DAGSTER_HOME"):
-        os.environ["DAGSTER_HOME"] = str(home_path / "dagster")
-    dagster_home = Path(os.environ["DAGSTER_HOME"]).resolve()
-    if {"?", "#"} & set(str(dagster_home)):
-        # Dagster opens its SQLite storage through a URL, where these start a query or a fragment
-        raise ConfigError(
-            f"DAGSTER_HOME {dagster_home} contains '?' or '#', which Dagster's SQLite storage cannot open; "
-            "set DAGSTER_HOME to a folder without them (MIRA_HOME itself may keep them)"
-        )
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = dagster_home / "dagster.yaml"
-    if not instance_yaml.exists():
-        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", instance_yaml)
+    # the one bootstrap of `make setup` and Dagster's own commands: folder, dagster.yaml, storage (once, locked)
+    os.environ["DAGSTER_HOME"] = str(ensure_instance(dagster_home()))
     return home_path
 
 
@@ -48,7 +39,7 @@ def _unknown(what: str, names: list[str], known: list[str], registry: Path) -> i
 def cmd_run(args: argparse.Namespace) -> int:
     home = _prepare_env(args.config, args.home)
     try:
-        cfg = load_config()
+        cfg = load_registry()
     except ConfigError as exc:
         print(f"mira: {exc}", file=sys.stderr)
         return 2
@@ -60,14 +51,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mira_dagster.core.cost import cost_gate
     from mira_dagster.defs.freshness import RunPlan
     from mira_dagster.defs.partitions import register_partitions
-    from mira_dagster.defs.resources import MiraResource
+    from mira_dagster.defs.resources import mira_resource
 
     # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO. Failures are
     # printed by us, one line each: Dagster's tracebacks only with -v.
     run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}}
     if not args.verbose:
         quiet_dagster_failures()
-    mira = MiraResource()
+    mira = mira_resource()  # MIRA_CONFIG, MIRA_HOME (set above from --config, --home) and the rest as dg.EnvVar
     resources = {"mira": mira}
     stages = {
         "ingest": d.INGEST_ASSETS,
@@ -94,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 # cost before spending: the plan (and max_teacher_requests) once ingest is done, before any request
                 if item.stage != "ingest" and not gated:
                     gated = True
-                    if (code := cost_gate(cfg, home, sources)) is not None:
+                    if (code := cost_gate(cfg, mira.store(), sources, mira.endpoint)) is not None:
                         return code
                 step += 1
                 print(f"[{step}] {item.label}", flush=True)
@@ -231,10 +222,9 @@ def summary_rows(home: Path, sources: list[str]) -> list[list[object]]:
     import polars as pl
 
     from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
-    from mira_dagster.core.store import Store
     from mira_dagster.core.tables import SCORE_SCHEMA
 
-    store = Store(home)
+    store = open_store(home)
     # a stage that never ran has no table yet: it counts as empty
     empty = {
         "raw_records": RECORD_SCHEMA,
@@ -263,9 +253,7 @@ def summary_rows(home: Path, sources: list[str]) -> list[list[object]]:
 def print_summary(home: Path, sources: list[str] | None = None, stale_selection: bool = False) -> None:
     from tabulate import tabulate
 
-    from mira_dagster.core.store import Store
-
-    store = Store(home)
+    store = open_store(home)
     rows = summary_rows(home, sources or [])
     n = {c: i for i, c in enumerate(SUMMARY_COLUMNS)}
     totals: list[object] = ["TOTAL"] + [""] * (len(SUMMARY_COLUMNS) - 1)
@@ -288,7 +276,7 @@ def print_summary(home: Path, sources: list[str] | None = None, stale_selection:
 def cmd_summary(args: argparse.Namespace) -> int:
     home = _prepare_env(args.config, args.home)
     try:
-        sources = load_config().source_names()
+        sources = load_registry().source_names()
     except ConfigError:
         sources = []
     print_summary(home, sources)
@@ -303,7 +291,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.group or args.source:
         _prepare_env(args.config, args.home)
         try:
-            cfg = load_config()
+            cfg = load_registry()
         except ConfigError as exc:
             print(f"mira: {exc}", file=sys.stderr)
             return 2
@@ -328,11 +316,9 @@ def cmd_regroup(args: argparse.Namespace) -> int:
     """Write a copy of the registry with the groups `source_groups` discovered (the switch from configured groups)."""
     import yaml
 
-    from mira_dagster.core.store import Store
-
     home = _prepare_env(args.config, args.home)
-    cfg = load_config()
-    found = Store(home).read("source_groups")
+    cfg = load_registry()
+    found = open_store(home).read("source_groups")
     raw = yaml.safe_load(cfg.path.read_text(encoding="utf-8"))
     moved, refused = [], []
     for row in found.filter(~found["agrees"]).iter_rows(named=True):
@@ -368,7 +354,7 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
     path = Path(args.file)
     cfg = None
     with contextlib.suppress(ConfigError, OSError):
-        cfg = load_config(Path(args.config).resolve()) if args.config else load_config()
+        cfg = load_registry(args.config)
     groups = cfg.groups if cfg is not None else {}
     group_id = args.group
     if group_id is None and (m := re.fullmatch(r"group_(\w+?)_dim_anchors\.jsonl", path.name)) and m[1] in groups:

@@ -2,11 +2,12 @@
 
 import dagster as dg
 
-from mira_dagster.defs.automation import new_sources, refresh_sources_job, refresh_stale_sources
+from mira_dagster.defs.automation import follow_inputs, new_sources, refresh_sources_job, refresh_stale_sources
 from mira_dagster.defs.discovery import anchor_rubric, distillation_dataset, source_groups, teacher_judgments
 from mira_dagster.defs.ingest import raw_records
+from mira_dagster.defs.partitions import register_partitions_on_load
 from mira_dagster.defs.reliability import dim_reliability, disagreements, reliability_mask
-from mira_dagster.defs.resources import MiraResource
+from mira_dagster.defs.resources import mira_resource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 from mira_dagster.defs.selection import aggregated_scores, selected_random, selected_subset, selection_report
 
@@ -37,10 +38,17 @@ ALL_ASSETS = [
     *CORPUS_ASSETS,
 ]
 
-defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    jobs=[refresh_sources_job],
-    schedules=[refresh_stale_sources],
-    sensors=[new_sources],
-    resources={"mira": MiraResource()},
-)
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location, built when Dagster loads it. Loading also gives the current instance the registry's
+    source and scorer-unit partitions (before any tick of `new_sources`, so that `dagster asset materialize
+    --partition <source>` works on a fresh instance); that never fails the load."""
+    register_partitions_on_load()
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=[refresh_sources_job],
+        schedules=[refresh_stale_sources],
+        sensors=[new_sources, follow_inputs],
+        resources={"mira": mira_resource()},  # the set MIRA_* variables as dg.EnvVar
+    )

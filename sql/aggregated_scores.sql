@@ -7,16 +7,22 @@
 -- How: the statistics come from per-(source, slot) sums pooled per scope. Per source and scope, slot i gets a
 -- weight w_i = 1/sd_i and an offset c_i = mu_i/sd_i (both 0 for a masked slot or one with sd = 0), so that
 --   aggregate = (sum_i s_i * w_i - sum_i present_i * c_i) / (number of present unmasked slots)
--- is three dot products per record over 15-element lists: no per-element lambda, no 15x unpivot.
+-- is three dot products per record over one-element-per-slot lists: no per-element lambda, no unpivot.
 -- Cross-source duplicates: record_id hashes the normalised content, so the same content in two sources has one
 -- id. Such a record is ONE record here (and so in every budget, selection and the export), owned by the source
 -- whose name sorts first (byte order, as Python's sorted()) among the sources with a student_scores row for it;
 -- the other sources' copies are left out of the statistics and of this table. sql/source_overlap.sql reports
 -- the overlap per source pair, run_summary.duplicates_elsewhere the copies a source does not own.
-WITH shared AS MATERIALIZED (
+WITH maybe AS MATERIALIZED (
+    -- hashes seen more than once: grouping 64-bit hashes is cheaper than grouping the id strings, and every
+    -- duplicated id is among them (with the rare hash collision, which the next step drops)
+    SELECT hash(record_id) AS h FROM student_scores GROUP BY h HAVING count(*) > 1
+), shared AS MATERIALIZED (
     -- the records in more than one source, with their owner (a small table: duplicates are rare)
-    SELECT record_id, min(source) AS owner FROM student_scores GROUP BY record_id HAVING count(*) > 1
-), owned AS (
+    SELECT record_id, min(source) AS owner FROM student_scores WHERE hash(record_id) IN (SELECT h FROM maybe)
+    GROUP BY record_id HAVING count(*) > 1
+), owned AS NOT MATERIALIZED (
+    -- read twice (sums, then terms) rather than copied: a second Parquet scan costs less than a copy of the corpus
     SELECT s.* FROM student_scores s LEFT JOIN shared d USING (record_id)
     WHERE d.owner IS NULL OR s.source = d.owner
 ), sums AS (
@@ -26,14 +32,15 @@ WITH shared AS MATERIALIZED (
         sum(COLUMNS('^(a[0-9]+)$') ** 2) AS 's2_\1'
     FROM owned GROUP BY source, group_id
 ), per_source AS (
-    -- masked cells keep their row (the per-slot lists below need all 15) but contribute nothing; a slot
+    -- masked cells keep their row (the per-slot lists below need every slot) but contribute nothing; a slot
     -- the mask has no row for (a group with fewer dimensions) counts as masked
     SELECT u.source, u.group_id, u.slot, coalesce(m.masked, true) AS masked,
         CASE WHEN coalesce(m.masked, true) THEN 0 ELSE u.n END AS n,
         CASE WHEN coalesce(m.masked, true) THEN NULL ELSE u.s1 END AS s1,
         CASE WHEN coalesce(m.masked, true) THEN NULL ELSE u.s2 END AS s2
     FROM (
-        SELECT source, group_id, unnest(range(1, 16)) AS slot, unnest(list_value(*COLUMNS('^n_a'))) AS n,
+        SELECT source, group_id, unnest(range(1, 1 + len(list_value(*COLUMNS('^n_a'))))) AS slot,
+            unnest(list_value(*COLUMNS('^n_a'))) AS n,
             unnest(list_value(*COLUMNS('^s1_a'))) AS s1, unnest(list_value(*COLUMNS('^s2_a'))) AS s2
         FROM sums
     ) u LEFT JOIN reliability_mask m ON m.source = u.source AND m.slot = u.slot

@@ -1,10 +1,8 @@
 -- selection_jaccard: the Jaccard overlap of every pair of selections' kept record sets over the whole corpus.
--- The kept sets at the budget $share, as in sql/selection_report.sql.
+-- The kept sets at the budget $share: sql/macro_compared_selections.sql.
 WITH kept AS (
-    -- the selections compared, at the budget $share: every scope's last selection made at it, and random
-    SELECT variant, source, record_id, n_tokens FROM scope_selections WHERE abs(budget_share - $share) < 1e-9
-    UNION ALL
-    SELECT variant, source, record_id, n_tokens FROM selected_random
+    -- the selections compared at the budget $share (sql/macro_compared_selections.sql)
+    SELECT * FROM compared_selections('scope_selections', 'selected_random', $share)
 ), sizes AS (
     SELECT variant, count(*) AS n FROM kept GROUP BY variant
 ), pairs AS (

@@ -7,10 +7,8 @@
 -- (aggregated_scores), as in the budget.
 -- The kept sets are read from the tables (scope_selections, selected_random), never loaded into Python.
 WITH kept AS (
-    -- the selections compared, at the budget $share: every scope's last selection made at it, and random
-    SELECT variant, source, record_id, n_tokens FROM scope_selections WHERE abs(budget_share - $share) < 1e-9
-    UNION ALL
-    SELECT variant, source, record_id, n_tokens FROM selected_random
+    -- the selections compared at the budget $share (sql/macro_compared_selections.sql)
+    SELECT * FROM compared_selections('scope_selections', 'selected_random', $share)
 ), totals AS (
     SELECT source, CAST(sum(n_tokens) AS BIGINT) AS source_tokens FROM aggregated_scores GROUP BY source
 ), variants AS (

@@ -3,10 +3,8 @@
 -- scope's ($current), and the anchored teacher's mean overall (0-100) on the held-out records kept and left out.
 -- The kept sets are read from the tables (scope_selections, selected_random), never loaded into Python.
 WITH kept AS (
-    -- the selections compared, at the budget $share: every scope's last selection made at it, and random
-    SELECT variant, source, record_id, n_tokens FROM scope_selections WHERE abs(budget_share - $share) < 1e-9
-    UNION ALL
-    SELECT variant, source, record_id, n_tokens FROM selected_random
+    -- the selections compared at the budget $share (sql/macro_compared_selections.sql)
+    SELECT * FROM compared_selections('scope_selections', 'selected_random', $share)
 ), current_sel AS (
     SELECT source, record_id FROM kept WHERE variant = $current
 ), sizes AS (

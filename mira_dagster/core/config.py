@@ -1,4 +1,7 @@
-"""The source registry (`anchors/groups.yaml`) and the pipeline settings, validated at the boundary."""
+"""The source registry (`anchors/groups.yaml`) and the pipeline settings, validated at the boundary.
+
+Reads the file it is given and nothing else: which file (MIRA_CONFIG, `mira run --config`) and every other setting's
+source are decided in mira_dagster/settings.py."""
 
 from __future__ import annotations
 
@@ -297,13 +300,10 @@ class MiraConfig(BaseModel):
         return self.scorer_units()[key]
 
 
-def config_path() -> Path:
-    return Path(os.environ.get("MIRA_CONFIG") or DEFAULT_CONFIG).resolve()
-
-
 def load_config(path: Path | str | None = None) -> MiraConfig:
-    """Load and validate a registry; relative paths inside it are relative to the file."""
-    path = Path(path).resolve() if path else config_path()
+    """Load and validate a registry (default: the shipped anchors/groups.yaml; the configured one, MIRA_CONFIG, is
+    mira_dagster.settings.load_registry()); relative paths inside it are relative to the file."""
+    path = Path(path or DEFAULT_CONFIG).resolve()
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -401,8 +401,3 @@ def _watched_entry_problem(entry: os.DirEntry[str], folder: Path) -> str | None:
     except (OSError, RuntimeError) as exc:  # a symlink loop, a dangling link, no permission
         return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
     return None
-
-
-def mira_home() -> Path:
-    """Where tables, caches and exports live: $MIRA_HOME, default `.mira/` in the working directory."""
-    return Path(os.environ.get("MIRA_HOME") or ".mira").resolve()

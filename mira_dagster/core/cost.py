@@ -15,7 +15,8 @@ reply (TYPICAL_REPLY_TOKENS, capped at max_tokens), with max_tokens per request 
 are marked free. A unit whose rubric is not discovered yet has no scorer_version for labels and scores: all its
 records count as requests and the prompt leaves the rubric out.
 
-Pure: no Dagster. `cost_gate` is what `mira run` calls between ingest and the first paid step.
+Pure: no Dagster, no environment: the endpoints come in as a lookup (MiraResource.endpoint; None: all offline).
+`cost_gate` is what `mira run` calls between ingest and the first paid step.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from pathlib import Path
 import polars as pl
 
 from mira_dagster.core.config import Family, MiraConfig, ScorerUnit
-from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, endpoint_from_env
+from mira_dagster.core.llm_client import Endpoint
 from mira_dagster.core.prompts import fill_record, judge_template, render_user
 from mira_dagster.core.records import Record, estimate_tokens
 from mira_dagster.core.rubric import Rubric, discovered_anchor_path, load_rubric
 from mira_dagster.core.sampling import hash_sample, teacher_sample
-from mira_dagster.core.scorers import make_judge, make_scorer
+from mira_dagster.core.scorers import EndpointLookup, make_judge, make_scorer
 from mira_dagster.core.scoring import ChatBackend, ReplyCache, ScorerSpec
 from mira_dagster.core.store import Store
 
@@ -108,29 +109,34 @@ class CostPlan:
         return [(role, where, *acc) for (role, where), acc in out.items()]  # type: ignore[misc]
 
 
-def plan_run(cfg: MiraConfig, store: Store, sources: Sequence[str]) -> CostPlan:
+def plan_run(
+    cfg: MiraConfig, store: Store, sources: Sequence[str], endpoints: EndpointLookup | None = None
+) -> CostPlan:
     """The plan for a run over `sources` (their units' judgments span all the units' sources, as the assets do)."""
+    endpoints = endpoints or _offline
     plan = CostPlan()
     units = {cfg.unit_of(s).key: cfg.unit_of(s) for s in sources}
     ids = {s: _source_ids(store, s) for s in sorted({s for u in units.values() for s in u.sources} | set(sources))}
     for key, unit in sorted(units.items()):
-        plan.steps.append(_judge_step(cfg, unit, ids, store.replies))
+        plan.steps.append(_judge_step(cfg, unit, ids, store.replies, endpoints))
         rubric = _rubric(cfg, unit, store.home)
         if rubric is None:
             plan.notes.append(f"{unit.scope} {key}: no rubric yet (discovered in this run): every record counted")
         mine = [s for s in sources if cfg.unit_of(s).key == key]
-        plan.steps.append(_scoring_step(cfg, unit, rubric, "teacher", mine, ids, store.replies))
-        plan.steps.append(_scoring_step(cfg, unit, rubric, "student", mine, ids, store.replies))
+        plan.steps.append(_scoring_step(cfg, unit, rubric, "teacher", mine, ids, store.replies, endpoints))
+        plan.steps.append(_scoring_step(cfg, unit, rubric, "student", mine, ids, store.replies, endpoints))
     return plan
 
 
-def cost_gate(cfg: MiraConfig, home: Path, sources: Sequence[str]) -> int | None:
+def cost_gate(
+    cfg: MiraConfig, store: Store, sources: Sequence[str], endpoints: EndpointLookup | None = None
+) -> int | None:
     """Print the plan; return 1 (after one `mira: FAILED cost: ...` line) when the teacher requests not yet cached
     exceed pipeline.max_teacher_requests, else None. A plan that cannot be made is only a warning, unless a cap is
     set (then the run cannot be shown to keep to it)."""
     limit = cfg.pipeline.max_teacher_requests
     try:
-        plan = plan_run(cfg, Store(home), sources)
+        plan = plan_run(cfg, store, sources, endpoints)
     except Exception as exc:  # the plan is advice; without a cap a run need not wait for it
         print(f"mira: cost plan not available: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         if limit is None:
@@ -159,8 +165,14 @@ def _source_ids(store: Store, source: str) -> pl.DataFrame:
     return store.query_sql(f"SELECT record_id, n_tokens FROM raw_records WHERE source = '{source}'")
 
 
-def _judge_step(cfg: MiraConfig, unit: ScorerUnit, ids: dict[str, pl.DataFrame], cache: ReplyCache) -> StepPlan:
-    spec, backend, where = make_judge(unit, cfg)
+def _offline(role: str, unit: str) -> None:
+    return None
+
+
+def _judge_step(
+    cfg: MiraConfig, unit: ScorerUnit, ids: dict[str, pl.DataFrame], cache: ReplyCache, endpoints: EndpointLookup
+) -> StepPlan:
+    spec, backend, where = make_judge(unit, cfg, endpoints("teacher", unit.key))
     n = cfg.pipeline.judge_sample_per_source
     sample = pl.concat([hash_sample(ids[s], n, cfg.pipeline.seed, "judge") for s in unit.sources if ids[s].height])
     families = sorted({cfg.sources[s].format for s in unit.sources})
@@ -176,6 +188,7 @@ def _scoring_step(
     sources: Sequence[str],
     ids: dict[str, pl.DataFrame],
     cache: ReplyCache,
+    endpoints: EndpointLookup,
 ) -> StepPlan:
     p = cfg.pipeline
     if role == "teacher":
@@ -194,9 +207,10 @@ def _scoring_step(
         frames = [ids[s] for s in sources]
     records = pl.concat(frames) if frames else pl.DataFrame(schema={"record_id": pl.String, "n_tokens": pl.Int64})
     step = "teacher_labels" if role == "teacher" else "student_scores"
+    endpoint = endpoints(role, unit.key)  # type: ignore[arg-type]
     if rubric is None:  # no scorer_version yet: nothing can be cached, and the rubric's tokens are unknown
-        return _unversioned(step, unit, cfg, records)
-    spec, backend, where = make_scorer(role, unit, cfg, rubric)  # type: ignore[arg-type]
+        return _unversioned(step, unit, cfg, records, endpoint)
+    spec, backend, where = make_scorer(role, unit, cfg, rubric, endpoint)  # type: ignore[arg-type]
     families = sorted({cfg.sources[s].format for s in sources}) or ["qa"]
     overhead = max(estimate_tokens(render_user(spec.user_template, rubric, _empty(f))) for f in families)
     return _step(step, unit, spec, backend, where, records, overhead, "contract", cache)
@@ -225,10 +239,9 @@ def _step(
     return plan
 
 
-def _unversioned(step: str, unit: ScorerUnit, cfg: MiraConfig, records: pl.DataFrame) -> StepPlan:
-    role = "teacher" if step == "teacher_labels" else "student"
-    model = unit.student_model if role == "student" else DEFAULT_TEACHER_MODEL
-    endpoint = endpoint_from_env(role, unit.key, model)
+def _unversioned(
+    step: str, unit: ScorerUnit, cfg: MiraConfig, records: pl.DataFrame, endpoint: Endpoint | None
+) -> StepPlan:
     where = "offline stand-in" if endpoint is None else endpoint.redacted()
     plan = StepPlan(step, unit.key, where, endpoint is None, records=records.height)
     plan.prompt_tokens = int(records["n_tokens"].sum() or 0)

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import polars as pl
 from pydantic import BaseModel
 
 from mira_dagster.core.clustering import kmeans
 from mira_dagster.core.config import Family
 from mira_dagster.core.embeddings import Matrix
+from mira_dagster.core.prompts import fill_record, judge_template
+from mira_dagster.core.records import Record
 from mira_dagster.core.rubric import N_SLOTS, AnchorDim, CalibrationReference, Facet
+from mira_dagster.core.scoring import Job
 
 N_REFERENCES = 12
 
@@ -73,6 +77,39 @@ def parse_free_judgment(text: str, family: Family) -> list[tuple[str, Facet, flo
         name = " ".join(m.group("name").split()).strip(" *")
         out.append((name, facet, score, m.group("rationale").strip()))
     return out
+
+
+JUDGMENT_SCHEMA = {
+    "record_id": pl.String,
+    "source": pl.String,
+    "dimension": pl.String,
+    "facet": pl.String,
+    "score": pl.Float64,
+    "rationale": pl.String,
+}
+
+
+def judgment_jobs(records: Sequence[Record]) -> list[Job]:
+    """Each record in its own family's free-form judging prompt (a global unit spans several families)."""
+    return [Job(r, fill_record(judge_template(r.format), r)) for r in records]
+
+
+def judgment_items(replies: Iterable[tuple[Record, str]]) -> list[JudgmentItem]:
+    """The items of every (record, free-form reply)."""
+    return [
+        JudgmentItem(record_id=r.record_id, source=r.source, dimension=name, facet=facet, score=score, rationale=why)
+        for r, text in replies
+        for name, facet, score, why in parse_free_judgment(text, r.format)
+    ]
+
+
+def judgments_frame(items: Sequence[JudgmentItem]) -> pl.DataFrame:
+    return pl.DataFrame([i.model_dump() for i in items], schema=JUDGMENT_SCHEMA)
+
+
+def items_of(df: pl.DataFrame) -> list[JudgmentItem]:
+    """The items of a teacher_judgments partition (its other columns ignored)."""
+    return [JudgmentItem(**{k: row[k] for k in JudgmentItem.model_fields}) for row in df.iter_rows(named=True)]
 
 
 def item_text(item: JudgmentItem) -> str:

@@ -5,7 +5,6 @@ Both return L2-normalised rows, so a dot product is a cosine similarity.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -122,15 +121,12 @@ class OpenAIEmbedder:
         return EmbeddingError(f"{self._where()}: {exc}")
 
 
-def embedder_from_env() -> Embedder:
-    """MIRA_EMBED_BASE_URL, MIRA_EMBED_MODEL (unset: the endpoint's only model), MIRA_EMBED_API_KEY; the offline
-    TF-IDF when no URL is set."""
-    url = os.environ.get("MIRA_EMBED_BASE_URL")
-    if not url:
+def make_embedder(base_url: str | None, model: str | None = None, api_key: str | None = None) -> Embedder:
+    """An OpenAI-compatible `/v1/embeddings` endpoint (model None: the endpoint's only model; key None: "EMPTY"), or
+    the offline hashed TF-IDF when there is no URL. The values come from mira_dagster/settings.py (MIRA_EMBED_*)."""
+    if not base_url:
         return HashedTfidfEmbedder()
-    return OpenAIEmbedder(
-        url, os.environ.get("MIRA_EMBED_MODEL") or None, os.environ.get("MIRA_EMBED_API_KEY") or "EMPTY"
-    )
+    return OpenAIEmbedder(base_url, model or None, api_key or "EMPTY")
 
 
 def dense(matrix: Matrix) -> np.ndarray:

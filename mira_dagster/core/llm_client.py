@@ -18,13 +18,13 @@
 - Length: vLLM's `/v1/models` tells the context length, `/tokenize` counts a prompt exactly.
 - Constrained decoding: vLLM's `structured_outputs` regex, when the spec carries one.
 
-Endpoints and keys come from the environment and are never written anywhere.
+Endpoints arrive as `Endpoint` values: this module reads no environment (mira_dagster/settings.py resolves the
+MIRA_<ROLE>_* variables). Keys are never written anywhere: they are kept out of reprs, URLs are redacted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
-from mira_dagster.core.scoring import Completion, RequestFailed, Role, ScorerSpec
+from mira_dagster.core.scoring import Completion, RequestFailed, ScorerSpec
 
 DEFAULT_TEACHER_MODEL = "moonshotai/Kimi-K2.6"
 REST_AFTER_FAILURE_S = 15.0
@@ -51,8 +51,11 @@ _ENDPOINT_FAILURES = (openai.APIConnectionError, openai.InternalServerError, ope
 
 @dataclass(frozen=True)
 class Endpoint:
+    """Where a scorer is served: one or several base URLs of the same model, its key ("EMPTY" for vLLM without one;
+    left out of the repr) and the model name sent with every request."""
+
     base_urls: tuple[str, ...]
-    api_key: str
+    api_key: str = field(repr=False)
     model: str
 
     def redacted(self) -> str:
@@ -84,25 +87,6 @@ def safe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
         if len(secret) >= 4 and secret != "EMPTY":  # vLLM's placeholder key is no secret
             text = text.replace(secret, "***")
     return " ".join(text.split())[:300]
-
-
-def endpoint_from_env(role: Role, unit: str, default_model: str) -> Endpoint | None:
-    """The endpoint(s) for a role and scorer unit (a group, "global", or a source), or None to use the offline
-    stand-in.
-
-    Student: MIRA_STUDENT_BASE_URL_<UNIT> or MIRA_STUDENT_BASE_URL (comma-separated for several servers
-    of the same model), key MIRA_STUDENT_API_KEY, model = the unit's student_model unless
-    MIRA_STUDENT_MODEL_<UNIT> / MIRA_STUDENT_MODEL says otherwise. <UNIT> is the key upper-cased
-    (MIRA_STUDENT_BASE_URL_D, MIRA_STUDENT_BASE_URL_GLOBAL, MIRA_STUDENT_BASE_URL_LEAN_QA).
-    Teacher: MIRA_TEACHER_BASE_URL, MIRA_TEACHER_MODEL, MIRA_TEACHER_API_KEY (the _<UNIT> forms work too).
-    """
-    prefix, suffix = f"MIRA_{role.upper()}", unit.upper()
-    raw = os.environ.get(f"{prefix}_BASE_URL_{suffix}") or os.environ.get(f"{prefix}_BASE_URL")
-    if not raw:
-        return None
-    urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
-    model = os.environ.get(f"{prefix}_MODEL_{suffix}") or os.environ.get(f"{prefix}_MODEL") or default_model
-    return Endpoint(base_urls=urls, api_key=os.environ.get(f"{prefix}_API_KEY") or "EMPTY", model=model)
 
 
 class ServerInfo(BaseModel):

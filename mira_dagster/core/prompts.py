@@ -104,11 +104,6 @@ def render_system(templates: PromptTemplates, rubric: Rubric, description: str) 
     return _render(templates.system, str(templates.system_path), context)
 
 
-def system_prompt(rubric: Rubric, description: str) -> str:
-    """The system prompt with the shipped template."""
-    return render_system(load_templates(), rubric, description)
-
-
 def render_user(template: PromptTemplates | str, rubric: Rubric, record: Record) -> str:
     """The user message for one record. `template` is the templates or the user template's source as a ScorerSpec
     holds it (`spec.user_template`). The family is the record's own (one rubric may score several families), and

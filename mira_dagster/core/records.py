@@ -17,7 +17,7 @@ import hashlib
 import json
 import unicodedata
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from mira_dagster.core.layouts import REQUIRED, Fields, match
 from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping
 from mira_dagster.core.readers import SourceFileError, Unit, expand_files, file_versions, iter_units
 
-__all__ = ["SourceFileError", "read_source", "record_id_of", "estimate_tokens", "SourceIngest"]
+__all__ = ["SourceFileError", "record_id_of", "estimate_tokens", "SourceIngest"]
 
 TEXT_FIELDS = ("question", "thinking", "answer", "task", "trajectory", "outcome")
 
@@ -105,13 +105,21 @@ class Record(BaseModel):
     origin_line: int
 
 
-class Quarantined(BaseModel):
-    source: str
-    origin_file: str
-    origin_line: int
-    kind: str = ""
-    reason: str
-    excerpt: str
+def records_from(df: pl.DataFrame) -> list[Record]:
+    """The frame's rows (raw_records' columns, any others ignored) as validated Records."""
+    return [Record(**row) for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True)]
+
+
+def iter_records(df: pl.DataFrame) -> Iterator[Record]:
+    """The frame's rows as Records, one at a time and not validated again: raw_records' rows were validated at
+    ingest (its schema), and a scored source streams millions of them."""
+    for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True):
+        yield Record.model_construct(**row)
+
+
+def record_text(row: Mapping[str, Any], limit: int = 4000) -> str:
+    """A record's text fields joined, cut to `limit` characters: what is embedded to compare sources."""
+    return "\n".join(row[f] for f in TEXT_FIELDS if row.get(f))[:limit]
 
 
 # The canonical form the record_id hashes (a fixed contract): json.dumps(..., ensure_ascii=False, sort_keys=True).
@@ -403,36 +411,6 @@ def _common_depth(files: Sequence[Path]) -> int:
     while all(len(p) > depth and p[depth] == parts[0][depth] for p in parts):
         depth += 1
     return depth
-
-
-# ---------------------------------------------------------------------------------------------
-# Whole-source conveniences (tests, notebooks, `mira inspect`): everything in memory.
-
-
-@dataclass
-class SourceRead:
-    records: list[Record]
-    quarantined: list[Quarantined]
-    lines_read: int
-    empty_files: list[str] = field(default_factory=list)
-
-
-def read_source(
-    source: str,
-    group_id: str,
-    family: Family,
-    files: Sequence[Path],
-    max_bytes: int = MAX_RECORD_BYTES,
-    mapping: FieldMapping | None = None,
-) -> SourceRead:
-    """Every unit of a source's files, as Record / Quarantined objects (for small inputs)."""
-    ingest = SourceIngest(source, group_id, family, files, max_bytes=max_bytes, mapping=mapping)
-    records: list[Record] = []
-    quarantined: list[Quarantined] = []
-    for recs, bad in ingest.batches():
-        records += [Record(**row) for row in recs.iter_rows(named=True)]
-        quarantined += [Quarantined(**row) for row in bad.iter_rows(named=True)]
-    return SourceRead(records, quarantined, ingest.stats.units_read, ingest.stats.empty_files)
 
 
 def input_fingerprint(files: Sequence[Path]) -> str:

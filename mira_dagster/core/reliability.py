@@ -1,14 +1,22 @@
-"""Bootstrap confidence intervals for the teacher–student agreement of each cell (source or group × slot).
+"""Teacher–student agreement per cell (source or pool × slot): n, MAE and Spearman's ρ, with bootstrap intervals.
 
-Vectorised: per source, one matrix of resampling weights (B × n records: how often each record is drawn in
-each resample) multiplies one matrix of per-record terms (n × 7 terms × 15 slots), so every slot of the source
-is resampled together. For Spearman's ρ the records are ranked once on the full held-out sample and the
-resamples draw (teacher rank, student rank) pairs: ranks are not recomputed inside each resample, which keeps
-this a few matrix products instead of B sorts per cell, at the cost of a slightly narrower interval for small n.
+The one home of these statistics. Every estimate, the point estimate and each bootstrap resample alike, is
+`_statistics` of column sums of the same per-record terms (`_Unit.terms`): the point estimate sums every record
+once, a resample sums the records it drew. So the interval is always around exactly the statistic reported.
 
-Group intervals are a stratified bootstrap over the same draws: a group's resample is the union of its
-sources' resamples (each source keeps its size), with the records ranked within the group. So the pooled
-estimate costs one more set of columns in the same matrix product, not a second round of draws.
+Spearman's ρ is the Pearson correlation of average ranks (ties averaged), which is exactly scipy.stats.spearmanr.
+The records are ranked once on the full held-out sample and the resamples draw (teacher rank, student rank) pairs:
+ranks are not recomputed inside each resample, which keeps this a few matrix products instead of B sorts per cell,
+at the cost of a slightly narrower interval for small n.
+
+Vectorised: per source, one matrix of resampling weights (B × n records: how often each record is drawn in each
+resample) multiplies one matrix of per-record terms (n × 7 terms × 15 slots), so every slot of the source is
+resampled together. Pool intervals are a stratified bootstrap over the same draws: a pool's resample is the union of
+its sources' resamples (each source keeps its size), with the records ranked within the pool. So the pooled estimate
+costs one more set of columns in the same matrix product, not a second round of draws.
+
+The held-out pairs are the teacher's sample (a few thousand per source at most), so this runs in memory; the corpus
+only enters through sql/dim_reliability.sql, which lays the estimates out over every (source, slot) cell.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from mira_dagster.core.store import Store
 
 _CHUNK = 125  # resamples per weight matrix (125 × 10,000 records = 10 MB)
 _N_TERMS = 7
-_INTERVAL_COLUMNS = ("mae_lo", "mae_hi", "rho_lo", "rho_hi")
+_STAT_COLUMNS = ("n", "mae", "rho", "mae_lo", "mae_hi", "rho_lo", "rho_hi")
 
 
 @dataclass
@@ -98,8 +106,11 @@ def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[new_row], code
 
 
-def intervals_from_sums(sums: np.ndarray, level: float) -> dict[str, np.ndarray]:
-    """Percentile intervals of MAE and ρ per slot from (B × 7·15) resampled sums of `_Unit.terms`."""
+def _statistics(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, MAE, ρ) per row and slot from rows of column sums of `_Unit.terms` (R × 7·15 -> three R × 15): the one
+    formula of every estimate, the point estimate (one row: every record once) and each resample alike. ρ is NaN
+    where either side is constant (it ranks nothing), MAE where there is no pair. The sums are of integers and
+    half-integers, exact in float64, so a constant side has a variance of exactly 0."""
     sv, se, st, ss, stt, sss, sts = np.split(sums, _N_TERMS, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mae = se / sv
@@ -107,6 +118,18 @@ def intervals_from_sums(sums: np.ndarray, level: float) -> dict[str, np.ndarray]
         cov = sts / sv - mt * ms
         var_t, var_s = stt / sv - mt * mt, sss / sv - ms * ms
         rho = np.where((var_t > 1e-12) & (var_s > 1e-12), cov / np.sqrt(var_t * var_s), np.nan)
+    return sv, mae, rho
+
+
+def point_estimates(terms: np.ndarray) -> dict[str, np.ndarray]:
+    """n, MAE and ρ per slot over every record of `terms` (n × 7·15)."""
+    n, mae, rho = _statistics(terms.sum(axis=0, keepdims=True))
+    return {"n": n[0], "mae": mae[0], "rho": rho[0]}
+
+
+def intervals_from_sums(sums: np.ndarray, level: float) -> dict[str, np.ndarray]:
+    """Percentile intervals of MAE and ρ per slot from (B × 7·15) resampled sums of `_Unit.terms`."""
+    _, mae, rho = _statistics(sums)
     alpha = 1 - level
     lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
     return {
@@ -139,45 +162,54 @@ def _unit(part: pl.DataFrame) -> tuple[_Unit, np.ndarray]:
     return _Unit(t, s), keys["source"].to_numpy()
 
 
-def bootstrap_intervals(
+def agreement(
     pairs: pl.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """CIs per (source, slot) and per (pool, slot) from held-out pairs [source, pool, record_id, slot, teacher,
-    student], `pool` being the sources that share a scorer (the group by default). Pools and their sources are
-    visited in sorted order and each source's draws come from one seeded generator, so the result depends only on
-    the seed."""
+    """n, MAE, ρ and their bootstrap intervals per (source, slot) and per (pool, slot) from held-out pairs [source,
+    pool, record_id, slot, teacher, student], `pool` being the sources that share a scorer (the group by default).
+    Pools and their sources are visited in sorted order and each source's draws come from one seeded generator, so
+    the result depends only on the seed. A source with a single record has no interval of its own (it resamples to
+    itself) and a pool none unless one of its sources has."""
     rng = np.random.default_rng(seed)
-    src_rows, grp_rows = [], []
+    src_rows, pool_rows = [], []
     ordered = pairs.sort("pool", "source", "record_id", "slot")
-    for (group,), gpart in ordered.group_by("pool", maintain_order=True):
-        unit, record_source = _unit(gpart)
-        group_terms = unit.terms()
-        group_sums = np.zeros((n_boot, group_terms.shape[1]))
+    for (pool,), part in ordered.group_by("pool", maintain_order=True):
+        unit, record_source = _unit(part)
+        pool_terms = unit.terms()
+        pool_sums = np.zeros((n_boot, pool_terms.shape[1]))
         drawn = False
         for source in dict.fromkeys(record_source):
             at = record_source == source
-            if at.sum() < 2:  # one record resamples to itself: no interval of its own, a constant in the group's
-                group_sums += group_terms[at].sum(axis=0)
-                continue
             source_terms = _Unit(unit.teacher[at], unit.student[at]).terms()
-            both = np.concatenate([source_terms, group_terms[at]], axis=1)
-            # column t·15 + j of either half is term t of slot j: one block per slot
-            sums = resample_sums(both, n_boot, rng, np.arange(both.shape[1]) % N_SLOTS)
-            src_rows += _rows("source", source, intervals_from_sums(sums[:, : source_terms.shape[1]], level))
-            group_sums += sums[:, source_terms.shape[1] :]
-            drawn = True
-        if drawn:
-            grp_rows += _rows("pool", group, intervals_from_sums(group_sums, level))
-    return _frame("source", src_rows), _frame("pool", grp_rows)
+            ci: dict[str, np.ndarray] = {}
+            if at.sum() < 2:  # a constant in the pool's resamples
+                pool_sums += pool_terms[at].sum(axis=0)
+            else:
+                both = np.concatenate([source_terms, pool_terms[at]], axis=1)
+                # column t·15 + j of either half is term t of slot j: one block per slot
+                sums = resample_sums(both, n_boot, rng, np.arange(both.shape[1]) % N_SLOTS)
+                ci = intervals_from_sums(sums[:, : source_terms.shape[1]], level)
+                pool_sums += sums[:, source_terms.shape[1] :]
+                drawn = True
+            src_rows += _rows("source", source, {**point_estimates(source_terms), **ci})
+        pool_ci = intervals_from_sums(pool_sums, level) if drawn else {}
+        pool_rows += _rows("pool", pool, {**point_estimates(pool_terms), **pool_ci})
+    return _frame("source", src_rows), _frame("pool", pool_rows)
 
 
-def _rows(unit: str, name: str, ci: dict[str, np.ndarray]) -> list[dict]:
-    return [{unit: name, "slot": j + 1, **{k: _f(v[j]) for k, v in ci.items()}} for j in range(N_SLOTS)]
+def _rows(unit: str, name: str, stats: dict[str, np.ndarray]) -> list[dict]:
+    """One row per slot; a statistic missing from `stats` (no interval) is None."""
+    return [
+        {unit: name, "slot": j + 1, **{k: _f(stats[k][j]) if k in stats else None for k in _STAT_COLUMNS}}
+        for j in range(N_SLOTS)
+    ]
 
 
 def _frame(unit: str, rows: list[dict]) -> pl.DataFrame:
-    schema = {unit: pl.String, "slot": pl.Int32, **{c: pl.Float64 for c in _INTERVAL_COLUMNS}}
-    return pl.DataFrame(rows, schema=schema)
+    schema = {unit: pl.String, "slot": pl.Int32, **{c: pl.Float64 for c in _STAT_COLUMNS}}
+    df = pl.DataFrame(rows, schema=schema)
+    # a slot without any pair is no estimate (n = 0 is what the cell layout gives it)
+    return df.filter(pl.col("n") > 0).with_columns(pl.col("n").cast(pl.Int64))
 
 
 def _f(x: float) -> float | None:
@@ -187,12 +219,11 @@ def _f(x: float) -> float | None:
 def reliability_table(
     store: Store, dims: pl.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> pl.DataFrame:
-    """dim_reliability: the SQL point estimates per cell and per pool (the sources sharing a scorer), with bootstrap
-    intervals for both. `dims` has (source, pool, slot, dim_name) for every source the scorers' rubrics name."""
+    """dim_reliability: the estimates and intervals per cell and per pool (the sources sharing a scorer), laid out
+    over every (source, slot) the scorers' rubrics name by sql/dim_reliability.sql. `dims` has (source, pool, slot,
+    dim_name) for every source the scorers' rubrics name."""
     pairs = store.query("heldout_pairs")
-    rel = store.query("dim_reliability", frames={"dims": dims, "heldout_pairs": pairs})
     pools = dims.select("source", "pool").unique()
-    src, grp = bootstrap_intervals(pairs.join(pools, on="source"), n_boot, seed, level)
-    grp = grp.rename({c: f"group_{c}" for c in _INTERVAL_COLUMNS})
-    rel = rel.with_columns(pl.col("slot").cast(pl.Int32))
-    return rel.join(src, on=["source", "slot"], how="left").join(grp, on=["pool", "slot"], how="left")
+    src, pool = agreement(pairs.join(pools, on="source"), n_boot, seed, level)
+    pool = pool.rename({c: f"group_{c}" for c in _STAT_COLUMNS})
+    return store.query("dim_reliability", frames={"dims": dims, "source_stats": src, "pool_stats": pool})

@@ -1,29 +1,43 @@
 """Choosing a scorer for a (role, scorer unit): the spec that identifies it and the backend that runs it. A unit is a
-group (the released students), the one global unit, or a source (pipeline.scorer_scope)."""
+group (the released students), the one global unit, or a source (pipeline.scorer_scope).
+
+The endpoint is an argument (None: the offline stand-in); mira_dagster/settings.py resolves it from MIRA_<ROLE>_*."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mira_dagster.core.config import MiraConfig, ScorerUnit
-from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, OpenAIBackend, endpoint_from_env, probe
+from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, Endpoint, OpenAIBackend, probe
 from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.offline_judge import OfflineJudge
 from mira_dagster.core.prompts import contract_regex, judge_system_prompt, judge_template, load_templates, render_system
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 
+# The endpoint of a (role, scorer unit key), None for the offline stand-in: MiraResource.endpoint.
+EndpointLookup = Callable[[Role, str], Endpoint | None]
 
-def make_scorer(role: Role, unit: ScorerUnit, cfg: MiraConfig, rubric: Rubric) -> tuple[ScorerSpec, ChatBackend, str]:
-    """Return (spec, backend, where): `where` describes the endpoint without secrets, for logs."""
+
+def default_model(role: Role, unit: ScorerUnit) -> str:
+    """The model a role's requests name when no MIRA_<ROLE>_MODEL[_<UNIT>] says otherwise."""
+    return unit.student_model if role == "student" else DEFAULT_TEACHER_MODEL
+
+
+def make_scorer(
+    role: Role, unit: ScorerUnit, cfg: MiraConfig, rubric: Rubric, endpoint: Endpoint | None = None
+) -> tuple[ScorerSpec, ChatBackend, str]:
+    """Return (spec, backend, where): `where` describes the endpoint without secrets, for logs. No endpoint: the
+    offline stand-in."""
     group = unit  # a unit carries its group's description, templates and switches (or the pipeline's)
     settings = cfg.pipeline
-    default_model = unit.student_model if role == "student" else DEFAULT_TEACHER_MODEL
-    endpoint = endpoint_from_env(role, unit.key, default_model)
+    default = default_model(role, unit)
     backend: ChatBackend
     regex = None
     if endpoint is None:
         # the stand-in's noise settings change its scores, so they are part of its name (and scorer_version)
         noisy = ",".join(map(str, settings.offline_noisy_slots))
-        model = f"offline-{role}[noisy={noisy}]:{default_model}"
+        model = f"offline-{role}[noisy={noisy}]:{default}"
         backend = OfflineBackend(role, settings.offline_noisy_slots)
         where = "offline stand-in (no endpoint configured)"
     else:
@@ -60,11 +74,13 @@ def make_scorer(role: Role, unit: ScorerUnit, cfg: MiraConfig, rubric: Rubric) -
     return spec, backend, where
 
 
-def make_judge(unit: ScorerUnit, cfg: MiraConfig) -> tuple[ScorerSpec, ChatBackend, str]:
+def make_judge(
+    unit: ScorerUnit, cfg: MiraConfig, endpoint: Endpoint | None = None
+) -> tuple[ScorerSpec, ChatBackend, str]:
     """The teacher in free-form judging mode (rubric discovery): no rubric, no constrained decoding. Each record is
-    judged with its own family's template; the spec holds those of every family of the unit (its version)."""
+    judged with its own family's template; the spec holds those of every family of the unit (its version). No
+    endpoint: the offline stand-in judge."""
     settings = cfg.pipeline
-    endpoint = endpoint_from_env("teacher", unit.key, DEFAULT_TEACHER_MODEL)
     families = sorted({cfg.sources[s].format for s in unit.sources}) or [unit.family]
     backend: ChatBackend
     if endpoint is None:

@@ -15,6 +15,9 @@ A source is scored as a stream of chunks (`score_stream`): each chunk's ids are 
 its jobs are made one at a time as a bounded queue takes them, and each outcome goes to a sink as it settles. So
 a step's memory is bounded by the chunk and max_in_flight, not the source size, and the queue stays full across
 chunk boundaries.
+
+`run_scorer` is the one entry point of the assets that score (teacher_judgments, teacher_labels, student_scores):
+the pipeline's limits, the server's context length, progress lines, parse retries, and the backend closed at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
+from mira_dagster.core.config import PipelineSettings
 from mira_dagster.core.parsing import ScoreResult, parse_reply
 from mira_dagster.core.records import Record, estimate_tokens
 
@@ -206,43 +210,49 @@ class Chunk:
 Sink = Callable[[Job, Outcome], None]
 
 
-async def score_jobs(
-    jobs: Sequence[Job],
+def context_length(backend: ChatBackend, configured: int) -> int:
+    """The context length prompts must fit: the server's own when it reports one, else the configured one."""
+    return getattr(backend, "max_model_len", None) or configured
+
+
+def run_scorer(
+    chunks: Iterable[Chunk],
     spec: ScorerSpec,
     backend: ChatBackend,
     cache: ReplyCache,
+    settings: PipelineSettings,
     *,
-    max_model_len: int,
-    max_in_flight: int = 64,
-    batch_size: int = 256,
-    parse_retries: int = 0,
+    sink: Sink,
+    total: int,
+    reask: bool = True,
     progress: Callable[[RunStats], None] | None = None,
-    progress_every_s: float = 5.0,
-) -> tuple[list[Outcome], RunStats]:
-    """Score every job; each ends with exactly one Outcome, in the order given (one chunk of `score_stream`).
+) -> RunStats:
+    """Score the chunks' jobs with the pipeline's limits, the one way every asset scores: prompts that do not fit the
+    server's context (`context_length`) are never sent, at most the backend's capacity (or max_in_flight) requests
+    are in flight, replies go to the reply cache in write_batch_size batches, replies that do not parse are asked
+    again parse_retries times (`reask=False` for free-form replies, which never parse as the contract), `progress`
+    gets the running stats every few seconds and at the end, and the backend is closed however the run ends."""
 
-    Cached answers are reused; the rest go out with at most `max_in_flight` requests at once. Every answer
-    is written to the cache as it arrives (see ParquetReplyCache), so an interrupted run resumes where it
-    stopped. A record whose prompt + max_tokens exceeds `max_model_len` is never sent (`too_long`). A reply
-    that does not parse is asked again up to `parse_retries` times (0, the default, never re-asks: callers
-    whose replies are not in the contract format, like free-form judgments, keep it).
-    """
-    by_id: dict[str, Outcome] = {}
-    stats = await score_stream(
-        [Chunk([j.record.record_id for j in jobs], jobs)],
-        spec,
-        backend,
-        cache,
-        sink=lambda job, out: by_id.__setitem__(job.record.record_id, out),
-        total=len(jobs),
-        max_model_len=max_model_len,
-        max_in_flight=max_in_flight,
-        batch_size=batch_size,
-        parse_retries=parse_retries,
-        progress=progress,
-        progress_every_s=progress_every_s,
-    )
-    return [by_id[j.record.record_id] for j in jobs], stats
+    async def run() -> RunStats:
+        try:
+            return await score_stream(
+                chunks,
+                spec,
+                backend,
+                cache,
+                sink=sink,
+                total=total,
+                max_model_len=context_length(backend, settings.max_model_len),
+                max_in_flight=getattr(backend, "capacity", settings.max_in_flight),
+                batch_size=settings.write_batch_size,
+                parse_retries=settings.parse_retries if reask else 0,
+                progress=progress,
+            )
+        finally:
+            if close := getattr(backend, "aclose", None):
+                await close()
+
+    return asyncio.run(run())
 
 
 async def score_stream(

@@ -65,20 +65,22 @@ def glob_escape(path: str) -> str:
     return re.sub(r"[\[*?]", lambda m: f"[{m.group(0)}]", path)
 
 
-def object_store(url: str) -> Any:
-    """The fsspec filesystem of an s3:// tables URL. Endpoint from MIRA_S3_ENDPOINT_URL (an S3-compatible server;
-    unset for AWS); credentials the usual AWS way (environment, profile, role), never from the registry."""
+def object_store(url: str, endpoint_url: str | None = None) -> Any:
+    """The fsspec filesystem of an s3:// tables URL (setting `tables_url`, MIRA_TABLES_URL). `endpoint_url` is an
+    S3-compatible server's (setting `s3_endpoint_url`, MIRA_S3_ENDPOINT_URL; None for AWS); credentials are s3fs's
+    (botocore's usual chain: AWS_* variables, profile, role), never from the registry."""
     if not url.startswith("s3://"):
         raise ValueError(f"MIRA_TABLES_URL must be an s3:// URL, got {url!r}")
     import s3fs  # the optional `s3` extra
 
-    endpoint = os.environ.get("MIRA_S3_ENDPOINT_URL")
-    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {}, use_listings_cache=False)
+    kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    return s3fs.S3FileSystem(client_kwargs=kwargs, use_listings_cache=False)
 
 
 class Store:
-    """Tables under `home/tables`, or under MIRA_TABLES_URL (s3://bucket/prefix) when set; the reply cache,
-    exports, discovered rubrics and the catalogue stay in `home` (they are written often, or by one process)."""
+    """Tables under `home/tables`, or under `tables_url` (s3://bucket/prefix) when given; the reply cache,
+    exports, discovered rubrics and the catalogue stay in `home` (they are written often, or by one process).
+    mira_dagster/settings.py builds it from MIRA_HOME, MIRA_TABLES_URL and MIRA_S3_ENDPOINT_URL."""
 
     def __init__(
         self,
@@ -86,13 +88,14 @@ class Store:
         tables_url: str | None = None,
         memory_limit: str = "4GB",
         temp_directory: Path | None = None,
+        s3_endpoint_url: str | None = None,
     ) -> None:
         self.home = Path(home)
         # DuckDB spills past memory_limit into temp_directory instead of failing a corpus-sized query
         self.memory_limit = memory_limit
         self.temp_directory = Path(temp_directory) if temp_directory else self.home / "duckdb_tmp"
-        self.tables_url = (tables_url or os.environ.get("MIRA_TABLES_URL") or "").rstrip("/") or None
-        self.fs = object_store(self.tables_url) if self.tables_url else None
+        self.tables_url = (tables_url or "").rstrip("/") or None
+        self.fs = object_store(self.tables_url, s3_endpoint_url) if self.tables_url else None
         # fsspec paths carry no scheme: bucket/prefix/tables
         self._remote_root = f"{self.tables_url.removeprefix('s3://')}/tables" if self.tables_url else ""
         self.tables_dir = self.home / "tables"

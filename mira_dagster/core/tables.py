@@ -1,4 +1,4 @@
-"""Turning records and scoring outcomes into the rows of the catalogue's tables."""
+"""Turning scoring outcomes into the rows of the scores tables (teacher_labels, student_scores)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import Any
 
 import polars as pl
 
-from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, Record
+from mira_dagster.core.records import Record
 from mira_dagster.core.rubric import N_SLOTS
 from mira_dagster.core.scoring import Outcome, ScorerSpec
 
-__all__ = ["RECORD_SCHEMA", "QUARANTINE_SCHEMA", "SCORE_SCHEMA", "SLOT_COLUMNS"]
-
+# the scores tables' slot columns a1 ... a15; the SQL in sql/ selects them by the pattern ^a[0-9]+$
 SLOT_COLUMNS = [f"a{i}" for i in range(1, N_SLOTS + 1)]
 
 SCORE_SCHEMA = {

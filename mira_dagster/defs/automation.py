@@ -10,6 +10,8 @@ by (record_id, scorer_version).
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 
 from mira_dagster.defs.freshness import Staleness, ingest_reason, scorer_versions, scoring_reason
@@ -102,11 +104,24 @@ def stale_run_requests(instance: dg.DagsterInstance, mira: MiraResource) -> dg.S
     return [dg.RunRequest(partition_key=s.source, tags={"mira/stale_reason": s.reason}) for s in stale]
 
 
-def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.SensorResult | dg.SkipReason:
+def new_source_result(
+    instance: dg.DagsterInstance, mira: MiraResource, seen: set[str] | None = None
+) -> dg.SensorResult | dg.SkipReason:
     """Partitions for the registry's sources and watched files that the instance does not have yet, and a
-    refresh_sources run for each; the scorer-unit partitions brought in step with pipeline.scorer_scope."""
+    refresh_sources run for each; the scorer-unit partitions brought in step with pipeline.scorer_scope.
+
+    `seen`: the sources the sensor knew at its last tick (its cursor; None before its first). Loading the code
+    location registers the registry's sources (register_partitions_on_load), so a source can have a partition
+    before the sensor sees it: one the sensor has not seen and that never had a run nor a materialisation is new too.
+    At the first tick, that holds on a fresh instance (no run yet) only: on an instance with runs, the sources it
+    already has are not new (`mira run --source a` then `dagster dev` must not start the other sources' runs)."""
     cfg = mira.config()
-    new = unregistered_sources(instance, cfg.source_names())
+    names = cfg.source_names()
+    unregistered = unregistered_sources(instance, names)
+    if seen is None:
+        seen = set() if not instance.get_run_records(limit=1) else set(names) - set(unregistered)
+    unseen = [s for s in names if s not in unregistered and s not in seen]
+    new = sorted({*unregistered, *never_run(instance, unseen)})
     known_units = instance.get_dynamic_partitions(unit_partitions.name)
     units = list(cfg.scorer_units())
     add_units = [u for u in units if u not in known_units]
@@ -114,7 +129,7 @@ def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.Se
     rejected = "; ".join(cfg.rejected_files)
     if not new and not add_units and not drop_units:
         return dg.SkipReason("no new source" + (f"; not usable as sources: {rejected}" if rejected else ""))
-    requests: list = [source_partitions.build_add_request(new)] if new else []
+    requests: list = [source_partitions.build_add_request(unregistered)] if unregistered else []
     if add_units:
         requests.append(unit_partitions.build_add_request(add_units))
     if drop_units:
@@ -123,6 +138,15 @@ def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.Se
         dynamic_partitions_requests=requests,
         run_requests=[dg.RunRequest(partition_key=s, tags={"mira/reason": "new source"}) for s in new],
     )
+
+
+def never_run(instance: dg.DagsterInstance, sources: list[str]) -> list[str]:
+    """The sources among `sources` with no run tagged with their partition and no raw_records materialisation."""
+    if not sources:
+        return []
+    tagged = {v for _key, values in instance.get_run_tags(tag_keys=["dagster/partition"]) for v in values}
+    done = instance.get_materialized_partitions(raw_records.key)
+    return [s for s in sources if s not in tagged and s not in done]
 
 
 @dg.sensor(
@@ -136,4 +160,21 @@ def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.Se
     ),
 )
 def new_sources(context: dg.SensorEvaluationContext, mira: MiraResource) -> dg.SensorResult | dg.SkipReason:
-    return new_source_result(context.instance, mira)
+    seen = set(json.loads(context.cursor)) if context.cursor else None
+    result = new_source_result(context.instance, mira, seen)
+    context.update_cursor(json.dumps(mira.config().source_names()))  # what this tick saw
+    return result
+
+
+# Declarative automation is evaluated by this sensor, which Dagster otherwise adds stopped: running by default, so
+# that the corpus assets (AutomationCondition.eager) follow a backfill or the schedule without a click in the UI.
+follow_inputs = dg.AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Evaluates the automation conditions: the corpus assets (dim_reliability to selection_report) run once "
+        "after their inputs changed, when every source partition exists and no upstream run or backfill is in "
+        "progress."
+    ),
+)

@@ -2,33 +2,30 @@
 judgments, the rubric and the export are made once per scorer unit of pipeline.scorer_scope (a group by default,
 "global", or a source)."""
 
-import asyncio
-import json
-from typing import Any
-
 import dagster as dg
 import numpy as np
 import polars as pl
 
 from mira_dagster.core.clustering import group_sources, source_vector
 from mira_dagster.core.config import MiraConfig, ScorerUnit
-from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text, parse_free_judgment
-from mira_dagster.core.embeddings import embedder_from_env
-from mira_dagster.core.prompts import fill_record, judge_template, render_user
-from mira_dagster.core.records import TEXT_FIELDS
-from mira_dagster.core.rubric import discovered_anchor_path, write_anchor_file
+from mira_dagster.core.discovery import (
+    discover_anchors,
+    item_text,
+    items_of,
+    judgment_items,
+    judgment_jobs,
+    judgments_frame,
+)
+from mira_dagster.core.records import record_text, records_from
+from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_path, write_anchor_file
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scorers import make_judge
-from mira_dagster.core.scoring import Job, score_jobs
+from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
+from mira_dagster.core.sft import write_sft_file
 from mira_dagster.core.store import Store
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import source_to_group, unit_partitions
 from mira_dagster.defs.resources import MiraResource
-from mira_dagster.defs.scoring import _records
-
-
-def _record_text(row: dict[str, Any], limit: int = 4000) -> str:
-    return "\n".join(row[f] for f in TEXT_FIELDS if row.get(f))[:limit]
 
 
 def _unit(cfg: MiraConfig, key: str) -> ScorerUnit:
@@ -127,8 +124,8 @@ def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
         raise dg.Failure(description="source_groups: no source has records in raw_records; nothing to cluster")
     # sampled by id; only the sampled records' text is read
     sample = _sample_records(store, ids, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
-    embedder = embedder_from_env()
-    x = embedder.embed([_record_text(r) for r in sample.iter_rows(named=True)])
+    embedder = mira.embedder()
+    x = embedder.embed([record_text(r) for r in sample.iter_rows(named=True)])
     sources = sample["source"].to_list()
     vectors = {s: source_vector(x[np.flatnonzero(np.array(sources) == s)]) for s in sorted(set(sources))}
     groups = group_sources(
@@ -177,44 +174,32 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     if empty:
         return _skip(context, empty, "earlier judgments of the unit, if any, are kept")
     sample = _sample_records(store, ids, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
-    records = _records(sample)
-    spec, backend, where = make_judge(unit, cfg)
-    context.log.info(f"judging {len(records)} records of {unit.scope} {key} freely: {where}")
-    # each record in its own family's judging prompt (a global unit spans several)
-    jobs = [Job(r, fill_record(judge_template(r.format), r)) for r in records]
-    outcomes, stats = asyncio.run(
-        score_jobs(
-            jobs,
-            spec,
-            backend,
-            store.replies,
-            max_model_len=cfg.pipeline.max_model_len,
-            max_in_flight=getattr(backend, "capacity", cfg.pipeline.max_in_flight),
-        )
+    records = records_from(sample)
+    spec, backend, where = make_judge(unit, cfg, mira.endpoint("teacher", unit.key))
+    context.log.info(
+        f"judging {len(records)} records of {unit.scope} {key} freely: {where}, context "
+        f"{context_length(backend, cfg.pipeline.max_model_len)}"
     )
-    items = [
-        JudgmentItem(record_id=r.record_id, source=r.source, dimension=name, facet=facet, score=score, rationale=why)
-        for r, o in zip(records, outcomes, strict=True)
-        if o.completion is not None
-        for name, facet, score, why in parse_free_judgment(o.completion.text, r.format)
-    ]
-    df = pl.DataFrame(
-        [i.model_dump() for i in items],
-        schema={
-            "record_id": pl.String,
-            "source": pl.String,
-            "dimension": pl.String,
-            "facet": pl.String,
-            "score": pl.Float64,
-            "rationale": pl.String,
-        },
-    ).with_columns(
+    replies: dict[str, Outcome] = {}
+    stats = run_scorer(
+        [Chunk([r.record_id for r in records], judgment_jobs(records))],
+        spec,
+        backend,
+        store.replies,
+        cfg.pipeline,
+        sink=lambda job, out: replies.__setitem__(job.record.record_id, out),
+        total=len(records),
+        reask=False,  # free-form replies never parse as the scoring contract
+        progress=lambda s: context.log.info(f"judgments {key}: {s.line()}"),
+    )
+    answered = [(r, o.completion.text) for r in records if (o := replies[r.record_id]).completion is not None]
+    df = judgments_frame(judgment_items(answered)).with_columns(
         pl.lit(key).alias("scorer_unit"),
         pl.lit(unit.scope).alias("scorer_scope"),
         pl.lit(spec.version).alias("judge_version"),
     )
     store.write("teacher_judgments", df, _unit_partition(unit))
-    unanswered = sum(o.completion is None for o in outcomes)
+    unanswered = len(records) - len(answered)
     names = df.group_by("dimension").len().sort("len", descending=True)
     return dg.MaterializeResult(
         metadata={
@@ -225,6 +210,7 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
             "top_names": md_table(names, n=20),
             "requests_sent": stats.sent,
             "from_cache": stats.from_cache,
+            "too_long": stats.too_long,
         }
     )
 
@@ -255,10 +241,12 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
         kept = f"the existing rubric {path} is kept" if path.exists() else "no rubric written"
         return _skip(context, empty, kept)
     df = store.read("teacher_judgments", _unit_partition(unit))
-    items = [JudgmentItem(**{k: row[k] for k in JudgmentItem.model_fields}) for row in df.iter_rows(named=True)]
-    if len(items) < 15:
-        raise ValueError(f"{unit.scope} {key}: {len(items)} judgment items, at least 15 are needed for 15 slots")
-    embedder = embedder_from_env()
+    items = items_of(df)
+    if len(items) < N_SLOTS:
+        raise ValueError(
+            f"{unit.scope} {key}: {len(items)} judgment items, at least {N_SLOTS} are needed for {N_SLOTS} slots"
+        )
+    embedder = mira.embedder()
     found = discover_anchors(items, embedder.embed([item_text(i) for i in items]), seed=cfg.pipeline.seed)
     write_anchor_file(path, found.dims)
     table = pl.DataFrame(
@@ -280,7 +268,7 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.height,
-            "slots": md_table(table.drop("scorer_unit", "scorer_scope"), n=15),
+            "slots": md_table(table.drop("scorer_unit", "scorer_scope"), n=N_SLOTS),
             "anchor_file": dg.MetadataValue.path(str(path)),
             "in_use_by_scorers": in_use,
             "embedder": embedder.name,
@@ -318,23 +306,9 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
     replies = store.replies.load(spec.version, labels["record_id"].to_list())
     # the text of the labelled records only (one row per id: a record shared by two sources is the same content)
     texts = _records_of(store, labels.select("source", "record_id"))
-    by_id = {r.record_id: r for r in _records(texts.unique("record_id", keep="first"))}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    counts: dict[str, int] = {}
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in labels.iter_rows(named=True):
-            rid, source = row["record_id"], row["source"]
-            if rid not in replies or rid not in by_id:
-                continue
-            messages = [
-                {"role": "system", "content": spec.system_prompt},
-                {"role": "user", "content": render_user(spec.user_template, rubric, by_id[rid])},
-                {"role": "assistant", "content": replies[rid].text},
-            ]
-            fh.write(json.dumps({"record_id": rid, "source": source, "messages": messages}, ensure_ascii=False) + "\n")
-            counts[source] = counts.get(source, 0) + 1
-    tmp.replace(out)
+    by_id = {r.record_id: r for r in records_from(texts.unique("record_id", keep="first"))}
+    labelled = labels.select("record_id", "source").iter_rows()
+    counts = write_sft_file(out, labelled, by_id, replies, spec, rubric)
     context.log.info(f"{unit.scope} {key}: {sum(counts.values())} distillation examples written to {out}")
     return dg.MaterializeResult(
         metadata={

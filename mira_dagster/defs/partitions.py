@@ -3,11 +3,14 @@ instance by the `new_sources` sensor or by `mira run`), and one per scorer unit 
 too: the groups by default, "global", or the sources; kept in step with the registry by the same sensor and
 `mira run`)."""
 
+import logging
+import os
 import warnings
 
 import dagster as dg
 
-from mira_dagster.core.config import MiraConfig, load_config
+from mira_dagster.core.config import MiraConfig
+from mira_dagster.settings import load_registry
 
 source_partitions = dg.DynamicPartitionsDefinition(name="sources")
 unit_partitions = dg.DynamicPartitionsDefinition(name="scorer_units")
@@ -64,9 +67,30 @@ def register_partitions(instance: dg.DagsterInstance, cfg: MiraConfig) -> None:
     register_units(instance, cfg)
 
 
+def register_partitions_on_load() -> None:
+    """When Dagster loads the code location with a persistent instance (DAGSTER_HOME set: `dagster dev`, its
+    daemon, `dagster asset materialize`, ...), add the registry's partitions to it, as `new_sources` would at its
+    next tick (the sensor still requests the runs). Skipped when a run worker reloads the definitions; a failure
+    (a broken registry, a locked database) is a warning, never a failed load."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return
+    try:
+        from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
+
+        if DefinitionsLoadContext.get().load_type == DefinitionsLoadType.RECONSTRUCTION:
+            return
+    except Exception:  # internal API: when it moves, register every time
+        pass
+    try:
+        with dg.DagsterInstance.get() as instance:
+            register_partitions(instance, load_registry())
+    except Exception as exc:
+        logging.getLogger("dagster").warning(f"mira: the registry's partitions were not added at load: {exc}")
+
+
 def in_process_instance(cfg: MiraConfig | None = None) -> dg.DagsterInstance:
     """An ephemeral instance that knows every source and scorer-unit partition of the registry (default: the
     configured one), for in-process `dg.materialize` calls (tests, notebooks)."""
     instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, cfg or load_config())
+    register_partitions(instance, cfg or load_registry())
     return instance

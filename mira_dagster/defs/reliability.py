@@ -1,15 +1,13 @@
 """Stage 3: how far the student can be trusted on each (source × dimension), and the mask."""
 
-import hashlib
-
 import dagster as dg
 import polars as pl
 
-from mira_dagster.core.mask_import import MaskFileError, apply_mask_file, mask_file_digest, read_mask_file
-from mira_dagster.core.plots import reliability_heatmap
+from mira_dagster.core.mask import compute_mask, mask_rule, mask_version
+from mira_dagster.core.mask_import import MaskFileError
 from mira_dagster.core.reliability import reliability_table
 from mira_dagster.core.store import UNPARTITIONED, Store
-from mira_dagster.defs.metadata import md_image, md_table, table_metadata
+from mira_dagster.defs.metadata import heatmap_metadata, md_table, table_metadata
 from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
 
@@ -52,8 +50,8 @@ def _no_pairs(store: Store) -> str:
     description=(
         "Per (source × dimension), on the held-out split: n teacher–student pairs, MAE and Spearman's ρ with "
         "bootstrap confidence intervals (ci_level, bootstrap_resamples), and the same pooled over the sources that "
-        "share the scorer (group_*; `pool` is the scorer unit: the group in the default scorer_scope). Point "
-        "estimates in DuckDB (sql/dim_reliability.sql), intervals in core/reliability.py. "
+        "share the scorer (group_*; `pool` is the scorer unit: the group in the default scorer_scope). Estimates "
+        "and intervals in core/reliability.py, laid out over every cell by sql/dim_reliability.sql. "
         "Fails, writing nothing, when there is no held-out pair at all."
     ),
 )
@@ -91,41 +89,20 @@ def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
 )
 def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     s = mira.config().pipeline
-    rule = (
-        f"mask if MAE > {s.mask_max_mae} or rho < {s.mask_min_rho}; min_heldout {s.min_heldout}; "
-        f"group estimate when the source's {s.ci_level:.0%} interval straddles a threshold"
-    )
     store = mira.store()
-    # The mask version names the rule and the reliability estimates it was applied to. The estimates are rounded
-    # first: DuckDB's parallel sums may differ in the last bits between runs over the same data, which must not
-    # make a new version.
-    rel = store.read("dim_reliability", UNPARTITIONED).sort("source", "slot")
+    rel = store.read("dim_reliability", UNPARTITIONED)
     if rel.is_empty() or not rel["n"].sum():
         # no evidence at all: any mask would be a guess; the last mask (if any) stays
         raise dg.Failure(description=f"reliability_mask: dim_reliability has {_no_pairs(store)}; no mask written")
-    if s.reliability_mask_file is not None:
-        rule += f"; imported mask {s.reliability_mask_file.name} ({s.reliability_mask_mode})"
-        try:
-            rule += f" sha256 {mask_file_digest(s.reliability_mask_file)}"
-        except OSError as exc:
-            raise dg.Failure(description=f"reliability_mask: cannot read {s.reliability_mask_file}: {exc}") from exc
-    rounded = rel.with_columns(pl.col(pl.Float64).round(9))
-    evidence = hashlib.sha256(rounded.write_csv().encode()).hexdigest()
-    version = hashlib.sha256(f"{rule}\n{evidence}".encode()).hexdigest()[:12]
-    df = store.query(
-        "reliability_mask",
-        max_mae=s.mask_max_mae,
-        min_rho=s.mask_min_rho,
-        min_n=s.min_heldout,
-        rule=rule,
-        mask_version=version,
-    ).with_columns(pl.lit("computed").alias("mask_basis"))
-    if s.reliability_mask_file is not None:
-        try:
-            imported = read_mask_file(s.reliability_mask_file)
-            df = apply_mask_file(df, imported, s.reliability_mask_mode, str(s.reliability_mask_file))
-        except MaskFileError as exc:  # nothing written: the last mask stays
-            raise dg.Failure(description=f"reliability_mask: {exc}") from exc
+    try:
+        rule = mask_rule(s)
+    except OSError as exc:
+        raise dg.Failure(description=f"reliability_mask: cannot read {s.reliability_mask_file}: {exc}") from exc
+    version = mask_version(rule, rel)
+    try:
+        df = compute_mask(store, s, rule, version)
+    except MaskFileError as exc:  # nothing written: the last mask stays
+        raise dg.Failure(description=f"reliability_mask: {exc}") from exc
     store.write("reliability_mask", df)
     per_source = (
         df.group_by("source").agg(pl.col("masked").sum().alias("masked"), pl.len().alias("dims")).sort("source")
@@ -148,7 +125,7 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
             "mask_basis": dg.MetadataValue.json(dict(df.group_by("mask_basis").len().sort("mask_basis").iter_rows())),
             "masked_per_source": md_table(per_source, n=100),
             "preview": md_table(masked, n=30),
-            "heatmap": md_image(reliability_heatmap(df), "reliability heatmap"),
+            **heatmap_metadata(df),
         },
     )
 

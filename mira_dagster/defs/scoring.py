@@ -6,7 +6,6 @@ requests (core/scoring.score_stream), and written batch by batch to the partitio
 when the step ends without an error. The metadata and checks are running totals, so nothing holds the whole source.
 """
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,29 +17,20 @@ import pyarrow as pa
 
 from mira_dagster.core.config import PipelineSettings
 from mira_dagster.core.llm_client import OpenAIBackend
+from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.parsing import STATUSES
 from mira_dagster.core.prompts import render_user
-from mira_dagster.core.records import Record
+from mira_dagster.core.records import RECORD_SCHEMA, iter_records
 from mira_dagster.core.rubric import Rubric, released_student_warnings
 from mira_dagster.core.sampling import Split, teacher_sample
-from mira_dagster.core.scoring import Chunk, Job, Role, RunStats, score_stream
+from mira_dagster.core.scoring import Chunk, Job, Role, RunStats, context_length, run_scorer
 from mira_dagster.core.store import Store
-from mira_dagster.core.tables import RECORD_SCHEMA, SCORE_SCHEMA, SLOT_COLUMNS, ScoreRows
+from mira_dagster.core.tables import SCORE_SCHEMA, SLOT_COLUMNS, ScoreRows
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, source_partitions
 from mira_dagster.defs.resources import MiraResource
 
 PREVIEW = ["record_id", "status", "a1", "a2", "a3", "overall", "recommendation", "domain_tag", "brief"]
-
-
-def _records(df: pl.DataFrame) -> list[Record]:
-    return [Record(**row) for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True)]
-
-
-def _iter_records(df: pl.DataFrame) -> Iterator[Record]:
-    """One Record at a time. The rows were validated at ingest (raw_records' schema), so they are not again."""
-    for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True):
-        yield Record.model_construct(**row)
 
 
 def _raw_records(store: Store, source: str) -> None:
@@ -71,7 +61,7 @@ def record_chunks(store: Store, source: str, size: int, only: Collection[str] | 
 
 def _chunk(df: pl.DataFrame, user_template: str, rubric: Rubric) -> Chunk:
     """A chunk whose prompts are rendered one by one as the request queue takes them."""
-    jobs = (Job(rec, render_user(user_template, rubric, rec)) for rec in _iter_records(df))
+    jobs = (Job(rec, render_user(user_template, rubric, rec)) for rec in iter_records(df))
     return Chunk(df["record_id"].to_list(), jobs)
 
 
@@ -141,10 +131,13 @@ def _score(
     rubric = mira.rubric(unit.key)
     spec, backend, where = mira.scorer(role, unit.key, rubric)
     warnings = tuple(released_student_warnings(mira.config(), unit, rubric))
+    # a warning when an endpoint scores (it may be the released student); the offline stand-in reads no prompt, so
+    # there it is a note (still in the metadata), and a run on the defaults prints no warning
+    note = context.log.info if isinstance(backend, OfflineBackend) else context.log.warning
     for text in warnings:
-        context.log.warning(f"{role} {source}: {text}")
-    # The server's own context length wins over the configured one when it reports it.
-    max_model_len = getattr(backend, "max_model_len", None) or settings.max_model_len
+        note(f"{role} {source}: {text}")
+    # the server's own context length wins over the configured one when it reports it
+    max_model_len = context_length(backend, settings.max_model_len)
     context.log.info(
         f"{role} {source}: {total} records in chunks of {settings.scoring_chunk_records}, scorer_version "
         f"{spec.version}, {where}, context {max_model_len}"
@@ -161,27 +154,17 @@ def _score(
                 seen["records"] += df.height
                 yield _chunk(df, spec.user_template, rubric)
 
-        async def run() -> RunStats:
-            try:
-                return await score_stream(
-                    chunks(),
-                    spec,
-                    backend,
-                    store.replies,
-                    sink=lambda job, out: rows.add(job.record, out),
-                    total=total,
-                    max_model_len=max_model_len,
-                    max_in_flight=getattr(backend, "capacity", settings.max_in_flight),
-                    batch_size=settings.write_batch_size,
-                    parse_retries=settings.parse_retries,
-                    progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
-                )
-            finally:
-                if close := getattr(backend, "aclose", None):
-                    await close()
-
         try:
-            stats = asyncio.run(run())
+            stats = run_scorer(
+                chunks(),
+                spec,
+                backend,
+                store.replies,
+                settings,
+                sink=lambda job, out: rows.add(job.record, out),
+                total=total,
+                progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
+            )
         finally:  # a stopped run lets go of the DuckDB reader at once
             if close := getattr(frames, "close", None):
                 close()
@@ -444,11 +427,11 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
     check_specs=_check_specs("student_scores"),
     pool="student",
     description=(
-        "The group's student scorer (vLLM behind an OpenAI-compatible endpoint, or the offline stand-in) "
-        "on every record of the source: 15 slot scores with rationales, overall, recommendation, domain tag, "
-        "brief, and exactly one status per record. Replies are cached by (record_id, scorer_version): "
-        "materialising again sends no request for a record already scored. The source is streamed in chunks of "
-        "scoring_chunk_records records."
+        "The scorer unit's student (the group's in the default scorer_scope; vLLM behind an OpenAI-compatible "
+        "endpoint, or the offline stand-in) on every record of the source: 15 slot scores with rationales, overall, "
+        "recommendation, domain tag, brief, and exactly one status per record. Replies are cached by (record_id, "
+        "scorer_version): materialising again sends no request for a record already scored. The source is streamed "
+        "in chunks of scoring_chunk_records records."
     ),
 )
 def student_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:

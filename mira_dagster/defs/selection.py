@@ -1,20 +1,12 @@
 """Stage 4: the reliability-aware aggregate per record, per-source retention at the budget (the scope's selection
 and random), the export, and the report that puts the paper's variants (scorer scopes) side by side."""
 
-import itertools
-import json
-import shutil
 import time
-import uuid
-from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from mira_dagster.core.export import export_kept
 from mira_dagster.core.plots import retention_curves, score_distributions
 from mira_dagster.core.store import Store
 from mira_dagster.defs.freshness import CORPUS_FINGERPRINT, corpus_fingerprint
@@ -26,14 +18,18 @@ from mira_dagster.defs.resources import MiraResource
 PLOT_SAMPLE = 200_000
 
 
+# a selection's rows are unsorted (sql/select_variant.sql); previews show each source's best records first
+BEST_FIRST = "source, score DESC, record_id"
+
+
 def scope_label(scope: str) -> str:
     """The paper's name of a scorer-scope variant: MIRA-global, MIRA-group, MIRA-source."""
     return f"MIRA-{scope}"
 
 
-def _preview(store: Store, table: str, rows: int, n: int = 10) -> dict:
-    """Row count and the first rows of a table written by DuckDB (read back: n rows, not the table)."""
-    head = store.query_sql(f"SELECT * FROM {table} LIMIT {n}")
+def _preview(store: Store, table: str, rows: int, n: int = 10, order: str = "source, record_id") -> dict:
+    """Row count and the first rows of a table written by DuckDB in `order` (a top-n: n rows, not the table)."""
+    head = store.query_sql(f"SELECT * FROM {table} ORDER BY {order} LIMIT {n}")
     return {"dagster/row_count": rows, "preview": md_table(head, n)}
 
 
@@ -150,7 +146,10 @@ def selected_random(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
     store = mira.store()
     rows = select(mira, "random", "selected_random", budget_share(mira))
     return dg.MaterializeResult(
-        metadata={**_preview(store, "selected_random", rows), "tokens_kept": _kept_tokens(store, "selected_random")}
+        metadata={
+            **_preview(store, "selected_random", rows, order=BEST_FIRST),
+            "tokens_kept": _kept_tokens(store, "selected_random"),
+        }
     )
 
 
@@ -256,7 +255,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             )
         ],
         metadata={
-            **_preview(store, "selected_subset", rows),
+            **_preview(store, "selected_subset", rows, order=BEST_FIRST),
             "variant": label,
             "summary": md_table(summary, n=100),
             # shared content per source pair: counted once, for the source that sorts first
@@ -327,78 +326,3 @@ def _budget_check(units: pl.DataFrame, largest: int, constrained: bool) -> dg.As
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"units": md_table(units, n=50), "missed": missed.height},
     )
-
-
-def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000) -> dict:
-    """Write the kept records with their text, sharded by source, and a manifest, swapped in atomically. The rows
-    stream from DuckDB in batches (sql/export_kept.sql), so memory is bounded by a batch, not by the kept text."""
-    out = store.exports_dir / "selected_subset"
-    staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    shards = _Shards(staging, shard_records)
-    try:
-        for batch in store.stream("export_kept", batch_rows=min(shard_records, 20_000)):
-            shards.add(batch)
-    except BaseException:
-        shards.close()
-        shutil.rmtree(staging, ignore_errors=True)  # the previous export stays as it was
-        raise
-    shards.close()
-    files = shards.files
-    manifest = {
-        **manifest_extra,
-        "records": sum(f["records"] for f in files),
-        "tokens": sum(f["tokens"] for f in files),
-        "files": files,
-    }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    # Swap directories so readers see the old export or the new one, never a mix.
-    old = store.exports_dir / f".old.{uuid.uuid4().hex}"
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return manifest
-
-
-class _Shards:
-    """<source>-NNNNN.parquet files of at most `shard_records` rows each (so a training job can read them in
-    parallel), filled from batches ordered by source."""
-
-    def __init__(self, folder: Path, shard_records: int) -> None:
-        self.folder, self.shard_records = folder, shard_records
-        self.files: list[dict] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._source: str | None = None
-        self._index = 0
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        # a batch may span sources (they come in order): each source's run of rows goes to its own shards
-        table = pa.Table.from_batches([batch])
-        sources = table["source"].to_numpy(zero_copy_only=False)
-        starts = [0, *(np.flatnonzero(sources[1:] != sources[:-1]) + 1).tolist(), len(sources)]
-        for a, b in itertools.pairwise(starts):
-            self._add_source(str(sources[a]), table.slice(a, b - a))
-
-    def _add_source(self, source: str, rows: pa.Table) -> None:
-        while rows.num_rows:
-            if self._writer is None or source != self._source or self.files[-1]["records"] >= self.shard_records:
-                self._open(source, rows.schema)
-            room = self.shard_records - self.files[-1]["records"]
-            head, rows = rows.slice(0, room), rows.slice(room)
-            self._writer.write_table(head)
-            self.files[-1]["records"] += head.num_rows
-            self.files[-1]["tokens"] += int(pc.sum(head["n_tokens"]).as_py() or 0)
-
-    def _open(self, source: str, schema: pa.Schema) -> None:
-        self.close()
-        self._index = self._index + 1 if source == self._source else 0
-        self._source = source
-        name = f"{source}-{self._index:05d}.parquet"
-        self._writer = pq.ParquetWriter(self.folder / name, schema)
-        self.files.append({"file": name, "source": source, "records": 0, "tokens": 0})
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None

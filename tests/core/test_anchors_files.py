@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mira_dagster.core.config import PROJECT_ROOT, load_config
-from mira_dagster.core.prompts import facet_guide, system_prompt
+from mira_dagster.core.prompts import facet_guide
 from mira_dagster.core.rubric import (
     AnchorDim,
     CalibrationReference,
@@ -19,6 +19,7 @@ from mira_dagster.core.rubric import (
     released_student_warnings,
     write_anchor_file,
 )
+from tests.helpers import system_prompt
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "anchors"
 UPSTREAM = FIXTURES / "upstream" / "group_2_dim_anchors.jsonl"

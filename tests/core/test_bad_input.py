@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from mira_dagster.core.readers import SourceFileError, count_units
-from mira_dagster.core.records import read_source
+from tests.helpers import read_source
 
 GOOD = {"question": "What is 2 + 2?", "thinking": "Two and two.", "answer": "4"}
 

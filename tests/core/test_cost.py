@@ -79,10 +79,10 @@ def test_teacher_sample_max_caps_the_labels(setup) -> None:
 
 def test_cost_gate_refuses_over_the_cap_in_one_line(setup, capsys: pytest.CaptureFixture[str]) -> None:
     cfg, store = setup
-    assert cost_gate(_with(cfg, max_teacher_requests=64), store.home, ["lean_qa"]) is None
+    assert cost_gate(_with(cfg, max_teacher_requests=64), store, ["lean_qa"]) is None
     out = capsys.readouterr()
     assert "cost plan" in out.out and "teacher_labels" in out.out and out.err == ""
-    assert cost_gate(_with(cfg, max_teacher_requests=63), store.home, ["lean_qa"]) == 1
+    assert cost_gate(_with(cfg, max_teacher_requests=63), store, ["lean_qa"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("mira: FAILED cost: 64 teacher requests not yet cached would exceed ")

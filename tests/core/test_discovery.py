@@ -11,8 +11,8 @@ from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_tex
 from mira_dagster.core.embeddings import HashedTfidfEmbedder, OpenAIEmbedder
 from mira_dagster.core.offline_judge import OfflineJudge
 from mira_dagster.core.prompts import fill_record, judge_template
-from mira_dagster.core.records import read_source
 from tests.conftest import SAMPLE
+from tests.helpers import read_source
 from tests.loopback import ChatServer, serve
 
 # 15 planted facets: several surface names each, and a vocabulary of their own for the rationales.

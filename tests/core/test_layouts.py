@@ -343,6 +343,7 @@ json_like = st.recursive(
 )
 
 
+@pytest.mark.slow  # 400 generated objects through every layout: about 20 s
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=4), json_like, max_size=8))
 def test_layouts_never_raise(obj: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import pytest
 from mira_dagster import cli
 from mira_dagster.core import scorers
 from mira_dagster.core.config import MiraConfig, load_config
-from mira_dagster.core.llm_client import ServerInfo
+from mira_dagster.core.llm_client import Endpoint, ServerInfo
 from mira_dagster.core.prompts import (
     PromptTemplateError,
     contract_regex,
@@ -28,7 +28,9 @@ from mira_dagster.core.prompts import (
 from mira_dagster.core.records import Record
 from mira_dagster.core.rubric import AnchorDim, Rubric, load_rubric
 from mira_dagster.core.scorers import make_scorer
-from mira_dagster.core.scoring import Role, ScorerSpec
+from mira_dagster.core.scoring import Chunk, Completion, Job, Role, ScorerSpec, run_scorer
+from mira_dagster.core.sft import sft_messages
+from mira_dagster.core.store import ParquetReplyCache
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "prompts"
 OLD_GOLDEN = Path(__file__).parent / "golden"  # full prompts, also read by tests/e2e/test_anchors_command.py
@@ -87,8 +89,10 @@ def group_rubric(cfg: MiraConfig, group_id: str) -> Rubric:
     return load_rubric(group.anchors, group_id, group.family)
 
 
-def scorer_spec(cfg: MiraConfig, group_id: str, role: Role = "student") -> tuple[ScorerSpec, str]:
-    spec, _, where = make_scorer(role, cfg.scorer_units()[group_id], cfg, group_rubric(cfg, group_id))
+def scorer_spec(
+    cfg: MiraConfig, group_id: str, role: Role = "student", endpoint: Endpoint | None = None
+) -> tuple[ScorerSpec, str]:
+    spec, _, where = make_scorer(role, cfg.scorer_units()[group_id], cfg, group_rubric(cfg, group_id), endpoint)
     return spec, where
 
 
@@ -133,11 +137,42 @@ def test_user_prompt_follows_contract(record: Record) -> None:
     ]
 
 
-def test_system_prompt_is_identical_for_every_record_of_a_group() -> None:
+class _Recording:
+    """A backend that records every (system, user) it is sent and answers nothing useful."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion:
+        self.sent.append((system, user))
+        return Completion(text="no scores", finish_reason="stop")
+
+    async def count_prompt_tokens(self, system: str, user: str, spec: ScorerSpec) -> int | None:
+        return None
+
+
+def test_system_prompt_is_identical_for_every_record_of_a_group(tmp_path: Path) -> None:
+    """Records that differ in every field are scored the way the assets score them (run_scorer) and turned into
+    SFT examples: every request and every example carries the group's golden system prompt, byte for byte, and
+    nothing of its record (vLLM's prefix cache serves it once for all of them)."""
     cfg = load_config()
-    prompts = {scorer_spec(cfg, "2")[0].system_prompt for _ in range(3)}
-    assert len(prompts) == 1
-    assert "What is 7" not in prompts.pop()
+    spec, _ = scorer_spec(cfg, "2")
+    rubric = group_rubric(cfg, "2")
+    records = [
+        QA,
+        QA.model_copy(update={"record_id": "r8", "source": "lean_qa", "question": "Is 91 prime?", "answer": "No."}),
+        QA.model_copy(update={"record_id": "r9", "question": "x" * 5000, "thinking": None, "answer": "{{ dims }}"}),
+    ]
+    backend = _Recording()
+    jobs = [Job(r, render_user(spec.user_template, rubric, r)) for r in records]
+    settings = cfg.pipeline.model_copy(update={"parse_retries": 0})
+    chunk = Chunk([r.record_id for r in records], jobs)
+    run_scorer([chunk], spec, backend, ParquetReplyCache(tmp_path), settings, sink=lambda j, o: None, total=3)
+    assert len({user for _, user in backend.sent}) == len(records)  # the records' requests do differ
+    expected = golden("group_2.system.txt", spec.system_prompt)
+    assert [system for system, _ in backend.sent] == [expected] * len(records)
+    assert [sft_messages(spec, rubric, r, "reply")[0]["content"] for r in records] == [expected] * len(records)
+    assert not any(q in expected for q in ("What is 7", "Is 91 prime", "{{ dims }}"))
 
 
 def test_qa_with_think_lists_five_dimensions_per_facet() -> None:
@@ -306,10 +341,10 @@ def test_contract_regex_admits_half_points_and_long_rationales() -> None:
 
 
 @pytest.fixture
-def vllm_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+def vllm_endpoint(monkeypatch: pytest.MonkeyPatch) -> Endpoint:
     """An endpoint that says it is vLLM, without a server: make_scorer only probes it."""
-    monkeypatch.setenv("MIRA_STUDENT_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setattr(scorers, "probe", lambda url, key: ServerInfo(reachable=True, is_vllm=True))
+    return Endpoint(base_urls=("http://127.0.0.1:9/v1",), api_key="EMPTY", model="whw06/MIRA-Agent-Group4")
 
 
 @pytest.mark.parametrize(
@@ -317,12 +352,12 @@ def vllm_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     [("auto", None, True), ("auto", "off", False), ("off", None, False), ("off", "on", True), ("on", "off", False)],
 )
 def test_a_group_turns_constrained_decoding_on_or_off(
-    vllm_endpoint: None, pipeline: str, group: str | None, constrained: bool
+    vllm_endpoint: Endpoint, pipeline: str, group: str | None, constrained: bool
 ) -> None:
     cfg = load_config()
     cfg.pipeline.constrained_decoding = pipeline  # type: ignore[assignment]
     cfg.groups["D"].constrained_decoding = group  # type: ignore[assignment]
-    spec, where = scorer_spec(cfg, "D")
+    spec, where = scorer_spec(cfg, "D", endpoint=vllm_endpoint)
     assert (spec.structured_regex is not None) == constrained
     assert where.endswith(f"constrained decoding {'on' if constrained else 'off'}")
     if constrained:

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from mira_dagster.core.readers import SourceFileError, count_units, expand_files, iter_units, sniff, split_name
-from mira_dagster.core.records import read_source
+from tests.helpers import read_source
 
 ROWS = [{"question": f"What is {i} + {i}?", "thinking": f"add {i} twice", "answer": i + i} for i in range(1, 8)]
 

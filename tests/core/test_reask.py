@@ -21,9 +21,9 @@ from mira_dagster.core.scoring import (
     RequestFailed,
     ScorerSpec,
     best_attempt,
-    score_jobs,
 )
 from mira_dagster.core.store import ParquetReplyCache
+from tests.helpers import score_jobs
 
 SPEC = ScorerSpec(
     role="student",

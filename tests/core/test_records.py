@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.records import SourceFileError, estimate_tokens, read_source, record_id_of
+from mira_dagster.core.records import SourceFileError, estimate_tokens, record_id_of
 from tests.conftest import SAMPLE
+from tests.helpers import read_source
 
 # (file, family, expected layout) for every bundled sample file
 SAMPLES = [

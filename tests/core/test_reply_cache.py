@@ -157,6 +157,7 @@ def _writer_process(root: str, start: int) -> None:
     write(cache, range(start, start + 400), batch=7)
 
 
+@pytest.mark.slow  # two writer processes and a compaction: about 10 s
 def test_two_writers_of_one_version_do_not_clobber(tmp_path: Path) -> None:
     procs = [mp.get_context("spawn").Process(target=_writer_process, args=(str(tmp_path), s)) for s in (0, 400)]
     for p in procs:

@@ -11,6 +11,7 @@ import pytest
 from mira_dagster.core.config import MiraConfig, load_config
 from mira_dagster.core.rubric import load_rubric
 from mira_dagster.core.scorers import make_judge, make_scorer
+from mira_dagster.settings import Settings
 
 ANCHORS = Path(__file__).resolve().parents[2] / "anchors"
 
@@ -30,10 +31,13 @@ def test_a_source_unit_uses_its_own_endpoint(monkeypatch: pytest.MonkeyPatch) ->
     cfg = _scoped("source")
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     monkeypatch.setenv("MIRA_STUDENT_BASE_URL_LEAN_QA", url)
+    settings = Settings.from_env()
     rubric = load_rubric(ANCHORS / "group_2_dim_anchors.jsonl", "lean_qa", "qa_with_think")
-    spec, _, where = make_scorer("student", cfg.unit_of("lean_qa"), cfg, rubric)
+    unit = cfg.unit_of("lean_qa")
+    spec, _, where = make_scorer("student", unit, cfg, rubric, settings.endpoint("student", unit))
     assert spec.backend == "openai" and url in where and spec.model == "mira-source-student-lean_qa"
-    other, _, where = make_scorer("student", cfg.unit_of("qwq"), cfg, rubric)
+    unit = cfg.unit_of("qwq")
+    other, _, where = make_scorer("student", unit, cfg, rubric, settings.endpoint("student", unit))
     assert other.backend == "offline" and "offline" in where and "mira-source-student-qwq" in other.model
     assert other.version != spec.version
 

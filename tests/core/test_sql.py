@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from scipy.stats import spearmanr
 
-from mira_dagster.core.reliability import bootstrap_intervals, reliability_table
+from mira_dagster.core.reliability import agreement, reliability_table
 from mira_dagster.core.store import Store
 from mira_dagster.core.tables import SLOT_COLUMNS
 
@@ -108,7 +108,9 @@ AGG_COLUMNS = ["aggregate", "aggregate_global", "aggregate_group", "aggregate_so
 
 
 def select(s: Store, variant: str, share: float, lo: float = 0.0, hi: float = 1.0, seed: int = 0) -> pl.DataFrame:
-    return s.query("select_variant", variant=variant, label=variant, share=share, min_share=lo, max_share=hi, seed=seed)
+    """The kept rows, each source's best first (the SQL leaves them unsorted)."""
+    kept = s.query("select_variant", variant=variant, label=variant, share=share, min_share=lo, max_share=hi, seed=seed)
+    return kept.sort(["source", "score", "record_id"], descending=[False, True, False])
 
 
 def _select(tmp_path: Path, tokens: list[int], share: float) -> list[str]:
@@ -193,7 +195,7 @@ def _pairs(t: list[float], s: list[float]) -> pl.DataFrame:
 
 def test_bootstrap_interval_perfect_agreement() -> None:
     x = [float(i % 11) for i in range(40)]
-    ci = bootstrap_intervals(_pairs(x, x), n_boot=300)[0].row(0, named=True)
+    ci = agreement(_pairs(x, x), n_boot=300)[0].row(0, named=True)
     assert (ci["mae_lo"], ci["mae_hi"]) == (0.0, 0.0)
     assert ci["rho_lo"] == pytest.approx(1.0) and ci["rho_hi"] == pytest.approx(1.0)
 
@@ -206,7 +208,7 @@ def test_bootstrap_interval_covers_estimate_narrows_with_n_and_is_seeded() -> No
     def ci(n: int, seed: int = 0) -> dict:
         t = rng.integers(0, 11, n).astype(float)
         s = np.clip(t + rng.normal(0, 1.5, n), 0, 10).round()
-        row = bootstrap_intervals(_pairs(t.tolist(), s.tolist()), n_boot=500, seed=seed)[0].row(0, named=True)
+        row = agreement(_pairs(t.tolist(), s.tolist()), n_boot=500, seed=seed)[0].row(0, named=True)
         return {**row, "mae": float(np.abs(t - s).mean()), "rho": spearmanr(t, s).statistic}
 
     small, large = ci(20), ci(2000)
@@ -215,11 +217,50 @@ def test_bootstrap_interval_covers_estimate_narrows_with_n_and_is_seeded() -> No
     assert (large["mae_hi"] - large["mae_lo"]) < (small["mae_hi"] - small["mae_lo"]) / 4
     t = [float(i % 7) for i in range(30)]
     s = [float((i * 3) % 7) for i in range(30)]
-    a, ga = bootstrap_intervals(_pairs(t, s), n_boot=200, seed=3)
-    b, gb = bootstrap_intervals(_pairs(t, s), n_boot=200, seed=3)
+    a, ga = agreement(_pairs(t, s), n_boot=200, seed=3)
+    b, gb = agreement(_pairs(t, s), n_boot=200, seed=3)
     assert a.equals(b) and ga.equals(gb)
     # one source in the group: the stratified group interval is the source's own
     assert a.drop("source").equals(ga.drop("pool"))
+
+
+def test_point_estimates_are_spearman_and_mae_per_source_and_pool() -> None:
+    """agreement's n / MAE / rho are scipy's on each source and on the pool of both, with ties and a missing pair."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    frames, both_t, both_s = [], [], []
+    for src, n in (("a", 30), ("b", 17)):
+        t = rng.integers(0, 11, n).astype(float)
+        s = np.clip(t + rng.normal(0, 2, n), 0, 10).round()
+        frames.append(_pairs(t.tolist(), s.tolist()).with_columns(pl.lit(src).alias("source")))
+        both_t += t.tolist()
+        both_s += s.tolist()
+        st, pt = agreement(pl.concat(frames[-1:]), n_boot=50)
+        row = st.row(0, named=True)
+        assert row["n"] == n and row["mae"] == pytest.approx(float(np.abs(t - s).mean()))
+        assert row["rho"] == pytest.approx(spearmanr(t, s).statistic, abs=1e-12)
+    src, pool = agreement(pl.concat(frames).with_columns(pl.col("record_id") + pl.col("source")), n_boot=50)
+    assert src["source"].to_list() == ["a", "b"]
+    row = pool.row(0, named=True)
+    assert row["n"] == 47 and row["rho"] == pytest.approx(spearmanr(both_t, both_s).statistic, abs=1e-12)
+
+
+def test_point_estimate_and_resamples_share_one_formula() -> None:
+    """A resample that draws every record once gives the point estimate exactly (the same function of the sums)."""
+    import numpy as np
+
+    from mira_dagster.core.reliability import _statistics, _Unit, point_estimates
+
+    rng = np.random.default_rng(1)
+    t = rng.integers(0, 11, (25, 15)).astype(float)
+    s = np.clip(t + rng.normal(0, 2, (25, 15)), 0, 10).round()
+    s[3, 4] = np.nan
+    terms = _Unit(t, s).terms()
+    point = point_estimates(terms)
+    n, mae, rho = _statistics(np.ones((1, 25)) @ terms)
+    assert np.array_equal(point["mae"], mae[0]) and np.array_equal(point["rho"], rho[0], equal_nan=True)
+    assert point["n"][4] == 24
 
 
 def test_straddling_interval_falls_back_to_group(tmp_path: Path) -> None:

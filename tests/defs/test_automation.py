@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from mira_dagster import definitions as d
 from mira_dagster.defs.automation import new_source_result, refresh_sources_job, stale_run_requests, stale_sources
@@ -76,7 +77,8 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
     # the scorer-unit partitions of the scope come with them (the groups: scorer_scope group)
     adds = {r.partitions_def_name: r.partition_keys for r in first.dynamic_partitions_requests}
     assert adds == {"sources": ["agent_openhands", "lean_qa"], "scorer_units": ["2", "D"]}
-    register_partitions(instance, mira.config())  # what the daemon does with the requests
+    register_partitions(instance, mira.config())  # what the daemon does with the requests ...
+    _runs_for(mira, instance, ["agent_openhands", "lean_qa"])  # ... and the runs it launches
     assert isinstance(new_source_result(instance, mira), dg.SkipReason)
     # a change of scope swaps the unit partitions: the groups go, the one global unit comes
     original = small_config.read_text()
@@ -113,6 +115,68 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
         d.ALL_ASSETS, selection=sel, partition_key="new_proofs_2026", instance=instance, resources={"mira": mira}
     ).success
     assert (tmp_path / "home" / "tables" / "student_scores" / "new_proofs_2026.parquet").exists()
+
+
+def _runs_for(mira: MiraResource, instance: dg.DagsterInstance, sources: list[str]) -> None:
+    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+    job = defs.resolve_job_def("refresh_sources")
+    for source in sources:
+        instance.create_run_for_job(job, status=dg.DagsterRunStatus.FAILURE, tags={"dagster/partition": source})
+
+
+def test_sources_registered_at_load_still_get_their_first_run(small_config: Path, tmp_path: Path) -> None:
+    """Loading the code location registers the registry's partitions (before any sensor tick). On a fresh instance
+    the sensor's first tick still requests one run for each source; later, a registered source the sensor has not
+    seen gets one unless it had a run or a materialisation (say, by `mira run`)."""
+    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, mira.config())
+    result = new_source_result(instance, mira)  # the first tick, on a fresh instance
+    assert [r.partition_key for r in result.run_requests] == ["agent_openhands", "lean_qa"]
+    assert result.dynamic_partitions_requests == []  # already there
+    _materialize(mira, instance, "lean_qa")
+    # a later tick whose cursor has not seen them (they came with a reload of the code location)
+    assert [r.partition_key for r in new_source_result(instance, mira, seen=set()).run_requests] == ["agent_openhands"]
+    _runs_for(mira, instance, ["agent_openhands"])
+    assert isinstance(new_source_result(instance, mira, seen=set()), dg.SkipReason)
+
+
+def test_first_tick_on_an_instance_with_runs_starts_no_other_source(small_config: Path, tmp_path: Path) -> None:
+    """`mira run --source lean_qa`, then `dagster dev`: the sensor's first tick does not start the other registered
+    sources (they are not new, only not run yet: the schedule's business); a source it has seen is not new either."""
+    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, mira.config())
+    _materialize(mira, instance, "lean_qa")
+    assert isinstance(new_source_result(instance, mira), dg.SkipReason)
+    seen = set(mira.config().source_names())
+    assert isinstance(new_source_result(instance, mira, seen=seen), dg.SkipReason)
+
+
+def test_loading_the_code_location_registers_the_registry_partitions(
+    small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `dagster dev` or `dagster asset materialize` does on a fresh DAGSTER_HOME: the sources and scorer
+    units are partitions as soon as the definitions load; the automation sensor is on by default."""
+    from mira_dagster.definitions import defs
+    from mira_dagster.instance import ensure_instance
+
+    home = ensure_instance(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("MIRA_CONFIG", str(small_config))
+    monkeypatch.setenv("MIRA_HOME", str(tmp_path / "home"))
+    loaded = defs()
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions("sources") == ["agent_openhands", "lean_qa"]
+        assert instance.get_dynamic_partitions("scorer_units") == ["2", "D"]
+    sensor = loaded.resolve_sensor_def("default_automation_condition_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    corpus = {a.key for a in d.CORPUS_ASSETS}
+    assert corpus <= set(sensor.asset_selection.resolve(loaded.resolve_asset_graph()))
+
+    # a broken registry is a warning at load, never a failed load
+    monkeypatch.setenv("MIRA_CONFIG", str(tmp_path / "missing.yaml"))
+    assert defs().resolve_sensor_def("new_sources") is not None
 
 
 def test_refresh_runs_carry_their_scorer_group_for_the_per_group_run_limit() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from mira_dagster import definitions as d
 from mira_dagster.defs.partitions import in_process_instance
@@ -51,6 +52,7 @@ def test_fully_masked_source_blocks_downstream(small_config: Path, tmp_path: Pat
     assert instance.get_latest_materialization_event(dg.AssetKey("selected_subset")) is None
 
 
+@pytest.mark.slow  # the corpus materialised twice: 10-20 s
 def test_drift_warns_without_blocking(small_config: Path, tmp_path: Path) -> None:
     # a second source in group 2, so that group-normalised means can move
     data = SAMPLE / "math_think_thoughtanchors_r1distill.jsonl"

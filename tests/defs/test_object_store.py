@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.store import Store, object_store
+from mira_dagster.core.store import object_store
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from tests.loopback import wait_for_http
 from tests.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow  # the pipeline against a moto S3 server: about 40 s
 
 SOURCES = ["lean_qa", "agent_openhands"]
 
@@ -41,7 +43,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             "MIRA_TABLES_URL": "s3://mira-test/run-1",
         }.items():
             monkeypatch.setenv(key, value)
-        object_store("s3://mira-test").mkdir("mira-test")
+        object_store("s3://mira-test", f"http://127.0.0.1:{port}").mkdir("mira-test")
         yield "s3://mira-test/run-1"
     finally:
         server.terminate()
@@ -54,7 +56,7 @@ def test_pipeline_tables_on_object_storage(s3: str, small_config: Path, tmp_path
     instance = in_process_instance()
     run_pipeline(mira, instance, SOURCES)
 
-    fs = object_store(s3)
+    fs = mira.store().fs  # the settings' store: MIRA_TABLES_URL and MIRA_S3_ENDPOINT_URL from the environment
     stored = set(fs.find("mira-test/run-1/tables"))
     for table in ("raw_records", "teacher_labels", "student_scores"):
         for source in SOURCES:
@@ -64,7 +66,7 @@ def test_pipeline_tables_on_object_storage(s3: str, small_config: Path, tmp_path
     assert not (home / "tables").exists()  # nothing went to the local disk
 
     # DuckDB reads the partitions from the object store: counts reconcile with the stored partitions
-    store = Store(home)
+    store = mira.store()
     summary = store.query("run_summary")
     assert sorted(summary["source"].to_list()) == sorted(SOURCES)
     for row in summary.iter_rows(named=True):

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from mira_dagster.core.config import load_config
+
+pytestmark = pytest.mark.slow  # four partitions in four processes: about 25 s
 
 SCRIPT = """
 import sys

@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mira_dagster.core.config import PROJECT_ROOT, load_config
-from mira_dagster.core.prompts import system_prompt
 from mira_dagster.core.rubric import load_rubric
+from tests.helpers import system_prompt
+
+pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "anchors"

@@ -11,9 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.e2e.test_commands import BIN, user_env
+
+pytestmark = pytest.mark.e2e
 
 CHAT_VALUE = {
     "messages": [

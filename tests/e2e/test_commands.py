@@ -28,6 +28,7 @@ from mira_dagster.definitions import ALL_ASSETS
 from tests.loopback import wait_for_http
 
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
 
 
 def user_env(tmp_path: Path) -> dict[str, str]:
@@ -236,10 +237,11 @@ CHROMIUM_ARGS = [
 GROUPS = ["ingest", "discovery", "teacher", "student", "reliability", "selection"]
 
 
+@pytest.mark.browser
 def test_asset_graph_in_headless_chromium(dagster_dev: DevServer, tmp_path: Path) -> None:
-    """The asset graph as a user sees it: the global lineage lists every group, and a group's page draws its
-    assets. Screenshots land in tmp_path (and in $MIRA_SCREENSHOT_DIR when set: that is how docs/ui-*.png are
-    made)."""
+    """The asset graph as a user sees it: the global lineage lists every group, a group's page draws its assets, and
+    reliability_mask's page shows the reliability heatmap in place (a picture in its metadata row). Screenshots
+    land in tmp_path (and in $MIRA_SCREENSHOT_DIR when set: that is how docs/ui-*.png are made)."""
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
@@ -266,10 +268,22 @@ def test_asset_graph_in_headless_chromium(dagster_dev: DevServer, tmp_path: Path
         page.wait_for_timeout(1000)  # let the graph finish laying out before the picture
         shots["selection"] = tmp_path / "ui-selection.png"
         page.screenshot(path=shots["selection"])
+
+        page.goto(f"{base}/assets/reliability_mask", wait_until="networkidle")
+        row = page.locator("tr", has=page.get_by_text("heatmap", exact=True)).first
+        row.wait_for(timeout=30000)
+        picture = row.locator("img").first
+        picture.wait_for(timeout=30000)  # in the row itself, not behind a "[Show Markdown]" link
+        width, height = picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert width > 250 and height > 20  # the SVG decoded: 15 slot columns of 18 px, one row per source
+        assert "Rows: 1 lean_qa. Columns: A1–A15." in row.inner_text()
+        shots["heatmap"] = tmp_path / "ui-reliability-heatmap.png"
+        row.screenshot(path=shots["heatmap"])
         browser.close()
-    for path in shots.values():
+    for name, path in shots.items():
         png = path.read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a drawn page, not a blank one
+        # a drawn page, not a blank one (the heatmap's table row is a smaller picture)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > (5_000 if name == "heatmap" else 20_000)
     if os.environ.get("MIRA_SCREENSHOT_DIR"):
         for path in shots.values():
             shutil.copy(path, Path(os.environ["MIRA_SCREENSHOT_DIR"]) / path.name)

@@ -8,10 +8,13 @@ import subprocess
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from mira_dagster.cli import PID_TAG, release_dead_runs
 from mira_dagster.definitions import ALL_ASSETS
 from mira_dagster.defs.resources import MiraResource
+
+pytestmark = pytest.mark.e2e
 
 
 def _run(instance: dg.DagsterInstance, pid: int) -> str:

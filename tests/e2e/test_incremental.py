@@ -15,6 +15,8 @@ import pytest
 from mira_dagster.core.config import PROJECT_ROOT
 from tests.e2e.test_commands import BIN, user_env
 
+pytestmark = pytest.mark.e2e
+
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 ANCHORS = PROJECT_ROOT / "anchors"
 

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from mira_dagster.core.store import Store
 from tests.e2e.test_commands import BIN, user_env
+
+pytestmark = pytest.mark.e2e
 
 # what a finished run's tables must hold, compared between the interrupted home and an uninterrupted one
 TABLES = {

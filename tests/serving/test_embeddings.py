@@ -26,6 +26,8 @@ from mira_dagster.defs.resources import MiraResource
 from tests.conftest import SAMPLE
 from tests.serving.conftest import EMBED_MODEL
 
+pytestmark = pytest.mark.vllm
+
 MINILM = f"openai:{EMBED_MODEL}"
 
 

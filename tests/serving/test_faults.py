@@ -15,6 +15,8 @@ from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from tests.loopback import ChatServer, Reply, completion, serve, user_key
 
+pytestmark = pytest.mark.slow
+
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS
 ALL = ALL_ASSETS
 KINDS = ["ok", "500", "503", "429", "drop", "slow", "prose", "cut", "ok", "ok"]

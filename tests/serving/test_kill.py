@@ -17,13 +17,15 @@ import pytest
 
 from mira_dagster.core.config import load_config
 from mira_dagster.core.prompts import load_templates, render_user
+from mira_dagster.core.records import records_from
 from mira_dagster.core.rubric import load_rubric
 from mira_dagster.core.store import ParquetReplyCache
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
-from mira_dagster.defs.scoring import _records
 from tests.loopback import ChatServer, serve, user_key
+
+pytestmark = pytest.mark.slow
 
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS
 ALL = ALL_ASSETS
@@ -55,7 +57,7 @@ def test_sigkill_mid_partition_then_resume(small_config: Path, tmp_path: Path, m
     cfg = load_config(small_config)
     rubric, template = load_rubric(cfg.groups["2"].anchors, "2", "qa_with_think"), load_templates()
     rid_of = {
-        user_key({"messages": [{"content": render_user(template, rubric, r)}]}): r.record_id for r in _records(raw)
+        user_key({"messages": [{"content": render_user(template, rubric, r)}]}): r.record_id for r in records_from(raw)
     }
 
     server = ChatServer(latency_s=0.15)

@@ -15,6 +15,8 @@ from mira_dagster.defs.resources import MiraResource
 from tests.conftest import SAMPLE
 from tests.serving.conftest import chat_requests
 
+pytestmark = pytest.mark.vllm
+
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS
 ALL = ALL_ASSETS
 N_SHORT, N_LONG = 12, 3

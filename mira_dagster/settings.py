@@ -1,0 +1,209 @@
+"""Every setting of mira-dagster and where it comes from: the one way configuration comes in.
+
+Two sources, read here and nowhere else: environment variables (where things are: files, servers, keys) and the
+source registry YAML (what to do: groups, sources, pipeline settings). `core/` reads neither the environment nor a
+path it was not given; `defs/resources.py` builds the Dagster resource from this module (`dg.EnvVar` for every
+variable that is set, so Dagster resolves the values when a run starts and run config, the UI, logs and metadata show
+only the variable's name); nothing here runs at import time.
+
+| setting             | environment variable / registry key (the first one set wins)       | default                 |
+|---------------------|--------------------------------------------------------------------|-------------------------|
+| `config_path`       | `MIRA_CONFIG` (`mira ... --config`): the source registry           | anchors/groups.yaml     |
+| `home`              | `MIRA_HOME` (`mira ... --home`): tables, cache, exports            | `.mira/` (working dir)  |
+| `tables_url`        | `MIRA_TABLES_URL` (`s3://bucket/prefix`)                           | `<home>/tables`         |
+| `s3_endpoint_url`   | `MIRA_S3_ENDPOINT_URL` (credentials: s3fs's `AWS_*` chain)         | AWS                     |
+| `student.base_url`  | `MIRA_STUDENT_BASE_URL_<UNIT>`, `MIRA_STUDENT_BASE_URL`            | offline stand-in        |
+| `student.model`     | `MIRA_STUDENT_MODEL_<UNIT>`, `MIRA_STUDENT_MODEL`                  | registry student_model  |
+| `student.api_key` * | `MIRA_STUDENT_API_KEY`                                             | `EMPTY` (vLLM, no key)  |
+| `teacher.base_url`  | `MIRA_TEACHER_BASE_URL_<UNIT>`, `MIRA_TEACHER_BASE_URL`            | offline stand-in        |
+| `teacher.model`     | `MIRA_TEACHER_MODEL_<UNIT>`, `MIRA_TEACHER_MODEL`                  | `moonshotai/Kimi-K2.6`  |
+| `teacher.api_key` * | `MIRA_TEACHER_API_KEY`                                             | `EMPTY`                 |
+| `embed.base_url`    | `MIRA_EMBED_BASE_URL` (`/v1/embeddings`, rubric discovery)         | offline hashed TF-IDF   |
+| `embed.model`       | `MIRA_EMBED_MODEL`                                                 | the endpoint's only one |
+| `embed.api_key` *   | `MIRA_EMBED_API_KEY`                                               | `EMPTY`                 |
+| groups, sources     | registry `groups:`, `sources:`, `watch:` (core/config.MiraConfig)  | -                       |
+| pipeline settings   | registry `pipeline:` (core/config.PipelineSettings documents each) | as there                |
+| Dagster instance    | `DAGSTER_HOME` (`mira run`: `<home>/dagster` when unset)           | -                       |
+
+Marked *: a secret, a `SecretStr` here, and never in run config, the UI, logs, metadata or the tables.
+
+`<UNIT>` is a scorer unit's key upper-cased: a group (`MIRA_STUDENT_BASE_URL_D`), `GLOBAL`, or a source
+(`MIRA_STUDENT_BASE_URL_LEAN_QA`). An empty variable counts as unset. Precedence, highest first: a value given to
+the resource (`MiraResource(home=..., student=EndpointConfig(base_url=...))`, or its run config), the environment
+variable, the default; a unit's own variable beats the role-wide one (`MIRA_STUDENT_BASE_URL_D` over
+`MIRA_STUDENT_BASE_URL`, even one given to the resource). Test-only variables (`MIRA_VLLM_PYTHON`,
+`MIRA_EMBED_MODEL_DIR`, `MIRA_SCREENSHOT_DIR`, `MIRA_UPDATE_GOLDEN`, `MIRA_BENCH_TMP`) live in tests/ and bench/.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from mira_dagster.core.config import DEFAULT_CONFIG, MiraConfig, PipelineSettings, ScorerUnit, load_config
+
+if TYPE_CHECKING:  # imported where used: `mira --help` need not load openai, DuckDB or scikit-learn
+    from mira_dagster.core.embeddings import Embedder
+    from mira_dagster.core.llm_client import Endpoint
+    from mira_dagster.core.scoring import Role
+    from mira_dagster.core.store import Store
+
+DEFAULT_HOME = Path(".mira")
+
+# setting -> environment variable (the table above)
+PATH_VARS = {
+    "config_path": "MIRA_CONFIG",
+    "home": "MIRA_HOME",
+    "tables_url": "MIRA_TABLES_URL",
+    "s3_endpoint_url": "MIRA_S3_ENDPOINT_URL",
+}
+ENDPOINT_PREFIXES = {"student": "MIRA_STUDENT", "teacher": "MIRA_TEACHER", "embed": "MIRA_EMBED"}
+ENDPOINT_FIELDS = {"base_url": "BASE_URL", "model": "MODEL", "api_key": "API_KEY"}
+# per scorer unit (units are the registry's, so these are found by prefix): the roles only, not the embeddings
+UNIT_FIELDS = {"unit_base_urls": "BASE_URL", "unit_models": "MODEL"}
+UNIT_ROLES = ("student", "teacher")
+
+
+def env_names(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The variables of the table that are set (non-empty), by setting: {"home": "MIRA_HOME", "student":
+    {"base_url": "MIRA_STUDENT_BASE_URL", "unit_base_urls": {"D": "MIRA_STUDENT_BASE_URL_D"}}, ...}. Names only:
+    defs/resources.py turns them into dg.EnvVar, `Settings.from_env` into values."""
+    env = os.environ if environ is None else environ
+    names: dict[str, Any] = {key: var for key, var in PATH_VARS.items() if env.get(var)}
+    for role, prefix in ENDPOINT_PREFIXES.items():
+        found: dict[str, Any] = {
+            key: f"{prefix}_{var}" for key, var in ENDPOINT_FIELDS.items() if env.get(f"{prefix}_{var}")
+        }
+        if role in UNIT_ROLES:
+            for key, var in UNIT_FIELDS.items():
+                start = f"{prefix}_{var}_"
+                units = {name[len(start) :]: name for name in env if name.startswith(start) and env[name]}
+                if units:
+                    found[key] = dict(sorted(units.items()))
+        if found:
+            names[role] = found
+    return names
+
+
+class EndpointSettings(BaseModel):
+    """One OpenAI-compatible endpoint family: a role's (student, teacher) or the embeddings'."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_url: str | None = None  # comma-separated for several servers of the same model
+    model: str | None = None
+    api_key: SecretStr | None = None
+    unit_base_urls: dict[str, str] = Field(default_factory=dict)  # <UNIT> (upper-cased key) -> base_url
+    unit_models: dict[str, str] = Field(default_factory=dict)
+
+    def endpoint(self, unit_key: str, default_model: str) -> Endpoint | None:
+        """The endpoint(s) of a scorer unit: its own URL, else the role's; None for the offline stand-in."""
+        from mira_dagster.core.llm_client import Endpoint
+
+        suffix = unit_key.upper()
+        raw = self.unit_base_urls.get(suffix) or self.base_url
+        if not raw:
+            return None
+        urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
+        model = self.unit_models.get(suffix) or self.model or default_model
+        key = self.api_key.get_secret_value() if self.api_key else ""
+        return Endpoint(base_urls=urls, api_key=key or "EMPTY", model=model)
+
+
+class Settings(BaseModel):
+    """Every setting (the table in the module docstring). `registry()` loads the YAML the settings point at."""
+
+    model_config = ConfigDict(frozen=True)
+
+    config_path: Path = DEFAULT_CONFIG
+    home: Path = DEFAULT_HOME
+    tables_url: str | None = None
+    s3_endpoint_url: str | None = None
+    student: EndpointSettings = Field(default_factory=EndpointSettings)
+    teacher: EndpointSettings = Field(default_factory=EndpointSettings)
+    embed: EndpointSettings = Field(default_factory=EndpointSettings)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, given: Mapping[str, Any] | None = None) -> Settings:
+        """The settings: the `given` values (the resource's: {"home": ..., "student": {"base_url": ...}}) over the
+        environment's (the process's by default: the one place it is read) over the defaults. Empty values count
+        as unset; paths are resolved against the working directory."""
+        env = os.environ if environ is None else environ
+        values = _merge(_drop_empty(_values(env_names(env), env)), _drop_empty(given or {}))
+        for key in ("config_path", "home"):
+            values[key] = Path(values.get(key) or cls.model_fields[key].default).resolve()
+        return cls.model_validate(values)
+
+    # -- what the settings give ------------------------------------------------------------------------------
+    def registry(self) -> MiraConfig:
+        return load_config(self.config_path)
+
+    def store(self, pipeline: PipelineSettings | None = None) -> Store:
+        """The store under `home` (tables under `tables_url` when set), with the registry's DuckDB limits."""
+        from mira_dagster.core.store import Store
+
+        p = pipeline or PipelineSettings()
+        return Store(
+            self.home,
+            tables_url=self.tables_url,
+            memory_limit=p.duckdb_memory_limit,
+            temp_directory=p.duckdb_temp_directory,
+            s3_endpoint_url=self.s3_endpoint_url,
+        )
+
+    def endpoint(self, role: Role, unit: ScorerUnit) -> Endpoint | None:
+        """A role's endpoint for a scorer unit; None: the offline stand-in."""
+        from mira_dagster.core.scorers import default_model
+
+        return getattr(self, role).endpoint(unit.key, default_model(role, unit))
+
+    def embedder(self) -> Embedder:
+        """The embeddings endpoint's, or the offline hashed TF-IDF."""
+        from mira_dagster.core.embeddings import make_embedder
+
+        e = self.embed
+        return make_embedder(e.base_url, e.model, e.api_key.get_secret_value() if e.api_key else None)
+
+
+def _values(names: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    return {k: _values(v, env) if isinstance(v, Mapping) else env[v] for k, v in names.items()}
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        )
+    return out
+
+
+def _drop_empty(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            value = _drop_empty(value)
+        if value not in (None, "", {}):
+            out[key] = value
+    return out
+
+
+# -- for the command line (outside Dagster runs): the environment's settings ------------------------------------
+def mira_home() -> Path:
+    """Where tables, caches and exports live: MIRA_HOME, default `.mira/` in the working directory."""
+    return Settings.from_env().home
+
+
+def load_registry(path: Path | str | None = None) -> MiraConfig:
+    """The registry at `path`, else the configured one (MIRA_CONFIG, else the shipped anchors/groups.yaml)."""
+    return load_config(Path(path).resolve()) if path else Settings.from_env().registry()
+
+
+def open_store(home: Path | None = None) -> Store:
+    """The store under `home` (default MIRA_HOME), its tables where MIRA_TABLES_URL says."""
+    s = Settings.from_env()
+    return s.model_copy(update={"home": Path(home)} if home else {}).store()
