@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast lint format dev vllm-env embed-model bench bench-ingest bench-cache browser
+.PHONY: setup run test test-fast lint format dev vllm-env embed-model bench bench-ingest bench-cache browser servers
 
 $(BIN)/.mira-installed: pyproject.toml scripts/mira_dagster.pth
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,17 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 
-test: lint vllm-env embed-model browser
+# Debian's PostgreSQL server and Redis for the distributed tests (tests/distributed), which start their own
+# throwaway servers on loopback and stop them; installing needs root, as on CI. The package creates and starts no
+# cluster here (create_main_cluster = false): the tests run initdb in a temporary folder.
+servers:
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null; } || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-common && \
+		sed -i 's/^#\?\s*create_main_cluster.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql redis-server; }
+
+test: lint vllm-env embed-model browser servers
 	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python MIRA_EMBED_MODEL_DIR=$(EMBED_MODEL_DIR) $(BIN)/pytest
 
 # The core and definitions tests without the slow tiers (markers in pyproject.toml), on two workers (pytest-xdist):

@@ -270,7 +270,7 @@ def print_summary(home: Path, sources: list[str] | None = None, stale_selection:
         print("\nthe variants at the same budget (selection_report; teacher: the anchored teacher's overall 0-100 on")
         print("held-out records kept and left out):")
         print(tabulate(variants.rows(), headers=VARIANT_COLUMNS, tablefmt="github"))
-    print(f"\ncatalogue: {store.catalog_path}   export: {store.exports_dir / 'selected_subset'}")
+    print(f"\ncatalogue: {store.catalog_path}   export: {store.location('exports/selected_subset')}")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

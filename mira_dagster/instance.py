@@ -9,7 +9,8 @@ unless the process is one of Dagster's console scripts started in a mira-dagster
   (or one in the checkout's `.env`) wins;
 - makes the instance ready (`ensure_instance`): the folder, the project's `dagster.yaml` (run queue, per-group run
   limit, pools) and the storage's schema, created once under a file lock so that first commands started together
-  do not race on the schema;
+  do not race on the schema; with `MIRA_DAGSTER_PG_URL` set, docs/dagster-postgres.yaml instead (storage on
+  PostgreSQL), its schema created once under a PostgreSQL advisory lock and the project's pools set up;
 - gives `dagster asset ...` and `dagster job ...` the code location (`DAGSTER_MODULE_NAME`; Dagster 1.13 reads
   neither workspace.yaml nor [tool.dagster] there, and `dagster dev` must not see that variable), and turns the two
   `dagster asset materialize` calls that cannot work here into one line that says what to run instead.
@@ -18,6 +19,7 @@ unless the process is one of Dagster's console scripts started in a mira-dagster
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -27,6 +29,11 @@ from mira_dagster.core.config import PROJECT_ROOT, ConfigError
 CODE_LOCATION = "mira_dagster.definitions"
 READY = ".mira-instance-ready"  # written once the storage's schema exists
 LOCK = ".mira-instance.lock"
+POSTGRES_SETTINGS = PROJECT_ROOT / "docs" / "dagster-postgres.yaml"
+# the pools of the assets (`pool=`), set up once on PostgreSQL: dagster-postgres 0.29 fails one of two runs that
+# first claim a pool at the same time (tests/distributed/test_servers.py::test_postgres_first_claim_of_a_pool_races)
+POOLS = ("student", "teacher")
+PG_LOCK_KEY = 0x6D697261  # pg_advisory_lock key of the schema's creation ("mira")
 DAGSTER_SCRIPTS = {"dagster", "dagster-daemon", "dagster-webserver", "dg"}
 # options of `dagster asset|job` that name a code location themselves
 POINTER_OPTIONS = {
@@ -73,25 +80,65 @@ def ensure_instance(home: Path | None = None) -> Path:
             "set DAGSTER_HOME to a folder without them (MIRA_HOME itself may keep them)"
         )
     home.mkdir(parents=True, exist_ok=True)
-    _copy_settings(home)
-    if (home / READY).exists():
+    pg_url = use_postgres()
+    _copy_settings(home, pg_url is not None)
+    ready = home / (READY if pg_url is None else f"{READY}-pg-{hashlib.sha256(pg_url.encode()).hexdigest()[:12]}")
+    if ready.exists():
         return home
     import fcntl
 
     with open(home / LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (home / READY).exists():
-            _create_storage(home)
-            (home / READY).touch()
+        if not ready.exists():
+            if pg_url is None:
+                _create_storage(home)
+            else:
+                _create_pg_storage(home, pg_url)
+            ready.touch()
     return home
 
 
-def _copy_settings(home: Path) -> None:
+def use_postgres() -> str | None:
+    """With MIRA_DAGSTER_PG_URL set: its psycopg2 form (settings.Deployment.pg_url) put back into the environment,
+    where docs/dagster-postgres.yaml's `env:` reads it, in this process and the ones it starts; returned. None
+    without it (the instance on SQLite in DAGSTER_HOME)."""
+    from mira_dagster.settings import DEPLOY_VARS, Deployment
+
+    url = Deployment.from_env().pg_url()
+    if url:
+        os.environ[DEPLOY_VARS["dagster_pg_url"]] = url
+    return url
+
+
+def _storage_kind(path: Path) -> str | None:
+    import yaml
+
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+        storage = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("storage") or {}
+        return "postgres" if "postgres" in storage else next(iter(storage), None)
+    return None
+
+
+def _copy_settings(home: Path, postgres: bool = False) -> None:
+    """The project's dagster.yaml (docs/dagster-postgres.yaml with `postgres`) into `home` when it has none. An
+    untouched copy of the SQLite one gives way to the PostgreSQL one; any other file is kept, but one whose storage
+    disagrees with MIRA_DAGSTER_PG_URL (set or not) is refused rather than silently used."""
     target = home / "dagster.yaml"
+    source = POSTGRES_SETTINGS if postgres else PROJECT_ROOT / "dagster.yaml"
     if target.exists():
+        on_pg = _storage_kind(target) == "postgres"
+        if postgres and not on_pg:
+            if target.read_bytes() != (PROJECT_ROOT / "dagster.yaml").read_bytes():
+                raise ConfigError(
+                    f"MIRA_DAGSTER_PG_URL is set but {target} keeps the instance elsewhere (an edited copy): "
+                    f"give it `storage: postgres` (as in {POSTGRES_SETTINGS}) or delete it"
+                )
+            _replace(target, source)
+        elif not postgres and on_pg and "MIRA_DAGSTER_PG_URL" in target.read_text(encoding="utf-8"):
+            raise ConfigError(f"{target} keeps the instance on PostgreSQL: set MIRA_DAGSTER_PG_URL")
         return
     tmp = home / f".dagster.yaml.{os.getpid()}"
-    tmp.write_bytes((PROJECT_ROOT / "dagster.yaml").read_bytes())
+    tmp.write_bytes(source.read_bytes())
     try:
         os.link(tmp, target)  # never replaces a file another process put there meanwhile
     except FileExistsError:
@@ -100,17 +147,47 @@ def _copy_settings(home: Path) -> None:
         tmp.unlink()
 
 
-def _create_storage(home: Path) -> None:
-    """Open the instance once and touch each storage, so that every table and index exists."""
+def _replace(target: Path, source: Path) -> None:
+    tmp = target.with_name(f".dagster.yaml.{os.getpid()}")
+    tmp.write_bytes(source.read_bytes())
+    os.replace(tmp, target)
+
+
+def _create_storage(home: Path, pools: tuple[str, ...] = ()) -> None:
+    """Open the instance once and touch each storage, so that every table and index exists; set up `pools` that
+    the instance does not have yet (at its default limit; a limit someone set is kept)."""
     from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         instance.get_runs(limit=1)
         instance.get_dynamic_partitions("sources")
-        instance.event_log_storage.get_concurrency_keys()
+        known = instance.event_log_storage.get_concurrency_keys()
         instance.all_instigator_state()
         instance.get_backfills(limit=1)
+        for pool in pools:
+            if pool not in known:
+                instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
+
+
+def _create_pg_storage(home: Path, url: str) -> None:
+    """The schema and the pools on PostgreSQL, once for every machine: under an advisory lock of the database (the
+    file lock covers one folder), which dagster-postgres' own creation and the pools' first claims need."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+            try:
+                _create_storage(home, POOLS)
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+    except sa.exc.OperationalError as exc:
+        raise ConfigError(f"the Dagster instance's PostgreSQL (MIRA_DAGSTER_PG_URL): {exc.orig}") from None
+    finally:
+        engine.dispose()
 
 
 def _is_checkout(folder: Path) -> bool:

@@ -10,7 +10,9 @@ only the variable's name); nothing here runs at import time.
 |---------------------|--------------------------------------------------------------------|-------------------------|
 | `config_path`       | `MIRA_CONFIG` (`mira ... --config`): the source registry           | anchors/groups.yaml     |
 | `home`              | `MIRA_HOME` (`mira ... --home`): tables, cache, exports            | `.mira/` (working dir)  |
-| `tables_url`        | `MIRA_TABLES_URL` (`s3://bucket/prefix`)                           | `<home>/tables`         |
+| `store_url`         | `MIRA_STORE_URL` (`s3://bucket/prefix`): tables, reply cache,      | `<home>` (local disk)   |
+|                     | exports, rubrics; `<home>` then only holds deletable caches        |                         |
+| `tables_url`        | `MIRA_TABLES_URL`: an alias of `MIRA_STORE_URL` (which wins)       | -                       |
 | `s3_endpoint_url`   | `MIRA_S3_ENDPOINT_URL` (credentials: s3fs's `AWS_*` chain)         | AWS                     |
 | `student.base_url`  | `MIRA_STUDENT_BASE_URL_<UNIT>`, `MIRA_STUDENT_BASE_URL`            | offline stand-in        |
 | `student.model`     | `MIRA_STUDENT_MODEL_<UNIT>`, `MIRA_STUDENT_MODEL`                  | registry student_model  |
@@ -24,6 +26,9 @@ only the variable's name); nothing here runs at import time.
 | groups, sources     | registry `groups:`, `sources:`, `watch:` (core/config.MiraConfig)  | -                       |
 | pipeline settings   | registry `pipeline:` (core/config.PipelineSettings documents each) | as there                |
 | Dagster instance    | `DAGSTER_HOME` (`mira run`: `<home>/dagster` when unset)           | -                       |
+| `dagster_pg_url` *  | `MIRA_DAGSTER_PG_URL`: the instance on PostgreSQL (instance.py)    | SQLite in DAGSTER_HOME  |
+| `executor`          | `MIRA_EXECUTOR`: `celery` runs refresh_sources' steps on Celery    | `multiprocess`          |
+| `celery_broker` *   | `MIRA_CELERY_BROKER` (`redis://host:6379/0`): broker and results   | - (needed by `celery`)  |
 
 Marked *: a secret, a `SecretStr` here, and never in run config, the UI, logs, metadata or the tables.
 
@@ -44,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from mira_dagster.core.config import DEFAULT_CONFIG, MiraConfig, PipelineSettings, ScorerUnit, load_config
+from mira_dagster.core.config import DEFAULT_CONFIG, ConfigError, MiraConfig, PipelineSettings, ScorerUnit, load_config
 
 if TYPE_CHECKING:  # imported where used: `mira --help` need not load openai, DuckDB or scikit-learn
     from mira_dagster.core.embeddings import Embedder
@@ -58,7 +63,8 @@ DEFAULT_HOME = Path(".mira")
 PATH_VARS = {
     "config_path": "MIRA_CONFIG",
     "home": "MIRA_HOME",
-    "tables_url": "MIRA_TABLES_URL",
+    "store_url": "MIRA_STORE_URL",
+    "tables_url": "MIRA_TABLES_URL",  # the alias, from when only the tables went there
     "s3_endpoint_url": "MIRA_S3_ENDPOINT_URL",
 }
 ENDPOINT_PREFIXES = {"student": "MIRA_STUDENT", "teacher": "MIRA_TEACHER", "embed": "MIRA_EMBED"}
@@ -66,6 +72,14 @@ ENDPOINT_FIELDS = {"base_url": "BASE_URL", "model": "MODEL", "api_key": "API_KEY
 # per scorer unit (units are the registry's, so these are found by prefix): the roles only, not the embeddings
 UNIT_FIELDS = {"unit_base_urls": "BASE_URL", "unit_models": "MODEL"}
 UNIT_ROLES = ("student", "teacher")
+# the deployment: where the Dagster instance keeps runs and events, what executes refresh_sources' steps. Read by
+# instance.py, defs/automation.py and worker.py (`Deployment.from_env`), not by the resource: no run needs them
+DEPLOY_VARS = {
+    "dagster_pg_url": "MIRA_DAGSTER_PG_URL",
+    "executor": "MIRA_EXECUTOR",
+    "celery_broker": "MIRA_CELERY_BROKER",
+}
+EXECUTORS = ("multiprocess", "celery")
 
 
 def env_names(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -121,6 +135,7 @@ class Settings(BaseModel):
 
     config_path: Path = DEFAULT_CONFIG
     home: Path = DEFAULT_HOME
+    store_url: str | None = None
     tables_url: str | None = None
     s3_endpoint_url: str | None = None
     student: EndpointSettings = Field(default_factory=EndpointSettings)
@@ -143,13 +158,14 @@ class Settings(BaseModel):
         return load_config(self.config_path)
 
     def store(self, pipeline: PipelineSettings | None = None) -> Store:
-        """The store under `home` (tables under `tables_url` when set), with the registry's DuckDB limits."""
+        """The store under `home`, or under `store_url` (else its alias `tables_url`) when set, with the registry's
+        DuckDB limits."""
         from mira_dagster.core.store import Store
 
         p = pipeline or PipelineSettings()
         return Store(
             self.home,
-            tables_url=self.tables_url,
+            store_url=self.store_url or self.tables_url,
             memory_limit=p.duckdb_memory_limit,
             temp_directory=p.duckdb_temp_directory,
             s3_endpoint_url=self.s3_endpoint_url,
@@ -167,6 +183,36 @@ class Settings(BaseModel):
 
         e = self.embed
         return make_embedder(e.base_url, e.model, e.api_key.get_secret_value() if e.api_key else None)
+
+
+class Deployment(BaseModel):
+    """The deployment's settings (DEPLOY_VARS): the instance's PostgreSQL and the executor of refresh_sources."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dagster_pg_url: SecretStr | None = None  # postgresql://user:password@host:5432/db
+    executor: str = "multiprocess"
+    celery_broker: SecretStr | None = None  # redis://[:password@]host:6379/0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Deployment:
+        env = os.environ if environ is None else environ
+        values = {key: env[var] for key, var in DEPLOY_VARS.items() if env.get(var)}
+        deploy = cls.model_validate(values)
+        if deploy.executor not in EXECUTORS:
+            raise ConfigError(f"MIRA_EXECUTOR={deploy.executor}: one of {', '.join(EXECUTORS)}")
+        if deploy.executor == "celery" and deploy.celery_broker is None:
+            raise ConfigError("MIRA_EXECUTOR=celery needs MIRA_CELERY_BROKER (e.g. redis://127.0.0.1:6379/0)")
+        return deploy
+
+    def pg_url(self) -> str | None:
+        """The instance's SQLAlchemy URL with the psycopg2 driver named: dagster-postgres installs psycopg2, and
+        SQLAlchemy 2.1 takes a bare postgresql:// (or postgres://) for psycopg 3."""
+        if self.dagster_pg_url is None:
+            return None
+        url = self.dagster_pg_url.get_secret_value()
+        scheme, sep, rest = url.partition("://")
+        return f"postgresql+psycopg2://{rest}" if sep and scheme in ("postgresql", "postgres") else url
 
 
 def _values(names: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -204,6 +250,6 @@ def load_registry(path: Path | str | None = None) -> MiraConfig:
 
 
 def open_store(home: Path | None = None) -> Store:
-    """The store under `home` (default MIRA_HOME), its tables where MIRA_TABLES_URL says."""
+    """The store under `home` (default MIRA_HOME), or where MIRA_STORE_URL (alias MIRA_TABLES_URL) says."""
     s = Settings.from_env()
     return s.model_copy(update={"home": Path(home)} if home else {}).store()

@@ -25,7 +25,6 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import polars as pl
 
@@ -33,7 +32,7 @@ from mira_dagster.core.config import Family, MiraConfig, ScorerUnit
 from mira_dagster.core.llm_client import Endpoint
 from mira_dagster.core.prompts import fill_record, judge_template, render_user
 from mira_dagster.core.records import Record, estimate_tokens
-from mira_dagster.core.rubric import Rubric, discovered_anchor_path, load_rubric
+from mira_dagster.core.rubric import Rubric, discovered_anchor_name, load_rubric
 from mira_dagster.core.sampling import hash_sample, teacher_sample
 from mira_dagster.core.scorers import EndpointLookup, make_judge, make_scorer
 from mira_dagster.core.scoring import ChatBackend, ReplyCache, ScorerSpec
@@ -119,7 +118,7 @@ def plan_run(
     ids = {s: _source_ids(store, s) for s in sorted({s for u in units.values() for s in u.sources} | set(sources))}
     for key, unit in sorted(units.items()):
         plan.steps.append(_judge_step(cfg, unit, ids, store.replies, endpoints))
-        rubric = _rubric(cfg, unit, store.home)
+        rubric = _rubric(cfg, unit, store)
         if rubric is None:
             plan.notes.append(f"{unit.scope} {key}: no rubric yet (discovered in this run): every record counted")
         mine = [s for s in sources if cfg.unit_of(s).key == key]
@@ -259,13 +258,13 @@ def _cached(cache: ReplyCache, version: str, ids: pl.Series) -> set[str]:
     return found
 
 
-def _rubric(cfg: MiraConfig, unit: ScorerUnit, home: Path) -> Rubric | None:
+def _rubric(cfg: MiraConfig, unit: ScorerUnit, store: Store) -> Rubric | None:
     """The rubric the unit's scorers will use, as MiraResource.rubric chooses it; None when it is still to be
     discovered."""
     if unit.anchors is not None and cfg.pipeline.rubric_source == "configured":
         return load_rubric(unit.anchors, unit.key, unit.family)
-    path = discovered_anchor_path(home, unit.key, unit.scope)
-    return load_rubric(path, unit.key, unit.family) if path.exists() else None
+    path = store.fetch_file(discovered_anchor_name(unit.key, unit.scope))  # the store's, wherever it is
+    return load_rubric(path, unit.key, unit.family) if path is not None else None
 
 
 def _empty(family: Family) -> Record:

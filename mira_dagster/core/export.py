@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -19,8 +20,11 @@ from mira_dagster.core.store import Store
 
 def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000) -> dict:
     """Write the kept records with their text, sharded by source, and a manifest, swapped in atomically. The rows
-    stream from DuckDB in batches (sql/export_kept.sql), so memory is bounded by a batch, not by the kept text."""
-    out = store.exports_dir / "selected_subset"
+    stream from DuckDB in batches (sql/export_kept.sql), so memory is bounded by a batch, not by the kept text.
+
+    With a store URL the export goes there (`store.location(EXPORT)`): the shards to a new generation,
+    `exports/selected_subset/<generation>/`, then `manifest.json` (its files named `<generation>/<shard>`, relative
+    to it as on disk) with one PUT, the swap; the generations older than the previous one are removed after it."""
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     shards = _Shards(staging, shard_records)
@@ -39,13 +43,46 @@ def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000
         "tokens": sum(f["tokens"] for f in files),
         "files": files,
     }
+    if store.fs is not None:
+        try:
+            return _publish(store, staging, manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     # Swap directories so readers see the old export or the new one, never a mix.
+    out = store.exports_dir / "selected_subset"
     old = store.exports_dir / f".old.{uuid.uuid4().hex}"
     if out.exists():
         out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+EXPORT = "exports/selected_subset"
+
+
+def _publish(store: Store, staging: Path, manifest: dict) -> dict:
+    """The staged shards as a new generation on object storage, then the manifest pointing at it (one PUT: readers
+    see the old export or the new one); the generations older than the previous one (readers may still be in that
+    one) are removed."""
+    fs, root = store.fs, store.location(EXPORT).removeprefix("s3://")
+    generation = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    for f in manifest["files"]:
+        fs.put_file(str(staging / f["file"]), f"{root}/{generation}/{f['file']}")
+        f["file"] = f"{generation}/{f['file']}"
+    manifest = {**manifest, "generation": generation}
+    try:
+        previous = json.loads(fs.cat_file(f"{root}/manifest.json")).get("generation")
+    except FileNotFoundError:
+        previous = None
+    fs.pipe_file(f"{root}/manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+    # only generations older than the previous one: an export running at the same time may have just put a newer
+    # manifest, its generation must stay (names start with their time, so they sort by age)
+    for folder in fs.ls(root, detail=False, refresh=True) if previous else []:
+        name = folder.rstrip("/").rsplit("/", 1)[-1]
+        if name not in ("manifest.json", generation) and name < previous:
+            fs.rm(folder, recursive=True)
     return manifest
 
 

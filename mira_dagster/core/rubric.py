@@ -304,11 +304,17 @@ def released_student_warnings(cfg: MiraConfig, unit: ScorerUnit, rubric: Rubric)
     return []
 
 
-def discovered_anchor_path(home: Path, key: str, scope: str = "group") -> Path:
-    """Where anchor_rubric writes a unit's rubric: group_<id>_dim_anchors.jsonl (the cards' name) for a group,
-    global_dim_anchors.jsonl, or source_<name>_dim_anchors.jsonl."""
+def discovered_anchor_name(key: str, scope: str = "group") -> str:
+    """A unit's discovered rubric, relative to the store (MIRA_HOME, or the store URL): anchors/
+    group_<id>_dim_anchors.jsonl (the cards' name) for a group, global_dim_anchors.jsonl, or
+    source_<name>_dim_anchors.jsonl."""
     name = "global" if scope == "global" else f"{scope}_{key}"
-    return Path(home) / "anchors" / f"{name}_dim_anchors.jsonl"
+    return f"anchors/{name}_dim_anchors.jsonl"
+
+
+def discovered_anchor_path(home: Path, key: str, scope: str = "group") -> Path:
+    """Where anchor_rubric writes a unit's rubric under MIRA_HOME (with a store URL: its local copy)."""
+    return Path(home) / discovered_anchor_name(key, scope)
 
 
 def write_anchor_file(path: Path, dims: list[AnchorDim]) -> None:

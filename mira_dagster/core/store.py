@@ -4,16 +4,19 @@ Writers never share a file: each partition is its own Parquet file, replaced ato
 of scorer replies is a new Parquet file. So parallel partitions never wait on a lock, a crash leaves
 either the old file or the new one, and the layout carries over to object storage unchanged.
 `mira.duckdb` holds only views over those files (refreshed in a short transaction after each write),
-for users to query with the duckdb CLI or Python.
+for users to query with the duckdb CLI or Python. With a store URL (MIRA_STORE_URL, s3://bucket/prefix) the
+tables, the reply cache (ObjectReplyCache), exports and rubrics live there, and MIRA_HOME holds only caches.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -78,9 +81,12 @@ def object_store(url: str, endpoint_url: str | None = None) -> Any:
 
 
 class Store:
-    """Tables under `home/tables`, or under `tables_url` (s3://bucket/prefix) when given; the reply cache,
-    exports, discovered rubrics and the catalogue stay in `home` (they are written often, or by one process).
-    mira_dagster/settings.py builds it from MIRA_HOME, MIRA_TABLES_URL and MIRA_S3_ENDPOINT_URL."""
+    """Tables under `home/tables`, the reply cache under `home/cache/replies`, exports under `home/exports` and
+    discovered rubrics under `home/anchors`; or, with a store URL (s3://bucket/prefix, setting `store_url`,
+    MIRA_STORE_URL, alias MIRA_TABLES_URL), all of them under that URL, `home` then holding only caches that can be
+    deleted at any time (downloaded reply objects, copies of rubrics and exports, this machine's write-ahead logs of
+    live writers, DuckDB's spill folder, staging files). mira_dagster/settings.py builds it from MIRA_HOME,
+    MIRA_STORE_URL and MIRA_S3_ENDPOINT_URL."""
 
     def __init__(
         self,
@@ -89,19 +95,60 @@ class Store:
         memory_limit: str = "4GB",
         temp_directory: Path | None = None,
         s3_endpoint_url: str | None = None,
+        *,
+        store_url: str | None = None,
     ) -> None:
         self.home = Path(home)
         # DuckDB spills past memory_limit into temp_directory instead of failing a corpus-sized query
         self.memory_limit = memory_limit
         self.temp_directory = Path(temp_directory) if temp_directory else self.home / "duckdb_tmp"
-        self.tables_url = (tables_url or "").rstrip("/") or None
-        self.fs = object_store(self.tables_url, s3_endpoint_url) if self.tables_url else None
-        # fsspec paths carry no scheme: bucket/prefix/tables
-        self._remote_root = f"{self.tables_url.removeprefix('s3://')}/tables" if self.tables_url else ""
+        self.url = (store_url or tables_url or "").rstrip("/") or None
+        self.tables_url = self.url  # the name before the whole store moved there
+        self.fs = object_store(self.url, s3_endpoint_url) if self.url else None
+        # fsspec paths carry no scheme: bucket/prefix
+        self._root = self.url.removeprefix("s3://") if self.url else ""
+        self._remote_root = f"{self._root}/tables"
         self.tables_dir = self.home / "tables"
         self.exports_dir = self.home / "exports"
         self.catalog_path = self.home / "mira.duckdb"
-        self.replies = ParquetReplyCache(self.home / "cache" / "replies")
+        self.replies: ParquetReplyCache = (
+            ObjectReplyCache(self.fs, f"{self._root}/replies", self.home / "cache" / "replies")
+            if self.fs is not None
+            else ParquetReplyCache(self.home / "cache" / "replies")
+        )
+
+    # -- durable files (rubrics, exports): `home/<rel>`, or the store URL's `<rel>` with `home/<rel>` a copy -----
+    def location(self, rel: str) -> str:
+        """Where `rel` (a path relative to the store: anchors/..., exports/...) durably lives, for metadata."""
+        return f"s3://{self._root}/{rel}" if self.fs is not None else str(self.home / rel)
+
+    def exists(self, rel: str) -> bool:
+        """Whether `rel` (a file or folder relative to the store) exists where it durably lives."""
+        return self.fs.exists(f"{self._root}/{rel}") if self.fs is not None else (self.home / rel).exists()
+
+    def publish_file(self, rel: str) -> str:
+        """Make `home/<rel>` (just written) durable: on object storage one PUT (readers see the old object or the
+        new one); on disk it already is. Returns its location."""
+        if self.fs is not None:
+            self.fs.put_file(str(self.home / rel), f"{self._root}/{rel}")
+        return self.location(rel)
+
+    def fetch_file(self, rel: str) -> Path | None:
+        """The local path of `rel`, refreshed from object storage when there is a store URL; None if it does not
+        exist (there: the local copy, if any, is removed, as the store says it is gone)."""
+        local = self.home / rel
+        if self.fs is None:
+            return local if local.exists() else None
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            self.fs.get_file(f"{self._root}/{rel}", str(tmp))
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            local.unlink(missing_ok=True)
+            return None
+        os.replace(tmp, local)
+        return local
 
     # -- tables --------------------------------------------------------------------------------
     def partition_path(self, table: str, partition: str | None = None) -> Path:
@@ -360,6 +407,7 @@ class ParquetReplyCache:
         "attempt": pl.Int64,
     }
     BUCKETS = "0123456789abcdef"
+    takes_logs = True  # compaction merges the logs of dead writers
 
     def __init__(self, root: Path, *, l0_max: int = 16, fanout: int = 8, unit: int = 256) -> None:
         self.root = Path(root)
@@ -496,7 +544,7 @@ class ParquetReplyCache:
         files = sorted(d.glob("*.parquet"))
         if not full and len(files) < self.l0_max:
             return
-        dead = _dead_logs(d)
+        dead = _dead_logs(d) if self.takes_logs else []
         try:
             # in chunks of `l0_max` files (at most _CHUNK_ROWS rows), each followed by its merges, as the writers'
             # compactions go: an old flat cache is migrated in bounded memory into the shape the writers build
@@ -580,6 +628,244 @@ class ParquetReplyCache:
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, bucket_dir / name)
+
+
+class ObjectReplyCache(ParquetReplyCache):
+    """The reply cache on object storage (a store URL): `<url>/replies/<version>/L<level>-<time>-<uuid>.parquet`,
+    with, for a merged object, `<its name>.inputs.json` (the objects it was merged from).
+
+    Object stores have no append, no rename and no lock, so every object is written once under a unique name with
+    a create-only PUT (`If-None-Match: *`) and never changed: two writers, on one machine or many, never clobber
+    each other. A writer appends each answer to its local write-ahead log (as on disk: a killed process loses
+    nothing on this machine) and PUTs a level-0 object every `batch_size` answers or, at the next answer, once its
+    oldest unpublished one is `flush_seconds` old (so a dead machine loses only its last few seconds of answers).
+    The logs of dead writers of this machine are published by its next writer or compaction of the version.
+
+    Compaction of the objects (after a flush, when `l0_max` level-0 objects, or `fanout` of a higher level, are
+    listed): the oldest of them are merged (first answer per (record_id, attempt) kept) into one new object a level
+    up, its inputs listed first in its `.inputs.json`; only after that PUT are the inputs deleted. Two compactions at
+    once at worst both merge the same inputs: the replies are then in two objects, which readers dedupe; no reply
+    is ever only in a deleted object.
+
+    Lookups go through a local index of the objects, the on-disk cache itself (`ParquetReplyCache` under
+    `<home>/cache/replies`): each object listed and not yet in it is downloaded as one of its level-0 files (and
+    its name appended to `<version>/ingested.txt`), and the local compaction makes sorted runs of them as on disk;
+    a merged object whose inputs are all in the index is only noted, not downloaded. So a lookup costs one LIST
+    plus the local indexed lookup, and each object is downloaded once per home. An object deleted by a compaction
+    between the listing and its download is retried from a new listing. The index is a cache: deleted, it is
+    rebuilt from the objects.
+    """
+
+    takes_logs = False  # dead writers' logs are published (`_rescue`), not merged into the local index
+
+    def __init__(
+        self,
+        fs: Any,
+        root: str,
+        local: Path,
+        *,
+        l0_max: int = 16,
+        fanout: int = 8,
+        flush_seconds: float = 5.0,
+    ) -> None:
+        super().__init__(local, l0_max=l0_max, fanout=fanout)
+        self.fs = fs
+        self.remote = root.rstrip("/")
+        self.flush_seconds = flush_seconds
+
+    def _key(self, version: str, name: str = "") -> str:
+        return f"{self.remote}/{version}/{name}".rstrip("/")
+
+    def writer(self, version: str, batch_size: int = 256) -> ReplyWriter:
+        self._rescue(version)
+        return ReplyWriter(
+            self._dir(version),
+            batch_size,
+            after_flush=lambda: self.compact(version),
+            publish=lambda df: self._put(version, df),
+            flush_seconds=self.flush_seconds,
+        )
+
+    def _put(self, version: str, df: pl.DataFrame) -> str:
+        """A new level-0 object of `df` (create-only: a name is never written twice), also added to the index."""
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd")
+        name = _object_name(0)
+        self.fs.pipe_file(self._key(version, name), buf.getvalue(), mode="create")
+        _atomic_bytes(buf.getvalue(), self._dir(version) / name)
+        self._note(version, [name])
+        return name
+
+    def _rescue(self, version: str) -> None:
+        """Publish the logs of this machine's dead writers (nobody holds their lock); removed only after the PUT
+        (killed before, they are published twice: readers dedupe)."""
+        d = self._dir(version)
+        if not d.is_dir():
+            return
+        dead = _dead_logs(d)
+        try:
+            rows = [row for wal, _ in dead for row in _read_wal(wal)]
+            if rows:
+                self._put(version, pl.DataFrame(rows, schema=self.SCHEMA))
+            for wal, _ in dead:
+                wal.unlink(missing_ok=True)
+        finally:
+            for _, fh in dead:
+                fh.close()
+
+    # -- the local index -------------------------------------------------------------------------------------
+    def _names(self, version: str) -> list[str]:
+        try:
+            listed = self.fs.ls(self._key(version), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(n.rsplit("/", 1)[-1] for n in listed if n.endswith(".parquet"))
+
+    def _ingested(self, version: str) -> set[str]:
+        try:
+            return set((self._dir(version) / "ingested.txt").read_text(encoding="utf-8").split())
+        except FileNotFoundError:
+            return set()
+
+    def _note(self, version: str, names: list[str]) -> None:
+        """`names` are in the index (appended: several processes of this machine may note at once)."""
+        if names:
+            with (self._dir(version) / "ingested.txt").open("a", encoding="utf-8") as fh:
+                fh.write("".join(f"{name}\n" for name in names))
+
+    def _covered(self, version: str, name: str, seen: set[str]) -> bool:
+        """Whether a merged object's rows are all in the index already (its inputs are)."""
+        if _level_of(Path(name)) == 0:
+            return False
+        try:
+            inputs = json.loads(self.fs.cat_file(self._key(version, f"{name}.inputs.json")))
+        except FileNotFoundError:
+            return False
+        return set(inputs) <= seen
+
+    def _sync(self, version: str) -> None:
+        """Add the objects listed and not yet in the index; again from a new listing if one was gone (compacted
+        since the listing: its rows are in an object the next listing shows)."""
+        d = self._dir(version)
+        d.mkdir(parents=True, exist_ok=True)
+        for _ in range(_RETRIES):
+            names, seen, added, gone = self._names(version), self._ingested(version), [], False
+            for name in names:
+                if name in seen:
+                    continue
+                if not self._covered(version, name, seen):
+                    tmp = d / f".{name}.{uuid.uuid4().hex}.tmp"
+                    try:
+                        self.fs.get_file(self._key(version, name), str(tmp))
+                        os.replace(tmp, d / name)
+                    except FileNotFoundError:
+                        gone = True
+                        continue
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                added.append(name)
+                seen.add(name)
+            self._note(version, added)
+            if any(_level_of(Path(name)) > 0 for name in added) or _count_l0(d) >= self.l0_max:
+                self._index_l0(d)  # a merged object is large: sorted runs of it now, not a scan per lookup
+            if len(seen) > 2 * len(names) + 64:  # forget names long compacted away (a race only costs a download)
+                _atomic_bytes("".join(f"{n}\n" for n in sorted(seen & set(names))).encode(), d / "ingested.txt")
+            if not gone:
+                return
+        raise FileNotFoundError(f"reply objects of {version} kept vanishing while listed")
+
+    def _index_l0(self, d: Path) -> None:
+        """The index's level-0 files into sorted runs, unless another process of this machine is compacting."""
+        with (d / ".compact.lock").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            self._compact_l0(d, full=True)
+
+    def _lookup(self, version: str, ids: list[str]) -> list[pl.DataFrame]:
+        self._sync(version)
+        return super()._lookup(version, ids)
+
+    def _frame(self, version: str) -> pl.LazyFrame | None:
+        self._sync(version)
+        return super()._frame(version)
+
+    # -- compaction ------------------------------------------------------------------------------------------
+    def compact(self, version: str, *, full: bool = False, wait: bool = False) -> bool:
+        """Merge objects into fewer (see the class docstring; `full`: every object into one), then the local
+        index as on disk. False when another process of this machine is compacting the version's objects (unless
+        `wait`) or there was nothing to do."""
+        self._rescue(version)
+        d = self._dir(version)
+        d.mkdir(parents=True, exist_ok=True)
+        done = False
+        with (d / ".objects.lock").open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            while group := self._group(self._names(version), full):
+                if not self._merge(version, group):
+                    break
+                done = True
+                if full:
+                    break
+        if full:
+            self._sync(version)
+        return super().compact(version, full=full, wait=wait) or done
+
+    def _merge(self, version: str, group: list[str]) -> bool:
+        with tempfile.TemporaryDirectory(dir=self.root.parent) as tmp:
+            paths = []
+            for name in group:
+                try:
+                    self.fs.get_file(self._key(version, name), f"{tmp}/{name}")
+                except FileNotFoundError:  # another machine's compaction took it: it has them
+                    return False
+                paths.append(Path(tmp) / name)
+            merged = (
+                pl.scan_parquet(paths, glob=False, schema=self.SCHEMA, missing_columns="insert")
+                .collect()
+                .with_columns(pl.col("attempt").fill_null(0))
+                .sort(["attempt", "created_at"])
+                .unique(subset=["record_id", "attempt"], keep="first", maintain_order=True)
+            )
+        buf = io.BytesIO()
+        merged.write_parquet(buf, compression="zstd")
+        name = _object_name(1 + max(_level_of(Path(n)) for n in group))
+        # the inputs first: a reader that sees the object can tell it holds nothing new to it
+        self.fs.pipe_file(self._key(version, f"{name}.inputs.json"), json.dumps(group).encode(), mode="create")
+        self.fs.pipe_file(self._key(version, name), buf.getvalue(), mode="create")
+        # only now: killed before this, the rows are in both (readers dedupe)
+        inputs = [self._key(version, n) for n in group]
+        self.fs.rm(
+            inputs + [f"{key}.inputs.json" for key, n in zip(inputs, group, strict=True) if not n.startswith("L0-")]
+        )
+        return True
+
+    def _group(self, names: list[str], full: bool) -> list[str]:
+        if full:
+            return names if len(names) > 1 else []
+        by_level: dict[int, list[str]] = {}
+        for name in names:
+            by_level.setdefault(_level_of(Path(name)), []).append(name)
+        for level, group in sorted(by_level.items()):
+            size = self.l0_max if level == 0 else self.fanout
+            if len(group) >= size:
+                return group[:size]
+        return []
+
+
+def _object_name(level: int) -> str:
+    return f"L{level}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex}.parquet"
+
+
+def _atomic_bytes(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 _RETRIES = 5
@@ -697,13 +983,25 @@ def _read_wal(path: Path) -> list[dict[str, Any]]:
 class ReplyWriter:
     """Appends answers to a write-ahead log and writes them to a Parquet file every `batch_size` answers."""
 
-    def __init__(self, directory: Path, batch_size: int, after_flush: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        batch_size: int,
+        after_flush: Callable[[], object] | None = None,
+        *,
+        publish: Callable[[pl.DataFrame], object] | None = None,
+        flush_seconds: float | None = None,
+    ) -> None:
         self.dir = directory
         self.batch_size = batch_size
         self.rows: list[dict[str, Any]] = []
         self._wal: Path | None = None
         self._fh: Any = None
         self._after_flush = after_flush
+        # object storage: `publish` PUTs the batch (instead of a file in `directory`), also every `flush_seconds`
+        self._publish = publish
+        self._flush_seconds = flush_seconds
+        self._oldest = 0.0
 
     def __enter__(self) -> ReplyWriter:
         return self
@@ -727,16 +1025,23 @@ class ReplyWriter:
         # One write per answer, flushed to the OS: a killed process keeps everything written so far.
         self._fh.write(json.dumps({**row, "created_at": row["created_at"].isoformat()}) + "\n")
         self._fh.flush()
+        if not self.rows:
+            self._oldest = time.monotonic()
         self.rows.append(row)
-        if len(self.rows) >= self.batch_size:
+        if len(self.rows) >= self.batch_size or (
+            self._flush_seconds is not None and time.monotonic() - self._oldest >= self._flush_seconds
+        ):
             self.flush()
 
     def flush(self) -> None:
         if not self.rows:
             return
-        now = datetime.now(UTC)
-        name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-        _atomic_parquet(pl.DataFrame(self.rows, schema=ParquetReplyCache.SCHEMA), self.dir / name)
+        df = pl.DataFrame(self.rows, schema=ParquetReplyCache.SCHEMA)
+        if self._publish is not None:
+            self._publish(df)  # raises: the log keeps the rows, a later writer or compaction publishes them
+        else:
+            now = datetime.now(UTC)
+            _atomic_parquet(df, self.dir / f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet")
         self.rows = []
         # The Parquet file now holds what the log held; a crash between the two leaves duplicates, which
         # readers drop (first answer per (record_id, attempt) wins).

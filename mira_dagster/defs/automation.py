@@ -19,6 +19,7 @@ from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.partitions import source_partitions, unit_partitions, unregistered_sources
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
+from mira_dagster.settings import DEPLOY_VARS, Deployment
 
 SCORER_GROUP_TAG = "mira/scorer_group"
 
@@ -28,6 +29,21 @@ def _scorer_group_tag(source: str) -> dict[str, str]:
     (one endpoint group)."""
     cfg = MiraResource().config()  # the cached registry, reloaded only when it or a watched folder changes
     return {SCORER_GROUP_TAG: cfg.unit_of(source).key} if source in cfg.sources else {}
+
+
+def _executor() -> dg.ExecutorDefinition | None:
+    """refresh_sources' executor: Dagster's default (multiprocess: the steps in subprocesses of the run's process)
+    unless MIRA_EXECUTOR=celery: then dagster-celery's, every step a task on the broker MIRA_CELERY_BROKER for the
+    workers of `celery -A mira_dagster.worker worker` on any machine (mira_dagster/worker.py). The broker's URL is
+    resolved from the environment when the run starts: it is never in the job's config or the UI."""
+    if Deployment.from_env().executor != "celery":
+        return None
+    from dagster_celery import celery_executor
+
+    from mira_dagster.worker import celery_config
+
+    broker = {"env": DEPLOY_VARS["celery_broker"]}
+    return celery_executor.configured({"broker": broker, "backend": broker, "config_source": celery_config()})
 
 
 refresh_sources_job = dg.define_asset_job(
@@ -43,6 +59,7 @@ refresh_sources_job = dg.define_asset_job(
         f"the tag {SCORER_GROUP_TAG}=<group>, limited per group in dagster.yaml: backfill this job to cap the "
         "partitions sent to each group's scorers at once."
     ),
+    executor_def=_executor(),
 )
 
 

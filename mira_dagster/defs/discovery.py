@@ -17,7 +17,7 @@ from mira_dagster.core.discovery import (
     judgments_frame,
 )
 from mira_dagster.core.records import record_text, records_from
-from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_path, write_anchor_file
+from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, write_anchor_file
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scorers import make_judge
 from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
@@ -235,10 +235,11 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     key = context.partition_key
     cfg, store = mira.config(), mira.store()
     unit = _unit(cfg, key)
-    path = discovered_anchor_path(store.home, key, unit.scope)
+    name = discovered_anchor_name(key, unit.scope)
+    path = store.home / name  # with a store URL, the local copy published below
     _, empty = _unit_records(store, unit)
     if empty:
-        kept = f"the existing rubric {path} is kept" if path.exists() else "no rubric written"
+        kept = f"the existing rubric {store.location(name)} is kept" if store.fetch_file(name) else "no rubric written"
         return _skip(context, empty, kept)
     df = store.read("teacher_judgments", _unit_partition(unit))
     items = items_of(df)
@@ -249,6 +250,7 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     embedder = mira.embedder()
     found = discover_anchors(items, embedder.embed([item_text(i) for i in items]), seed=cfg.pipeline.seed)
     write_anchor_file(path, found.dims)
+    location = store.publish_file(name)
     table = pl.DataFrame(
         [
             {
@@ -269,7 +271,7 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
         metadata={
             "dagster/row_count": table.height,
             "slots": md_table(table.drop("scorer_unit", "scorer_scope"), n=N_SLOTS),
-            "anchor_file": dg.MetadataValue.path(str(path)),
+            "anchor_file": dg.MetadataValue.path(location),
             "in_use_by_scorers": in_use,
             "embedder": embedder.name,
         }
@@ -292,10 +294,12 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
     key = context.partition_key
     store = mira.store()
     unit = _unit(mira.config(), key)
-    out = store.exports_dir / "distillation" / f"{_unit_file_name(unit)}.jsonl"
+    name = f"exports/distillation/{_unit_file_name(unit)}.jsonl"
+    out = store.home / name  # with a store URL, the local copy published below
     _, empty = _unit_ids(store, unit)
     if empty:
-        return _skip(context, empty, f"the existing {out} is kept" if out.exists() else "nothing written")
+        kept = f"the existing {store.location(name)} is kept" if store.fetch_file(name) else "nothing written"
+        return _skip(context, empty, kept)
     rubric = mira.rubric(key)
     spec, _, _ = mira.scorer("teacher", key, rubric)
     labels = store.read("teacher_labels").filter(
@@ -309,12 +313,13 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
     by_id = {r.record_id: r for r in records_from(texts.unique("record_id", keep="first"))}
     labelled = labels.select("record_id", "source").iter_rows()
     counts = write_sft_file(out, labelled, by_id, replies, spec, rubric)
-    context.log.info(f"{unit.scope} {key}: {sum(counts.values())} distillation examples written to {out}")
+    location = store.publish_file(name)
+    context.log.info(f"{unit.scope} {key}: {sum(counts.values())} distillation examples written to {location}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sum(counts.values()),
             "per_source": dg.MetadataValue.json(counts),
             "stale_labels_skipped": stale,
-            "path": dg.MetadataValue.path(str(out)),
+            "path": dg.MetadataValue.path(location),
         }
     )

@@ -15,7 +15,7 @@ from pydantic import Field
 from mira_dagster.core.config import MiraConfig, load_config
 from mira_dagster.core.embeddings import Embedder
 from mira_dagster.core.llm_client import Endpoint
-from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_path, load_rubric
+from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_name, load_rubric
 from mira_dagster.core.scorers import make_judge, make_scorer
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 from mira_dagster.core.store import Store
@@ -57,7 +57,10 @@ class MiraResource(dg.ConfigurableResource):
 
     config_path: str | None = Field(None, description="the source registry YAML (MIRA_CONFIG)")
     home: str | None = Field(None, description="tables, reply cache, exports, rubrics (MIRA_HOME)")
-    tables_url: str | None = Field(None, description="s3://bucket/prefix for the tables (MIRA_TABLES_URL)")
+    store_url: str | None = Field(
+        None, description="s3://bucket/prefix for tables, reply cache, exports, rubrics (MIRA_STORE_URL)"
+    )
+    tables_url: str | None = Field(None, description="an alias of store_url (MIRA_TABLES_URL)")
     s3_endpoint_url: str | None = Field(None, description="an S3-compatible server (MIRA_S3_ENDPOINT_URL)")
     student: EndpointConfig = Field(default_factory=EndpointConfig, description="MIRA_STUDENT_*")
     teacher: EndpointConfig = Field(default_factory=EndpointConfig, description="MIRA_TEACHER_*")
@@ -92,11 +95,13 @@ class MiraResource(dg.ConfigurableResource):
         unit = cfg.scorer_units()[unit_key]
         if unit.anchors is not None and cfg.pipeline.rubric_source == "configured":
             return load_rubric(unit.anchors, unit_key, unit.family)
-        path = discovered_anchor_path(self.settings().home, unit_key, unit.scope)
-        if not path.exists():
+        store = self.store()
+        name = discovered_anchor_name(unit_key, unit.scope)
+        path = store.fetch_file(name)  # with a store URL: a fresh local copy
+        if path is None:
             raise RubricError(
                 f"scorer unit {unit_key!r} ({unit.scope} scope) has no rubric yet: materialise "
-                f"anchor_rubric[{unit_key}] ({path})"
+                f"anchor_rubric[{unit_key}] ({store.location(name)})"
             )
         return load_rubric(path, unit_key, unit.family)
 

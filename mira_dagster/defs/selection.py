@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from mira_dagster.core.export import export_kept
+from mira_dagster.core.export import EXPORT, export_kept
 from mira_dagster.core.plots import retention_curves, score_distributions
 from mira_dagster.core.store import Store
 from mira_dagster.defs.freshness import CORPUS_FINGERPRINT, corpus_fingerprint
@@ -181,8 +181,8 @@ def selected_random(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
 )
 def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store, s = mira.store(), mira.config().pipeline
-    out = store.exports_dir / "selected_subset"
-    kept_as_is = f"the previous export ({out}) is left as it was" if out.exists() else "no export written"
+    out = store.location(EXPORT)
+    kept_as_is = f"the previous export ({out}) is left as it was" if store.exists(EXPORT) else "no export written"
     # Never replace good output with the output of an empty run: check before writing anything.
     counts = store.query_sql(
         "SELECT count(*) AS records, count(aggregate) AS scored, coalesce(sum(n_tokens), 0) AS tokens "
@@ -263,7 +263,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             if overlap.height
             else dg.MetadataValue.md("no content is shared between sources"),
             "tokens_kept": int(units["kept"].sum()),
-            "export": dg.MetadataValue.path(str(store.exports_dir / "selected_subset")),
+            "export": dg.MetadataValue.path(out),
             "export_files": len(manifest["files"]),
         },
     )

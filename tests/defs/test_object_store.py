@@ -1,12 +1,15 @@
-"""Tables on S3-compatible object storage: moto's server on loopback, the pipeline's assets writing their
-partitions there, DuckDB reading them from there (through fsspec), nothing under the local tables folder."""
+"""The store on S3-compatible object storage: moto's server on loopback, the pipeline's assets writing their
+partitions, replies and export there, DuckDB reading them from there (through fsspec), nothing under the local
+tables folder. tests/defs/test_shared_store.py: two homes sharing one store."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,9 +25,10 @@ pytestmark = pytest.mark.slow  # the pipeline against a moto S3 server: about 40
 SOURCES = ["lean_qa", "agent_openhands"]
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A moto S3 server on a free loopback port, a bucket, and the environment pointing at it."""
+@contextmanager
+def moto_s3(bucket: str = "mira-test") -> Iterator[str]:
+    """A moto S3 server on a free loopback port with `bucket`: its endpoint URL (AWS_* test credentials are the
+    caller's to set)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -35,19 +39,32 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", server, 60, "moto_server")
-        for key, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "MIRA_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "MIRA_TABLES_URL": "s3://mira-test/run-1",
-        }.items():
-            monkeypatch.setenv(key, value)
-        object_store("s3://mira-test", f"http://127.0.0.1:{port}").mkdir("mira-test")
-        yield "s3://mira-test/run-1"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def s3_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str, url: str, var: str = "MIRA_STORE_URL") -> None:
+    """The environment pointing at the moto server: test credentials, the endpoint, the store URL (in `var`)."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MIRA_S3_ENDPOINT_URL": endpoint,
+        var: url,
+    }.items():
+        monkeypatch.setenv(key, value)
+    object_store(url, endpoint).mkdir(url.removeprefix("s3://").split("/", 1)[0])
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto S3 server on a free loopback port, a bucket, and the environment pointing at it (through the alias
+    MIRA_TABLES_URL: the whole store goes there)."""
+    with moto_s3() as endpoint:
+        s3_environment(monkeypatch, endpoint, "s3://mira-test/run-1", "MIRA_TABLES_URL")
+        yield "s3://mira-test/run-1"
 
 
 def test_pipeline_tables_on_object_storage(s3: str, small_config: Path, tmp_path: Path) -> None:
@@ -75,4 +92,9 @@ def test_pipeline_tables_on_object_storage(s3: str, small_config: Path, tmp_path
         assert row["records_kept"] > 0
     kept = store.read("selected_subset")
     assert kept.height == int(summary["records_kept"].sum())
-    assert (home / "exports" / "selected_subset" / "manifest.json").exists()  # exports stay local
+    # the export is there too: a manifest PUT last, pointing at its generation's shards
+    manifest = json.loads(fs.cat_file("mira-test/run-1/exports/selected_subset/manifest.json"))
+    assert manifest["records"] == kept.height
+    assert all(fs.exists(f"mira-test/run-1/exports/selected_subset/{f['file']}") for f in manifest["files"])
+    assert not (home / "exports" / "selected_subset").exists()
+    assert fs.find("mira-test/run-1/replies")  # and the reply cache
