@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     resources=resources,
                     raise_on_error=False,
                     run_config=run_config,
-                    tags={"mira/entry": "mira run", PID_TAG: str(os.getpid())},
+                    tags={"mira/entry": "mira run", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
                 )
                 if result.success:
                     plan.done(item)
@@ -162,18 +163,22 @@ def quiet_dagster_failures() -> None:
 
 
 PID_TAG = "mira/pid"
+HOST_TAG = "mira/host"  # a process id means something on its own machine only
 
 
 def release_dead_runs(instance: DagsterInstance) -> list[str]:
     """Runs of a `mira run` that was killed stay "started" and keep their concurrency-pool slots, so the next one
-    would wait for those slots forever. Mark them failed and free their slots; runs of live processes are left."""
+    would wait for those slots forever. Mark them failed and free their slots; runs of live processes are left, and
+    so are runs of other machines (an instance on PostgreSQL is shared: their process ids cannot be checked here;
+    the `mira run` of that machine releases them)."""
     import dagster as dg
 
     in_progress = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
     released = []
+    here = socket.gethostname()
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=in_progress, tags={"mira/entry": "mira run"})):
         pid = run.tags.get(PID_TAG)
-        if pid is None or _alive(int(pid)):
+        if pid is None or run.tags.get(HOST_TAG, here) != here or _alive(int(pid)):
             continue
         instance.report_run_failed(run, f"its `mira run` process ({pid}) is gone")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)

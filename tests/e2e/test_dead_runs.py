@@ -4,25 +4,25 @@ waiting for them for ever (found by tests/e2e/test_kill_run.py, where the resume
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from mira_dagster.cli import PID_TAG, release_dead_runs
+from mira_dagster.cli import HOST_TAG, PID_TAG, release_dead_runs
 from mira_dagster.definitions import ALL_ASSETS
 from mira_dagster.defs.resources import MiraResource
 
 pytestmark = pytest.mark.e2e
 
 
-def _run(instance: dg.DagsterInstance, pid: int) -> str:
+def _run(instance: dg.DagsterInstance, pid: int, host: str | None = None) -> str:
     defs = dg.Definitions(assets=ALL_ASSETS, resources={"mira": MiraResource()})
     job = defs.resolve_implicit_global_asset_job_def()
-    run = instance.create_run_for_job(
-        job, status=dg.DagsterRunStatus.STARTED, tags={"mira/entry": "mira run", PID_TAG: str(pid)}
-    )
+    tags = {"mira/entry": "mira run", PID_TAG: str(pid), **({HOST_TAG: host} if host else {})}
+    run = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags=tags)
     return run.run_id
 
 
@@ -46,3 +46,16 @@ def test_slots_of_a_dead_mira_run_are_freed_and_its_run_failed(tmp_path: Path) -
     assert dead_run not in {s.run_id for s in info.claimed_slots}
     # the live run's step, which was waiting for a slot, gets one now
     assert storage.claim_concurrency_slot("student", live_run, "student_scores").is_claimed
+
+
+def test_runs_of_another_machine_are_left_alone(tmp_path: Path) -> None:
+    """On a shared instance (PostgreSQL) a process id of another machine means nothing here: its run is not failed,
+    even when no process of that id lives on this machine."""
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    elsewhere = _run(instance, dead.pid, host="another-machine")
+    here = _run(instance, dead.pid, host=socket.gethostname())
+    assert release_dead_runs(instance) == [here]
+    assert instance.get_run_by_id(elsewhere).status == dg.DagsterRunStatus.STARTED
