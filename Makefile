@@ -82,7 +82,7 @@ test: lint vllm-env embed-model browser servers
 # under 2 minutes, no vLLM, no browser, no `mira` or `dagster` command. What to run while editing; `make test` is
 # what CI runs.
 test-fast: setup
-	$(BIN)/pytest -q -n 2 -m "not vllm and not browser and not e2e and not slow" tests/core tests/defs
+	$(BIN)/pytest -q -n 2 -m "not vllm and not browser and not e2e and not slow" tests/core tests/io tests/defs
 
 bench: setup
 	$(BIN)/python bench/scoring.py

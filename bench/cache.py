@@ -30,7 +30,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mira_dagster.core.store import ParquetReplyCache  # noqa: E402
+from mira_dagster.io.store import ParquetReplyCache  # noqa: E402
 
 VERSION = "bench-version"
 BATCH = 256  # replies per flat file, the writers' default batch

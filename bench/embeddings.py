@@ -37,14 +37,16 @@ from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 from mira_dagster import definitions as d  # noqa: E402
 from mira_dagster.core.clustering import group_sources, source_vector  # noqa: E402
-from mira_dagster.core.config import MiraConfig, load_config  # noqa: E402
+from mira_dagster.core.config import MiraConfig  # noqa: E402
 from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text  # noqa: E402
-from mira_dagster.core.embeddings import Embedder, HashedTfidfEmbedder, OpenAIEmbedder, dense  # noqa: E402
+from mira_dagster.core.embeddings import Embedder, HashedTfidfEmbedder, dense  # noqa: E402
 from mira_dagster.core.offline_judge import catalogue  # noqa: E402
 from mira_dagster.core.records import record_text  # noqa: E402
 from mira_dagster.core.sampling import hash_sample  # noqa: E402
 from mira_dagster.defs.partitions import in_process_instance  # noqa: E402
 from mira_dagster.defs.resources import MiraResource  # noqa: E402
+from mira_dagster.io.embedding_client import OpenAIEmbedder
+from mira_dagster.io.registry import load_config
 from tests.core.test_discovery import planted_items  # noqa: E402
 
 

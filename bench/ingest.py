@@ -184,8 +184,9 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
     if who == "ours":
         import tempfile
 
-        from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA, SourceIngest
-        from mira_dagster.core.store import Store
+        from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
+        from mira_dagster.io.ingest import SourceIngest
+        from mira_dagster.io.store import Store
 
         with tempfile.TemporaryDirectory(dir=workdir) as home:
             store = Store(Path(home))

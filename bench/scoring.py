@@ -29,16 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openai import OpenAI  # noqa: E402
 
-from mira_dagster.core.config import load_config  # noqa: E402
-from mira_dagster.core.llm_client import Endpoint, OpenAIBackend  # noqa: E402
 from mira_dagster.core.offline import OfflineBackend  # noqa: E402
 from mira_dagster.core.parsing import parse_reply  # noqa: E402
-from mira_dagster.core.prompts import load_templates, render_system, render_user  # noqa: E402
+from mira_dagster.core.prompts import render_system, render_user  # noqa: E402
 from mira_dagster.core.records import Record, record_id_of  # noqa: E402
-from mira_dagster.core.rubric import load_rubric  # noqa: E402
 from mira_dagster.core.scoring import Completion, Job, ScorerSpec  # noqa: E402
-from mira_dagster.core.store import ParquetReplyCache  # noqa: E402
 from mira_dagster.core.tables import scores_frame  # noqa: E402
+from mira_dagster.io.anchors import load_rubric  # noqa: E402
+from mira_dagster.io.llm_client import Endpoint, OpenAIBackend  # noqa: E402
+from mira_dagster.io.registry import load_config  # noqa: E402
+from mira_dagster.io.store import ParquetReplyCache  # noqa: E402
+from mira_dagster.io.templates import load_templates
 from tests.helpers import score_jobs  # noqa: E402
 
 

@@ -31,7 +31,7 @@ import dagster as dg
 from mira_dagster import definitions as d
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.partitions import in_process_instance
-from mira_dagster.core.config import load_config
+from mira_dagster.io.registry import load_config
 from pathlib import Path
 config, home, selection = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 started = time.monotonic()

@@ -42,8 +42,8 @@ from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mira_dagster.core.reliability import reliability_table  # noqa: E402
-from mira_dagster.core.store import Store  # noqa: E402
+from mira_dagster.defs.reliability import reliability_table  # noqa: E402
+from mira_dagster.io.store import Store  # noqa: E402
 
 MAX_MAE, MIN_RHO, MIN_N, SHARE = 1.5, 0.3, 8, 0.5
 N_BOOT, CHUNK, LEVEL = 1000, 125, 0.95

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mira_dagster.core.config import ConfigError, load_config
+from mira_dagster.core.config import ConfigError
+from mira_dagster.io.registry import load_config
 from mira_dagster.settings import load_registry, mira_home, open_store
 
 if TYPE_CHECKING:
@@ -49,10 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mira_dagster import definitions as d
-    from mira_dagster.core.cost import cost_gate
     from mira_dagster.defs.freshness import RunPlan
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
+    from mira_dagster.io.cost import cost_gate
 
     # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO. Failures are
     # printed by us, one line each: Dagster's tracebacks only with -v.
@@ -290,7 +291,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """What mira would make of some files: read only, nothing is written."""
-    from mira_dagster.core.inspect import inspect_files, render_report
+    from mira_dagster.io.inspect import inspect_files, render_report
 
     family, mapping, paths = None, None, [Path(p) for p in args.paths]
     if args.group or args.source:
@@ -353,8 +354,10 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
     """Validate an anchors file (downloaded or hand-written) and print it as the scorer would see it."""
     import re
 
-    from mira_dagster.core.prompts import PromptTemplateError, load_templates, render_system
-    from mira_dagster.core.rubric import FAMILY_FACETS, RubricError, load_rubric
+    from mira_dagster.core.prompts import PromptTemplateError, render_system
+    from mira_dagster.core.rubric import FAMILY_FACETS, RubricError
+    from mira_dagster.io.anchors import load_rubric
+    from mira_dagster.io.templates import load_templates
 
     path = Path(args.file)
     cfg = None

@@ -2,7 +2,13 @@
 
 import dagster as dg
 
-from mira_dagster.defs.automation import follow_inputs, new_sources, refresh_sources_job, refresh_stale_sources
+from mira_dagster.defs.automation import (
+    executor_from_settings,
+    follow_inputs,
+    new_sources,
+    refresh_sources_job,
+    refresh_stale_sources,
+)
 from mira_dagster.defs.discovery import anchor_rubric, distillation_dataset, source_groups, teacher_judgments
 from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.partitions import register_partitions_on_load
@@ -51,4 +57,5 @@ def defs() -> dg.Definitions:
         schedules=[refresh_stale_sources],
         sensors=[new_sources, follow_inputs],
         resources={"mira": mira_resource()},  # the set MIRA_* variables as dg.EnvVar
+        executor=executor_from_settings(),  # None: Dagster's default (multiprocess)
     )

@@ -1,8 +1,8 @@
 """Every setting of mira-dagster and where it comes from: the one way configuration comes in.
 
 Two sources, read here and nowhere else: environment variables (where things are: files, servers, keys) and the
-source registry YAML (what to do: groups, sources, pipeline settings). `core/` reads neither the environment nor a
-path it was not given; `defs/resources.py` builds the Dagster resource from this module (`dg.EnvVar` for every
+source registry YAML (what to do: groups, sources, pipeline settings; read by io/registry.py). `core/` reads neither
+the environment nor any file; `defs/resources.py` builds the Dagster resource from this module (`dg.EnvVar` for every
 variable that is set, so Dagster resolves the values when a run starts and run config, the UI, logs and metadata show
 only the variable's name); nothing here runs at import time.
 
@@ -49,13 +49,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from mira_dagster.core.config import DEFAULT_CONFIG, ConfigError, MiraConfig, PipelineSettings, ScorerUnit, load_config
+from mira_dagster.core.config import DEFAULT_CONFIG, ConfigError, MiraConfig, PipelineSettings, ScorerUnit
+from mira_dagster.io.registry import load_config
 
 if TYPE_CHECKING:  # imported where used: `mira --help` need not load openai, DuckDB or scikit-learn
     from mira_dagster.core.embeddings import Embedder
-    from mira_dagster.core.llm_client import Endpoint
     from mira_dagster.core.scoring import Role
-    from mira_dagster.core.store import Store
+    from mira_dagster.io.llm_client import Endpoint
+    from mira_dagster.io.store import Store
 
 DEFAULT_HOME = Path(".mira")
 
@@ -116,7 +117,7 @@ class EndpointSettings(BaseModel):
 
     def endpoint(self, unit_key: str, default_model: str) -> Endpoint | None:
         """The endpoint(s) of a scorer unit: its own URL, else the role's; None for the offline stand-in."""
-        from mira_dagster.core.llm_client import Endpoint
+        from mira_dagster.io.llm_client import Endpoint
 
         suffix = unit_key.upper()
         raw = self.unit_base_urls.get(suffix) or self.base_url
@@ -159,8 +160,8 @@ class Settings(BaseModel):
 
     def store(self, pipeline: PipelineSettings | None = None) -> Store:
         """The store under `home`, or under `store_url` (else its alias `tables_url`) when set, with the registry's
-        DuckDB limits."""
-        from mira_dagster.core.store import Store
+        DuckDB limits and reply publication window (pipeline.reply_publish_seconds)."""
+        from mira_dagster.io.store import Store
 
         p = pipeline or PipelineSettings()
         return Store(
@@ -169,17 +170,18 @@ class Settings(BaseModel):
             memory_limit=p.duckdb_memory_limit,
             temp_directory=p.duckdb_temp_directory,
             s3_endpoint_url=self.s3_endpoint_url,
+            reply_publish_seconds=p.reply_publish_seconds,
         )
 
     def endpoint(self, role: Role, unit: ScorerUnit) -> Endpoint | None:
         """A role's endpoint for a scorer unit; None: the offline stand-in."""
-        from mira_dagster.core.scorers import default_model
+        from mira_dagster.io.scorers import default_model
 
         return getattr(self, role).endpoint(unit.key, default_model(role, unit))
 
     def embedder(self) -> Embedder:
         """The embeddings endpoint's, or the offline hashed TF-IDF."""
-        from mira_dagster.core.embeddings import make_embedder
+        from mira_dagster.io.embedding_client import make_embedder
 
         e = self.embed
         return make_embedder(e.base_url, e.model, e.api_key.get_secret_value() if e.api_key else None)

@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
-from mira_dagster.core.prompts import load_templates, render_system
-from mira_dagster.core.records import MAX_RECORD_BYTES, Record, SourceIngest
+from mira_dagster.core.prompts import render_system
+from mira_dagster.core.records import MAX_RECORD_BYTES, Record
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import (
     ChatBackend,
@@ -23,6 +23,8 @@ from mira_dagster.core.scoring import (
     ScorerSpec,
     score_stream,
 )
+from mira_dagster.io.ingest import SourceIngest
+from mira_dagster.io.templates import load_templates
 
 
 class Quarantined(BaseModel):

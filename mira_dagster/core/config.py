@@ -1,25 +1,23 @@
 """The source registry (`anchors/groups.yaml`) and the pipeline settings, validated at the boundary.
 
-Reads the file it is given and nothing else: which file (MIRA_CONFIG, `mira run --config`) and every other setting's
-source are decided in mira_dagster/settings.py."""
+Models only: io/registry.py reads the file into them; which file (MIRA_CONFIG, `mira run --config`) and every other
+setting's source are decided in mira_dagster/settings.py."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Family = Literal["qa_with_think", "qa", "agent"]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).absolute().parents[2]
 DEFAULT_CONFIG = PROJECT_ROOT / "anchors" / "groups.yaml"
 
 # Source names become partition keys, file names and SQL literals: keep them boring.
-_SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SAFE_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,31}$")
 
 
@@ -116,6 +114,12 @@ class PipelineSettings(BaseModel):
     request_timeout_s: float = 120.0
     max_retries: int = Field(3, ge=0)
     write_batch_size: int = Field(256, ge=1)
+    # With a store URL: an answer is PUT to the store at most this many seconds after it arrived (or with its
+    # write_batch_size batch, if sooner), so a killed machine's other machines re-ask at most this window's
+    # answers. 0 = one PUT per answer, as it arrives (nothing answered is asked again; compaction merges the small
+    # objects), at the price of a PUT and a LIST per answer. Without a store URL it does nothing (a local log
+    # survives a kill).
+    reply_publish_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)
     # Scoring streams a source in chunks of this many records: a step's memory is bounded by the chunk and
     # max_in_flight, not the source size.
     scoring_chunk_records: int = Field(20_000, ge=1)
@@ -208,9 +212,9 @@ class MiraConfig(BaseModel):
     @classmethod
     def _source_names(cls, sources: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
         for name in sources:
-            if not _SAFE_NAME.match(name):
+            if not SAFE_NAME.match(name):
                 raise ValueError(
-                    f"source name {name!r} must match {_SAFE_NAME.pattern} "
+                    f"source name {name!r} must match {SAFE_NAME.pattern} "
                     "(it becomes a partition key, a file name and a SQL value)"
                 )
         return sources
@@ -298,106 +302,3 @@ class MiraConfig(BaseModel):
         scope = self.pipeline.scorer_scope
         key = {"group": self.sources[source].group, "source": source, "global": "global"}[scope]
         return self.scorer_units()[key]
-
-
-def load_config(path: Path | str | None = None) -> MiraConfig:
-    """Load and validate a registry (default: the shipped anchors/groups.yaml; the configured one, MIRA_CONFIG, is
-    mira_dagster.settings.load_registry()); relative paths inside it are relative to the file."""
-    path = Path(path or DEFAULT_CONFIG).resolve()
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with 'groups' and 'sources'")
-    raw = {k: v for k, v in raw.items()}
-    raw["groups"] = {str(k): v for k, v in (raw.get("groups") or {}).items()}
-    try:
-        cfg = MiraConfig.model_validate({**raw, "path": path})
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    base = path.parent
-    for group in cfg.groups.values():
-        if group.anchors is not None:
-            group.anchors = (base / group.anchors).resolve()
-    for src in cfg.sources.values():
-        src.files = [_absolute(base / f) for f in src.files]
-    for group in cfg.groups.values():
-        for attr in ("system_template", "user_template"):
-            if getattr(group, attr) is not None:
-                setattr(group, attr, _absolute(base / getattr(group, attr)))
-    for attr in ("system_template", "user_template"):
-        if getattr(cfg.pipeline, attr) is not None:
-            setattr(cfg.pipeline, attr, _absolute(base / getattr(cfg.pipeline, attr)))
-    if cfg.pipeline.reliability_mask_file is not None:
-        cfg.pipeline.reliability_mask_file = _absolute(base / cfg.pipeline.reliability_mask_file)
-    for group_id, folder in cfg.watch.items():
-        if group_id not in cfg.groups:
-            raise ConfigError(f"{path}: watch: unknown group {group_id!r}")
-        cfg.watch[group_id] = (base / folder).resolve()
-        _add_watched_sources(cfg, group_id, cfg.watch[group_id])
-    return cfg
-
-
-def _absolute(path: Path) -> Path:
-    """The path made absolute; symlinks resolved where that works (a loop or a glob pattern stays as written)."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return Path(os.path.abspath(path))
-
-
-def watched_source_name(file: Path) -> str:
-    """`New-Proofs.jsonl.gz` -> `new_proofs`: the name without its data and compression suffixes."""
-    from mira_dagster.core.readers import split_name
-
-    return re.sub(r"[^a-z0-9_]", "_", split_name(file.name)[0].lower())
-
-
-def _add_watched_sources(cfg: MiraConfig, group_id: str, folder: Path) -> None:
-    """Each supported file directly inside the folder becomes a source of the group, unless its name is unusable
-    or taken. Only regular files: a symlink is followed only to a file inside the folder, and an entry that cannot
-    be looked at (a loop, no permission) is skipped with its reason, never breaking the definitions."""
-    from mira_dagster.core.readers import is_supported
-
-    if not folder.is_dir():
-        cfg.rejected_files.append(f"{folder}: watched folder of group {group_id!r} does not exist")
-        return
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        cfg.rejected_files.append(f"{folder}: watched folder of group {group_id!r} cannot be listed: {exc.strerror}")
-        return
-    for entry in entries:
-        file = Path(entry.path)
-        if entry.name.startswith(".") or not is_supported(file):
-            continue  # hidden files and other formats are not sources, and not worth a word
-        problem = _watched_entry_problem(entry, folder)
-        name = watched_source_name(file)
-        if problem:
-            cfg.rejected_files.append(f"{file}: {problem}")
-        elif not _SAFE_NAME.match(name):
-            cfg.rejected_files.append(f"{file}: source name {name!r} must match {_SAFE_NAME.pattern}")
-        elif name in cfg.sources:
-            cfg.rejected_files.append(f"{file}: source {name!r} already exists ({cfg.sources[name].files[0]})")
-        else:
-            family = cfg.groups[group_id].family
-            cfg.sources[name] = SourceConfig(group=group_id, format=family, files=[file.resolve()])
-
-
-def _watched_entry_problem(entry: os.DirEntry[str], folder: Path) -> str | None:
-    """Why a watched folder's entry cannot be a source, or None."""
-    try:
-        if entry.is_symlink():
-            target = Path(entry.path).resolve(strict=True)
-            if target.parent != folder.resolve():
-                return "a symlink to a file outside the watched folder (not followed)"
-        if not entry.is_file(follow_symlinks=True):
-            return "not a regular file"
-        if not os.access(entry.path, os.R_OK):
-            return "not readable"
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a dangling link, no permission
-        return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
-    return None

@@ -1,5 +1,5 @@
-"""The computed reliability mask: its rule as text, the version naming the rule and the evidence it was applied to,
-and the mask itself (sql/reliability_mask.sql, then an imported mask file on top of it or instead of it)."""
+"""The reliability mask's rule as text, the version naming the rule and the evidence it was applied to, and an
+imported mask file applied on top of the computed mask (sql/reliability_mask.sql) or instead of it."""
 
 from __future__ import annotations
 
@@ -8,20 +8,19 @@ import hashlib
 import polars as pl
 
 from mira_dagster.core.config import PipelineSettings
-from mira_dagster.core.mask_import import apply_mask_file, mask_file_digest, read_mask_file
-from mira_dagster.core.store import Store
+from mira_dagster.core.mask_import import apply_mask_file
 
 
-def mask_rule(s: PipelineSettings) -> str:
-    """The rule in one line, stored with every mask row. Names the imported mask file and its digest, so an edited
-    file is a new rule; raises OSError when that file cannot be read."""
+def mask_rule(s: PipelineSettings, mask_file_digest: str | None = None) -> str:
+    """The rule in one line, stored with every mask row. Names the imported mask file and its digest (of its bytes),
+    so an edited file is a new rule."""
     rule = (
         f"mask if MAE > {s.mask_max_mae} or rho < {s.mask_min_rho}; min_heldout {s.min_heldout}; "
         f"group estimate when the source's {s.ci_level:.0%} interval straddles a threshold"
     )
     if s.reliability_mask_file is not None:
         rule += f"; imported mask {s.reliability_mask_file.name} ({s.reliability_mask_mode})"
-        rule += f" sha256 {mask_file_digest(s.reliability_mask_file)}"
+        rule += f" sha256 {mask_file_digest}"
     return rule
 
 
@@ -33,18 +32,10 @@ def mask_version(rule: str, reliability: pl.DataFrame) -> str:
     return hashlib.sha256(f"{rule}\n{evidence}".encode()).hexdigest()[:12]
 
 
-def compute_mask(store: Store, s: PipelineSettings, rule: str, version: str) -> pl.DataFrame:
-    """reliability_mask over the stored dim_reliability, with each cell's mask_basis (computed, imported, both).
-    Raises MaskFileError when the imported file cannot be used."""
-    df = store.query(
-        "reliability_mask",
-        max_mae=s.mask_max_mae,
-        min_rho=s.mask_min_rho,
-        min_n=s.min_heldout,
-        rule=rule,
-        mask_version=version,
-    ).with_columns(pl.lit("computed").alias("mask_basis"))
-    if s.reliability_mask_file is None:
+def apply_imported_mask(computed: pl.DataFrame, s: PipelineSettings, imported: pl.DataFrame | None) -> pl.DataFrame:
+    """The computed mask (sql/reliability_mask.sql) with each cell's mask_basis (computed, imported, both), the
+    imported mask file's cells (io/mask_file.read_mask_file) applied. Raises MaskFileError when they cannot be."""
+    df = computed.with_columns(pl.lit("computed").alias("mask_basis"))
+    if imported is None:
         return df
-    imported = read_mask_file(s.reliability_mask_file)
     return apply_mask_file(df, imported, s.reliability_mask_mode, str(s.reliability_mask_file))

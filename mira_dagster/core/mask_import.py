@@ -11,8 +11,6 @@ no cell are an error (a mask meant to apply must not silently not apply).
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -28,28 +26,12 @@ class MaskFileError(ValueError):
     """The mask file cannot be used; the message names the file and the rows."""
 
 
-def read_mask_file(path: Path) -> pl.DataFrame:
-    """(source, dimension, masked) from a CSV, JSONL or Parquet file, every value as text."""
-    if not path.is_file():
-        raise MaskFileError(f"reliability_mask_file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            df = pl.read_parquet(path)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            df = pl.read_ndjson(path)
-        else:
-            df = pl.read_csv(path, infer_schema=False)
-    except Exception as exc:  # a file polars cannot read: one line, naming it
-        raise MaskFileError(f"{path}: cannot read as a mask file: {type(exc).__name__}: {exc}") from exc
+def mask_cells(df: pl.DataFrame, where: str) -> pl.DataFrame:
+    """(source, dimension, masked) of a mask file's frame, every value as text; `where` names the file."""
     missing = {"source", "dimension", "masked"} - set(df.columns)
     if missing:
-        raise MaskFileError(f"{path}: missing column(s) {sorted(missing)} (need source, dimension, masked)")
+        raise MaskFileError(f"{where}: missing column(s) {sorted(missing)} (need source, dimension, masked)")
     return df.select(pl.col("source", "dimension", "masked").cast(pl.String))
-
-
-def mask_file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def apply_mask_file(computed: pl.DataFrame, imported: pl.DataFrame, mode: MaskMode, where: str) -> pl.DataFrame:

@@ -16,11 +16,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.core.records import TEXT_FIELDS, Record
 from mira_dagster.core.rubric import Rubric
-
-SHIPPED_TEMPLATES = PROJECT_ROOT / "anchors" / "templates"
 
 # The cards' four trailer lines (the constrained-decoding regex below spells the same contract).
 TRAILER = (
@@ -83,17 +80,15 @@ class FacetLine:
     text: str
 
 
-# Template sources read by load_templates -> their file, so a render from the source a ScorerSpec holds can still
+# Template sources compiled by compile_templates -> their file, so a render from the source a ScorerSpec holds can still
 # name the file in an error.
 _ORIGIN: dict[str, str] = {}
 
 
-def load_templates(system_path: Path | None = None, user_path: Path | None = None) -> PromptTemplates:
-    """Read and compile both templates (None = the shipped one); a syntax error is raised here, naming file:line."""
-    system_path = Path(system_path or SHIPPED_TEMPLATES / "system.j2")
-    user_path = Path(user_path or SHIPPED_TEMPLATES / "user.j2")
-    templates = PromptTemplates(_read(system_path), _read(user_path), system_path, user_path)
-    for source, path in ((templates.system, system_path), (templates.user, user_path)):
+def compile_templates(system: str, user: str, system_path: Path, user_path: Path) -> PromptTemplates:
+    """Both template sources compiled (paths name them in errors); a syntax error is raised here, naming file:line."""
+    templates = PromptTemplates(system, user, system_path, user_path)
+    for source, path in ((system, system_path), (user, user_path)):
         _ORIGIN[source] = str(path)
         _compile(source, str(path))
     return templates
@@ -145,13 +140,6 @@ def _rubric_context(rubric: Rubric) -> dict[str, Any]:
         _CONTEXTS.clear()
     _CONTEXTS[id(rubric)] = (rubric, context)
     return context
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptTemplateError(f"{path}: cannot read the prompt template: {exc}") from None
 
 
 # Sandboxed: a dropped-in template is data and gets no access to Python internals. StrictUndefined: a misspelt

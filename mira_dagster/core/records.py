@@ -1,6 +1,6 @@
 """Turning what a source's files hold into normalised records, with a quarantine for everything that is not one.
 
-Files are read by core/readers.py (JSONL, JSON arrays, Parquet; compressed or not), objects are mapped onto the
+Files are read by io/readers.py (JSONL, JSON arrays, Parquet; compressed or not), objects are mapped onto the
 prompt family's text fields by a layout found without configuration (core/layouts.py) or by the source's field
 mapping (core/mapping.py), and each batch becomes a frame of records and a frame of quarantine rows:
 
@@ -16,11 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -29,9 +27,6 @@ from pydantic import BaseModel
 from mira_dagster.core.config import Family
 from mira_dagster.core.layouts import REQUIRED, Fields, match
 from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping
-from mira_dagster.core.readers import SourceFileError, Unit, expand_files, file_versions, iter_units
-
-__all__ = ["SourceFileError", "record_id_of", "estimate_tokens", "SourceIngest"]
 
 TEXT_FIELDS = ("question", "thinking", "answer", "task", "trajectory", "outcome")
 
@@ -41,7 +36,6 @@ TOKEN_PATTERN = r"\w{1,4}|[^\w\s]"
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # a longer line is quarantined: no scorer context holds it
 _BOM = b"\xef\xbb\xbf"
-_IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
 
 RECORD_SCHEMA = {
     "record_id": pl.String,
@@ -63,6 +57,17 @@ QUARANTINE_SCHEMA = {
     "reason": pl.String,
     "excerpt": pl.String,
 }
+
+
+@dataclass(slots=True)
+class Unit:
+    """One thing read from a file: a raw JSONL line still to decode, or an already decoded value."""
+
+    position: int  # 1-based line (JSONL), element (JSON array) or row (Parquet) in its file
+    raw: bytes | None = None
+    obj: Any = None
+    error: str | None = None  # the unit could not be read at all (the broken tail of a JSON array, a bad row)
+    oversize: int | None = None  # a line over the cap: its size in bytes (raw then holds only its head)
 
 
 def estimate_tokens(text: str) -> int:
@@ -279,62 +284,33 @@ class IngestStats:
     reasons: Counter[str] = field(default_factory=Counter)  # by kind
 
 
-class SourceIngest:
-    """Reads one source's files batch by batch: `batches()` yields (records, quarantine) frames, `stats` counts.
+class BatchParser:
+    """Turns batches of one source's units into (records, quarantine) frames, counting into `stats`.
 
     Duplicates inside the source (same record_id) are quarantined as "duplicate of <file:line>"; duplicates
-    across sources are resolved at selection (one owner per record_id)."""
+    across sources are resolved at selection (one owner per record_id). `seen` (record_id -> "file:line") are
+    records an earlier ingest of the source read, so a new line that repeats one of them is a duplicate as in a
+    whole read."""
 
     def __init__(
         self,
         source: str,
         group_id: str,
         family: Family,
-        patterns: Sequence[Path],
         *,
         max_bytes: int = MAX_RECORD_BYTES,
         mapping: FieldMapping | None = None,
-        batch_size: int = 2048,
-        sink: Callable[[pl.DataFrame, pl.DataFrame], None] | None = None,
-        resume: dict[Path, tuple[int, int]] | None = None,
         seen: dict[str, str] | None = None,
+        stats: IngestStats | None = None,
     ) -> None:
-        """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
-        writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
-        reads only what was appended to files an earlier ingest read, `seen` (record_id -> "file:line") being that
-        ingest's records, so a new line that repeats one of them is a duplicate as in a whole read."""
-        self.sink = sink
         self.source, self.group_id, self.family = source, group_id, family
-        self.files = expand_files(patterns, source)  # raises SourceFileError naming the entry
-        self.names = display_names(self.files)
-        self.max_bytes, self.mapping, self.batch_size = max_bytes, mapping, batch_size
-        self.stats = IngestStats(files=[str(f) for f in self.files])
+        self.max_bytes, self.mapping = max_bytes, mapping
+        self.stats = stats or IngestStats()
         self._seen: dict[str, str] = dict(seen or {})  # record_id -> "file:line" of its first occurrence
-        self.resume = resume or {}
 
-    def batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-        # This thread decodes, normalises, hashes and deduplicates (per-record Python); a second thread counts
-        # tokens and builds the frames (polars, which releases the GIL) one batch behind, in order.
-        with ThreadPoolExecutor(1, thread_name_prefix="mira-ingest") as pool:
-            pending: deque[Future[tuple[pl.DataFrame, pl.DataFrame]]] = deque()
-            for path in self.files:
-                name = self.names[path]
-                before = self.stats.units_read
-                start, done = self.resume.get(path, (0, 0))
-                for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
-                    self.stats.units_read += len(units)
-                    pending.append(pool.submit(self._finish, name, self._parse(name, units)))
-                    if len(pending) > _IN_FLIGHT:
-                        yield pending.popleft().result()
-                self.stats.units_per_file[str(path)] = done + self.stats.units_read - before
-                if self.stats.units_read == before and not done:
-                    self.stats.empty_files.append(str(path))
-            while pending:
-                yield pending.popleft().result()
-
-    def _parse(self, name: str, units: list[Unit]) -> _Parsed:
-        """Decode, normalise, hash and deduplicate one batch (this thread: it is all per-record Python)."""
-        parsed = _Parsed()
+    def parse(self, name: str, units: list[Unit]) -> Parsed:
+        """Decode, normalise, hash and deduplicate one batch of file `name` (all per-record Python)."""
+        parsed = Parsed()
         for unit in units:
             try:
                 layout, fields, rid = parse_unit(unit, self.family, self.mapping, self.max_bytes)
@@ -351,8 +327,8 @@ class SourceIngest:
                 parsed.text[f].append(fields.get(f))
         return parsed
 
-    def _finish(self, name: str, parsed: _Parsed) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """Token counts and the two frames of one batch (on the worker thread, in order)."""
+    def frames(self, name: str, parsed: Parsed) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Token counts and the two frames of one parsed batch (polars: it releases the GIL)."""
         records = pl.DataFrame(
             {"record_id": parsed.record_id, "layout": parsed.layout, "origin_line": parsed.position, **parsed.text},
             schema={c: RECORD_SCHEMA[c] for c in ("record_id", "layout", "origin_line", *TEXT_FIELDS)},
@@ -379,13 +355,11 @@ class SourceIngest:
         self.stats.tokens += int(records["n_tokens"].sum()) if records.height else 0
         self.stats.layouts.update(parsed.layout)
         self.stats.reasons.update(kind for _, kind, _, _ in rejected)
-        if self.sink is not None:
-            self.sink(records, quarantine)
         return records, quarantine
 
 
 @dataclass
-class _Parsed:
+class Parsed:
     """One batch after decoding, normalising and deduplicating: column lists of the records, and the rejected."""
 
     record_id: list[str] = field(default_factory=list)
@@ -393,30 +367,6 @@ class _Parsed:
     position: list[int] = field(default_factory=list)
     text: dict[str, list[str | None]] = field(default_factory=lambda: {f: [] for f in TEXT_FIELDS})
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
-
-
-def display_names(files: Sequence[Path]) -> dict[Path, str]:
-    """How a file is named in origin_file and reasons: its name, or its path from the files' common folder when
-    two files share a name (shards `train/part-0.parquet` and `test/part-0.parquet`)."""
-    names = Counter(f.name for f in files)
-    if all(n == 1 for n in names.values()):
-        return {f: f.name for f in files}
-    root = Path(*Path(files[0]).parent.parts[: _common_depth(files)])
-    return {f: str(f.relative_to(root)) for f in files}
-
-
-def _common_depth(files: Sequence[Path]) -> int:
-    parts = [f.parent.parts for f in files]
-    depth = 0
-    while all(len(p) > depth and p[depth] == parts[0][depth] for p in parts):
-        depth += 1
-    return depth
-
-
-def input_fingerprint(files: Sequence[Path]) -> str:
-    """A cheap identity of a version of a source's files: it changes when a file is edited, replaced, added or
-    removed, without reading the contents."""
-    return hashlib.sha256("\n".join(file_versions(files)).encode()).hexdigest()[:16]
 
 
 # Bump when a change to ingest changes what it writes for the same files: every source is then re-ingested.
@@ -427,10 +377,4 @@ def entry_fingerprint(entry: BaseModel, max_record_bytes: int) -> str:
     """What changes a source's raw_records besides its files: its registry entry (group, format, files, fields
     mapping), the record size cap and the ingest code version."""
     parts = [entry.model_dump_json(), str(max_record_bytes), INGEST_CODE_VERSION]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def ingest_fingerprint(files: Sequence[Path], entry: BaseModel, max_record_bytes: int) -> str:
-    """Everything that changes a source's raw_records: its files' identity and entry_fingerprint."""
-    parts = [input_fingerprint(files), entry_fingerprint(entry, max_record_bytes)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

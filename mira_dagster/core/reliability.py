@@ -29,11 +29,10 @@ from scipy import sparse
 from scipy.stats import rankdata
 
 from mira_dagster.core.rubric import N_SLOTS
-from mira_dagster.core.store import Store
 
 _CHUNK = 125  # resamples per weight matrix (125 × 10,000 records = 10 MB)
 _N_TERMS = 7
-_STAT_COLUMNS = ("n", "mae", "rho", "mae_lo", "mae_hi", "rho_lo", "rho_hi")
+STAT_COLUMNS = ("n", "mae", "rho", "mae_lo", "mae_hi", "rho_lo", "rho_hi")
 
 
 @dataclass
@@ -200,13 +199,13 @@ def agreement(
 def _rows(unit: str, name: str, stats: dict[str, np.ndarray]) -> list[dict]:
     """One row per slot; a statistic missing from `stats` (no interval) is None."""
     return [
-        {unit: name, "slot": j + 1, **{k: _f(stats[k][j]) if k in stats else None for k in _STAT_COLUMNS}}
+        {unit: name, "slot": j + 1, **{k: _f(stats[k][j]) if k in stats else None for k in STAT_COLUMNS}}
         for j in range(N_SLOTS)
     ]
 
 
 def _frame(unit: str, rows: list[dict]) -> pl.DataFrame:
-    schema = {unit: pl.String, "slot": pl.Int32, **{c: pl.Float64 for c in _STAT_COLUMNS}}
+    schema = {unit: pl.String, "slot": pl.Int32, **{c: pl.Float64 for c in STAT_COLUMNS}}
     df = pl.DataFrame(rows, schema=schema)
     # a slot without any pair is no estimate (n = 0 is what the cell layout gives it)
     return df.filter(pl.col("n") > 0).with_columns(pl.col("n").cast(pl.Int64))
@@ -214,16 +213,3 @@ def _frame(unit: str, rows: list[dict]) -> pl.DataFrame:
 
 def _f(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
-
-
-def reliability_table(
-    store: Store, dims: pl.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> pl.DataFrame:
-    """dim_reliability: the estimates and intervals per cell and per pool (the sources sharing a scorer), laid out
-    over every (source, slot) the scorers' rubrics name by sql/dim_reliability.sql. `dims` has (source, pool, slot,
-    dim_name) for every source the scorers' rubrics name."""
-    pairs = store.query("heldout_pairs")
-    pools = dims.select("source", "pool").unique()
-    src, pool = agreement(pairs.join(pools, on="source"), n_boot, seed, level)
-    pool = pool.rename({c: f"group_{c}" for c in _STAT_COLUMNS})
-    return store.query("dim_reliability", frames={"dims": dims, "source_stats": src, "pool_stats": pool})

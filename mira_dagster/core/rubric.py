@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -243,41 +242,44 @@ def _parse_slot(raw: Any, where: str, family: RubricFamily) -> AnchorDim:
     return dim
 
 
-def load_rubric(path: Path, group: str, family: RubricFamily) -> Rubric:
-    """Read an anchors file (one JSON object a line, blank lines allowed), leniently; see the module docstring.
+def parse_rubric(data: bytes, where: str, group: str, family: RubricFamily) -> Rubric:
+    """An anchors file's bytes (one JSON object a line, blank lines allowed), read leniently; see the module
+    docstring. `where` names the file in errors (`<where>:<line>: ...`).
 
     A slot without `facet` gets DEFAULT_FACET[family]: the family's only facet (qa, agent), and for qa_with_think
     "combined". Facets may also be spelt like the judgments' section headings (thinking, answer, both).
     """
-    if not path.is_file():
-        raise RubricError(f"anchor file not found for group {group!r}: {path}")
-    data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise RubricError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise RubricError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     dims: list[AnchorDim] = []
     seen: dict[int, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
+        at = f"{where}:{lineno}"
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise RubricError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-        dim = _parse_slot(raw, where, family)
+            raise RubricError(f"{at}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+        dim = _parse_slot(raw, at, family)
         if dim.slot in seen:
-            raise RubricError(f"{where}: slot {dim.slot} appears again (first on line {seen[dim.slot]})")
+            raise RubricError(f"{at}: slot {dim.slot} appears again (first on line {seen[dim.slot]})")
         seen[dim.slot] = lineno
         dims.append(dim)
     if missing := [s for s in range(1, N_SLOTS + 1) if s not in seen]:
         raise RubricError(
-            f"{path}: {len(dims)} slots, slot(s) {', '.join(map(str, missing))} missing "
+            f"{where}: {len(dims)} slots, slot(s) {', '.join(map(str, missing))} missing "
             f"(an anchors file has the {N_SLOTS} slots 1-{N_SLOTS}, one a line)"
         )
     dims.sort(key=lambda d: d.slot)
     return Rubric(group=group, family=family, dims=dims, file_sha256=hashlib.sha256(data).hexdigest())
+
+
+def anchor_file_text(dims: list[AnchorDim]) -> str:
+    """An anchors file's text: one slot a line, in slot order."""
+    return "".join(d.model_dump_json() + "\n" for d in sorted(dims, key=lambda d: d.slot))
 
 
 def released_student_warnings(cfg: MiraConfig, unit: ScorerUnit, rubric: Rubric) -> list[str]:
@@ -310,16 +312,3 @@ def discovered_anchor_name(key: str, scope: str = "group") -> str:
     source_<name>_dim_anchors.jsonl."""
     name = "global" if scope == "global" else f"{scope}_{key}"
     return f"anchors/{name}_dim_anchors.jsonl"
-
-
-def discovered_anchor_path(home: Path, key: str, scope: str = "group") -> Path:
-    """Where anchor_rubric writes a unit's rubric under MIRA_HOME (with a store URL: its local copy)."""
-    return Path(home) / discovered_anchor_name(key, scope)
-
-
-def write_anchor_file(path: Path, dims: list[AnchorDim]) -> None:
-    """One slot a line, written atomically (a half-written rubric must never be read)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(d.model_dump_json() + "\n" for d in sorted(dims, key=lambda d: d.slot)), encoding="utf-8")
-    tmp.replace(path)

@@ -31,11 +31,13 @@ def _scorer_group_tag(source: str) -> dict[str, str]:
     return {SCORER_GROUP_TAG: cfg.unit_of(source).key} if source in cfg.sources else {}
 
 
-def _executor() -> dg.ExecutorDefinition | None:
-    """refresh_sources' executor: Dagster's default (multiprocess: the steps in subprocesses of the run's process)
-    unless MIRA_EXECUTOR=celery: then dagster-celery's, every step a task on the broker MIRA_CELERY_BROKER for the
-    workers of `celery -A mira_dagster.worker worker` on any machine (mira_dagster/worker.py). The broker's URL is
-    resolved from the environment when the run starts: it is never in the job's config or the UI."""
+def executor_from_settings() -> dg.ExecutorDefinition | None:
+    """The code location's executor, for refresh_sources and every run launched from the UI or the CLI (asset
+    backfills too): Dagster's default (multiprocess: the steps in subprocesses of the run's process) unless
+    MIRA_EXECUTOR=celery: then dagster-celery's, every step a task on the broker MIRA_CELERY_BROKER for the workers
+    of `celery -A mira_dagster.worker worker` on any machine (mira_dagster/worker.py). Read when the code location
+    loads (never at import); the broker's URL is resolved from the environment when a run starts: it is never in a
+    job's config or the UI."""
     if Deployment.from_env().executor != "celery":
         return None
     from dagster_celery import celery_executor
@@ -59,7 +61,6 @@ refresh_sources_job = dg.define_asset_job(
         f"the tag {SCORER_GROUP_TAG}=<group>, limited per group in dagster.yaml: backfill this job to cap the "
         "partitions sent to each group's scorers at once."
     ),
-    executor_def=_executor(),
 )
 
 

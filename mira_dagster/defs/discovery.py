@@ -17,15 +17,16 @@ from mira_dagster.core.discovery import (
     judgments_frame,
 )
 from mira_dagster.core.records import record_text, records_from
-from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, write_anchor_file
+from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name
 from mira_dagster.core.sampling import hash_sample
-from mira_dagster.core.scorers import make_judge
 from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
-from mira_dagster.core.sft import write_sft_file
-from mira_dagster.core.store import Store
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import source_to_group, unit_partitions
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.anchors import write_anchor_file
+from mira_dagster.io.scorers import make_judge
+from mira_dagster.io.sft import write_sft_file
+from mira_dagster.io.store import Store
 
 
 def _unit(cfg: MiraConfig, key: str) -> ScorerUnit:

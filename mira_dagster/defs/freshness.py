@@ -1,7 +1,7 @@
 """What is stale, read from the Dagster instance: one definition for `mira run`, the refresh schedule and the UI.
 
 A source partition is re-ingested when its ingest fingerprint (its files' identity, its registry entry, the ingest
-settings and code version: core/records.ingest_fingerprint) differs from the one its last `raw_records`
+settings and code version: io/ingest.ingest_fingerprint) differs from the one its last `raw_records`
 materialisation recorded, when that materialisation's records were refused by its checks, or when it never ran. It
 is re-scored when a scorer's `scorer_version` changed, when its records were re-ingested since, when the last
 scoring failed a blocking check or left records without a reply (request errors are retried), or when it never
@@ -21,10 +21,10 @@ from typing import Any
 import dagster as dg
 
 from mira_dagster.core.config import MiraConfig
-from mira_dagster.core.readers import SourceFileError, expand_files
-from mira_dagster.core.records import ingest_fingerprint, input_fingerprint
+from mira_dagster.io.ingest import ingest_fingerprint, input_fingerprint
+from mira_dagster.io.readers import SourceFileError, expand_files
 
-INPUT_FINGERPRINT = "input_fingerprint"  # everything that changes raw_records (core/records.ingest_fingerprint)
+INPUT_FINGERPRINT = "input_fingerprint"  # everything that changes raw_records (io/ingest.ingest_fingerprint)
 FILES_FINGERPRINT = "files_fingerprint"  # the files alone, to say which changed
 CORPUS_FINGERPRINT = "corpus_fingerprint"
 SCORING_ASSETS = (("teacher_labels", "teacher"), ("student_scores", "student"))

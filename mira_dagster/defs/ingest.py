@@ -8,22 +8,20 @@ import pyarrow.parquet as pq
 
 from mira_dagster.core.config import DEFAULT_CONFIG
 from mira_dagster.core.mapping import compile_mapping
-from mira_dagster.core.readers import append_offsets, count_units, expand_files, file_state
 from mira_dagster.core.records import (
     INGEST_CODE_VERSION,
     QUARANTINE_SCHEMA,
     RECORD_SCHEMA,
     IngestStats,
-    SourceIngest,
     entry_fingerprint,
-    ingest_fingerprint,
-    input_fingerprint,
 )
-from mira_dagster.core.store import PartitionWriter, Store
 from mira_dagster.defs.freshness import FILES_FINGERPRINT, INPUT_FINGERPRINT, Latest, latest
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, source_partitions
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.ingest import SourceIngest, ingest_fingerprint, input_fingerprint
+from mira_dagster.io.readers import append_offsets, count_units, expand_files, file_state
+from mira_dagster.io.store import PartitionWriter, Store
 
 ENTRY_FINGERPRINT = "entry_fingerprint"
 FILE_STATES = "file_states"
@@ -138,7 +136,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             # what `mira run` and the schedule compare to find partitions to re-ingest (defs/freshness.py)
             INPUT_FINGERPRINT: fingerprint,
             FILES_FINGERPRINT: input_fingerprint(ingest.files),
-            # what the next ingest needs to read appended lines alone (core/readers.append_offsets)
+            # what the next ingest needs to read appended lines alone (io/readers.append_offsets)
             ENTRY_FINGERPRINT: entry_fingerprint(src, cfg.pipeline.max_record_bytes),
             FILE_STATES: dg.MetadataValue.json({str(f): file_state(f) for f in ingest.files}),
             "ingest_mode": f"append: {new_units} new units" if resume else "whole read",

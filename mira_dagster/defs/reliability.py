@@ -3,13 +3,14 @@
 import dagster as dg
 import polars as pl
 
-from mira_dagster.core.mask import compute_mask, mask_rule, mask_version
+from mira_dagster.core.mask import apply_imported_mask, mask_rule, mask_version
 from mira_dagster.core.mask_import import MaskFileError
-from mira_dagster.core.reliability import reliability_table
-from mira_dagster.core.store import UNPARTITIONED, Store
+from mira_dagster.core.reliability import STAT_COLUMNS, agreement
 from mira_dagster.defs.metadata import heatmap_metadata, md_table, table_metadata
 from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.mask_file import mask_file_digest, read_mask_file
+from mira_dagster.io.store import UNPARTITIONED, Store
 
 
 def dims_frame(mira: MiraResource) -> pl.DataFrame:
@@ -24,6 +25,19 @@ def dims_frame(mira: MiraResource) -> pl.DataFrame:
     ]
     schema = {"source": pl.String, "pool": pl.String, "slot": pl.Int32, "dim_name": pl.String}
     return pl.DataFrame(rows, schema=schema)
+
+
+def reliability_table(
+    store: Store, dims: pl.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> pl.DataFrame:
+    """dim_reliability: the estimates and intervals per cell and per pool (the sources sharing a scorer), laid out
+    over every (source, slot) the scorers' rubrics name by sql/dim_reliability.sql. `dims` has (source, pool, slot,
+    dim_name) for every source the scorers' rubrics name."""
+    pairs = store.query("heldout_pairs")
+    pools = dims.select("source", "pool").unique()
+    src, pool = agreement(pairs.join(pools, on="source"), n_boot, seed, level)
+    pool = pool.rename({c: f"group_{c}" for c in STAT_COLUMNS})
+    return store.query("dim_reliability", frames={"dims": dims, "source_stats": src, "pool_stats": pool})
 
 
 def _no_pairs(store: Store) -> str:
@@ -94,13 +108,22 @@ def reliability_mask(context: dg.AssetExecutionContext, mira: MiraResource) -> d
     if rel.is_empty() or not rel["n"].sum():
         # no evidence at all: any mask would be a guess; the last mask (if any) stays
         raise dg.Failure(description=f"reliability_mask: dim_reliability has {_no_pairs(store)}; no mask written")
+    mask_file = s.reliability_mask_file
     try:
-        rule = mask_rule(s)
+        rule = mask_rule(s, mask_file_digest(mask_file) if mask_file is not None else None)
     except OSError as exc:
-        raise dg.Failure(description=f"reliability_mask: cannot read {s.reliability_mask_file}: {exc}") from exc
+        raise dg.Failure(description=f"reliability_mask: cannot read {mask_file}: {exc}") from exc
     version = mask_version(rule, rel)
     try:
-        df = compute_mask(store, s, rule, version)
+        computed = store.query(
+            "reliability_mask",
+            max_mae=s.mask_max_mae,
+            min_rho=s.mask_min_rho,
+            min_n=s.min_heldout,
+            rule=rule,
+            mask_version=version,
+        )
+        df = apply_imported_mask(computed, s, read_mask_file(mask_file) if mask_file is not None else None)
     except MaskFileError as exc:  # nothing written: the last mask stays
         raise dg.Failure(description=f"reliability_mask: {exc}") from exc
     store.write("reliability_mask", df)

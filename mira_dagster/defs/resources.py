@@ -12,13 +12,15 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from mira_dagster.core.config import MiraConfig, load_config
+from mira_dagster.core.config import MiraConfig
 from mira_dagster.core.embeddings import Embedder
-from mira_dagster.core.llm_client import Endpoint
-from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_name, load_rubric
-from mira_dagster.core.scorers import make_judge, make_scorer
+from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_name
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
-from mira_dagster.core.store import Store
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.llm_client import Endpoint
+from mira_dagster.io.registry import load_config
+from mira_dagster.io.scorers import make_judge, make_scorer
+from mira_dagster.io.store import Store
 from mira_dagster.settings import ENDPOINT_PREFIXES, PATH_VARS, Settings, env_names
 
 # path -> (what the registry and its watched folders looked like when loaded, the config)

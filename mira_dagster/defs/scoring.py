@@ -16,7 +16,6 @@ import polars as pl
 import pyarrow as pa
 
 from mira_dagster.core.config import PipelineSettings
-from mira_dagster.core.llm_client import OpenAIBackend
 from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.parsing import STATUSES
 from mira_dagster.core.prompts import render_user
@@ -24,11 +23,12 @@ from mira_dagster.core.records import RECORD_SCHEMA, iter_records
 from mira_dagster.core.rubric import Rubric, released_student_warnings
 from mira_dagster.core.sampling import Split, teacher_sample
 from mira_dagster.core.scoring import Chunk, Job, Role, RunStats, context_length, run_scorer
-from mira_dagster.core.store import Store
 from mira_dagster.core.tables import SCORE_SCHEMA, SLOT_COLUMNS, ScoreRows
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, source_partitions
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.llm_client import OpenAIBackend
+from mira_dagster.io.store import Store
 
 PREVIEW = ["record_id", "status", "a1", "a2", "a3", "overall", "recommendation", "domain_tag", "brief"]
 

@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.config import PROJECT_ROOT, load_config
+from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.core.prompts import facet_guide
-from mira_dagster.core.rubric import (
-    AnchorDim,
-    CalibrationReference,
-    RubricError,
-    load_rubric,
-    released_student_warnings,
-    write_anchor_file,
-)
+from mira_dagster.core.rubric import AnchorDim, CalibrationReference, RubricError, released_student_warnings
+from mira_dagster.io.anchors import load_rubric, write_anchor_file
+from mira_dagster.io.registry import load_config
 from tests.helpers import system_prompt
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "anchors"

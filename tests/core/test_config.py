@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.config import ConfigError, load_config
+from mira_dagster.core.config import ConfigError
+from mira_dagster.io.registry import load_config
 
 
 def _registry(tmp_path: Path, source_name: str) -> Path:

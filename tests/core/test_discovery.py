@@ -8,9 +8,10 @@ import pytest
 
 from mira_dagster.core.clustering import group_sources
 from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text, parse_free_judgment
-from mira_dagster.core.embeddings import HashedTfidfEmbedder, OpenAIEmbedder
+from mira_dagster.core.embeddings import HashedTfidfEmbedder
 from mira_dagster.core.offline_judge import OfflineJudge
 from mira_dagster.core.prompts import fill_record, judge_template
+from mira_dagster.io.embedding_client import OpenAIEmbedder
 from tests.conftest import SAMPLE
 from tests.helpers import read_source
 from tests.loopback import ChatServer, serve

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.config import ConfigError, load_config
+from mira_dagster.core.config import ConfigError
 from mira_dagster.core.mapping import compile_mapping, suggest_mapping
+from mira_dagster.io.registry import load_config
 from tests.helpers import read_source
 
 # A producer's own layout: a chat under "conversation" with "speaker"/"text", reasoning in meta.

@@ -7,7 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mira_dagster.core.mask_import import MaskFileError, apply_mask_file, read_mask_file
+from mira_dagster.core.mask_import import MaskFileError, apply_mask_file
+from mira_dagster.io.mask_file import read_mask_file
 
 COMPUTED = pl.DataFrame(
     {

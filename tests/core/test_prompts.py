@@ -14,23 +14,19 @@ from pathlib import Path
 import pytest
 
 from mira_dagster import cli
-from mira_dagster.core import scorers
-from mira_dagster.core.config import MiraConfig, load_config
-from mira_dagster.core.llm_client import Endpoint, ServerInfo
-from mira_dagster.core.prompts import (
-    PromptTemplateError,
-    contract_regex,
-    facet_guide,
-    load_templates,
-    render_system,
-    render_user,
-)
+from mira_dagster.core.config import MiraConfig
+from mira_dagster.core.prompts import PromptTemplateError, contract_regex, facet_guide, render_system, render_user
 from mira_dagster.core.records import Record
-from mira_dagster.core.rubric import AnchorDim, Rubric, load_rubric
-from mira_dagster.core.scorers import make_scorer
+from mira_dagster.core.rubric import AnchorDim, Rubric
 from mira_dagster.core.scoring import Chunk, Completion, Job, Role, ScorerSpec, run_scorer
 from mira_dagster.core.sft import sft_messages
-from mira_dagster.core.store import ParquetReplyCache
+from mira_dagster.io import scorers
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.llm_client import Endpoint, ServerInfo
+from mira_dagster.io.registry import load_config
+from mira_dagster.io.scorers import make_scorer
+from mira_dagster.io.store import ParquetReplyCache
+from mira_dagster.io.templates import load_templates
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "prompts"
 OLD_GOLDEN = Path(__file__).parent / "golden"  # full prompts, also read by tests/e2e/test_anchors_command.py

@@ -22,7 +22,7 @@ from mira_dagster.core.scoring import (
     ScorerSpec,
     best_attempt,
 )
-from mira_dagster.core.store import ParquetReplyCache
+from mira_dagster.io.store import ParquetReplyCache
 from tests.helpers import score_jobs
 
 SPEC = ScorerSpec(

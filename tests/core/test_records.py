@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.records import SourceFileError, estimate_tokens, record_id_of
+from mira_dagster.core.records import estimate_tokens, record_id_of
+from mira_dagster.io.readers import SourceFileError
 from tests.conftest import SAMPLE
 from tests.helpers import read_source
 

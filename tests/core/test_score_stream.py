@@ -11,7 +11,7 @@ import pytest
 
 from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.scoring import Chunk, Completion, Job, Outcome, RunStats, ScorerSpec, score_stream
-from mira_dagster.core.store import ParquetReplyCache
+from mira_dagster.io.store import ParquetReplyCache
 from tests.core.test_scoring import Crash, _setup
 
 

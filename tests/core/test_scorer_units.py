@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.config import MiraConfig, load_config
-from mira_dagster.core.rubric import load_rubric
-from mira_dagster.core.scorers import make_judge, make_scorer
+from mira_dagster.core.config import MiraConfig
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.registry import load_config
+from mira_dagster.io.scorers import make_judge, make_scorer
 from mira_dagster.settings import Settings
 
 ANCHORS = Path(__file__).resolve().parents[2] / "anchors"

@@ -6,15 +6,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mira_dagster.core.config import load_config
-from mira_dagster.core.llm_client import Endpoint, OpenAIBackend, redact_url
 from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import estimate_tokens
-from mira_dagster.core.rubric import load_rubric
-from mira_dagster.core.scorers import make_scorer
 from mira_dagster.core.scoring import Completion, Job, ScorerSpec
-from mira_dagster.core.store import ParquetReplyCache
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.llm_client import Endpoint, OpenAIBackend, redact_url
+from mira_dagster.io.registry import load_config
+from mira_dagster.io.scorers import make_scorer
+from mira_dagster.io.store import ParquetReplyCache
 from tests.conftest import SAMPLE
 from tests.helpers import read_source, score_jobs
 from tests.loopback import ChatServer, Reply, serve

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from mira_dagster.core.readers import append_offsets, file_state
+from mira_dagster.io.readers import append_offsets, file_state
 from tests.defs.test_ingest_asset import GOOD, _check, _ingested_once, _materialize
 
 MORE = [{"question": f"What is {i} cubed?", "thinking": "multiply twice", "answer": i**3} for i in range(1, 11)]

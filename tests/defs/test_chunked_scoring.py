@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from mira_dagster.core.config import load_config
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.registry import load_config
 
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS
 

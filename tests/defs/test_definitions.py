@@ -62,3 +62,27 @@ def test_the_definitions_have_every_check_job_schedule_and_sensor(defs: dg.Defin
         "default_automation_condition_sensor": dg.DefaultSensorStatus.RUNNING,
     }
     assert repo.get_schedule_def("refresh_stale_sources").job_name == "refresh_sources"
+
+
+def _load() -> dg.Definitions:
+    from mira_dagster import definitions
+
+    return definitions.defs if isinstance(definitions.defs, dg.Definitions) else definitions.defs()
+
+
+def _executors(loaded: dg.Definitions) -> dict[str, str]:
+    return {j.name: j.executor_def.name for j in loaded.get_repository_def().get_all_jobs()}
+
+
+def test_the_executor_is_chosen_when_the_code_location_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MIRA_EXECUTOR is read when the definitions load, never at import, and applies to every job Dagster launches:
+    refresh_sources and the asset job behind UI and CLI materialisations and backfills."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("MIRA_EXECUTOR", raising=False)
+    assert set(_executors(_load()).values()) == {"multi_or_in_process_executor"}
+    monkeypatch.setenv("MIRA_EXECUTOR", "celery")
+    monkeypatch.setenv("MIRA_CELERY_BROKER", "redis://127.0.0.1:1/0")  # never contacted: nothing runs here
+    assert _executors(_load()) == {"refresh_sources": "celery", "__ASSET_JOB": "celery"}
+    monkeypatch.setenv("MIRA_EXECUTOR", "no-such-executor")
+    with pytest.raises(Exception, match="MIRA_EXECUTOR=no-such-executor"):
+        _load()

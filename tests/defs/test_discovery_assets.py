@@ -11,9 +11,9 @@ import pytest
 
 from mira_dagster import definitions as d
 from mira_dagster.cli import main
-from mira_dagster.core.config import load_config
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.registry import load_config
 
 
 def run(mira: MiraResource, instance: dg.DagsterInstance, selection: list, partition: str | None = None) -> None:

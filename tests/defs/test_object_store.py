@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.store import object_store
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.store import object_store
 from tests.loopback import wait_for_http
 from tests.pipeline import run_pipeline
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mira_dagster.core.config import load_config
+from mira_dagster.io.registry import load_config
 
 pytestmark = pytest.mark.slow  # four partitions in four processes: about 25 s
 

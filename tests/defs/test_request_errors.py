@@ -13,7 +13,7 @@ from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import request_errors
-from tests.core.test_endpoint_down import closed_port_url
+from tests.io.test_endpoint_down import closed_port_url
 from tests.loopback import ChatServer, Reply, serve, user_key
 
 RAW, TEACHER, STUDENT = PARTITIONED_ASSETS

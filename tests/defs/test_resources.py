@@ -15,10 +15,11 @@ import pytest
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 
-from mira_dagster.core.config import PROJECT_ROOT, load_config
+from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import EndpointConfig, MiraResource, mira_resource
+from mira_dagster.io.registry import load_config
 from tests.loopback import ChatServer, serve
 
 RAW, _, STUDENT = PARTITIONED_ASSETS
@@ -105,7 +106,7 @@ def test_importing_the_code_location_loads_no_configuration(tmp_path: Path) -> N
         """
         import importlib, pkgutil
         import mira_dagster
-        import mira_dagster.core.config as config
+        import mira_dagster.io.registry as config
 
         load_config = config.load_config
         def refuse(*args, **kwargs):

@@ -1,6 +1,7 @@
 """One store URL shared by machines with their own MIRA_HOME (moto's S3 server on loopback): the reply cache's
 writers never clobber each other, and a home is only a cache: deleted, or replaced by an empty one, nothing is lost
-and nothing is asked again."""
+and nothing is asked again. A writer publishes its answers within pipeline.reply_publish_seconds, by a timer when
+no answer follows, and a failed background PUT is raised by the writer's next call."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +19,12 @@ import dagster as dg
 import pytest
 
 from mira_dagster import definitions as d
+from mira_dagster.core.config import ConfigError
 from mira_dagster.core.scoring import Completion
-from mira_dagster.core.store import ObjectReplyCache, Store
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.registry import load_config
+from mira_dagster.io.store import ObjectReplyCache, Store, _read_wal
 from tests.defs.test_object_store import moto_s3, s3_environment
 
 URL = "s3://mira-shared/store"
@@ -92,6 +96,8 @@ def test_two_writers_with_their_own_homes_never_clobber(shared: str, tmp_path: P
 
 def test_a_killed_writers_log_is_published_by_the_next_writer(shared: str, tmp_path: Path) -> None:
     cache = _store(tmp_path / "home", shared).replies
+    assert isinstance(cache, ObjectReplyCache)
+    cache.flush_seconds = 3600  # no timer publishes it meanwhile: the process is dead
     w = cache.writer(VERSION, batch_size=100)
     w.add("r1", _comp("one"))
     w._fh.close()  # the process died: its lock is released, its log unpublished
@@ -102,13 +108,89 @@ def test_a_killed_writers_log_is_published_by_the_next_writer(shared: str, tmp_p
     assert not list((tmp_path / "home" / "cache" / "replies" / VERSION).glob("*.wal.jsonl"))
 
 
-def test_answers_are_published_every_few_seconds(shared: str, tmp_path: Path) -> None:
-    cache = _small(_store(tmp_path / "home", shared).replies)  # type: ignore[arg-type]
+def _wal_ids(home: Path) -> list[str]:
+    """The record ids in the home's write-ahead logs (what a kill would leave unpublished)."""
+    return sorted(row["record_id"] for wal in _reply_dir(home).glob("*.wal.jsonl") for row in _read_wal(wal))
+
+
+def _reply_dir(home: Path) -> Path:
+    return home / "cache" / "replies" / VERSION
+
+
+def test_with_no_publish_window_each_answer_is_on_the_store_when_add_returns(
+    shared: str, small_config: Path, tmp_path: Path
+) -> None:
+    small_config.write_text(small_config.read_text().replace("pipeline: {", "pipeline: {reply_publish_seconds: 0, "))
+    home = tmp_path / "home"
+    cache = MiraResource(config_path=str(small_config), home=str(home)).store().replies  # the registry's setting
+    assert isinstance(cache, ObjectReplyCache) and cache.flush_seconds == 0
+    other = _store(tmp_path / "other", shared).replies
+    w = cache.writer(VERSION, batch_size=1000)
+    for i in range(3):
+        w.add(f"r{i}", _comp(f"answer {i}"))
+        assert f"r{i}" in other.load(VERSION, [f"r{i}"])  # another machine sees it at once
+        assert _wal_ids(home) == []  # nothing waits in this machine's log
+    assert len(cache._names(VERSION)) == 3  # one object per answer
+
+
+def test_an_answer_is_published_by_the_timer_without_another_answer(shared: str, tmp_path: Path) -> None:
+    cache = _store(tmp_path / "home", shared).replies
+    assert isinstance(cache, ObjectReplyCache)
+    cache.flush_seconds = 0.2
+    other = _store(tmp_path / "other", shared).replies
     w = cache.writer(VERSION, batch_size=1000)
     w.add("r1", _comp("one"))
-    time.sleep(0.3)
-    w.add("r2", _comp("two"))  # older than flush_seconds: both published, though the batch is far from full
-    assert set(_store(tmp_path / "other", shared).replies.load(VERSION, ["r1", "r2"])) == {"r1", "r2"}
+    w.add("r2", _comp("two"))
+    deadline = time.monotonic() + 5
+    while set(other.load(VERSION, ["r1", "r2"])) != {"r1", "r2"}:  # no more answers, no flush: the timer's PUT
+        assert time.monotonic() < deadline, "the timer did not publish the answers"
+        time.sleep(0.05)
+    assert _wal_ids(tmp_path / "home") == []
+    assert len(cache._names(VERSION)) == 1  # the answers of one window: one object
+    w.flush()  # nothing left to publish
+    assert len(cache._names(VERSION)) == 1
+
+
+def test_a_failed_background_publish_is_raised_by_the_next_call(shared: str, tmp_path: Path) -> None:
+    cache = _store(tmp_path / "home", shared).replies
+    assert isinstance(cache, ObjectReplyCache)
+    cache.flush_seconds = 0.2
+    put, failed = cache._put, threading.Event()
+
+    def down(version: str, df: object) -> str:
+        failed.set()
+        raise OSError("the store is down")
+
+    cache._put = down  # type: ignore[method-assign]
+    w = cache.writer(VERSION, batch_size=1000)
+    w.add("r1", _comp("one"))
+    assert failed.wait(5)  # the timer tried
+    with pytest.raises(OSError, match="the store is down"):
+        w.add("r2", _comp("two"))  # the next call in the owner's thread: the timer's failure
+    assert _wal_ids(tmp_path / "home") == ["r1", "r2"]  # kept in the log, both
+
+    w2, failed = cache.writer(VERSION, batch_size=1000), threading.Event()
+    w2.add("r3", _comp("three"))
+    assert failed.wait(5)
+    with pytest.raises(OSError, match="the store is down"):
+        w2.flush()  # ... or the next flush
+    assert _wal_ids(tmp_path / "home") == ["r1", "r2", "r3"]
+    assert _store(tmp_path / "other", shared).replies.load(VERSION, ["r1", "r2", "r3"]) == {}
+
+    cache._put = put  # type: ignore[method-assign]
+    w.flush()  # the store is back: the next flush publishes what the log kept
+    w2.flush()
+    assert set(_store(tmp_path / "other", shared).replies.load(VERSION, ["r1", "r2", "r3"])) == {"r1", "r2", "r3"}
+    assert _wal_ids(tmp_path / "home") == []
+
+
+@pytest.mark.parametrize("value", ["-1", ".inf", ".nan"])
+def test_the_publish_window_must_be_a_finite_non_negative_number(small_config: Path, value: str) -> None:
+    small_config.write_text(
+        small_config.read_text().replace("pipeline: {", f"pipeline: {{reply_publish_seconds: {value}, ")
+    )
+    with pytest.raises(ConfigError, match=r"(?s)pipeline\.reply_publish_seconds.*(greater than or equal to 0|finite)"):
+        load_config(small_config)
 
 
 def _meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -177,7 +259,7 @@ def test_a_partition_scored_from_one_home_costs_nothing_from_another(
 
 
 def test_the_store_url_and_its_alias(tmp_path: Path) -> None:
-    from mira_dagster.core.store import ParquetReplyCache
+    from mira_dagster.io.store import ParquetReplyCache
     from mira_dagster.settings import Settings
 
     home = {"MIRA_HOME": str(tmp_path)}

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.config import PROJECT_ROOT, load_config
-from mira_dagster.core.rubric import load_rubric
+from mira_dagster.core.config import PROJECT_ROOT
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.registry import load_config
 from tests.helpers import system_prompt
 
 pytestmark = pytest.mark.e2e

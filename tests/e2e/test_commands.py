@@ -23,8 +23,9 @@ import yaml
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
-from mira_dagster.core.config import PROJECT_ROOT, load_config
+from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.definitions import ALL_ASSETS
+from mira_dagster.io.registry import load_config
 from tests.loopback import wait_for_http
 
 BIN = Path(sys.executable).parent

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from mira_dagster.core.store import Store
+from mira_dagster.io.store import Store
 from tests.e2e.test_commands import BIN, user_env
 
 pytestmark = pytest.mark.e2e

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from mira_dagster import definitions as d
-from mira_dagster.core.config import load_config
-from mira_dagster.core.embeddings import EmbeddingError, OpenAIEmbedder
 from mira_dagster.core.offline_judge import catalogue
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.embedding_client import EmbeddingError, OpenAIEmbedder
+from mira_dagster.io.registry import load_config
 from tests.conftest import SAMPLE
 from tests.serving.conftest import EMBED_MODEL
 

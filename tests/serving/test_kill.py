@@ -15,14 +15,15 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mira_dagster.core.config import load_config
-from mira_dagster.core.prompts import load_templates, render_user
+from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import records_from
-from mira_dagster.core.rubric import load_rubric
-from mira_dagster.core.store import ParquetReplyCache
 from mira_dagster.definitions import ALL_ASSETS, PARTITIONED_ASSETS
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.registry import load_config
+from mira_dagster.io.store import ParquetReplyCache
+from mira_dagster.io.templates import load_templates
 from tests.loopback import ChatServer, serve, user_key
 
 pytestmark = pytest.mark.slow

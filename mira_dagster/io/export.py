@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mira_dagster.core.store import Store
+from mira_dagster.io.store import Store
 
 
 def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000) -> dict:

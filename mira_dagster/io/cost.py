@@ -29,14 +29,15 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from mira_dagster.core.config import Family, MiraConfig, ScorerUnit
-from mira_dagster.core.llm_client import Endpoint
 from mira_dagster.core.prompts import fill_record, judge_template, render_user
 from mira_dagster.core.records import Record, estimate_tokens
-from mira_dagster.core.rubric import Rubric, discovered_anchor_name, load_rubric
+from mira_dagster.core.rubric import Rubric, discovered_anchor_name
 from mira_dagster.core.sampling import hash_sample, teacher_sample
-from mira_dagster.core.scorers import EndpointLookup, make_judge, make_scorer
 from mira_dagster.core.scoring import ChatBackend, ReplyCache, ScorerSpec
-from mira_dagster.core.store import Store
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.llm_client import Endpoint
+from mira_dagster.io.scorers import EndpointLookup, make_judge, make_scorer
+from mira_dagster.io.store import Store
 
 # A reply's typical length in tokens (estimate_tokens). A contract reply is 15 lines "[An] name: s/10 — <one
 # sentence>" plus four trailer lines: the offline stand-in's replies measure 657-680 (20,000 records), real models'

@@ -8,9 +8,10 @@ import polars as pl
 import pytest
 from scipy.stats import spearmanr
 
-from mira_dagster.core.reliability import agreement, reliability_table
-from mira_dagster.core.store import Store
+from mira_dagster.core.reliability import agreement
 from mira_dagster.core.tables import SLOT_COLUMNS
+from mira_dagster.defs.reliability import reliability_table
+from mira_dagster.io.store import Store
 
 
 def dims(sources: list[str], pool: str = "g") -> pl.DataFrame:

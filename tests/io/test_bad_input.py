@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from mira_dagster.core.readers import SourceFileError, count_units
+from mira_dagster.io.readers import SourceFileError, count_units
 from tests.helpers import read_source
 
 GOOD = {"question": "What is 2 + 2?", "thinking": "Two and two.", "answer": "4"}

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from mira_dagster.core.readers import SourceFileError, count_units, expand_files, iter_units, sniff, split_name
+from mira_dagster.io.readers import SourceFileError, count_units, expand_files, iter_units, sniff, split_name
 from tests.helpers import read_source
 
 ROWS = [{"question": f"What is {i} + {i}?", "thinking": f"add {i} twice", "answer": i + i} for i in range(1, 8)]

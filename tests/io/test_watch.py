@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mira_dagster.core.config import load_config
+from mira_dagster.io.registry import load_config
 
 LINE = json.dumps({"question": "q?", "answer": "a"}) + "\n"
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -86,7 +87,8 @@ class Store:
     MIRA_STORE_URL, alias MIRA_TABLES_URL), all of them under that URL, `home` then holding only caches that can be
     deleted at any time (downloaded reply objects, copies of rubrics and exports, this machine's write-ahead logs of
     live writers, DuckDB's spill folder, staging files). mira_dagster/settings.py builds it from MIRA_HOME,
-    MIRA_STORE_URL and MIRA_S3_ENDPOINT_URL."""
+    MIRA_STORE_URL and MIRA_S3_ENDPOINT_URL. `reply_publish_seconds` (pipeline setting): with a store URL, how long
+    an answer may wait in this machine's log before it is PUT (ObjectReplyCache's `flush_seconds`)."""
 
     def __init__(
         self,
@@ -97,6 +99,7 @@ class Store:
         s3_endpoint_url: str | None = None,
         *,
         store_url: str | None = None,
+        reply_publish_seconds: float = 1.0,
     ) -> None:
         self.home = Path(home)
         # DuckDB spills past memory_limit into temp_directory instead of failing a corpus-sized query
@@ -112,7 +115,9 @@ class Store:
         self.exports_dir = self.home / "exports"
         self.catalog_path = self.home / "mira.duckdb"
         self.replies: ParquetReplyCache = (
-            ObjectReplyCache(self.fs, f"{self._root}/replies", self.home / "cache" / "replies")
+            ObjectReplyCache(
+                self.fs, f"{self._root}/replies", self.home / "cache" / "replies", flush_seconds=reply_publish_seconds
+            )
             if self.fs is not None
             else ParquetReplyCache(self.home / "cache" / "replies")
         )
@@ -637,9 +642,11 @@ class ObjectReplyCache(ParquetReplyCache):
     Object stores have no append, no rename and no lock, so every object is written once under a unique name with
     a create-only PUT (`If-None-Match: *`) and never changed: two writers, on one machine or many, never clobber
     each other. A writer appends each answer to its local write-ahead log (as on disk: a killed process loses
-    nothing on this machine) and PUTs a level-0 object every `batch_size` answers or, at the next answer, once its
-    oldest unpublished one is `flush_seconds` old (so a dead machine loses only its last few seconds of answers).
-    The logs of dead writers of this machine are published by its next writer or compaction of the version.
+    nothing on this machine) and PUTs a level-0 object every `batch_size` answers or once its oldest unpublished
+    one is `flush_seconds` old (pipeline.reply_publish_seconds; a timer publishes them even when no answer follows),
+    so another machine taking over from a dead one asks again only the answers of its last `flush_seconds` (with 0,
+    every answer is PUT as it arrives: only those whose PUT was in flight at the kill). The logs of dead writers of
+    this machine are published by its next writer or compaction of the version.
 
     Compaction of the objects (after a flush, when `l0_max` level-0 objects, or `fanout` of a higher level, are
     listed): the oldest of them are merged (first answer per (record_id, attempt) kept) into one new object a level
@@ -666,7 +673,7 @@ class ObjectReplyCache(ParquetReplyCache):
         *,
         l0_max: int = 16,
         fanout: int = 8,
-        flush_seconds: float = 5.0,
+        flush_seconds: float = 1.0,  # pipeline.reply_publish_seconds' default
     ) -> None:
         super().__init__(local, l0_max=l0_max, fanout=fanout)
         self.fs = fs
@@ -981,7 +988,15 @@ def _read_wal(path: Path) -> list[dict[str, Any]]:
 
 
 class ReplyWriter:
-    """Appends answers to a write-ahead log and writes them to a Parquet file every `batch_size` answers."""
+    """Appends answers to a write-ahead log and writes them to a Parquet file every `batch_size` answers.
+
+    With `publish` (object storage) the batch is PUT instead, also once its oldest answer is `flush_seconds` old:
+    checked at each answer (0: every answer is PUT inside `add`) and by a timer (a daemon thread), so the last
+    answers before a long wait (a slow endpoint, the end of a chunk) are published too. `add` and `flush` run in the
+    owner's thread, the timer's flush in its own, under one lock. The timer's failure is kept and raised by the
+    owner's next `add` or `flush` (a failure never looks like success); its rows stay in the log and in the batch,
+    for the next flush, a later writer or a compaction to publish.
+    """
 
     def __init__(
         self,
@@ -1002,6 +1017,9 @@ class ReplyWriter:
         self._publish = publish
         self._flush_seconds = flush_seconds
         self._oldest = 0.0
+        self._lock = threading.Lock()  # the batch, the log and the timer: the owner's thread and the timer's
+        self._timer: threading.Timer | None = None
+        self._error: Exception | None = None  # the timer's failure, for the owner to raise
 
     def __enter__(self) -> ReplyWriter:
         return self
@@ -1012,6 +1030,23 @@ class ReplyWriter:
     def add(self, record_id: str, comp: Completion, attempt: int = 0) -> None:
         """`attempt`: 0 for a record's first request, n for its n-th re-ask."""
         row = {"record_id": record_id, **comp.model_dump(), "created_at": datetime.now(UTC), "attempt": attempt}
+        with self._lock:
+            self._log(row)
+            self._raise_error()  # after the log: this answer is kept whatever happened to the earlier ones
+            if not self._due():
+                self._arm()
+                return
+            written = self._write_batch()
+        self._compact(written)
+
+    def flush(self) -> None:
+        """Write (or publish) the batch now; raises the timer's failure if it had one since the last call."""
+        with self._lock:
+            self._raise_error()
+            written = self._write_batch()
+        self._compact(written)
+
+    def _log(self, row: dict[str, Any]) -> None:
         if self._fh is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             name = f"{uuid.uuid4().hex}.wal.jsonl"
@@ -1028,14 +1063,56 @@ class ReplyWriter:
         if not self.rows:
             self._oldest = time.monotonic()
         self.rows.append(row)
-        if len(self.rows) >= self.batch_size or (
-            self._flush_seconds is not None and time.monotonic() - self._oldest >= self._flush_seconds
-        ):
-            self.flush()
 
-    def flush(self) -> None:
-        if not self.rows:
+    def _due(self) -> bool:
+        return len(self.rows) >= self.batch_size or (
+            self._flush_seconds is not None and time.monotonic() - self._oldest >= self._flush_seconds
+        )
+
+    def _raise_error(self) -> None:
+        """The timer's failure, once, in the owner's thread (the next flush tries the batch again)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _arm(self) -> None:
+        """One timer per batch on object storage, due when its oldest answer is `flush_seconds` old."""
+        if self._publish is None or not self._flush_seconds or self._timer is not None:
             return
+        delay = max(0.0, self._oldest + self._flush_seconds - time.monotonic())
+        timer = threading.Timer(delay, lambda: self._on_timer(timer))
+        timer.daemon = True  # a writer left unflushed never keeps the process alive
+        self._timer = timer
+        timer.start()
+
+    def _on_timer(self, timer: threading.Timer) -> None:
+        with self._lock:
+            if self._timer is not timer:  # cancelled too late: its batch was written meanwhile
+                return
+            self._timer = None
+            try:
+                written = self._write_batch()
+            except Exception as exc:  # kept for the owner; the rows stay in the log and the batch
+                self._error = exc
+                return
+        try:
+            self._compact(written)
+        except Exception as exc:
+            with self._lock:
+                self._error = exc
+
+    def _compact(self, written: bool) -> None:
+        # outside the lock: answers keep going to the log while a compaction runs (they take file locks of their own)
+        if written and self._after_flush is not None:
+            self._after_flush()
+
+    def _write_batch(self) -> bool:
+        """The batch to a Parquet file or an object, then the log removed; False if there was nothing to write."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.rows:
+            return False
         df = pl.DataFrame(self.rows, schema=ParquetReplyCache.SCHEMA)
         if self._publish is not None:
             self._publish(df)  # raises: the log keeps the rows, a later writer or compaction publishes them
@@ -1050,5 +1127,4 @@ class ReplyWriter:
             self._wal = None
         self._fh.close()
         self._fh = None
-        if self._after_flush is not None:
-            self._after_flush()
+        return True

@@ -9,14 +9,15 @@ import polars as pl
 import pytest
 
 from mira_dagster.cli import main
-from mira_dagster.core.config import MiraConfig, load_config
-from mira_dagster.core.cost import CostPlan, cost_gate, plan_run
-from mira_dagster.core.records import SourceIngest
-from mira_dagster.core.rubric import load_rubric
+from mira_dagster.core.config import MiraConfig
 from mira_dagster.core.sampling import sample_size
-from mira_dagster.core.scorers import make_scorer
 from mira_dagster.core.scoring import Completion
-from mira_dagster.core.store import Store
+from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.cost import CostPlan, cost_gate, plan_run
+from mira_dagster.io.ingest import SourceIngest
+from mira_dagster.io.registry import load_config
+from mira_dagster.io.scorers import make_scorer
+from mira_dagster.io.store import Store
 
 N_LEAN = 67  # records of the small registry's lean_qa source
 

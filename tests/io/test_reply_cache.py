@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.core.scoring import Completion
-from mira_dagster.core.store import ParquetReplyCache, _bucket
+from mira_dagster.io.store import ParquetReplyCache, _bucket
 
 V = "v1"
 

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from mira_dagster.core.mapping import compile_mapping, suggest_mapping
-from mira_dagster.core.readers import SourceFileError, expand_files, iter_units, sniff
 from mira_dagster.core.records import Rejected, printable, to_fields, unit_value
+from mira_dagster.io.readers import SourceFileError, expand_files, iter_units, sniff
 
 FAMILIES = ("qa_with_think", "agent")  # "qa" reads exactly as qa_with_think
 

@@ -35,6 +35,8 @@ import ijson
 import pyarrow.parquet as pq
 import zstandard
 
+from mira_dagster.core.records import Unit
+
 Kind = Literal["jsonl", "json", "parquet"]
 
 # name endings we recognise, longest first where one is the end of another
@@ -52,17 +54,6 @@ _GLOB_CHARS = set("*?[")
 
 class SourceFileError(OSError):
     """A source file that cannot be read as a whole: the message names the source and the file."""
-
-
-@dataclass(slots=True)
-class Unit:
-    """One thing read from a file: a raw JSONL line still to decode, or an already decoded value."""
-
-    position: int  # 1-based line (JSONL), element (JSON array) or row (Parquet) in its file
-    raw: bytes | None = None
-    obj: Any = None
-    error: str | None = None  # the unit could not be read at all (the broken tail of a JSON array, a bad row)
-    oversize: int | None = None  # a line over the cap: its size in bytes (raw then holds only its head)
 
 
 def split_name(name: str) -> tuple[str, str | None, str | None]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from mira_dagster.core import llm_client
-from mira_dagster.core.llm_client import Endpoint, OpenAIBackend, probe, safe_error
-from mira_dagster.core.store import ParquetReplyCache
+from mira_dagster.io import llm_client
+from mira_dagster.io.llm_client import Endpoint, OpenAIBackend, probe, safe_error
+from mira_dagster.io.store import ParquetReplyCache
 from tests.core.test_scoring import _setup, run
 from tests.loopback import ChatServer, Reply, serve
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mira_dagster.core.config import MiraConfig, ScorerUnit
-from mira_dagster.core.llm_client import DEFAULT_TEACHER_MODEL, Endpoint, OpenAIBackend, probe
 from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.offline_judge import OfflineJudge
-from mira_dagster.core.prompts import contract_regex, judge_system_prompt, judge_template, load_templates, render_system
+from mira_dagster.core.prompts import contract_regex, judge_system_prompt, judge_template, render_system
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
+from mira_dagster.io.llm_client import DEFAULT_TEACHER_MODEL, Endpoint, OpenAIBackend, probe
+from mira_dagster.io.templates import load_templates
 
 # The endpoint of a (role, scorer unit key), None for the offline stand-in: MiraResource.endpoint.
 EndpointLookup = Callable[[Role, str], Endpoint | None]

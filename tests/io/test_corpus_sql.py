@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mira_dagster.core.store import Store
-from tests.core.test_sql import scores
+from mira_dagster.io.store import Store
+from tests.io.test_sql import scores
 
 
 def _raw(source: str, ids: list[str], tokens: list[int]) -> pl.DataFrame:
