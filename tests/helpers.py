@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,3 +108,12 @@ async def score_jobs(
         progress_every_s=progress_every_s,
     )
     return [by_id[j.record.record_id] for j in jobs], stats
+
+
+def run_ok(cmd: Sequence[str | Path], env: dict[str, str], cwd: Path, timeout: float = 300) -> str:
+    """Run a real command as a user would; its stdout, or a failed assertion with the tail of both streams."""
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, (
+        f"{' '.join(map(str, cmd))}: exit {done.returncode}\n{(done.stdout + done.stderr)[-4000:]}"
+    )
+    return done.stdout

@@ -1,6 +1,7 @@
 """The project's job on a distributed executor: refresh_sources with MIRA_EXECUTOR=celery, two source partitions
 (two runs of `dagster job execute`, in their own processes, at once) whose steps run on two Celery worker processes
-(`celery -A mira_dagster.worker worker`), Redis the broker, the instance on PostgreSQL; every server and worker is
+(`celery -A mira_dagster.worker worker`), then an asset materialised with `dagster asset materialize` on them too
+(the executor is the code location's), Redis the broker, the instance on PostgreSQL; every server and worker is
 started here on loopback and stopped by its process group."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from mira_dagster.core.config import PROJECT_ROOT
 from tests.distributed.servers import PostgresServer, RedisServer, celery_workers, stop_group
+from tests.helpers import run_ok
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -94,6 +96,9 @@ def test_refresh_sources_partitions_run_on_two_celery_workers(
             for source, proc in zip(SOURCES, runs, strict=True):
                 code = proc.wait(timeout=900)
                 assert code == 0, (tmp_path / f"run-{source}.log").read_text()[-4000:]
+            # an asset materialised from the CLI (as from the UI) goes to the workers too: the executor is the
+            # code location's, not only refresh_sources'
+            run_ok([BIN / "dagster", "asset", "materialize", "--select", "source_groups"], env, PROJECT_ROOT, 600)
         finally:
             for proc in runs:
                 stop_group(proc)
@@ -117,6 +122,9 @@ def test_refresh_sources_partitions_run_on_two_celery_workers(
             for table in ("raw_records", "teacher_labels", "student_scores"):
                 assert source in instance.get_materialized_partitions(dg.AssetKey(table)), (source, table)
         assert set(used) == {"w1", "w2"}, used  # the two partitions' steps were shared by the two workers
+        (asset_run,) = instance.get_run_records(dg.RunsFilter(job_name="__ASSET_JOB"))
+        assert asset_run.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        assert set(_step_workers(instance, asset_run.dagster_run.run_id)) == {"source_groups"}
 
     # the tables are written, where every worker and the runs read them
     from mira_dagster.settings import Settings

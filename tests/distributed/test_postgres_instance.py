@@ -19,6 +19,7 @@ from mira_dagster.core.config import PROJECT_ROOT, ConfigError
 from mira_dagster.instance import POOLS, POSTGRES_SETTINGS, ensure_instance
 from mira_dagster.settings import Deployment
 from tests.distributed.servers import PostgresServer
+from tests.helpers import run_ok
 
 BIN = Path(sys.executable).parent
 distributed = [pytest.mark.distributed, pytest.mark.slow]
@@ -120,17 +121,8 @@ def test_mira_run_on_postgres(
         MIRA_DAGSTER_PG_URL=bare_url(postgres, "mira_run"),
     )
     started = time.monotonic()
-    run = subprocess.run(
-        [BIN / "mira", "run", "--source", "lean_qa"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    run_ok([BIN / "mira", "run", "--source", "lean_qa"], env, tmp_path, 900)
     took = time.monotonic() - started
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (home / "dagster.yaml").read_bytes() == POSTGRES_SETTINGS.read_bytes()
     assert not list(home.rglob("*.db"))
 
@@ -155,32 +147,13 @@ def test_mira_run_on_postgres(
     assert int(materialised) >= 3
 
     # Dagster's own command from the checkout (the bootstrap gives it the psycopg2 URL)
-    info = subprocess.run(
-        [BIN / "dagster", "instance", "info"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert info.returncode == 0, info.stderr[-3000:]
-    out = info.stdout
+    out = run_ok([BIN / "dagster", "instance", "info"], env, PROJECT_ROOT)
     for name in ("run_storage: PostgresRunStorage", "event_log_storage: PostgresEventLogStorage"):
         assert name in out, out
     assert "schedule_storage: PostgresScheduleStorage" in out, out
     for setting in ("max_concurrent_runs: 4", "key: mira/scorer_group", "applyLimitPerUniqueValue: true"):
         assert setting in out, out
     assert "default_limit: 2" in out, out
-    pools = subprocess.run(
-        [BIN / "dagster", "instance", "concurrency", "get", "--all"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert pools.returncode == 0, pools.stderr[-3000:]
-    assert "student" in pools.stdout and "teacher" in pools.stdout, pools.stdout
+    pools = run_ok([BIN / "dagster", "instance", "concurrency", "get", "--all"], env, PROJECT_ROOT)
+    assert "student" in pools and "teacher" in pools, pools
     print(f"mira run --source lean_qa on PostgreSQL: {took:.1f} s, {n_runs} runs")
