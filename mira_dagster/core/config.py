@@ -115,11 +115,12 @@ class PipelineSettings(BaseModel):
     max_retries: int = Field(3, ge=0)
     write_batch_size: int = Field(256, ge=1)
     # With a store URL: an answer is PUT to the store at most this many seconds after it arrived (or with its
-    # write_batch_size batch, if sooner), so a killed machine's other machines re-ask at most this window's
-    # answers. 0 = one PUT per answer, as it arrives (nothing answered is asked again; compaction merges the small
-    # objects), at the price of a PUT and a LIST per answer. Without a store URL it does nothing (a local log
-    # survives a kill).
-    reply_publish_seconds: float = Field(1.0, ge=0, allow_inf_nan=False)
+    # write_batch_size batch, if sooner), by each writer's publisher thread (never the scoring loop). 0 = as soon
+    # as possible: group commit, one PUT in flight per writer taking every answer that arrived meanwhile, so the
+    # other machines re-ask of a killed one only the answers whose PUT was in flight (plus its requests in flight).
+    # A larger value adds this window's answers to those re-asks, for fewer, larger objects. Without a store URL
+    # it does nothing (a local log survives a kill).
+    reply_publish_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
     # Scoring streams a source in chunks of this many records: a step's memory is bounded by the chunk and
     # max_in_flight, not the source size.
     scoring_chunk_records: int = Field(20_000, ge=1)
@@ -239,9 +240,6 @@ class MiraConfig(BaseModel):
                     f"source {name!r}: format {src.format!r} differs from group {src.group!r} family {group.family!r}"
                 )
         return self
-
-    def group_of(self, source: str) -> GroupConfig:
-        return self.groups[self.sources[source].group]
 
     def source_names(self) -> list[str]:
         return sorted(self.sources)

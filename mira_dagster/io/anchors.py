@@ -10,7 +10,6 @@ from mira_dagster.core.rubric import (
     RubricError,
     RubricFamily,
     anchor_file_text,
-    discovered_anchor_name,
     parse_rubric,
 )
 
@@ -20,11 +19,6 @@ def load_rubric(path: Path, group: str, family: RubricFamily) -> Rubric:
     if not path.is_file():
         raise RubricError(f"anchor file not found for group {group!r}: {path}")
     return parse_rubric(path.read_bytes(), str(path), group, family)
-
-
-def discovered_anchor_path(home: Path, key: str, scope: str = "group") -> Path:
-    """Where anchor_rubric writes a unit's rubric under MIRA_HOME (with a store URL: its local copy)."""
-    return Path(home) / discovered_anchor_name(key, scope)
 
 
 def write_anchor_file(path: Path, dims: list[AnchorDim]) -> None:
