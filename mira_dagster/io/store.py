@@ -99,7 +99,7 @@ class Store:
         s3_endpoint_url: str | None = None,
         *,
         store_url: str | None = None,
-        reply_publish_seconds: float = 1.0,
+        reply_publish_seconds: float = 0.0,
     ) -> None:
         self.home = Path(home)
         # DuckDB spills past memory_limit into temp_directory instead of failing a corpus-sized query
@@ -642,17 +642,20 @@ class ObjectReplyCache(ParquetReplyCache):
     Object stores have no append, no rename and no lock, so every object is written once under a unique name with
     a create-only PUT (`If-None-Match: *`) and never changed: two writers, on one machine or many, never clobber
     each other. A writer appends each answer to its local write-ahead log (as on disk: a killed process loses
-    nothing on this machine) and PUTs a level-0 object every `batch_size` answers or once its oldest unpublished
-    one is `flush_seconds` old (pipeline.reply_publish_seconds; a timer publishes them even when no answer follows),
-    so another machine taking over from a dead one asks again only the answers of its last `flush_seconds` (with 0,
-    every answer is PUT as it arrives: only those whose PUT was in flight at the kill). The logs of dead writers of
-    this machine are published by its next writer or compaction of the version.
+    nothing on this machine), and its publisher thread (never the scoring loop: see ReplyWriter) PUTs a level-0
+    object of the pending answers once `batch_size` of them wait or the oldest is `flush_seconds` old
+    (pipeline.reply_publish_seconds; even when no answer follows). With 0 (the default) each answer is published
+    as soon as possible: group commit, at most one PUT in flight per writer, the next one taking every answer that
+    arrived meanwhile, so another machine taking over from a dead one asks again only the answers whose PUT was in
+    flight at the kill (plus its requests in flight); with more, also the answers of its last `flush_seconds`, in
+    exchange for fewer, larger objects. The logs of dead writers of this machine are published by its next writer
+    or compaction of the version.
 
-    Compaction of the objects (after a flush, when `l0_max` level-0 objects, or `fanout` of a higher level, are
-    listed): the oldest of them are merged (first answer per (record_id, attempt) kept) into one new object a level
-    up, its inputs listed first in its `.inputs.json`; only after that PUT are the inputs deleted. Two compactions at
-    once at worst both merge the same inputs: the replies are then in two objects, which readers dedupe; no reply
-    is ever only in a deleted object.
+    Compaction of the objects (by a writer after every `l0_max` level-0 objects it published, when `l0_max`
+    level-0 objects, or `fanout` of a higher level, are listed): the oldest of them are merged (first answer per
+    (record_id, attempt) kept) into one new object a level up, its inputs listed first in its `.inputs.json`; only
+    after that PUT are the inputs deleted. Two compactions at once at worst both merge the same inputs: the replies
+    are then in two objects, which readers dedupe; no reply is ever only in a deleted object.
 
     Lookups go through a local index of the objects, the on-disk cache itself (`ParquetReplyCache` under
     `<home>/cache/replies`): each object listed and not yet in it is downloaded as one of its level-0 files (and
@@ -673,7 +676,7 @@ class ObjectReplyCache(ParquetReplyCache):
         *,
         l0_max: int = 16,
         fanout: int = 8,
-        flush_seconds: float = 1.0,  # pipeline.reply_publish_seconds' default
+        flush_seconds: float = 0.0,  # pipeline.reply_publish_seconds' default
     ) -> None:
         super().__init__(local, l0_max=l0_max, fanout=fanout)
         self.fs = fs
@@ -685,10 +688,21 @@ class ObjectReplyCache(ParquetReplyCache):
 
     def writer(self, version: str, batch_size: int = 256) -> ReplyWriter:
         self._rescue(version)
+        published = 0
+
+        def after_publish() -> None:
+            # compaction LISTs the objects, about the price of the PUT itself: not after every PUT (one per answer
+            # with flush_seconds 0), only once this writer has added `l0_max` level-0 objects since its last one
+            nonlocal published
+            published += 1
+            if published >= self.l0_max:
+                published = 0
+                self.compact(version)
+
         return ReplyWriter(
             self._dir(version),
             batch_size,
-            after_flush=lambda: self.compact(version),
+            after_flush=after_publish,
             publish=lambda df: self._put(version, df),
             flush_seconds=self.flush_seconds,
         )
@@ -990,13 +1004,24 @@ def _read_wal(path: Path) -> list[dict[str, Any]]:
 class ReplyWriter:
     """Appends answers to a write-ahead log and writes them to a Parquet file every `batch_size` answers.
 
-    With `publish` (object storage) the batch is PUT instead, also once its oldest answer is `flush_seconds` old:
-    checked at each answer (0: every answer is PUT inside `add`) and by a timer (a daemon thread), so the last
-    answers before a long wait (a slow endpoint, the end of a chunk) are published too. `add` and `flush` run in the
-    owner's thread, the timer's flush in its own, under one lock. The timer's failure is kept and raised by the
-    owner's next `add` or `flush` (a failure never looks like success); its rows stay in the log and in the batch,
-    for the next flush, a later writer or a compaction to publish.
+    With `publish` (object storage) the answers are PUT instead, by a publisher thread of the writer's own (a
+    daemon, started by the first `add`), never in the owner's thread: `add` only appends to the log and, when a
+    batch is due, wakes the publisher. Pending answers are published once `batch_size` of them wait, once the
+    oldest is `flush_seconds` old (0: at once), or on `flush`. Group commit: at most one PUT is in flight; the
+    answers that arrive meanwhile go to a new log and are all taken by the next PUT. To take a batch the publisher
+    rotates the log under the lock (the current log and its locked handle join the logs awaiting publication; the
+    next `add` opens a new one), PUTs outside the lock, and only after the PUT succeeded removes exactly the logs
+    whose rows it held. A failed PUT puts its rows back in front of the pending ones, its logs stay (locked, on
+    disk: a later writer or compaction publishes them if this process dies), and its error is raised once by the
+    owner's next `add` (after the log write: that answer is kept) or `flush`; the publisher tries again only
+    after the next `add` or `flush`, never in a loop. `after_flush` (compaction) runs in the publisher after a
+    successful PUT, outside the lock; its failure is raised the same way. `flush` publishes everything pending
+    and waits for it (an in-flight PUT and its compaction included); `close` (and `__exit__`, after the flush)
+    stops the publisher. A publisher with nothing to do for `_IDLE_SECONDS` ends (the next `add` starts another),
+    so a writer left unflushed neither keeps a thread nor the process alive.
     """
+
+    _IDLE_SECONDS = 5.0
 
     def __init__(
         self,
@@ -1009,42 +1034,81 @@ class ReplyWriter:
     ) -> None:
         self.dir = directory
         self.batch_size = batch_size
-        self.rows: list[dict[str, Any]] = []
-        self._wal: Path | None = None
+        self.rows: list[dict[str, Any]] = []  # not yet written (or published), in the logs below
+        self._wal: Path | None = None  # the log `add` appends to
         self._fh: Any = None
         self._after_flush = after_flush
-        # object storage: `publish` PUTs the batch (instead of a file in `directory`), also every `flush_seconds`
+        # object storage: `publish` PUTs the pending rows (instead of a file in `directory`), by `_publisher`
         self._publish = publish
-        self._flush_seconds = flush_seconds
-        self._oldest = 0.0
-        self._lock = threading.Lock()  # the batch, the log and the timer: the owner's thread and the timer's
-        self._timer: threading.Timer | None = None
-        self._error: Exception | None = None  # the timer's failure, for the owner to raise
+        self._flush_seconds = flush_seconds or 0.0
+        self._oldest = 0.0  # when the oldest pending row arrived (monotonic)
+        # the publisher's state, under `_cond`'s lock, shared by the owner's thread and the publisher's
+        self._cond = threading.Condition(threading.Lock())
+        self._retired: list[tuple[Path, Any]] = []  # rotated logs (and their locked handles) awaiting publication
+        self._thread: threading.Thread | None = None
+        self._busy = False  # a PUT (or the compaction after it) in flight
+        self._flushing = False  # the owner waits in `flush`: publish whatever is pending
+        self._held = False  # the last PUT failed: wait for the next add or flush before trying again
+        self._stop = False
+        self._error: BaseException | None = None  # the publisher's failure, for the owner to raise
 
     def __enter__(self) -> ReplyWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self.close()
 
     def add(self, record_id: str, comp: Completion, attempt: int = 0) -> None:
         """`attempt`: 0 for a record's first request, n for its n-th re-ask."""
         row = {"record_id": record_id, **comp.model_dump(), "created_at": datetime.now(UTC), "attempt": attempt}
-        with self._lock:
+        if self._publish is not None:
+            with self._cond:
+                self._log(row)
+                self._raise_error()  # after the log: this answer is kept whatever happened to the earlier ones
+                held, self._held = self._held, False
+                self._start()
+                # wake the publisher only when it has something new to decide (a first pending row: its timer)
+                if held or len(self.rows) == 1 or len(self.rows) >= self.batch_size or not self._flush_seconds:
+                    self._cond.notify_all()
+            return
+        with self._cond:
             self._log(row)
-            self._raise_error()  # after the log: this answer is kept whatever happened to the earlier ones
-            if not self._due():
-                self._arm()
+            if len(self.rows) < self.batch_size:
                 return
             written = self._write_batch()
         self._compact(written)
 
     def flush(self) -> None:
-        """Write (or publish) the batch now; raises the timer's failure if it had one since the last call."""
-        with self._lock:
+        """Write (or publish) the pending rows now and wait for it; raises the publisher's failure if it had one
+        since the last call (the rows then stay pending, for the next flush)."""
+        if self._publish is None:
+            with self._cond:
+                written = self._write_batch()
+            self._compact(written)
+            return
+        with self._cond:
             self._raise_error()
-            written = self._write_batch()
-        self._compact(written)
+            self._held = False
+            self._flushing = True
+            try:
+                while self.rows or self._busy:
+                    self._start()
+                    self._cond.notify_all()
+                    self._cond.wait()
+                    self._raise_error()
+            finally:
+                self._flushing = False
+
+    def close(self) -> None:
+        """Stop the publisher (after its PUT in flight, if any); what is pending stays in the logs."""
+        with self._cond:
+            thread, self._stop = self._thread, True
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _log(self, row: dict[str, Any]) -> None:
         if self._fh is None:
@@ -1064,42 +1128,79 @@ class ReplyWriter:
             self._oldest = time.monotonic()
         self.rows.append(row)
 
-    def _due(self) -> bool:
-        return len(self.rows) >= self.batch_size or (
-            self._flush_seconds is not None and time.monotonic() - self._oldest >= self._flush_seconds
-        )
-
     def _raise_error(self) -> None:
-        """The timer's failure, once, in the owner's thread (the next flush tries the batch again)."""
+        """The publisher's failure, once, in the owner's thread."""
         if self._error is not None:
             error, self._error = self._error, None
             raise error
 
-    def _arm(self) -> None:
-        """One timer per batch on object storage, due when its oldest answer is `flush_seconds` old."""
-        if self._publish is None or not self._flush_seconds or self._timer is not None:
-            return
-        delay = max(0.0, self._oldest + self._flush_seconds - time.monotonic())
-        timer = threading.Timer(delay, lambda: self._on_timer(timer))
-        timer.daemon = True  # a writer left unflushed never keeps the process alive
-        self._timer = timer
-        timer.start()
+    # -- the publisher (object storage) ----------------------------------------------------------------------
+    def _start(self) -> None:
+        """The publisher thread, unless it runs (under the lock)."""
+        if self._thread is None:
+            self._stop = False
+            # a daemon: a writer left unflushed never keeps the process alive (its logs are rescued later)
+            self._thread = threading.Thread(target=self._publisher, name=f"reply-publisher-{self.dir.name}")
+            self._thread.daemon = True
+            self._thread.start()
 
-    def _on_timer(self, timer: threading.Timer) -> None:
-        with self._lock:
-            if self._timer is not timer:  # cancelled too late: its batch was written meanwhile
-                return
-            self._timer = None
-            try:
-                written = self._write_batch()
-            except Exception as exc:  # kept for the owner; the rows stay in the log and the batch
-                self._error = exc
-                return
+    def _wait_for_batch(self) -> bool:
+        """Under the lock: wait until a batch is due (True), or until stopped or idle too long (False)."""
+        while not self._stop:
+            if self.rows and not self._held:
+                due = self._flushing or len(self.rows) >= self.batch_size or not self._flush_seconds
+                delay = 0.0 if due else self._oldest + self._flush_seconds - time.monotonic()
+                if delay <= 0:
+                    return True
+                self._cond.wait(delay)
+            elif not self._cond.wait(self._IDLE_SECONDS) and not (self.rows and not self._held) and not self._stop:
+                return False  # nothing to do for a while: end; the next add starts a new publisher
+        return False
+
+    def _publisher(self) -> None:
         try:
-            self._compact(written)
-        except Exception as exc:
-            with self._lock:
-                self._error = exc
+            while True:
+                with self._cond:
+                    if not self._wait_for_batch():
+                        return
+                    # take every pending row and rotate the log: the answers that arrive during the PUT go to a new
+                    # log, so that the PUT's logs can be removed after it, and only they
+                    rows, oldest, self.rows = self.rows, self._oldest, []
+                    logs = [*self._retired, *([(self._wal, self._fh)] if self._fh is not None else [])]
+                    self._retired, self._wal, self._fh = [], None, None
+                    self._busy = True
+                try:
+                    try:
+                        self._publish(pl.DataFrame(rows, schema=ParquetReplyCache.SCHEMA))
+                    except BaseException as exc:  # kept for the owner; the rows stay pending and in their logs
+                        with self._cond:
+                            self.rows = rows + self.rows
+                            self._oldest = oldest
+                            self._retired = logs + self._retired
+                            self._held = True
+                            if self._error is None:
+                                self._error = exc
+                        continue
+                    # The object now holds what the logs held; a crash between the two leaves duplicates, which
+                    # readers drop (first answer per (record_id, attempt) wins).
+                    for wal, fh in logs:
+                        wal.unlink(missing_ok=True)
+                        fh.close()
+                    try:
+                        self._compact(True)
+                    except BaseException as exc:
+                        with self._cond:
+                            if self._error is None:
+                                self._error = exc
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify_all()
+        finally:
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._cond.notify_all()
 
     def _compact(self, written: bool) -> None:
         # outside the lock: answers keep going to the log while a compaction runs (they take file locks of their own)
@@ -1107,18 +1208,12 @@ class ReplyWriter:
             self._after_flush()
 
     def _write_batch(self) -> bool:
-        """The batch to a Parquet file or an object, then the log removed; False if there was nothing to write."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Local disk: the batch to a Parquet file, then the log removed; False if there was nothing to write."""
         if not self.rows:
             return False
         df = pl.DataFrame(self.rows, schema=ParquetReplyCache.SCHEMA)
-        if self._publish is not None:
-            self._publish(df)  # raises: the log keeps the rows, a later writer or compaction publishes them
-        else:
-            now = datetime.now(UTC)
-            _atomic_parquet(df, self.dir / f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet")
+        now = datetime.now(UTC)
+        _atomic_parquet(df, self.dir / f"{now.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet")
         self.rows = []
         # The Parquet file now holds what the log held; a crash between the two leaves duplicates, which
         # readers drop (first answer per (record_id, attempt) wins).

@@ -1,7 +1,8 @@
 """One store URL shared by machines with their own MIRA_HOME (moto's S3 server on loopback): the reply cache's
 writers never clobber each other, and a home is only a cache: deleted, or replaced by an empty one, nothing is lost
-and nothing is asked again. A writer publishes its answers within pipeline.reply_publish_seconds, by a timer when
-no answer follows, and a failed background PUT is raised by the writer's next call."""
+and nothing is asked again. A writer's publisher thread PUTs its answers within pipeline.reply_publish_seconds (0:
+as soon as possible, one PUT in flight taking whatever arrived meanwhile), also when no answer follows, never in the
+owner's `add`; a failed background PUT keeps its rows and logs and is raised by the writer's next call."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -54,16 +56,18 @@ def _small(cache: ObjectReplyCache) -> ObjectReplyCache:
 
 
 def _write(home: str, endpoint: str, writer: str, n: int) -> None:
-    """One writer process: n answers (2 attempts for every 5th id), batches of 7, compacting as it goes."""
+    """One writer process: n answers (2 attempts for every 5th id), 3 ms apart (so that they take many PUTs: answers
+    added during a PUT go together in the next), batches of 7, compacting as it goes."""
     cache = _small(_store(Path(home), endpoint).replies)  # type: ignore[arg-type]
     with cache.writer(VERSION, batch_size=7) as w:
         for i in range(n):
             w.add(f"{writer}-{i:04d}", _comp(f"{writer} says {i}"))
             if i % 5 == 0:
                 w.add(f"{writer}-{i:04d}", _comp(f"{writer} again {i}"), attempt=1)
+            time.sleep(0.003)
 
 
-@pytest.mark.slow  # two processes, each about 50 PUTs and a dozen compactions against moto: about 25 s
+@pytest.mark.slow  # two processes, each about a dozen PUTs and 4 compactions against moto: about 10 s
 def test_two_writers_with_their_own_homes_never_clobber(shared: str, tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     n = 150
@@ -101,6 +105,7 @@ def test_a_killed_writers_log_is_published_by_the_next_writer(shared: str, tmp_p
     w = cache.writer(VERSION, batch_size=100)
     w.add("r1", _comp("one"))
     w._fh.close()  # the process died: its lock is released, its log unpublished
+    w.close()  # (its publisher too: it would publish in an hour)
     assert cache.load(VERSION, ["r1"])["r1"].text == "one"  # this machine reads its logs
     assert _store(tmp_path / "other", shared).replies.load(VERSION, ["r1"]) == {}
     cache.writer(VERSION).flush()  # the next writer on this machine publishes it
@@ -117,7 +122,68 @@ def _reply_dir(home: Path) -> Path:
     return home / "cache" / "replies" / VERSION
 
 
-def test_with_no_publish_window_each_answer_is_on_the_store_when_add_returns(
+def _until(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _write_until_killed(home: str, endpoint: str, ready: str) -> None:
+    """A writer process with reply_publish_seconds 0 whose second PUT never returns: answers keep arriving during
+    it (a new log, the PUT's own rotated away), then it writes `ready` and waits for its SIGKILL."""
+    cache = _store(Path(home), endpoint).replies
+    assert isinstance(cache, ObjectReplyCache) and cache.flush_seconds == 0
+    put, puts, stuck = cache._put, [], threading.Event()
+
+    def slow(version: str, df: object) -> str:
+        puts.append(df)
+        if len(puts) >= 2:
+            stuck.set()
+            time.sleep(600)
+        return put(version, df)  # type: ignore[arg-type]
+
+    cache._put = slow  # type: ignore[method-assign]
+    w = cache.writer(VERSION, batch_size=1000)
+    i = 0
+    while not stuck.is_set() or i < 20:  # and a few answers after the stuck PUT started
+        w.add(f"k{i:02d}", _comp(f"kept {i}"))
+        i += 1
+        time.sleep(0.02)
+        assert i < 500, "the second PUT never started"
+    Path(ready).write_text(str(i))
+    time.sleep(600)
+
+
+def test_a_killed_writers_rotated_logs_are_published_by_the_next_writer(shared: str, tmp_path: Path) -> None:
+    """SIGKILLed during a PUT: the logs of that PUT and the log of the answers after it are left, all published by
+    the next writer of the version on the machine (`_rescue`)."""
+    home, ready = tmp_path / "home", tmp_path / "ready"
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_write_until_killed, args=(str(home), shared, str(ready))
+    )
+    proc.start()
+    try:
+        _until(ready.exists, "the writer process did not get stuck in a PUT", timeout=60)
+        n = int(ready.read_text())
+        assert len(list(_reply_dir(home).glob("*.wal.jsonl"))) >= 2  # the stuck PUT's log(s), and the current one
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+    ids = [f"k{i:02d}" for i in range(n)]
+    published = set(_store(tmp_path / "other", shared).replies.load(VERSION, ids))
+    assert published and published < set(ids)  # the first PUT went through, the second never did
+    left = _wal_ids(home)
+    assert len(list(_reply_dir(home).glob("*.wal.jsonl"))) >= 2
+    assert set(left) == set(ids) - published  # each unpublished answer is in a log
+    cache = _store(home, shared).replies
+    cache.writer(VERSION).flush()  # the next writer on this machine publishes them
+    got = _store(tmp_path / "other2", shared).replies.load(VERSION, ids)
+    assert sorted(got) == ids and all(got[f"k{i:02d}"].text == f"kept {i}" for i in range(n))
+    assert not list(_reply_dir(home).glob("*.wal.jsonl"))
+
+
+def test_with_no_publish_window_each_answer_is_on_the_store_right_after_add(
     shared: str, small_config: Path, tmp_path: Path
 ) -> None:
     small_config.write_text(small_config.read_text().replace("pipeline: {", "pipeline: {reply_publish_seconds: 0, "))
@@ -128,9 +194,82 @@ def test_with_no_publish_window_each_answer_is_on_the_store_when_add_returns(
     w = cache.writer(VERSION, batch_size=1000)
     for i in range(3):
         w.add(f"r{i}", _comp(f"answer {i}"))
-        assert f"r{i}" in other.load(VERSION, [f"r{i}"])  # another machine sees it at once
-        assert _wal_ids(home) == []  # nothing waits in this machine's log
+        # no further add, no flush: the publisher PUTs it at once, another machine sees it within a short poll
+        _until(lambda i=i: f"r{i}" in other.load(VERSION, [f"r{i}"]), f"r{i} was not published")
+        _until(lambda: _wal_ids(home) == [], "its log was not removed")  # nothing waits in this machine's log
     assert len(cache._names(VERSION)) == 3  # one object per answer
+    w.close()
+    assert w._thread is None
+
+
+def test_the_default_publish_window_is_zero(tmp_path: Path) -> None:
+    from mira_dagster.core.config import PipelineSettings
+
+    assert PipelineSettings.model_fields["reply_publish_seconds"].default == 0
+    assert ObjectReplyCache(None, "b/r", tmp_path).flush_seconds == 0
+
+
+def test_add_never_waits_for_a_slow_put_and_answers_meanwhile_share_the_next(shared: str, tmp_path: Path) -> None:
+    cache = _store(tmp_path / "home", shared).replies
+    assert isinstance(cache, ObjectReplyCache) and cache.flush_seconds == 0
+    put, rows_per_put, started = cache._put, [], threading.Event()
+
+    def slow(version: str, df: object) -> str:
+        started.set()
+        time.sleep(1)
+        rows_per_put.append(df.height)  # type: ignore[attr-defined]
+        return put(version, df)  # type: ignore[arg-type]
+
+    cache._put = slow  # type: ignore[method-assign]
+    ids = [f"s{i:02d}" for i in range(21)]
+    with cache.writer(VERSION, batch_size=1000) as w:
+        w.add(ids[0], _comp(ids[0]))
+        assert started.wait(5)  # its PUT is in flight (for 1 s) ...
+        start = time.monotonic()
+        for rid in ids[1:]:  # ... while 20 more answers arrive
+            w.add(rid, _comp(rid))
+        took = time.monotonic() - start
+        assert took < 0.5, f"20 adds took {took:.3f} s: add waited for a PUT"
+        w.flush()  # waits for the PUT in flight and the one after it
+        assert _wal_ids(tmp_path / "home") == []
+    print(f"20 adds during a 1 s PUT: {took * 1000:.1f} ms; {len(rows_per_put)} PUTs of {rows_per_put} rows")
+    assert w._thread is None  # stopped by __exit__
+    assert rows_per_put == [1, 20]  # group commit: the 20 answers that arrived during the first PUT, in one
+    assert sorted(_store(tmp_path / "other", shared).replies.load(VERSION, ids)) == ids
+
+
+def test_a_failed_put_keeps_its_rows_and_logs_until_a_later_flush(shared: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cache = _store(home, shared).replies
+    assert isinstance(cache, ObjectReplyCache) and cache.flush_seconds == 0
+    put, calls = cache._put, []
+
+    def down(version: str, df: object) -> str:
+        calls.append(df)
+        raise OSError("the store is down")
+
+    cache._put = down  # type: ignore[method-assign]
+    w = cache.writer(VERSION, batch_size=1000)
+    w.add("r1", _comp("one"))
+    _until(lambda: w._error is not None, "the publisher did not try")
+    time.sleep(0.3)
+    assert len(calls) == 1  # after a failure the publisher waits for the owner, it does not retry in a loop
+    assert _wal_ids(home) == ["r1"]  # the failed PUT's log is still there (rotated, still locked)
+    with pytest.raises(OSError, match="the store is down"):
+        w.add("r2", _comp("two"))  # raised by the next add, after its log write
+    logs = list(_reply_dir(home).glob("*.wal.jsonl"))
+    assert len(logs) == 2 and _wal_ids(home) == ["r1", "r2"]  # the failed PUT's log and the new one, both kept
+    assert _store(tmp_path / "other", shared).replies.load(VERSION, ["r1", "r2"]) == {}
+    cache.writer(VERSION).close()  # another writer's rescue leaves them: this writer holds their locks
+    assert sorted(_reply_dir(home).glob("*.wal.jsonl")) == sorted(logs)
+
+    cache._put = put  # type: ignore[method-assign]
+    w.flush()  # raised once only: this flush publishes everything
+    assert set(_store(tmp_path / "other", shared).replies.load(VERSION, ["r1", "r2"])) == {"r1", "r2"}
+    assert not list(_reply_dir(home).glob("*.wal.jsonl"))  # every log of the writer removed
+    assert len(calls) == 1 and len(cache._names(VERSION)) == 1  # r1 and r2 in one PUT
+    w.close()
+    assert w._thread is None
 
 
 def test_an_answer_is_published_by_the_timer_without_another_answer(shared: str, tmp_path: Path) -> None:
@@ -155,32 +294,39 @@ def test_a_failed_background_publish_is_raised_by_the_next_call(shared: str, tmp
     cache = _store(tmp_path / "home", shared).replies
     assert isinstance(cache, ObjectReplyCache)
     cache.flush_seconds = 0.2
-    put, failed = cache._put, threading.Event()
+    put = cache._put
 
     def down(version: str, df: object) -> str:
-        failed.set()
         raise OSError("the store is down")
 
     cache._put = down  # type: ignore[method-assign]
     w = cache.writer(VERSION, batch_size=1000)
     w.add("r1", _comp("one"))
-    assert failed.wait(5)  # the timer tried
+    _until(lambda: w._error is not None, "the publisher did not try")
     with pytest.raises(OSError, match="the store is down"):
-        w.add("r2", _comp("two"))  # the next call in the owner's thread: the timer's failure
+        w.add("r2", _comp("two"))  # the next call in the owner's thread: the publisher's failure
     assert _wal_ids(tmp_path / "home") == ["r1", "r2"]  # kept in the log, both
 
-    w2, failed = cache.writer(VERSION, batch_size=1000), threading.Event()
+    w2 = cache.writer(VERSION, batch_size=1000)
     w2.add("r3", _comp("three"))
-    assert failed.wait(5)
+    _until(lambda: w2._error is not None, "the publisher did not try")
     with pytest.raises(OSError, match="the store is down"):
         w2.flush()  # ... or the next flush
     assert _wal_ids(tmp_path / "home") == ["r1", "r2", "r3"]
     assert _store(tmp_path / "other", shared).replies.load(VERSION, ["r1", "r2", "r3"]) == {}
 
+    w3 = cache.writer(VERSION, batch_size=1000)
+    w3.add("r4", _comp("four"))
+    with pytest.raises(OSError, match="the store is down"):
+        w3.flush()  # a flush whose own PUT fails raises it too
+    assert _wal_ids(tmp_path / "home") == ["r1", "r2", "r3", "r4"]
+
     cache._put = put  # type: ignore[method-assign]
     w.flush()  # the store is back: the next flush publishes what the log kept
     w2.flush()
-    assert set(_store(tmp_path / "other", shared).replies.load(VERSION, ["r1", "r2", "r3"])) == {"r1", "r2", "r3"}
+    w3.flush()
+    ids = ["r1", "r2", "r3", "r4"]
+    assert set(_store(tmp_path / "other", shared).replies.load(VERSION, ids)) == set(ids)
     assert _wal_ids(tmp_path / "home") == []
 
 

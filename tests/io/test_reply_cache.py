@@ -1,11 +1,18 @@
 """The indexed reply cache (ParquetReplyCache): lookups across buckets and compaction, attempts in order, crash
-safety between compaction steps, the old flat layout, and two writers of one version."""
+safety between compaction steps, the old flat layout, two writers of one version, and the writer's batches (on
+disk in `add`; with `publish`, by a publisher thread that ends when idle)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing as mp
 import shutil
+import subprocess
+import sys
+import threading
+import time
+import weakref
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +20,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.core.scoring import Completion
-from mira_dagster.io.store import ParquetReplyCache, _bucket
+from mira_dagster.io.store import ParquetReplyCache, ReplyWriter, _bucket
 
 V = "v1"
 
@@ -186,3 +193,56 @@ def test_short_and_colliding_ids(tmp_path: Path) -> None:
     cache.compact(V, full=True)
     got = cache.load_attempts(V, [*ids, "abcdefgh3", "ab"])
     assert {r: [c.text for c in cs] for r, cs in got.items()} == {r: [str(i)] for i, r in enumerate(ids)}
+
+
+def test_local_writer_writes_each_batch_in_add_without_a_thread(tmp_path: Path) -> None:
+    """No `publish` (local disk): each `batch_size` answers become a Parquet file inside `add`, as always."""
+    cache = ParquetReplyCache(tmp_path)
+    w = cache.writer(V, 3)
+    for i in range(7):
+        w.add(rid(i), comp(i))
+        assert layout(tmp_path)[0] == (i + 1) // 3  # written by the add that completed the batch
+    assert w._thread is None and len(list((tmp_path / V).glob("*.wal.jsonl"))) == 1
+    w.flush()
+    assert layout(tmp_path)[0] == 3 and not list((tmp_path / V).glob("*.wal.jsonl"))
+
+
+def test_an_idle_publisher_ends_and_an_unflushed_writer_neither_hangs_nor_leaks(tmp_path: Path) -> None:
+    published: list[int] = []
+    w = ReplyWriter(tmp_path, 100, publish=lambda df: published.append(df.height), flush_seconds=0)
+    w._IDLE_SECONDS = 0.2
+    w.add(rid(1), comp(1))
+    thread = w._thread
+    assert thread is not None and thread.daemon
+    thread.join(5)  # published, then idle: it ends
+    assert not thread.is_alive() and w._thread is None and published == [1]
+    assert not list(tmp_path.glob("*.wal.jsonl"))
+    w.add(rid(2), comp(2))  # the next add starts another
+    deadline = time.monotonic() + 5
+    while published != [1, 1]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    ref = weakref.ref(w)
+    del w
+    deadline = time.monotonic() + 5
+    while ref() is not None:  # its publisher ended: nothing holds the writer
+        assert time.monotonic() < deadline, "an idle writer stays referenced"
+        gc.collect()
+        time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name.startswith(f"reply-publisher-{tmp_path.name}")]
+
+    # a process that exits with a PUT in flight and answers pending, without flush: it exits at once
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from mira_dagster.core.scoring import Completion\n"
+        "from mira_dagster.io.store import ReplyWriter\n"
+        "w = ReplyWriter(Path(sys.argv[1]), 100, publish=lambda df: time.sleep(60), flush_seconds=0)\n"
+        "for i in range(3):\n"
+        "    w.add(str(i), Completion(text='x'))\n"
+        "    time.sleep(0.1)\n"
+    )
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "exit")], check=True, timeout=30)
+    assert time.monotonic() - start < 20
+    assert len(list((tmp_path / "exit").glob("*.wal.jsonl"))) == 2  # the PUT's log and the one after: kept
