@@ -19,6 +19,8 @@ def mask_rule(s: PipelineSettings, mask_file_digest: str | None = None) -> str:
         f"group estimate when the source's {s.ci_level:.0%} interval straddles a threshold"
     )
     if s.reliability_mask_file is not None:
+        if mask_file_digest is None:  # without it an edited file would not make a new mask version
+            raise ValueError(f"mask_rule: the digest of {s.reliability_mask_file} is needed (io/mask_file)")
         rule += f"; imported mask {s.reliability_mask_file.name} ({s.reliability_mask_mode})"
         rule += f" sha256 {mask_file_digest}"
     return rule

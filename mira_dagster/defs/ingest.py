@@ -105,7 +105,9 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             description=f"{on_disk} units in the files, {written} records + quarantined rows written",
         )
         # the command to look with: the registry named when it is not the default one
-        inspect = f"mira inspect --source {source}" + (f" --config {cfg.path}" if cfg.path != DEFAULT_CONFIG else "")
+        inspect = f"mira inspect --source {source}" + (
+            f" --config {cfg.path}" if cfg.path != DEFAULT_CONFIG.resolve() else ""
+        )
         usable = _usable_check(source, stats, share, cfg.pipeline.max_quarantine_share, inspect)
         kept = reconcile.passed and usable.passed
         if not kept:

@@ -651,8 +651,9 @@ class ObjectReplyCache(ParquetReplyCache):
     exchange for fewer, larger objects. The logs of dead writers of this machine are published by its next writer
     or compaction of the version.
 
-    Compaction of the objects (by a writer after every `l0_max` level-0 objects it published, when `l0_max`
-    level-0 objects, or `fanout` of a higher level, are listed): the oldest of them are merged (first answer per
+    Compaction of the objects (by a writer after every `l0_max` level-0 objects it published and when its owner's
+    flush has published everything, if it published any since its last; it merges when `l0_max` level-0 objects,
+    or `fanout` of a higher level, are listed): the oldest of them are merged (first answer per
     (record_id, attempt) kept) into one new object a level up, its inputs listed first in its `.inputs.json`; only
     after that PUT are the inputs deleted. Two compactions at once at worst both merge the same inputs: the replies
     are then in two objects, which readers dedupe; no reply is ever only in a deleted object.
@@ -699,12 +700,21 @@ class ObjectReplyCache(ParquetReplyCache):
                 published = 0
                 self.compact(version)
 
+        def after_settled() -> None:
+            # and once when the owner's flush has published everything (the end of a chunk or step), so that
+            # writers publishing fewer than `l0_max` objects each still get the objects merged
+            nonlocal published
+            if published:
+                published = 0
+                self.compact(version)
+
         return ReplyWriter(
             self._dir(version),
             batch_size,
             after_flush=after_publish,
             publish=lambda df: self._put(version, df),
             flush_seconds=self.flush_seconds,
+            after_settled=after_settled,
         )
 
     def _put(self, version: str, df: pl.DataFrame) -> str:
@@ -1031,8 +1041,10 @@ class ReplyWriter:
         *,
         publish: Callable[[pl.DataFrame], object] | None = None,
         flush_seconds: float | None = None,
+        after_settled: Callable[[], object] | None = None,
     ) -> None:
         self.dir = directory
+        self._after_settled = after_settled  # object storage: run by `flush` once everything is published
         self.batch_size = batch_size
         self.rows: list[dict[str, Any]] = []  # not yet written (or published), in the logs below
         self._wal: Path | None = None  # the log `add` appends to
@@ -1101,14 +1113,23 @@ class ReplyWriter:
                     self._raise_error()
             finally:
                 self._flushing = False
+        if self._after_settled is not None:
+            self._after_settled()  # outside the lock, in the owner's thread
 
     def close(self) -> None:
-        """Stop the publisher (after its PUT in flight, if any); what is pending stays in the logs."""
+        """Stop the publisher (after its PUT in flight, if any); what is pending stays in the logs, unlocked, for
+        a later writer's rescue (in this process too) or a flush of this writer to publish."""
         with self._cond:
             thread, self._stop = self._thread, True
             self._cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        with self._cond:
+            if self._fh is not None:
+                self._retired.append((self._wal, self._fh))
+                self._wal, self._fh = None, None
+            for _, fh in self._retired:
+                fh.close()  # releases the lock; closing again after a later publish is harmless
 
     def _log(self, row: dict[str, Any]) -> None:
         if self._fh is None:
@@ -1162,6 +1183,10 @@ class ReplyWriter:
             while True:
                 with self._cond:
                     if not self._wait_for_batch():
+                        # cleared under the same lock as the decision: an `add` right after starts a new publisher
+                        # (cleared later, an `add` in between would see this one alive and wake nobody)
+                        if self._thread is threading.current_thread():
+                            self._thread = None
                         return
                     # take every pending row and rotate the log: the answers that arrive during the PUT go to a new
                     # log, so that the PUT's logs can be removed after it, and only they
@@ -1183,12 +1208,12 @@ class ReplyWriter:
                         continue
                     # The object now holds what the logs held; a crash between the two leaves duplicates, which
                     # readers drop (first answer per (record_id, attempt) wins).
-                    for wal, fh in logs:
-                        wal.unlink(missing_ok=True)
-                        fh.close()
                     try:
+                        for wal, fh in logs:
+                            fh.close()
+                            wal.unlink(missing_ok=True)
                         self._compact(True)
-                    except BaseException as exc:
+                    except BaseException as exc:  # a log left behind only means duplicates, which readers drop
                         with self._cond:
                             if self._error is None:
                                 self._error = exc

@@ -22,6 +22,11 @@ FORBIDDEN_MODULES = {
     "tempfile",
     "subprocess",
     "socket",
+    "http",
+    "aiohttp",
+    "urllib",
+    "importlib",
+    "builtins",
     "sqlite3",
     "duckdb",
     "openai",
@@ -66,7 +71,19 @@ FILE_METHODS = {
     "scan_parquet",
     "scan_csv",
     "scan_ndjson",
+    "read_ipc",
+    "scan_ipc",
+    "read_excel",
+    "read_database",
     "sink_parquet",
+    "sink_csv",
+    "sink_ipc",
+    "sink_ndjson",
+    "memory_map",
+    "OSFile",
+    "tofile",
+    "fromfile",
+    "open",
     "load",
     "save",
     "loadtxt",
@@ -82,20 +99,40 @@ def problems(source: str, name: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [(node.lineno, f"imports {a.name}") for a in node.names if _forbidden(a.name)]
+        elif isinstance(node, ast.ImportFrom) and node.level > 1:
+            found.append((node.lineno, f"imports {'.' * node.level}{node.module or ''} (relative, outside core)"))
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
             found += [(node.lineno, f"imports {n}") for n in names[:1] + names[1:] if _forbidden(n)][:1]
         elif isinstance(node, ast.Call):
             fn = node.func
-            if isinstance(fn, ast.Name) and fn.id in {"open", "input", "print"}:
+            if isinstance(fn, ast.Name) and fn.id in {"open", "input", "print", "__import__", "exec", "eval"}:
                 found.append((node.lineno, f"calls {fn.id}()"))
             elif isinstance(fn, ast.Attribute) and (
                 fn.attr in FILE_METHODS or (fn.attr in WRITERS and (node.args or node.keywords))
             ):
                 found.append((node.lineno, f"calls .{fn.attr}()"))
+            elif isinstance(fn, ast.Attribute) and fn.attr == "import_module":
+                found.append((node.lineno, "imports a module by name"))
+            elif isinstance(fn, ast.Attribute) and fn.attr == "savefig" and _names_a_file(node):
+                found.append((node.lineno, "calls .savefig() to a file"))
+        elif isinstance(node, ast.Attribute) and node.attr in {"stdout", "stderr", "stdin"}:
+            found.append((node.lineno, f"uses sys.{node.attr}"))
         elif isinstance(node, ast.Attribute | ast.Name) and getattr(node, "attr", getattr(node, "id", "")) in _ENV:
             found.append((node.lineno, "reads the environment"))
     return [f"{name}:{line}: {what}" for line, what in sorted(found)]
+
+
+def _names_a_file(call: ast.Call) -> bool:
+    """savefig(<a path>): a string or f-string, or a Path(...) call, as its first argument or `fname`."""
+    args = [*call.args[:1], *(k.value for k in call.keywords if k.arg == "fname")]
+    return any(
+        isinstance(a, ast.JoinedStr)
+        or (isinstance(a, ast.Constant) and isinstance(a.value, str))
+        or (isinstance(a, ast.Call) and getattr(a.func, "id", getattr(a.func, "attr", "")) in {"Path", "joinpath"})
+        or isinstance(a, ast.BinOp)  # folder / "name.png"
+        for a in args
+    )
 
 
 _ENV = {"environ", "getenv", "environb", "getenvb"}
@@ -129,6 +166,27 @@ def test_no_core_module_does_io() -> None:
         "df.write_csv(file='x.csv')",
         "x = environ['MIRA_HOME']",
         "os.getenv('MIRA_HOME')",
+        "path.open('w')",
+        "gzip.open(p)",
+        "from ..io.store import Store",
+        "import io as _io; _io.open('x')",
+        "builtins.open('x')",
+        "import builtins",
+        "import http.client",
+        "import aiohttp",
+        "importlib.import_module('os')",
+        "import importlib",
+        "pl.read_ipc('x')",
+        "lf.sink_csv('x')",
+        "pa.memory_map('x')",
+        "pa.OSFile('x')",
+        "np.fromfile('x')",
+        "arr.tofile('x')",
+        "fig.savefig('x.png')",
+        "fig.savefig(out / 'x.png')",
+        "fig.savefig(fname=f'{name}.png')",
+        "sys.stdout.write('x')",
+        "__import__('os')",
     ],
 )
 def test_the_checker_catches_each_kind_of_io(snippet: str) -> None:
@@ -136,5 +194,8 @@ def test_the_checker_catches_each_kind_of_io(snippet: str) -> None:
 
 
 def test_the_checker_allows_values_and_frames() -> None:
-    text = "import polars as pl\nimport io\ns = df.write_csv()\nbuf = io.BytesIO()\nx = 'a'.replace('a', 'b')\n"
+    text = (
+        "import polars as pl\nimport io\ns = df.write_csv()\nbuf = io.BytesIO()\nx = 'a'.replace('a', 'b')\n"
+        "fig.savefig(buf, format='png')\nfrom .records import Record\n"
+    )
     assert problems(text, "m.py") == []

@@ -145,10 +145,11 @@ def _write_until_killed(home: str, endpoint: str, ready: str) -> None:
 
     cache._put = slow  # type: ignore[method-assign]
     w = cache.writer(VERSION, batch_size=1000)
-    i = 0
-    while not stuck.is_set() or i < 20:  # and a few answers after the stuck PUT started
+    i, after = 0, 0
+    while after < 5:  # until a few answers came after the stuck PUT started (however slow the first PUT was)
         w.add(f"k{i:02d}", _comp(f"kept {i}"))
         i += 1
+        after += stuck.is_set()
         time.sleep(0.02)
         assert i < 500, "the second PUT never started"
     Path(ready).write_text(str(i))
@@ -284,7 +285,8 @@ def test_an_answer_is_published_by_the_timer_without_another_answer(shared: str,
     while set(other.load(VERSION, ["r1", "r2"])) != {"r1", "r2"}:  # no more answers, no flush: the timer's PUT
         assert time.monotonic() < deadline, "the timer did not publish the answers"
         time.sleep(0.05)
-    assert _wal_ids(tmp_path / "home") == []
+    # the log goes once the PUT and its local copy are done, just after the object is visible to others
+    _until(lambda: _wal_ids(tmp_path / "home") == [], "the published answers' log stays")
     assert len(cache._names(VERSION)) == 1  # the answers of one window: one object
     w.flush()  # nothing left to publish
     assert len(cache._names(VERSION)) == 1
@@ -417,3 +419,25 @@ def test_the_store_url_and_its_alias(tmp_path: Path) -> None:
     assert local.url is None and type(local.replies) is ParquetReplyCache
     assert local.location("exports/selected_subset") == str(tmp_path / "exports" / "selected_subset")
     assert MiraResource(home=str(tmp_path), store_url="s3://c/z").store().url == "s3://c/z"
+
+
+def test_a_writer_of_few_objects_compacts_once_its_flush_has_published(shared: str, tmp_path: Path) -> None:
+    """Compaction runs after every l0_max objects a writer published, and when its owner's flush has published
+    everything, so that small writers (a judgment sample, a mostly cached re-run) still get objects merged."""
+    cache = _store(tmp_path / "home", shared).replies
+    assert isinstance(cache, ObjectReplyCache)
+    calls: list[str] = []
+    compact = cache.compact
+
+    def spy(version: str, **kw: bool) -> bool:
+        calls.append(version)
+        return compact(version, **kw)
+
+    cache.compact = spy  # type: ignore[method-assign]
+    w = cache.writer(VERSION, batch_size=1000)
+    w.add("r1", _comp("one"))
+    w.flush()
+    assert calls == [VERSION]  # one object published (< l0_max): compacted at the flush
+    w.flush()
+    assert calls == [VERSION]  # nothing published since: no LIST
+    w.close()
