@@ -31,6 +31,26 @@ def _pg_instance(postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.M
     return home
 
 
+def _celery_env(
+    postgres: PostgresServer, redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str, **extra: str
+) -> dict[str, str]:
+    """The environment of the toy code location's runs and workers (set here too): the instance on PostgreSQL
+    (database `db`), Redis the broker, the toy assets writing under tmp_path/out."""
+    pytest.importorskip("dagster_celery", reason="dagster-celery is not installed (the `distributed` extra)")
+    home = _pg_instance(postgres, tmp_path, monkeypatch, db)
+    env = {
+        "DAGSTER_HOME": str(home),
+        "MIRA_DAGSTER_PG_URL": postgres.url(db),
+        "MIRA_CELERY_BROKER": redis.url(),
+        "MIRA_TOY_OUT": str(tmp_path / "out"),
+        "PYTHONPATH": str(PROJECT_ROOT),
+        **extra,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
 def test_postgres_instance(postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _pg_instance(postgres, tmp_path, monkeypatch, "instance_test")
 
@@ -79,18 +99,8 @@ def test_celery_executor_two_workers(
 ) -> None:
     """One partition's two independent steps run at once on two Celery worker processes, the instance on
     PostgreSQL shared by the run (this process) and the workers, Redis the broker and result backend."""
-    pytest.importorskip("dagster_celery", reason="dagster-celery is not installed (the `distributed` extra)")
-    home = _pg_instance(postgres, tmp_path, monkeypatch, "celery_test")
+    env = _celery_env(postgres, redis, tmp_path, monkeypatch, "celery_test")
     out = tmp_path / "out"
-    env = {
-        "DAGSTER_HOME": str(home),
-        "MIRA_DAGSTER_PG_URL": postgres.url("celery_test"),
-        "MIRA_CELERY_BROKER": redis.url(),
-        "MIRA_TOY_OUT": str(out),
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     started = time.monotonic()
@@ -135,22 +145,12 @@ def test_celery_step_moves_to_the_other_worker_when_its_worker_dies(
 ) -> None:
     """SIGKILL the worker (main process and pool) running a step: the broker hands the unacknowledged task to the
     other worker once the visibility timeout has passed, and the run still succeeds."""
-    pytest.importorskip("dagster_celery", reason="dagster-celery is not installed (the `distributed` extra)")
     import threading
 
-    home = _pg_instance(postgres, tmp_path, monkeypatch, "celery_kill_test")
+    env = _celery_env(
+        postgres, redis, tmp_path, monkeypatch, "celery_kill_test", MIRA_CELERY_VISIBILITY_S="5", MIRA_TOY_SLOW="8"
+    )
     out = tmp_path / "out"
-    env = {
-        "DAGSTER_HOME": str(home),
-        "MIRA_DAGSTER_PG_URL": postgres.url("celery_kill_test"),
-        "MIRA_CELERY_BROKER": redis.url(),
-        "MIRA_CELERY_VISIBILITY_S": "5",
-        "MIRA_TOY_OUT": str(out),
-        "MIRA_TOY_SLOW": "8",
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     with celery_workers(redis.url(), ["w1", "w2"], env, tmp_path, visibility_timeout_s=5) as workers:
