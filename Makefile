@@ -12,6 +12,8 @@ UV := $(UV_VENV)/bin/uv
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# TLS through the system's certificate store, as pip does (a proxy's own CA is trusted where the system trusts it)
+export UV_SYSTEM_CERTS := 1
 # the machine's disk holds the CPU build of torch that the vLLM environment uses (deps/README.md)
 TORCH_WHEELS ?= /opt/wheels
 
