@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mira_dagster.core.config import ConfigError
-from mira_dagster.io.registry import load_config
+from mira_dagster.core.config import ConfigError, MiraConfig
+from mira_dagster.io.registry import load_config, read_yaml
 from mira_dagster.settings import load_registry, mira_home, open_store
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print_summary(home, cfg.source_names(), stale_selection=True)
                 for line in failures:
                     print(f"mira: FAILED {line}", file=sys.stderr)
+                _report_skipped(cfg)
                 print(
                     f"mira: {len(failures)} failure(s); later phases not run, so the last good selection and "
                     "export stay in place (run with -v for Dagster's tracebacks)",
@@ -121,7 +122,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not step:
             print("mira: nothing changed since the last run; the selection and export stand as they are")
     print_summary(home, cfg.source_names())
-    return 0
+    return _report_skipped(cfg)
+
+
+def _report_skipped(cfg: MiraConfig) -> int:
+    """Files of watched folders that did not become sources, one line each with why; exit code 1 when any."""
+    for line in cfg.rejected_files:
+        print(f"mira: SKIPPED {line}", file=sys.stderr)
+    if cfg.rejected_files:
+        print(f"mira: {len(cfg.rejected_files)} file(s) of watched folders not ingested (above)", file=sys.stderr)
+    return 1 if cfg.rejected_files else 0
 
 
 def failure_lines(result: object, where: str) -> list[str]:
@@ -325,7 +335,7 @@ def cmd_regroup(args: argparse.Namespace) -> int:
     home = _prepare_env(args.config, args.home)
     cfg = load_registry()
     found = open_store(home).read("source_groups")
-    raw = yaml.safe_load(cfg.path.read_text(encoding="utf-8"))
+    raw = read_yaml(cfg.path)
     moved, refused = [], []
     for row in found.filter(~found["agrees"]).iter_rows(named=True):
         source, target = row["source"], row["cluster_group"]

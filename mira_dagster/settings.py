@@ -43,6 +43,7 @@ variable, the default; a unit's own variable beats the role-wide one (`MIRA_STUD
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,6 +216,16 @@ class Deployment(BaseModel):
         url = self.dagster_pg_url.get_secret_value()
         scheme, sep, rest = url.partition("://")
         return f"postgresql+psycopg2://{rest}" if sep and scheme in ("postgresql", "postgres") else url
+
+
+_SECRET_NAME = re.compile(r"(?i)(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|_PG_URL$|_BROKER$)")
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Every secret this process could leak: the starred settings above and any variable whose name says it holds a
+    key, token or password (AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...), for redacting text written about the input."""
+    env = os.environ if environ is None else environ
+    return tuple(sorted({v for k, v in env.items() if v and _SECRET_NAME.search(k) and len(v) >= 4}))
 
 
 def _values(names: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:

@@ -241,6 +241,14 @@ class MiraConfig(BaseModel):
                 )
         return self
 
+    def source(self, name: str) -> SourceConfig:
+        """A source's entry; a partition key the registry does not know (added to the instance by hand, or left from
+        an older registry) is named in one line."""
+        try:
+            return self.sources[name]
+        except KeyError:
+            raise ConfigError(f"unknown source {name!r}: not in {self.path}") from None
+
     def source_names(self) -> list[str]:
         return sorted(self.sources)
 
@@ -298,5 +306,5 @@ class MiraConfig(BaseModel):
     def unit_of(self, source: str) -> ScorerUnit:
         """The scorer unit that scores a source."""
         scope = self.pipeline.scorer_scope
-        key = {"group": self.sources[source].group, "source": source, "global": "global"}[scope]
+        key = {"group": self.source(source).group, "source": source, "global": "global"}[scope]
         return self.scorer_units()[key]

@@ -17,11 +17,12 @@ from mira_dagster.core.records import (
 )
 from mira_dagster.defs.freshness import FILES_FINGERPRINT, INPUT_FINGERPRINT, Latest, latest
 from mira_dagster.defs.metadata import md_table
-from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, source_partitions
+from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.ingest import SourceIngest, ingest_fingerprint, input_fingerprint
 from mira_dagster.io.readers import append_offsets, count_units, expand_files, file_state
 from mira_dagster.io.store import PartitionWriter, Store
+from mira_dagster.settings import secret_values
 
 ENTRY_FINGERPRINT = "entry_fingerprint"
 FILE_STATES = "file_states"
@@ -61,7 +62,7 @@ PREVIEW = ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "que
 def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     source = context.partition_key
     cfg = mira.config()
-    src = cfg.sources[source]
+    src = known_source(cfg, source)
     mapping = compile_mapping(src.fields, src.format) if src.fields else None
     store = mira.store()
     files = expand_files(src.files, source)  # a missing file or an empty glob raises here, naming it
@@ -84,6 +85,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             sink=lambda records, quarantined: (write_records(records), write_quarantine(quarantined)),
             resume=resume,
             seen=seen,
+            secrets=secret_values(),
         )
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:

@@ -9,7 +9,7 @@ import warnings
 
 import dagster as dg
 
-from mira_dagster.core.config import MiraConfig
+from mira_dagster.core.config import ConfigError, MiraConfig, SourceConfig
 from mira_dagster.settings import load_registry
 
 source_partitions = dg.DynamicPartitionsDefinition(name="sources")
@@ -32,6 +32,15 @@ warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of functi
 # running, they materialise once every source partition they read exists and something upstream changed, and
 # not while an upstream run is still in progress (docs: "Operating").
 FOLLOW_INPUTS = dg.AutomationCondition.eager()
+
+
+def known_source(cfg: MiraConfig, key: str) -> SourceConfig:
+    """A source partition's registry entry, or a step failure of one line naming the key and the registry (a key
+    added to the instance by hand, in the UI, or left from an older registry)."""
+    try:
+        return cfg.source(key)
+    except ConfigError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def unregistered_sources(instance: dg.DagsterInstance, names: list[str]) -> list[str]:

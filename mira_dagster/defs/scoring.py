@@ -25,7 +25,7 @@ from mira_dagster.core.sampling import Split, teacher_sample
 from mira_dagster.core.scoring import Chunk, Job, Role, RunStats, context_length, run_scorer
 from mira_dagster.core.tables import SCORE_SCHEMA, SLOT_COLUMNS, ScoreRows
 from mira_dagster.defs.metadata import md_table
-from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, source_partitions
+from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.llm_client import OpenAIBackend
 from mira_dagster.io.store import Store
@@ -399,6 +399,7 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
 )
 def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     source = context.partition_key
+    known_source(mira.config(), source)
     settings = mira.config().pipeline
     store = mira.store()
     # the sample is drawn from the ids alone; only the sampled records' text is read
@@ -436,6 +437,7 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
 )
 def student_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     source = context.partition_key
+    known_source(mira.config(), source)
     settings = mira.config().pipeline
     store = mira.store()
     frames = record_chunks(store, source, settings.scoring_chunk_records)

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
+from mira_dagster.core.redact import redact
 from mira_dagster.io.readers import expand_files, file_versions, iter_units
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
@@ -39,11 +40,13 @@ class SourceIngest:
         sink: Callable[[pl.DataFrame, pl.DataFrame], None] | None = None,
         resume: dict[Path, tuple[int, int]] | None = None,
         seen: dict[str, str] | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
         writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
         reads only what was appended to files an earlier ingest read, `seen` (record_id -> "file:line") being that
-        ingest's records (see BatchParser)."""
+        ingest's records (see BatchParser). Quarantine excerpts and reasons are redacted of `secrets` (the configured
+        keys) and of anything that looks like key material: an unvetted dataset may link to a key file."""
         self.sink = sink
         self.source = source
         self.files = expand_files(patterns, source)  # raises SourceFileError naming the entry
@@ -54,6 +57,7 @@ class SourceIngest:
             source, group_id, family, max_bytes=max_bytes, mapping=mapping, seen=seen, stats=self.stats
         )
         self.resume = resume or {}
+        self.secrets = tuple(secrets)
 
     def batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         with ThreadPoolExecutor(1, thread_name_prefix="mira-ingest") as pool:
@@ -76,6 +80,11 @@ class SourceIngest:
     def _finish(self, name: str, parsed: Parsed) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The frames of one batch, handed to the sink (on the worker thread, in order)."""
         records, quarantine = self.parser.frames(name, parsed)
+        if quarantine.height:
+            quarantine = quarantine.with_columns(
+                pl.col(c).map_elements(lambda t: redact(t, self.secrets), return_dtype=pl.String)
+                for c in ("reason", "excerpt")
+            )
         if self.sink is not None:
             self.sink(records, quarantine)
         return records, quarantine

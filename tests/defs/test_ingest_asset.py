@@ -134,3 +134,26 @@ def test_a_failed_check_keeps_the_last_good_records_and_writes_why(tmp_path: Pat
     assert stored.read_bytes() == before  # the last good records stay
     quarantine = pl.read_parquet(tmp_path / "home" / "tables" / "quarantine" / "a.parquet")
     assert quarantine.height == 30 and set(quarantine["kind"]) == {"invalid JSON"}  # and why is on record
+
+
+def test_a_partition_key_the_registry_does_not_know_fails_in_one_line(tmp_path: Path) -> None:
+    """A key added to the instance directly (the UI can) is named with the registry, never a KeyError traceback."""
+    data = tmp_path / "good.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in GOOD) + "\n")
+    cfg = _registry(tmp_path, {"good": {"files": [str(data)]}})
+    mira = MiraResource(config_path=str(cfg), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    register_sources(instance, ["good", "ghost"])
+    for selection in (INGEST_ASSETS, ["teacher_labels"], ["student_scores"]):
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=selection,
+            partition_key="ghost",
+            instance=instance,
+            resources={"mira": mira},
+            raise_on_error=False,
+        )
+        (failure,) = result.get_step_failure_events()
+        error = failure.step_failure_data.error
+        assert error is not None and error.cls_name == "Failure"
+        assert error.message.strip().splitlines()[-1].endswith(f"unknown source 'ghost': not in {cfg}")

@@ -74,3 +74,47 @@ def test_definitions_load_with_a_looping_watched_folder(tmp_path: Path, monkeypa
     monkeypatch.setenv("MIRA_CONFIG", str(cfg))
     loaded = load_config(cfg)
     assert loaded.sources == {} and "x.jsonl" in loaded.rejected_files[0]
+
+
+def test_names_that_cannot_be_source_names_get_derived_ones(tmp_path: Path) -> None:
+    """`数据.jsonl` or `2024.jsonl` becomes a source under a derived valid name, never silently skipped."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("数据.jsonl", "2024.jsonl", "Ünïcode-2.jsonl", "x" * 80 + ".jsonl"):
+        (inbox / name).write_text(LINE)
+    cfg = load_config(_registry(tmp_path, inbox))
+    assert cfg.rejected_files == []
+    assert len(cfg.sources) == 4
+    by_file = {src.files[0].name: name for name, src in cfg.sources.items()}
+    assert by_file["数据.jsonl"].startswith("f_") and len(by_file["数据.jsonl"]) == 10
+    assert by_file["2024.jsonl"].startswith("f_2024_")
+    assert by_file["Ünïcode-2.jsonl"].startswith("unicode_2_")
+    assert len(by_file["x" * 80 + ".jsonl"]) <= 64
+    assert load_config(_registry(tmp_path, inbox)).source_names() == cfg.source_names()  # stable
+
+
+def test_two_files_mapping_to_one_name_are_both_named(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "Math-QA.jsonl").write_text(LINE)
+    (inbox / "math qa.jsonl").write_text(LINE)
+    (inbox / "other.jsonl").write_text(LINE)
+    cfg = load_config(_registry(tmp_path, inbox))
+    assert sorted(cfg.sources) == ["other"]
+    assert len(cfg.rejected_files) == 2
+    for line in cfg.rejected_files:
+        assert "'Math-QA.jsonl'" in line and "'math qa.jsonl'" in line and "'math_qa'" in line
+
+
+def test_mira_run_reports_skipped_files_and_fails(tmp_path: Path, capsys) -> None:
+    from mira_dagster.cli import _report_skipped
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "Math-QA.jsonl").write_text(LINE)
+    (inbox / "math_qa.jsonl").write_text(LINE)
+    assert _report_skipped(load_config(_registry(tmp_path, inbox))) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("mira: SKIPPED ") for line in err) == 2
+    (inbox / "math_qa.jsonl").unlink()
+    assert _report_skipped(load_config(_registry(tmp_path, inbox))) == 0
