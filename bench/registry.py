@@ -5,10 +5,10 @@ against the plain parse of the same YAML with PyYAML's libyaml loader, in the sa
 
 Two shapes of registry with `--sources` sources each: `shards` (every source lists 100 shard files and a field
 mapping: many small values) and `prose` (every source carries 20 KB of comments and a long glob: few, large
-values, the size of the 49 MB registry of issue 23). Each load runs in a fresh process with the same modules imported before the clock starts, so its peak RSS is
-its own and the time is the load alone.
-Reported per shape: file size, median seconds of ours and of the baseline, the ratio, peak RSS of each. The target
-(issue 23): loading and validating 2,500 sources in under 5 s. The last line printed is one JSON object.
+values, the size of the 49 MB registry of issue 23). Each load runs in a fresh process with the same modules
+imported before the clock starts, so its peak RSS is its own and the time is the load alone. Reported per shape:
+file size, median seconds of ours and of the baseline, the ratio, peak RSS of each. The target (issue 23): loading
+and validating 2,500 sources in under 5 s. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
