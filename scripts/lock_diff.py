@@ -23,7 +23,7 @@ def main(old_path: str, new_path: str) -> None:
     ]
     for name, was, now in rows:
         print(f"{name:32} {was:>20} -> {now}")
-    print(f"{len(rows)} of {len(new)} packages differ from the lock")
+    print(f"{len(rows)} package(s) differ from the lock ({len(old)} locked, {len(new)} in the newest resolution)")
 
 
 if __name__ == "__main__":

@@ -58,3 +58,19 @@ def test_the_vllm_venv_is_exactly_its_lock() -> None:
         for name, version in (line.split("==", 1) for line in result.stdout.splitlines() if "==" in line)
     }
     assert installed == _pins("vllm.txt", "models.txt")
+
+
+def test_lock_diff_names_what_the_newest_versions_change(tmp_path: Path) -> None:
+    """`make deps-latest` prints this: every package whose version differs, added or gone, and a count."""
+    old, new = tmp_path / "old.lock", tmp_path / "new.lock"
+    old.write_text('[[package]]\nname = "a"\nversion = "1.0"\n[[package]]\nname = "b"\nversion = "2.0"\n')
+    new.write_text('[[package]]\nname = "a"\nversion = "2.0"\n[[package]]\nname = "c"\nversion = "0.1"\n')
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "lock_diff.py"), str(old), str(new)], capture_output=True, text=True
+    )
+    lines = out.stdout.splitlines()
+    assert (
+        out.returncode == 0 and lines[-1] == "3 package(s) differ from the lock (2 locked, 2 in the newest resolution)"
+    )
+    assert [line.split()[0] for line in lines[:-1]] == ["a", "b", "c"]
+    assert lines[0].split()[1:] == ["1.0", "->", "2.0"] and lines[1].split()[1:] == ["2.0", "->", "-"]
