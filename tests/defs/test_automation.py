@@ -96,17 +96,18 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
 
     sample = (tmp_path / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").read_bytes()
     (incoming / "New-Proofs.2026.jsonl").write_bytes(sample)  # becomes source new_proofs_2026 of group 2
-    (incoming / "9lives.jsonl").write_bytes(sample)  # not a usable name: reported, not added
+    (incoming / "9lives.jsonl").write_bytes(sample)  # not a usable name as it is: a derived one, f_9lives_<hash>
     (incoming / "lean_qa.jsonl").write_bytes(sample)  # taken by the registry: reported, not added
     os.utime(incoming, (time.time() + 5, time.time() + 5))  # the listing changed (coarse mtime clocks)
     result = new_source_result(instance, mira)
-    (request,) = result.run_requests
-    assert request.partition_key == "new_proofs_2026" and request.tags["mira/reason"] == "new source"
-    assert result.dynamic_partitions_requests[0].partition_keys == ["new_proofs_2026"]
+    keys = sorted(r.partition_key for r in result.run_requests)
+    assert len(keys) == 2 and keys[0].startswith("f_9lives_") and keys[1] == "new_proofs_2026"
+    assert all(r.tags["mira/reason"] == "new source" for r in result.run_requests)
+    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == keys
     cfg = mira.config()
     assert cfg.sources["new_proofs_2026"].group == "2" and cfg.sources["new_proofs_2026"].format == "qa_with_think"
-    assert any("9lives.jsonl" in r and "must match" in r for r in cfg.rejected_files)
-    assert any("lean_qa.jsonl" in r and "already exists" in r for r in cfg.rejected_files)
+    assert cfg.sources[keys[0]].files[0].name == "9lives.jsonl"
+    assert [r for r in cfg.rejected_files if "lean_qa.jsonl" in r and "already exists" in r]
 
     # the new partition materialises like any other
     register_sources(instance, ["new_proofs_2026"])
