@@ -39,14 +39,16 @@ class SourceIngest:
         sink: Callable[[pl.DataFrame, pl.DataFrame], None] | None = None,
         resume: dict[Path, tuple[int, int]] | None = None,
         seen: dict[str, str] | None = None,
+        roots: Sequence[Path] = (),
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
         writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
         reads only what was appended to files an earlier ingest read, `seen` (record_id -> "file:line") being that
-        ingest's records (see BatchParser)."""
+        ingest's records (see BatchParser). `roots`: where symlinks may lead (the registry's folder and allowed_roots,
+        see readers.expand_files)."""
         self.sink = sink
         self.source = source
-        self.files = expand_files(patterns, source)  # raises SourceFileError naming the entry
+        self.files = expand_files(patterns, source, roots)  # raises SourceFileError naming the entry
         self.names = display_names(self.files)
         self.max_bytes, self.batch_size = max_bytes, batch_size
         self.stats = IngestStats(files=[str(f) for f in self.files])
@@ -64,7 +66,9 @@ class SourceIngest:
                 start, done = self.resume.get(path, (0, 0))
                 for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
                     self.stats.units_read += len(units)
-                    pending.append(pool.submit(self._finish, name, self.parser.parse(name, units)))
+                    # an archive's batch holds one member's units: named `data.tar.gz!/a.jsonl` in their origin
+                    origin = name if units[0].member is None else f"{name}!/{units[0].member}"
+                    pending.append(pool.submit(self._finish, origin, self.parser.parse(origin, units)))
                     if len(pending) > _IN_FLIGHT:
                         yield pending.popleft().result()
                 self.stats.units_per_file[str(path)] = done + self.stats.units_read - before

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from mira_dagster.core.config import DEFAULT_CONFIG, SAFE_NAME, ConfigError, MiraConfig, SourceConfig
-from mira_dagster.io.readers import is_supported, split_name
+from mira_dagster.io.readers import is_supported, regular_file_problem, split_name
 
 
 def load_config(path: Path | str | None = None) -> MiraConfig:
@@ -35,8 +35,9 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
     for group in cfg.groups.values():
         if group.anchors is not None:
             group.anchors = (base / group.anchors).resolve()
-    for src in cfg.sources.values():
-        src.files = [_absolute(base / f) for f in src.files]
+    for src in cfg.sources.values():  # absolute, links kept as named: readers.expand_files checks where they lead
+        src.files = [Path(os.path.abspath(base / f)) for f in src.files]
+    cfg.allowed_roots = [_absolute(base / r) for r in cfg.allowed_roots]
     for group in cfg.groups.values():
         for attr in ("system_template", "user_template"):
             if getattr(group, attr) is not None:
@@ -97,16 +98,9 @@ def _add_watched_sources(cfg: MiraConfig, group_id: str, folder: Path) -> None:
 
 
 def _watched_entry_problem(entry: os.DirEntry[str], folder: Path) -> str | None:
-    """Why a watched folder's entry cannot be a source, or None."""
-    try:
-        if entry.is_symlink():
-            target = Path(entry.path).resolve(strict=True)
-            if target.parent != folder.resolve():
-                return "a symlink to a file outside the watched folder (not followed)"
-        if not entry.is_file(follow_symlinks=True):
-            return "not a regular file"
-        if not os.access(entry.path, os.R_OK):
-            return "not readable"
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a dangling link, no permission
-        return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
-    return None
+    """Why a watched folder's entry cannot be a source, or None: the check every file read passes
+    (readers.regular_file_problem, links kept inside the folder), and readable."""
+    problem = regular_file_problem(Path(entry.path), (), "the watched folder", base=folder)
+    if problem is None and not os.access(entry.path, os.R_OK):
+        return "not readable"
+    return problem

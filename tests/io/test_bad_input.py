@@ -101,7 +101,15 @@ CASES: list[tuple[str, str, Writer, int, dict[str, int]]] = [
     ),
     ("escaped NUL in a string is text", "a.jsonl", jsonl(lines(b'{"question": "a\\u0000b", "answer": "x"}')), 1, {}),
     ("trailing garbage", "a.jsonl", jsonl(lines(good() + b" x", good(1))), 1, {"invalid JSON": 1}),
-    ("two objects on one line", "a.jsonl", jsonl(lines(good() + good(1))), 0, {"invalid JSON": 1}),
+    # one line, two objects: JSON values written one after another, each a record (issue 21)
+    ("two objects on one line alone", "a.jsonl", jsonl(lines(good() + good(1))), 2, {}),
+    (
+        "two objects on one line of JSON Lines",
+        "a.jsonl",
+        jsonl(lines(good(), good(1) + good(2))),
+        1,
+        {"invalid JSON": 1},
+    ),
     (
         "line over max_record_bytes",
         "a.jsonl",
@@ -301,6 +309,11 @@ FILE_ERRORS: list[tuple[str, Callable[[Path], Path], str]] = [
     (
         "a .parquet that is not Parquet (a git-LFS pointer)",
         lambda d: (d / "l.parquet").write_text("version https://git-lfs.github.com/spec/v1\n") and d / "l.parquet",
+        "git-LFS pointer, not the data: run git lfs pull",
+    ),
+    (
+        "a .parquet that is empty (a half-downloaded file)",
+        lambda d: (d / "e.parquet").write_bytes(b"") or d / "e.parquet",
         "not a Parquet file",
     ),
 ]
