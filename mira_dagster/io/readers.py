@@ -288,6 +288,8 @@ def _folder_files(path: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(path):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+        if linked := [d for d in dirnames if os.path.islink(here / d)]:
+            raise SourceFileError(f"{here / linked[0]} is a symlink to a folder inside {path} (not followed)")
         if here != path and is_hf_dataset(here):
             found.append(here)
             dirnames[:] = []
@@ -296,7 +298,7 @@ def _folder_files(path: Path) -> list[Path]:
             f = here / name
             if name == "dataset_dict.json" and any(is_hf_dataset(here / d) for d in dirnames):
                 continue  # a DatasetDict's list of its splits: metadata, the splits are read
-            if not name.startswith((".", "_")) and is_supported(f) and (f.is_file() or f.is_symlink()):
+            if not name.startswith((".", "_")) and is_supported(f):  # FIFOs, devices, links: refused by the check
                 found.append(f)
     return sorted(found)
 
@@ -311,7 +313,10 @@ def expand_files(patterns: Sequence[Path], source: str, roots: Sequence[Path] = 
         if path.is_dir():
             if _within(Path(os.path.realpath(path)), _SPECIAL_ROOTS):
                 raise SourceFileError(f"source {source!r}: {path} leads to a system pseudo-file folder, not data")
-            found = _folder_files(path)
+            try:
+                found = _folder_files(path)
+            except SourceFileError as exc:
+                raise SourceFileError(f"source {source!r}: {exc}") from None
             if not found:
                 raise SourceFileError(
                     f"source {source!r}: folder {path} holds no supported file ({', '.join(DATA_SUFFIXES)}, "
@@ -326,11 +331,12 @@ def expand_files(patterns: Sequence[Path], source: str, roots: Sequence[Path] = 
             out.append(path)
         elif _GLOB_CHARS & set(str(path)):
             found = sorted(Path(p) for p in glob.glob(_literal_prefix(path), recursive=True) if not _hidden_name(p))
-            found = [f for f in found if f.is_file() or f.is_symlink()]
+            found = [f for f in found if not f.is_dir() or is_hf_dataset(f)]
             if not found:
                 raise SourceFileError(f"source {source!r}: no file matches {path}")
             for f in found:
-                check_regular(f, source, roots, base=_glob_base(path))
+                if not f.is_dir():
+                    check_regular(f, source, roots, base=_glob_base(path))
             out.extend(found)
         else:
             raise SourceFileError(f"source {source!r}: file not found: {path}")
