@@ -455,11 +455,24 @@ def _text_container(path: Path, comp: str | None, encoding: str | None, data: st
         if len(lines) >= 2 or data in (".jsonl", ".ndjson") or first[:1] == b"{":
             return Container("jsonl", comp, encoding, "lines")
         return Container("json", comp, encoding, _array_mode(path, comp, encoding))
+    if _first_value_spans_lines(path, comp, encoding):  # pretty-printed: values (or an array) however lines look
+        return Container("json", comp, encoding, _array_mode(path, comp, encoding) if first[:1] == b"[" else "values")
     if first not in (b"[", b"{") and any(line[:1] in (b"{", b"[") and _parses(line) for line in lines[1:5]):
         return Container("jsonl", comp, encoding, "lines")  # JSON Lines with a broken first line
     if first[:1] == b"[":
         return Container("json", comp, encoding, _array_mode(path, comp, encoding))
     return Container("json", comp, encoding, "values")
+
+
+def _first_value_spans_lines(path: Path, comp: str | None, encoding: str | None, head: int = 1 << 24) -> bool:
+    """The text's first JSON value is whole within its first 16 MiB and runs over more than one line."""
+    with _open(path, comp, encoding) as fh:
+        text = fh.read(head).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        return False
+    return "\n" in text[:end] or "\r" in text[:end]
 
 
 def _is_turn(value: Any) -> bool:

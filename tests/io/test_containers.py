@@ -354,3 +354,13 @@ def test_an_arrow_schema_of_nested_rows_keeps_its_values(tmp_path: Path) -> None
         writer.write_table(table)
     (unit,) = _units(path)
     assert unit.obj == {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+
+
+def test_a_document_whose_inner_lines_look_like_json_lines_is_still_one_value(tmp_path: Path) -> None:
+    """`{"messages": [` then one compact message per line: the last message line parses alone, but the first value
+    runs over every line, so the file is one value, not JSON Lines."""
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    path = tmp_path / "one.jsonl"
+    path.write_text('{"messages": [\n' + ",\n".join(json.dumps(t) for t in turns) + "\n]}\n")
+    assert "JSON values" in describe_container(path)
+    assert [u.obj for u in _units(path)] == [{"messages": turns}]
