@@ -118,6 +118,10 @@ class ArchiveLimits:
     max_members: int = 100_000
     max_member_bytes: int = 8 << 30
     max_total_bytes: int = 64 << 30
+    # past `ratio_floor_bytes` unpacked, an archive may unpack to at most `max_ratio` times its own size: text
+    # compresses 3-20 times, a bomb thousands of times, and is refused after a second, not after filling a disk
+    max_ratio: int = 200
+    ratio_floor_bytes: int = 256 << 20
 
 
 ARCHIVE_LIMITS = ArchiveLimits()
@@ -908,6 +912,7 @@ def _archive_units(path: Path, c: Container, max_bytes: int, limits: ArchiveLimi
     """Each member unpacked (capped) to a private temporary file, deleted once read, and read like a file; a
     member that cannot be read is one unit whose error says why. Over a limit, the whole archive is refused."""
     limits = limits or ARCHIVE_LIMITS
+    budget = min(limits.max_total_bytes, max(limits.ratio_floor_bytes, limits.max_ratio * path.stat().st_size))
     total = count = 0
     with tempfile.TemporaryDirectory(prefix="mira-archive-") as tmp:
         for name, opener in _archive_members(path, c):
@@ -919,7 +924,7 @@ def _archive_units(path: Path, c: Container, max_bytes: int, limits: ArchiveLimi
                 continue
             target = Path(tmp) / f"{count}-{Path(name).name}"
             with opener() as src, target.open("wb") as out:
-                total += _copy_capped(src, out, path, name, limits, total)
+                total += _copy_capped(src, out, path, name, limits, total, budget)
             try:
                 inner = detect(target)
                 yield from (_with_member(u, name) for u in _units(target, inner, max_bytes, in_archive=True))
@@ -937,7 +942,9 @@ def _with_member(unit: Unit, name: str) -> Unit:
     return unit
 
 
-def _copy_capped(src: IO[bytes], out: IO[bytes], path: Path, name: str, limits: ArchiveLimits, total: int) -> int:
+def _copy_capped(
+    src: IO[bytes], out: IO[bytes], path: Path, name: str, limits: ArchiveLimits, total: int, budget: int
+) -> int:
     """Copy a member's decompressed bytes, counting what is actually produced (not what headers claim)."""
     size = 0
     while chunk := src.read(1 << 20):
@@ -946,8 +953,9 @@ def _copy_capped(src: IO[bytes], out: IO[bytes], path: Path, name: str, limits: 
             raise _ArchiveLimit(
                 f"{path}: archive member {name} unpacks to more than {limits.max_member_bytes:,} bytes (refused)"
             )
-        if total + size > limits.max_total_bytes:
-            raise _ArchiveLimit(f"{path}: archive unpacks to more than {limits.max_total_bytes:,} bytes (refused)")
+        if total + size > budget:
+            why = "" if budget == limits.max_total_bytes else f", {limits.max_ratio} times its size: a zip bomb?"
+            raise _ArchiveLimit(f"{path}: archive unpacks to more than {budget:,} bytes{why} (refused)")
         out.write(chunk)
     return size
 

@@ -292,7 +292,11 @@ def test_a_zip_bomb_is_refused_in_one_line_before_it_is_unpacked(tmp_path: Path,
         read_source("s", "g", "qa", [path])
     assert "\n" not in str(err.value)
     monkeypatch.setattr(readers, "ARCHIVE_LIMITS", ArchiveLimits(max_total_bytes=8 << 20))
-    with pytest.raises(SourceFileError, match="archive unpacks to more than"):
+    with pytest.raises(SourceFileError, match="archive unpacks to more than 8,388,608 bytes"):
+        read_source("s", "g", "qa", [path])
+    # by default: past the floor, no more than 200 times the archive's own size (here 64 MiB from 64 KiB)
+    monkeypatch.setattr(readers, "ARCHIVE_LIMITS", ArchiveLimits(ratio_floor_bytes=1 << 20))
+    with pytest.raises(SourceFileError, match="200 times its size: a zip bomb"):
         read_source("s", "g", "qa", [path])
 
 
@@ -364,3 +368,13 @@ def test_a_document_whose_inner_lines_look_like_json_lines_is_still_one_value(tm
     path.write_text('{"messages": [\n' + ",\n".join(json.dumps(t) for t in turns) + "\n]}\n")
     assert "JSON values" in describe_container(path)
     assert [u.obj for u in _units(path)] == [{"messages": turns}]
+
+
+def test_a_big_archive_of_ordinary_text_is_within_the_ratio(tmp_path: Path, monkeypatch) -> None:
+    """Distinct JSON lines compress far below the ratio: a realistic archive is read under a tight floor."""
+    lines = "".join(
+        json.dumps({"question": f"What is {i} times {i * 7}?", "answer": str(i * i * 7)}) + "\n" for i in range(50_000)
+    )
+    path = _tar(tmp_path / "big.tar.gz", {"qa.jsonl": lines.encode()}, compress=True)
+    monkeypatch.setattr(readers, "ARCHIVE_LIMITS", ArchiveLimits(ratio_floor_bytes=1 << 20))
+    assert count_units(path) == 50_000

@@ -136,3 +136,10 @@ def test_watched_folders_use_the_same_check(layout: Path) -> None:
         regular_file_problem(inbox / "key.jsonl", (), "the watched folder", inbox) or ""
     )
     assert "system pseudo-file" in (regular_file_problem(inbox / "env.jsonl", (), "the watched folder", inbox) or "")
+
+
+@pytest.mark.parametrize("entry", ["/proc/self/environ", "/dev/stdin", "/proc/self/"])
+def test_system_pseudo_files_named_directly_are_refused(layout: Path, entry: str) -> None:
+    with pytest.raises(SourceFileError) as err:
+        expand_files([Path(entry)], "s")
+    assert entry.rstrip("/") in str(err.value) and ENV_CANARY not in str(err.value)
