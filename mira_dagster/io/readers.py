@@ -461,11 +461,14 @@ def _text_container(path: Path, comp: str | None, encoding: str | None, data: st
         return Container("json", comp, encoding, _array_mode(path, comp, encoding))
     if _first_value_spans_lines(path, comp, encoding):  # pretty-printed: values (or an array) however lines look
         return Container("json", comp, encoding, _array_mode(path, comp, encoding) if first[:1] == b"[" else "values")
-    if first not in (b"[", b"{") and any(line[:1] in (b"{", b"[") and _parses(line) for line in lines[1:5]):
+    if _values_on_one_line(first):  # `{...}{...}`: values written one after another without a newline
+        return Container("json", comp, encoding, "values")
+    if any(line[:1] in (b"{", b"[") and _parses(line) for line in lines[1:5]):
         return Container("jsonl", comp, encoding, "lines")  # JSON Lines with a broken first line
-    if first[:1] == b"[":
-        return Container("json", comp, encoding, _array_mode(path, comp, encoding))
-    return Container("json", comp, encoding, "values")
+    if first == b"{" or (first[:1] == b"[" and data not in (".jsonl", ".ndjson")):
+        # a document or an array cut or broken further on: read up to the break, the rest named unreadable
+        return Container("json", comp, encoding, _array_mode(path, comp, encoding) if first[:1] == b"[" else "values")
+    return Container("jsonl", comp, encoding, "lines")  # nothing parses: each line quarantined with why
 
 
 def _first_value_spans_lines(path: Path, comp: str | None, encoding: str | None, head: int = 1 << 24) -> bool:
@@ -477,6 +480,21 @@ def _first_value_spans_lines(path: Path, comp: str | None, encoding: str | None,
     except (ValueError, RecursionError):
         return False
     return "\n" in text[:end] or "\r" in text[:end]
+
+
+def _values_on_one_line(line: bytes) -> bool:
+    """The line is two or more whole JSON values one after another, and nothing else."""
+    text, pos, n = line.decode("utf-8", "replace"), 0, 0
+    decoder = json.JSONDecoder()
+    while pos < len(text):
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except (ValueError, RecursionError):
+            return False
+        n += 1
+        while pos < len(text) and text[pos] in " \t\r":
+            pos += 1
+    return n >= 2
 
 
 def _is_turn(value: Any) -> bool:
