@@ -315,8 +315,17 @@ def expand_files(patterns: Sequence[Path], source: str, roots: Sequence[Path] = 
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            if _within(Path(os.path.realpath(path)), _SPECIAL_ROOTS):
+            real = Path(os.path.realpath(path))
+            if _within(real, _SPECIAL_ROOTS):
                 raise SourceFileError(f"source {source!r}: {path} leads to a system pseudo-file folder, not data")
+            absolute = Path(os.path.abspath(path))
+            if os.path.islink(absolute):  # a link to a folder: as a link to a file, it must stay inside a root
+                allowed = [Path(os.path.realpath(r)) for r in (*roots, absolute.parent)]
+                if not _within(real, allowed):
+                    raise SourceFileError(
+                        f"source {source!r}: {path} is a symlink to a folder outside the allowed roots (not followed; "
+                        "list its folder in allowed_roots)"
+                    )
             try:
                 found = _folder_files(path)
             except SourceFileError as exc:

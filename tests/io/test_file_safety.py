@@ -143,3 +143,11 @@ def test_system_pseudo_files_named_directly_are_refused(layout: Path, entry: str
     with pytest.raises(SourceFileError) as err:
         expand_files([Path(entry)], "s")
     assert entry.rstrip("/") in str(err.value) and ENV_CANARY not in str(err.value)
+
+
+def test_a_files_entry_that_links_to_a_folder_outside_is_refused(layout: Path) -> None:
+    (layout / "keys").mkdir()
+    (layout / "keys" / "k.jsonl").write_text(LINE.replace("2 + 2", KEY_CANARY))
+    os.symlink(layout / "keys", layout / "reg" / "data" / "more")
+    assert "symlink to a folder outside" in _refused(_registry(layout, ["data/more"]), "more")
+    assert _ingest(_registry(layout, ["data/more"], allowed_roots=["../keys"])).stats.records == 1
