@@ -10,8 +10,9 @@ Containers are found by their CONTENT, never by the file name alone (a name only
 - JSON values written one after another (pretty-printed or not, in any file name), and a single JSON document:
   the first line is not a whole value (or is the only line). Each top-level value is one unit, numbered 1, 2, ...;
 - a top-level JSON array is read element by element (an Alpaca-style list of records), UNLESS its first elements
-  are all turns (objects with a `role`/`from` key and a `content`/`value`/`text`/`parts`/`tool_calls` key): then
-  the array is one conversation or trajectory, and the whole array is ONE unit;
+  are all turns (objects with a `role`/`from` key and a `content`/`value`/`text`/`parts`/`tool_calls` key, or
+  agent steps: an `action`/`observation` with a `thought`/`response`/`message`/`content`): then the array is one
+  conversation or trajectory, and the whole array is ONE unit;
 - CSV and TSV with a header (a `.csv`/`.tsv` name, or text that is not JSON and that csv.Sniffer reads as rows of
   a constant width): each data row is a dict of the header's columns, values as strings exactly as written;
 - a Hugging Face `datasets` folder written by `save_to_disk` (`state.json` listing its Arrow stream files in
@@ -107,6 +108,7 @@ _GLOB_CHARS = set("*?[")
 # keys that make a JSON object a turn of a conversation (OpenAI messages, ShareGPT, agent steps)
 _ROLE_KEYS = frozenset({"role", "from"})
 _TURN_TEXT_KEYS = frozenset({"content", "value", "text", "parts", "tool_calls", "function_call"})
+_STEP_KEYS = frozenset({"action", "observation", "thought", "response", "message", "content"})
 # pseudo file systems whose "regular files" are the process's or the machine's state, never data
 _SPECIAL_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
@@ -507,7 +509,14 @@ def _values_on_one_line(line: bytes) -> bool:
 
 
 def _is_turn(value: Any) -> bool:
-    return isinstance(value, dict) and bool(_ROLE_KEYS & value.keys()) and bool(_TURN_TEXT_KEYS & value.keys())
+    """A chat turn (a role and its text) or an agent step (SWE-agent / OpenHands: an action or observation with
+    its thought, response or message)."""
+    if not isinstance(value, dict):
+        return False
+    keys = value.keys()
+    if _ROLE_KEYS & keys and _TURN_TEXT_KEYS & keys:
+        return True
+    return bool({"action", "observation"} & keys) and len(_STEP_KEYS & keys) >= 2
 
 
 def _array_mode(path: Path, comp: str | None, encoding: str | None, probe: int = 3) -> JsonMode:

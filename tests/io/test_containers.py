@@ -123,6 +123,9 @@ def test_turns_are_told_from_records_by_their_keys(tmp_path: Path) -> None:
     turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
     (tmp_path / "t.json").write_text(json.dumps(turns, indent=4))
     assert "array of turns" in describe_container(tmp_path / "t.json")
+    steps = [{"thought": "look", "action": "ls", "observation": "a.py"}, {"thought": "fix", "action": "edit a.py"}]
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    assert [u.obj for u in _units(tmp_path / "steps.json")] == [steps]  # SWE-agent steps: one trajectory
     (tmp_path / "two.json").write_text(json.dumps(turns, indent=2) + "\n" + json.dumps(turns, indent=2))
     assert [u.obj for u in _units(tmp_path / "two.json")] == [turns, turns]  # two trajectories one after another
 
