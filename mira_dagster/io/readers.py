@@ -827,7 +827,7 @@ def _json_units(path: Path, c: Container) -> Iterator[Unit]:
 def _csv_units(path: Path, c: Container, max_bytes: int) -> Iterator[Unit]:
     """CSV/TSV rows as dicts of the header's columns, values as written (strings); a row whose width differs from
     the header's is that row's error. Quoted fields may hold newlines; no value is converted."""
-    csv.field_size_limit(max(csv.field_size_limit(), max_bytes + 1))
+    csv.field_size_limit(max_bytes + 1)  # a field is never held past the record limit
     with _open(path, c.comp, c.encoding) as fh:
         text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")  # type: ignore[arg-type]
         reader = csv.reader(text, delimiter=c.delimiter or ",")
@@ -837,7 +837,8 @@ def _csv_units(path: Path, c: Container, max_bytes: int) -> Iterator[Unit]:
         if len(set(header)) != len(header):
             dup = next(h for h in header if header.count(h) > 1)
             raise SourceFileError(f"{path}: the CSV header names column {dup!r} twice (its values would be lost)")
-        for position, row in enumerate(reader, 1):
+        position = 0
+        for position, row in enumerate(_csv_rows(reader, path), 1):
             size = sum(len(v) for v in row)
             if size > max_bytes:
                 yield Unit(position, raw=c.delimiter.join(row)[:200].encode() if c.delimiter else b"", oversize=size)
@@ -846,6 +847,21 @@ def _csv_units(path: Path, c: Container, max_bytes: int) -> Iterator[Unit]:
                 yield Unit(position, error=f"CSV row {position} has {what}, the header has {len(header)} columns")
             else:
                 yield Unit(position, obj=dict(zip(header, row, strict=True)))
+
+
+def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows; a field the csv module refuses (over its size limit: max_record_bytes) fails the file
+    naming the row, as the rest of the file cannot be told apart from it."""
+    row_number = 0
+    try:
+        for row in reader:
+            row_number += 1
+            yield row
+    except csv.Error as exc:
+        raise SourceFileError(
+            f"{path}: CSV row {row_number + 1} cannot be read: {exc} (a field over max_record_bytes, or a quote "
+            "never closed)"
+        ) from None
 
 
 def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -1013,7 +1029,7 @@ def _count(path: Path, c: Container) -> int:
     if c.kind == "json":
         return sum(1 for _ in _json_units(path, c))
     if c.kind == "csv":
-        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+        csv.field_size_limit(1 << 30)  # counting only: no field is kept
         with _open(path, c.comp, c.encoding) as fh:
             text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
             return max(sum(1 for _ in csv.reader(text, delimiter=c.delimiter or ",")) - 1, 0)

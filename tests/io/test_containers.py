@@ -381,3 +381,10 @@ def test_a_big_archive_of_ordinary_text_is_within_the_ratio(tmp_path: Path, monk
     path = _tar(tmp_path / "big.tar.gz", {"qa.jsonl": lines.encode()}, compress=True)
     monkeypatch.setattr(readers, "ARCHIVE_LIMITS", ArchiveLimits(ratio_floor_bytes=1 << 20))
     assert count_units(path) == 50_000
+
+
+def test_a_csv_field_over_the_size_limit_fails_the_file_naming_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text("question,answer\nq1,a1\nq2," + "x" * (2 << 20) + "\n")
+    with pytest.raises(SourceFileError, match="CSV row 2 cannot be read: field larger than field limit"):
+        read_source("s", "g", "qa", [path], max_bytes=1 << 20)
