@@ -6,6 +6,7 @@ counts tokens and builds the frames (polars, which releases the GIL) one batch b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
-from mira_dagster.io.readers import expand_files, file_versions, iter_units
+from mira_dagster.io.readers import SourceFileError, describe_container, expand_files, file_versions, iter_units
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
 
@@ -56,6 +57,8 @@ class SourceIngest:
             source, group_id, family, max_bytes=max_bytes, mapping=mapping, seen=seen, stats=self.stats
         )
         self.resume = resume or {}
+        # what each file is (readers.describe_container), by display name, for the metadata and `mira inspect`
+        self.containers: dict[str, str] = {}
 
     def batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         with ThreadPoolExecutor(1, thread_name_prefix="mira-ingest") as pool:
@@ -64,6 +67,8 @@ class SourceIngest:
                 name = self.names[path]
                 before = self.stats.units_read
                 start, done = self.resume.get(path, (0, 0))
+                with contextlib.suppress(SourceFileError):  # a file we refuse: iter_units raises, naming why
+                    self.containers[name] = describe_container(path)
                 for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
                     self.stats.units_read += len(units)
                     # an archive's batch holds one member's units: named `data.tar.gz!/a.jsonl` in their origin

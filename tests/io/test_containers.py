@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 from mira_dagster.io import readers
+from mira_dagster.io.ingest import SourceIngest
 from mira_dagster.io.readers import (
     ArchiveLimits,
     SourceFileError,
@@ -388,3 +389,13 @@ def test_a_csv_field_over_the_size_limit_fails_the_file_naming_the_row(tmp_path:
     path.write_text("question,answer\nq1,a1\nq2," + "x" * (2 << 20) + "\n")
     with pytest.raises(SourceFileError, match="CSV row 2 cannot be read: field larger than field limit"):
         read_source("s", "g", "qa", [path], max_bytes=1 << 20)
+
+
+def test_the_ingest_names_each_files_container() -> None:
+    ingest = SourceIngest("s", "g", "qa", [FIX / "qa.csv", FIX / "qa.tar.gz", FIX / "hf_dataset"])
+    list(ingest.batches())
+    assert ingest.containers == {
+        "qa.csv": "CSV with a header (each row one unit)",
+        "qa.tar.gz": "tar archive (read member by member), gz-compressed",
+        "hf_dataset": "Hugging Face datasets folder (save_to_disk, 2 Arrow file(s); each row a unit)",
+    }
