@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
-from mira_dagster.io.readers import SourceFileError, describe_container, expand_files, file_versions, iter_units
+from mira_dagster.io.readers import describe_container, expand_files, file_versions, iter_units
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
 
@@ -67,7 +67,7 @@ class SourceIngest:
                 name = self.names[path]
                 before = self.stats.units_read
                 start, done = self.resume.get(path, (0, 0))
-                with contextlib.suppress(SourceFileError):  # a file we refuse: iter_units raises, naming why
+                with contextlib.suppress(Exception):  # a file refused or unreadable: iter_units raises, naming why
                     self.containers[name] = describe_container(path)
                 for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
                     self.stats.units_read += len(units)
