@@ -12,6 +12,13 @@ that step's own:
   `pyarrow.parquet.read_table` of each Parquet shard, which decode the files and do nothing else.
 MB/s is over the uncompressed JSONL bytes of the data in every row, so formats compare; "per core" divides by
 the process's CPU time (user + system) instead of wall time. Growth: ours is also run on a quarter of the data.
+The containers of issue 21 (item 6), on --new-gb of generated data (default a quarter of --gb), same run:
+- `chat`: long multi-turn chat, one `{"messages": [...]}` of 12-20 turns (2-6 KB each) per line, against
+  `polars.read_ndjson`;
+- `chat_lists`: the same conversations as bare lists of messages, one per line (the container read as ONE unit a
+  line), against `polars.read_ndjson` of the `chat` file (polars reads no top-level list);
+- `csv`: a question/answer CSV with quoted commas, quotes and newlines, against `polars.read_csv` (all columns
+  kept as strings, as we keep them).
 The last line is one JSON object.
 """
 
@@ -157,7 +164,69 @@ def generate(workdir: Path, gb: float) -> dict:
     return info
 
 
+NEW_FORMATS = ("chat", "chat_lists", "csv")
+
+
+def generate_new(workdir: Path, gb: float) -> dict:
+    """The issue-21 containers: long multi-turn chat lines (objects and bare lists) and a CSV; reused when there."""
+    import csv
+    import random
+
+    stamp = workdir / "new" / "done.json"
+    if stamp.exists() and json.loads(stamp.read_text())["gb"] == gb:
+        return json.loads(stamp.read_text())
+    rng = random.Random(0)
+    words = [w for p in sorted(SAMPLE.glob("*.jsonl")) for w in p.read_text(encoding="utf-8").split()[:20_000]]
+    for fmt in NEW_FORMATS:
+        (workdir / "new" / fmt).mkdir(parents=True, exist_ok=True)
+
+    def text(n_bytes: int, i: int) -> str:
+        start = rng.randrange(len(words))
+        out, size = [f"#{i}"], 0
+        while size < n_bytes:
+            w = words[(start + len(out)) % len(words)]
+            out.append(w)
+            size += len(w) + 1
+        return " ".join(out)
+
+    sizes = dict.fromkeys(NEW_FORMATS, 0)
+    target = gb * 1e9 / 2
+    with (
+        (workdir / "new" / "chat" / "chat.jsonl").open("w", encoding="utf-8") as chat,
+        (workdir / "new" / "chat_lists" / "chat_lists.jsonl").open("w", encoding="utf-8") as lists,
+    ):
+        i = 0
+        while sizes["chat"] < target:
+            turns = [{"role": "system", "content": "You are a helpful assistant."}]
+            for t in range(rng.randrange(12, 21)):
+                turns.append(
+                    {"role": "user" if t % 2 == 0 else "assistant", "content": text(rng.randrange(2000, 6000), i)}
+                )
+            if turns[-1]["role"] == "user":
+                turns.append({"role": "assistant", "content": text(2000, i)})
+            line = json.dumps({"messages": turns}, ensure_ascii=False) + "\n"
+            chat.write(line)
+            lists.write(json.dumps(turns, ensure_ascii=False) + "\n")
+            sizes["chat"] += len(line.encode())
+            sizes["chat_lists"] += len(line.encode()) - len('{"messages": }')
+            i += 1
+    with (workdir / "new" / "csv" / "qa.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["question", "answer"])
+        i = 0
+        while sizes["csv"] < target:
+            q, a = f'{text(300, i)}, "quoted"?', f"{text(rng.randrange(200, 2000), i)}\nso: {i:,}"
+            writer.writerow([q, a])
+            sizes["csv"] += len(q) + len(a) + 8
+            i += 1
+    info = {"gb": gb, "bytes": sizes}
+    stamp.write_text(json.dumps(info))
+    return info
+
+
 def _files(workdir: Path, fmt: str, family: str, fraction: float, subset: str = "all") -> list[Path]:
+    if fmt in NEW_FORMATS:
+        return sorted((workdir / "new" / fmt).iterdir()) if family == "qa" else []
     files = sorted((workdir / fmt / family).iterdir())
     if subset == "plain":  # only what the baseline can read
         info = json.loads((workdir / "done.json").read_text())
@@ -190,7 +259,7 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
 
         with tempfile.TemporaryDirectory(dir=workdir) as home:
             store = Store(Path(home))
-            for family in ("qa_with_think", "agent"):
+            for family in ("qa",) if fmt in NEW_FORMATS else ("qa_with_think", "agent"):
                 files = _files(workdir, fmt, family, fraction, subset)
                 if fraction < 1 and fmt != "parquet":
                     files = [_head(f, fraction, workdir) for f in files]
@@ -207,11 +276,15 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
         import polars as pl
         import pyarrow.parquet as pq
 
-        for family in ("qa_with_think", "agent"):
+        for family in ("qa",) if fmt in NEW_FORMATS else ("qa_with_think", "agent"):
             for f in _files(workdir, fmt, family, fraction, subset):
                 if fraction < 1 and fmt != "parquet":
                     f = _head(f, fraction, workdir)
-                if fmt == "parquet":
+                if fmt == "chat_lists":  # polars reads no top-level list: the same conversations as objects
+                    records += pl.read_ndjson(workdir / "new" / "chat" / "chat.jsonl", infer_schema_length=None).height
+                elif fmt == "csv":
+                    records += pl.read_csv(f, infer_schema_length=0).height
+                elif fmt == "parquet":
                     records += pq.read_table(f).num_rows
                 else:
                     data = _gunzip(f) if fmt == "gz" else f
@@ -268,6 +341,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gb", type=float, default=1.0)
     parser.add_argument("--workdir", default="/tmp/mira-bench-ingest")
+    parser.add_argument("--new-gb", type=float, default=None, help="data for the issue-21 containers (--gb / 4)")
     parser.add_argument("--one", nargs=4, metavar=("FMT", "WHO", "FRACTION", "SUBSET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -286,7 +360,23 @@ def main() -> None:
         for family in ("qa_with_think", "agent"):
             for f in _files(workdir, fmt, family, 1.0):
                 _head(f, 0.25, workdir)
+    new = generate_new(workdir, args.new_gb if args.new_gb is not None else args.gb / 4)
     results = []
+    for fmt in NEW_FORMATS:
+        for who in ("baseline", "ours"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--workdir", str(workdir), "--one", fmt, who, "1.0", "all"],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"bench step {fmt} {who} failed: {out.stderr.strip().splitlines()[-1]}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["mb"] = round(new["bytes"][fmt] / 1e6, 1)
+            row["mb_per_s"] = round(row["mb"] / row["wall_s"], 1)
+            row["records_per_s"] = round(row["records"] / row["wall_s"])
+            results.append(row)
+            print(json.dumps(row), flush=True)
     for fmt in ("jsonl", "gz", "parquet"):
         for who, fraction, subset in (
             ("baseline", 1.0, "plain"),
@@ -325,6 +415,18 @@ def main() -> None:
             r for r in results if (r["format"], r["who"], r["subset"], r["fraction"]) == (fmt, who, subset, fraction)
         )
 
+    for fmt in NEW_FORMATS:
+        base, ours = pick(fmt, "baseline", "all"), pick(fmt, "ours", "all")
+        summary[fmt] = {
+            "time_ratio_vs_baseline": round(ours["wall_s"] / base["wall_s"], 2),
+            "ours_mb_per_s": ours["mb_per_s"],
+            "baseline_mb_per_s": base["mb_per_s"],
+            "ours_records": ours["records"],
+            "ours_quarantined": ours["quarantined"],
+            "baseline_rows": base["records"],
+            "ours_peak_rss_mb": ours["peak_rss_mb"],
+            "baseline_peak_rss_mb": base["peak_rss_mb"],
+        }
     for fmt in ("jsonl", "gz", "parquet"):
         base, same, whole, quarter = (
             pick(fmt, "baseline", "plain"),

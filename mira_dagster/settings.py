@@ -24,6 +24,7 @@ only the variable's name); nothing here runs at import time.
 | `embed.model`       | `MIRA_EMBED_MODEL`                                                 | the endpoint's only one |
 | `embed.api_key` *   | `MIRA_EMBED_API_KEY`                                               | `EMPTY`                 |
 | groups, sources     | registry `groups:`, `sources:`, `watch:` (core/config.MiraConfig)  | -                       |
+| `allowed_roots`     | registry `allowed_roots:`: folders the sources' symlinks may lead  | the registry's folder   |
 | pipeline settings   | registry `pipeline:` (core/config.PipelineSettings documents each) | as there                |
 | Dagster instance    | `DAGSTER_HOME` (`mira run`: `<home>/dagster` when unset)           | -                       |
 | `dagster_pg_url` *  | `MIRA_DAGSTER_PG_URL`: the instance on PostgreSQL (instance.py)    | SQLite in DAGSTER_HOME  |

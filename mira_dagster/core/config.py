@@ -200,6 +200,13 @@ class MiraConfig(BaseModel):
     path: Path = DEFAULT_CONFIG
     # Files in watched folders that could not become a source, with why (for the sensor to report).
     rejected_files: list[str] = []
+    # Folders (relative to the registry) a symlink among the sources' files may lead into, beside the registry's
+    # own folder and the folder the file was named in; a link leaving them all is refused (io/readers.py).
+    allowed_roots: list[Path] = []
+
+    def read_roots(self) -> list[Path]:
+        """Where the sources' symlinks may lead: the registry's folder and allowed_roots."""
+        return [self.path.parent, *self.allowed_roots]
 
     @field_validator("groups")
     @classmethod

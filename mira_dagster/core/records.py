@@ -68,6 +68,7 @@ class Unit:
     obj: Any = None
     error: str | None = None  # the unit could not be read at all (the broken tail of a JSON array, a bad row)
     oversize: int | None = None  # a line over the cap: its size in bytes (raw then holds only its head)
+    member: str | None = None  # the archive member it was read from (position then counts within the member)
 
 
 def estimate_tokens(text: str) -> int:

@@ -66,7 +66,7 @@ def ingest_reason(instance: dg.DagsterInstance, cfg: MiraConfig, source: str) ->
         return "the last ingest was refused by its checks"
     src = cfg.sources[source]
     try:
-        files = expand_files(src.files, source)
+        files = expand_files(src.files, source, cfg.read_roots())
     except SourceFileError as exc:
         return f"input files unreadable: {exc}"
     if raw.metadata.get(INPUT_FINGERPRINT) == ingest_fingerprint(files, src, cfg.pipeline.max_record_bytes):

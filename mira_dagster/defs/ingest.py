@@ -65,7 +65,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
     src = known_source(cfg, source)
     mapping = compile_mapping(src.fields, src.format) if src.fields else None
     store = mira.store()
-    files = expand_files(src.files, source)  # a missing file or an empty glob raises here, naming it
+    files = expand_files(src.files, source, cfg.read_roots())  # a missing file or an empty glob raises here, naming it
     prev = latest(context.instance, "raw_records", source)
     resume = _append_plan(store, source, prev, files, entry_fingerprint(src, cfg.pipeline.max_record_bytes))
     if resume:
@@ -86,6 +86,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             resume=resume,
             seen=seen,
             secrets=secret_values(),
+            roots=cfg.read_roots(),
         )
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:

@@ -6,6 +6,7 @@ counts tokens and builds the frames (polars, which releases the GIL) one batch b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,7 @@ from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
 from mira_dagster.core.redact import redact
-from mira_dagster.io.readers import expand_files, file_versions, iter_units
+from mira_dagster.io.readers import describe_container, expand_files, file_versions, iter_units
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
 
@@ -41,15 +42,17 @@ class SourceIngest:
         resume: dict[Path, tuple[int, int]] | None = None,
         seen: dict[str, str] | None = None,
         secrets: Sequence[str] = (),
+        roots: Sequence[Path] = (),
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
         writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
         reads only what was appended to files an earlier ingest read, `seen` (record_id -> "file:line") being that
         ingest's records (see BatchParser). Quarantine excerpts and reasons are redacted of `secrets` (the configured
-        keys) and of anything that looks like key material: an unvetted dataset may link to a key file."""
+        keys) and of anything that looks like key material: an unvetted dataset may link to a key file. `roots`:
+        where symlinks may lead (the registry's folder and allowed_roots, see readers.expand_files)."""
         self.sink = sink
         self.source = source
-        self.files = expand_files(patterns, source)  # raises SourceFileError naming the entry
+        self.files = expand_files(patterns, source, roots)  # raises SourceFileError naming the entry
         self.names = display_names(self.files)
         self.max_bytes, self.batch_size = max_bytes, batch_size
         self.stats = IngestStats(files=[str(f) for f in self.files])
@@ -58,6 +61,8 @@ class SourceIngest:
         )
         self.resume = resume or {}
         self.secrets = tuple(secrets)
+        # what each file is (readers.describe_container), by display name, for the metadata and `mira inspect`
+        self.containers: dict[str, str] = {}
 
     def batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         with ThreadPoolExecutor(1, thread_name_prefix="mira-ingest") as pool:
@@ -66,9 +71,13 @@ class SourceIngest:
                 name = self.names[path]
                 before = self.stats.units_read
                 start, done = self.resume.get(path, (0, 0))
+                with contextlib.suppress(Exception):  # a file refused or unreadable: iter_units raises, naming why
+                    self.containers[name] = describe_container(path)
                 for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
                     self.stats.units_read += len(units)
-                    pending.append(pool.submit(self._finish, name, self.parser.parse(name, units)))
+                    # an archive's batch holds one member's units: named `data.tar.gz!/a.jsonl` in their origin
+                    origin = name if units[0].member is None else f"{name}!/{units[0].member}"
+                    pending.append(pool.submit(self._finish, origin, self.parser.parse(origin, units)))
                     if len(pending) > _IN_FLIGHT:
                         yield pending.popleft().result()
                 self.stats.units_per_file[str(path)] = done + self.stats.units_read - before

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from mira_dagster.core.config import DEFAULT_CONFIG, SAFE_NAME, ConfigError, MiraConfig, SourceConfig
-from mira_dagster.io.readers import is_supported, split_name
+from mira_dagster.io.readers import is_supported, regular_file_problem, split_name
 
 # A registry is small text: refuse what is not, before parsing it (a 2,500-source registry is a few tens of MB).
 MAX_REGISTRY_BYTES = 256 * 1024 * 1024
@@ -103,8 +103,9 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
     for group in cfg.groups.values():
         if group.anchors is not None:
             group.anchors = _absolute(group.anchors, base)
-    for src in cfg.sources.values():
+    for src in cfg.sources.values():  # absolute, links kept as named: readers.expand_files checks where they lead
         src.files = [_absolute(f, base) for f in src.files]
+    cfg.allowed_roots = [_absolute(r, base) for r in cfg.allowed_roots]
     for group in cfg.groups.values():
         for attr in ("system_template", "user_template"):
             if getattr(group, attr) is not None:
@@ -180,16 +181,9 @@ def _add_watched_sources(cfg: MiraConfig, group_id: str, folder: Path) -> None:
 
 
 def _watched_entry_problem(entry: os.DirEntry[str], folder: Path) -> str | None:
-    """Why a watched folder's entry cannot be a source, or None."""
-    try:
-        if entry.is_symlink():
-            target = Path(entry.path).resolve(strict=True)
-            if target.parent != folder.resolve():
-                return "a symlink to a file outside the watched folder (not followed)"
-        if not entry.is_file(follow_symlinks=True):
-            return "not a regular file"
-        if not os.access(entry.path, os.R_OK):
-            return "not readable"
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a dangling link, no permission
-        return f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
-    return None
+    """Why a watched folder's entry cannot be a source, or None: the check every file read passes
+    (readers.regular_file_problem, links kept inside the folder), and readable."""
+    problem = regular_file_problem(Path(entry.path), (), "the watched folder", base=folder)
+    if problem is None and not os.access(entry.path, os.R_OK):
+        return "not readable"
+    return problem

@@ -7,7 +7,9 @@ the file (the raw_records partition of that source fails alone: tests/defs/test_
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +43,21 @@ def jsonl(content: bytes) -> Writer:
 
 def parquet(rows: list[dict]) -> Writer:
     return lambda p: pq.write_table(pa.Table.from_pylist(rows), p)
+
+
+def tar_gz(*members: bytes) -> Writer:
+    """A .tar.gz of JSON Lines members (issue 23: its headers were read as text glued to the first records)."""
+
+    def write(p: Path) -> None:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for i, data in enumerate(members):
+                info = tarfile.TarInfo(f"part{i}.jsonl")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        p.write_bytes(gzip.compress(buf.getvalue()))
+
+    return write
 
 
 # (kind, file name, writer, expected records, expected quarantine kinds)
@@ -101,7 +118,15 @@ CASES: list[tuple[str, str, Writer, int, dict[str, int]]] = [
     ),
     ("escaped NUL in a string is text", "a.jsonl", jsonl(lines(b'{"question": "a\\u0000b", "answer": "x"}')), 1, {}),
     ("trailing garbage", "a.jsonl", jsonl(lines(good() + b" x", good(1))), 1, {"invalid JSON": 1}),
-    ("two objects on one line", "a.jsonl", jsonl(lines(good() + good(1))), 0, {"invalid JSON": 1}),
+    # one line, two objects: JSON values written one after another, each a record (issue 21)
+    ("two objects on one line alone", "a.jsonl", jsonl(lines(good() + good(1))), 2, {}),
+    (
+        "two objects on one line of JSON Lines",
+        "a.jsonl",
+        jsonl(lines(good(), good(1) + good(2))),
+        1,
+        {"invalid JSON": 1},
+    ),
     (
         "line over max_record_bytes",
         "a.jsonl",
@@ -182,6 +207,14 @@ CASES: list[tuple[str, str, Writer, int, dict[str, int]]] = [
         {"invalid JSON": 1},
     ),
     ("empty file", "a.jsonl", jsonl(b""), 0, {}),
+    (
+        "a .tar.gz of two JSON Lines files",
+        "data.tar.gz",
+        tar_gz(lines(*[good(i) for i in range(20)]), lines(*[good(i) for i in range(20, 40)])),
+        40,
+        {},
+    ),
+    ("UTF-16 with its BOM, named .jsonl", "a.jsonl", jsonl(lines(good(), good(1)).decode().encode("utf-16")), 2, {}),
     (
         "number out of range (1e999)",
         "a.jsonl",
@@ -301,6 +334,19 @@ FILE_ERRORS: list[tuple[str, Callable[[Path], Path], str]] = [
     (
         "a .parquet that is not Parquet (a git-LFS pointer)",
         lambda d: (d / "l.parquet").write_text("version https://git-lfs.github.com/spec/v1\n") and d / "l.parquet",
+        "git-LFS pointer, not the data: run git lfs pull",
+    ),
+    (
+        "a git-LFS pointer named .jsonl",
+        lambda d: (
+            (d / "l.jsonl").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+            and d / "l.jsonl"
+        ),
+        "git-LFS pointer, not the data: run git lfs pull",
+    ),
+    (
+        "a .parquet that is empty (a half-downloaded file)",
+        lambda d: (d / "e.parquet").write_bytes(b"") or d / "e.parquet",
         "not a Parquet file",
     ),
 ]
