@@ -129,6 +129,11 @@ class _OriginalShards:
         for a, b in itertools.pairwise(starts):
             source, form = keys[a]
             rows = [{k: cols[k][i] for k in cols} for i in range(a, b)]
+            if any(r["original"] is None for r in rows):  # refuse rather than export something else
+                raise ValueError(
+                    f"export: source {source!r} has records read before originals were kept; ingest it again "
+                    "(`mira run` does, or set pipeline.export_form: normalised)"
+                )
             while rows:
                 self._room(source, form)
                 room = self.shard_records - self.files[-1]["records"]

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from mira_dagster.core.export import PREFIX, SELECTION_KEYS, without_selection
 from mira_dagster.core.layouts import LAYOUTS
@@ -205,3 +206,16 @@ def test_the_normalised_form_stays_available(tmp_path: Path) -> None:
     table = pl.read_parquet(store.exports_dir / "selected_subset" / manifest["files"][0]["file"])
     assert "original" not in table.columns and {"question", "answer", "score", "mask_version"} <= set(table.columns)
     assert table.height == 4
+
+
+def test_records_without_their_original_stop_the_export_with_the_reason(tmp_path: Path) -> None:
+    """A partition written before originals were kept: the export refuses, naming the source, and writes nothing."""
+    store = Store(tmp_path / "home")
+    _ingest(store, [(FIXTURES / "qa_fields.jsonl", "qa", "chosen")])
+    old = store.read("raw_records", "s00").with_columns(pl.lit(None, pl.String).alias("original"))
+    store.write("raw_records", old, "s00")
+    _select_everything(store)
+    with pytest.raises(ValueError, match="source 's00' has records read before originals were kept"):
+        export_kept(store, {})
+    assert not (store.exports_dir / "selected_subset").exists()
+    assert export_kept(store, {}, form="normalised")["records"] == old.height
