@@ -63,6 +63,15 @@ class SourceConfig(BaseModel):
     # their layouts marked `:chosen` / `:rejected` (docs/sources.md). The other side stays in the original.
     preference: Literal["chosen", "rejected", "both"] = "chosen"
 
+    @model_validator(mode="after")
+    def _preference_is_for_layouts(self) -> SourceConfig:
+        if self.fields is not None and self.preference != "chosen":
+            raise ValueError(
+                f"preference: {self.preference} picks the side of a detected preference pair; with a `fields:` "
+                "mapping, map the side you want (e.g. answer: rejected) instead"
+            )
+        return self
+
 
 class PipelineSettings(BaseModel):
     """Knobs of stages 2-4. Defaults are documented in README ("Settings")."""

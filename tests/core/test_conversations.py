@@ -244,3 +244,14 @@ def test_text_a_layout_reads_in_part_is_not_called_unused() -> None:
     assert name == "prompt_solution" and unused_text_keys(obj, fields) == []
     pair = _rows("preference_pairs.jsonl")[3]
     assert unused_text_keys(pair, to_fields(pair, "qa", None)[1]) == []
+
+
+def test_preference_with_a_fields_mapping_is_refused_when_the_registry_loads() -> None:
+    from pydantic import ValidationError
+
+    from mira_dagster.core.config import SourceConfig
+
+    entry = {"group": "2", "format": "qa", "files": ["a.jsonl"], "fields": {"question": "q", "answer": "a"}}
+    with pytest.raises(ValidationError, match="map the side you want"):
+        SourceConfig(**entry, preference="both")
+    assert SourceConfig(**{**entry, "fields": None}, preference="both").preference == "both"
