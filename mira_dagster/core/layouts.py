@@ -45,6 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -68,6 +69,14 @@ REQUIRED: dict[Family, tuple[str, ...]] = {
 
 # ---------------------------------------------------------------------------------------------
 # Text of JSON values
+
+
+def normalise_text(text: str) -> str:
+    """What a record's text fields hold: NFC, line ends as LF, no surrounding whitespace."""
+    text = unicodedata.normalize("NFC", text)
+    if "\r" in text:  # one scan instead of two replaces for the usual text without any
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip()
 
 
 def as_text(value: Any) -> str:

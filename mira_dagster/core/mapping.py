@@ -19,7 +19,7 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from mira_dagster.core.layouts import FAMILY_FIELDS, REQUIRED, Fields, as_text
+from mira_dagster.core.layouts import FAMILY_FIELDS, REQUIRED, Fields, as_text, normalise_text
 
 MAPPED_LAYOUT = "fields"  # the layout name recorded for mapped records
 
@@ -104,7 +104,7 @@ def suggest_with_unused(obj: dict[str, Any], fields: dict[str, str], unused: lis
         for name in FAMILY_FIELDS[family]
         if fields.get(name)
         for key, value in obj.items()
-        if isinstance(value, str | int | float) and as_text(value).strip() == fields[name]
+        if isinstance(value, str | int | float) and normalise_text(as_text(value)) == fields[name]
     }
     context = [k for k in unused if "rejected" not in k.lower()]
     parts = [*context, *([source[target]] if target in source else [])]

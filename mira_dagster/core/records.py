@@ -17,7 +17,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from mira_dagster.core.config import Family
-from mira_dagster.core.layouts import PREFERENCE_LAYOUTS, REQUIRED, Fields, Side, as_object, match
+from mira_dagster.core.layouts import PREFERENCE_LAYOUTS, REQUIRED, Fields, Side, as_object, match, normalise_text
 from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping, suggest_with_unused
 
 TEXT_FIELDS = ("question", "thinking", "answer", "task", "trajectory", "outcome")
@@ -92,13 +91,6 @@ def count_tokens(texts: pl.Series) -> pl.Series:
 def token_count(text: pl.Expr) -> pl.Expr:
     """estimate_tokens as a polars expression (null counts 0)."""
     return text.fill_null("").str.count_matches(TOKEN_PATTERN).cast(pl.Int64)
-
-
-def normalise_text(text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
-    if "\r" in text:  # one scan instead of two replaces for the usual text without any
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.strip()
 
 
 class Record(BaseModel):
@@ -326,10 +318,10 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 # Item 5: a layout that matched but left prose unused. A key is named when its string value is long prose (at
-# least UNUSED_MIN_CHARS, with a space, not a serialised structure) and none of three probes of it (its start,
-# middle and end) is in any field; the sides of a preference pair are left out on purpose.
+# least UNUSED_MIN_CHARS, with a space, not a serialised structure) and most of five windows of it (spread over
+# its inside) are in no field; the sides of a preference pair are left out on purpose.
 UNUSED_MIN_CHARS = 40
-_PROBE = 24
+_PROBE, _PROBES = 24, 5
 
 
 def unused_text_keys(obj: Any, fields: Mapping[str, str]) -> list[str]:
@@ -344,9 +336,11 @@ def unused_text_keys(obj: Any, fields: Mapping[str, str]) -> list[str]:
         text = normalise_text(value)
         if len(text) < UNUSED_MIN_CHARS or text[0] in "[{" or " " not in text:
             continue
-        mid = len(text) // 2
-        probes = (text[:_PROBE], text[mid : mid + _PROBE], text[-_PROBE:])
-        if not any(p in t for p in probes for t in texts):
+        # windows inside the text (a layout may drop tags at its ends or split it in the middle)
+        size = max(12, min(_PROBE, len(text) // 6))  # short texts: shorter windows, fewer across a split
+        step = max(1, (len(text) - size) // (_PROBES + 1))
+        probes = [text[i * step : i * step + size] for i in range(1, _PROBES + 1)]
+        if sum(any(p in t for t in texts) for p in probes) <= _PROBES // 2:  # a common phrase may be anywhere
             unused.append(str(key))
     return unused
 
