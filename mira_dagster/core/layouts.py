@@ -287,7 +287,15 @@ def _render(turns: Iterable[tuple[str, str]]) -> str:
 
 def _conversation(d: dict[str, Any]) -> Any:
     turns = d.get("conversations")
-    return turns if isinstance(turns, list) else d.get("conversation")
+    turns = turns if isinstance(turns, list) else d.get("conversation")
+    if isinstance(turns, list) and turns and all(isinstance(t, dict) and "input" in t and not _role(t) for t in turns):
+        # Capybara-style exchanges, `[{input, output}]`: a user turn and an assistant turn each
+        return [
+            {"role": role, "content": t.get(key)}
+            for t in turns
+            for role, key in (("user", "input"), ("assistant", "output"))
+        ]
+    return turns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,9 +619,10 @@ def _preference(d: dict[str, Any], side: Side) -> Fields | None:
         return None  # not a pair this layout reads; HH transcripts are `preference_hh`'s
     if _is_chat(prompt):
         return _qa_from_turns([*prompt, {"role": "assistant", "content": value}])
-    thinking, answer = _split_think(value)
     question = as_text(prompt) if prompt is not None else _first(d, _QUESTION_KEYS, "user", _prose)
-    return {"question": question, "thinking": thinking, "answer": answer}
+    # a system prompt beside the pair (Intel/orca_dpo_pairs: system, question, chosen, rejected) is context
+    system = [{"role": "system", "content": d["system"]}] if not _blank(_str(d.get("system"))) else []
+    return _qa_from_turns([*system, {"role": "user", "content": question}, {"role": "assistant", "content": value}])
 
 
 def _preference_hh(d: dict[str, Any], side: Side) -> Fields | None:

@@ -255,3 +255,19 @@ def test_preference_with_a_fields_mapping_is_refused_when_the_registry_loads() -
     with pytest.raises(ValidationError, match="map the side you want"):
         SourceConfig(**entry, preference="both")
     assert SourceConfig(**{**entry, "fields": None}, preference="both").preference == "both"
+
+
+def test_capybara_exchanges_and_a_system_prompt_beside_a_pair_are_context() -> None:
+    # LDJnr/Capybara: conversation = [{input, output}, ...]
+    capybara = {"source": "x", "conversation": [{"input": "hi", "output": "hello"}, {"input": "how?", "output": "ok"}]}
+    assert match(capybara, "qa") == (
+        "sharegpt",
+        {"question": "### user\nhi\n\n### assistant\nhello\n\n### user\nhow?", "thinking": "", "answer": "ok"},
+    )
+    # Intel/orca_dpo_pairs: system, question, chosen, rejected
+    orca = {"system": "You are an AI assistant.", "question": "What is 2+2?", "chosen": "4", "rejected": "5"}
+    assert match(orca, "qa") == (
+        "preference",
+        {"question": "### system\nYou are an AI assistant.\n\n### user\nWhat is 2+2?", "thinking": "", "answer": "4"},
+    )
+    assert match({**orca, "system": ""}, "qa")[1]["question"] == "What is 2+2?"
