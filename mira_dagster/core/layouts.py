@@ -267,10 +267,13 @@ def _qa_from_turns(turns: Any, system: str = "") -> Fields | None:
     if at is None or not any(_role(m) == "user" for m in msgs[:at]):
         return None
     thinking, answer = _reply(msgs[at])
-    context = msgs[:at]
-    # the first release's single-turn records keep their text (and record ids)
-    single = len(context) == 1
-    question = _content_text(_body(context[0])) if single else _render(_turn_transcript(m) for m in context)
+    context = [(m, _turn_transcript(m)) for m in msgs[:at]]
+    said = [(m, turn) for m, turn in context if not _blank(turn[1])]
+    # the first release's single-turn records keep their text (and record ids): one user turn is the bare question
+    if len(said) == 1 and said[0][1][0] == "user":
+        question = _content_text(_body(said[0][0]))
+    else:
+        question = _render(turn for _, turn in context)
     fields = {"question": question, "thinking": thinking, "answer": _with_calls(answer, msgs[at])}
     if msgs[at + 1 :]:
         fields["_tail"] = _render(_turn_transcript(m) for m in msgs[at + 1 :])

@@ -72,6 +72,9 @@ def test_earlier_reasoning_and_tool_calls_of_the_answer_are_kept() -> None:
 def test_a_single_turn_chat_keeps_its_first_release_text() -> None:
     _, fields = match({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}, "qa")
     assert fields == {"question": "Q", "thinking": "", "answer": "A"}
+    # blank turns around it (an empty system prompt, an empty assistant turn) do not make it a transcript
+    blank = [{"role": "system", "content": ""}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}]
+    assert match({"messages": [*blank, {"role": "assistant", "content": "A"}]}, "qa")[1]["question"] == "Q"
 
 
 def test_turns_after_the_last_reply_are_part_of_the_identity() -> None:
