@@ -253,7 +253,7 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
     if who == "ours":
         import tempfile
 
-        from mira_dagster.core.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
+        from mira_dagster.core.records import QUARANTINE_SCHEMA, RAW_RECORD_SCHEMA
         from mira_dagster.io.ingest import SourceIngest
         from mira_dagster.io.store import Store
 
@@ -264,7 +264,7 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
                 if fraction < 1 and fmt != "parquet":
                     files = [_head(f, fraction, workdir) for f in files]
                 with (
-                    store.table_writer("raw_records", family, RECORD_SCHEMA) as w,
+                    store.table_writer("raw_records", family, RAW_RECORD_SCHEMA) as w,
                     store.table_writer("quarantine", family, QUARANTINE_SCHEMA) as q,
                 ):  # as the raw_records asset does: the frames are written on the ingest's worker thread
                     ingest = SourceIngest(family, "g", family, files, sink=lambda r, b: (w(r), q(b)))  # type: ignore[arg-type]

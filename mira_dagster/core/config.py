@@ -59,6 +59,18 @@ class SourceConfig(BaseModel):
     # Optional field mapping: text field -> JMESPath expression over each object (core/mapping.py). When given,
     # it replaces layout detection for this source.
     fields: dict[str, str] | None = None
+    # Preference pairs (`chosen` / `rejected`): which side becomes the record; `both` makes one record of each,
+    # their layouts marked `:chosen` / `:rejected` (docs/sources.md). The other side stays in the original.
+    preference: Literal["chosen", "rejected", "both"] = "chosen"
+
+    @model_validator(mode="after")
+    def _preference_is_for_layouts(self) -> SourceConfig:
+        if self.fields is not None and self.preference != "chosen":
+            raise ValueError(
+                f"preference: {self.preference} picks the side of a detected preference pair; with a `fields:` "
+                "mapping, map the side you want (e.g. answer: rejected) instead"
+            )
+        return self
 
 
 class PipelineSettings(BaseModel):
@@ -106,6 +118,9 @@ class PipelineSettings(BaseModel):
     source_min_share: float = Field(0.0, ge=0, le=1)
     source_max_share: float = Field(1.0, ge=0, le=1)
     export_shard_records: int = Field(100_000, ge=1)
+    # The export's form: the kept records as their producers wrote them, with the selection columns added
+    # ("original"), or the normalised text fields ("normalised"); io/export.py.
+    export_form: Literal["original", "normalised"] = "original"
     # Non-blocking check: a source's mean aggregate moving more than this between materialisations warns.
     drift_threshold: float = Field(0.25, ge=0)
     # Scoring client.

@@ -45,8 +45,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import unicodedata
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from mira_dagster.core.config import Family
 
@@ -68,6 +69,14 @@ REQUIRED: dict[Family, tuple[str, ...]] = {
 
 # ---------------------------------------------------------------------------------------------
 # Text of JSON values
+
+
+def normalise_text(text: str) -> str:
+    """What a record's text fields hold: NFC, line ends as LF, no surrounding whitespace."""
+    text = unicodedata.normalize("NFC", text)
+    if "\r" in text:  # one scan instead of two replaces for the usual text without any
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip()
 
 
 def as_text(value: Any) -> str:
@@ -213,17 +222,66 @@ def _reply(message: dict[str, Any]) -> tuple[str, str]:
     return (thinking, text) if thinking else _split_think(text)
 
 
-def _qa_from_turns(turns: Any) -> Fields | None:
-    # The first user turn asks; the last assistant turn with a non-empty reply answers.
+def _tool_calls_text(message: dict[str, Any]) -> str:
+    """An assistant turn's tool calls (OpenAI `tool_calls`, the older `function_call`), one per line."""
+    calls = message.get("tool_calls")
+    calls = list(calls) if isinstance(calls, list) else []
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"function": message["function_call"]})
+    lines = []
+    for call in calls:
+        if not isinstance(call, dict):
+            continue
+        fn = call.get("function") if isinstance(call.get("function"), dict) else call
+        lines.append(f"[tool_call] {as_text(fn.get('name'))}({as_text(fn.get('arguments', fn.get('input', '')))})")
+    return "\n".join(lines)
+
+
+def _with_calls(text: str, message: dict[str, Any]) -> str:
+    calls = _tool_calls_text(message)
+    return f"{text}\n{calls}" if text and calls else text or calls
+
+
+def _turn_transcript(message: dict[str, Any]) -> tuple[str, str]:
+    """(role, text) of one turn of a conversation's context: its content, its reasoning as a `<think>` block,
+    its tool calls."""
+    role = _role(message) or "turn"
+    if role != "assistant":
+        return role, _with_calls(_content_text(_body(message)), message)
+    thinking, text = _reply(message)
+    text = f"<think>\n{thinking}\n</think>\n{text}" if not _blank(thinking) else text
+    return role, _with_calls(text, message)
+
+
+def _qa_from_turns(turns: Any, system: str = "") -> Fields | None:
+    """A whole conversation as one QA record: the last assistant turn with a reply is the answer (its reasoning
+    the thinking, its tool calls appended), every turn before it (system included) the question, rendered as a
+    transcript with roles; a question that is one user turn alone stays its bare text. Turns after the answer
+    (a last user turn nobody answered) go to `_tail`: hashed into the record id, not shown to the scorer."""
     if not isinstance(turns, list):
         return None
     msgs = [t for t in turns if isinstance(t, dict)]
-    user = next((m for m in msgs if _role(m) == "user"), None)
-    replies = (_reply(m) for m in reversed(msgs) if _role(m) == "assistant")
-    reply = next((r for r in replies if not _blank(r[1])), None)
-    if user is None or reply is None:
+    if not _blank(system):
+        msgs = [{"role": "system", "content": system}, *msgs]
+    at = next((i for i in range(len(msgs) - 1, -1, -1) if _role(msgs[i]) == "assistant" and _answers(msgs[i])), None)
+    if at is None or not any(_role(m) == "user" for m in msgs[:at]):
         return None
-    return {"question": _content_text(_body(user)), "thinking": reply[0], "answer": reply[1]}
+    thinking, answer = _reply(msgs[at])
+    context = [(m, _turn_transcript(m)) for m in msgs[:at]]
+    said = [(m, turn) for m, turn in context if not _blank(turn[1])]
+    # the first release's single-turn records keep their text (and record ids): one user turn is the bare question
+    if len(said) == 1 and said[0][1][0] == "user":
+        question = _content_text(_body(said[0][0]))
+    else:
+        question = _render(turn for _, turn in context)
+    fields = {"question": question, "thinking": thinking, "answer": _with_calls(answer, msgs[at])}
+    if msgs[at + 1 :]:
+        fields["_tail"] = _render(_turn_transcript(m) for m in msgs[at + 1 :])
+    return fields
+
+
+def _answers(message: dict[str, Any]) -> bool:
+    return not _blank(_reply(message)[1]) or bool(_tool_calls_text(message))
 
 
 def _render(turns: Iterable[tuple[str, str]]) -> str:
@@ -232,7 +290,15 @@ def _render(turns: Iterable[tuple[str, str]]) -> str:
 
 def _conversation(d: dict[str, Any]) -> Any:
     turns = d.get("conversations")
-    return turns if isinstance(turns, list) else d.get("conversation")
+    turns = turns if isinstance(turns, list) else d.get("conversation")
+    if isinstance(turns, list) and turns and all(isinstance(t, dict) and "input" in t and not _role(t) for t in turns):
+        # Capybara-style exchanges, `[{input, output}]`: a user turn and an assistant turn each
+        return [
+            {"role": role, "content": t.get(key)}
+            for t in turns
+            for role, key in (("user", "input"), ("assistant", "output"))
+        ]
+    return turns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +377,8 @@ def _chat_qa(d: dict[str, Any]) -> Fields | None:
 
 
 def _sharegpt_qa(d: dict[str, Any]) -> Fields | None:
-    return _qa_from_turns(_conversation(d))
+    # LLaMA-Factory keeps the system prompt beside the turns, under `system`
+    return _qa_from_turns(_conversation(d), _str(d.get("system")))
 
 
 def _alpaca(d: dict[str, Any]) -> Fields | None:
@@ -475,6 +542,12 @@ def _turn_text(turn: dict[str, Any]) -> tuple[str, str]:
     action = turn.get("action")
     if isinstance(action, str) and action and role in ("assistant", "agent") and action not in "\n".join(parts):
         parts.append(f"[action] {action}")
+    # chat-format agents: reasoning fields before the reply, tool calls after it (read as empty before)
+    reasoning = "\n\n".join(t for k in _REASONING_FIELDS if not _blank(t := _content_text(turn.get(k))))
+    if reasoning and reasoning not in parts[0]:
+        parts.insert(0, f"<think>\n{reasoning}\n</think>")
+    if not action:  # SWE-agent writes each call again as its `action`, rendered above
+        parts.append(_tool_calls_text(turn))
     return role, "\n".join(p for p in parts if p)
 
 
@@ -508,18 +581,83 @@ def _sharegpt_agent(d: dict[str, Any]) -> Fields | None:
 # ---------------------------------------------------------------------------------------------
 
 
-_QA_LAYOUTS: list[tuple[str, Layout]] = [
-    ("responses_rollout", _responses_qa),
-    ("question_answer", _qa_generic),
-    ("prompt_solution", _prompt_solution),
-    ("instruction_response", _instruction_response),
-    ("lean_cot_proof", _lean_cot_proof),
-    ("lean_formal", _lean_formal),
-    ("chat_messages", _chat_qa),
-    ("sharegpt", _sharegpt_qa),
-    ("alpaca", _alpaca),
-    ("qa_fields", _qa_fields),
-]
+# ---------------------------------------------------------------------------------------------
+# Preference pairs: one side is the record, the other stays in the original value.
+
+Side = Literal["chosen", "rejected"]
+_HH_MARKERS = (("\n\nHuman:", "user"), ("\n\nAssistant:", "assistant"))
+
+
+def _hh_turns(text: str) -> list[dict[str, str]] | None:
+    """Anthropic HH-RLHF transcripts (`\\n\\nHuman: ...\\n\\nAssistant: ...`) as chat turns; None when `text`
+    is not one. Linear: one scan per marker."""
+    text = text if text.startswith("\n\n") else "\n\n" + text
+    cuts = sorted((i, len(marker), role) for marker, role in _HH_MARKERS for i in _all_indexes(text, marker))
+    if not cuts or cuts[0][0] != 0 or not any(role == "assistant" for _, _, role in cuts):
+        return None
+    ends = [i for i, _, _ in cuts[1:]] + [len(text)]
+    return [{"role": role, "content": text[i + n : end].strip()} for (i, n, role), end in zip(cuts, ends, strict=True)]
+
+
+def _all_indexes(text: str, sub: str) -> list[int]:
+    found, i = [], text.find(sub)
+    while i >= 0:
+        found.append(i)
+        i = text.find(sub, i + len(sub))
+    return found
+
+
+def _preference(d: dict[str, Any], side: Side) -> Fields | None:
+    """TRL / UltraFeedback / DPO pairs: `prompt` (text or turns) with `chosen` and `rejected` (text, a completion's
+    turns, or the whole conversation)."""
+    if "chosen" not in d or "rejected" not in d:
+        return None
+    value, prompt = d[side], d.get("prompt")
+    if _is_chat(value):
+        if any(_role(m) == "user" for m in value):  # the whole conversation (UltraFeedback binarized)
+            return _qa_from_turns(value)
+        context = prompt if _is_chat(prompt) else [{"role": "user", "content": as_text(prompt)}]
+        return _qa_from_turns([*context, *value])
+    if not isinstance(value, str) or _hh_turns(value) is not None and prompt is None:
+        return None  # not a pair this layout reads; HH transcripts are `preference_hh`'s
+    if _is_chat(prompt):
+        return _qa_from_turns([*prompt, {"role": "assistant", "content": value}])
+    question = as_text(prompt) if prompt is not None else _first(d, _QUESTION_KEYS, "user", _prose)
+    # a system prompt beside the pair (Intel/orca_dpo_pairs: system, question, chosen, rejected) is context
+    system = [{"role": "system", "content": d["system"]}] if not _blank(_str(d.get("system"))) else []
+    return _qa_from_turns([*system, {"role": "user", "content": question}, {"role": "assistant", "content": value}])
+
+
+def _preference_hh(d: dict[str, Any], side: Side) -> Fields | None:
+    """Anthropic HH-RLHF: `chosen` / `rejected` are whole transcripts sharing their turns but the last reply."""
+    if "chosen" not in d or "rejected" not in d or not isinstance(d[side], str):
+        return None
+    turns = _hh_turns(d[side])
+    return _qa_from_turns(turns) if turns else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _qa_layouts(side: Side) -> list[tuple[str, Layout]]:
+    return [
+        ("responses_rollout", _responses_qa),
+        ("question_answer", _qa_generic),
+        ("prompt_solution", _prompt_solution),
+        ("instruction_response", _instruction_response),
+        ("lean_cot_proof", _lean_cot_proof),
+        ("lean_formal", _lean_formal),
+        ("preference", lambda d: _preference(d, side)),
+        ("preference_hh", lambda d: _preference_hh(d, side)),
+        ("chat_messages", _chat_qa),
+        ("sharegpt", _sharegpt_qa),
+        ("alpaca", _alpaca),
+        ("qa_fields", _qa_fields),
+    ]
+
+
+_QA_LAYOUTS = _qa_layouts("chosen")
+_QA_REJECTED = _qa_layouts("rejected")
 _AGENT_LAYOUTS: list[tuple[str, Layout]] = [
     ("responses_rollout", _responses_agent),
     ("agent_turns", _agent_turns),
@@ -531,16 +669,31 @@ LAYOUTS: dict[Family, list[tuple[str, Layout]]] = {
     "qa": _QA_LAYOUTS,
     "agent": _AGENT_LAYOUTS,
 }
+PREFERENCE_LAYOUTS = frozenset({"preference", "preference_hh"})
 
 
-def match(obj: dict[str, Any], family: Family) -> tuple[str, Fields] | None:
+def as_object(value: Any) -> dict[str, Any] | None:
+    """What the layouts read: an object as it is, a bare list of chat turns (a JSONL line or a JSON document that
+    is one conversation or trajectory) as `{"messages": turns}` (`{"conversations": turns}` for ShareGPT turns);
+    None for anything else."""
+    if isinstance(value, dict):
+        return value
+    if _is_chat(value):  # ShareGPT turns (`from` / `value`) as ShareGPT's `conversations`, others as `messages`
+        return {"conversations" if any("from" in m for m in value) else "messages": value}
+    return None
+
+
+def match(obj: Any, family: Family, side: Side = "chosen") -> tuple[str, Fields] | None:
     """The first layout of the family that fills its required fields: (layout name, raw fields). When none does but
     one recognised the object's shape (its keys were there, a required field was blank), that one, so the caller
-    can say which field is empty rather than "no layout"; None when no layout recognised the object at all."""
-    if not isinstance(obj, dict):
+    can say which field is empty rather than "no layout"; None when no layout recognised the object at all.
+    `side` is the side of a preference pair that becomes the record (the other layouts ignore it)."""
+    obj = as_object(obj)
+    if obj is None:
         return None
     partial: tuple[str, Fields] | None = None
-    for name, layout in LAYOUTS[family]:
+    layouts = _QA_REJECTED if side == "rejected" and family != "agent" else LAYOUTS[family]
+    for name, layout in layouts:
         fields = layout(obj)
         if fields is None:
             continue

@@ -19,7 +19,7 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from mira_dagster.core.layouts import FAMILY_FIELDS, REQUIRED, Fields, as_text
+from mira_dagster.core.layouts import FAMILY_FIELDS, REQUIRED, Fields, as_text, normalise_text
 
 MAPPED_LAYOUT = "fields"  # the layout name recorded for mapped records
 
@@ -59,15 +59,18 @@ def compile_mapping(fields: dict[str, str], family: str) -> FieldMapping:
     return FieldMapping({name: jmespath.compile(expr) for name, expr in fields.items()})
 
 
-def suggest_mapping(obj: dict[str, Any], family: str) -> dict[str, str]:
+def suggest_mapping(obj: Any, family: str) -> dict[str, str]:
     """A starting `fields:` mapping for an object no layout matched: the longest string under each top-level key
-    (or one level down), assigned to the family's fields by a few name hints, then by length."""
-    candidates = _string_paths(obj)
+    (or one level down), assigned to the family's fields by a few name hints, then by length. The side of a
+    preference pair that was not chosen (`rejected`, ...) is never mapped onto a field."""
+    if not isinstance(obj, dict):
+        return {}
+    candidates = [(p, n) for p, n in _string_paths(obj) if "rejected" not in p.lower()]
     hints = {
         "question": ("question", "problem", "prompt", "query", "instruction", "input", "task"),
         "task": ("task", "instruction", "problem", "issue", "prompt", "question"),
         "thinking": ("think", "reason", "thought", "cot", "rationale", "scratch"),
-        "answer": ("answer", "response", "output", "completion", "solution", "target"),
+        "answer": ("chosen", "answer", "response", "output", "completion", "solution", "target"),
         "trajectory": ("trajectory", "history", "messages", "turns", "steps", "log", "conversation"),
         "outcome": ("patch", "outcome", "result", "submission", "answer", "output"),
     }
@@ -84,6 +87,37 @@ def suggest_mapping(obj: dict[str, Any], family: str) -> dict[str, str]:
             out[name] = match
             used.add(match)
     return out
+
+
+# JMESPath's `join` with a JSON literal separator (a raw string '\n' would be a backslash and an n)
+_JOIN = 'join(`"\\n\\n"`, [{}] | [?@])'
+
+
+def suggest_with_unused(obj: dict[str, Any], fields: dict[str, str], unused: list[str], family: str) -> dict[str, str]:
+    """A `fields:` mapping for an object a layout read in part: the keys it left unused are put before the
+    question (the task, for agents) as its context, joined by a blank line; the fields whose text is one key's
+    value keep that key; a required field found nowhere is guessed as suggest_mapping does. Never a `rejected`
+    key."""
+    target = "task" if family == "agent" else "question"
+    source = {
+        name: key
+        for name in FAMILY_FIELDS[family]
+        if fields.get(name)
+        for key, value in obj.items()
+        if isinstance(value, str | int | float) and normalise_text(as_text(value)) == fields[name]
+    }
+    context = [k for k in unused if "rejected" not in k.lower()]
+    parts = [*context, *([source[target]] if target in source else [])]
+    out = {target: _JOIN.format(", ".join(map(_quote, parts)))} if parts else {}
+    for name in FAMILY_FIELDS[family]:
+        if name != target and name in source and "rejected" not in source[name].lower():
+            out[name] = _quote(source[name])
+    taken = set(parts) | set(source.values())
+    guess = suggest_mapping({k: v for k, v in obj.items() if k not in taken}, family)
+    for name in REQUIRED[family]:
+        if name not in out and name in guess:
+            out[name] = guess[name]
+    return {name: out[name] for name in FAMILY_FIELDS[family] if name in out}
 
 
 def _string_paths(obj: dict[str, Any]) -> list[tuple[str, int]]:

@@ -13,20 +13,21 @@ one unit, whatever it is, stops the others. Token counts are computed per batch 
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
 import json
-import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel
 
 from mira_dagster.core.config import Family
-from mira_dagster.core.layouts import REQUIRED, Fields, match
-from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping
+from mira_dagster.core.layouts import PREFERENCE_LAYOUTS, REQUIRED, Fields, Side, as_object, match, normalise_text
+from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping, suggest_with_unused
 
 TEXT_FIELDS = ("question", "thinking", "answer", "task", "trajectory", "outcome")
 
@@ -48,6 +49,12 @@ RECORD_SCHEMA = {
     "origin_file": pl.String,
     "origin_line": pl.Int64,
 }
+
+# raw_records as stored: the record columns, then what the producer wrote. `original` is the unit's JSON value as
+# JSON text (a JSON Lines line's own text, unchanged: no re-serialisation), `original_form` says which export form
+# gives it back: "json" (JSON Lines, JSON documents and arrays) or "row" (a table's row: Parquet and other tables).
+# The scorer never reads them (RECORD_SCHEMA's columns are what it selects).
+RAW_RECORD_SCHEMA = {**RECORD_SCHEMA, "original_form": pl.String, "original": pl.String}
 
 QUARANTINE_SCHEMA = {
     "source": pl.String,
@@ -85,13 +92,6 @@ def count_tokens(texts: pl.Series) -> pl.Series:
 def token_count(text: pl.Expr) -> pl.Expr:
     """estimate_tokens as a polars expression (null counts 0)."""
     return text.fill_null("").str.count_matches(TOKEN_PATTERN).cast(pl.Int64)
-
-
-def normalise_text(text: str) -> str:
-    text = unicodedata.normalize("NFC", text)
-    if "\r" in text:  # one scan instead of two replaces for the usual text without any
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.strip()
 
 
 class Record(BaseModel):
@@ -171,6 +171,11 @@ def _finite(value: float, text: str) -> float:
 
 def decode_line(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     """The JSON value of one JSONL line; raises Rejected with the reason."""
+    return _decode(raw, max_bytes)[0]
+
+
+def _decode(raw: bytes, max_bytes: int) -> tuple[Any, str]:
+    """(JSON value, its text) of one line."""
     if raw.startswith(_BOM):  # a byte-order mark (first line of a file written by some Windows tools)
         raw = raw[3:]
     if not raw or raw.isspace():  # no copy of the line, unlike strip()
@@ -185,7 +190,7 @@ def decode_line(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
         raise Rejected("not UTF-8", f"not valid UTF-8 (byte {exc.start})") from None
     try:
         # the standard library keeps big integers exact (a math answer may be one); NaN/Infinity are refused
-        return _DECODER.decode(text)
+        return _DECODER.decode(text), text
     except json.JSONDecodeError as exc:
         raise Rejected("invalid JSON", f"invalid JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
@@ -194,22 +199,36 @@ def decode_line(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
         raise Rejected("invalid JSON", f"invalid JSON: {str(exc).splitlines()[0][:200]}") from None
 
 
-def to_fields(obj: Any, family: Family, mapping: FieldMapping | None) -> tuple[str, Fields]:
-    """(layout, normalised text fields) of one decoded object; raises Rejected."""
-    if not isinstance(obj, dict):
-        raise Rejected("not an object", f"expected a JSON object, got {_json_type(obj)}")
+def to_fields(obj: Any, family: Family, mapping: FieldMapping | None, side: Side = "chosen") -> tuple[str, Fields]:
+    """(layout, normalised text fields) of one decoded value; raises Rejected. An object, or a bare list of chat
+    turns (one conversation); a `fields:` mapping applies to any value (JMESPath indexes a list as well)."""
     if mapping is not None:
+        if not isinstance(obj, dict | list):
+            raise Rejected("not an object", f"expected a JSON object or list, got {_json_type(obj)}")
         name, fields = MAPPED_LAYOUT, mapping.apply(obj)
     else:
-        found = match(obj, family)
+        if as_object(obj) is None:
+            if isinstance(obj, list):
+                raise Rejected("not an object", f"a list that is not a conversation ({_list_shape(obj)})")
+            raise Rejected("not an object", f"expected a JSON object, got {_json_type(obj)}")
+        found = match(obj, family, side)
         if found is None:
-            raise Rejected("no layout", f"no {family} layout matches keys {sorted(map(str, obj))[:12]}")
+            keys = sorted(map(str, obj))[:12] if isinstance(obj, dict) else "of a list of turns"
+            raise Rejected("no layout", f"no {family} layout matches keys {keys}")
         name, fields = found
     fields = {k: normalise_text(v) for k, v in fields.items()}
     missing = [f for f in REQUIRED[family] if not fields.get(f)]
     if missing:
         raise Rejected("empty field", f"layout {name}: empty required field(s) {missing}")
     return name, fields
+
+
+def _list_shape(value: list) -> str:
+    if not value:
+        return "empty"
+    first = value[0]
+    what = f"keys {sorted(map(str, first))[:8]}" if isinstance(first, dict) else _json_type(first)
+    return f"{len(value)} items, the first {what}"
 
 
 def _json_type(obj: Any) -> str:
@@ -220,24 +239,75 @@ def _json_type(obj: Any) -> str:
 def unit_value(unit: Unit, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     """The JSON value a unit holds (a decoded line, an array element, a Parquet row); raises Rejected when it
     holds none: unreadable, over the size limit, or not valid JSON."""
+    return read_unit(unit, max_bytes)[0]
+
+
+def read_unit(unit: Unit, max_bytes: int = MAX_RECORD_BYTES) -> tuple[Any, str | None]:
+    """(JSON value, the line's own text for a JSON Lines line, else None); raises Rejected as unit_value."""
     if unit.error is not None:
         raise Rejected("unreadable", unit.error)
     if unit.oversize is not None:
         raise Rejected(
             "too large", f"record of {unit.oversize:,} bytes is over the {max_bytes:,}-byte limit (max_record_bytes)"
         )
-    return decode_line(unit.raw, max_bytes) if unit.raw is not None else unit.obj
+    if unit.raw is None:
+        return unit.obj, None
+    try:
+        return _decode(unit.raw, max_bytes)
+    except RecursionError:
+        raise Rejected("invalid JSON", "nested too deeply to read") from None
 
 
-def parse_unit(unit: Unit, family: Family, mapping: FieldMapping | None, max_bytes: int) -> tuple[str, Fields, str]:
+def original_text(value: Any, text: str | None) -> str:
+    """What the producer wrote, as JSON text: a line's own text (surrounding whitespace dropped, nothing else
+    touched), else the value serialised (a table's row: its columns; dates as ISO 8601, decimals as text, bytes as
+    UTF-8 text or, when they are not text, base64)."""
+    if text is not None:
+        return text.strip() if text[:1].isspace() or text[-1:].isspace() else text
+    return json.dumps(value, ensure_ascii=False, default=_json_scalar)
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    return str(value)  # Decimal, UUID, ...: their exact text
+
+
+def parse_unit(
+    unit: Unit, family: Family, mapping: FieldMapping | None, max_bytes: int, side: Side = "chosen"
+) -> tuple[str, Fields, str]:
     """(layout, normalised fields, record_id) of a unit; raises Rejected for anything that goes wrong, so that no
     unit, however malformed, escapes as an exception."""
+    return record_of(_guarded(read_unit, unit, max_bytes)[0], family, mapping, max_bytes, side)
+
+
+def record_of(
+    obj: Any, family: Family, mapping: FieldMapping | None, max_bytes: int, side: Side = "chosen"
+) -> tuple[str, Fields, str]:
+    """(layout, normalised fields, record_id) of a decoded value; raises Rejected only."""
+    return _guarded(_record_of, obj, family, mapping, max_bytes, side)
+
+
+def _record_of(
+    obj: Any, family: Family, mapping: FieldMapping | None, max_bytes: int, side: Side
+) -> tuple[str, Fields, str]:
+    layout, fields = to_fields(obj, family, mapping, side)
+    if sum(map(len, fields.values())) > max_bytes:  # objects from JSON arrays and Parquet have no line size
+        raise Rejected("too large", f"record text is over the {max_bytes:,}-character limit (max_record_bytes)")
+    return layout, fields, _id_of_normalised(fields)  # hashing UTF-8 refuses lone surrogates ("\ud800")
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), any exception but Rejected turned into one, so one unit never stops the others."""
     try:
-        obj = unit_value(unit, max_bytes)
-        layout, fields = to_fields(obj, family, mapping)
-        if sum(map(len, fields.values())) > max_bytes:  # objects from JSON arrays and Parquet have no line size
-            raise Rejected("too large", f"record text is over the {max_bytes:,}-character limit (max_record_bytes)")
-        return layout, fields, _id_of_normalised(fields)  # hashing UTF-8 refuses lone surrogates ("\ud800")
+        return fn(*args)
     except Rejected:
         raise
     except UnicodeEncodeError as exc:  # a lone surrogate escape ("\ud800") that decoded but is no text
@@ -246,6 +316,39 @@ def parse_unit(unit: Unit, family: Family, mapping: FieldMapping | None, max_byt
         raise Rejected("invalid JSON", "nested too deeply to read") from None
     except Exception as exc:  # anything else in one unit is that unit's problem only
         raise Rejected("error", f"could not be read: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+# Item 5: a layout that matched but left prose unused. A key is named when its string value is long prose (at
+# least UNUSED_MIN_CHARS, with a space, not a serialised structure) and most of five windows of it (spread over
+# its inside) are in no field; the sides of a preference pair are left out on purpose.
+UNUSED_MIN_CHARS = 40
+_PROBE, _PROBES = 24, 5
+
+
+def unused_text_keys(obj: Any, fields: Mapping[str, str]) -> list[str]:
+    """Top-level keys of `obj` holding prose that none of the record's fields contains."""
+    if not isinstance(obj, dict):
+        return []
+    texts = [t for t in fields.values() if t]
+    unused = []
+    for key, value in obj.items():
+        if not isinstance(value, str) or len(value) < UNUSED_MIN_CHARS or _side_key(key):
+            continue
+        text = normalise_text(value)
+        if len(text) < UNUSED_MIN_CHARS or text[0] in "[{" or " " not in text:
+            continue
+        # windows inside the text (a layout may drop tags at its ends or split it in the middle)
+        size = max(12, min(_PROBE, len(text) // 6))  # short texts: shorter windows, fewer across a split
+        step = max(1, (len(text) - size) // (_PROBES + 1))
+        probes = [text[i * step : i * step + size] for i in range(1, _PROBES + 1)]
+        if sum(any(p in t for t in texts) for p in probes) <= _PROBES // 2:  # a common phrase may be anywhere
+            unused.append(str(key))
+    return unused
+
+
+def _side_key(key: Any) -> bool:
+    low = str(key).lower()
+    return "rejected" in low or "chosen" in low
 
 
 def _excerpt(unit: Unit) -> str:
@@ -283,6 +386,14 @@ class IngestStats:
     units_per_file: dict[str, int] = field(default_factory=dict)
     layouts: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)  # by kind
+    # rows beyond the first of one unit (`preference: both` makes up to two of each pair): units read =
+    # records + quarantined - extra_rows
+    extra_rows: int = 0
+    # keys holding prose a detected layout left out (item 5): key -> records, the first "file:line", and a
+    # `fields:` mapping that takes them in, made from the first such record
+    unused_keys: Counter[str] = field(default_factory=Counter)
+    unused_first: dict[str, str] = field(default_factory=dict)
+    suggested_fields: dict[str, str] = field(default_factory=dict)
 
 
 class BatchParser:
@@ -303,36 +414,68 @@ class BatchParser:
         mapping: FieldMapping | None = None,
         seen: dict[str, str] | None = None,
         stats: IngestStats | None = None,
+        preference: Literal["chosen", "rejected", "both"] = "chosen",
     ) -> None:
         self.source, self.group_id, self.family = source, group_id, family
         self.max_bytes, self.mapping = max_bytes, mapping
         self.stats = stats or IngestStats()
         self._seen: dict[str, str] = dict(seen or {})  # record_id -> "file:line" of its first occurrence
+        self.sides: tuple[Side, ...] = ("chosen", "rejected") if preference == "both" else (preference,)
 
-    def parse(self, name: str, units: list[Unit]) -> Parsed:
-        """Decode, normalise, hash and deduplicate one batch of file `name` (all per-record Python)."""
-        parsed = Parsed()
+    def parse(self, name: str, units: list[Unit], form: str = "json") -> Parsed:
+        """Decode, normalise, hash and deduplicate one batch of file `name` (all per-record Python). `form` is how
+        the file holds its values: "json" or "row" (a table), kept with each record's original."""
+        parsed = Parsed(form=form)
         for unit in units:
             try:
-                layout, fields, rid = parse_unit(unit, self.family, self.mapping, self.max_bytes)
-                if rid in self._seen:
-                    raise Rejected("duplicate", f"duplicate of {self._seen[rid]}")
+                obj, text = _guarded(read_unit, unit, self.max_bytes)
             except Rejected as rej:
                 parsed.rejected.append((unit.position, rej.kind, printable(str(rej)), printable(_excerpt(unit))))
                 continue
-            self._seen[rid] = f"{name}:{unit.position}"
-            parsed.record_id.append(rid)
-            parsed.layout.append(layout)
-            parsed.position.append(unit.position)
-            for f in TEXT_FIELDS:
-                parsed.text[f].append(fields.get(f))
+            # `preference: both`: the two sides of a pair are two records, each a record or a quarantine row
+            sides = self.sides if len(self.sides) == 1 or _is_pair(obj) else self.sides[:1]
+            original: str | None = None
+            for side in sides:
+                try:
+                    layout, fields, rid = record_of(obj, self.family, self.mapping, self.max_bytes, side)
+                    if rid in self._seen:
+                        raise Rejected("duplicate", f"duplicate of {self._seen[rid]}")
+                except Rejected as rej:
+                    reason = f"{side} side: {rej}" if len(sides) > 1 else str(rej)
+                    parsed.rejected.append((unit.position, rej.kind, printable(reason), printable(_excerpt(unit))))
+                    continue
+                self._seen[rid] = f"{name}:{unit.position}"
+                if layout in PREFERENCE_LAYOUTS:  # the side a record holds is part of its layout's name
+                    layout = f"{layout}:{side}"
+                elif self.mapping is None:
+                    self._note_unused(name, unit.position, obj, layout, fields)
+                if original is None:
+                    original = _guarded(original_text, obj, text)
+                parsed.record_id.append(rid)
+                parsed.layout.append(layout)
+                parsed.position.append(unit.position)
+                parsed.original.append(original)
+                for f in TEXT_FIELDS:
+                    parsed.text[f].append(fields.get(f))
+            self.stats.extra_rows += len(sides) - 1
         return parsed
+
+    def _note_unused(self, name: str, position: int, obj: Any, layout: str, fields: Fields) -> None:
+        keys = unused_text_keys(obj, fields)
+        if not keys:
+            return
+        self.stats.unused_keys.update(keys)
+        for key in keys:
+            self.stats.unused_first.setdefault(key, f"{name}:{position}")
+        if not self.stats.suggested_fields:
+            self.stats.suggested_fields = suggest_with_unused(obj, fields, keys, self.family)
 
     def frames(self, name: str, parsed: Parsed) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Token counts and the two frames of one parsed batch (polars: it releases the GIL)."""
+        columns = {"record_id": parsed.record_id, "layout": parsed.layout, "origin_line": parsed.position}
         records = pl.DataFrame(
-            {"record_id": parsed.record_id, "layout": parsed.layout, "origin_line": parsed.position, **parsed.text},
-            schema={c: RECORD_SCHEMA[c] for c in ("record_id", "layout", "origin_line", *TEXT_FIELDS)},
+            {**columns, **parsed.text, "original": parsed.original},
+            schema={c: RAW_RECORD_SCHEMA[c] for c in (*columns, *TEXT_FIELDS, "original")},
         )
         records = records.with_columns(
             pl.lit(self.source).alias("source"),
@@ -340,7 +483,8 @@ class BatchParser:
             pl.lit(self.family).alias("format"),
             pl.sum_horizontal(token_count(pl.col(f)) for f in TEXT_FIELDS).alias("n_tokens"),
             pl.lit(name).alias("origin_file"),
-        ).select(list(RECORD_SCHEMA))
+            pl.lit(parsed.form).alias("original_form"),
+        ).select(list(RAW_RECORD_SCHEMA))
         rejected = parsed.rejected
         columns = ("origin_line", "kind", "reason", "excerpt")
         quarantine = pl.DataFrame(
@@ -367,11 +511,17 @@ class Parsed:
     layout: list[str] = field(default_factory=list)
     position: list[int] = field(default_factory=list)
     text: dict[str, list[str | None]] = field(default_factory=lambda: {f: [] for f in TEXT_FIELDS})
+    original: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
+    form: str = "json"
+
+
+def _is_pair(obj: Any) -> bool:
+    return isinstance(obj, dict) and "chosen" in obj and "rejected" in obj
 
 
 # Bump when a change to ingest changes what it writes for the same files: every source is then re-ingested.
-INGEST_CODE_VERSION = "2026-11-26"
+INGEST_CODE_VERSION = "2026-12-06"  # originals kept, conversations whole, preference pairs
 
 
 def entry_fingerprint(entry: BaseModel, max_record_bytes: int) -> str:

@@ -11,7 +11,7 @@ from mira_dagster.core.mapping import compile_mapping
 from mira_dagster.core.records import (
     INGEST_CODE_VERSION,
     QUARANTINE_SCHEMA,
-    RECORD_SCHEMA,
+    RAW_RECORD_SCHEMA,
     IngestStats,
     entry_fingerprint,
 )
@@ -53,7 +53,8 @@ PREVIEW = ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "que
     kinds={"duckdb", "parquet"},
     description=(
         "Normalised records of one source: record_id (hash of the normalised content), the text fields its prompt "
-        "family needs, an estimated token count and the original file and line (or array element, or Parquet row). "
+        "family needs, an estimated token count, the original file and line (or array element, or Parquet row) and "
+        "the unit's value as its producer wrote it (`original`, JSON text; `original_form` json or row). "
         "JSONL, JSON arrays and Parquet, compressed or not; layouts are detected per object, or given by the "
         "source's `fields:` mapping. What is not a valid record goes to the `quarantine` table with the reason; "
         "units read = records + quarantined."
@@ -71,7 +72,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
     if resume:
         context.log.info(f"{source}: the files only grew since the last ingest: reading the appended lines alone")
     with (
-        store.table_writer("raw_records", source, RECORD_SCHEMA) as write_records,
+        store.table_writer("raw_records", source, RAW_RECORD_SCHEMA) as write_records,
         store.table_writer("quarantine", source, QUARANTINE_SCHEMA) as write_quarantine,
     ):
         seen = _carry_over(store, source, write_records, write_quarantine) if resume else None
@@ -87,6 +88,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             seen=seen,
             secrets=secret_values(),
             roots=cfg.read_roots(),
+            preference=src.preference,
         )
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:
@@ -98,14 +100,16 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
         # Count again from the files themselves, independently of the reader's own count, and from what was
         # written; both checks are decided before anything replaces the last good partition.
         on_disk = sum(count_units(f) for f in ingest.files)
-        written = write_records.rows + write_quarantine.rows
+        # a preference pair read as `both` may give two rows (each side a record or a quarantine row)
+        written = write_records.rows + write_quarantine.rows - stats.extra_rows
         share = stats.quarantined / stats.units_read if stats.units_read else 0.0
         reconcile = dg.AssetCheckResult(
             check_name="lines_reconcile",
             passed=written == on_disk == stats.units_read,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"units_in_files": on_disk, "records_plus_quarantined": written},
-            description=f"{on_disk} units in the files, {written} records + quarantined rows written",
+            metadata={"units_in_files": on_disk, "records_plus_quarantined": written, "extra_rows": stats.extra_rows},
+            description=f"{on_disk} units in the files, {written} records + quarantined rows written"
+            + (f" (less {stats.extra_rows} second sides of preference pairs)" if stats.extra_rows else ""),
         )
         # the command to look with: the registry named when it is not the default one
         inspect = f"mira inspect --source {source}" + (
@@ -118,6 +122,13 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             write_records.discard()
     for path in stats.empty_files:
         context.log.warning(f"{source}: {path} is empty (nothing to read)")
+    if stats.unused_keys:
+        context.log.warning(
+            f"{source}: the layouts left text unused under {sorted(stats.unused_keys)} (first at "
+            f"{stats.unused_first.get(stats.unused_keys.most_common(1)[0][0], 'an earlier read')}); a `fields:` "
+            "mapping that takes it in: "
+            f"{stats.suggested_fields} (`{inspect}` shows more)"
+        )
     context.log.info(f"{source}: {stats.units_read} read, {stats.records} records, {stats.quarantined} quarantined")
     # the ingest fingerprint is the partition's data version: Dagster (the UI), the schedule and `mira run` all
     # call it stale when it changes (defs/freshness.py)
@@ -135,6 +146,11 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             "quarantine_reasons": dg.MetadataValue.json(dict(stats.reasons.most_common())),
             "tokens": stats.tokens,
             "layouts": dg.MetadataValue.json(dict(stats.layouts.most_common())),
+            # keys holding prose the layouts did not read (records per key), and a mapping that reads them
+            "unused_text_keys": dg.MetadataValue.json(dict(stats.unused_keys.most_common())),
+            "unused_text_first": dg.MetadataValue.json(stats.unused_first),
+            "suggested_fields": dg.MetadataValue.json(stats.suggested_fields),
+            "extra_rows": stats.extra_rows,
             "files": dg.MetadataValue.json(stats.files),
             "units_per_file": dg.MetadataValue.json(stats.units_per_file),
             "empty_files": dg.MetadataValue.json(stats.empty_files),
@@ -186,6 +202,8 @@ def _add_earlier(stats: IngestStats, earlier: dict) -> None:
     stats.units_read += int(earlier.get("lines_read", 0))
     stats.records += int(earlier.get("dagster/row_count", 0))
     stats.quarantined += int(earlier.get("quarantined", 0))
+    stats.extra_rows += int(earlier.get("extra_rows", 0))
+    stats.unused_keys.update(earlier.get("unused_text_keys") or {})
     stats.tokens += int(earlier.get("tokens", 0))
     stats.reasons.update(earlier.get("quarantine_reasons") or {})
     stats.layouts.update(earlier.get("layouts") or {})

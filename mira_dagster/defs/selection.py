@@ -171,8 +171,10 @@ def selected_random(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
         "aggregate up to its share of the token budget (retention_share of all tokens, default 0.5 as in the paper's "
         "25B of 50B, or budget_tokens), with the per-source floor and cap source_min_share / source_max_share. Also "
         "kept under its scorer scope's name (table scope_selections, partition = scorer_scope) for selection_report. "
-        "Exported "
-        "with their text to $MIRA_HOME/exports/selected_subset/<source>-NNNNN.parquet shards with a manifest.json. "
+        "Exported to $MIRA_HOME/exports/selected_subset/ with a manifest.json: by default (pipeline.export_form "
+        "original) as their producers wrote them with the selection columns added (mira_source, mira_record_id, "
+        "mira_score, mira_mask_version, ...), <source>-NNNNN.jsonl for JSON inputs and <source>-NNNNN.parquet rows "
+        "with the input's columns for tables; export_form normalised writes the normalised text fields instead. "
         "The same content in several sources (one record_id) is one record in the budget and the export, owned by "
         "the source whose name sorts first; the overlap per source pair is the table `source_overlap` "
         "(sql/source_overlap.sql). A run with no scored record or an empty selection fails and leaves the previous "
@@ -238,6 +240,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             "thresholds": dict(zip(kept["source"], kept["threshold"], strict=True)),
         },
         s.export_shard_records,
+        s.export_form,
     )
     summary = store.query("run_summary")
     overlap = store.query("source_overlap")
@@ -265,6 +268,7 @@ def selected_subset(context: dg.AssetExecutionContext, mira: MiraResource) -> dg
             "tokens_kept": int(units["kept"].sum()),
             "export": dg.MetadataValue.path(out),
             "export_files": len(manifest["files"]),
+            "export_form": s.export_form,
         },
     )
 

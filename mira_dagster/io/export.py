@@ -1,5 +1,9 @@
-"""The export of the kept records: their text, sharded by source into Parquet files, and a manifest, swapped in
-atomically so a reader sees the old export or the new one, never a mix."""
+"""The export of the kept records, sharded by source, and a manifest, swapped in atomically so a reader sees the
+old export or the new one, never a mix.
+
+Two forms (pipeline.export_form): "original" (default), each record as its producer wrote it with the selection
+columns added (core/export.py): `<source>-NNNNN.jsonl` for JSON inputs, `<source>-NNNNN.parquet` rows with the
+input's columns for tables; "normalised", the normalised text fields and origin as `<source>-NNNNN.parquet`."""
 
 from __future__ import annotations
 
@@ -9,27 +13,38 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import IO, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mira_dagster.core.export import PREFIX, SELECTION_KEYS, original_line, with_selection
 from mira_dagster.io.store import Store
 
 
-def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000) -> dict:
-    """Write the kept records with their text, sharded by source, and a manifest, swapped in atomically. The rows
-    stream from DuckDB in batches (sql/export_kept.sql), so memory is bounded by a batch, not by the kept text.
+def export_kept(
+    store: Store,
+    manifest_extra: dict,
+    shard_records: int = 100_000,
+    form: Literal["original", "normalised"] = "original",
+) -> dict:
+    """Write the kept records, sharded by source, and a manifest, swapped in atomically. The rows stream from
+    DuckDB in batches (sql/export_kept.sql, sql/export_original.sql), so memory is bounded by a batch, not by the
+    kept text.
 
     With a store URL the export goes there (`store.location(EXPORT)`): the shards to a new generation,
     `exports/selected_subset/<generation>/`, then `manifest.json` (its files named `<generation>/<shard>`, relative
     to it as on disk) with one PUT, the swap; the generations older than the previous one are removed after it."""
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
-    shards = _Shards(staging, shard_records)
+    shards: _Shards | _OriginalShards = (
+        _OriginalShards(staging, shard_records) if form == "original" else _Shards(staging, shard_records)
+    )
+    sql = "export_original" if form == "original" else "export_kept"
     try:
-        for batch in store.stream("export_kept", batch_rows=min(shard_records, 20_000)):
+        for batch in store.stream(sql, batch_rows=min(shard_records, 20_000)):
             shards.add(batch)
     except BaseException:
         shards.close()
@@ -39,6 +54,8 @@ def export_kept(store: Store, manifest_extra: dict, shard_records: int = 100_000
     files = shards.files
     manifest = {
         **manifest_extra,
+        "form": form,
+        **({"selection_keys": _SELECTION_DOC} if form == "original" else {}),
         "records": sum(f["records"] for f in files),
         "tokens": sum(f["tokens"] for f in files),
         "files": files,
@@ -84,6 +101,103 @@ def _publish(store: Store, staging: Path, manifest: dict) -> dict:
         if name not in ("manifest.json", generation) and name < previous:
             fs.rm(folder, recursive=True)
     return manifest
+
+
+_SELECTION_DOC = (
+    f"added to each record as {', '.join(PREFIX + k for k in SELECTION_KEYS)}; the prefix takes one more '_' when "
+    "a key of the record already starts with it; a value that is not an object is wrapped as {'messages': ...} or "
+    "{'value': ...}, named by mira_wrapped (docs/sources.md, 'The export')"
+)
+
+
+class _OriginalShards:
+    """<source>-NNNNN.jsonl (JSON inputs) and <source>-NNNNN.parquet (table rows) of at most `shard_records`
+    records each, filled from batches ordered by source and form (sql/export_original.sql)."""
+
+    def __init__(self, folder: Path, shard_records: int) -> None:
+        self.folder, self.shard_records = folder, shard_records
+        self.files: list[dict] = []
+        self._jsonl: IO[str] | None = None
+        self._parquet: pq.ParquetWriter | None = None
+        self._key: tuple[str, str] | None = None
+        self._index: dict[str, int] = {}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+        keys = list(zip(cols["source"], cols["original_form"], strict=True))
+        starts = [0, *(i for i in range(1, len(keys)) if keys[i] != keys[i - 1]), len(keys)]
+        for a, b in itertools.pairwise(starts):
+            source, form = keys[a]
+            rows = [{k: cols[k][i] for k in cols} for i in range(a, b)]
+            if any(r["original"] is None for r in rows):  # refuse rather than export something else
+                raise ValueError(
+                    f"export: source {source!r} has records read before originals were kept; ingest it again "
+                    "(`mira run` does, or set pipeline.export_form: normalised)"
+                )
+            while rows:
+                self._room(source, form)
+                room = self.shard_records - self.files[-1]["records"]
+                head, rows = rows[:room], rows[room:]
+                self._write(form, head)
+                self.files[-1]["records"] += len(head)
+                self.files[-1]["tokens"] += sum(r["n_tokens"] or 0 for r in head)
+
+    def _room(self, source: str, form: str) -> None:
+        full = self.files and self.files[-1]["records"] >= self.shard_records
+        if self._key != (source, form) or full:
+            self._open(source, form)
+
+    def _open(self, source: str, form: str, schema: pa.Schema | None = None) -> None:
+        self.close()
+        ext = "parquet" if form == "row" else "jsonl"
+        index = self._index.get(f"{source}.{ext}", -1) + 1
+        self._index[f"{source}.{ext}"] = index
+        self._key = (source, form)
+        name = f"{source}-{index:05d}.{ext}"
+        self.files.append({"file": name, "source": source, "format": ext, "records": 0, "tokens": 0})
+        if ext == "jsonl":
+            self._jsonl = (self.folder / name).open("w", encoding="utf-8", newline="\n")
+        elif schema is not None:
+            self._parquet = pq.ParquetWriter(self.folder / name, schema)
+
+    def _write(self, form: str, rows: list[dict]) -> None:
+        if form != "row":
+            assert self._jsonl is not None
+            self._jsonl.writelines(original_line(r["original"], _selection(r)) + "\n" for r in rows)
+            return
+        table = pa.Table.from_pylist([with_selection(json.loads(r["original"]), _selection(r)) for r in rows])
+        if self._parquet is None:
+            self._start_parquet(table.schema)
+        elif not table.schema.equals(self._parquet.schema):
+            try:  # a column all null in the first batch, an int column read as double: same columns, castable
+                if set(table.schema.names) != set(self._parquet.schema.names):
+                    raise ValueError("other columns")
+                table = table.select(self._parquet.schema.names).cast(self._parquet.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                # other columns (files of one source with other schemas): a new shard holds them
+                written = self.files[-1]
+                source = written["source"]
+                if written["records"] == 0:
+                    self.files.pop()
+                self._open(source, "row", table.schema)
+        assert self._parquet is not None
+        self._parquet.write_table(table)
+
+    def _start_parquet(self, schema: pa.Schema) -> None:
+        written = self.files[-1]
+        self._parquet = pq.ParquetWriter(self.folder / written["file"], schema)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+
+
+def _selection(row: dict) -> dict:
+    return {k: row[k] for k in SELECTION_KEYS}
 
 
 class _Shards:

@@ -12,6 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 from pydantic import BaseModel
@@ -20,7 +21,7 @@ from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
 from mira_dagster.core.redact import redact
-from mira_dagster.io.readers import describe_container, expand_files, file_versions, iter_units
+from mira_dagster.io.readers import describe_container, expand_files, file_versions, iter_units, sniff
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
 
@@ -43,6 +44,7 @@ class SourceIngest:
         seen: dict[str, str] | None = None,
         secrets: Sequence[str] = (),
         roots: Sequence[Path] = (),
+        preference: Literal["chosen", "rejected", "both"] = "chosen",
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
         writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
@@ -57,7 +59,14 @@ class SourceIngest:
         self.max_bytes, self.batch_size = max_bytes, batch_size
         self.stats = IngestStats(files=[str(f) for f in self.files])
         self.parser = BatchParser(
-            source, group_id, family, max_bytes=max_bytes, mapping=mapping, seen=seen, stats=self.stats
+            source,
+            group_id,
+            family,
+            max_bytes=max_bytes,
+            mapping=mapping,
+            seen=seen,
+            stats=self.stats,
+            preference=preference,
         )
         self.resume = resume or {}
         self.secrets = tuple(secrets)
@@ -73,11 +82,12 @@ class SourceIngest:
                 start, done = self.resume.get(path, (0, 0))
                 with contextlib.suppress(Exception):  # a file refused or unreadable: iter_units raises, naming why
                     self.containers[name] = describe_container(path)
+                form = original_form(path)
                 for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
                     self.stats.units_read += len(units)
                     # an archive's batch holds one member's units: named `data.tar.gz!/a.jsonl` in their origin
                     origin = name if units[0].member is None else f"{name}!/{units[0].member}"
-                    pending.append(pool.submit(self._finish, origin, self.parser.parse(origin, units)))
+                    pending.append(pool.submit(self._finish, origin, self.parser.parse(origin, units, form)))
                     if len(pending) > _IN_FLIGHT:
                         yield pending.popleft().result()
                 self.stats.units_per_file[str(path)] = done + self.stats.units_read - before
@@ -97,6 +107,19 @@ class SourceIngest:
         if self.sink is not None:
             self.sink(records, quarantine)
         return records, quarantine
+
+
+# readers' kinds whose units are a table's rows (exported as Parquet rows with the input's columns)
+TABLE_KINDS = frozenset({"parquet", "csv", "tsv", "arrow", "feather", "ipc", "hf_dataset", "hf_datasets", "datasets"})
+
+
+def original_form(path: Path) -> str:
+    """How a file holds its values, for the export: "json" (JSON Lines, JSON) or "row" (a table: Parquet, ...)."""
+    try:
+        kind = sniff(path)[0]
+    except Exception:  # unreadable: iter_units says why, naming the file
+        return "json"
+    return "row" if str(kind).lower() in TABLE_KINDS else "json"
 
 
 def display_names(files: Sequence[Path]) -> dict[Path, str]:

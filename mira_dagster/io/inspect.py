@@ -1,8 +1,10 @@
 """`mira inspect`: what ingest would make of some files, before they are registered. Reads only.
 
 Per file: the format, how many units were read, which layout matched how many (per prompt family when no
-group is given), a few normalised records, the quarantine reasons with counts, and for objects no layout
-matched, their keys and a suggested `fields:` mapping to paste into the registry.
+group is given), a few normalised records, the quarantine reasons with counts; for objects no layout matched or
+whose required fields came out empty, every key seen with an example value and a suggested `fields:` mapping to
+paste into the registry; and keys holding prose a layout left unused (a half match), with a mapping that reads
+them too.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from mira_dagster.core.mapping import compile_mapping, suggest_mapping
-from mira_dagster.core.records import Rejected, printable, to_fields, unit_value
+from mira_dagster.core.layouts import as_text
+from mira_dagster.core.mapping import compile_mapping, suggest_mapping, suggest_with_unused
+from mira_dagster.core.records import Rejected, printable, to_fields, unit_value, unused_text_keys
 from mira_dagster.io.readers import SourceFileError, expand_files, iter_units, sniff
 
 FAMILIES = ("qa_with_think", "agent")  # "qa" reads exactly as qa_with_think
@@ -30,7 +33,12 @@ class FamilyResult:
     first_reason: dict[str, str] = field(default_factory=dict)  # kind -> "line N: reason"
     examples: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
     unmatched_keys: Counter[tuple[str, ...]] = field(default_factory=Counter)
-    first_unmatched: dict[str, Any] | None = None
+    first_unmatched: Any = None
+    # every key of the objects that gave no record (no layout, empty field) -> an example value
+    keys_seen: dict[str, str] = field(default_factory=dict)
+    # keys holding prose a layout left unused -> records, and a mapping that reads them, from the first such record
+    unused: Counter[str] = field(default_factory=Counter)
+    unused_suggestion: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,9 +102,8 @@ def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_b
             layout, fields = to_fields(obj, fam, compiled[fam])  # type: ignore[arg-type]
         except Rejected as rej:
             _count_reason(res, rej, unit.position)
-            if rej.kind == "no layout" and isinstance(obj, dict):
-                res.unmatched_keys[tuple(sorted(map(str, obj))[:12])] += 1
-                res.first_unmatched = res.first_unmatched or obj
+            if rej.kind in ("no layout", "empty field", "not an object") and isinstance(obj, dict | list):
+                _note_keys(res, obj, rej.kind)
             continue
         except Exception as exc:  # same rule as ingest: one object never stops the report
             _count_reason(res, Rejected("error", f"{type(exc).__name__}: {exc}"), unit.position)
@@ -105,6 +112,29 @@ def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_b
         res.layouts[layout] += 1
         if len(res.examples) < examples:
             res.examples.append((unit.position, layout, fields))
+        if compiled[fam] is None and (unused := unused_text_keys(obj, fields)):
+            res.unused.update(unused)
+            res.unused_suggestion = res.unused_suggestion or suggest_with_unused(obj, fields, unused, fam)
+
+
+_MAX_KEYS = 40
+
+
+def _note_keys(res: FamilyResult, obj: dict[str, Any] | list[Any], kind: str) -> None:
+    """The keys of an object that gave no record, each with a first non-empty example value."""
+    if kind == "no layout" and isinstance(obj, dict):
+        res.unmatched_keys[tuple(sorted(map(str, obj))[:12])] += 1
+    if res.first_unmatched is None:
+        res.first_unmatched = obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj[:_MAX_KEYS])
+    for key, value in items:
+        name = str(key) if isinstance(obj, dict) else f"[{key}]"
+        if len(res.keys_seen) >= _MAX_KEYS and name not in res.keys_seen:
+            break
+        text = as_text(value)
+        if not res.keys_seen.get(name) and text.strip():
+            res.keys_seen[name] = text
+        res.keys_seen.setdefault(name, "")
 
 
 def _count_reason(res: FamilyResult, rej: Rejected, position: int) -> None:
@@ -141,9 +171,22 @@ def render_report(reports: list[FileReport], examples: int = 3) -> str:
         if res.unmatched_keys:
             out.append(f"   objects no {fam} layout matched, by keys:")
             out += [f"     {list(keys)}: {n:,}" for keys, n in res.unmatched_keys.most_common(5)]
-            suggestion = suggest_mapping(res.first_unmatched or {}, fam)
+        if res.keys_seen:
+            out.append(f"   keys of the objects that gave no {fam} record, with an example value:")
+            out += [f"     {key}: {_short(text, 70) if text else '(empty)'}" for key, text in res.keys_seen.items()]
+            suggestion = suggest_mapping(res.first_unmatched, fam)
             if suggestion:
                 out.append("   a mapping to start from (registry, under the source; check every path):")
-                snippet = yaml.safe_dump({"fields": suggestion}, sort_keys=False, allow_unicode=True)
-                out += [f"     {line}" for line in snippet.splitlines()]
+                out += _yaml(suggestion)
+        if res.unused:
+            keys = ", ".join(f"{key} ({n:,} records)" for key, n in res.unused.most_common())
+            out.append(f"   WARNING: the layouts left text unused under: {keys}")
+            if res.unused_suggestion:
+                out.append("   a mapping that reads it too (registry, under the source; check every path):")
+                out += _yaml(res.unused_suggestion)
     return "\n".join(out)
+
+
+def _yaml(mapping: dict[str, str]) -> list[str]:
+    snippet = yaml.safe_dump({"fields": mapping}, sort_keys=False, allow_unicode=True)
+    return [f"     {line}" for line in snippet.splitlines()]

@@ -54,7 +54,7 @@ def test_layout_order() -> None:
     assert LAYOUTS["qa"] is LAYOUTS["qa_with_think"]
     assert [name for name, _ in LAYOUTS["qa"]] == [
         *("responses_rollout", "question_answer", "prompt_solution", "instruction_response", "lean_cot_proof"),
-        *("lean_formal", "chat_messages", "sharegpt", "alpaca", "qa_fields"),
+        *("lean_formal", "preference", "preference_hh", "chat_messages", "sharegpt", "alpaca", "qa_fields"),
     ]
     assert [name for name, _ in LAYOUTS["agent"]] == ["responses_rollout", "agent_turns", "sharegpt"]
 
@@ -150,7 +150,9 @@ def test_sharegpt() -> None:
     assert match(plain, "qa") == (
         "sharegpt",
         {
-            "question": "How many positive divisors does 36 have?",
+            # the system prompt is part of the question's context (a conversation is read whole)
+            "question": "### system\nYou are a helpful assistant.\n\n### user\n"
+            "How many positive divisors does 36 have?",
             "thinking": "\n36 = 2^2 * 3^2, so (2+1)(2+1) = 9.\n",
             "answer": "\n\n36 has 9 positive divisors.",
         },
@@ -174,7 +176,11 @@ def test_chat_messages_with_value_parts_and_reasoning() -> None:
     assert {name for name, _ in got} == {"chat_messages"}
     assert [(f["question"], f["thinking"], f["answer"]) for _, f in got] == [
         ("Factor x^2 - 5x + 6.", "Roots multiply to 6 and add to 5: 2 and 3.", "(x - 2)(x - 3)"),
-        ("9.11 and 9.8, which is greater?", "Compare 9.11 and 9.80: 0.80 > 0.11.", "9.8 is greater."),
+        (
+            "### system\nYou are a helpful assistant.\n\n### user\n9.11 and 9.8, which is greater?",
+            "Compare 9.11 and 9.80: 0.80 > 0.11.",
+            "9.8 is greater.",
+        ),
         ("What is 7 * 8?", "7 * 8 = 56.", "56"),
         ("Is 97 prime?", "No divisor among 2, 3, 5, 7 (sqrt 97 < 10).", "Yes, 97 is prime."),
         ("Solve 2x + 3 = 11.", "2x = 8, x = 4.", "x = 4"),

@@ -93,7 +93,7 @@ def test_bad_lines_are_quarantined_with_reasons(tmp_path: Path) -> None:
     reasons = {q.origin_line: q.reason for q in read.quarantined}
     assert reasons[2].startswith("invalid JSON")
     assert reasons[3] == "blank line"
-    assert reasons[4] == "expected a JSON object, got list"
+    assert reasons[4] == "a list that is not a conversation (2 items, the first number)"
     assert reasons[5].startswith("no qa_with_think layout matches keys ['foo']")
     assert "empty required field(s) ['question']" in reasons[6]
     assert reasons[7] == "duplicate of bad.jsonl:1"
@@ -136,16 +136,16 @@ def _while_reading(monkeypatch: pytest.MonkeyPatch, at_line: int, act: Callable[
     """Run `act` (another writer touching the file) just as the reader parses line `at_line`."""
     from mira_dagster.core import records
 
-    parse = records.parse_unit
+    read = records.read_unit
     calls = []
 
-    def parse_and_act(unit: object, family: str, mapping: object, max_bytes: int) -> object:
+    def read_and_act(unit: object, max_bytes: int) -> object:
         calls.append(1)
         if len(calls) == at_line:
             act()
-        return parse(unit, family, mapping, max_bytes)
+        return read(unit, max_bytes)
 
-    monkeypatch.setattr(records, "parse_unit", parse_and_act)
+    monkeypatch.setattr(records, "read_unit", read_and_act)
 
 
 def test_file_replaced_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

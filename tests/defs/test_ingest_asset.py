@@ -157,3 +157,41 @@ def test_a_partition_key_the_registry_does_not_know_fails_in_one_line(tmp_path: 
         error = failure.step_failure_data.error
         assert error is not None and error.cls_name == "Failure"
         assert error.message.strip().splitlines()[-1].endswith(f"unknown source 'ghost': not in {cfg}")
+
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "layouts"
+
+
+def test_preference_both_reconciles_and_a_half_match_is_named_in_the_metadata(tmp_path: Path) -> None:
+    """Two records per pair (units = records + quarantined - second sides); keys a layout left unused, with a
+    mapping that reads them, in raw_records' metadata; the original kept beside the text."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes((FIXTURES / "preference_pairs.jsonl").read_bytes() + (FIXTURES / "hh_rlhf.jsonl").read_bytes())
+    cfg = _registry(
+        tmp_path,
+        {
+            "pairs": {"files": [str(pairs)], "preference": "both"},
+            "svamp": {"files": [str(FIXTURES / "word_problems.jsonl")]},
+        },
+    )
+    mira = MiraResource(config_path=str(cfg), home=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    register_sources(instance, ["pairs", "svamp"])
+
+    result = _materialize(mira, instance, "pairs")
+    assert result.success and _check(result, "lines_reconcile").passed
+    records = pl.read_parquet(tmp_path / "home" / "tables" / "raw_records" / "pairs.parquet")
+    assert records.height == 12 and records["origin_line"].n_unique() == 6
+    assert set(records["layout"]) == {
+        f"{p}:{s}" for p in ("preference", "preference_hh") for s in ("chosen", "rejected")
+    }
+    lines = pairs.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(o) for o in records["original"]] == [json.loads(lines[i - 1]) for i in records["origin_line"]]
+    meta = result.asset_materializations_for_node("raw_records")[0].metadata
+    assert meta["extra_rows"].value == 6 and meta["dagster/row_count"].value == 12
+
+    result = _materialize(mira, instance, "svamp")
+    assert result.success
+    meta = result.asset_materializations_for_node("raw_records")[0].metadata
+    assert meta["unused_text_keys"].value == {"Body": 2}
+    assert meta["suggested_fields"].value["question"] == 'join(`"\\n\\n"`, [Body, Question] | [?@])'
