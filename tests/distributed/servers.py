@@ -120,7 +120,9 @@ def postgres_server() -> Iterator[PostgresServer]:
             owner = pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip(f"running as root and no `postgres` user to run the server as: {INSTALL_HINT}")
-        run_as = ["runuser", "-u", "postgres", "--"]
+        # util-linux's runuser lives in /usr/sbin, which a plain user's PATH (and `env -i`) may not hold
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin") or "runuser"
+        run_as = [runuser, "-u", "postgres", "--"]
     folder = Path(tempfile.mkdtemp(prefix="mira-pg-"))  # not under pytest's tmp_path: 0700 folders of root
     server = None
     try:
