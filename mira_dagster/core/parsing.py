@@ -135,6 +135,13 @@ _ALTERNATIVE = re.compile(
     rf"|[ \t*_`]{{0,4}}(?:[-–—~/]|\(|\[)[ \t*_`(]{{0,4}}(?:or[ \t]{{1,3}})?(?P<n3>{_NUM}){_OF_TEN}",
     re.I,
 )
+# A number and a range or alternative word right before the score: `7-8/10` read as 8 otherwise.
+# A spaced dash counts only right after the slot's separator: in "Dim 5 - 6/10" it is the separator.
+_RANGE_BEFORE = re.compile(
+    rf"(?<![\w.]){_NUM}(?:[-–~]|[ \t]{{1,3}}(?:to|or)[ \t]{{1,3}})[ \t*_`]*$"
+    rf"|(?:^|[:=|—–：])[ \t*_`]*{_NUM}[ \t]{{1,3}}[-–~][ \t*_`]{{1,4}}$",
+    re.I,
+)
 _ARITHMETIC_BEFORE = re.compile(r"\d[ \t]*[+×÷=]|\d[ \t]+[*x][ \t]+\d")  # `*` alone is emphasis
 _ARITHMETIC_AFTER = re.compile(r"[ \t]{0,4}(?:[+×÷=]|[*x][ \t])[ \t]{0,4}\(?-?\d")
 _SKIP_BEFORE_SCORE = " \t*_`(["
@@ -295,13 +302,16 @@ def _split_lists(lines: list[str], kinds: list[_Line], names: _Names, cut: bool)
     return out, cut_at
 
 
+_LIST_VALUE = re.compile(rf"\d|\b(?:{_WORD}|n/a|none|null)\b", re.I)
+
+
 def _list_parts(line: str, names: _Names) -> list[str] | None:
     for sep in (";", "|"):
         parts = line.split(sep)
         if len(parts) < 2:
             continue
         kinds = [_classify(p, names) for p in parts]
-        scored = [k.kind == "slot" and bool(re.search(rf"\d|\b(?:{_WORD})\b", k.body, re.I)) for k in kinds]
+        scored = [k.kind == "slot" and bool(_LIST_VALUE.search(k.body)) for k in kinds]
         keyed = [k.kind == "key" and bool(k.body) for k in kinds]
         if sum(scored) + sum(keyed) < 2:
             continue
@@ -330,21 +340,23 @@ def _assign_names(kinds: list[_Line], names: _Names) -> None:
 
 
 def _last_set(kinds: list[_Line], start: int, issues: list[str]) -> int:
-    """Where the last set of slot lines begins: slot lines that start over at [A1] are a new set."""
-    seen: set[int] = set()
-    begin, sets = start, 0
+    """Where the last set of slot lines begins: slot lines that start over at [A1] after a set of at least two
+    slots are a new set. A last "set" of one slot is a repeat of that slot, not a new answer."""
+    sets: list[tuple[int, set[int]]] = []
     for i in range(start, len(kinds)):
         k = kinds[i]
         if k.kind != "slot":
             continue
-        if not seen:
-            sets = 1
-        elif k.n == 1 and 1 in seen:
-            begin, sets, seen = i, sets + 1, set()
-        seen.add(k.n)
-    if sets > 1:
-        issues.append(f"{sets} sets of slot lines; the last one was read")
-    return begin
+        if not sets:
+            sets.append((start, set()))
+        elif k.n == 1 and 1 in sets[-1][1] and len(sets[-1][1]) > 1:
+            sets.append((i, set()))
+        sets[-1][1].add(k.n)
+    while len(sets) > 1 and len(sets[-1][1]) < 2:
+        sets.pop()
+    if len(sets) > 1:
+        issues.append(f"{len(sets)} sets of slot lines; the last one was read")
+    return sets[-1][0] if sets else start
 
 
 # --- one slot --------------------------------------------------------------------------------------------------
@@ -402,7 +414,7 @@ def _read_slot(rest: str, last_cut: bool) -> _Slot:
             tok = _score_after(rest, sep_end)
         break
     if tok is None:
-        late = _late_score(rest, max(sep_end, 0))
+        late = _late_score(rest, max(sep_end, 0), last_cut)
         if late is None:
             text = rest[sep_end:] if sep_end >= 0 else ""
             return _Slot(None, _rationale(text), "score cut off" if last_cut else "no score")
@@ -421,10 +433,12 @@ def _read_slot(rest: str, last_cut: bool) -> _Slot:
     if den is not None:
         end = den.end()
     after = rest[end:]
-    if last_cut and of != "10" and not (den is None and after.strip()):
-        return _Slot(None, None, "score cut off")  # the number or its denominator may be incomplete
+    if last_cut and not after.strip(" \t.*_`/—–-:|,;()[]"):
+        return _Slot(None, None, "score cut off")  # on the cut line, a score counts once its rationale has begun
     if _ARITHMETIC_BEFORE.search(rest, 0, tok.start()) or _ARITHMETIC_AFTER.match(after):
         return _refuse(f"arithmetic, not a score: {_excerpt(rest)}")
+    if _RANGE_BEFORE.search(rest, 0, tok.start()):
+        return _refuse(f"a range or alternative, not one score: {_excerpt(rest)}")
     alt = _ALTERNATIVE.match(after)
     if alt and not (alt.group("tight") and den is not None and of is not None):
         other = alt.group("n1") or alt.group("n2") or alt.group("n3")
@@ -435,7 +449,7 @@ def _read_slot(rest: str, last_cut: bool) -> _Slot:
     if of is not None and float(of) != 10:
         return _Slot(None, _rationale(after), f"score out of {of}, not 10")
     if den is None and not _BARE_END.match(after):
-        late = _late_score(rest, end)  # "— 2 substitutions, fine — 6/10": the count is text, 6/10 the score
+        late = _late_score(rest, end, last_cut)  # "— 2 substitutions, fine — 6/10": 2 is text, 6/10 the score
         if isinstance(late, tuple):
             return _check(late[0], _rationale(f"{rest[tok.start() : end]}{late[1] and ' ' + late[1] or ''}"))
         return late or _refuse(f"number not in the score position: {_excerpt(rest)}")
@@ -451,12 +465,14 @@ def _excerpt(text: str) -> str:
     return repr(flat if len(flat) <= 40 else flat[:39] + "…")
 
 
-def _late_score(rest: str, sep_end: int) -> tuple[str, str | None] | _Slot | None:
+def _late_score(rest: str, sep_end: int, last_cut: bool = False) -> tuple[str, str | None] | _Slot | None:
     """A score that is not right after the first separator: `(7/10)` at the end, `Score: 7/10`, `: 7/10` after a
     name that holds a dash, or a `x/10` that ends the line after the rationale. Returns (score, rationale); two
-    different ones are refused."""
+    different ones are refused. On a line cut at max_tokens, one that ends the text may be incomplete."""
     found: list[tuple[str, str | None]] = []
     for m in _LATE_SCORE.finditer(rest, sep_end):
+        if last_cut and not rest[m.end() :].strip(" \t.*_`/)]"):
+            return _Slot(None, None, "score cut off")
         if m.group("c") is not None:
             between = rest[sep_end : m.start()]
             if len(between) > 80 or any(ch.isdigit() for ch in between):

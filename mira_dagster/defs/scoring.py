@@ -164,6 +164,7 @@ def _score(
                 sink=lambda job, out: rows.add(job.record, out),
                 total=total,
                 progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
+                slot_names=rubric.names,
             )
         finally:  # a stopped run lets go of the DuckDB reader at once
             if close := getattr(frames, "close", None):
