@@ -9,18 +9,20 @@ slot and the reason, so the record is `partial` or `parse_error` and is asked ag
   is a draft, whatever it holds: nothing from its opening tag on is read. When the slot lines start over at
   `[A1]` (or the first slot's name) the last set is the answer. A reply cut at max_tokens (finish_reason
   "length") keeps only what was complete before the cut.
-- One score per slot. A slot given twice with different scores, a range or an alternative (`9-10/10`,
-  `7 or 8`, `7/10 (8/10)`), arithmetic (`20.00 + 3.00 = 5.00`), a number that is not in the score position
-  (`Clarity: 3 steps are shown`) and two different scores on one line are refused. Repeats of the same score
-  are fine.
+- One score per slot. A slot given twice with different scores, a range, an alternative or a hedge
+  (`9-10/10`, `7 or 8`, `7/10 (8/10)`, `7/10, maybe 8`), arithmetic (`20.00 + 3.00 = 5.00`), a number that is
+  not in the score position (`Clarity: 3 steps are shown`) and another `x/10` on the slot's line
+  (`9/10 → revised to 8/10`) are refused. Repeats of the same score are fine.
 - A slot line STARTS with its `[Ai]` tag (after bullets, numbering, headings, quotes, table pipes, emphasis), or
   with the slot's dimension name when the rubric's names are given (a name used by several slots takes them in
   order); a tag anywhere else is text. A score is the number right after the name and its separator
-  (`7/10`, `(7/10)`, `**7**/10`, `7.5`, `seven`, `7 out of ten`), or a `x/10` (or `Score: x`) that ends the
-  line after the rationale. Whatever follows the score is the rationale.
-- Also read: one JSON object (fenced or not; slot tags or dimension names as keys; a number, a string score or
-  {score, rationale} as values; trailer keys beside them), markdown tables, and several slots (or trailer lines)
-  on one line separated by `;` or `|`.
+  (`7/10`, `(7/10)`, `**7**/10`, `7.5`, `seven`, `7 out of ten`, `7 of 10`), or a `x/10` (or `Score: x`) that
+  ends the line after the rationale, or a `Score: x` line under the slot's line (or under its name as a
+  heading). Whatever follows the score is the rationale.
+- Also read: JSON objects (fenced or not, alone or ending a line of prose; slot tags or dimension names as keys;
+  a number, a string score or {score, rationale} as values, or a list of {slot, score, rationale} objects;
+  trailer keys beside them), markdown tables, and several slots (or trailer lines) on one line separated by `;`
+  or `|`.
 - Trailer lines are matched by key in any order and case (`Overall Score:`, `Training Recommendation:`,
   `Domain Tag:`); the last valid value of a key wins, except `overall`, which given twice with different values
   is not stored. `overall` is on 0-100; a value written out of 10 (`7.8/10`) is converted (78) and the
@@ -75,7 +77,7 @@ _STOP_REASONS = (None, "stop", "length", "eos", "end_turn", "stop_sequence")
 _LEAD = " \t>#*_+-•·|`"
 _NUMBERING = re.compile(r"\(?\d{1,3}[ \t]?[.):|]")
 _TAG = re.compile(
-    r"\[[ \t]?[Aa][ \t]?(\d{1,2})[ \t]?\]|\([Aa](\d{1,2})\)|A(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：]|-[ \t]|$))"
+    r"\[[ \t]?[Aa][ \t]?(\d{1,2})[ \t]?\]|\([Aa](\d{1,2})\)|A(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：(]|-[ \t]|$))"
 )
 _KEY = re.compile(
     r"(?P<key>overall(?:[ _-]?(?:score|rating|quality))?|training[ _-]?recommendation|recommendation"
@@ -101,7 +103,7 @@ _EVENT = re.compile(
 )
 _DENOM = re.compile(
     r"[ \t*_`]{0,4}/[ \t*_`]{0,4}(?P<of>\d+(?:\.\d+)?|ten\b)?"
-    r"|[ \t*_`]{1,4}out[ \t]{1,3}of[ \t]{1,3}(?P<of2>\d+(?:\.\d+)?|ten\b)",
+    r"|[ \t*_`]{1,4}(?:out[ \t]{1,3})?of[ \t]{1,3}(?P<of2>(?<=out of )\d+(?:\.\d+)?|10(?![\d.])|ten\b)",
     re.I,
 )
 _TOKEN = re.compile(
@@ -114,6 +116,7 @@ _TOKEN = re.compile(
 _BARE_END = re.compile(r"[ \t*_`]*(?:$|[—–|;,(\[)\]]|-(?:[ \t]|$)|[.:](?:[ \t]|$))")
 _LABEL = re.compile(r"(?:score|rating|grade)\b[ \t*_`]{0,4}[:=：]?", re.I)
 _LABELLED_SCORE = re.compile(r"(?:score|rating|grade)\b", re.I)
+_NAME_LABEL = re.compile(r"(?:name|dimension|dim|criterion)[ \t*_`]{0,4}[:=：]", re.I)
 _RATIONALE_LABEL = re.compile(r"(?:rationale|justification|reason(?:ing)?|why|comment)[ \t*_`]{0,4}[:=：-]", re.I)
 _NUM = rf"(?:\d+(?:\.\d+)?|{_WORD})"
 _OF_TEN = r"[ \t]?(?:/[ \t]?10(?!\d)|[ \t]out[ \t]of[ \t](?:10(?!\d)|ten\b))"
@@ -131,7 +134,8 @@ _ANY_OF_TEN = re.compile(rf"(?<![\w.])({_NUM}){_OF_TEN}", re.I)
 # Another score right after the score: a range (`9-10`), an alternative (`7 or 8`, `7/10 (8/10)`).
 _ALTERNATIVE = re.compile(
     rf"(?P<tight>[-–~])[ \t]?(?P<n1>{_NUM})"
-    rf"|[ \t*_`]{{0,4}}(?:to|or)[ \t*_`(]{{1,4}}(?P<n2>{_NUM})"
+    rf"|[ \t*_`,;(]{{0,4}}(?:or[ \t]maybe|or[ \t]so|to|or|maybe|perhaps|possibly|arguably|could[ \t]be|might[ \t]be)"
+    rf"[ \t*_`(]{{1,4}}(?P<n2>{_NUM})"
     rf"|[ \t*_`]{{0,4}}(?:[-–—~/]|\(|\[)[ \t*_`(]{{0,4}}(?:or[ \t]{{1,3}})?(?P<n3>{_NUM}){_OF_TEN}",
     re.I,
 )
@@ -213,9 +217,11 @@ def _norm(name: str) -> str:
 
 
 def _after_name(s: str, end: int) -> bool:
-    rest = s[end:].lstrip(" \t*_`")
-    if not rest or s[end : end + 1].isalnum():
+    rest = s[end:].lstrip(" \t*_`#")
+    if s[end : end + 1].isalnum():
         return False
+    if not rest:
+        return True  # the name alone, as a heading: "Score: 7/10" may follow on the next line
     return rest[0] in ":=|—–-([：" or rest[0].isdigit() or bool(re.match(rf"(?:{_WORD})\b", rest, re.I))
 
 
@@ -404,8 +410,8 @@ def _read_slot(rest: str, last_cut: bool) -> _Slot:
         t = ev.group()
         if t[0].isdigit() or t.lower() in _WORDS:
             den = _DENOM.match(rest, ev.end())
-            if den is None:
-                continue  # a number inside the name ("Top 5 Accuracy")
+            if den is None and not (ev.start() == 0 and _BARE_END.match(rest, ev.end())):
+                continue  # a number inside the name ("Top 5 Accuracy"), unless it stands alone: "[A1] 9 — ..."
             tok = _TOKEN.match(rest, ev.start())
         elif t[0] in "nN":
             tok = _TOKEN.match(rest, ev.start())
@@ -453,7 +459,7 @@ def _read_slot(rest: str, last_cut: bool) -> _Slot:
         if isinstance(late, tuple):
             return _check(late[0], _rationale(f"{rest[tok.start() : end]}{late[1] and ' ' + late[1] or ''}"))
         return late or _refuse(f"number not in the score position: {_excerpt(rest)}")
-    for m in _LATE_SCORE.finditer(after):
+    for m in (*_LATE_SCORE.finditer(after), *_ANY_OF_TEN.finditer(after)):  # "7/10 → revised 8/10"
         other = next(g for g in m.groups() if g is not None)
         if _value(other) != _value(number):
             return _refuse(f"two scores on its line ({number}, {other})")
@@ -518,9 +524,12 @@ def _json_answer(lines: list[str], kinds: list[_Line], start: int) -> list[_Obj]
     tries, i = 0, start
     while i < len(lines) and tries < _JSON_MAX_TRIES:
         stripped = lines[i].lstrip(" \t>`")
-        if not stripped.startswith("{"):
-            i += 1
-            continue
+        if not stripped.startswith("{"):  # or a prose line ending in an object: "Result: {...}"
+            brace = lines[i].find("{") if kinds[i].kind == "text" else -1
+            if brace < 0:
+                i += 1
+                continue
+            stripped = lines[i][brace:]
         tries += 1
         at = offsets[i] + len(lines[i]) - len(stripped)
         try:
@@ -745,6 +754,8 @@ def parse_reply(text: str, finish_reason: str | None = None, names: Sequence[str
         # a text line: the score or rationale of the slot just above ("Score: 7/10", "Rationale: ..."),
         # the value of a trailer key written on the line after it, or prose to ignore
         body = _after_lead(k.body)
+        if open_slot is not None and _NAME_LABEL.match(body):
+            continue  # "name: Factual Correctness" under a slot written as fields
         if open_slot is not None and open_slot.score is None and _LABELLED_SCORE.match(body):
             if not open_slot.refused:
                 got = _read_slot(body, last_cut)

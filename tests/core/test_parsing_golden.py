@@ -3,7 +3,7 @@
 Each reply is a file in tests/fixtures/replies/. Group 2 (QA with thinking, a repeated slot name) and group D
 (agent, names with slashes and parentheses) rubrics are used as in the model cards, and the parser is given the
 group's dimension names as the scorer gives them. Rows marked `defect:` are the measured failures of an earlier
-parser; rows 41-70 are the shapes of issue 22: the unambiguous ones read exactly, the ambiguous ones refused
+parser; rows 41-75 are the shapes of issue 22: the unambiguous ones read exactly, the ambiguous ones refused
 (slot missing, the reason in `issues`). At least a third of the rows must refuse something (status not ok).
 """
 
@@ -449,6 +449,25 @@ ROWS = [
         ["A15: given 2 times with different scores (8, 9); none stored"],
         group="D",
     ),
+    # --- held-out shapes found after the first 70 ---
+    # each slot as fields: `A1:` then `name:`, `score:`, `rationale:` lines
+    Row("71_yaml_fields", "ok", AG, AG_TRAILER, group="D", rationales={1: AG_R1}),
+    # the dimension name as a heading, `Score: 9/10` on the next line
+    Row("72_heading_then_score", "ok", QA, QA_TRAILER, rationales={1: QA_R1}),
+    Row(
+        "73_hedged_maybe_revised",
+        "partial",
+        with_(QA, a3=None, a9=None),
+        QA_TRAILER,
+        [
+            "A3: a range or alternative, not one score: 'Educational Value: 8/10, maybe 9'",
+            "A9: two scores on its line (9, 8)",
+        ],
+    ),
+    # one JSON object at the end of a line of prose
+    Row("74_json_after_prose", "ok", AG, AG_TRAILER, group="D", has_rationales=False),
+    # a table of tags and bare numbers
+    Row("75_tag_number_table", "ok", QA, QA_TRAILER, has_rationales=False),
 ]
 
 
