@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         register_partitions(instance, cfg)  # the partitions the sensor would add
         plan = RunPlan(instance, mira, sources, force=args.force)
         gated = False
+        warned: list[str] = []  # failed non-blocking checks: printed after the summary, the run still succeeds
         for phase in plan.phases():
             failures: list[str] = []
             for item in phase():
@@ -101,12 +102,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                     run_config=run_config,
                     tags={"mira/entry": "mira run", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
                 )
+                warned += warning_lines(result, item.label.split(":")[0])
                 if result.success:
                     plan.done(item)
                 else:
                     failures += failure_lines(result, item.label.split(":")[0])
             if failures:
                 print_summary(home, cfg.source_names(), stale_selection=True)
+                for line in warned:
+                    print(f"mira: warning {line}", file=sys.stderr)
                 for line in failures:
                     print(f"mira: FAILED {line}", file=sys.stderr)
                 _report_skipped(cfg)
@@ -122,6 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not step:
             print("mira: nothing changed since the last run; the selection and export stand as they are")
     print_summary(home, cfg.source_names())
+    for line in warned:
+        print(f"mira: warning {line}", file=sys.stderr)
     return _report_skipped(cfg)
 
 
@@ -132,6 +138,15 @@ def _report_skipped(cfg: MiraConfig) -> int:
     if cfg.rejected_files:
         print(f"mira: {len(cfg.rejected_files)} file(s) of watched folders not ingested (above)", file=sys.stderr)
     return 1 if cfg.rejected_files else 0
+
+
+def warning_lines(result: object, where: str) -> list[str]:
+    """One line per failed non-blocking (WARN) check of an in-process run, e.g. degenerate replies and their share."""
+    return [
+        f"{where}: check {ev.asset_key.to_user_string()}.{ev.check_name}: {ev.description or 'failed'}"
+        for ev in result.get_asset_check_evaluations()  # type: ignore[attr-defined]
+        if not ev.passed and str(ev.severity.value) == "WARN"
+    ]
 
 
 def failure_lines(result: object, where: str) -> list[str]:

@@ -160,6 +160,9 @@ class PipelineSettings(BaseModel):
     # Blocking check: a partition whose requests failed (status request_error) more often than this fails, naming
     # the endpoint and the error (a server that is down must not look like a run with nothing to score).
     max_request_error_share: float = Field(0.2, ge=0, le=1)
+    # Blocking check: a partition whose records were not scored (too_long, request_error, parse_error) more often
+    # than this fails, naming the source and the share (most of a source unscored must not pass unnoticed).
+    max_unscored_share: float = Field(0.5, ge=0, le=1)
     # Stage 1: which rubric the scorers use ("configured" = the group's anchors file when it has one).
     rubric_source: Literal["configured", "discovered"] = "configured"
     source_group_k: int = Field(2, ge=1)

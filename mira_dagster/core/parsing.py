@@ -1,28 +1,35 @@
-"""Parsing scorer replies in the contract format, surviving what LLMs actually write.
+"""Parsing scorer replies in the contract format, surviving what LLMs actually write, never inventing a number.
 
-The contract asks for fifteen `[Ai] <name>: <score>/10 — <rationale>` lines and four trailer lines
-(`overall`, `training_recommendation`, `domain_tag`, `brief`). Teachers are reached without constrained
-decoding, so the parser reads every variation seen in practice, by these rules:
+The one rule: a number is stored for a slot only when the reply's FINAL ANSWER gives that slot exactly one score,
+unambiguously, on that slot's own line or field. Everything else leaves the slot missing with an issue naming the
+slot and the reason, so the record is `partial` or `parse_error` and is asked again:
 
-- Reasoning comes first and is skipped: the answer is the text after the LAST closing reasoning tag
-  (`</think>`, `</thinking>`, `</reasoning>`, `◁/think▷`, ...). A reasoning block opened but never closed is
-  read only if the reply was not cut; then, as everywhere, when the slot lines start over at `[A1]` the last
-  set of slot lines wins (a draft followed by the final answer).
-- A slot line STARTS with its `[Ai]` tag, after optional bullets, numbering, headings, quotes, table pipes
-  and emphasis; a tag anywhere else (in a rationale, in the brief) is text. Slots are matched by their tag,
-  never by name (a rubric may repeat a name). A slot given twice in one set keeps the first.
-- A slot's score is the number right after its name: after the first separator (`:`, `=`, `|`, a dash),
-  optionally labelled `Score:`, optionally bracketed `(7/10)`; or a number written with `/10` (or
-  "out of 10") before any separator (`Clarity 7/10 — ...`). Whatever follows is the rationale, whatever it
-  holds (colons, digits, "none", "n/a"). Only a score position holding N/A / none / null means "no score".
-  Scores outside 0-10 and denominators other than 10 are rejected with an issue.
+- Only the final answer counts. Reasoning comes first and is skipped: the answer is the text after the LAST
+  closing reasoning tag (`</think>`, `</reasoning>`, `◁/think▷`, ...). A reasoning block opened and never closed
+  is a draft, whatever it holds: nothing from its opening tag on is read. When the slot lines start over at
+  `[A1]` (or the first slot's name) the last set is the answer. A reply cut at max_tokens (finish_reason
+  "length") keeps only what was complete before the cut.
+- One score per slot. A slot given twice with different scores, a range, an alternative or a hedge
+  (`9-10/10`, `7 or 8`, `7/10 (8/10)`, `7/10, maybe 8`), arithmetic (`20.00 + 3.00 = 5.00`), a number that is
+  not in the score position (`Clarity: 3 steps are shown`) and another `x/10` on the slot's line
+  (`9/10 → revised to 8/10`) are refused. Repeats of the same score are fine.
+- A slot line STARTS with its `[Ai]` tag (after bullets, numbering, headings, quotes, table pipes, emphasis), or
+  with the slot's dimension name when the rubric's names are given (a name used by several slots takes them in
+  order); a tag anywhere else is text. A score is the number right after the name and its separator
+  (`7/10`, `(7/10)`, `**7**/10`, `7.5`, `seven`, `7 out of ten`, `7 of 10`), or a `x/10` (or `Score: x`) that
+  ends the line after the rationale, or a `Score: x` line under the slot's line (or under its name as a
+  heading). Whatever follows the score is the rationale.
+- Also read: JSON objects (fenced or not, alone or ending a line of prose; slot tags or dimension names as keys;
+  a number, a string score or {score, rationale} as values, or a list of {slot, score, rationale} objects;
+  trailer keys beside them), markdown tables, and several slots (or trailer lines) on one line separated by `;`
+  or `|`.
 - Trailer lines are matched by key in any order and case (`Overall Score:`, `Training Recommendation:`,
-  `Domain Tag:`); the last valid value of a key wins. `overall` is on 0-100; a value written out of 10
-  (`7.8/10`, "7.8 out of 10") is converted (78) and the conversion listed in `issues`.
-- Cut off means `finish_reason == "length"`, or no finish_reason and a last line that is obviously
-  truncated. A reply that ended with `stop` is never cut off. On a cut reply a last line's value that may
-  be incomplete is dropped.
-- Code fences, markdown emphasis, blank lines, preambles and closing remarks are ignored.
+  `Domain Tag:`); the last valid value of a key wins, except `overall`, which given twice with different values
+  is not stored. `overall` is on 0-100; a value written out of 10 (`7.8/10`) is converted (78) and the
+  conversion listed in `issues`.
+- Cut off means `finish_reason == "length"`, or no finish_reason and a last line that is obviously truncated.
+  A reply that ended with `stop` is never cut off. On a cut reply a last line's value that may be incomplete is
+  dropped.
 
 Every reply ends in one status: `ok` (15 scores and the four trailer lines), `partial` (some scores),
 or `parse_error` (no score at all). Whatever is wrong is listed in `issues`, so a human can see why.
@@ -31,9 +38,12 @@ Every pattern is anchored or bounded and lines are read once, so parsing stays l
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -67,7 +77,7 @@ _STOP_REASONS = (None, "stop", "length", "eos", "end_turn", "stop_sequence")
 _LEAD = " \t>#*_+-•·|`"
 _NUMBERING = re.compile(r"\(?\d{1,3}[ \t]?[.):|]")
 _TAG = re.compile(
-    r"\[[ \t]?[Aa][ \t]?(\d{1,2})[ \t]?\]|\([Aa](\d{1,2})\)|A(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：]|-[ \t]|$))"
+    r"\[[ \t]?[Aa][ \t]?(\d{1,2})[ \t]?\]|\([Aa](\d{1,2})\)|A(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：(]|-[ \t]|$))"
 )
 _KEY = re.compile(
     r"(?P<key>overall(?:[ _-]?(?:score|rating|quality))?|training[ _-]?recommendation|recommendation"
@@ -83,29 +93,61 @@ _MARKER = re.compile(
 )
 
 # --- inside a slot line --------------------------------------------------------------------------------------
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_WORD = "|".join(_WORDS)
 # The first separator or number after the tag ends the name. A colon between two digits ("3:1") is text.
 _EVENT = re.compile(
-    r"(?<!\d):|:(?!\d)|[=|—–：]|(?<!\S)-(?!\S)|(?<!\S)-(?=\d)|(?<![\w.])(?:\d+(?:\.\d+)?(?!\d)|N/A(?!\w))", re.I
+    r"(?<!\d):|:(?!\d)|[=|—–：]|(?<!\S)-(?!\S)|(?<!\S)-(?=\d)|(?<![\w.])(?:\d+(?:\.\d+)?(?!\d)|N/A(?!\w))"
+    rf"|(?<![\w-])(?:{_WORD})(?![\w-])",
+    re.I,
 )
 _DENOM = re.compile(
-    r"[ \t*_`]{0,4}/[ \t*_`]{0,4}(?P<of>\d+(?:\.\d+)?)?|[ \t*_`]{1,4}out[ \t]{1,3}of[ \t]{1,3}(?P<of2>\d+(?:\.\d+)?)",
+    r"[ \t*_`]{0,4}/[ \t*_`]{0,4}(?P<of>\d+(?:\.\d+)?|ten\b)?"
+    r"|[ \t*_`]{1,4}(?:out[ \t]{1,3})?of[ \t]{1,3}(?P<of2>(?<=out of )\d+(?:\.\d+)?|10(?![\d.])|ten\b)",
     re.I,
 )
 _TOKEN = re.compile(
     r"(?P<num>-?\d+(?:\.\d+|,\d(?=[ \t]?/))?)(?!\w|:\d)"
+    rf"|(?P<word>{_WORD})(?![\w-])"
     r"|(?P<na>n/?a|none|null|nil|unscored|not[ -]applicable)(?=[ \t]{0,3}(?:$|[/)\]|—–:;,.*`(-]))",
     re.I,
 )
+# What may follow a score written without a denominator: the end of the line or a separator before a rationale.
+_BARE_END = re.compile(r"[ \t*_`]*(?:$|[—–|;,(\[)\]]|-(?:[ \t]|$)|[.:](?:[ \t]|$))")
 _LABEL = re.compile(r"(?:score|rating|grade)\b[ \t*_`]{0,4}[:=：]?", re.I)
 _LABELLED_SCORE = re.compile(r"(?:score|rating|grade)\b", re.I)
+_NAME_LABEL = re.compile(r"(?:name|dimension|dim|criterion)[ \t*_`]{0,4}[:=：]", re.I)
 _RATIONALE_LABEL = re.compile(r"(?:rationale|justification|reason(?:ing)?|why|comment)[ \t*_`]{0,4}[:=：-]", re.I)
-# A score placed later on the line: "(7/10)", "[7/10]", "score: 7/10", or ": 7/10" after a name with a dash.
+_NUM = rf"(?:\d+(?:\.\d+)?|{_WORD})"
+_OF_TEN = r"[ \t]?(?:/[ \t]?10(?!\d)|[ \t]out[ \t]of[ \t](?:10(?!\d)|ten\b))"
+# A score placed later on the line: "(7/10)", "[7/10]", "score: 7/10", ": 7/10" after a name with a dash,
+# or a x/10 (or "Score: x") that ends the line after the rationale.
 _LATE_SCORE = re.compile(
-    r"[(\[][ \t]?(?P<a>\d+(?:\.\d+)?)[ \t]?/[ \t]?10[ \t]?[)\]]"
-    r"|(?:score|rating)[ \t*_`]{0,4}[:=]?[ \t*_`]{0,4}(?P<b>\d+(?:\.\d+)?)[ \t]?/[ \t]?10(?!\d)"
-    r"|(?<!\d)[:：][ \t*_`]{0,4}(?P<c>\d+(?:\.\d+)?)[ \t]?/[ \t]?10(?!\d)",
+    rf"[(\[][ \t]?(?P<a>{_NUM}){_OF_TEN}[ \t]?[)\]]"
+    rf"|(?:score|rating)[ \t*_`]{{0,4}}[:=]?[ \t*_`]{{0,4}}(?P<b>{_NUM}){_OF_TEN}"
+    rf"|(?<!\d)[:：][ \t*_`]{{0,4}}(?P<c>{_NUM}){_OF_TEN}"
+    rf"|(?:[—–|,;]|(?<!\S)-)[ \t*_`]{{0,4}}(?P<d>{_NUM}){_OF_TEN}[ \t*_`]{{0,4}}\.?[ \t]*$"
+    rf"|(?:score|rating)[ \t*_`]{{0,4}}[:=][ \t*_`]{{0,4}}(?P<e>{_NUM})[ \t*_`]{{0,4}}[.)]?[ \t]*$",
     re.I,
 )
+_ANY_OF_TEN = re.compile(rf"(?<![\w.])({_NUM}){_OF_TEN}", re.I)
+# Another score right after the score: a range (`9-10`), an alternative (`7 or 8`, `7/10 (8/10)`).
+_ALTERNATIVE = re.compile(
+    rf"(?P<tight>[-–~])[ \t]?(?P<n1>{_NUM})"
+    rf"|[ \t*_`,;(]{{0,4}}(?:or[ \t]maybe|or[ \t]so|to|or|maybe|perhaps|possibly|arguably|could[ \t]be|might[ \t]be)"
+    rf"[ \t*_`(]{{1,4}}(?P<n2>{_NUM})"
+    rf"|[ \t*_`]{{0,4}}(?:[-–—~/]|\(|\[)[ \t*_`(]{{0,4}}(?:or[ \t]{{1,3}})?(?P<n3>{_NUM}){_OF_TEN}",
+    re.I,
+)
+# A number and a range or alternative word right before the score: `7-8/10` read as 8 otherwise.
+# A spaced dash counts only right after the slot's separator: in "Dim 5 - 6/10" it is the separator.
+_RANGE_BEFORE = re.compile(
+    rf"(?<![\w.]){_NUM}(?:[-–~]|[ \t]{{1,3}}(?:to|or)[ \t]{{1,3}})[ \t*_`]*$"
+    rf"|(?:^|[:=|—–：])[ \t*_`]*{_NUM}[ \t]{{1,3}}[-–~][ \t*_`]{{1,4}}$",
+    re.I,
+)
+_ARITHMETIC_BEFORE = re.compile(r"\d[ \t]*[+×÷=]|\d[ \t]+[*x][ \t]+\d")  # `*` alone is emphasis
+_ARITHMETIC_AFTER = re.compile(r"[ \t]{0,4}(?:[+×÷=]|[*x][ \t])[ \t]{0,4}\(?-?\d")
 _SKIP_BEFORE_SCORE = " \t*_`(["
 _SKIP_BEFORE_RATIONALE = " \t*_`)]—–-:|,;.=>："
 
@@ -118,21 +160,69 @@ _OVERALL = re.compile(
 _RECOMMENDATION = re.compile(r"(keep|downsample|down[- ]sample|drop)\b", re.I)
 _ANOTHER_CHOICE = re.compile(r"[ \t]{0,3}[|/,][ \t]{0,3}(?:keep|downsample|down|drop)\b", re.I)
 
+# --- JSON ------------------------------------------------------------------------------------------------------
+_JSON_SLOT_KEY = re.compile(r"\[?[ \t]?[Aa][ \t_-]?(\d{1,2})[ \t]?\]?(?:[ \t_:.-].*)?", re.S)
+_JSON_SCORE = ("score", "rating", "grade", "value")
+_JSON_RATIONALE = ("rationale", "justification", "reason", "reasoning", "comment", "explanation")
+_JSON_SLOT_ID = ("slot", "id", "tag", "key")
+_JSON_NAME = ("dimension", "name", "dim", "criterion")
+_JSON_MAX_TRIES = 50
+
 
 @dataclass
 class _Slot:
     score: float | None
     rationale: str | None
     problem: str | None  # why the score is missing
+    refused: bool = False  # the slot gave something ambiguous: no other line of it can make up for it
 
 
 @dataclass
 class _Line:
     kind: Literal["slot", "key", "text", "blank"]
-    n: int = 0  # slot number
+    n: int = 0  # slot number (0: a dimension name, its slot assigned in order)
     key: str = ""  # trailer key
     alias: bool = False  # a trailer key under another name (summary, domain, recommendation)
     body: str = ""  # the text after the tag or key, or the whole stripped line
+    name: str = ""  # the dimension name the line starts with, when it has no tag
+
+
+class _Names:
+    """The rubric's dimension names: which slots each takes, in order; longest first so a name that extends
+    another ("Plan Quality / Reasoning Transparency (Goal Achievement)") is matched whole."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.slots: dict[str, list[int]] = {}
+        for n, name in enumerate(names, 1):
+            key = _norm(name)
+            if key and n <= N_SLOTS:
+                self.slots.setdefault(key, []).append(n)
+        self.ordered = sorted(self.slots, key=len, reverse=True)
+
+    def match(self, s: str) -> tuple[str, int] | None:
+        """(name, end) when `s` starts with a dimension name followed by a separator or a score."""
+        low = s.lower()
+        for name in self.ordered:
+            if low.startswith(name) and _after_name(s, len(name)):
+                return name, len(name)
+        return None
+
+    def key(self, k: str) -> str | None:
+        norm = _norm(k.replace("_", " "))
+        return norm if norm in self.slots else None
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def _after_name(s: str, end: int) -> bool:
+    rest = s[end:].lstrip(" \t*_`#")
+    if s[end : end + 1].isalnum():
+        return False
+    if not rest:
+        return True  # the name alone, as a heading: "Score: 7/10" may follow on the next line
+    return rest[0] in ":=|—–-([：" or rest[0].isdigit() or bool(re.match(rf"(?:{_WORD})\b", rest, re.I))
 
 
 # --- lines ---------------------------------------------------------------------------------------------------
@@ -144,7 +234,7 @@ def _after_lead(line: str) -> str:
     return s[m.end() :].lstrip(_LEAD) if m else s
 
 
-def _classify(raw: str) -> _Line:
+def _classify(raw: str, names: _Names) -> _Line:
     line = raw.replace("**", "").strip()
     if not line or line.startswith(_FENCE):
         return _Line("blank")
@@ -152,6 +242,10 @@ def _classify(raw: str) -> _Line:
     m = _TAG.match(s)
     if m:
         return _Line("slot", n=int(m.group(1) or m.group(2) or m.group(3)), body=s[m.end() :])
+    got = names.match(s)
+    if got:
+        # the name stays as text without separators or digits, so that `: 7` after it reads as after a tag's name
+        return _Line("slot", name=got[0], body=re.sub(r"[:=|—–：\d-]", " ", s[: got[1]]) + s[got[1] :])
     k = _KEY.match(s)
     if k:
         key = k.group("key").lower()
@@ -169,10 +263,11 @@ def _classify(raw: str) -> _Line:
     return _Line("text", body=line)
 
 
-def _reasoning_split(lines: list[str], kinds: list[_Line], cut: bool, issues: list[str]) -> int:
-    """Cut reasoning out of `lines` in place; return the index of the first answer line."""
+def _reasoning_split(lines: list[str], kinds: list[_Line], names: _Names, cut: bool, issues: list[str]) -> int:
+    """Cut reasoning out of `lines` in place; return the index of the first answer line. An unclosed block makes
+    the whole reply a draft: nothing of it is read."""
     close: tuple[int, int] | None = None
-    opened: tuple[int, int, int, str] | None = None
+    opened: tuple[int, str] | None = None
     for i, line in enumerate(lines):
         if kinds[i].kind in ("slot", "key"):
             continue  # a tag inside a slot or trailer line is text
@@ -180,45 +275,94 @@ def _reasoning_split(lines: list[str], kinds: list[_Line], cut: bool, issues: li
             if m.group("close") or m.group("close2"):
                 close, opened = (i, m.end()), None
             elif opened is None and not line[: m.start()].strip():
-                opened = (i, m.start(), m.end(), m.group())
+                opened = (i, m.group())
     start = 0
     if close is not None:
         i, col = close
         lines[i] = lines[i][col:]
-        kinds[i] = _classify(lines[i])
+        kinds[i] = _classify(lines[i], names)
         start = i
         if not any(k.kind == "slot" for k in kinds[i:]) and any(k.kind == "slot" for k in kinds[:i]):
             issues.append("slot lines only inside the reasoning block (ignored)")
     if opened is not None:
-        i, s, e, tag = opened
+        tag = opened[1]
         if cut:
             issues.append(f"reply cut off inside an unclosed {tag} block; its draft is ignored")
-            lines[i] = lines[i][:s]
-            kinds[i] = _classify(lines[i])
-            del lines[i + 1 :], kinds[i + 1 :]
         else:
-            issues.append(f"unclosed {tag} block; read the last set of slot lines in it")
-            lines[i] = lines[i][:s] + lines[i][e:]
-            kinds[i] = _classify(lines[i])
+            issues.append(f"unclosed {tag} block: the reply is only a draft; nothing in it is read")
+        del lines[:], kinds[:]  # what came before it was superseded by the draft, what follows is the draft
+        return 0
     return start
 
 
+def _split_lists(lines: list[str], kinds: list[_Line], names: _Names, cut: bool) -> tuple[list[_Line], int]:
+    """Lines that hold several slots (or trailer keys) separated by `;` or `|` become one line each. Returns the
+    lines and the index of the one the reply was cut in (-1 if it was not cut)."""
+    out: list[_Line] = []
+    cut_at = -1
+    for i, (line, k) in enumerate(zip(lines, kinds, strict=True)):
+        parts = _list_parts(line, names) if k.kind != "blank" and (";" in line or "|" in line) else None
+        out.extend([_classify(p, names) for p in parts] if parts else [k])
+        if cut and i == len(lines) - 1:
+            cut_at = len(out) - 1
+    return out, cut_at
+
+
+_LIST_VALUE = re.compile(rf"\d|\b(?:{_WORD}|n/a|none|null)\b", re.I)
+
+
+def _list_parts(line: str, names: _Names) -> list[str] | None:
+    for sep in (";", "|"):
+        parts = line.split(sep)
+        if len(parts) < 2:
+            continue
+        kinds = [_classify(p, names) for p in parts]
+        scored = [k.kind == "slot" and bool(_LIST_VALUE.search(k.body)) for k in kinds]
+        keyed = [k.kind == "key" and bool(k.body) for k in kinds]
+        if sum(scored) + sum(keyed) < 2:
+            continue
+        merged: list[str] = []
+        for p, a, b in zip(parts, scored, keyed, strict=True):
+            if a or b or not merged:
+                merged.append(p)
+            else:
+                merged[-1] += sep + p  # a `;` inside a rationale
+        return merged
+    return None
+
+
+def _assign_names(kinds: list[_Line], names: _Names) -> None:
+    """Slot lines that start with a dimension name take its slots in order; the first slot's name once its slots
+    are used up starts a new set (a draft, then the final answer)."""
+    used: Counter[str] = Counter()
+    for k in kinds:
+        if k.kind != "slot" or not k.name:
+            continue
+        slots = names.slots[k.name]
+        if used[k.name] >= len(slots) and slots[0] == 1:
+            used.clear()
+        k.n = slots[min(used[k.name], len(slots) - 1)]
+        used[k.name] += 1
+
+
 def _last_set(kinds: list[_Line], start: int, issues: list[str]) -> int:
-    """Where the last set of slot lines begins: slot lines that start over at [A1] are a new set."""
-    seen: set[int] = set()
-    begin, sets = start, 0
+    """Where the last set of slot lines begins: slot lines that start over at [A1] after a set of at least two
+    slots are a new set. A last "set" of one slot is a repeat of that slot, not a new answer."""
+    sets: list[tuple[int, set[int]]] = []
     for i in range(start, len(kinds)):
         k = kinds[i]
         if k.kind != "slot":
             continue
-        if not seen:
-            sets = 1
-        elif k.n == 1 and 1 in seen:
-            begin, sets, seen = i, sets + 1, set()
-        seen.add(k.n)
-    if sets > 1:
-        issues.append(f"{sets} sets of slot lines; the last one was read")
-    return begin
+        if not sets:
+            sets.append((start, set()))
+        elif k.n == 1 and 1 in sets[-1][1] and len(sets[-1][1]) > 1:
+            sets.append((i, set()))
+        sets[-1][1].add(k.n)
+    while len(sets) > 1 and len(sets[-1][1]) < 2:
+        sets.pop()
+    if len(sets) > 1:
+        issues.append(f"{len(sets)} sets of slot lines; the last one was read")
+    return sets[-1][0] if sets else start
 
 
 # --- one slot --------------------------------------------------------------------------------------------------
@@ -248,17 +392,26 @@ def _score_after(rest: str, p: int) -> re.Match[str] | None:
     return _TOKEN.match(rest, p)
 
 
+def _value(number: str) -> float:
+    low = number.lower()
+    return float(_WORDS.index(low)) if low in _WORDS else float(number.replace(",", "."))
+
+
+def _refuse(problem: str, rationale: str | None = None) -> _Slot:
+    return _Slot(None, rationale, problem, refused=True)
+
+
 def _read_slot(rest: str, last_cut: bool) -> _Slot:
-    """Read `<name> <sep> <score>[/10] <sep> <rationale>` (the text after a slot's tag)."""
+    """Read `<name> <sep> <score>[/10] <sep> <rationale>` (the text after a slot's tag or name)."""
     rest = rest.rstrip().lstrip(" \t*_`:.|)—–：")
     tok: re.Match[str] | None = None
     sep_end = -1
     for ev in _EVENT.finditer(rest):
         t = ev.group()
-        if t[0].isdigit():
+        if t[0].isdigit() or t.lower() in _WORDS:
             den = _DENOM.match(rest, ev.end())
-            if den is None:
-                continue  # a number inside the name ("Top 5 Accuracy")
+            if den is None and not (ev.start() == 0 and _BARE_END.match(rest, ev.end())):
+                continue  # a number inside the name ("Top 5 Accuracy"), unless it stands alone: "[A1] 9 — ..."
             tok = _TOKEN.match(rest, ev.start())
         elif t[0] in "nN":
             tok = _TOKEN.match(rest, ev.start())
@@ -267,51 +420,221 @@ def _read_slot(rest: str, last_cut: bool) -> _Slot:
             tok = _score_after(rest, sep_end)
         break
     if tok is None:
-        late = _late_score(rest, sep_end) if sep_end >= 0 else None
+        late = _late_score(rest, max(sep_end, 0), last_cut)
         if late is None:
             text = rest[sep_end:] if sep_end >= 0 else ""
             return _Slot(None, _rationale(text), "score cut off" if last_cut else "no score")
+        if isinstance(late, _Slot):
+            return late
         return _check(*late)
     if tok.group("na"):
         den = _DENOM.match(rest, tok.end())
         after = rest[den.end() if den else tok.end() :]
         return _Slot(None, _rationale(after), f"no score ({tok.group('na')})")
-    number = tok.group("num")
+    number = tok.group("num") or tok.group("word")
     end = tok.end()
     den = _DENOM.match(rest, end)
     of = (den.group("of") or den.group("of2")) if den else None
+    of = "10" if of is not None and of.lower() == "ten" else of
     if den is not None:
         end = den.end()
     after = rest[end:]
-    if last_cut and of != "10" and not (den is None and after.strip()):
-        return _Slot(None, None, "score cut off")  # the number or its denominator may be incomplete
+    if last_cut and not after.strip(" \t.*_`/—–-:|,;()[]"):
+        return _Slot(None, None, "score cut off")  # on the cut line, a score counts once its rationale has begun
+    if _ARITHMETIC_BEFORE.search(rest, 0, tok.start()) or _ARITHMETIC_AFTER.match(after):
+        return _refuse(f"arithmetic, not a score: {_excerpt(rest)}")
+    if _RANGE_BEFORE.search(rest, 0, tok.start()):
+        return _refuse(f"a range or alternative, not one score: {_excerpt(rest)}")
+    alt = _ALTERNATIVE.match(after)
+    if alt and not (alt.group("tight") and den is not None and of is not None):
+        other = alt.group("n1") or alt.group("n2") or alt.group("n3")
+        if _value(other) != _value(number):
+            return _refuse(f"a range or alternative, not one score: {_excerpt(rest)}")
     if den is not None and of is None:
         return _Slot(None, _rationale(after), f"score {number}/ without a denominator")
     if of is not None and float(of) != 10:
         return _Slot(None, _rationale(after), f"score out of {of}, not 10")
+    if den is None and not _BARE_END.match(after):
+        late = _late_score(rest, end, last_cut)  # "— 2 substitutions, fine — 6/10": 2 is text, 6/10 the score
+        if isinstance(late, tuple):
+            return _check(late[0], _rationale(f"{rest[tok.start() : end]}{late[1] and ' ' + late[1] or ''}"))
+        return late or _refuse(f"number not in the score position: {_excerpt(rest)}")
+    for m in (*_LATE_SCORE.finditer(after), *_ANY_OF_TEN.finditer(after)):  # "7/10 → revised 8/10"
+        other = next(g for g in m.groups() if g is not None)
+        if _value(other) != _value(number):
+            return _refuse(f"two scores on its line ({number}, {other})")
     return _check(number, _rationale(after))
 
 
-def _late_score(rest: str, sep_end: int) -> tuple[str, str | None] | None:
-    """A score that is not right after the first separator: `(7/10)` at the end, `Score: 7/10`, or
-    `: 7/10` after a name that holds a dash. Returns (score, rationale)."""
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= 40 else flat[:39] + "…")
+
+
+def _late_score(rest: str, sep_end: int, last_cut: bool = False) -> tuple[str, str | None] | _Slot | None:
+    """A score that is not right after the first separator: `(7/10)` at the end, `Score: 7/10`, `: 7/10` after a
+    name that holds a dash, or a `x/10` that ends the line after the rationale. Returns (score, rationale); two
+    different ones are refused. On a line cut at max_tokens, one that ends the text may be incomplete."""
+    found: list[tuple[str, str | None]] = []
     for m in _LATE_SCORE.finditer(rest, sep_end):
+        if last_cut and not rest[m.end() :].strip(" \t.*_`/)]"):
+            return _Slot(None, None, "score cut off")
         if m.group("c") is not None:
             between = rest[sep_end : m.start()]
             if len(between) > 80 or any(ch.isdigit() for ch in between):
                 continue
-            return m.group("c"), _rationale(rest[m.end() :])
-        value = m.group("a") or m.group("b")
-        text = f"{rest[sep_end : m.start()].strip()} {rest[m.end() :].strip()}"
-        return value, _rationale(text)
-    return None
+            found.append((m.group("c"), _rationale(rest[m.end() :])))
+            continue
+        value = next(g for g in m.groups() if g is not None)
+        found.append((value, _rationale(f"{rest[sep_end : m.start()].strip()} {rest[m.end() :].strip()}")))
+    if not found:
+        return None
+    # away from the score position, any other x/10 on the line makes it ambiguous ("(7/10), though I'd say 5/10")
+    found += [(m.group(1), None) for m in _ANY_OF_TEN.finditer(rest, sep_end)]
+    distinct = list(dict.fromkeys(_value(v) for v, _ in found))
+    if len(distinct) > 1:
+        return _refuse(f"{len(distinct)} different scores on its line ({', '.join(f'{v:g}' for v in distinct)})")
+    return found[0]
 
 
 def _check(number: str, rationale: str | None) -> _Slot:
-    value = float(number.replace(",", "."))
+    value = _value(number)
     if not 0 <= value <= 10:
         return _Slot(None, rationale, f"score {number} outside 0-10")
     return _Slot(value, rationale, None)
+
+
+# --- JSON ------------------------------------------------------------------------------------------------------
+
+
+class _Obj(list[tuple[str, Any]]):
+    """A JSON object as its (key, value) pairs in order, repeated keys kept."""
+
+
+def _json_answer(lines: list[str], kinds: list[_Line], start: int) -> list[_Obj]:
+    """The JSON objects of the answer that open on a line of their own; their lines are blanked for the line
+    reader."""
+    decoder = json.JSONDecoder(object_pairs_hook=_Obj)
+    offsets, pos = [], 0
+    for line in lines:
+        offsets.append(pos)
+        pos += len(line) + 1
+    text = "\n".join(lines)
+    found: list[_Obj] = []
+    tries, i = 0, start
+    while i < len(lines) and tries < _JSON_MAX_TRIES:
+        stripped = lines[i].lstrip(" \t>`")
+        if not stripped.startswith("{"):  # or a prose line ending in an object: "Result: {...}"
+            brace = lines[i].find("{") if kinds[i].kind == "text" else -1
+            if brace < 0:
+                i += 1
+                continue
+            stripped = lines[i][brace:]
+        tries += 1
+        at = offsets[i] + len(lines[i]) - len(stripped)
+        try:
+            obj, end = decoder.raw_decode(text, at)
+        except ValueError:
+            i += 1
+            continue
+        last = i
+        while last + 1 < len(lines) and offsets[last + 1] < end:
+            last += 1
+        if isinstance(obj, _Obj):
+            found.append(obj)
+            for j in range(i, last + 1):
+                kinds[j] = _Line("blank")
+        i = last + 1
+    return found
+
+
+def _walk_json(
+    obj: _Obj,
+    names: _Names,
+    entries: dict[int, list[_Slot]],
+    values: dict[str, list[tuple[object, str | None, bool]]],
+    used: Counter[str],
+    depth: int = 0,
+) -> None:
+    for key, value in obj:
+        k = str(key).strip()
+        n = _json_slot(k, names, used)
+        if n is not None:
+            entries.setdefault(n, []).append(_json_slot_value(value))
+            continue
+        t = _KEY.match(k.replace("_", " ") + ":")
+        if t and t.end() == len(k) + 1 and not isinstance(value, _Obj | list):
+            line = _classify(k + ": x", names)
+            if line.kind == "key":
+                values[line.key].append((*_trailer_value(line.key, str(value)), line.alias))
+            continue
+        if depth < 3 and isinstance(value, _Obj):
+            _walk_json(value, names, entries, values, used, depth + 1)
+        elif depth < 3 and isinstance(value, list):
+            for item in value:
+                if isinstance(item, _Obj):
+                    _json_item(item, names, entries, values, used, depth + 1)
+
+
+def _json_item(
+    item: _Obj,
+    names: _Names,
+    entries: dict[int, list[_Slot]],
+    values: dict[str, list[tuple[object, str | None, bool]]],
+    used: Counter[str],
+    depth: int,
+) -> None:
+    """An element of a list of slots: `{"slot": "A1", "name": ..., "score": 9, "rationale": ...}`."""
+    fields = {str(k).strip().lower(): v for k, v in reversed(item)}
+    n = next((_json_slot(str(fields[f]), names, used) for f in _JSON_SLOT_ID if f in fields), None)
+    if n is None and isinstance(fields.get("slot"), int) and not isinstance(fields["slot"], bool):
+        n = fields["slot"] if 1 <= fields["slot"] <= N_SLOTS else None
+    if n is None:
+        n = next((_json_slot(str(fields[f]), names, used) for f in _JSON_NAME if f in fields), None)
+    if n is not None:
+        entries.setdefault(n, []).append(_json_slot_value(item))
+    else:
+        _walk_json(item, names, entries, values, used, depth)
+
+
+def _json_slot(key: str, names: _Names, used: Counter[str]) -> int | None:
+    m = _JSON_SLOT_KEY.fullmatch(key)
+    if m and 1 <= int(m.group(1)) <= N_SLOTS:
+        return int(m.group(1))
+    name = names.key(key)
+    if name is None:
+        return None
+    slots = names.slots[name]
+    if used[name] >= len(slots) and slots[0] == 1:
+        used.clear()
+    used[name] += 1
+    return slots[min(used[name] - 1, len(slots) - 1)]
+
+
+def _json_slot_value(value: object) -> _Slot:
+    rationale = None
+    if isinstance(value, _Obj):
+        fields = {str(k).strip().lower(): v for k, v in value}
+        r = next((fields[f] for f in _JSON_RATIONALE if f in fields), None)
+        rationale = r.strip() or None if isinstance(r, str) else None
+        scores = [v for k, v in value if str(k).strip().lower() in _JSON_SCORE]
+        if len({json.dumps(v) for v in scores}) > 1:
+            return _refuse(f"{len(scores)} different scores in its field", rationale)
+        if not scores:
+            return _Slot(None, rationale, "no score")
+        value = scores[0]
+    if value is None:
+        return _Slot(None, rationale, "no score (null)")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return _refuse(f"not a score: {_excerpt(json.dumps(value))}", rationale)
+    if isinstance(value, int | float):
+        got = _check(repr(float(value)), rationale)
+        if got.problem:
+            got.problem = f"score {value} outside 0-10"
+        return got
+    got = _read_slot(f"score: {value}", last_cut=False)
+    got.rationale = rationale or got.rationale
+    return got
 
 
 # --- trailer ---------------------------------------------------------------------------------------------------
@@ -343,11 +666,11 @@ def _trailer_value(key: str, value: str) -> tuple[object, str | None]:
     return (v or None), None
 
 
-def _truncated_tail(text: str, last: str) -> bool:
+def _truncated_tail(text: str, last: str, names: _Names) -> bool:
     """Without a finish_reason: does the reply end in the middle of a line it was writing?"""
     if not text or text.endswith("\n") or not last.strip():
         return False
-    k = _classify(last)
+    k = _classify(last, names)
     if k.kind == "slot":
         return _read_slot(k.body, last_cut=True).problem == "score cut off"
     if k.kind == "key":
@@ -363,36 +686,61 @@ def _truncated_tail(text: str, last: str) -> bool:
 # --- the reply ---------------------------------------------------------------------------------------------------
 
 
-def parse_reply(text: str, finish_reason: str | None = None) -> ScoreResult:
-    """Parse a reply; `finish_reason == "length"` marks it as cut at max_tokens, `stop` as complete."""
+def _resolve(n: int, got: list[_Slot], issues: list[str]) -> _Slot:
+    """One slot's lines (or fields) in the final answer: exactly one score, or none with the reason."""
+    refused = [s for s in got if s.refused]
+    scored = [s for s in got if s.score is not None]
+    rationale = next((s.rationale for s in scored or got if s.rationale), None)
+    if refused:
+        return _Slot(None, rationale, refused[0].problem)
+    distinct = sorted({s.score for s in scored if s.score is not None})
+    if len(distinct) > 1:
+        shown = ", ".join(f"{v:g}" for v in distinct)
+        return _Slot(None, rationale, f"given {len(scored)} times with different scores ({shown}); none stored")
+    if scored:
+        if len(got) > 1:
+            issues.append(f"A{n} repeated with the same score")
+        return _Slot(distinct[0], scored[0].rationale, None)
+    return got[0]
+
+
+def parse_reply(text: str, finish_reason: str | None = None, names: Sequence[str] = ()) -> ScoreResult:
+    """Parse a reply; `finish_reason == "length"` marks it as cut at max_tokens, `stop` as complete. `names`, the
+    rubric's dimension names in slot order, lets slot lines and JSON keys name a slot instead of tagging it."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
+    dims = _Names(names)
     issues: list[str] = []
     if finish_reason not in _STOP_REASONS:
         issues.append(f"finish_reason {finish_reason!r}")
-    cut = finish_reason == "length" or (finish_reason is None and _truncated_tail(text, lines[-1]))
-    last_index = len(lines) - 1
-    kinds = [_classify(line) for line in lines]
-    start = _reasoning_split(lines, kinds, cut, issues)
-    start = _last_set(kinds, start, issues)
+    cut = finish_reason == "length" or (finish_reason is None and _truncated_tail(text, lines[-1], dims))
+    kinds = [_classify(line, dims) for line in lines]
+    start = _reasoning_split(lines, kinds, dims, cut, issues)
+    answer_cut = cut and bool(lines)  # a draft dropped whole was cut, not the answer
+    objects = _json_answer(lines, kinds, start)
+    kinds, cut_at = _split_lists(lines[start:], kinds[start:], dims, answer_cut)
+    _assign_names(kinds, dims)
+    start = _last_set(kinds, 0, issues)
 
-    slots: dict[int, _Slot] = {}
+    entries: dict[int, list[_Slot]] = {}
     values: dict[str, list[tuple[object, str | None, bool]]] = {k: [] for k in TRAILER_KEYS}
+    used: Counter[str] = Counter()
+    for obj in objects:
+        _walk_json(obj, dims, entries, values, used)
     open_slot: _Slot | None = None  # a slot line whose score or rationale may follow on the next lines
     open_key: _Line | None = None  # a trailer key whose value may follow on the next line
     for i in range(start, len(kinds)):
         k = kinds[i]
-        last_cut = cut and i == last_index
+        last_cut = i == cut_at
         if k.kind == "blank":
             continue
         if k.kind == "slot":
             open_slot = open_key = None
             if not 1 <= k.n <= N_SLOTS:
                 issues.append(f"slot A{k.n} does not exist")
-            elif k.n in slots:
-                issues.append(f"A{k.n} repeated; first kept")
             else:
-                slots[k.n] = open_slot = _read_slot(k.body, last_cut)
+                open_slot = _read_slot(k.body, last_cut)
+                entries.setdefault(k.n, []).append(open_slot)
             continue
         if k.kind == "key":
             open_slot = open_key = None
@@ -406,10 +754,13 @@ def parse_reply(text: str, finish_reason: str | None = None) -> ScoreResult:
         # a text line: the score or rationale of the slot just above ("Score: 7/10", "Rationale: ..."),
         # the value of a trailer key written on the line after it, or prose to ignore
         body = _after_lead(k.body)
+        if open_slot is not None and _NAME_LABEL.match(body):
+            continue  # "name: Factual Correctness" under a slot written as fields
         if open_slot is not None and open_slot.score is None and _LABELLED_SCORE.match(body):
-            got = _read_slot(body, last_cut)
-            open_slot.score, open_slot.problem = got.score, got.problem
-            open_slot.rationale = open_slot.rationale or got.rationale
+            if not open_slot.refused:
+                got = _read_slot(body, last_cut)
+                open_slot.score, open_slot.problem, open_slot.refused = got.score, got.problem, got.refused
+                open_slot.rationale = open_slot.rationale or got.rationale
         elif open_slot is not None and open_slot.rationale is None and not last_cut:
             open_slot.rationale = _rationale(body)
         elif open_key is not None and not last_cut:
@@ -419,12 +770,12 @@ def parse_reply(text: str, finish_reason: str | None = None) -> ScoreResult:
             open_slot = open_key = None
 
     res = ScoreResult(status="parse_error")
-    for n in sorted(slots):
-        s = slots[n]
+    for n in sorted(entries):
+        s = _resolve(n, entries[n], issues)
         res.scores[n - 1], res.rationales[n - 1] = s.score, s.rationale
         if s.problem:
             issues.append(f"A{n}: {s.problem}")
-    missing = [f"A{s}" for s in range(1, N_SLOTS + 1) if s not in slots]
+    missing = [f"A{s}" for s in range(1, N_SLOTS + 1) if s not in entries]
     if missing:
         issues.append(f"missing slots {','.join(missing)}")
     absent = []
@@ -432,7 +783,10 @@ def parse_reply(text: str, finish_reason: str | None = None) -> ScoreResult:
         got = [(v, note) for v, note, _ in values[key] if v is not None]
         exact = [(v, note) for v, note, alias in values[key] if v is not None and not alias]
         got = exact or got  # `brief:` wins over `Summary:`, `domain_tag:` over `Domain:`
-        if got:
+        if key == "overall" and len({v for v, _ in got}) > 1:
+            shown = ", ".join(f"{v:g}" for v in sorted({v for v, _ in got}))  # type: ignore[type-var,str-format]
+            issues.append(f"overall given {len(got)} times with different values ({shown}); none stored")
+        elif got:
             value, note = got[-1]
             setattr(res, "recommendation" if key == "training_recommendation" else key, value)
             if note:

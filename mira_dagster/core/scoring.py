@@ -226,6 +226,7 @@ def run_scorer(
     total: int,
     reask: bool = True,
     progress: Callable[[RunStats], None] | None = None,
+    slot_names: Sequence[str] = (),
 ) -> RunStats:
     """Score the chunks' jobs with the pipeline's limits, the one way every asset scores: prompts that do not fit the
     server's context (`context_length`) are never sent, at most the backend's capacity (or max_in_flight) requests
@@ -247,6 +248,7 @@ def run_scorer(
                 batch_size=settings.write_batch_size,
                 parse_retries=settings.parse_retries if reask else 0,
                 progress=progress,
+                slot_names=slot_names,
             )
         finally:
             if close := getattr(backend, "aclose", None):
@@ -269,6 +271,7 @@ async def score_stream(
     parse_retries: int = 0,
     progress: Callable[[RunStats], None] | None = None,
     progress_every_s: float = 5.0,
+    slot_names: Sequence[str] = (),
 ) -> RunStats:
     """Score chunk after chunk through one bounded queue: `max_in_flight` workers take requests from a queue of at
     most `max_in_flight` prepared jobs, so the next chunk's requests go out while the last ones of the previous
@@ -279,7 +282,7 @@ async def score_stream(
     scored once and each of its jobs gets the outcome; `total` is only for the progress line.
     """
     writer = cache.writer(spec.version, batch_size)
-    run = _Run(spec, backend, writer, RunStats(total=total), max_model_len, 1 + max(parse_retries, 0), sink)
+    run = _Run(spec, backend, writer, RunStats(total=total), max_model_len, 1 + max(parse_retries, 0), sink, slot_names)
     queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=max_in_flight)
     workers = [asyncio.create_task(run.work(queue)) for _ in range(max_in_flight)]
 
@@ -355,6 +358,7 @@ class _Run:
     max_model_len: int
     max_attempts: int
     sink: Sink
+    slot_names: Sequence[str] = ()  # the rubric's dimension names: replies may name slots instead of tagging them
 
     async def feed(
         self, chunk: Chunk, cached: dict[str, list[Completion]], queue: asyncio.Queue[_Pending | None]
@@ -369,7 +373,7 @@ class _Run:
             if rid in repeats.waiting:
                 repeats.waiting[rid].append(job)
                 continue
-            prior = [Attempt(parse_reply(c.text, c.finish_reason), c) for c in cached.pop(rid, ())]
+            prior = [Attempt(parse_reply(c.text, c.finish_reason, self.slot_names), c) for c in cached.pop(rid, ())]
             if prior and not wants_more(prior, self.max_attempts):
                 self.stats.from_cache += 1
                 self._settled(job, _best_outcome(rid, prior, cached=True), repeats)
@@ -408,7 +412,7 @@ class _Run:
                 error = reply
             else:
                 self.writer.add(rid, reply, attempt)
-                tried.append(Attempt(parse_reply(reply.text, reply.finish_reason), reply))
+                tried.append(Attempt(parse_reply(reply.text, reply.finish_reason, self.slot_names), reply))
             reasked = reasked or (attempt > 0 and _went_out(reply))
         return _settle(rid, tried, error, reasked=reasked, stats=self.stats)
 

@@ -28,7 +28,7 @@ from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.llm_client import OpenAIBackend
-from mira_dagster.io.store import Store
+from mira_dagster.io.store import Store, load_sql
 
 PREVIEW = ["record_id", "status", "a1", "a2", "a3", "overall", "recommendation", "domain_tag", "brief"]
 
@@ -78,6 +78,7 @@ class Tally:
     tokens: Counter[str] = field(default_factory=Counter)
     splits: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0  # rows whose record_id another row has; counted over the written partition
+    degenerate: dict[str, int] = field(default_factory=dict)  # sql/degenerate_replies.sql over the written partition
     preview: pl.DataFrame | None = None
 
     def add(self, df: pl.DataFrame) -> None:
@@ -164,12 +165,14 @@ def _score(
                 sink=lambda job, out: rows.add(job.record, out),
                 total=total,
                 progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
+                slot_names=rubric.names,
             )
         finally:  # a stopped run lets go of the DuckDB reader at once
             if close := getattr(frames, "close", None):
                 close()
         rows.flush()
     tally.duplicates = _duplicates(store, table, source) if tally.rows else 0
+    tally.degenerate = degenerate_replies(store, table, source) if tally.rows else {}
     # Endpoint.redacted() drops user:password@ and query strings; the offline stand-in has no endpoint
     endpoint = f"endpoint {backend.endpoint.redacted()}" if isinstance(backend, OpenAIBackend) else "offline stand-in"
     refs = len(rubric.references())
@@ -202,6 +205,14 @@ def _duplicates(store: Store, table: str, source: str) -> int:
     """Rows of the written partition whose record_id another row has (source names are safe SQL literals)."""
     sql = f"SELECT count(*) - count(DISTINCT record_id) FROM {table} WHERE source = '{source}'"
     return int(store.query_sql(sql).item())
+
+
+def degenerate_replies(store: Store, table: str, source: str) -> dict[str, int]:
+    """Counts of replies that parsed but say little (sql/degenerate_replies.sql) in the written partition."""
+    with store.connect() as con:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW scores_partition AS SELECT * FROM {table}")
+        row = con.sql(load_sql("degenerate_replies"), params={"source": source}).pl().row(0, named=True)
+    return {k: int(v or 0) for k, v in row.items()}
 
 
 def _client_meta(backend: object) -> dict[str, Any]:
@@ -259,11 +270,16 @@ def _pct(x: float) -> str:
     return f"{x:.0%}" if x in (0.0, 1.0) or 0.01 <= x <= 0.99 else f"{x:.1%}"
 
 
+def _who(scored: Scored, source: str) -> str:
+    """Who scored which source, as every scoring check's description starts."""
+    return f"{scored.role} {scored.endpoint} (model {scored.model}), source {source}"
+
+
 def _request_error_check(asset: str, source: str, scored: Scored, limit: float) -> dg.AssetCheckResult:
     tally = scored.tally
     failed, to_send, errors = tally.failed, tally.to_send, tally.top_errors()
     share = failed / to_send if to_send else 0.0
-    who = f"{scored.role} {scored.endpoint} (model {scored.model}), source {source}"
+    who = _who(scored, source)
     if not to_send:
         what = "no request to send (every record cached, too long or invalid)"
     else:
@@ -285,6 +301,63 @@ def _request_error_check(asset: str, source: str, scored: Scored, limit: float) 
             "threshold": limit,
             "scorer": scored.endpoint,
             "top_errors": dg.MetadataValue.json(dict(errors[:5])),
+        },
+    )
+
+
+# Records that were not scored: never sent for length, failed for good, or answered with nothing readable.
+UNSCORED = ("too_long", "request_error", "parse_error")
+# The degenerate_replies check warns above this share of scored replies (it never blocks: the scores are what the
+# scorer said; a human decides whether the scorer is fit).
+DEGENERATE_WARN_SHARE = 0.2
+_DEGENERATE_KINDS = {
+    "constant_slots": "the same score in all 15 slots",
+    "repeated_scores": "the same 15 scores as another record",
+    "wordless_rationale": "a rationale without a word",
+    "wordless_brief": "a brief under three words",
+    "repeated_brief": "the same brief as another record",
+}
+
+
+def _unscored_check(asset: str, source: str, scored: Scored, limit: float) -> dg.AssetCheckResult:
+    counts = scored.tally.counts
+    records = sum(counts.values())
+    unscored = {k: counts.get(k, 0) for k in UNSCORED if counts.get(k, 0)}
+    n = sum(unscored.values())
+    share = n / records if records else 0.0
+    parts = ", ".join(f"{v} {k}" for k, v in unscored.items())
+    what = f"{n} of {records} records not scored ({_pct(share)}, limit {_pct(limit)})" + (f": {parts}" if parts else "")
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name="unscored_share",
+        passed=share <= limit,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{_who(scored, source)}: {what}",
+        metadata={"unscored": n, "records": records, "unscored_share": share, "threshold": limit, **unscored},
+    )
+
+
+def degenerate_share(degenerate: dict[str, int]) -> float:
+    scored = degenerate.get("scored", 0)
+    return degenerate.get("degenerate", 0) / scored if scored else 0.0
+
+
+def _degenerate_check(asset: str, source: str, scored: Scored) -> dg.AssetCheckResult:
+    found = scored.tally.degenerate
+    share = degenerate_share(found)
+    kinds = [(k, found.get(k, 0)) for k in _DEGENERATE_KINDS if found.get(k, 0)]
+    what = "; ".join(f"{n} {_DEGENERATE_KINDS[k]}" for k, n in sorted(kinds, key=lambda kv: -kv[1]))
+    head = f"{found.get('degenerate', 0)} of {found.get('scored', 0)} scored replies degenerate ({_pct(share)})"
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name="degenerate_replies",
+        passed=share <= DEGENERATE_WARN_SHARE,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{_who(scored, source)}: {head}" + (f": {what}" if what else ""),
+        metadata={
+            "degenerate_share": share,
+            "threshold": DEGENERATE_WARN_SHARE,
+            **{k: int(v) for k, v in found.items()},
         },
     )
 
@@ -311,6 +384,10 @@ def _scoring_metadata(scored: Scored) -> dict[str, Any]:
         "wall_time_s": round(stats.elapsed, 3),
         **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in scored.client.items()},
         "calibration_references": scored.references,
+        "unscored_share": (
+            sum(tally.counts.get(k, 0) for k in UNSCORED) / sum(tally.counts.values()) if tally.rows else 0.0
+        ),
+        "degenerate_share": degenerate_share(tally.degenerate),
         **({"warnings": dg.MetadataValue.json(list(scored.warnings))} if scored.warnings else {}),
     }
 
@@ -347,6 +424,8 @@ def _checks(
             metadata={"records_in": records_in, "records_with_status": accounted, "duplicate_rows": tally.duplicates},
         ),
         _request_error_check(asset, source, scored, settings.max_request_error_share),
+        _unscored_check(asset, source, scored, settings.max_unscored_share),
+        _degenerate_check(asset, source, scored),
     ]
 
 
@@ -378,6 +457,24 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
                 "Share of request_error among the records this run had to send (not cached, not too_long or "
                 "invalid_input) stays under pipeline.max_request_error_share; a failure names the endpoint and the "
                 "commonest error, so a scorer that is down fails its partition instead of scoring nothing."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            "unscored_share",
+            asset=asset,
+            blocking=True,
+            description=(
+                "Share of the partition's records that were not scored (too_long, request_error, parse_error) stays "
+                "under pipeline.max_unscored_share; a failure names the source and the share."
+            ),
+        ),
+        dg.AssetCheckSpec(
+            "degenerate_replies",
+            asset=asset,
+            blocking=False,
+            description=(
+                "Warns when more than 20% of the scored replies are degenerate: the same score in every slot, the "
+                "same scores as another record, rationales or briefs without words, the same brief repeated."
             ),
         ),
     ]

@@ -81,12 +81,20 @@ def test_missing_slot_is_partial() -> None:
     assert "missing slots A7" in r.issues
 
 
-def test_duplicated_slot_keeps_first() -> None:
+def test_slot_given_twice_with_different_scores_is_refused() -> None:
+    # was: the first kept, status ok (a number the reply does not give unambiguously)
     text = contract().replace("[A2] Dim 2: 2/10 — reason 2", "[A2] Dim 2: 2/10 — reason 2\n[A2] Dim 2: 9/10 — again")
     r = parse_reply(text)
-    assert r.scores[1] == 2.0
-    assert "A2 repeated; first kept" in r.issues
-    assert r.status == "ok"
+    assert r.scores[1] is None
+    assert "A2: given 2 times with different scores (2, 9); none stored" in r.issues
+    assert r.status == "partial"
+
+
+def test_slot_given_twice_with_the_same_score_is_kept() -> None:
+    text = contract().replace("[A2] Dim 2: 2/10 — reason 2", "[A2] Dim 2: 2/10 — reason 2\n[A2] Dim 2: 2/10 — again")
+    r = parse_reply(text)
+    assert r.scores[1] == 2.0 and r.rationales[1] == "reason 2" and r.status == "ok"
+    assert r.issues == ["A2 repeated with the same score"]
 
 
 def test_repeated_names_are_matched_by_slot() -> None:
@@ -253,17 +261,26 @@ def test_reasoning_tag_mentioned_in_a_rationale_is_text() -> None:
     assert r.scores[0] == 1.0
 
 
-def test_last_valid_trailer_value_wins() -> None:
+def test_overall_given_twice_with_different_values_is_refused() -> None:
+    # was: the last kept (80); a prose line under the key is not a value
     text = "Overall: the record is strong.\n" + contract(trailer=TRAILER + "overall: 80\n")
     r = parse_reply(text, "stop")
-    assert r.overall == 80.0
-    assert r.issues == ["overall given 2 times with different values; last kept"]
+    assert r.overall is None and r.status == "partial"
+    assert r.issues == ["overall given 2 times with different values (72, 80); none stored"]
 
 
-def test_unclosed_think_without_draft_is_read() -> None:
+def test_last_valid_trailer_text_wins() -> None:
+    text = contract(trailer=TRAILER + "domain_tag: algebra\n")
+    r = parse_reply(text, "stop")
+    assert r.domain_tag == "algebra"
+    assert r.issues == ["domain_tag given 2 times with different values; last kept"]
+
+
+def test_unclosed_think_is_only_a_draft() -> None:
+    # was: read as the answer (status ok); an unclosed reasoning block is a draft, asked again
     r = parse_reply("<think>\nThe record is fine.\n" + contract(), "stop")
-    assert r.status == "ok"
-    assert r.issues == ["unclosed <think> block; read the last set of slot lines in it"]
+    assert r.status == "parse_error" and r.scores == [None] * 15
+    assert r.issues[0] == "unclosed <think> block: the reply is only a draft; nothing in it is read"
 
 
 def _best_ms(*texts: str) -> list[float]:

@@ -278,3 +278,54 @@ def test_old_cache_without_attempt_column_loads_as_attempt_0(tmp_path: Path, old
     assert attempts_on_disk(cache) == {"r0": [0, 1], "r1": [0], "r2": [0, 1]}
     assert cache.load(SPEC.version, ["r0"])["r0"].text == OK
     assert cache.count(SPEC.version) == 3
+
+
+# --- issue 22: an ambiguous reply is never stored as a number; it is asked again like any other that does not parse
+
+AMBIGUOUS = {
+    "conflicting repeat": OK.replace("[A3] Slot 3: 7/10 — fine", "[A3] Slot 3: 7/10 — fine\n[A3] Slot 3: 9/10 — no"),
+    "range": OK.replace("[A3] Slot 3: 7/10", "[A3] Slot 3: 9-10/10"),
+    "arithmetic": OK.replace("[A3] Slot 3: 7/10 — fine", "[A3] Slot 3: 2 + 5 = 7"),
+    "unclosed think": "<think>\n" + OK + "\nlet me re-check A3 before I write the final answer",
+}
+
+
+@pytest.mark.parametrize("kind", list(AMBIGUOUS))
+def test_an_ambiguous_reply_is_asked_again(kind: str, tmp_path: Path) -> None:
+    backend = Scripted({"user prompt 0": [AMBIGUOUS[kind], OK]})
+    first = parse_reply(AMBIGUOUS[kind], "stop")
+    assert first.status in ("partial", "parse_error") and first.scores[2] is None
+    outcomes, stats = run([job(0)], backend, ParquetReplyCache(tmp_path), parse_retries=1)
+    assert statuses(outcomes) == ["ok"] and outcomes[0].result.scores[2] == 7.0
+    assert backend.total == 2 and stats.rescued == 1
+
+
+def test_slot_names_reach_the_parser(tmp_path: Path) -> None:
+    """The rubric's names given to score_stream let a reply without tags be read (and not re-asked)."""
+    from mira_dagster.core.scoring import Chunk, score_stream
+
+    names = [f"Slot {i}" for i in range(1, N_SLOTS + 1)]
+    untagged = "\n".join(line.split("] ", 1)[-1] for line in OK.splitlines())
+    assert untagged.startswith("Slot 1: 7/10 — fine\nSlot 2: 7/10")
+    backend = Scripted({}, default=untagged)
+    got: dict[str, ScoreResult] = {}
+    jobs = [job(0)]
+
+    def stream(slot_names: Sequence[str]) -> None:
+        asyncio.run(
+            score_stream(
+                [Chunk(["r0"], jobs)],
+                SPEC,
+                backend,
+                ParquetReplyCache(tmp_path / str(len(slot_names))),
+                sink=lambda j, out: got.__setitem__(str(len(slot_names)), out.result),
+                max_model_len=65536,
+                parse_retries=1,
+                slot_names=slot_names,
+            )
+        )
+
+    stream(names)
+    assert got["15"].status == "ok" and backend.total == 1
+    stream(())
+    assert got["0"].status == "parse_error" and backend.total == 3  # without the names: nothing read, asked again

@@ -51,12 +51,22 @@ def test_chunks_of_7_give_the_unchunked_tables_metadata_and_checks(small_config:
         assert a.equals(b), table  # every row and value, statuses included (row order aside)
     for asset in ("student_scores", "teacher_labels"):
         mw, mc = _meta(whole, asset), _meta(chunked, asset)
-        for key in ("dagster/row_count", "status_counts", "requests_sent", "prompt_tokens", "completion_tokens"):
+        for key in (
+            "dagster/row_count",
+            "status_counts",
+            "requests_sent",
+            "prompt_tokens",
+            "completion_tokens",
+            "degenerate_share",
+        ):
             assert mw[key] == mc[key], (asset, key)
     assert _meta(chunked, "student_scores")["records_in"] == 67
     assert _meta(chunked, "teacher_labels")["split_counts"] == _meta(whole, "teacher_labels")["split_counts"]
     checks = chunked.get_asset_check_evaluations()
-    assert len(checks) == 10 and all(c.passed for c in checks)  # 2 of raw_records, 4 of each scoring asset
+    # 2 of raw_records, 6 of each scoring asset; all pass but the non-blocking degenerate_replies, which warns on
+    # the offline stand-in's templated briefs (the same brief in many records), chunked or not
+    assert len(checks) == 14
+    assert {c.check_name for c in checks if not c.passed} <= {"degenerate_replies"}
     reconcile = next(
         c for c in checks if c.check_name == "statuses_reconcile" and c.asset_key.path == ["student_scores"]
     )

@@ -15,7 +15,14 @@ ASSETS = {
     "reliability": {"dim_reliability", "reliability_mask", "disagreements"},
     "selection": {"aggregated_scores", "selected_subset", "selected_random", "selection_report"},
 }
-SCORING_CHECKS = {"scores_in_range", "request_errors", "parse_failure_rate", "statuses_reconcile"}
+SCORING_CHECKS = {
+    "scores_in_range",
+    "request_errors",
+    "parse_failure_rate",
+    "statuses_reconcile",
+    "unscored_share",
+    "degenerate_replies",
+}
 CHECKS = {
     ("raw_records", "lines_reconcile"),
     ("raw_records", "records_usable"),
