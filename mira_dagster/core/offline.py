@@ -68,6 +68,19 @@ def _domain(record_text: str) -> str:
     return "reasoning"
 
 
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+
+
+def _brief(record_text: str, record_key: str, best: str, scores: dict[int, float], worst: str) -> str:
+    """A brief that names the record (a few of its own words, picked by its hash), as a real scorer's brief would:
+    a stand-in whose briefs repeat across records would trip the degenerate-replies check on every run."""
+    words = _WORD.findall(record_text[-4000:])
+    start = int(record_key[:8], 16) % max(1, len(words) - 4)
+    about = " ".join(words[start : start + 4]) or "this record"
+    high, low = max(scores.values(), default=0), min(scores.values(), default=0)
+    return f"On '{about}': strongest on {best} ({high:g}/10), weakest on {worst} ({low:g}/10)."
+
+
 class OfflineBackend:
     """Deterministic stand-in for a teacher or student endpoint."""
 
@@ -104,7 +117,7 @@ class OfflineBackend:
             f"overall: {overall}",
             f"training_recommendation: {rec}",
             f"domain_tag: {_domain(record_text)}",
-            f"brief: Strongest on {best}, weakest on {worst}.",
+            f"brief: {_brief(record_text, record_key, best, scores, worst)}",
         ]
         return "\n".join(lines) + "\n"
 
