@@ -152,6 +152,8 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             "suggested_fields": dg.MetadataValue.json(stats.suggested_fields),
             "extra_rows": stats.extra_rows,
             "files": dg.MetadataValue.json(stats.files),
+            # what each file was read as, found by its content (readers.describe_container)
+            "containers": dg.MetadataValue.json(ingest.containers),
             "units_per_file": dg.MetadataValue.json(stats.units_per_file),
             "empty_files": dg.MetadataValue.json(stats.empty_files),
             # what `mira run` and the schedule compare to find partitions to re-ingest (defs/freshness.py)

@@ -516,6 +516,8 @@ def _is_turn(value: Any) -> bool:
     keys = value.keys()
     if _ROLE_KEYS & keys and _TURN_TEXT_KEYS & keys:
         return True
+    if str(value.get("type", "")).endswith(("_call", "_call_output")):  # OpenAI Responses / Agents SDK items
+        return True
     return bool({"action", "observation"} & keys) and len(_STEP_KEYS & keys) >= 2
 
 
