@@ -325,7 +325,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not paths:
         print("mira: inspect needs files, or --source", file=sys.stderr)
         return 2
-    reports = inspect_files(paths, family, mapping, max_bytes=args.max_bytes, preference=preference)
+    # archive members are unpacked while read under MIRA_HOME (--home), nowhere else
+    scratch = (Path(args.home).resolve() if args.home else mira_home()) / "scratch"
+    reports = inspect_files(paths, family, mapping, max_bytes=args.max_bytes, preference=preference, scratch=scratch)
     print(render_report(reports, examples=args.examples))
     return 1 if any(r.error for r in reports) else 0
 

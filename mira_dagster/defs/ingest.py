@@ -89,6 +89,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             secrets=secret_values(),
             roots=cfg.read_roots(),
             preference=src.preference,
+            scratch=store.home / "scratch",  # archive members are unpacked under MIRA_HOME, nowhere else
         )
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:
@@ -99,7 +100,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             _add_earlier(stats, prev.metadata)
         # Count again from the files themselves, independently of the reader's own count, and from what was
         # written; both checks are decided before anything replaces the last good partition.
-        on_disk = sum(count_units(f) for f in ingest.files)
+        on_disk = sum(count_units(f, store.home / "scratch") for f in ingest.files)
         # a preference pair read as `both` may give two rows (each side a record or a quarantine row)
         written = write_records.rows + write_quarantine.rows - stats.extra_rows
         share = stats.quarantined / stats.units_read if stats.units_read else 0.0

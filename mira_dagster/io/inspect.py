@@ -62,8 +62,10 @@ def inspect_files(
     max_bytes: int = 4 * 1024 * 1024,
     examples: int = 3,
     preference: Preference = "chosen",
+    scratch: Path | None = None,
 ) -> list[FileReport]:
-    """One report per file; `preference` is the source's (which side of a preference pair is the record)."""
+    """One report per file; `preference` is the source's (which side of a preference pair is the record);
+    `scratch` the folder under MIRA_HOME where archive members are unpacked while read."""
     reports = []
     for pattern in patterns:
         try:
@@ -71,7 +73,7 @@ def inspect_files(
         except SourceFileError as exc:
             reports.append(FileReport(str(pattern), error=str(exc).removeprefix("source 'inspect': ")))
             continue
-        reports += [_inspect_file(f, family, mapping, max_bytes, examples, preference) for f in files]
+        reports += [_inspect_file(f, family, mapping, max_bytes, examples, preference, scratch) for f in files]
     return reports
 
 
@@ -82,6 +84,7 @@ def _inspect_file(
     max_bytes: int,
     examples: int,
     preference: Preference = "chosen",
+    scratch: Path | None = None,
 ) -> FileReport:
     families = (family,) if family else FAMILIES
     compiled = {f: compile_mapping(mapping, f) if mapping else None for f in families}
@@ -90,7 +93,7 @@ def _inspect_file(
         kind, comp = sniff(path)
         report.format = kind + (f", {comp}" if comp else "")
         report.container = describe_container(path)
-        for units in iter_units(path, "inspect", max_bytes):
+        for units in iter_units(path, "inspect", max_bytes, scratch=scratch):
             for unit in units:
                 report.units += 1
                 _inspect_unit(report, unit, compiled, max_bytes, examples, preference)
