@@ -464,6 +464,8 @@ def _first(d: dict[str, Any], keys: tuple[str, ...], role: str, render: Callable
 
 
 def _qa_fields(d: dict[str, Any]) -> Fields | None:
+    if ranked_answers(d) is not None:  # ranked answers are `ranked_answers`'s: never all of them as one answer
+        return None
     question = _first(d, _QUESTION_KEYS, "user", _prose)
     thinking = _first(d, _THINKING_KEYS, "assistant", _prose)
     answer = _first(d, _ANSWER_KEYS, "assistant", as_text)

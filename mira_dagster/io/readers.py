@@ -11,14 +11,16 @@ Containers are found by their CONTENT, never by the file name alone (a name only
   the first line is not a whole value (or is the only line). Each top-level value is one unit, numbered 1, 2, ...;
 - a top-level JSON array is read element by element (an Alpaca-style list of records), UNLESS its first elements
   are all turns (objects with a `role`/`from` key and a `content`/`value`/`text`/`parts`/`tool_calls` key, or
-  agent steps: an `action`/`observation` with a `thought`/`response`/`message`/`content`): then the array is one
+  agent steps: an `action`/`observation` with a `thought`/`response`/`message`/`content`, or OpenAI Responses
+  `*_call` / `*_call_output` items, as an Agents SDK run saved with `to_input_list()`): then the array is one
   conversation or trajectory, and the whole array is ONE unit;
 - CSV and TSV with a header (a `.csv`/`.tsv` name, or text that is not JSON and that csv.Sniffer reads as rows of
   a constant width): each data row is a dict of the header's columns, values as strings exactly as written;
 - a Hugging Face `datasets` folder written by `save_to_disk` (`state.json` listing its Arrow stream files in
   `_data_files`, beside `dataset_info.json`): its rows, file after file in the listed order;
 - archives (`.tar`, `.tar.gz`/`.tgz`, `.zip`, found by magic bytes): read member by member, each member being
-  dispatched by content like a file (a unit names its member: `data.tar.gz!/a.jsonl`), with the member count and
+  dispatched by content like a file (a unit names its member: `data.tar.gz!/a.jsonl`; unpacked meanwhile under
+  MIRA_HOME/scratch, never the system temp folder), with the member count and
   the decompressed bytes per member and in total capped (see ARCHIVE_LIMITS); a member that is a link, a device,
   encrypted or itself an archive becomes one unreadable unit naming why, never bytes read as text.
 What is none of these is refused in one line naming what it is: a git-LFS pointer ("run git lfs pull"), a 7-Zip or
