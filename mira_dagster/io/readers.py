@@ -976,7 +976,9 @@ def _skipped_member(name: str) -> bool:
 def default_scratch() -> Path:
     """Where archive members are unpacked when the caller names no folder: `scratch/` under MIRA_HOME (the
     project writes nothing outside it; `.mira` when MIRA_HOME is unset, as the CLI and settings default)."""
-    return Path(os.environ.get("MIRA_HOME") or ".mira") / "scratch"
+    from mira_dagster.settings import mira_home  # settings reads the environment; imported here: no import cycle
+
+    return mira_home() / "scratch"
 
 
 def _archive_units(
