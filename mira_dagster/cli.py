@@ -319,6 +319,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from mira_dagster.io.inspect import inspect_files, render_report
 
     family, mapping, paths = None, None, [Path(p) for p in args.paths]
+    preference = "chosen"
     if args.group or args.source:
         _prepare_env(args.config, args.home)
         try:
@@ -331,6 +332,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 return _unknown("source", [args.source], cfg.source_names(), cfg.path)
             src = cfg.sources[args.source]
             family, mapping, paths = src.format, src.fields, paths or src.files
+            preference = src.preference  # which side of a pair is the record, as ingest reads it
         elif args.group not in cfg.groups:
             return _unknown("group", [args.group], sorted(cfg.groups), cfg.path)
         else:
@@ -338,7 +340,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not paths:
         print("mira: inspect needs files, or --source", file=sys.stderr)
         return 2
-    reports = inspect_files(paths, family, mapping, max_bytes=args.max_bytes)
+    # archive members are unpacked while read under MIRA_HOME (--home), nowhere else
+    scratch = (Path(args.home).resolve() if args.home else mira_home()) / "scratch"
+    reports = inspect_files(paths, family, mapping, max_bytes=args.max_bytes, preference=preference, scratch=scratch)
     print(render_report(reports, examples=args.examples))
     return 1 if any(r.error for r in reports) else 0
 

@@ -172,12 +172,24 @@ _PART_TEXT_KEYS = ("text", "value", "thinking", "reasoning")
 _REASONING_PART_TYPES = frozenset({"reasoning", "thinking", "reasoning_text", "reasoning_content"})
 # Message-level reasoning: DeepSeek API `reasoning_content`, vLLM / OpenRouter `reasoning`, others `thinking`.
 _REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
-_ROLE_ALIASES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant"}
+# Roles compare lower-cased: Cohere writes System / User / Chatbot; Gemini (Vertex AI tuning) names the reply `model`.
+_ROLE_ALIASES = {
+    "human": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "chatbot": "assistant",
+    "model": "assistant",
+}
 
 
 def _part_text(part: Any) -> str:
     if not isinstance(part, dict):
         return _str(part)
+    # Gemini parts: a function call or its response in place of text
+    if isinstance(call := part.get("functionCall"), dict):
+        return f"[tool_call] {as_text(call.get('name'))}({as_text(call.get('args', ''))})"
+    if isinstance(result := part.get("functionResponse"), dict):
+        return f"[tool_result] {as_text(result.get('name'))}: {as_text(result.get('response', ''))}"
     for key in _PART_TEXT_KEYS:
         value = part.get(key)
         if isinstance(value, str):
@@ -201,13 +213,16 @@ def _is_reasoning_part(part: Any) -> bool:
 
 
 def _role(turn: dict[str, Any]) -> str:
-    role = _str(turn.get("role")) or _str(turn.get("from"))
+    role = (_str(turn.get("role")) or _str(turn.get("from"))).lower()
     return _ROLE_ALIASES.get(role, role)
 
 
 def _body(turn: dict[str, Any]) -> Any:
+    """A turn's content: OpenAI `content`, ShareGPT `value`, Gemini `parts`."""
     content = turn.get("content")
-    return turn.get("value") if content is None else content
+    if content is None:
+        content = turn.get("value")
+    return turn.get("parts") if content is None else content
 
 
 def _reply(message: dict[str, Any]) -> tuple[str, str]:
@@ -291,6 +306,7 @@ def _render(turns: Iterable[tuple[str, str]]) -> str:
 def _conversation(d: dict[str, Any]) -> Any:
     turns = d.get("conversations")
     turns = turns if isinstance(turns, list) else d.get("conversation")
+    turns = turns if isinstance(turns, list) else d.get("contents")  # Gemini / Vertex AI tuning data
     if isinstance(turns, list) and turns and all(isinstance(t, dict) and "input" in t and not _role(t) for t in turns):
         # Capybara-style exchanges, `[{input, output}]`: a user turn and an assistant turn each
         return [
@@ -329,6 +345,8 @@ def _instruction_response(d: dict[str, Any]) -> Fields | None:
     if "instruction" not in d or "response" not in d or not isinstance(d["response"], str):
         return None
     resp, question = d["response"], _str(d["instruction"])
+    if not _blank(context := as_text(d.get("context"))):  # databricks-dolly-15k: the passage the instruction reads
+        question = f"{question}\n\n{context}"
     start = _find_after(resp, "<Thought>")
     end = resp.find("</Thought>", start) if start >= 0 else -1
     if end >= 0:
@@ -369,7 +387,8 @@ def _lean_formal(d: dict[str, Any]) -> Fields | None:
 
 
 def _chat_qa(d: dict[str, Any]) -> Fields | None:
-    return _qa_from_turns(d.get("messages"))
+    # Amazon Bedrock (Claude fine-tuning) keeps the system prompt beside the messages, under `system`
+    return _qa_from_turns(d.get("messages"), _system(d) if isinstance(d.get("system"), str) else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,8 +396,18 @@ def _chat_qa(d: dict[str, Any]) -> Fields | None:
 
 
 def _sharegpt_qa(d: dict[str, Any]) -> Fields | None:
-    # LLaMA-Factory keeps the system prompt beside the turns, under `system`
-    return _qa_from_turns(_conversation(d), _str(d.get("system")))
+    # LLaMA-Factory keeps the system prompt beside the turns, under `system`; Gemini under `systemInstruction`
+    return _qa_from_turns(_conversation(d), _system(d))
+
+
+def _system(d: dict[str, Any]) -> str:
+    """A system prompt kept beside the turns: a string, or Gemini's `systemInstruction` content with its parts."""
+    system = d.get("system")
+    if system is None:
+        system = d.get("systemInstruction", d.get("system_instruction"))
+    if isinstance(system, dict):
+        return _content_text(_body(system))
+    return _str(system)
 
 
 def _alpaca(d: dict[str, Any]) -> Fields | None:
@@ -406,7 +435,8 @@ _THINKING_KEYS = (
 _ANSWER_KEYS = (
     *("answer", "final_answer", "output", "response", "completion", "target", "expected_answer", "ground_truth"),
     *("correct_answer", "reference_answer", "gold", "gt", "label"),
-    *("Answer", "Final Answer", "Output", "Response", "Target", "Correct Answer"),
+    *("Answer", "Final Answer", "Output", "Response", "Target", "Correct Answer", "Best Answer", "best_answer"),
+    "answers",  # Salesforce xlam function calling: the calls, as a JSON string
 )
 
 
@@ -434,6 +464,8 @@ def _first(d: dict[str, Any], keys: tuple[str, ...], role: str, render: Callable
 
 
 def _qa_fields(d: dict[str, Any]) -> Fields | None:
+    if ranked_answers(d) is not None:  # ranked answers are `ranked_answers`'s: never all of them as one answer
+        return None
     question = _first(d, _QUESTION_KEYS, "user", _prose)
     thinking = _first(d, _THINKING_KEYS, "assistant", _prose)
     answer = _first(d, _ANSWER_KEYS, "assistant", as_text)
@@ -529,6 +561,8 @@ def _responses_agent(d: dict[str, Any]) -> Fields | None:
 
 def _turn_text(turn: dict[str, Any]) -> tuple[str, str]:
     # (*) SWE-agent / OpenHands turns: role or source, content or message, plus thought, command, code, action.
+    if not turn.get("role") and _item_type(turn).endswith(("_call", "_call_output", "reasoning")):
+        return _item_turn(turn)  # Responses items in a saved run (OpenAI Agents SDK `to_input_list()`)
     role = _str(turn.get("role")) or _str(turn.get("source"))
     if not role:
         role = "observation" if "observation" in turn else "action" if "action" in turn else "event"
@@ -599,6 +633,19 @@ def _hh_turns(text: str) -> list[dict[str, str]] | None:
     return [{"role": role, "content": text[i + n : end].strip()} for (i, n, role), end in zip(cuts, ends, strict=True)]
 
 
+def hh_turns(text: str) -> list[dict[str, str]] | None:
+    """The turns of a Human/Assistant transcript, for callers outside the layouts (the unused-text check)."""
+    return _hh_turns(text)
+
+
+def not_chosen_key(key: Any) -> bool:
+    """A key holding what the producer marked as not the answer: the rejected side of a pair, or the wrong
+    answers an evaluation set lists beside the right one (TruthfulQA `Incorrect Answers`). Never mapped, never
+    called unused."""
+    low = str(key).lower()
+    return any(word in low for word in ("rejected", "incorrect", "wrong"))
+
+
 def _all_indexes(text: str, sub: str) -> list[int]:
     found, i = [], text.find(sub)
     while i >= 0:
@@ -636,6 +683,35 @@ def _preference_hh(d: dict[str, Any], side: Side) -> Fields | None:
     return _qa_from_turns(turns) if turns else None
 
 
+def ranked_answers(d: Any) -> list[dict[str, Any]] | None:
+    """Nectar-style ranked answers: `answers` as a list of `{answer, rank}` objects (rank 1 the best, as the
+    berkeley-nest/Nectar card says), or None when `d` holds no such list."""
+    answers = d.get("answers") if isinstance(d, dict) else None
+    if not isinstance(answers, list) or len(answers) < 2:
+        return None
+    ok = all(
+        isinstance(a, dict) and isinstance(a.get("answer"), str) and isinstance(a.get("rank"), int | float)
+        for a in answers
+    )
+    return sorted(answers, key=lambda a: a["rank"]) if ok else None
+
+
+def _ranked(d: dict[str, Any], side: Side) -> Fields | None:
+    """A prompt (text or a Human/Assistant transcript) with ranked answers: the best-ranked answer is the chosen
+    side, the worst-ranked the rejected side; a tie at that end is refused (None), not broken by a guess."""
+    ranked = ranked_answers(d)
+    if ranked is None or "prompt" not in d:
+        return None
+    pick, other = (ranked[0], ranked[1]) if side == "chosen" else (ranked[-1], ranked[-2])
+    if pick["rank"] == other["rank"]:
+        return None
+    prompt = as_text(d["prompt"])
+    turns = _hh_turns(prompt) or [{"role": "user", "content": prompt}]
+    if turns[-1]["role"] == "assistant" and _blank(turns[-1]["content"]):  # the open `Assistant:` the answer fills
+        turns = turns[:-1]
+    return _qa_from_turns([*turns, {"role": "assistant", "content": pick["answer"]}])
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -649,6 +725,7 @@ def _qa_layouts(side: Side) -> list[tuple[str, Layout]]:
         ("lean_formal", _lean_formal),
         ("preference", lambda d: _preference(d, side)),
         ("preference_hh", lambda d: _preference_hh(d, side)),
+        ("ranked_answers", lambda d: _ranked(d, side)),
         ("chat_messages", _chat_qa),
         ("sharegpt", _sharegpt_qa),
         ("alpaca", _alpaca),
@@ -669,7 +746,7 @@ LAYOUTS: dict[Family, list[tuple[str, Layout]]] = {
     "qa": _QA_LAYOUTS,
     "agent": _AGENT_LAYOUTS,
 }
-PREFERENCE_LAYOUTS = frozenset({"preference", "preference_hh"})
+PREFERENCE_LAYOUTS = frozenset({"preference", "preference_hh", "ranked_answers"})
 
 
 def as_object(value: Any) -> dict[str, Any] | None:
@@ -680,7 +757,18 @@ def as_object(value: Any) -> dict[str, Any] | None:
         return value
     if _is_chat(value):  # ShareGPT turns (`from` / `value`) as ShareGPT's `conversations`, others as `messages`
         return {"conversations" if any("from" in m for m in value) else "messages": value}
+    if _is_items(value):  # a Responses / Agents SDK item list (`to_input_list()`): one run's messages and calls
+        return {"messages": value}
     return None
+
+
+def _is_items(value: Any) -> bool:
+    """A list of OpenAI Responses items: messages (a role) and typed items (function calls, their outputs,
+    reasoning), at least one of them a call or a call's output."""
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        return False
+    kinds = [_item_type(m) for m in value]
+    return all(kinds) and any(k.endswith(("_call", "_call_output")) for k in kinds)
 
 
 def match(obj: Any, family: Family, side: Side = "chosen") -> tuple[str, Fields] | None:

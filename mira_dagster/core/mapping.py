@@ -19,7 +19,7 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from mira_dagster.core.layouts import FAMILY_FIELDS, REQUIRED, Fields, as_text, normalise_text
+from mira_dagster.core.layouts import FAMILY_FIELDS, REQUIRED, Fields, as_text, normalise_text, not_chosen_key
 
 MAPPED_LAYOUT = "fields"  # the layout name recorded for mapped records
 
@@ -65,7 +65,7 @@ def suggest_mapping(obj: Any, family: str) -> dict[str, str]:
     preference pair that was not chosen (`rejected`, ...) is never mapped onto a field."""
     if not isinstance(obj, dict):
         return {}
-    candidates = [(p, n) for p, n in _string_paths(obj) if "rejected" not in p.lower()]
+    candidates = [(p, n) for p, n in _string_paths(obj) if not not_chosen_key(p)]
     hints = {
         "question": ("question", "problem", "prompt", "query", "instruction", "input", "task"),
         "task": ("task", "instruction", "problem", "issue", "prompt", "question"),
@@ -106,11 +106,11 @@ def suggest_with_unused(obj: dict[str, Any], fields: dict[str, str], unused: lis
         for key, value in obj.items()
         if isinstance(value, str | int | float) and normalise_text(as_text(value)) == fields[name]
     }
-    context = [k for k in unused if "rejected" not in k.lower()]
+    context = [k for k in unused if not not_chosen_key(k)]
     parts = [*context, *([source[target]] if target in source else [])]
     out = {target: _JOIN.format(", ".join(map(_quote, parts)))} if parts else {}
     for name in FAMILY_FIELDS[family]:
-        if name != target and name in source and "rejected" not in source[name].lower():
+        if name != target and name in source and not not_chosen_key(source[name]):
             out[name] = _quote(source[name])
     taken = set(parts) | set(source.values())
     guess = suggest_mapping({k: v for k, v in obj.items() if k not in taken}, family)

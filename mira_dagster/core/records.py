@@ -26,7 +26,18 @@ import polars as pl
 from pydantic import BaseModel
 
 from mira_dagster.core.config import Family
-from mira_dagster.core.layouts import PREFERENCE_LAYOUTS, REQUIRED, Fields, Side, as_object, match, normalise_text
+from mira_dagster.core.layouts import (
+    PREFERENCE_LAYOUTS,
+    REQUIRED,
+    Fields,
+    Side,
+    as_object,
+    hh_turns,
+    match,
+    normalise_text,
+    not_chosen_key,
+    ranked_answers,
+)
 from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping, suggest_with_unused
 
 TEXT_FIELDS = ("question", "thinking", "answer", "task", "trajectory", "outcome")
@@ -337,6 +348,10 @@ def unused_text_keys(obj: Any, fields: Mapping[str, str]) -> list[str]:
         text = normalise_text(value)
         if len(text) < UNUSED_MIN_CHARS or text[0] in "[{" or " " not in text:
             continue
+        if (turns := hh_turns(value)) and all(
+            any(normalise_text(t["content"]) in f for f in texts) for t in turns if t["content"].strip()
+        ):
+            continue  # a Human/Assistant transcript read turn by turn (its markers become roles)
         # windows inside the text (a layout may drop tags at its ends or split it in the middle)
         size = max(12, min(_PROBE, len(text) // 6))  # short texts: shorter windows, fewer across a split
         step = max(1, (len(text) - size) // (_PROBES + 1))
@@ -347,8 +362,7 @@ def unused_text_keys(obj: Any, fields: Mapping[str, str]) -> list[str]:
 
 
 def _side_key(key: Any) -> bool:
-    low = str(key).lower()
-    return "rejected" in low or "chosen" in low
+    return not_chosen_key(key) or "chosen" in str(key).lower()
 
 
 def _excerpt(unit: Unit) -> str:
@@ -433,7 +447,7 @@ class BatchParser:
                 parsed.rejected.append((unit.position, rej.kind, printable(str(rej)), printable(_excerpt(unit))))
                 continue
             # `preference: both`: the two sides of a pair are two records, each a record or a quarantine row
-            sides = self.sides if len(self.sides) == 1 or _is_pair(obj) else self.sides[:1]
+            sides = self.sides if len(self.sides) == 1 or is_pair(obj) else self.sides[:1]
             original: str | None = None
             for side in sides:
                 try:
@@ -516,12 +530,13 @@ class Parsed:
     form: str = "json"
 
 
-def _is_pair(obj: Any) -> bool:
-    return isinstance(obj, dict) and "chosen" in obj and "rejected" in obj
+def is_pair(obj: Any) -> bool:
+    """A value holding two sides (chosen / rejected, or ranked answers): `preference: both` makes it two records."""
+    return isinstance(obj, dict) and ("chosen" in obj and "rejected" in obj or ranked_answers(obj) is not None)
 
 
 # Bump when a change to ingest changes what it writes for the same files: every source is then re-ingested.
-INGEST_CODE_VERSION = "2026-12-06"  # originals kept, conversations whole, preference pairs
+INGEST_CODE_VERSION = "2026-12-06b"  # + Gemini, Cohere, ranked answers, Agents SDK runs, Dolly context, Bedrock system
 
 
 def entry_fingerprint(entry: BaseModel, max_record_bytes: int) -> str:

@@ -16,7 +16,7 @@ from mira_dagster.core.discovery import (
     judgment_jobs,
     judgments_frame,
 )
-from mira_dagster.core.records import record_text, records_from
+from mira_dagster.core.records import RECORD_SCHEMA, record_text, records_from
 from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
@@ -40,14 +40,6 @@ def _unit(cfg: MiraConfig, key: str) -> ScorerUnit:
             )
         )
     return units[key]
-
-
-def _unit_records(store: Store, unit: ScorerUnit) -> tuple[pl.DataFrame, str | None]:
-    """The unit's records, and why the unit is skipped when it has none (every source has 0 records)."""
-    raw = store.read("raw_records").filter(pl.col("source").is_in(unit.sources))
-    if raw.height:
-        return raw, None
-    return raw, f"{unit.scope} {unit.key}: no records in any of its sources ({', '.join(unit.sources) or 'none'})"
 
 
 def _unit_ids(store: Store, unit: ScorerUnit) -> tuple[pl.DataFrame, str | None]:
@@ -81,7 +73,8 @@ def _records_of(store: Store, wanted: pl.DataFrame) -> pl.DataFrame:
     extra = "".join(f', w."{c}"' for c in wanted.columns if c not in ("source", "record_id"))
     with store.connect() as con:
         con.register("wanted", wanted.to_arrow())
-        return con.sql(f"SELECT r.*{extra} FROM raw_records r JOIN wanted w USING (source, record_id)").pl()
+        cols = ", ".join(f'r."{c}"' for c in RECORD_SCHEMA)  # the record's text, not its original value
+        return con.sql(f"SELECT {cols}{extra} FROM raw_records r JOIN wanted w USING (source, record_id)").pl()
 
 
 def _unit_file_name(unit: ScorerUnit) -> str:
@@ -238,7 +231,7 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     unit = _unit(cfg, key)
     name = discovered_anchor_name(key, unit.scope)
     path = store.home / name  # with a store URL, the local copy published below
-    _, empty = _unit_records(store, unit)
+    _, empty = _unit_ids(store, unit)
     if empty:
         kept = f"the existing rubric {store.location(name)} is kept" if store.fetch_file(name) else "no rubric written"
         return _skip(context, empty, kept)

@@ -89,6 +89,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             secrets=secret_values(),
             roots=cfg.read_roots(),
             preference=src.preference,
+            scratch=store.home / "scratch",  # archive members are unpacked under MIRA_HOME, nowhere else
         )
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:
@@ -99,7 +100,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             _add_earlier(stats, prev.metadata)
         # Count again from the files themselves, independently of the reader's own count, and from what was
         # written; both checks are decided before anything replaces the last good partition.
-        on_disk = sum(count_units(f) for f in ingest.files)
+        on_disk = sum(count_units(f, store.home / "scratch") for f in ingest.files)
         # a preference pair read as `both` may give two rows (each side a record or a quarantine row)
         written = write_records.rows + write_quarantine.rows - stats.extra_rows
         share = stats.quarantined / stats.units_read if stats.units_read else 0.0
@@ -152,6 +153,8 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             "suggested_fields": dg.MetadataValue.json(stats.suggested_fields),
             "extra_rows": stats.extra_rows,
             "files": dg.MetadataValue.json(stats.files),
+            # what each file was read as, found by its content (readers.describe_container)
+            "containers": dg.MetadataValue.json(ingest.containers),
             "units_per_file": dg.MetadataValue.json(stats.units_per_file),
             "empty_files": dg.MetadataValue.json(stats.empty_files),
             # what `mira run` and the schedule compare to find partitions to re-ingest (defs/freshness.py)

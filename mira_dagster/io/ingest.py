@@ -45,13 +45,15 @@ class SourceIngest:
         secrets: Sequence[str] = (),
         roots: Sequence[Path] = (),
         preference: Literal["chosen", "rejected", "both"] = "chosen",
+        scratch: Path | None = None,
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
         writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
         reads only what was appended to files an earlier ingest read, `seen` (record_id -> "file:line") being that
         ingest's records (see BatchParser). Quarantine excerpts and reasons are redacted of `secrets` (the configured
         keys) and of anything that looks like key material: an unvetted dataset may link to a key file. `roots`:
-        where symlinks may lead (the registry's folder and allowed_roots, see readers.expand_files)."""
+        where symlinks may lead (the registry's folder and allowed_roots, see readers.expand_files). `scratch`: the
+        folder under MIRA_HOME where archive members are unpacked while read (readers.default_scratch if None)."""
         self.sink = sink
         self.source = source
         self.files = expand_files(patterns, source, roots)  # raises SourceFileError naming the entry
@@ -70,6 +72,7 @@ class SourceIngest:
         )
         self.resume = resume or {}
         self.secrets = tuple(secrets)
+        self.scratch = scratch
         # what each file is (readers.describe_container), by display name, for the metadata and `mira inspect`
         self.containers: dict[str, str] = {}
 
@@ -83,7 +86,9 @@ class SourceIngest:
                 with contextlib.suppress(Exception):  # a file refused or unreadable: iter_units raises, naming why
                     self.containers[name] = describe_container(path)
                 form = original_form(path)
-                for units in iter_units(path, self.source, self.max_bytes, self.batch_size, start, done + 1):
+                for units in iter_units(
+                    path, self.source, self.max_bytes, self.batch_size, start, done + 1, self.scratch
+                ):
                     self.stats.units_read += len(units)
                     # an archive's batch holds one member's units: named `data.tar.gz!/a.jsonl` in their origin
                     origin = name if units[0].member is None else f"{name}!/{units[0].member}"

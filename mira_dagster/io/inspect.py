@@ -13,16 +13,17 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from mira_dagster.core.layouts import as_text
+from mira_dagster.core.layouts import PREFERENCE_LAYOUTS, Side, as_text
 from mira_dagster.core.mapping import compile_mapping, suggest_mapping, suggest_with_unused
-from mira_dagster.core.records import Rejected, printable, to_fields, unit_value, unused_text_keys
-from mira_dagster.io.readers import SourceFileError, expand_files, iter_units, sniff
+from mira_dagster.core.records import Rejected, is_pair, printable, to_fields, unit_value, unused_text_keys
+from mira_dagster.io.readers import SourceFileError, describe_container, expand_files, iter_units, sniff
 
-FAMILIES = ("qa_with_think", "agent")  # "qa" reads exactly as qa_with_think
+FAMILIES = ("qa_with_think", "agent")
+Preference = Literal["chosen", "rejected", "both"]  # "qa" reads exactly as qa_with_think
 
 
 @dataclass
@@ -45,6 +46,7 @@ class FamilyResult:
 class FileReport:
     path: str
     format: str = ""
+    container: str = ""  # what the file is read as, by its content (readers.describe_container)
     units: int = 0
     error: str | None = None
     families: dict[str, FamilyResult] = field(default_factory=dict)
@@ -59,7 +61,11 @@ def inspect_files(
     mapping: dict[str, str] | None = None,
     max_bytes: int = 4 * 1024 * 1024,
     examples: int = 3,
+    preference: Preference = "chosen",
+    scratch: Path | None = None,
 ) -> list[FileReport]:
+    """One report per file; `preference` is the source's (which side of a preference pair is the record);
+    `scratch` the folder under MIRA_HOME where archive members are unpacked while read."""
     reports = []
     for pattern in patterns:
         try:
@@ -67,12 +73,18 @@ def inspect_files(
         except SourceFileError as exc:
             reports.append(FileReport(str(pattern), error=str(exc).removeprefix("source 'inspect': ")))
             continue
-        reports += [_inspect_file(f, family, mapping, max_bytes, examples) for f in files]
+        reports += [_inspect_file(f, family, mapping, max_bytes, examples, preference, scratch) for f in files]
     return reports
 
 
 def _inspect_file(
-    path: Path, family: str | None, mapping: dict[str, str] | None, max_bytes: int, examples: int
+    path: Path,
+    family: str | None,
+    mapping: dict[str, str] | None,
+    max_bytes: int,
+    examples: int,
+    preference: Preference = "chosen",
+    scratch: Path | None = None,
 ) -> FileReport:
     families = (family,) if family else FAMILIES
     compiled = {f: compile_mapping(mapping, f) if mapping else None for f in families}
@@ -80,16 +92,19 @@ def _inspect_file(
     try:
         kind, comp = sniff(path)
         report.format = kind + (f", {comp}" if comp else "")
-        for units in iter_units(path, "inspect", max_bytes):
+        report.container = describe_container(path)
+        for units in iter_units(path, "inspect", max_bytes, scratch=scratch):
             for unit in units:
                 report.units += 1
-                _inspect_unit(report, unit, compiled, max_bytes, examples)
+                _inspect_unit(report, unit, compiled, max_bytes, examples, preference)
     except Exception as exc:  # a file that cannot be read: said in its report, the other files go on
         report.error = str(exc).replace("source 'inspect': ", "")
     return report
 
 
-def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_bytes: int, examples: int) -> None:
+def _inspect_unit(
+    report: FileReport, unit: Any, compiled: dict[str, Any], max_bytes: int, examples: int, preference: Preference
+) -> None:
     try:
         obj = unit_value(unit, max_bytes)
     except Exception as exc:  # as in ingest: one unit never stops the report
@@ -97,24 +112,34 @@ def _inspect_unit(report: FileReport, unit: Any, compiled: dict[str, Any], max_b
         for res in report.families.values():
             _count_reason(res, rej, unit.position)
         return
+    # as ingest does: `both` makes a pair two records, each side counted; one side otherwise
+    sides: tuple[Side, ...] = ("chosen", "rejected") if preference == "both" else (preference,)
     for fam, res in report.families.items():
-        try:
-            layout, fields = to_fields(obj, fam, compiled[fam])  # type: ignore[arg-type]
-        except Rejected as rej:
-            _count_reason(res, rej, unit.position)
-            if rej.kind in ("no layout", "empty field", "not an object") and isinstance(obj, dict | list):
-                _note_keys(res, obj, rej.kind)
-            continue
-        except Exception as exc:  # same rule as ingest: one object never stops the report
-            _count_reason(res, Rejected("error", f"{type(exc).__name__}: {exc}"), unit.position)
-            continue
-        res.records += 1
-        res.layouts[layout] += 1
-        if len(res.examples) < examples:
-            res.examples.append((unit.position, layout, fields))
-        if compiled[fam] is None and (unused := unused_text_keys(obj, fields)):
-            res.unused.update(unused)
-            res.unused_suggestion = res.unused_suggestion or suggest_with_unused(obj, fields, unused, fam)
+        for side in sides if is_pair(obj) else sides[:1]:
+            _inspect_side(res, unit, obj, fam, compiled[fam], side, examples)
+
+
+def _inspect_side(res: FamilyResult, unit: Any, obj: Any, fam: str, compiled: Any, side: Side, examples: int) -> None:
+    """One side of one value (the only side, unless the source keeps both sides of its pairs)."""
+    try:
+        layout, fields = to_fields(obj, fam, compiled, side)  # type: ignore[arg-type]
+    except Rejected as rej:
+        _count_reason(res, rej, unit.position)
+        if rej.kind in ("no layout", "empty field", "not an object") and isinstance(obj, dict | list):
+            _note_keys(res, obj, rej.kind)
+        return
+    except Exception as exc:  # same rule as ingest: one object never stops the report
+        _count_reason(res, Rejected("error", f"{type(exc).__name__}: {exc}"), unit.position)
+        return
+    if layout in PREFERENCE_LAYOUTS:
+        layout = f"{layout}:{side}"
+    res.records += 1
+    res.layouts[layout] += 1
+    if len(res.examples) < examples:
+        res.examples.append((unit.position, layout, fields))
+    if compiled is None and (unused := unused_text_keys(obj, fields)):
+        res.unused.update(unused)
+        res.unused_suggestion = res.unused_suggestion or suggest_with_unused(obj, fields, unused, fam)
 
 
 _MAX_KEYS = 40
@@ -151,6 +176,8 @@ def render_report(reports: list[FileReport], examples: int = 3) -> str:
     out: list[str] = []
     for rep in reports:
         out.append(f"== {rep.path}" + (f"  ({rep.format})" if rep.format else "") + f"  {rep.units:,} read")
+        if rep.container:
+            out.append(f"   read as: {rep.container}")
         if rep.error:
             out.append(f"   ERROR: {rep.error}")
         best = rep.best()

@@ -11,14 +11,16 @@ Containers are found by their CONTENT, never by the file name alone (a name only
   the first line is not a whole value (or is the only line). Each top-level value is one unit, numbered 1, 2, ...;
 - a top-level JSON array is read element by element (an Alpaca-style list of records), UNLESS its first elements
   are all turns (objects with a `role`/`from` key and a `content`/`value`/`text`/`parts`/`tool_calls` key, or
-  agent steps: an `action`/`observation` with a `thought`/`response`/`message`/`content`): then the array is one
+  agent steps: an `action`/`observation` with a `thought`/`response`/`message`/`content`, or OpenAI Responses
+  `*_call` / `*_call_output` items, as an Agents SDK run saved with `to_input_list()`): then the array is one
   conversation or trajectory, and the whole array is ONE unit;
 - CSV and TSV with a header (a `.csv`/`.tsv` name, or text that is not JSON and that csv.Sniffer reads as rows of
   a constant width): each data row is a dict of the header's columns, values as strings exactly as written;
 - a Hugging Face `datasets` folder written by `save_to_disk` (`state.json` listing its Arrow stream files in
   `_data_files`, beside `dataset_info.json`): its rows, file after file in the listed order;
 - archives (`.tar`, `.tar.gz`/`.tgz`, `.zip`, found by magic bytes): read member by member, each member being
-  dispatched by content like a file (a unit names its member: `data.tar.gz!/a.jsonl`), with the member count and
+  dispatched by content like a file (a unit names its member: `data.tar.gz!/a.jsonl`; unpacked meanwhile under
+  MIRA_HOME/scratch, never the system temp folder), with the member count and
   the decompressed bytes per member and in total capped (see ARCHIVE_LIMITS); a member that is a link, a device,
   encrypted or itself an archive becomes one unreadable unit naming why, never bytes read as text.
 What is none of these is refused in one line naming what it is: a git-LFS pointer ("run git lfs pull"), a 7-Zip or
@@ -516,6 +518,8 @@ def _is_turn(value: Any) -> bool:
     keys = value.keys()
     if _ROLE_KEYS & keys and _TURN_TEXT_KEYS & keys:
         return True
+    if str(value.get("type", "")).endswith(("_call", "_call_output")):  # OpenAI Responses / Agents SDK items
+        return True
     return bool({"action", "observation"} & keys) and len(_STEP_KEYS & keys) >= 2
 
 
@@ -664,18 +668,25 @@ def _version(path: Path) -> tuple[int, int, int]:
 
 
 def iter_units(
-    path: Path, source: str, max_bytes: int, batch_size: int = 1024, start: int = 0, first: int = 1
+    path: Path,
+    source: str,
+    max_bytes: int,
+    batch_size: int = 1024,
+    start: int = 0,
+    first: int = 1,
+    scratch: Path | None = None,
 ) -> Iterator[list[Unit]]:
     """Every unit of one file, in batches (a batch never mixes two archive members). Raises SourceFileError if the
     file cannot be read, or was replaced or changed while being read (what was read would then match no version
     of it). `start` (bytes) and `first` (the number of the first unit read) resume an appendable file (see
-    file_state) where an earlier read ended."""
+    file_state) where an earlier read ended. `scratch`: where archive members are unpacked while read (a folder
+    under MIRA_HOME; default_scratch() when not given)."""
     try:
         before = _version(path)
         if start:
             units: Iterator[Unit] = _jsonl_tail(path, start, first, max_bytes)
         else:
-            units = _units(path, detect(path), max_bytes)
+            units = _units(path, detect(path), max_bytes, scratch=scratch)
         batch: list[Unit] = []
         for unit in units:
             if batch and (len(batch) >= batch_size or unit.member != batch[-1].member):
@@ -698,7 +709,9 @@ def iter_units(
         )
 
 
-def _units(path: Path, c: Container, max_bytes: int, in_archive: bool = False) -> Iterator[Unit]:
+def _units(
+    path: Path, c: Container, max_bytes: int, in_archive: bool = False, scratch: Path | None = None
+) -> Iterator[Unit]:
     """The units of a file whose container is `c`."""
     if c.kind == "jsonl":
         return _jsonl_units(path, c, max_bytes)
@@ -714,7 +727,7 @@ def _units(path: Path, c: Container, max_bytes: int, in_archive: bool = False) -
         return _table_units(b for f in hf_data_files(path) for b in _arrow_batches(f))
     if in_archive:
         raise _NestedArchive(c.kind)
-    return _archive_units(path, c, max_bytes)
+    return _archive_units(path, c, max_bytes, scratch=scratch)
 
 
 def _jsonl_units(path: Path, c: Container, max_bytes: int) -> Iterator[Unit]:
@@ -960,13 +973,27 @@ def _skipped_member(name: str) -> bool:
     return any(p.startswith((".", "_")) for p in parts) or not is_supported(Path(name))
 
 
-def _archive_units(path: Path, c: Container, max_bytes: int, limits: ArchiveLimits | None = None) -> Iterator[Unit]:
-    """Each member unpacked (capped) to a private temporary file, deleted once read, and read like a file; a
-    member that cannot be read is one unit whose error says why. Over a limit, the whole archive is refused."""
+def default_scratch() -> Path:
+    """Where archive members are unpacked when the caller names no folder: `scratch/` under MIRA_HOME (the
+    project writes nothing outside it; `.mira` when MIRA_HOME is unset, as the CLI and settings default)."""
+    from mira_dagster.settings import mira_home  # settings reads the environment; imported here: no import cycle
+
+    return mira_home() / "scratch"
+
+
+def _archive_units(
+    path: Path, c: Container, max_bytes: int, limits: ArchiveLimits | None = None, scratch: Path | None = None
+) -> Iterator[Unit]:
+    """Each member unpacked (capped) to a private file under `scratch` (MIRA_HOME), deleted once read, and read
+    like a file: the readers detect a container from its bytes and reopen it (CSV dialect, array shape, Parquet
+    footers), which a tar stream read once cannot give. A member that cannot be read is one unit whose error says
+    why. Over a limit, the whole archive is refused."""
     limits = limits or ARCHIVE_LIMITS
     budget = min(limits.max_total_bytes, max(limits.ratio_floor_bytes, limits.max_ratio * path.stat().st_size))
     total = count = 0
-    with tempfile.TemporaryDirectory(prefix="mira-archive-") as tmp:
+    scratch = scratch or default_scratch()
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="archive-", dir=scratch) as tmp:
         for name, opener in _archive_members(path, c):
             count += 1
             if count > limits.max_members:
@@ -1012,14 +1039,14 @@ def _copy_capped(
     return size
 
 
-def count_units(path: Path) -> int:
+def count_units(path: Path, scratch: Path | None = None) -> int:
     """Units in a file, counted independently of iter_units where the container allows (for the reconciliation
     check): newline-separated lines, CSV records, Parquet rows from the footer, Arrow rows by batch; JSON values
     and archive members are counted by reading them (plus one for an unreadable tail)."""
-    return _count(path, detect(path))
+    return _count(path, detect(path), scratch)
 
 
-def _count(path: Path, c: Container) -> int:
+def _count(path: Path, c: Container, scratch: Path | None = None) -> int:
     if c.kind == "parquet":
         return pq.ParquetFile(path).metadata.num_rows
     if c.kind == "arrow":
@@ -1034,7 +1061,7 @@ def _count(path: Path, c: Container) -> int:
             text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
             return max(sum(1 for _ in csv.reader(text, delimiter=c.delimiter or ",")) - 1, 0)
     if c.kind in ("tar", "zip"):
-        return sum(1 for _ in _archive_units(path, c, 1 << 62))
+        return sum(1 for _ in _archive_units(path, c, 1 << 62, scratch=scratch))
     end = _line_end(path, c)
     lines, last = 0, b""
     with _open(path, c.comp, c.encoding) as fh:

@@ -54,7 +54,8 @@ def test_layout_order() -> None:
     assert LAYOUTS["qa"] is LAYOUTS["qa_with_think"]
     assert [name for name, _ in LAYOUTS["qa"]] == [
         *("responses_rollout", "question_answer", "prompt_solution", "instruction_response", "lean_cot_proof"),
-        *("lean_formal", "preference", "preference_hh", "chat_messages", "sharegpt", "alpaca", "qa_fields"),
+        *("lean_formal", "preference", "preference_hh", "ranked_answers", "chat_messages", "sharegpt", "alpaca"),
+        "qa_fields",
     ]
     assert [name for name, _ in LAYOUTS["agent"]] == ["responses_rollout", "agent_turns", "sharegpt"]
 

@@ -21,6 +21,7 @@ from mira_dagster.io.store import Store
 from tests.conftest import SAMPLE
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "layouts"
+HELDOUT = Path(__file__).parents[1] / "fixtures" / "heldout"
 
 
 def _parquet(tmp: Path) -> Path:
@@ -79,6 +80,7 @@ def _cases(tmp: Path) -> list[tuple[Path, str, str]]:
         *((p, qa, "chosen") for p in sorted(FIXTURES.glob("*.jsonl"))),
         *((p, qa, "both") for p in (FIXTURES / "preference_pairs.jsonl", FIXTURES / "hh_rlhf.jsonl")),
         (FIXTURES / "alpaca_data.json", qa, "chosen"),
+        (HELDOUT / "nectar.jsonl", qa, "both"),  # ranked answers: the best and the worst, two records
         (FIXTURES / "sharegpt.json", qa, "chosen"),
         (FIXTURES / "sharegpt.json", "agent", "chosen"),
         (FIXTURES / "responses_rollouts.jsonl", "agent", "chosen"),

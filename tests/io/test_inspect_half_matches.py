@@ -54,7 +54,7 @@ def test_empty_required_fields_print_every_key_with_an_example_and_a_mapping(tmp
 
 def test_preference_pairs_read_chosen_and_no_suggestion_maps_rejected(tmp_path: Path) -> None:
     text = render_report(inspect_files([FIXTURES / "preference_pairs.jsonl"], family="qa_with_think"))
-    assert "4 records (100%); layouts: preference 4" in text and "rejected" not in text.split("example")[0]
+    assert "4 records (100%); layouts: preference:chosen 4" in text and "rejected" not in text.split("example")[0]
     # an unknown pair shape: the suggestion takes the chosen side, never the rejected one
     path = tmp_path / "pairs.jsonl"
     row = {"context": "Pick the better reply.", "chosen": [1], "rejected": "a much longer rejected reply " * 4}
