@@ -301,7 +301,8 @@ def released_student_warnings(cfg: MiraConfig, unit: ScorerUnit, rubric: Rubric)
         return [
             f"group {unit.group}: the released student {unit.student_model} is prompted without any calibration "
             f"reference (the cards' system prompt embeds the top-{N_SHOWN_REFERENCES}; {unit.anchors.name} has "
-            "none), so its scores may be off-scale"
+            f"none, and anchor_rubric[{unit.group}] has not generated them from the teacher's judgments yet), so its "
+            "scores may be off-scale"
         ]
     return []
 
