@@ -225,3 +225,48 @@ def test_released_student_warnings(tmp_path: Path) -> None:
     for scope in ("global", "source"):
         other = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"scorer_scope": scope})})
         assert released_student_warnings(other, other.unit_of("qwq"), shipped) == []
+
+
+def test_configured_references_are_the_items_nearest_the_centres_of_the_12_largest_slot_clusters() -> None:
+    """Each item joins the nearest slot of its facet; the 12 slots with the most items get the item nearest their
+    centre as a reference, with its provenance; an item sharing nothing with any slot joins none."""
+    import numpy as np
+
+    from mira_dagster.core.discovery import JudgmentItem, configured_references
+
+    dims = [AnchorDim(slot=s, name=f"Dim {s}", facet="think" if s <= 7 else "qa") for s in range(1, 16)]
+    x_slots = np.eye(15, 16)
+    items, rows = [], []
+
+    def add(slot: int, vec: np.ndarray, facet: str, score: float) -> None:
+        items.append(
+            JudgmentItem(
+                record_id=f"r{len(items)}",
+                source="s",
+                dimension=f"d{slot}",
+                facet=facet,
+                score=score,
+                rationale=f"why {len(items)}",
+            )
+        )
+        rows.append(vec / np.linalg.norm(vec))
+
+    for slot in range(1, 14):  # slots 1-13 get 14-slot items (slot 13: one item); 14, 15: none
+        for j in range(14 - slot + 1):
+            vec = np.eye(16)[slot - 1] + (0.1 * j) * np.eye(16)[15]  # j = 0 lies on the slot's axis
+            add(slot, vec, "think" if slot <= 7 else "qa", float(j))
+    # nearest to slot 14 (qa) by text, but a think item: joins the nearest think slot instead (slot 1 shares a bit)
+    add(14, np.eye(16)[13] + 0.2 * np.eye(16)[0], "think", 9.0)
+    add(0, np.eye(16)[15], "qa", 3.0)  # shares nothing with any slot name: joins none
+    out = configured_references(dims, items, x_slots, np.array(rows), judge_version="v1")
+    with_refs = [d.slot for d in out if d.calibration_references]
+    assert with_refs == list(range(1, 13))  # the 12 largest; slot 13 (one item) and the empty ones get none
+    first = out[0].calibration_references[0]
+    assert first.dimension == "Dim 1" and first.model_extra["cluster_items"] == 15  # 14 + the think item
+    # the item nearest the mean of slot 1's members (its 14 items and the think item), computed here by hand
+    members = [i for i, it in enumerate(items) if (it.dimension == "d1") or (it.dimension == "d14")]
+    centre = np.array(rows)[members].mean(axis=0)
+    nearest = members[int(np.argmax(np.array(rows)[members] @ centre))]
+    assert first.model_extra["record_id"] == items[nearest].record_id and first.score == items[nearest].score
+    assert first.model_extra["judge_version"] == "v1" and first.model_extra["centre_cosine"] > 0.9
+    assert [d.name for d in out] == [d.name for d in dims] and not any(d.calibration_references for d in dims)
