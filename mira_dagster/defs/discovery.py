@@ -20,7 +20,7 @@ from mira_dagster.core.discovery import (
 )
 from mira_dagster.core.embeddings import Embedder
 from mira_dagster.core.records import record_text, records_from
-from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, generated_anchor_name
+from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, generated_anchor_name, generated_for
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
 from mira_dagster.defs.metadata import md_table, table_metadata
@@ -235,8 +235,9 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
         "same judgments (each item joins the configured slot it is nearest to; the item nearest the centre of each of "
         "the 12 largest of those clusters), written with their provenance to "
         "$MIRA_HOME/anchors/group_<id>_dim_anchors.generated.jsonl, which its scorers then use (the shipped file is "
-        "never changed; one with references is used as it is). A unit whose sources all have 0 records is skipped "
-        "with a warning (metadata `skipped`): an existing rubric stays."
+        "never changed; one with references is used as it is). The generated file is kept while the configured file "
+        "is unchanged (new references would re-score the whole group): delete it to draw them again. A unit whose "
+        "sources all have 0 records is skipped with a warning (metadata `skipped`): an existing rubric stays."
     ),
 )
 def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
@@ -300,6 +301,11 @@ def _configured_references(
     configured = load_rubric(unit.anchors, unit.key, unit.family)
     if configured.n_references():
         return f"{unit.anchors.name} has {configured.n_references()} of its own: used as it is"
+    name = generated_anchor_name(unit.key, unit.scope)
+    existing = store.fetch_file(name)
+    if existing is not None and generated_for(load_rubric(existing, unit.key, unit.family), configured):
+        # kept: new references would be a new scorer_version, every record of the group asked again
+        return f"kept {store.location(name)} (made from this file; delete it to draw them from the latest judgments)"
     # slot names and items in one batch: the offline TF-IDF weighs words over the batch it embeds
     x = embedder.embed([d.name for d in configured.dims] + [item_text(i) for i in items])
     n = len(configured.dims)
@@ -313,7 +319,6 @@ def _configured_references(
         judge_version=",".join(judge_versions),
         embedder=embedder.name,
     )
-    name = generated_anchor_name(unit.key, unit.scope)
     write_anchor_file(store.home / name, dims)
     location = store.publish_file(name)
     slots = ", ".join(f"A{d.slot}" for d in dims if d.calibration_references)

@@ -72,6 +72,11 @@ def test_references_generated_from_the_judgments_end_the_warning(small_config: P
         assert (ref["score"], ref["rationale"]) in list(zip(item["score"], item["rationale"], strict=True))
     meta = instance.get_latest_materialization_event(dg.AssetKey("anchor_rubric")).asset_materialization.metadata
     assert meta["configured_references"].value.startswith("written to ")
+    # a later discovery run keeps them (new references would be a new scorer_version: the whole group re-asked)
+    made = generated.read_bytes()
+    run(DISCOVERY_ASSETS, "2")
+    meta = instance.get_latest_materialization_event(dg.AssetKey("anchor_rubric")).asset_materialization.metadata
+    assert meta["configured_references"].value.startswith("kept ") and generated.read_bytes() == made
 
     res = run([teacher, student], "lean_qa")
     for key in ("teacher_labels", "student_scores"):
