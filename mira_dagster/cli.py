@@ -384,7 +384,7 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
     import re
 
     from mira_dagster.core.prompts import PromptTemplateError, render_system
-    from mira_dagster.core.rubric import FAMILY_FACETS, RubricError
+    from mira_dagster.core.rubric import FAMILY_FACETS, RubricError, generated_anchor_name, generated_for
     from mira_dagster.io.anchors import load_rubric
     from mira_dagster.io.templates import load_templates
 
@@ -394,7 +394,8 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
         cfg = load_registry(args.config)
     groups = cfg.groups if cfg is not None else {}
     group_id = args.group
-    if group_id is None and (m := re.fullmatch(r"group_(\w+?)_dim_anchors\.jsonl", path.name)) and m[1] in groups:
+    name_re = r"group_(\w+?)_dim_anchors(?:\.generated)?\.jsonl"
+    if group_id is None and (m := re.fullmatch(name_re, path.name)) and m[1] in groups:
         group_id = m[1]
     if args.group is not None and args.group not in groups:
         known = ", ".join(sorted(groups)) or "none"
@@ -419,7 +420,8 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
     if template is None and cfg is not None and group_id in groups:
         template = groups[group_id].system_template or cfg.pipeline.system_template
     try:
-        prompt = render_system(load_templates(template), rubric, description)
+        templates = load_templates(template)
+        prompt = render_system(templates, rubric, description)
     except PromptTemplateError as exc:
         print(f"mira: {exc}", file=sys.stderr)
         return 1
@@ -439,11 +441,85 @@ def cmd_anchors_check(args: argparse.Namespace) -> int:
     if total:
         which = ", ".join(f"A{d.slot}" for d, _ in rubric.shown_references())
         print(f"calibration references: {total}, {len(shown)} shown in the system prompt (at most 12): {which}")
+        for d, ref in rubric.shown_references():
+            print(f"  [A{d.slot}] from {_reference_origin(ref.model_extra or {})}")
     else:
-        print("calibration references: none; the system prompt says so (the cards' prompt embeds the top-12)")
+        print("calibration references: none in this file (the cards' prompt embeds the top-12)")
+        generated = mira_home() / generated_anchor_name(group_id) if group_id in groups else None
+        if generated is not None and generated.is_file():
+            made = load_rubric(generated, group_id or "?", family)
+            if generated_for(made, rubric):
+                print(
+                    f"  its scorers use the {made.n_references()} that anchor_rubric generated from the teacher's "
+                    f"judgments: {generated} (mira anchors check {generated})"
+                )
+            else:
+                print(f"  {generated} was generated from another version of this file: not used")
+        elif group_id in groups:
+            print("  anchor_rubric generates them from the teacher's judgments (`mira run`); until then, none")
+    if args.show_ours:
+        _print_marked(templates, rubric, description, family)
+        return 0
     print("=== system prompt ===")
     print(prompt)
     return 0
+
+
+def _reference_origin(fields: dict) -> str:
+    """Where a calibration reference came from, as its provenance fields (written by anchor_rubric) say."""
+    if fields.get("origin"):
+        parts = [str(fields["origin"])]
+        if fields.get("record_id"):
+            parts.append(f"record {fields['record_id']} of source {fields.get('source', '?')}")
+        if fields.get("source_dimension"):
+            parts.append(f"judged as {fields['source_dimension']!r}")
+        if fields.get("cluster_items") is not None:
+            parts.append(f"{fields['cluster_items']} judged items in the slot's cluster")
+        if fields.get("configured_file"):
+            parts.append(f"for {fields['configured_file']}")
+        return ", ".join(parts)
+    if fields.get("record_id"):
+        return f"the anchors file itself: record {fields['record_id']} (no other provenance recorded)"
+    return "the anchors file itself (no provenance recorded)"
+
+
+def _print_marked(templates: object, rubric: object, description: str, family: str) -> None:
+    """The system prompt and a placeholder record's user message, each line marked card or ours (the templates'
+    provenance comments), then why each of our lines is there."""
+    from mira_dagster.core.prompts import marked_system, marked_user
+    from mira_dagster.core.records import TEXT_FIELDS, Record
+
+    record_family = "qa_with_think" if family == "mixed" else family
+    record = Record.model_construct(
+        record_id="",
+        source="",
+        group_id="",
+        format=record_family,
+        layout="",
+        n_tokens=0,
+        origin_file="",
+        origin_line=0,
+        **{f: f"<the record's {f}>" for f in TEXT_FIELDS},
+    )
+    reasons: dict[str, None] = {}
+    for title, lines in (
+        ("system prompt", marked_system(templates, rubric, description)),  # type: ignore[arg-type]
+        (f"user message (a placeholder {record_family} record)", marked_user(templates, rubric, record)),  # type: ignore[arg-type]
+    ):
+        print(f"=== {title}: card = the model cards' text, ours = our addition (why below) ===")
+        if lines is None:
+            print("(the template's marks cannot be placed: shown unmarked)")
+            continue
+        for line in lines:
+            print(f"{line.mark or '':4} | {line.text}".rstrip())
+            if line.mark == "ours":
+                reasons.setdefault(line.why or "(no reason given)")
+        unmarked = sum(1 for ln in lines if not ln.mark and ln.text.strip())
+        if unmarked:
+            print(f"({unmarked} line(s) without a mark: the template does not say whose they are)")
+    print("=== why ours ===")
+    for why in reasons:
+        print(f"- {why}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
     check.add_argument(
         "--system-template", help="render with this Jinja2 system template (default: the group's, else the shipped)"
+    )
+    check.add_argument(
+        "--show-ours",
+        action="store_true",
+        help="print the system prompt and a user message with each line marked: the cards' text or ours (and why)",
     )
     check.set_defaults(fn=cmd_anchors_check)
     run = sub.choices["run"]

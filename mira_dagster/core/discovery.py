@@ -5,6 +5,10 @@ frequent dimension name among its items; when two clusters would share a name, t
 items with that name keeps it bare and the other gets a parenthetical sub-label, its own most frequent other
 name ("Tool Selection" and "Tool Selection (Safety & Scope)"). The item nearest each centroid of the 12
 largest clusters becomes a calibration reference.
+
+A configured rubric (a group's shipped anchors file, the released students') without references gets them the same
+way from the same judgments (`configured_references`): each judged item joins the configured slot its text is
+nearest to, and the item nearest the centre of each of the 12 largest of those clusters is the slot's reference.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pydantic import BaseModel
 
 from mira_dagster.core.clustering import kmeans
 from mira_dagster.core.config import Family
-from mira_dagster.core.embeddings import Matrix
+from mira_dagster.core.embeddings import Matrix, dense
 from mira_dagster.core.prompts import fill_record, judge_template
 from mira_dagster.core.records import Record
 from mira_dagster.core.rubric import N_SLOTS, AnchorDim, CalibrationReference, Facet
@@ -145,6 +149,9 @@ def discover_anchors(items: Sequence[JudgmentItem], x: Matrix, k: int = N_SLOTS,
                     rationale=it.rationale,
                     source_dimension=it.dimension,
                     record_id=it.record_id,
+                    origin="discovery: the judged item nearest its cluster's centre",
+                    source=it.source,
+                    cluster_items=int(sizes[c]),
                 )
             ]
         dims.append(
@@ -180,3 +187,51 @@ def _unique_names(order: list[int], names: dict[int, Counter[str]]) -> dict[int,
         result[c] = label
         used.add(label)
     return result
+
+
+def configured_references(
+    dims: Sequence[AnchorDim], items: Sequence[JudgmentItem], x_slots: Matrix, x_items: Matrix, **provenance: object
+) -> list[AnchorDim]:
+    """The configured slots with calibration references drawn from the teacher's free judgments of the user's corpus.
+
+    `x_slots` embeds each slot's name, `x_items` each item's `item_text`, by one embedder in one batch (rows
+    L2-normalised). Each item joins the slot whose name is nearest (cosine) among the slots of the item's facet (all
+    slots when none has it); an item sharing nothing with any slot (cosine 0) joins none. A slot's cluster centre is
+    the mean of its items; its reference is the item nearest that centre. The 12 slots with the most items (ties:
+    slot order) get one each, as the cards' "top-12 anchor calibration references"; every reference records where it
+    came from (`origin`, record, source, the judged dimension, the cluster's size, the cosine to its centre,
+    `provenance`). Slots are returned in order, everything else in them unchanged.
+    """
+    sim = dense(x_items @ x_slots.T).reshape(len(items), len(dims))
+    facets = np.array([d.facet for d in dims])
+    members: dict[int, list[int]] = {n: [] for n in range(len(dims))}
+    for i, item in enumerate(items):
+        allowed = facets == item.facet
+        row = np.where(allowed if allowed.any() else True, sim[i], -np.inf)
+        best = int(np.argmax(row))
+        if row[best] > 0:
+            members[best].append(i)
+    ranked = sorted((n for n in members if members[n]), key=lambda n: (-len(members[n]), n))[:N_REFERENCES]
+    out = [d.model_copy(deep=True) for d in dims]
+    for n in ranked:
+        rows = x_items[members[n]]
+        centre = np.asarray(rows.mean(axis=0)).ravel()
+        centre /= np.linalg.norm(centre) or 1.0
+        closeness = np.asarray(rows @ centre).ravel()
+        pick = int(np.argmax(closeness))
+        it = items[members[n][pick]]
+        out[n].calibration_references = [
+            CalibrationReference(
+                dimension=dims[n].name,
+                score=it.score,
+                rationale=it.rationale,
+                origin="teacher judgment nearest the slot's cluster centre",
+                record_id=it.record_id,
+                source=it.source,
+                source_dimension=it.dimension,
+                cluster_items=len(members[n]),
+                centre_cosine=round(float(closeness[pick]), 4),
+                **provenance,
+            )
+        ]
+    return out

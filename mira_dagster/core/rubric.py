@@ -301,7 +301,8 @@ def released_student_warnings(cfg: MiraConfig, unit: ScorerUnit, rubric: Rubric)
         return [
             f"group {unit.group}: the released student {unit.student_model} is prompted without any calibration "
             f"reference (the cards' system prompt embeds the top-{N_SHOWN_REFERENCES}; {unit.anchors.name} has "
-            "none), so its scores may be off-scale"
+            f"none, and anchor_rubric[{unit.group}] has not generated them from the teacher's judgments yet), so its "
+            "scores may be off-scale"
         ]
     return []
 
@@ -312,3 +313,21 @@ def discovered_anchor_name(key: str, scope: str = "group") -> str:
     source_<name>_dim_anchors.jsonl."""
     name = "global" if scope == "global" else f"{scope}_{key}"
     return f"anchors/{name}_dim_anchors.jsonl"
+
+
+def generated_anchor_name(key: str, scope: str = "group") -> str:
+    """A configured rubric with references generated from the teacher's judgments (core/discovery.
+    configured_references), relative to the store: anchors/group_<id>_dim_anchors.generated.jsonl, beside the
+    discovered rubric and never in place of the shipped file."""
+    return discovered_anchor_name(key, scope).removesuffix(".jsonl") + ".generated.jsonl"
+
+
+def generated_for(generated: Rubric, configured: Rubric) -> bool:
+    """Whether a generated file was made from this configured file: the same slot names, and every reference
+    records the configured file's sha256 (a configured file edited since makes the generated one stale)."""
+    refs = generated.references()
+    return (
+        generated.names == configured.names
+        and bool(refs)
+        and all((r.model_extra or {}).get("configured_sha256") == configured.file_sha256 for r in refs)
+    )

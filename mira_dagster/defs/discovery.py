@@ -9,6 +9,8 @@ import polars as pl
 from mira_dagster.core.clustering import group_sources, source_vector
 from mira_dagster.core.config import MiraConfig, ScorerUnit
 from mira_dagster.core.discovery import (
+    JudgmentItem,
+    configured_references,
     discover_anchors,
     item_text,
     items_of,
@@ -16,14 +18,15 @@ from mira_dagster.core.discovery import (
     judgment_jobs,
     judgments_frame,
 )
+from mira_dagster.core.embeddings import Embedder
 from mira_dagster.core.records import RECORD_SCHEMA, record_text, records_from
-from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name
+from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, generated_anchor_name, generated_for
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import source_to_group, unit_partitions
 from mira_dagster.defs.resources import MiraResource
-from mira_dagster.io.anchors import write_anchor_file
+from mira_dagster.io.anchors import load_rubric, write_anchor_file
 from mira_dagster.io.scorers import make_judge
 from mira_dagster.io.sft import write_sft_file
 from mira_dagster.io.store import Store
@@ -221,8 +224,13 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
         "reference. Written to $MIRA_HOME/anchors/group_<id>_dim_anchors.jsonl (global_dim_anchors.jsonl, "
         "source_<name>_dim_anchors.jsonl in the other scopes); scorers use it when the unit has no configured "
         "anchors (only groups have them) or pipeline.rubric_source is 'discovered' (a new file is a new "
-        "scorer_version). A unit whose sources all have 0 records is skipped with a warning (metadata `skipped`): an "
-        "existing rubric stays."
+        "scorer_version). A group whose configured anchors file has no calibration references gets them from the "
+        "same judgments (each item joins the configured slot it is nearest to; the item nearest the centre of each of "
+        "the 12 largest of those clusters), written with their provenance to "
+        "$MIRA_HOME/anchors/group_<id>_dim_anchors.generated.jsonl, which its scorers then use (the shipped file is "
+        "never changed; one with references is used as it is). The generated file is kept while the configured file "
+        "is unchanged (new references would re-score the whole group): delete it to draw them again. A unit whose "
+        "sources all have 0 records is skipped with a warning (metadata `skipped`): an existing rubric stays."
     ),
 )
 def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
@@ -261,6 +269,9 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     )
     store.write("anchor_rubric", table, _unit_partition(unit))
     in_use = "discovered" if unit.anchors is None or cfg.pipeline.rubric_source == "discovered" else "configured"
+    references = _configured_references(store, unit, items, embedder, df["judge_version"].unique().sort().to_list())
+    if references.startswith("written"):
+        context.log.info(f"{unit.scope} {key}: calibration references for the configured rubric {references}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.height,
@@ -268,8 +279,43 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
             "anchor_file": dg.MetadataValue.path(location),
             "in_use_by_scorers": in_use,
             "embedder": embedder.name,
+            "configured_references": references,
         }
     )
+
+
+def _configured_references(
+    store: Store, unit: ScorerUnit, items: list[JudgmentItem], embedder: Embedder, judge_versions: list[str]
+) -> str:
+    """Write the generated copy of the unit's configured anchors file with references from the judgments, when the
+    file has none; say what was done (the metadata's `configured_references`)."""
+    if unit.anchors is None:
+        return "no configured anchors file"
+    configured = load_rubric(unit.anchors, unit.key, unit.family)
+    if configured.n_references():
+        return f"{unit.anchors.name} has {configured.n_references()} of its own: used as it is"
+    name = generated_anchor_name(unit.key, unit.scope)
+    existing = store.fetch_file(name)
+    if existing is not None and generated_for(load_rubric(existing, unit.key, unit.family), configured):
+        # kept: new references would be a new scorer_version, every record of the group asked again
+        return f"kept {store.location(name)} (made from this file; delete it to draw them from the latest judgments)"
+    # slot names and items in one batch: the offline TF-IDF weighs words over the batch it embeds
+    x = embedder.embed([d.name for d in configured.dims] + [item_text(i) for i in items])
+    n = len(configured.dims)
+    dims = configured_references(
+        configured.dims,
+        items,
+        x[:n],
+        x[n:],
+        configured_file=unit.anchors.name,
+        configured_sha256=configured.file_sha256,
+        judge_version=",".join(judge_versions),
+        embedder=embedder.name,
+    )
+    write_anchor_file(store.home / name, dims)
+    location = store.publish_file(name)
+    slots = ", ".join(f"A{d.slot}" for d in dims if d.calibration_references)
+    return f"written to {location}: {sum(len(d.calibration_references) for d in dims)} ({slots})"
 
 
 @dg.asset(

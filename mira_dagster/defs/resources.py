@@ -16,7 +16,7 @@ from mira_dagster.core.config import MiraConfig
 from mira_dagster.core.embeddings import Embedder
 from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_name
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
-from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.anchors import load_configured_rubric, load_rubric
 from mira_dagster.io.llm_client import Endpoint
 from mira_dagster.io.registry import load_config
 from mira_dagster.io.scorers import make_judge, make_scorer
@@ -95,9 +95,9 @@ class MiraResource(dg.ConfigurableResource):
         (and for the global and per-source scopes, which have no released rubric), the discovered one."""
         cfg = self.config()
         unit = cfg.scorer_units()[unit_key]
-        if unit.anchors is not None and cfg.pipeline.rubric_source == "configured":
-            return load_rubric(unit.anchors, unit_key, unit.family)
         store = self.store()
+        if unit.anchors is not None and cfg.pipeline.rubric_source == "configured":
+            return load_configured_rubric(unit, store.fetch_file)
         name = discovered_anchor_name(unit_key, unit.scope)
         path = store.fetch_file(name)  # with a store URL: a fresh local copy
         if path is None:

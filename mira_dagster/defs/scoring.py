@@ -226,6 +226,9 @@ def _client_meta(backend: object) -> dict[str, Any]:
         "not_sent_endpoint_down": client.not_sent,
         "tokenize_calls": client.tokenize_calls,
         "requests_per_endpoint": client.per_endpoint,
+        "waited_past_timeout": client.waited_past_timeout,
+        "stall_probes": client.stall_probes,
+        "resent_after_stall": client.resent_after_stall,
     }
 
 

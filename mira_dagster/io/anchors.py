@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from mira_dagster.core.config import ScorerUnit
 from mira_dagster.core.rubric import (
     AnchorDim,
     Rubric,
     RubricError,
     RubricFamily,
     anchor_file_text,
+    generated_anchor_name,
+    generated_for,
     parse_rubric,
 )
 
@@ -27,3 +31,18 @@ def write_anchor_file(path: Path, dims: list[AnchorDim]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(anchor_file_text(dims), encoding="utf-8")
     tmp.replace(path)
+
+
+def load_configured_rubric(unit: ScorerUnit, fetch: Callable[[str], Path | None]) -> Rubric:
+    """A group's configured anchors file as its scorers use it: as it is when it has calibration references; else
+    the generated copy with references from the teacher's judgments (anchor_rubric writes it; `fetch` finds it in
+    the store, None when absent), when it was made from this very file; else the file as it is (no references)."""
+    assert unit.anchors is not None
+    rubric = load_rubric(unit.anchors, unit.key, unit.family)
+    if rubric.n_references():
+        return rubric
+    path = fetch(generated_anchor_name(unit.key, unit.scope))
+    if path is None:
+        return rubric
+    generated = load_rubric(path, unit.key, unit.family)
+    return generated if generated_for(generated, rubric) else rubric

@@ -34,7 +34,7 @@ from mira_dagster.core.records import Record, estimate_tokens
 from mira_dagster.core.rubric import Rubric, discovered_anchor_name
 from mira_dagster.core.sampling import hash_sample, teacher_sample
 from mira_dagster.core.scoring import ChatBackend, ReplyCache, ScorerSpec
-from mira_dagster.io.anchors import load_rubric
+from mira_dagster.io.anchors import load_configured_rubric, load_rubric
 from mira_dagster.io.llm_client import Endpoint
 from mira_dagster.io.scorers import EndpointLookup, make_judge, make_scorer
 from mira_dagster.io.store import Store
@@ -263,7 +263,7 @@ def _rubric(cfg: MiraConfig, unit: ScorerUnit, store: Store) -> Rubric | None:
     """The rubric the unit's scorers will use, as MiraResource.rubric chooses it; None when it is still to be
     discovered."""
     if unit.anchors is not None and cfg.pipeline.rubric_source == "configured":
-        return load_rubric(unit.anchors, unit.key, unit.family)
+        return load_configured_rubric(unit, store.fetch_file)
     path = store.fetch_file(discovered_anchor_name(unit.key, unit.scope))  # the store's, wherever it is
     return load_rubric(path, unit.key, unit.family) if path is not None else None
 

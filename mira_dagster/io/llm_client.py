@@ -4,8 +4,14 @@
   with the fewest in flight. An endpoint that fails (connection refused, timeout, 5xx or 429 after the
   client's retries) is rested for a while and the request moves to another one, so one server going down
   does not stop a partition.
-- Retries with exponential backoff and jitter are the `openai` client's own (408/409/429/5xx, timeouts,
+- Retries with exponential backoff and jitter are the `openai` client's own (408/409/429/5xx, connect timeouts,
   dropped connections; never 400). Every HTTP attempt is counted, so retries show in the metadata.
+- Never paid twice: a request the server is still computing is never sent again because we got impatient. There
+  is no read timeout: past `timeout_s` (the patience) a request keeps waiting as long as its endpoint is alive,
+  which an answer from it in the last `timeout_s` or a probe of `/v1/models` (any HTTP status) shows. Only an
+  endpoint that misses STALL_PROBES probes in a row is stalled: its request is cancelled (closing the connection
+  makes vLLM abort it) and sent again elsewhere, counted as `resent_after_stall`; the requests that waited past the
+  patience and the probes sent show in the metadata too.
 - A dead service fails fast: connecting is given at most CONNECT_TIMEOUT_S (a server that accepts no
   connection in that time is down, however long its replies may take), and once no endpoint has answered
   anything for DOWN_AFTER_S while every endpoint keeps failing, the requests not yet sent fail at once
@@ -45,6 +51,9 @@ REST_AFTER_FAILURE_S = 15.0
 CONNECT_TIMEOUT_S = 10.0
 # No reply from any endpoint for this long, and every endpoint failing: the endpoints are down, stop sending.
 DOWN_AFTER_S = 30.0
+# A request running past the patience is cancelled and re-sent only once its endpoint missed this many probes in a
+# row (one probe per patience interval, shared by every request waiting on that endpoint).
+STALL_PROBES = 3
 # Failures that say "this endpoint, now" rather than "this request": worth another endpoint.
 _ENDPOINT_FAILURES = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
 
@@ -127,6 +136,15 @@ class _Target:
     in_flight: int = 0
     rest_until: float = 0.0
     can_tokenize: bool = True
+    # the stall detector: when the endpoint last gave any answer, and the probes it has missed in a row since
+    answered_at: float = 0.0
+    probed_at: float = 0.0
+    missed_probes: int = 0
+    probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class EndpointStalled(openai.APIConnectionError):
+    """A request running past the patience on an endpoint that stopped answering probes: cancelled, sent elsewhere."""
 
 
 @dataclass
@@ -137,6 +155,10 @@ class ClientStats:
     not_sent: int = 0  # failed at once: every endpoint was down
     tokenize_calls: int = 0
     per_endpoint: dict[str, int] = field(default_factory=dict)
+    waited_past_timeout: int = 0  # requests still running at the patience, kept waiting (not re-sent)
+    stall_probes: int = 0  # /v1/models probes sent while requests waited
+    resent_after_stall: int = 0  # requests cancelled on a stalled endpoint and sent again: possibly paid twice
+    longest_reply_s: float = 0.0
 
     @property
     def retries(self) -> int:
@@ -154,6 +176,7 @@ class OpenAIBackend:
         infos: dict[str, ServerInfo] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.patience_s = timeout_s
         self.stats = ClientStats()
         self.capacity = max_in_flight * len(endpoint.base_urls)
         infos = infos or {}
@@ -170,7 +193,8 @@ class OpenAIBackend:
             if request.url.path.endswith("/chat/completions"):
                 self.stats.http_attempts += 1
 
-        timeout = openai.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+        # no read timeout: a reply takes as long as the server needs (the stall detector watches the endpoint)
+        timeout = openai.Timeout(None, connect=CONNECT_TIMEOUT_S, write=max(timeout_s, CONNECT_TIMEOUT_S))
         http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count]}, timeout=timeout)
         client = AsyncOpenAI(
             base_url=url, api_key=self.endpoint.api_key, timeout=timeout, max_retries=max_retries, http_client=http
@@ -214,6 +238,8 @@ class OpenAIBackend:
         last: Exception | None = None
         while (target := self._pick(tried)) is not None:
             tried.add(target.base_url)
+            if isinstance(last, EndpointStalled):
+                self.stats.resent_after_stall += 1
             try:
                 comp = await self._complete_on(target, system, user, spec)
             except _ENDPOINT_FAILURES as exc:
@@ -256,12 +282,16 @@ class OpenAIBackend:
             body["structured_outputs"] = {"regex": spec.structured_regex}
         async with target.semaphore:
             target.in_flight += 1
+            started = time.monotonic()
             try:
                 # The client's generic POST: same retries, errors and auth as chat.completions.create, without
                 # its per-request walk over the typed request body (most of its CPU cost at 300 requests/s).
-                resp = await target.client.post("/chat/completions", body=body, cast_to=ChatCompletion)
+                call = target.client.post("/chat/completions", body=body, cast_to=ChatCompletion)
+                resp = await self._wait(target, call)
             finally:
                 target.in_flight -= 1
+        target.answered_at = time.monotonic()
+        self.stats.longest_reply_s = max(self.stats.longest_reply_s, target.answered_at - started)
         where = redact_url(target.base_url)
         self.stats.per_endpoint[where] = self.stats.per_endpoint.get(where, 0) + 1
         choice = resp.choices[0]
@@ -274,6 +304,54 @@ class OpenAIBackend:
             completion_tokens=usage.completion_tokens if usage else None,
             cached_tokens=getattr(details, "cached_tokens", None) if details else None,
         )
+
+    async def _wait(self, target: _Target, call: Any) -> ChatCompletion:
+        """Await the request as long as its endpoint is alive; cancel it only when the endpoint is stalled."""
+        task = asyncio.ensure_future(call)
+        try:
+            waited = False
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.patience_s)
+                if done:
+                    return task.result()
+                if not waited:
+                    waited = True
+                    self.stats.waited_past_timeout += 1
+                if not await self._endpoint_alive(target):
+                    raise EndpointStalled(
+                        message=f"Endpoint stalled: no answer to {STALL_PROBES} probes in a row while the request "
+                        f"ran past {self.patience_s:g} s",
+                        request=target.http.build_request("POST", f"{target.base_url}/chat/completions"),
+                    )
+        finally:
+            if not task.done():
+                task.cancel()  # closing the connection makes vLLM abort the request
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _endpoint_alive(self, target: _Target) -> bool:
+        """Whether the endpoint still answers: it answered in the last patience interval, or it answers a probe of
+        /v1/models (any HTTP status). One probe per interval per endpoint, whatever the number of requests waiting;
+        False only after STALL_PROBES missed probes in a row."""
+        async with target.probe_lock:
+            now = time.monotonic()
+            if now - target.answered_at < self.patience_s:
+                target.missed_probes = 0
+                return True
+            if now - target.probed_at >= self.patience_s:
+                target.probed_at = now
+                self.stats.stall_probes += 1
+                try:
+                    await target.http.get(
+                        f"{target.base_url}/models",
+                        headers={"Authorization": f"Bearer {self.endpoint.api_key}"},
+                        timeout=min(self.patience_s, CONNECT_TIMEOUT_S),
+                    )
+                except Exception:
+                    target.missed_probes += 1
+                else:
+                    target.answered_at = time.monotonic()
+                    target.missed_probes = 0
+            return target.missed_probes < STALL_PROBES
 
     async def count_prompt_tokens(self, system: str, user: str, spec: ScorerSpec) -> int | None:
         """vLLM's /tokenize with the chat messages: the same count the server checks the context with."""

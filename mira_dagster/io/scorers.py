@@ -48,7 +48,7 @@ def make_scorer(
         # the group's switch wins over the pipeline's (constrained decoding is ours, not the cards' plain call)
         constrained = group.constrained_decoding or settings.constrained_decoding
         if constrained == "on" or (constrained == "auto" and is_vllm):
-            regex = contract_regex(rubric, settings.constrained_rationale_chars)
+            regex = contract_regex(rubric, settings.max_tokens, settings.constrained_rationale_chars)
         backend = OpenAIBackend(
             endpoint,
             timeout_s=settings.request_timeout_s,

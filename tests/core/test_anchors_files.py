@@ -23,9 +23,13 @@ SHIPPED = PROJECT_ROOT / "anchors" / "group_2_dim_anchors.jsonl"
 
 
 def ref_lines(prompt: str) -> list[str]:
+    """The reference lines of a system prompt; [] when it has no references section (no references)."""
     lines = prompt.splitlines()
-    start = lines.index("Calibration references (scored examples that fix the scale):") + 1
-    return lines[start : lines.index("", start)]
+    heading = "Calibration references (scored examples that fix the scale):"
+    if heading not in lines:
+        return []
+    start = lines.index(heading) + 1
+    return lines[start : lines.index("", start) if "" in lines[start:] else len(lines)]
 
 
 def test_a_file_with_extra_fields_and_no_facet_loads_and_keeps_everything() -> None:
@@ -144,9 +148,10 @@ def test_shipped_files_load_unchanged() -> None:
     for gid, group in cfg.groups.items():
         rubric = load_rubric(group.anchors, gid, group.family)
         assert all(d.facet_given and not d.model_extra for d in rubric.dims)
-        assert ref_lines(system_prompt(rubric, group.description)) == [
-            "- none yet: use the full 0-10 range, 5 meaning typical for this group."
-        ]
+        # no references: the section is left out (the cards give no text for that case; anchor_rubric generates
+        # references from the teacher's judgments, tests/defs/test_anchor_warnings.py)
+        prompt = system_prompt(rubric, group.description)
+        assert ref_lines(prompt) == [] and "Calibration references" not in prompt
 
 
 def _lines() -> list[dict]:
@@ -220,3 +225,48 @@ def test_released_student_warnings(tmp_path: Path) -> None:
     for scope in ("global", "source"):
         other = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"scorer_scope": scope})})
         assert released_student_warnings(other, other.unit_of("qwq"), shipped) == []
+
+
+def test_configured_references_are_the_items_nearest_the_centres_of_the_12_largest_slot_clusters() -> None:
+    """Each item joins the nearest slot of its facet; the 12 slots with the most items get the item nearest their
+    centre as a reference, with its provenance; an item sharing nothing with any slot joins none."""
+    import numpy as np
+
+    from mira_dagster.core.discovery import JudgmentItem, configured_references
+
+    dims = [AnchorDim(slot=s, name=f"Dim {s}", facet="think" if s <= 7 else "qa") for s in range(1, 16)]
+    x_slots = np.eye(15, 16)
+    items, rows = [], []
+
+    def add(slot: int, vec: np.ndarray, facet: str, score: float) -> None:
+        items.append(
+            JudgmentItem(
+                record_id=f"r{len(items)}",
+                source="s",
+                dimension=f"d{slot}",
+                facet=facet,
+                score=score,
+                rationale=f"why {len(items)}",
+            )
+        )
+        rows.append(vec / np.linalg.norm(vec))
+
+    for slot in range(1, 14):  # slots 1-13 get 14-slot items (slot 13: one item); 14, 15: none
+        for j in range(14 - slot + 1):
+            vec = np.eye(16)[slot - 1] + (0.1 * j) * np.eye(16)[15]  # j = 0 lies on the slot's axis
+            add(slot, vec, "think" if slot <= 7 else "qa", float(j))
+    # nearest to slot 14 (qa) by text, but a think item: joins the nearest think slot instead (slot 1 shares a bit)
+    add(14, np.eye(16)[13] + 0.2 * np.eye(16)[0], "think", 9.0)
+    add(0, np.eye(16)[15], "qa", 3.0)  # shares nothing with any slot name: joins none
+    out = configured_references(dims, items, x_slots, np.array(rows), judge_version="v1")
+    with_refs = [d.slot for d in out if d.calibration_references]
+    assert with_refs == list(range(1, 13))  # the 12 largest; slot 13 (one item) and the empty ones get none
+    first = out[0].calibration_references[0]
+    assert first.dimension == "Dim 1" and first.model_extra["cluster_items"] == 15  # 14 + the think item
+    # the item nearest the mean of slot 1's members (its 14 items and the think item), computed here by hand
+    members = [i for i, it in enumerate(items) if (it.dimension == "d1") or (it.dimension == "d14")]
+    centre = np.array(rows)[members].mean(axis=0)
+    nearest = members[int(np.argmax(np.array(rows)[members] @ centre))]
+    assert first.model_extra["record_id"] == items[nearest].record_id and first.score == items[nearest].score
+    assert first.model_extra["judge_version"] == "v1" and first.model_extra["centre_cosine"] > 0.9
+    assert [d.name for d in out] == [d.name for d in dims] and not any(d.calibration_references for d in dims)

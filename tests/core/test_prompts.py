@@ -1,8 +1,8 @@
 """The scorer prompts are Jinja2 templates (anchors/templates/); these tests pin what they render.
 
 tests/golden/prompts/ holds, per group of anchors/groups.yaml and for the qa family, the system prompt and one
-rendered user message as the code before the templates built them (the templates reproduce them byte for byte), and
-two files written by hand: what a user's own templates (written below into tmp_path) must render to.
+rendered user message as the shipped templates render them (captured and reviewed, see its README), and two files
+written by hand: what a user's own templates (written below into tmp_path) must render to.
 """
 
 from __future__ import annotations
@@ -15,7 +15,18 @@ import pytest
 
 from mira_dagster import cli
 from mira_dagster.core.config import MiraConfig
-from mira_dagster.core.prompts import PromptTemplateError, contract_regex, facet_guide, render_system, render_user
+from mira_dagster.core.prompts import (
+    ContractTooLongError,
+    PromptTemplateError,
+    contract_limits,
+    contract_regex,
+    facet_guide,
+    marked_system,
+    marked_user,
+    regex_literal,
+    render_system,
+    render_user,
+)
 from mira_dagster.core.records import Record
 from mira_dagster.core.rubric import AnchorDim, Rubric
 from mira_dagster.core.scoring import Chunk, Completion, Job, Role, ScorerSpec, run_scorer
@@ -322,18 +333,60 @@ def contract_reply(rubric: Rubric, scores: list[str], rationale: str = "Clear an
     return rows + "overall: 78\ntraining_recommendation: keep\ndomain_tag: math/algebra\nbrief: A clean solution.\n"
 
 
-def test_contract_regex_admits_half_points_and_long_rationales() -> None:
+def test_contract_regex_admits_half_points_and_the_longest_rationale_that_fits() -> None:
     cfg = load_config()
     rubric = group_rubric(cfg, "2")
-    regex = contract_regex(rubric, cfg.pipeline.constrained_rationale_chars)
+    regex = contract_regex(rubric, cfg.pipeline.max_tokens, cfg.pipeline.constrained_rationale_chars)
+    longest, _ = contract_limits(rubric, cfg.pipeline.max_tokens)
+    assert 60 <= longest < 300  # derived from max_tokens 2048, below the setting's cap
     scores = ["7.5", "10", "0", "0.5", "9.5", *["8"] * 10]
     assert re.fullmatch(regex, contract_reply(rubric, scores))
-    assert re.fullmatch(regex, contract_reply(rubric, scores, "x" * 300))  # the default admits 300 characters
+    assert re.fullmatch(regex, contract_reply(rubric, scores, "x" * longest))
+    assert not re.fullmatch(regex, contract_reply(rubric, scores, "x" * (longest + 1)))
     assert re.fullmatch(regex, (REPLIES / "01_contract_exact.txt").read_text(encoding="utf-8"))
     for bad in ("10.5", "11", "7.25", "-1", "07"):
         assert not re.fullmatch(regex, contract_reply(rubric, [bad, *scores[1:]])), bad
     assert not re.fullmatch(regex, contract_reply(rubric, scores, ""))
-    assert not re.fullmatch(contract_regex(rubric, 200), contract_reply(rubric, scores, "x" * 201))
+    assert not re.fullmatch(contract_regex(rubric, 2048, 20), contract_reply(rubric, scores, "x" * 21))  # the cap
+
+
+def longest_reply(rubric: Rubric, max_tokens: int) -> str:
+    """The longest reply the contract regex admits, in bytes: every free field at its limit."""
+    rationale, tag = contract_limits(rubric, max_tokens)
+    rows = "".join(f"[A{d.slot}] {d.name}: 7.5/10 — {'x' * rationale}\n" for d in rubric.dims)
+    return (
+        rows + f"overall: 100\ntraining_recommendation: downsample\ndomain_tag: {'t' * tag}\nbrief: {'b' * rationale}\n"
+    )
+
+
+@pytest.mark.parametrize("max_tokens", [1000, 1024, 2048, 4096])
+@pytest.mark.parametrize("group", ["2", "D"])
+def test_the_longest_constrained_reply_fits_max_tokens_at_a_byte_a_token(group: str, max_tokens: int) -> None:
+    """No tokenizer of byte-level BPE or SentencePiece makes a token of less than a byte: a reply of at most
+    max_tokens - 1 bytes (one token left for the end of sequence) always fits."""
+    rubric = group_rubric(load_config(), group)
+    reply = longest_reply(rubric, max_tokens)
+    assert re.fullmatch(contract_regex(rubric, max_tokens), reply)
+    assert max_tokens - 1 - len(rubric.dims) - 1 <= len(reply.encode()) <= max_tokens - 1  # fits, nearly all used
+
+
+def test_a_max_tokens_too_small_for_the_contract_is_a_clear_error() -> None:
+    rubric = group_rubric(load_config(), "D")
+    with pytest.raises(ContractTooLongError, match="max_tokens 300 cannot hold a constrained reply"):
+        contract_regex(rubric, 300)
+
+
+def test_contract_regex_escapes_only_what_vllm_regex_engines_know() -> None:
+    """re.escape writes escapes xgrammar warns about (`\\ `, `\\#`, `\\:`, ...): names are written literally,
+    only the regex metacharacters escaped, and the regex still matches the name exactly."""
+    name = "Plan (goal) / 2.5 + x? [a|b] {c} ^$ * & # ~ : , % ! @ = < > ; _ `é —"
+    assert regex_literal(name) == (
+        "Plan \\(goal\\) / 2\\.5 \\+ x\\? \\[a\\|b\\] \\{c\\} \\^\\$ \\* & # ~ : , % ! @ = < > ; _ `é —"
+    )
+    assert re.fullmatch(regex_literal(name), name)
+    rubric = group_rubric(load_config(), "D")
+    regex = contract_regex(rubric, 2048)
+    assert not re.search(r"\\[^\\.^$*+?()\[\]{}|n]", regex)  # no other escape anywhere
 
 
 @pytest.fixture
@@ -357,4 +410,60 @@ def test_a_group_turns_constrained_decoding_on_or_off(
     assert (spec.structured_regex is not None) == constrained
     assert where.endswith(f"constrained decoding {'on' if constrained else 'off'}")
     if constrained:
-        assert spec.structured_regex == contract_regex(group_rubric(cfg, "D"), 300)
+        assert spec.structured_regex == contract_regex(group_rubric(cfg, "D"), cfg.pipeline.max_tokens, 300)
+
+
+# --- provenance marks --------------------------------------------------------------------------------------------
+
+SHIPPED_TEMPLATES = Path(__file__).parents[2] / "anchors" / "templates"
+ONLY_TAGS = re.compile(r"^\s*(\{%.*?%\}\s*|\{#.*?#\}\s*)*$")
+
+
+@pytest.mark.parametrize("name", ["system.j2", "user.j2"])
+def test_every_shipped_template_line_that_sends_text_is_marked(name: str) -> None:
+    """Outside the header comment, a line is blank, only tags, or starts with `{# card ... #}` / `{# ours: why #}`;
+    an `ours` mark always says why."""
+    source = (SHIPPED_TEMPLATES / name).read_text(encoding="utf-8")
+    body = source.split("#}\n", 1)[1]  # after the header comment
+    for line in body.splitlines():
+        if not line.strip() or ONLY_TAGS.match(line):
+            continue
+        m = re.match(r"\{# (card|ours)(:? ?)(.*?) #\}", line)
+        assert m, line
+        assert m[1] == "card" or (m[2] == ": " and m[3]), f"ours without a reason: {line}"
+
+
+@pytest.mark.parametrize("group_id", ["2", "D"])
+def test_marked_prompts_are_the_prompts_and_the_cards_lines_are_marked_card(group_id: str) -> None:
+    cfg = load_config()
+    rubric = load_rubric(UPSTREAM, group_id, cfg.groups[group_id].family) if group_id == "2" else group_rubric(cfg, "D")
+    templates = load_templates()
+    description = cfg.groups[group_id].description
+    record = RECORDS[group_id]
+    system = marked_system(templates, rubric, description)
+    user = marked_user(templates, rubric, record)
+    assert system is not None and user is not None
+    # the marks send nothing: the marked lines are the prompts, byte for byte
+    assert "\n".join(ln.text for ln in system) == render_system(templates, rubric, description)
+    assert "\n".join(ln.text for ln in user) == render_user(templates, rubric, record)
+    for line in system + user:
+        assert (line.mark in ("card", "ours")) == bool(line.text.strip()), line
+    card = {ln.text for ln in system + user if ln.mark == "card"}
+    contract = {f"[A{d.slot}] {d.name}: <score>/10 — <justification>" for d in rubric.dims}
+    contract |= {"overall: <0-100>", "training_recommendation: <keep | downsample | drop>"}
+    contract |= {"domain_tag: <short tag>", "brief: <one-sentence summary>"}
+    contract |= {ref.line(d.name) for d, ref in rubric.shown_references()}
+    values = [getattr(record, f) for f in ("question", "thinking", "answer", "task", "trajectory", "outcome")]
+    contract |= {v for text in values if text for v in text.splitlines() if v.strip()}
+    assert card == contract  # exactly the cards' contract, the references and the record are "card"
+    ours = [ln for ln in system + user if ln.mark == "ours"]
+    assert ours and all(ln.why for ln in ours)
+
+
+def test_a_template_without_marks_is_shown_unmarked() -> None:
+    cfg = load_config()
+    rubric = group_rubric(cfg, "D")
+    templates = load_templates()
+    plain = templates.__class__("Rate group {{ group }}.\nBe fair.", "x", templates.system_path, templates.user_path)
+    lines = marked_system(plain, rubric, "")
+    assert lines is not None and [ln.mark for ln in lines] == ["", ""]

@@ -71,7 +71,8 @@ def test_discovered_rubric_drives_scorers_and_versions(
     spec, _, _ = disc.scorer("student", "2")
     rubric = disc.rubric("2")
     assert spec.version != configured_spec.version
-    assert f"[A1] {rubric.names[0]}\n" in spec.system_prompt and "Calibration references" in spec.system_prompt
+    # the discovered rubric's references (slot 1 is the largest cluster, so it has one) are in the system prompt
+    assert f"\n- {rubric.names[0]}: " in spec.system_prompt and "Calibration references" in spec.system_prompt
     assert sum(1 for line in spec.system_prompt.splitlines() if line.startswith("- ")) == 12
     # a changed anchor file is a new scorer_version: old scores are re-made, not mixed
     anchor = home / "anchors" / "group_2_dim_anchors.jsonl"

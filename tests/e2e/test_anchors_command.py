@@ -3,6 +3,7 @@ exit 1 with one line naming the problem for an unusable file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -94,3 +95,59 @@ def test_an_unusable_file_exits_1_with_one_line(tmp_path: Path) -> None:
     ]
     run = mira(tmp_path / "nope.jsonl", "--group", "D")
     assert run.returncode == 1 and "anchor file not found" in run.stderr
+
+
+def test_show_ours_marks_every_line_of_both_messages() -> None:
+    run = mira(PROJECT_ROOT / "anchors" / "group_2_dim_anchors.jsonl", "--show-ours")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "=== system prompt ===" not in out  # the marked prompt replaces the plain one
+    system = out.split("=== system prompt: ", 1)[1].split("\n", 1)[1].split("=== user message", 1)[0]
+    user = out.split("=== user message (a placeholder qa_with_think record): ", 1)[1].split("\n", 1)[1]
+    user, why = user.split("=== why ours ===\n", 1)
+    for line in (system + user).splitlines():
+        assert line.startswith(("card | ", "ours | ")) or line.strip() == "|", line
+    assert "ours | You are MIRA's anchored data-quality scorer for group 2 (" in system
+    assert "ours | Score this record." in user and "ours | ## Thinking" in user
+    assert "card | <the record's thinking>" in user
+    assert "card | [A1] Factual Correctness: <score>/10 — <justification>" in user
+    assert "card | brief: <one-sentence summary>" in user
+    assert "ours | Dimensions:" in user  # group 2's slots look at three facets: the guide says which
+    assert "- a heading, so the record's parts cannot run together" in why.splitlines()
+
+
+def test_where_each_reference_came_from(tmp_path: Path) -> None:
+    """A generated file's references name their origin; the shipped file says its scorers use the generated one
+    (in MIRA_HOME, here the working directory's .mira) when it was made from this very file."""
+    shipped = PROJECT_ROOT / "anchors" / "group_2_dim_anchors.jsonl"
+    sha = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    rows = [json.loads(x) for x in shipped.read_text().splitlines()]
+    rows[0]["calibration_references"] = [
+        {
+            "dimension": rows[0]["name"],
+            "score": 8.0,
+            "rationale": "Every step checks out.",
+            "origin": "teacher judgment nearest the slot's cluster centre",
+            "record_id": "r-1",
+            "source": "lean_qa",
+            "source_dimension": "Correctness",
+            "cluster_items": 9,
+            "configured_file": shipped.name,
+            "configured_sha256": sha,
+        }
+    ]
+    generated = tmp_path / ".mira" / "anchors" / "group_2_dim_anchors.generated.jsonl"
+    generated.parent.mkdir(parents=True)
+    generated.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = PROJECT_ROOT / "anchors" / "groups.yaml"
+    run = mira(generated, "--config", config, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (
+        "  [A1] from teacher judgment nearest the slot's cluster centre, record r-1 of source lean_qa, judged as "
+        "'Correctness', 9 judged items in the slot's cluster, for group_2_dim_anchors.jsonl"
+    ) in run.stdout
+    run = mira(shipped, "--config", config, cwd=tmp_path)
+    assert "its scorers use the 1 that anchor_rubric generated from the teacher's judgments" in run.stdout
+    generated.write_text(generated.read_text().replace(sha, "0" * 64))  # made from another version of the file
+    run = mira(shipped, "--config", config, cwd=tmp_path)
+    assert "was generated from another version of this file: not used" in run.stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -106,7 +108,8 @@ def test_probe_of_a_closed_port_says_unreachable() -> None:
 def test_connect_timeout_is_short_whatever_the_request_timeout() -> None:
     backend = OpenAIBackend(Endpoint(("http://127.0.0.1:1/v1",), "k", "m"), timeout_s=120)
     timeout = backend._targets[0].client.timeout
-    assert timeout.connect == llm_client.CONNECT_TIMEOUT_S and timeout.read == 120
+    # no read timeout: a reply takes as long as the server needs (the stall detector watches the endpoint)
+    assert timeout.connect == llm_client.CONNECT_TIMEOUT_S and timeout.read is None
     asyncio.run(backend.aclose())
 
 
@@ -126,3 +129,72 @@ def test_a_server_answering_errors_is_not_down(tmp_path: Path, monkeypatch: pyte
         outcomes, stats = run(jobs[:20], spec, backend, ParquetReplyCache(tmp_path), max_in_flight=1)
     assert backend.stats.not_sent == 0 and stats.sent == 20
     assert all("not sent" not in " ".join(o.result.issues) for o in outcomes)
+
+
+def test_slow_server_answers_every_record_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server taking 3x the request timeout per reply, 20 requests in flight: each record is sent once and
+    answered once (the old client timed out and re-sent while the server still computed: paid twice)."""
+    # the standard library server's listen backlog is 5: 20 connections at once would be reset by the kernel
+    # before the server saw them (retried, never paid); a real server's backlog is in the thousands
+    monkeypatch.setattr(http.server.ThreadingHTTPServer, "request_queue_size", 64)
+    spec, _, jobs = _setup()
+    patience = 0.4
+    server = ChatServer(latency_s=3 * patience)
+    with serve(server) as url:
+        backend = OpenAIBackend(Endpoint((url,), "k", spec.model), timeout_s=patience, max_in_flight=20)
+        outcomes, stats = run(jobs[:20], spec, backend, ParquetReplyCache(tmp_path), max_in_flight=20)
+    assert [o.result.status for o in outcomes] == ["ok"] * 20
+    assert server.chat_requests == 20 == len(set(server.answered)) == len(server.answered)  # server-side count
+    assert backend.stats.http_attempts == 20 and backend.stats.retries == 0
+    assert backend.stats.waited_past_timeout == 20 and backend.stats.resent_after_stall == 0
+    assert backend.stats.longest_reply_s >= 3 * patience
+
+
+def hung_endpoint() -> tuple[str, threading.Event]:
+    """A URL whose server accepts one request and never answers, then stops listening (probes are refused): a
+    host that went away mid-request. Set the event to release the held connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    release = threading.Event()
+
+    def hold() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        release.wait(30)
+        conn.close()
+
+    threading.Thread(target=hold, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/v1", release
+
+
+def test_stalled_endpoint_request_is_cancelled_and_sent_elsewhere(tmp_path: Path) -> None:
+    """The one case a running request is sent again: its endpoint stopped answering probes (STALL_PROBES in a row).
+    It is counted as resent_after_stall, and the other endpoint answers it."""
+    spec, _, jobs = _setup()
+    server = ChatServer()
+    hung, release = hung_endpoint()
+    try:
+        with serve(server) as url:
+            # the hung endpoint is first: with nothing in flight the client picks it
+            backend = OpenAIBackend(Endpoint((hung, url), "k", spec.model), timeout_s=0.2, max_in_flight=1)
+            outcomes, _ = run(jobs[:1], spec, backend, ParquetReplyCache(tmp_path), max_in_flight=1)
+    finally:
+        release.set()
+    assert [o.result.status for o in outcomes] == ["ok"]
+    assert server.chat_requests == 1
+    assert backend.stats.resent_after_stall == 1 == backend.stats.failovers
+    assert backend.stats.stall_probes >= llm_client.STALL_PROBES
+
+
+def test_a_slow_reply_is_not_a_stall_while_the_endpoint_answers_probes(tmp_path: Path) -> None:
+    """A reply taking many patience intervals on an endpoint that answers probes (here 501: any status is an
+    answer) is waited for, however many probes that takes."""
+    spec, _, jobs = _setup()
+    server = ChatServer(latency_s=1.5)
+    with serve(server) as url:
+        backend = OpenAIBackend(Endpoint((url,), "k", spec.model), timeout_s=0.1, max_in_flight=1)
+        outcomes, _ = run(jobs[:1], spec, backend, ParquetReplyCache(tmp_path), max_in_flight=1)
+    assert [o.result.status for o in outcomes] == ["ok"]
+    assert server.chat_requests == 1 and backend.stats.resent_after_stall == 0
+    assert backend.stats.stall_probes > llm_client.STALL_PROBES  # more probes than a stall needs: all answered

@@ -81,13 +81,20 @@ def _vllm_server(args: list[str | Path], log_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The tiny random-weight chat model's server: its …/v1 URL and its log file (what the server warned about)."""
     model = tmp_path_factory.mktemp("tiny-model")
     subprocess.run([_vllm_python(), Path(__file__).parent / "tiny_model.py", model], check=True)
     args: list[str | Path] = ["--model", model, "--load-format", "dummy", "--served-model-name", *SERVED]
     args += ["--max-model-len", str(MAX_MODEL_LEN), "--enable-prompt-tokens-details"]
-    with _vllm_server(args, tmp_path_factory.mktemp("vllm-log")) as url:
-        yield url
+    log_dir = tmp_path_factory.mktemp("vllm-log")
+    with _vllm_server(args, log_dir) as url:
+        yield url, log_dir / "server.log"
+
+
+@pytest.fixture(scope="session")
+def vllm_url(vllm_server: tuple[str, Path]) -> str:
+    return vllm_server[0]
 
 
 def _embed_model_dir() -> Path:

@@ -45,7 +45,7 @@ def faulty(server: ChatServer):
             return Reply(429, {"error": {"message": "rate limited", "type": "RateLimitError"}})
         if kind == "drop":
             return Reply(drop=True)
-        return Reply(payload=good, delay_s=3.5)  # slow: past the 2 s timeout
+        return Reply(payload=good, delay_s=3.5)  # slow: past the 2 s timeout, waited for (never re-sent)
 
     return respond
 
@@ -89,9 +89,10 @@ def test_every_record_one_status_and_transient_faults_retried(
     assert got == {k: v for k, v in expected.items() if v}
     assert set(kinds) == set(KINDS)  # every fault kind was exercised
     for key, kind in users.items():
-        # each transient fault cost exactly one retry; a reply that did not parse (prose, cut) was asked again once
-        # (parse_retries 1), and this server answers it the same way again
-        assert server.attempts[key] == (1 if kind == "ok" else 2), kind
+        # each transient fault cost exactly one retry; a slow reply none (the client waits as long as the server
+        # needs: never paid twice); a reply that did not parse (prose, cut) was asked again once (parse_retries 1),
+        # and this server answers it the same way again
+        assert server.attempts[key] == (1 if kind in ("ok", "slow") else 2), kind
 
     # the blocking check reports the right rate, fails, and says so
     rate = expected["parse_error"] / 67
@@ -100,7 +101,9 @@ def test_every_record_one_status_and_transient_faults_retried(
     assert evals["parse_failure_rate"].passed is (rate <= 0.05)
     assert evals["statuses_reconcile"].passed
     mat = instance.get_latest_materialization_event(dg.AssetKey("student_scores")).asset_materialization
-    assert mat.metadata["retries"].value == sum(k in ("500", "503", "429", "drop", "slow") for k in kinds)
+    assert mat.metadata["retries"].value == sum(k in ("500", "503", "429", "drop") for k in kinds)
+    assert mat.metadata["waited_past_timeout"].value == kinds.count("slow")
+    assert mat.metadata["resent_after_stall"].value == 0
     reasked = expected["parse_error"] + expected["partial"]
     assert mat.metadata["requests_sent"].value == 67 + reasked
     assert mat.metadata["parse_retries_sent"].value == reasked and mat.metadata["parse_retries_rescued"].value == 0
