@@ -134,7 +134,7 @@ _ANY_OF_TEN = re.compile(rf"(?<![\w.])({_NUM}){_OF_TEN}", re.I)
 # Another score right after the score: a range (`9-10`), an alternative (`7 or 8`, `7/10 (8/10)`).
 _ALTERNATIVE = re.compile(
     rf"(?P<tight>[-–~])[ \t]?(?P<n1>{_NUM})"
-    rf"|[ \t*_`,;(]{{0,4}}(?:or[ \t]maybe|or[ \t]so|to|or|maybe|perhaps|possibly|arguably|could[ \t]be|might[ \t]be)"
+    rf"|[ \t*_`,;(—–]{{0,4}}(?:or[ \t]maybe|or[ \t]so|to|or|maybe|perhaps|possibly|arguably|could[ \t]be|might[ \t]be)"
     rf"[ \t*_`(]{{1,4}}(?P<n2>{_NUM})"
     rf"|[ \t*_`]{{0,4}}(?:[-–—~/]|\(|\[)[ \t*_`(]{{0,4}}(?:or[ \t]{{1,3}})?(?P<n3>{_NUM}){_OF_TEN}",
     re.I,

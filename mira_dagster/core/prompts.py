@@ -250,6 +250,7 @@ _REGEX_META = frozenset("\\.^$*+?()[]{}|")
 # A rationale, the domain tag and the brief are printable ASCII: one byte, so at most one token, a character, which
 # bounds the longest reply by max_tokens (a character class over all of Unicode costs up to 4 tokens a character).
 _TEXT_CHAR = "[ -~]"
+_WORD_START = "[A-Za-z]"  # a rationale or brief starts with a word
 _SCORE = r"(10|[0-9](\.5)?)"
 _LONGEST_SCORE, _LONGEST_OVERALL, _LONGEST_RECOMMENDATION = "7.5", "100", "downsample"
 
@@ -301,7 +302,9 @@ def contract_regex(rubric: Rubric, max_tokens: int, max_rationale_chars: int | N
     model, however bad, under the constraint ends its reply before max_tokens cuts it.
     """
     rationale_chars, tag_chars = contract_limits(rubric, max_tokens, max_rationale_chars, tag_chars)
-    text = f"{_TEXT_CHAR}{{1,{rationale_chars}}}"
+    # a letter first: a rationale that opens with another score ("— 3.5/10", "— 2.1") is refused or degenerate
+    # (core/parsing.py), so the constraint keeps the model from writing one rather than paying to ask again
+    text = f"{_WORD_START}{_TEXT_CHAR}{{0,{rationale_chars - 1}}}"
     rows = [rf"\[A{d.slot}\] {regex_literal(d.name)}: {_SCORE}/10 — {text}\n" for d in rubric.dims]
     trailer = (
         "overall: (100|[1-9]?[0-9])\n"

@@ -350,3 +350,12 @@ def test_any_text_ends_in_one_consistent_status(pieces: list[str], finish: str |
         assert None not in (r.overall, r.recommendation, r.domain_tag, r.brief)
     if finish == "stop":
         assert "reply cut off" not in r.issues
+
+
+@pytest.mark.parametrize("hedge", ["or 8", "maybe 8", "to 9", "perhaps 6"])
+def test_an_alternative_after_the_dash_is_refused(hedge: str) -> None:
+    """`7/10 — or 8`: the rationale offers another score (a real small model wrote such lines); none is stored."""
+    r = parse_reply(contract().replace("[A3] Dim 3: 3/10 — reason 3", f"[A3] Dim 3: 3/10 — {hedge}"))
+    assert r.scores[2] is None and r.status == "partial"
+    assert any(i.startswith("A3: a range or alternative") for i in r.issues)
+    assert parse_reply(contract().replace("reason 3", "or 3")).scores[2] == 3.0  # the same number is one score

@@ -347,6 +347,8 @@ def test_contract_regex_admits_half_points_and_the_longest_rationale_that_fits()
     for bad in ("10.5", "11", "7.25", "-1", "07"):
         assert not re.fullmatch(regex, contract_reply(rubric, [bad, *scores[1:]])), bad
     assert not re.fullmatch(regex, contract_reply(rubric, scores, ""))
+    for opens_with_a_number in ("3.5/10", "2.1", " 8"):  # what a small model wrote under the old constraint
+        assert not re.fullmatch(regex, contract_reply(rubric, scores, opens_with_a_number)), opens_with_a_number
     assert not re.fullmatch(contract_regex(rubric, 2048, 20), contract_reply(rubric, scores, "x" * 21))  # the cap
 
 
