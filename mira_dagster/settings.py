@@ -252,6 +252,29 @@ def _drop_empty(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# -- a project's .env (written by `mira init` / `make setup`) ---------------------------------------------------
+PROJECT_ENV = ".env"
+
+
+def load_project_env(folder: Path, home_given: bool = False) -> Path | None:
+    """The `.env` of the project in `folder` into this process's environment, so `mira` uses the project's registry
+    and instance as Dagster's CLI does (which loads the same file). A variable the shell exports wins; the file's
+    DAGSTER_HOME is skipped when MIRA_HOME is exported or `--home` given (that home keeps its own instance).
+    Returns the file, or None when the folder has none."""
+    path = folder / PROJECT_ENV
+    if not path.is_file():
+        return None
+    from dotenv import dotenv_values
+
+    for key, value in dotenv_values(path).items():
+        if not value or os.environ.get(key):
+            continue
+        if key == "DAGSTER_HOME" and (home_given or os.environ.get("MIRA_HOME")):
+            continue
+        os.environ[key] = value
+    return path
+
+
 # -- for the command line (outside Dagster runs): the environment's settings ------------------------------------
 def mira_home() -> Path:
     """Where tables, caches and exports live: MIRA_HOME, default `.mira/` in the working directory."""
