@@ -148,7 +148,10 @@ def test_mira_run_on_postgres(
     assert int(materialised) >= 3
 
     # Dagster's own command in a plain shell reads the URL as written (dagster-postgres.yaml): the psycopg2 driver named
-    env = {**env, "MIRA_DAGSTER_PG_URL": bare_url(postgres, "mira_run").replace("postgresql://", "postgresql+psycopg2://")}
+    env = {
+        **env,
+        "MIRA_DAGSTER_PG_URL": bare_url(postgres, "mira_run").replace("postgresql://", "postgresql+psycopg2://"),
+    }
     out = run_ok([BIN / "dagster", "instance", "info"], env, tmp_path)
     for name in ("run_storage: PostgresRunStorage", "event_log_storage: PostgresEventLogStorage"):
         assert name in out, out
