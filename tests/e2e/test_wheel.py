@@ -88,6 +88,10 @@ def test_wheel_init_run_and_dagster_materialize(installed: Path, tmp_path: Path)
     where = sh([installed / "bin" / "python", "-c", "import mira_dagster; print(mira_dagster.__file__)"], tmp_path, env)
     assert str(installed) in where and str(PROJECT_ROOT) not in where
 
+    # outside a project, with no MIRA_CONFIG: one line saying what to do, not a path inside site-packages
+    lost = subprocess.run(["mira", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert lost.returncode == 2 and "mira init" in lost.stderr and lost.stderr.count("\n") == 1, lost.stderr
+
     out = sh(["mira", "init", "proj"], tmp_path, env)
     proj = tmp_path / "proj"
     assert "groups.yaml" in out
