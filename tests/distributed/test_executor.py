@@ -16,7 +16,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
 from tests.distributed.servers import PostgresServer, RedisServer, celery_workers, stop_group
 from tests.helpers import run_ok
@@ -113,7 +112,7 @@ def test_refresh_sources_partitions_run_on_two_celery_workers(
     assert not any(_alive(pid) for pid in pids + [p.pid for p in runs])
 
     monkeypatch.setenv("MIRA_DAGSTER_PG_URL", postgres.url("executor"))
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         records = instance.get_run_records(dg.RunsFilter(job_name="refresh_sources"))
         by_partition = {r.dagster_run.tags["dagster/partition"]: r.dagster_run for r in records}
         assert set(by_partition) == set(SOURCES)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
 from mira_dagster.core.config import ConfigError
 from mira_dagster.instance import POOLS, POSTGRES_SETTINGS, ensure_instance
@@ -41,7 +40,7 @@ def bare_url(postgres: PostgresServer, db: str) -> str:
 
 def open_instance(home: Path, postgres: PostgresServer, db: str, monkeypatch: pytest.MonkeyPatch) -> dg.DagsterInstance:
     monkeypatch.setenv("MIRA_DAGSTER_PG_URL", postgres.url(db))
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def test_the_deployment_settings() -> None:
