@@ -21,16 +21,16 @@ load_from:
 
 
 def env_text(registry: Path, home: Path) -> str:
-    """The project's `.env`: absolute paths (Dagster refuses a relative DAGSTER_HOME), one variable a line."""
+    """The project's `.env`: absolute paths (Dagster refuses a relative DAGSTER_HOME), one variable a line; no
+    DAGSTER_MODULE_NAME (measured with dagster 1.13.27: `dagster dev` then never serves its webserver)."""
     return (
         "# The project's settings, loaded by Dagster's CLI (`dagster dev`, `dagster asset ...`) from this folder,\n"
-        "# where this file wins over the shell, and by `mira`, where the shell wins. Dagster 1.13 reads the code\n"
-        "# location before it loads this file: for `dagster asset|job ...` export it once per shell with\n"
-        "#   set -a; . ./.env; set +a\n"
+        "# where this file wins over the shell, and by `mira`, where the shell wins. `dagster dev` finds the code\n"
+        "# location in workspace.yaml; `dagster asset|job ...` take it on the command line (Dagster 1.13 reads it\n"
+        f"# before this file, and a DAGSTER_MODULE_NAME here stops `dagster dev`'s webserver): -m {CODE_LOCATION}\n"
         f"MIRA_CONFIG={registry}\n"
         f"MIRA_HOME={home}\n"
         f"DAGSTER_HOME={home / 'dagster'}\n"
-        f"DAGSTER_MODULE_NAME={CODE_LOCATION}\n"
     )
 
 

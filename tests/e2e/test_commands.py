@@ -37,9 +37,7 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     for name in ("pyproject.toml", "workspace.yaml"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     # a project's .env (mira_dagster/project.py) without MIRA_CONFIG, which tests export (the file would win there)
-    (tmp_path / ".env").write_text(
-        f"DAGSTER_HOME={tmp_path / '.mira' / 'dagster'}\nDAGSTER_MODULE_NAME=mira_dagster.definitions\n"
-    )
+    (tmp_path / ".env").write_text(f"DAGSTER_HOME={tmp_path / '.mira' / 'dagster'}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRA_", "DAGSTER_"))}
     env.update(PATH=f"{BIN}:{env['PATH']}", PWD=str(tmp_path))
     return env
@@ -69,8 +67,8 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
         [
             "bash",
             "-c",
-            f"source {BIN / 'activate'} && set -a && . ./.env && set +a && "
-            "dagster asset materialize --select selected_subset",
+            f"source {BIN / 'activate'} && dagster asset materialize -m mira_dagster.definitions "
+            "--select selected_subset",
         ],
         cwd=tmp_path,
         env=env,

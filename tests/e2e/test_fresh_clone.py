@@ -19,8 +19,9 @@ from mira_dagster.core.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
-# Dagster 1.13 reads `dagster asset|job`'s code location (DAGSTER_MODULE_NAME) before it loads .env: export it
-SOURCED = "set -a; . ./.env; set +a; "
+# Dagster 1.13 reads `dagster asset|job`'s code location while parsing the arguments, before it loads .env, and a
+# DAGSTER_MODULE_NAME in .env (or exported) stops `dagster dev`'s webserver: the command line names it
+MATERIALIZE = "dagster asset materialize -m mira_dagster.definitions "
 
 
 def plain_env(folder: Path) -> dict[str, str]:
@@ -99,7 +100,7 @@ def test_concurrent_first_setups_do_not_race(tmp_path: Path) -> None:
 def test_first_command_materialises_a_source_partition(checkout: tuple[Path, dict[str, str]]) -> None:
     """Nothing ran before (no `mira run`, no sensor tick): the registry's sources are partitions at load."""
     repo, env = checkout
-    out = run(SOURCED + "dagster asset materialize --select raw_records --partition lean_qa", repo, env)
+    out = run(MATERIALIZE + "--select raw_records --partition lean_qa", repo, env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RUN_SUCCESS" in out.stdout + out.stderr
     assert (repo / ".mira" / "tables" / "raw_records" / "lean_qa.parquet").exists()
@@ -113,7 +114,7 @@ def test_the_design_card_command_from_the_checkout(checkout: tuple[Path, dict[st
     mira = run("mira run", repo, env)
     assert mira.returncode == 0, mira.stdout[-2000:] + mira.stderr[-2000:]
     assert "| lean_qa " in mira.stdout and "| agent_openhands " in mira.stdout  # the .env's registry
-    card = run(SOURCED + "dagster asset materialize --select selected_subset", repo, env)
+    card = run(MATERIALIZE + "--select selected_subset", repo, env)
     assert card.returncode == 0, card.stderr[-3000:]
     assert "RUN_SUCCESS" in card.stdout + card.stderr
 
@@ -128,9 +129,9 @@ def test_the_design_card_command_from_a_mira_init_project(tmp_path: Path) -> Non
     assert mira.returncode == 0, mira.stdout[-2000:] + mira.stderr[-2000:]
     assert "| example " in mira.stdout
     # a source partition, then the card's command, in the project's instance and store
-    part = run(SOURCED + "dagster asset materialize --select raw_records --partition example", proj, env)
+    part = run(MATERIALIZE + "--select raw_records --partition example", proj, env)
     assert part.returncode == 0, part.stderr[-3000:]
-    card = run(SOURCED + "dagster asset materialize --select selected_subset", proj, env)
+    card = run(MATERIALIZE + "--select selected_subset", proj, env)
     assert card.returncode == 0, card.stderr[-3000:]
     assert "RUN_SUCCESS" in card.stdout + card.stderr
     assert (proj / ".mira" / "tables" / "raw_records" / "example.parquet").exists()

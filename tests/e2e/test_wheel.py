@@ -121,8 +121,9 @@ def test_wheel_init_run_and_dagster_materialize(installed: Path, tmp_path: Path)
     info = sh(["dagster", "instance", "info"], proj, env)
     assert f"$DAGSTER_HOME: {proj / '.mira' / 'dagster'}" in info
 
-    # the card's command; Dagster 1.13 reads the code location before it loads .env, so the shell exports it
-    out = sh("set -a; . ./.env; set +a; dagster asset materialize --select selected_subset", proj, env)
+    # the card's command; Dagster 1.13 reads the code location before it loads .env: the command line names it
+    card = ["dagster", "asset", "materialize", "-m", "mira_dagster.definitions", "--select", "selected_subset"]
+    out = sh(card, proj, env)
     assert "RUN_SUCCESS" in out
     with duckdb.connect(str(db), read_only=True) as con:
         kept = con.execute("SELECT count(*) FROM selected_subset").fetchone()[0]
