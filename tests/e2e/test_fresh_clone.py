@@ -57,9 +57,13 @@ def run(cmd: str, folder: Path, env: dict[str, str], timeout: int = 600) -> subp
     )
 
 
+def open_instance(home: Path) -> DagsterInstance:
+    return DagsterInstance.from_config(str(home))
+
+
 def assert_project_settings(home: Path) -> None:
     """The project's dagster.yaml is the instance's: run queue, per-group limit, pools."""
-    with DagsterInstance.from_config(str(home)) as inst:
+    with open_instance(home) as inst:
         config = inst.get_concurrency_config()
         assert config.run_queue_config.max_concurrent_runs == 4
         assert config.run_queue_config.tag_concurrency_limits == [
@@ -104,7 +108,7 @@ def test_first_command_materialises_a_source_partition(checkout: tuple[Path, dic
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RUN_SUCCESS" in out.stdout + out.stderr
     assert (repo / ".mira" / "tables" / "raw_records" / "lean_qa.parquet").exists()
-    with DagsterInstance.from_config(str(repo / ".mira" / "dagster")) as inst:
+    with open_instance(repo / ".mira" / "dagster") as inst:
         assert inst.get_dynamic_partitions("sources") == ["agent_openhands", "lean_qa"]
         assert inst.get_dynamic_partitions("scorer_units") == ["2", "D"]
 
