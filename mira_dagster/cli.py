@@ -27,7 +27,7 @@ def _prepare_env(config: str | None, home: str | None) -> Path:
     from mira_dagster.instance import dagster_home, ensure_instance
 
     home_path = mira_home()
-    # the one bootstrap of `make setup` and Dagster's own commands: folder, dagster.yaml, storage (once, locked)
+    # the instance as `mira init` / `make setup` make it: folder, dagster.yaml, storage (once, locked)
     os.environ["DAGSTER_HOME"] = str(ensure_instance(dagster_home()))
     return home_path
 
