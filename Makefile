@@ -25,25 +25,27 @@ $(UV): deps/uv.txt
 	$(UV_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r deps/uv.txt
 	touch $@
 
-# Dagster's commands started in this checkout (`dagster dev`, `dagster asset materialize`, ...) get DAGSTER_HOME,
-# a ready instance and the code location, with or without `activate` (mira_dagster/instance.py)
-define install_hook
-	cp scripts/mira_dagster.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"
+# a venv made before the interpreter hook went keeps its mira_dagster.pth (uv does not own it): remove it
+define remove_old_hook
+	rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/mira_dagster.pth"
 endef
 
 # the runtime packages only (what `make run` needs); --inexact keeps the test stack if `make test` installed it
-$(BIN)/.mira-installed: uv.lock pyproject.toml scripts/mira_dagster.pth $(UV)
+$(BIN)/.mira-installed: uv.lock pyproject.toml $(UV)
 	$(UV) sync --quiet --frozen --inexact
-	$(install_hook)
+	$(remove_old_hook)
 	touch $@
 
 # the runtime and the test extra, exactly the lock (anything else in .venv is removed)
-$(BIN)/.mira-test-installed: uv.lock pyproject.toml scripts/mira_dagster.pth $(UV)
+$(BIN)/.mira-test-installed: uv.lock pyproject.toml $(UV)
 	$(UV) sync --quiet --frozen --extra test
-	$(install_hook)
+	$(remove_old_hook)
 	touch $@ $(BIN)/.mira-installed
 
-# the instance (DAGSTER_HOME, else .mira/dagster) with the project's dagster.yaml and its storage created
+# the checkout as a project (mira_dagster/project.py): its .env (MIRA_CONFIG=anchors/groups.yaml, MIRA_HOME=.mira,
+# DAGSTER_HOME=.mira/dagster, the code location), written once and then kept, and the instance with the project's
+# dagster.yaml and its storage created, so `mira` and Dagster's commands started here use them
+
 setup: $(BIN)/.mira-installed
 	@$(BIN)/python -m mira_dagster.instance
 

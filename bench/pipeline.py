@@ -68,7 +68,10 @@ def build(root: Path, n: int) -> Path:
     per = n // len(BASES)
     for name, bases in BASES.items():
         write_source(data / f"{name}.jsonl", bases, 0, per)
-    shutil.copy(ROOT / "anchors" / "group_2_dim_anchors.jsonl", root / "group_2_dim_anchors.jsonl")
+    shutil.copy(
+        ROOT / "mira_dagster" / "resources" / "anchors" / "group_2_dim_anchors.jsonl",
+        root / "group_2_dim_anchors.jsonl",
+    )
     sources = "\n".join(
         f'  {name}: {{group: "2", format: qa_with_think, files: [data/{name}.jsonl]}}' for name in BASES
     )

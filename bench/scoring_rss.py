@@ -74,7 +74,10 @@ def measure(n: int, chunk: int, work: Path) -> dict[str, Any]:
     folder = work / f"n{n}"
     folder.mkdir(parents=True, exist_ok=True)
     write_source(folder / "synthetic.jsonl", n)
-    shutil.copy(ROOT / "anchors" / "group_2_dim_anchors.jsonl", folder / "group_2_dim_anchors.jsonl")
+    shutil.copy(
+        ROOT / "mira_dagster" / "resources" / "anchors" / "group_2_dim_anchors.jsonl",
+        folder / "group_2_dim_anchors.jsonl",
+    )
     config = folder / "groups.yaml"
     config.write_text(
         'groups:\n  "2": {family: qa_with_think, student_model: whw06/MIRA-QA-Group3,\n'

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from mira_dagster.core.config import ConfigError, MiraConfig
 from mira_dagster.io.registry import load_config, read_yaml
-from mira_dagster.settings import load_registry, mira_home, open_store
+from mira_dagster.settings import load_project_env, load_registry, mira_home, open_store
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -27,7 +27,7 @@ def _prepare_env(config: str | None, home: str | None) -> Path:
     from mira_dagster.instance import dagster_home, ensure_instance
 
     home_path = mira_home()
-    # the one bootstrap of `make setup` and Dagster's own commands: folder, dagster.yaml, storage (once, locked)
+    # the instance as `mira init` / `make setup` make it: folder, dagster.yaml, storage (once, locked)
     os.environ["DAGSTER_HOME"] = str(ensure_instance(dagster_home()))
     return home_path
 
@@ -522,6 +522,23 @@ def _print_marked(templates: object, rubric: object, description: str, family: s
         print(f"- {why}")
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """`mira init DIR`: a project that every command started in DIR uses without MIRA_CONFIG exported."""
+    from mira_dagster.project import init_project
+
+    written = init_project(Path(args.dir))
+    folder = written[0].parent
+    print(f"mira: a new project in {folder}:")
+    for path in written:
+        print(f"  {path.relative_to(folder) if path.is_relative_to(folder) else path}")
+    print(
+        f"Next: cd {folder} && mira run   (add your sources to groups.yaml; `mira inspect FILE` shows how one reads).\n"
+        "Dagster's commands read .env here: `dagster dev`, and "
+        "`dagster asset materialize -m mira_dagster.definitions --select selected_subset`"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mira", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -569,12 +586,19 @@ def main(argv: list[str] | None = None) -> int:
         help="print the system prompt and a user message with each line marked: the cards' text or ours (and why)",
     )
     check.set_defaults(fn=cmd_anchors_check)
+    init = sub.add_parser("init", help="write a new project into DIR: registry, example source, .env, instance")
+    init.add_argument("dir", help="the project folder (created if missing; existing project files are refused)")
+    init.set_defaults(fn=cmd_init)
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")
     run.add_argument("--force", action="store_true", help="run every step, also those that are up to date")
     args = parser.parse_args(argv)
     try:
+        if argv is None and args.fn is not cmd_init:
+            # the `mira` command in a project folder: its .env's registry and instance (settings.py); a caller of
+            # main(argv) in its own process sets the environment itself
+            load_project_env(Path.cwd(), home_given=bool(getattr(args, "home", None)))
         return args.fn(args)
     except Exception as exc:  # one line naming the cause; the traceback with -v
         if getattr(args, "verbose", False):

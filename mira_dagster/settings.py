@@ -8,7 +8,7 @@ only the variable's name); nothing here runs at import time.
 
 | setting             | environment variable / registry key (the first one set wins)       | default                 |
 |---------------------|--------------------------------------------------------------------|-------------------------|
-| `config_path`       | `MIRA_CONFIG` (`mira ... --config`): the source registry           | anchors/groups.yaml     |
+| `config_path`       | `MIRA_CONFIG` (`mira ... --config`): the source registry           | checkout's anchors/     |
 | `home`              | `MIRA_HOME` (`mira ... --home`): tables, cache, exports            | `.mira/` (working dir)  |
 | `store_url`         | `MIRA_STORE_URL` (`s3://bucket/prefix`): tables, reply cache,      | `<home>` (local disk)   |
 |                     | exports, rubrics; `<home>` then only holds deletable caches        |                         |
@@ -30,6 +30,10 @@ only the variable's name); nothing here runs at import time.
 | `dagster_pg_url` *  | `MIRA_DAGSTER_PG_URL`: the instance on PostgreSQL (instance.py)    | SQLite in DAGSTER_HOME  |
 | `executor`          | `MIRA_EXECUTOR`: `celery` runs refresh_sources' steps on Celery    | `multiprocess`          |
 | `celery_broker` *   | `MIRA_CELERY_BROKER` (`redis://host:6379/0`): broker and results   | - (needed by `celery`)  |
+
+A project folder's `.env` (`mira init`, `make setup`; load_project_env) sets MIRA_CONFIG, MIRA_HOME and
+DAGSTER_HOME for `mira` started there, under what the shell exports. Without either, the registry is the checkout's
+anchors/groups.yaml (an installed package has none: `mira init DIR` makes a project).
 
 Marked *: a secret, a `SecretStr` here, and never in run config, the UI, logs, metadata or the tables.
 
@@ -250,6 +254,29 @@ def _drop_empty(values: Mapping[str, Any]) -> dict[str, Any]:
         if value not in (None, "", {}):
             out[key] = value
     return out
+
+
+# -- a project's .env (written by `mira init` / `make setup`) ---------------------------------------------------
+PROJECT_ENV = ".env"
+
+
+def load_project_env(folder: Path, home_given: bool = False) -> Path | None:
+    """The `.env` of the project in `folder` into this process's environment, so `mira` uses the project's registry
+    and instance as Dagster's CLI does (which loads the same file). A variable the shell exports wins; the file's
+    DAGSTER_HOME is skipped when MIRA_HOME is exported or `--home` given (that home keeps its own instance).
+    Returns the file, or None when the folder has none."""
+    path = folder / PROJECT_ENV
+    if not path.is_file():
+        return None
+    from dotenv import dotenv_values
+
+    for key, value in dotenv_values(path).items():
+        if not value or os.environ.get(key):
+            continue
+        if key == "DAGSTER_HOME" and (home_given or os.environ.get("MIRA_HOME")):
+            continue
+        os.environ[key] = value
+    return path
 
 
 # -- for the command line (outside Dagster runs): the environment's settings ------------------------------------

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from mira_dagster.core.config import PROJECT_ROOT
+from mira_dagster.package_data import ANCHORS_DIR
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
-ANCHORS = PROJECT_ROOT / "anchors"
+ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)
 
 
 @pytest.fixture(autouse=True)

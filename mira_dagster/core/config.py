@@ -40,7 +40,7 @@ class GroupConfig(BaseModel):
     # discovered by `anchor_rubric` is used.
     anchors: Path | None = None
     # Prompt templates (Jinja2, core/prompts.py), relative to the registry; unset = the shipped ones
-    # (anchors/templates/). They are part of scorer_version.
+    # (mira_dagster/resources/templates/). They are part of scorer_version.
     system_template: Path | None = None
     user_template: Path | None = None
     # vLLM structured outputs for this group's scorers; unset = pipeline.constrained_decoding.

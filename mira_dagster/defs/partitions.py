@@ -79,17 +79,12 @@ def register_partitions(instance: dg.DagsterInstance, cfg: MiraConfig) -> None:
 def register_partitions_on_load() -> None:
     """When Dagster loads the code location with a persistent instance (DAGSTER_HOME set: `dagster dev`, its
     daemon, `dagster asset materialize`, ...), add the registry's partitions to it, as `new_sources` would at its
-    next tick (the sensor still requests the runs). Skipped when a run worker reloads the definitions; a failure
-    (a broken registry, a locked database) is a warning, never a failed load."""
+    next tick (the sensor still requests the runs). Run workers reload the definitions too and register again:
+    adding partitions the instance has is a no-op (register_sources adds only new keys), and Dagster's public API
+    does not say which kind of load this is. A failure (a broken registry, a locked database) is a warning, never
+    a failed load."""
     if not os.environ.get("DAGSTER_HOME"):
         return
-    try:
-        from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
-
-        if DefinitionsLoadContext.get().load_type == DefinitionsLoadType.RECONSTRUCTION:
-            return
-    except Exception:  # internal API: when it moves, register every time
-        pass
     try:
         with dg.DagsterInstance.get() as instance:
             register_partitions(instance, load_registry())

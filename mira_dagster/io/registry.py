@@ -85,6 +85,11 @@ def load_config(path: Path | str | None = None) -> MiraConfig:
     mira_dagster.settings.load_registry()); relative paths inside it are relative to the file."""
     path = Path(path or DEFAULT_CONFIG).resolve()
     if not path.is_file():
+        if path == DEFAULT_CONFIG.resolve():  # an installed package: the checkout's sample registry is not there
+            raise ConfigError(
+                "no source registry: MIRA_CONFIG is unset and the working folder has no .env naming one; "
+                "`mira init DIR` writes a project (then run the commands in DIR), or set MIRA_CONFIG"
+            )
         raise ConfigError(f"config file not found: {path}")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):

@@ -33,15 +33,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.core.scoring import Completion
+from mira_dagster.package_data import SQL_DIR
 
-SQL_DIR = PROJECT_ROOT / "sql"
 UNPARTITIONED = "all"
 
 
 def load_sql(name: str) -> str:
-    """SQL lives in sql/, one file per concern, loaded by name."""
+    """SQL lives in mira_dagster/sql/, one file per concern, loaded by name."""
     return (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
 
 

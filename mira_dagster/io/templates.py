@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.core.prompts import PromptTemplateError, PromptTemplates, compile_templates
+from mira_dagster.package_data import TEMPLATES_DIR
 
-SHIPPED_TEMPLATES = PROJECT_ROOT / "anchors" / "templates"
+SHIPPED_TEMPLATES = TEMPLATES_DIR
 
 
 def load_templates(system_path: Path | None = None, user_path: Path | None = None) -> PromptTemplates:

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.core.prompts import facet_guide
 from mira_dagster.core.rubric import AnchorDim, CalibrationReference, RubricError, released_student_warnings
 from mira_dagster.io.anchors import load_rubric, write_anchor_file
 from mira_dagster.io.registry import load_config
+from mira_dagster.package_data import ANCHORS_DIR
 from tests.helpers import system_prompt
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "anchors"
 UPSTREAM = FIXTURES / "upstream" / "group_2_dim_anchors.jsonl"
 STRINGS = FIXTURES / "strings_agent.jsonl"
-SHIPPED = PROJECT_ROOT / "anchors" / "group_2_dim_anchors.jsonl"
+SHIPPED = ANCHORS_DIR / "group_2_dim_anchors.jsonl"
 
 
 def ref_lines(prompt: str) -> list[str]:

@@ -38,6 +38,7 @@ from mira_dagster.io.registry import load_config
 from mira_dagster.io.scorers import make_scorer
 from mira_dagster.io.store import ParquetReplyCache
 from mira_dagster.io.templates import load_templates
+from mira_dagster.package_data import ANCHORS_DIR
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "prompts"
 OLD_GOLDEN = Path(__file__).parent / "golden"  # full prompts, also read by tests/e2e/test_anchors_command.py
@@ -255,8 +256,9 @@ Rate each of:
 def registry_with_templates(tmp_path: Path, **group_d: str) -> Path:
     """The shipped registry, copied into tmp_path, with group D's extra settings (relative paths stay relative)."""
     shipped = Path(load_config().path)
-    text = shipped.read_text(encoding="utf-8").replace("../data/", f"{shipped.parent.parent / 'data'}/")
-    text = text.replace("anchors: group_", f"anchors: {shipped.parent}/group_")
+    # its data and anchors files sit beside its folder (../data/, ../mira_dagster/resources/anchors/)
+    text = shipped.read_text(encoding="utf-8").replace(": ../", f": {shipped.parent.parent}/")
+    text = text.replace("[../", f"[{shipped.parent.parent}/").replace("- ../", f"- {shipped.parent.parent}/")
     extra = "".join(f"\n    {k}: {v}" for k, v in group_d.items())
     text = text.replace("student_model: whw06/MIRA-Agent-Group4", f"student_model: whw06/MIRA-Agent-Group4{extra}")
     path = tmp_path / "groups.yaml"
@@ -319,7 +321,7 @@ def test_a_template_error_is_one_line_naming_file_and_line(tmp_path: Path) -> No
 
 def test_anchors_check_shows_a_given_system_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "system.j2").write_text(CUSTOM_SYSTEM, encoding="utf-8")
-    anchors = Path(load_config().path).parent / "group_D_dim_anchors.jsonl"
+    anchors = ANCHORS_DIR / "group_D_dim_anchors.jsonl"
     assert cli.main(["anchors", "check", str(anchors), "--system-template", str(tmp_path / "system.j2")]) == 0
     shown = capsys.readouterr().out.split("=== system prompt ===\n", 1)[1]
     assert shown == (GOLDEN / "custom_D.system.txt").read_text(encoding="utf-8") + "\n"

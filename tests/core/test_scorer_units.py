@@ -4,7 +4,6 @@ its rubric's prompts, and so its own scorer_version."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -12,9 +11,10 @@ from mira_dagster.core.config import MiraConfig
 from mira_dagster.io.anchors import load_rubric
 from mira_dagster.io.registry import load_config
 from mira_dagster.io.scorers import make_judge, make_scorer
+from mira_dagster.package_data import ANCHORS_DIR
 from mira_dagster.settings import Settings
 
-ANCHORS = Path(__file__).resolve().parents[2] / "anchors"
+ANCHORS = ANCHORS_DIR
 
 
 def _scoped(scope: str) -> MiraConfig:

@@ -64,8 +64,8 @@ def test_discovered_rubric_drives_scorers_and_versions(
     configured_spec, _, _ = mira.scorer("student", "2")
     cfg_file = tmp_path / "groups.yaml"
     text = Path(load_config().path).read_text().replace("pipeline:\n", "pipeline:\n  rubric_source: discovered\n")
-    text = text.replace("../data/", str(Path(load_config().path).parent.parent / "data") + "/")
-    text = text.replace("anchors: group_", f"anchors: {Path(load_config().path).parent}/group_")
+    root = Path(load_config().path).parent.parent  # its data and anchors: ../data/, ../mira_dagster/resources/
+    text = text.replace(": ../", f": {root}/").replace("[../", f"[{root}/").replace("- ../", f"- {root}/")
     cfg_file.write_text(text)
     disc = MiraResource(home=str(home), config_path=str(cfg_file))
     spec, _, _ = disc.scorer("student", "2")

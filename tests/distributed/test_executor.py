@@ -16,9 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
-from mira_dagster.core.config import PROJECT_ROOT
 from tests.distributed.servers import PostgresServer, RedisServer, celery_workers, stop_group
 from tests.helpers import run_ok
 
@@ -64,10 +62,15 @@ def test_refresh_sources_partitions_run_on_two_celery_workers(
         MIRA_CONFIG=str(small_config),
         MIRA_HOME=str(mira_home),
         DAGSTER_HOME=str(dagster_home),
-        MIRA_DAGSTER_PG_URL=f"postgresql://{postgres.user}@127.0.0.1:{postgres.port}/executor",
+        # Dagster's own commands read the URL as written (dagster-postgres.yaml): name the psycopg2 driver
+        MIRA_DAGSTER_PG_URL=f"postgresql+psycopg2://{postgres.user}@127.0.0.1:{postgres.port}/executor",
         MIRA_EXECUTOR="celery",
         MIRA_CELERY_BROKER=redis.url(),
+        DAGSTER_MODULE_NAME="mira_dagster.definitions",  # what a project's .env names (mira_dagster/project.py)
     )
+    # the instance as `mira init` / `make setup` leave it: the project's PostgreSQL settings, schema and pools
+    setup = [BIN / "python", "-c", "from mira_dagster.instance import ensure_instance; ensure_instance()"]
+    run_ok(setup, env, tmp_path, 300)
     started = time.monotonic()
     runs: list[subprocess.Popen] = []
     with celery_workers(redis.url(), ["w1", "w2"], env, tmp_path, app="mira_dagster.worker") as workers:
@@ -87,7 +90,7 @@ def test_refresh_sources_partitions_run_on_two_celery_workers(
                             json.dumps({"dagster/partition": source}),
                         ],
                         env=env,
-                        cwd=PROJECT_ROOT,  # a checkout: the bootstrap gives the code location and the instance
+                        cwd=tmp_path,  # a folder without a .env: the environment above is the project's
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
@@ -98,7 +101,7 @@ def test_refresh_sources_partitions_run_on_two_celery_workers(
                 assert code == 0, (tmp_path / f"run-{source}.log").read_text()[-4000:]
             # an asset materialised from the CLI (as from the UI) goes to the workers too: the executor is the
             # code location's, not only refresh_sources'
-            run_ok([BIN / "dagster", "asset", "materialize", "--select", "source_groups"], env, PROJECT_ROOT, 600)
+            run_ok([BIN / "dagster", "asset", "materialize", "--select", "source_groups"], env, tmp_path, 600)
         finally:
             for proc in runs:
                 stop_group(proc)
@@ -109,7 +112,7 @@ def test_refresh_sources_partitions_run_on_two_celery_workers(
     assert not any(_alive(pid) for pid in pids + [p.pid for p in runs])
 
     monkeypatch.setenv("MIRA_DAGSTER_PG_URL", postgres.url("executor"))
-    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         records = instance.get_run_records(dg.RunsFilter(job_name="refresh_sources"))
         by_partition = {r.dagster_run.tags["dagster/partition"]: r.dagster_run for r in records}
         assert set(by_partition) == set(SOURCES)

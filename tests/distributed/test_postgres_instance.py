@@ -1,4 +1,4 @@
-"""The Dagster instance on PostgreSQL (MIRA_DAGSTER_PG_URL, docs/dagster-postgres.yaml): `mira run` and Dagster's
+"""The Dagster instance on PostgreSQL (MIRA_DAGSTER_PG_URL, the shipped dagster-postgres.yaml): `mira run` and Dagster's
 own commands against a throwaway PostgreSQL, the instance set up once for every machine with the project's run
 queue, per-group limit and pools (mira_dagster/instance.py)."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
-from mira_dagster.core.config import PROJECT_ROOT, ConfigError
+from mira_dagster.core.config import ConfigError
 from mira_dagster.instance import POOLS, POSTGRES_SETTINGS, ensure_instance
+from mira_dagster.package_data import DAGSTER_YAML
 from mira_dagster.settings import Deployment
 from tests.distributed.servers import PostgresServer
 from tests.helpers import run_ok
@@ -40,7 +40,7 @@ def bare_url(postgres: PostgresServer, db: str) -> str:
 
 def open_instance(home: Path, postgres: PostgresServer, db: str, monkeypatch: pytest.MonkeyPatch) -> dg.DagsterInstance:
     monkeypatch.setenv("MIRA_DAGSTER_PG_URL", postgres.url(db))
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def test_the_deployment_settings() -> None:
@@ -69,7 +69,7 @@ def test_an_instance_folder_on_sqlite_is_not_silently_kept(tmp_path: Path, monke
     """An untouched SQLite dagster.yaml gives way to the PostgreSQL one; an edited one is refused, not used."""
     home = tmp_path / "dagster"
     home.mkdir()
-    (home / "dagster.yaml").write_bytes((PROJECT_ROOT / "dagster.yaml").read_bytes() + b"# edited\n")
+    (home / "dagster.yaml").write_bytes(DAGSTER_YAML.read_bytes() + b"# edited\n")
     monkeypatch.setenv("MIRA_DAGSTER_PG_URL", "postgresql://u@127.0.0.1:9/none")
     with pytest.raises(ConfigError, match="storage: postgres"):
         ensure_instance(home)
@@ -86,7 +86,7 @@ def test_first_commands_of_two_machines_set_the_instance_up_once(postgres: Postg
     under the database's advisory lock; the untouched SQLite dagster.yaml of one gives way to the PostgreSQL one."""
     postgres.create_database("two_machines")
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "dagster.yaml").write_bytes((PROJECT_ROOT / "dagster.yaml").read_bytes())
+    (tmp_path / "b" / "dagster.yaml").write_bytes(DAGSTER_YAML.read_bytes())
 
     def setup(name: str) -> subprocess.CompletedProcess:
         env = plain_env(DAGSTER_HOME=str(tmp_path / name), MIRA_DAGSTER_PG_URL=bare_url(postgres, "two_machines"))
@@ -146,14 +146,18 @@ def test_mira_run_on_postgres(
     )
     assert int(materialised) >= 3
 
-    # Dagster's own command from the checkout (the bootstrap gives it the psycopg2 URL)
-    out = run_ok([BIN / "dagster", "instance", "info"], env, PROJECT_ROOT)
+    # Dagster's own command in a plain shell reads the URL as written (dagster-postgres.yaml): the psycopg2 driver named
+    env = {
+        **env,
+        "MIRA_DAGSTER_PG_URL": bare_url(postgres, "mira_run").replace("postgresql://", "postgresql+psycopg2://"),
+    }
+    out = run_ok([BIN / "dagster", "instance", "info"], env, tmp_path)
     for name in ("run_storage: PostgresRunStorage", "event_log_storage: PostgresEventLogStorage"):
         assert name in out, out
     assert "schedule_storage: PostgresScheduleStorage" in out, out
     for setting in ("max_concurrent_runs: 4", "key: mira/scorer_group", "applyLimitPerUniqueValue: true"):
         assert setting in out, out
     assert "default_limit: 2" in out, out
-    pools = run_ok([BIN / "dagster", "instance", "concurrency", "get", "--all"], env, PROJECT_ROOT)
+    pools = run_ok([BIN / "dagster", "instance", "concurrency", "get", "--all"], env, tmp_path)
     assert "student" in pools and "teacher" in pools, pools
     print(f"mira run --source lean_qa on PostgreSQL: {took:.1f} s, {n_runs} runs")

@@ -13,15 +13,16 @@ import dagster as dg
 import pytest
 
 from mira_dagster.core.config import PROJECT_ROOT
+from mira_dagster.instance import POSTGRES_SETTINGS
 from tests.distributed.servers import PostgresServer, RedisServer, S3Server, celery_workers
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-POSTGRES_YAML = PROJECT_ROOT / "docs" / "dagster-postgres.yaml"
+POSTGRES_YAML = POSTGRES_SETTINGS
 
 
 def _pg_instance(postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db: str) -> Path:
-    """DAGSTER_HOME with docs/dagster-postgres.yaml, its database a new one on the server."""
+    """DAGSTER_HOME with the shipped dagster-postgres.yaml, its database a new one on the server."""
     pytest.importorskip("dagster_postgres", reason="dagster-postgres is not installed (the `distributed` extra)")
     home = tmp_path / "dagster"
     home.mkdir()

@@ -15,6 +15,7 @@ import pytest
 from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.io.anchors import load_rubric
 from mira_dagster.io.registry import load_config
+from mira_dagster.package_data import ANCHORS_DIR
 from tests.helpers import system_prompt
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +58,7 @@ def test_a_downloaded_file_with_references() -> None:
 
 def test_the_shipped_files_show_the_golden_system_prompts() -> None:
     for group, family in (("2", "qa_with_think"), ("D", "agent")):
-        run = mira(PROJECT_ROOT / "anchors" / f"group_{group}_dim_anchors.jsonl", "--group", group)
+        run = mira(ANCHORS_DIR / f"group_{group}_dim_anchors.jsonl", "--group", group)
         assert run.returncode == 0, run.stderr
         assert "calibration references: none" in run.stdout
         golden = (GOLDEN / f"prompt_group_{group}.txt").read_text(encoding="utf-8")
@@ -79,7 +80,7 @@ def test_a_file_for_no_known_group_needs_a_family(tmp_path: Path) -> None:
 
 
 def test_an_unusable_file_exits_1_with_one_line(tmp_path: Path) -> None:
-    rows = (PROJECT_ROOT / "anchors" / "group_D_dim_anchors.jsonl").read_text().splitlines()
+    rows = (ANCHORS_DIR / "group_D_dim_anchors.jsonl").read_text().splitlines()
     bad = [*rows[:4], json.dumps({"slot": 5, "cluster_size": 3}), *rows[5:]]
     path = tmp_path / "group_D_dim_anchors.jsonl"
     path.write_text("\n".join(bad) + "\n")

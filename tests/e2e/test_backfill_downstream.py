@@ -25,7 +25,8 @@ DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunS
 def test_a_backfill_of_every_source_is_followed_by_one_corpus_run(checkout: tuple[Path, dict[str, str]]) -> None:
     repo, env = checkout
     # the README's CLI backfill: one refresh_sources run per source partition, queued for the daemon
-    out = run("dagster job backfill -j refresh_sources --from agent_openhands --to lean_qa --noprompt", repo, env)
+    cmd = "dagster job backfill -m mira_dagster.definitions -j refresh_sources --from agent_openhands --to lean_qa"
+    out = run(cmd + " --noprompt", repo, env)
     assert out.returncode == 0, out.stderr[-3000:]
     home = repo / ".mira" / "dagster"
     daemon = subprocess.Popen(

@@ -21,7 +21,6 @@ import duckdb
 import pytest
 import yaml
 from dagster import DagsterInstance
-from dagster._core.instance.ref import InstanceRef
 
 from mira_dagster.core.config import PROJECT_ROOT
 from mira_dagster.definitions import ALL_ASSETS
@@ -35,8 +34,10 @@ pytestmark = pytest.mark.e2e
 def user_env(tmp_path: Path) -> dict[str, str]:
     """A shell in a checkout's root: the files the commands read from the working directory are copied to
     tmp_path (the package itself is the installed one), so runs land in tmp_path/.mira as in the repo."""
-    for name in (".env", "pyproject.toml", "workspace.yaml", "dagster.yaml"):
+    for name in ("pyproject.toml", "workspace.yaml"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
+    # a project's .env (mira_dagster/project.py) without MIRA_CONFIG, which tests export (the file would win there)
+    (tmp_path / ".env").write_text(f"DAGSTER_HOME={tmp_path / '.mira' / 'dagster'}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRA_", "DAGSTER_"))}
     env.update(PATH=f"{BIN}:{env['PATH']}", PWD=str(tmp_path))
     return env
@@ -63,7 +64,12 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
 
     # exactly what a user types after `source .venv/bin/activate`
     mat = subprocess.run(
-        ["bash", "-c", f"source {BIN / 'activate'} && dagster asset materialize --select selected_subset"],
+        [
+            "bash",
+            "-c",
+            f"source {BIN / 'activate'} && dagster asset materialize -m mira_dagster.definitions "
+            "--select selected_subset",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -74,7 +80,7 @@ def test_mira_run_then_dagster_materialize(tmp_path: Path) -> None:
     assert "RUN_SUCCESS" in mat.stderr + mat.stdout
 
     # both commands wrote to the one persistent instance that `dagster dev` would show
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / ".mira" / "dagster"))) as inst:
+    with DagsterInstance.from_config(str(tmp_path / ".mira" / "dagster")) as inst:
         runs = inst.get_runs()
         n_groups = len(load_config().groups)
         assert len(runs) == 2 * len(sources) + 2 * n_groups + 2 + 1  # mira run's steps + the materialize

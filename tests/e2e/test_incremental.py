@@ -13,12 +13,13 @@ import dagster as dg
 import pytest
 
 from mira_dagster.core.config import PROJECT_ROOT
+from mira_dagster.package_data import ANCHORS_DIR
 from tests.e2e.test_commands import BIN, user_env
 
 pytestmark = pytest.mark.e2e
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
-ANCHORS = PROJECT_ROOT / "anchors"
+ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)
 
 
 def _registry(tmp: Path, pipeline: str = "") -> Path:

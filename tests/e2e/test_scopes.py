@@ -13,12 +13,13 @@ import duckdb
 import pytest
 
 from mira_dagster.core.config import PROJECT_ROOT
+from mira_dagster.package_data import ANCHORS_DIR
 from tests.e2e.test_commands import BIN, user_env
 
 pytestmark = pytest.mark.e2e
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
-ANCHORS = PROJECT_ROOT / "anchors"
+ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)
 FILES = {
     "lean_qa": "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl",
     "qwq": "math_think_marco_o1_cot_demo.part2.jsonl",
