@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from mira_dagster.core.parsing import parse_reply
+from mira_dagster.package_data import ANCHORS_DIR
 
 REPLIES = Path(__file__).resolve().parents[1] / "fixtures" / "replies"
-ANCHORS = Path(__file__).resolve().parents[2] / "anchors"
+ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)
 NAMES = {g: [json.loads(line)["name"] for line in (ANCHORS / f"group_{g}_dim_anchors.jsonl").open()] for g in "2D"}
 
 QA = [9.0, 7.0, 8.0, 6.0, 7.0, 8.0, 9.0, 8.0, 9.0, 7.0, 8.0, 8.0, 6.0, 5.0, 6.0]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mira_dagster.core.parsing import parse_reply
+from mira_dagster.package_data import ANCHORS_DIR
 
-ANCHORS = Path(__file__).resolve().parents[2] / "anchors"
+ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)
 NAMES = {g: [json.loads(line)["name"] for line in (ANCHORS / f"group_{g}_dim_anchors.jsonl").open()] for g in "2D"}
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 PLAIN = ["Clear and correct.", "Covers both cases well", "Terse but adequate.", "Some steps are skipped", "Good."]

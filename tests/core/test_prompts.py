@@ -38,7 +38,7 @@ from mira_dagster.io.registry import load_config
 from mira_dagster.io.scorers import make_scorer
 from mira_dagster.io.store import ParquetReplyCache
 from mira_dagster.io.templates import load_templates
-from mira_dagster.package_data import ANCHORS_DIR
+from mira_dagster.package_data import ANCHORS_DIR, TEMPLATES_DIR
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "prompts"
 OLD_GOLDEN = Path(__file__).parent / "golden"  # full prompts, also read by tests/e2e/test_anchors_command.py
@@ -419,7 +419,7 @@ def test_a_group_turns_constrained_decoding_on_or_off(
 
 # --- provenance marks --------------------------------------------------------------------------------------------
 
-SHIPPED_TEMPLATES = Path(__file__).parents[2] / "anchors" / "templates"
+SHIPPED_TEMPLATES = TEMPLATES_DIR
 ONLY_TAGS = re.compile(r"^\s*(\{%.*?%\}\s*|\{#.*?#\}\s*)*$")
 
 

@@ -99,7 +99,7 @@ def test_an_unusable_file_exits_1_with_one_line(tmp_path: Path) -> None:
 
 
 def test_show_ours_marks_every_line_of_both_messages() -> None:
-    run = mira(PROJECT_ROOT / "anchors" / "group_2_dim_anchors.jsonl", "--show-ours")
+    run = mira(ANCHORS_DIR / "group_2_dim_anchors.jsonl", "--show-ours")
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert "=== system prompt ===" not in out  # the marked prompt replaces the plain one
@@ -120,7 +120,7 @@ def test_show_ours_marks_every_line_of_both_messages() -> None:
 def test_where_each_reference_came_from(tmp_path: Path) -> None:
     """A generated file's references name their origin; the shipped file says its scorers use the generated one
     (in MIRA_HOME, here the working directory's .mira) when it was made from this very file."""
-    shipped = PROJECT_ROOT / "anchors" / "group_2_dim_anchors.jsonl"
+    shipped = ANCHORS_DIR / "group_2_dim_anchors.jsonl"
     sha = hashlib.sha256(shipped.read_bytes()).hexdigest()
     rows = [json.loads(x) for x in shipped.read_text().splitlines()]
     rows[0]["calibration_references"] = [
