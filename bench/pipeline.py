@@ -130,13 +130,15 @@ seen = {}
 for batch in pq.ParquetFile(sys.argv[1]).iter_batches(batch_size=65_536):
     frame = pl.from_arrow(batch)
     seen.update(frame.select("record_id", pl.format("{}:{}", "origin_file", "origin_line")).iter_rows())
-ids = pl.read_parquet(sys.argv[1], columns=["record_id"])["record_id"].to_list()[:: 100]
+batches = pq.ParquetFile(sys.argv[1]).iter_batches(65_536, columns=["record_id"])
+ids = [i for b in batches for i in b[0].to_pylist()[::100]]  # 1% of the ids, read batch by batch
 print(sum(i in seen for i in ids))
 """
 SEMI_JOIN = """
-import sys, polars as pl
+import sys, pyarrow.parquet as pq
 from mira_dagster.io.earlier import EarlierRecords
-ids = pl.scan_parquet(sys.argv[1]).select("record_id").gather_every(100).collect()["record_id"].to_list()
+batches = pq.ParquetFile(sys.argv[1]).iter_batches(65_536, columns=["record_id"])
+ids = [i for b in batches for i in b[0].to_pylist()[::100]]  # 1% of the ids, read batch by batch
 earlier = EarlierRecords(sys.argv[1])
 print(sum(len(earlier(ids[i : i + 2048])) for i in range(0, len(ids), 2048)))
 """
