@@ -414,9 +414,10 @@ class BatchParser:
     """Turns batches of one source's units into (records, quarantine) frames, counting into `stats`.
 
     Duplicates inside the source (same record_id) are quarantined as "duplicate of <file:line>"; duplicates
-    across sources are resolved at selection (one owner per record_id). `seen` (record_id -> "file:line") are
-    records an earlier ingest of the source read, so a new line that repeats one of them is a duplicate as in a
-    whole read."""
+    across sources are resolved at selection (one owner per record_id). `earlier(ids)` answers which of a batch's
+    record ids an earlier ingest of the source read (record_id -> "file:line"), so a new line that repeats one of
+    them is a duplicate as in a whole read; it is asked once per batch, so no structure over the earlier records
+    is held here (an append's memory does not grow with the source)."""
 
     def __init__(
         self,
@@ -426,36 +427,54 @@ class BatchParser:
         *,
         max_bytes: int = MAX_RECORD_BYTES,
         mapping: FieldMapping | None = None,
-        seen: dict[str, str] | None = None,
+        earlier: Callable[[list[str]], Mapping[str, str]] | None = None,
         stats: IngestStats | None = None,
         preference: Literal["chosen", "rejected", "both"] = "chosen",
     ) -> None:
         self.source, self.group_id, self.family = source, group_id, family
         self.max_bytes, self.mapping = max_bytes, mapping
         self.stats = stats or IngestStats()
-        self._seen: dict[str, str] = dict(seen or {})  # record_id -> "file:line" of its first occurrence
+        self._earlier = earlier
+        self._seen: dict[str, str] = {}  # record_id -> "file:line" of its first occurrence in this read
         self.sides: tuple[Side, ...] = ("chosen", "rejected") if preference == "both" else (preference,)
 
     def parse(self, name: str, units: list[Unit], form: str = "json") -> Parsed:
         """Decode, normalise, hash and deduplicate one batch of file `name` (all per-record Python). `form` is how
         the file holds its values: "json" or "row" (a table), kept with each record's original."""
         parsed = Parsed(form=form)
+        # first pass: decode and hash every unit of the batch; then one question to `earlier` for the whole batch
+        decoded: list[tuple[Unit, Any, Any, list[tuple[Side, Any]] | Rejected]] = []
         for unit in units:
             try:
                 obj, text = _guarded(read_unit, unit, self.max_bytes)
             except Rejected as rej:
-                parsed.rejected.append((unit.position, rej.kind, printable(str(rej)), printable(_excerpt(unit))))
+                decoded.append((unit, None, None, rej))
                 continue
             # `preference: both`: the two sides of a pair are two records, each a record or a quarantine row
             sides = self.sides if len(self.sides) == 1 or is_pair(obj) else self.sides[:1]
-            original: str | None = None
+            outcomes: list[tuple[Side, Any]] = []
             for side in sides:
                 try:
-                    layout, fields, rid = record_of(obj, self.family, self.mapping, self.max_bytes, side)
-                    if rid in self._seen:
-                        raise Rejected("duplicate", f"duplicate of {self._seen[rid]}")
+                    outcomes.append((side, record_of(obj, self.family, self.mapping, self.max_bytes, side)))
                 except Rejected as rej:
-                    reason = f"{side} side: {rej}" if len(sides) > 1 else str(rej)
+                    outcomes.append((side, rej))
+            decoded.append((unit, obj, text, outcomes))
+        ids = [o[2] for *_, outs in decoded if isinstance(outs, list) for _, o in outs if not isinstance(o, Rejected)]
+        earlier = self._earlier(ids) if self._earlier is not None and ids else {}
+        for unit, obj, text, outs in decoded:
+            if isinstance(outs, Rejected):
+                parsed.rejected.append((unit.position, outs.kind, printable(str(outs)), printable(_excerpt(unit))))
+                continue
+            original: str | None = None
+            for side, outcome in outs:
+                try:
+                    if isinstance(outcome, Rejected):
+                        raise outcome
+                    layout, fields, rid = outcome
+                    if (first := earlier.get(rid) or self._seen.get(rid)) is not None:
+                        raise Rejected("duplicate", f"duplicate of {first}")
+                except Rejected as rej:
+                    reason = f"{side} side: {rej}" if len(outs) > 1 else str(rej)
                     parsed.rejected.append((unit.position, rej.kind, printable(reason), printable(_excerpt(unit))))
                     continue
                 self._seen[rid] = f"{name}:{unit.position}"
@@ -471,7 +490,7 @@ class BatchParser:
                 parsed.original.append(original)
                 for f in TEXT_FIELDS:
                     parsed.text[f].append(fields.get(f))
-            self.stats.extra_rows += len(sides) - 1
+            self.stats.extra_rows += len(outs) - 1
         return parsed
 
     def _note_unused(self, name: str, position: int, obj: Any, layout: str, fields: Fields) -> None:

@@ -19,6 +19,7 @@ from mira_dagster.defs.freshness import FILES_FINGERPRINT, INPUT_FINGERPRINT, La
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.earlier import EarlierRecords
 from mira_dagster.io.ingest import SourceIngest, ingest_fingerprint, input_fingerprint
 from mira_dagster.io.readers import append_offsets, count_units, expand_files, file_state
 from mira_dagster.io.store import PartitionWriter, Store
@@ -75,7 +76,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
         store.table_writer("raw_records", source, RAW_RECORD_SCHEMA) as write_records,
         store.table_writer("quarantine", source, QUARANTINE_SCHEMA) as write_quarantine,
     ):
-        seen = _carry_over(store, source, write_records, write_quarantine) if resume else None
+        earlier = _carry_over(store, source, write_records, write_quarantine) if resume else None
         ingest = SourceIngest(
             source,
             src.group,
@@ -85,7 +86,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             mapping=mapping,
             sink=lambda records, quarantined: (write_records(records), write_quarantine(quarantined)),
             resume=resume,
-            seen=seen,
+            earlier=earlier,
             secrets=secret_values(),
             roots=cfg.read_roots(),
             preference=src.preference,
@@ -94,6 +95,8 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
         for i, _ in enumerate(ingest.batches(), 1):
             if i % 50 == 0:
                 context.log.info(f"{source}: {ingest.stats.units_read:,} read, {ingest.stats.records:,} records")
+        if earlier is not None:
+            earlier.close()
         stats = ingest.stats
         new_units = stats.units_read
         if resume and prev is not None:
@@ -183,21 +186,20 @@ def _append_plan(
     return append_offsets(files, states, units) if states else None
 
 
-def _carry_over(store: Store, source: str, write_records: PartitionWriter, write_quarantine: PartitionWriter) -> dict:
-    """Copy the last good partition's records and quarantine into the new partition, batch by batch; return its
-    record ids (record_id -> "file:line") for duplicate detection."""
-    seen: dict[str, str] = {}
+def _carry_over(
+    store: Store, source: str, write_records: PartitionWriter, write_quarantine: PartitionWriter
+) -> EarlierRecords:
+    """Copy the last good partition's records and quarantine into the new partition, batch by batch; return what
+    answers, batch by batch, which new record ids it held (a DuckDB join over its Parquet, for duplicate detection:
+    nothing per earlier record is kept in memory)."""
     for table, write in (("raw_records", write_records), ("quarantine", write_quarantine)):
         path = store.partition_path(table, source)
         if not path.is_file():
             continue
         for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
-            frame = pl.from_arrow(batch)
-            write(frame)  # type: ignore[arg-type]
-            if table == "raw_records":
-                keys = frame.select("record_id", pl.format("{}:{}", "origin_file", "origin_line"))
-                seen.update(keys.iter_rows())  # type: ignore[arg-type]
-    return seen
+            write(pl.from_arrow(batch))  # type: ignore[arg-type]
+    # the earlier partition stays at its path until the new one replaces it when the writers' block ends
+    return EarlierRecords(store.partition_path("raw_records", source))
 
 
 def _add_earlier(stats: IngestStats, earlier: dict) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -41,7 +41,7 @@ class SourceIngest:
         batch_size: int = 2048,
         sink: Callable[[pl.DataFrame, pl.DataFrame], None] | None = None,
         resume: dict[Path, tuple[int, int]] | None = None,
-        seen: dict[str, str] | None = None,
+        earlier: Callable[[list[str]], Mapping[str, str]] | None = None,
         secrets: Sequence[str] = (),
         roots: Sequence[Path] = (),
         preference: Literal["chosen", "rejected", "both"] = "chosen",
@@ -49,11 +49,12 @@ class SourceIngest:
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
         writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
-        reads only what was appended to files an earlier ingest read, `seen` (record_id -> "file:line") being that
-        ingest's records (see BatchParser). Quarantine excerpts and reasons are redacted of `secrets` (the configured
-        keys) and of anything that looks like key material: an unvetted dataset may link to a key file. `roots`:
-        where symlinks may lead (the registry's folder and allowed_roots, see readers.expand_files). `scratch`: the
-        folder under MIRA_HOME where archive members are unpacked while read (readers.default_scratch if None)."""
+        reads only what was appended to files an earlier ingest read, `earlier(ids)` (-> {record_id: "file:line"})
+        answering which of a batch's ids that ingest read (see BatchParser). Quarantine excerpts and reasons are
+        redacted of `secrets` (the configured keys) and of anything that looks like key material: an unvetted dataset
+        may link to a key file. `roots`: where symlinks may lead (the registry's folder and allowed_roots, see
+        readers.expand_files). `scratch`: the folder under MIRA_HOME where archive members are unpacked while read
+        (readers.default_scratch if None)."""
         self.sink = sink
         self.source = source
         self.files = expand_files(patterns, source, roots)  # raises SourceFileError naming the entry
@@ -66,7 +67,7 @@ class SourceIngest:
             family,
             max_bytes=max_bytes,
             mapping=mapping,
-            seen=seen,
+            earlier=earlier,
             stats=self.stats,
             preference=preference,
         )
