@@ -360,13 +360,16 @@ def test_a_partition_scored_from_one_home_costs_nothing_from_another(
         assert result.success
         return result
 
-    first = run(tmp_path / "a", [*d.INGEST_ASSETS, *d.SCORING_ASSETS])
-    assert _meta(first, "student_scores")["requests_sent"] > 0
+    # in the pipeline's order: ingest, discovery (which also writes the configured rubric's generated calibration
+    # references, part of the scorers' version), then scoring
+    run(tmp_path / "a", d.INGEST_ASSETS)
     mira_a = MiraResource(config_path=str(small_config), home=str(tmp_path / "a"))
     found = dg.materialize(
         d.ALL_ASSETS, selection=d.DISCOVERY_ASSETS, partition_key="2", instance=instance, resources={"mira": mira_a}
     )
     assert found.success  # group 2's rubric, discovered through home A
+    first = run(tmp_path / "a", [*d.INGEST_ASSETS, *d.SCORING_ASSETS])
+    assert _meta(first, "student_scores")["requests_sent"] > 0
     rubric_a = (tmp_path / "a" / "anchors" / "group_2_dim_anchors.jsonl").read_text()
     shutil.rmtree(tmp_path / "a")  # home A is gone: only the store is left
     again = run(tmp_path / "b", [*d.INGEST_ASSETS, *d.SCORING_ASSETS])  # a new, empty home
