@@ -320,6 +320,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     family, mapping, paths = None, None, [Path(p) for p in args.paths]
     preference = "chosen"
+    roots: list[Path] = []
     if args.group or args.source:
         _prepare_env(args.config, args.home)
         try:
@@ -327,6 +328,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"mira: {exc}", file=sys.stderr)
             return 2
+        roots = cfg.read_roots()  # where links may lead, as ingest reads them
         if args.source:
             if args.source not in cfg.sources:
                 return _unknown("source", [args.source], cfg.source_names(), cfg.path)
@@ -342,7 +344,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 2
     # archive members are unpacked while read under MIRA_HOME (--home), nowhere else
     scratch = (Path(args.home).resolve() if args.home else mira_home()) / "scratch"
-    reports = inspect_files(paths, family, mapping, max_bytes=args.max_bytes, preference=preference, scratch=scratch)
+    reports = inspect_files(
+        paths, family, mapping, max_bytes=args.max_bytes, preference=preference, scratch=scratch, roots=roots
+    )
     print(render_report(reports, examples=args.examples))
     return 1 if any(r.error for r in reports) else 0
 

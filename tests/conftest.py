@@ -16,9 +16,16 @@ ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)
 @pytest.fixture(autouse=True)
 def _no_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests choose their endpoints explicitly; nothing leaks in from the environment."""
-    for var in list(__import__("os").environ):
+    import os
+
+    for var in list(os.environ):
         if var.startswith(("MIRA_STUDENT_", "MIRA_TEACHER_", "MIRA_EMBED_")):
             monkeypatch.delenv(var, raising=False)
+    # `mira ...` called in process (cli.main) sets these for its process: restored after each test, set or not
+    for var in ("MIRA_CONFIG", "MIRA_HOME", "DAGSTER_HOME"):
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+        if not os.environ[var]:
+            monkeypatch.delenv(var)
 
 
 @pytest.fixture(autouse=True)

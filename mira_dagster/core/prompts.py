@@ -1,6 +1,6 @@
 """The scorer prompts, as data: a system template rendered once per scorer (byte-identical for all its records, so
 vLLM's prefix cache serves it) and a user template rendered per record, both Jinja2 files a user can replace
-(anchors/templates/ by default; see README "Prompt templates"). The free-form judging prompts of rubric discovery
+(mira_dagster/resources/templates/ by default; see docs/scorers.md). The free-form judging prompts of rubric discovery
 stay in code (`judge_template`): they are ours, not the released students'.
 """
 

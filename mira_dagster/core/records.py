@@ -180,11 +180,6 @@ def _finite(value: float, text: str) -> float:
     return value
 
 
-def decode_line(raw: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
-    """The JSON value of one JSONL line; raises Rejected with the reason."""
-    return _decode(raw, max_bytes)[0]
-
-
 def _decode(raw: bytes, max_bytes: int) -> tuple[Any, str]:
     """(JSON value, its text) of one line."""
     if raw.startswith(_BOM):  # a byte-order mark (first line of a file written by some Windows tools)
@@ -289,14 +284,6 @@ def _json_scalar(value: Any) -> Any:
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     return str(value)  # Decimal, UUID, ...: their exact text
-
-
-def parse_unit(
-    unit: Unit, family: Family, mapping: FieldMapping | None, max_bytes: int, side: Side = "chosen"
-) -> tuple[str, Fields, str]:
-    """(layout, normalised fields, record_id) of a unit; raises Rejected for anything that goes wrong, so that no
-    unit, however malformed, escapes as an exception."""
-    return record_of(_guarded(read_unit, unit, max_bytes)[0], family, mapping, max_bytes, side)
 
 
 def record_of(

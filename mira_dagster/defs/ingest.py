@@ -77,26 +77,28 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
         store.table_writer("quarantine", source, QUARANTINE_SCHEMA) as write_quarantine,
     ):
         earlier = _carry_over(store, source, write_records, write_quarantine) if resume else None
-        ingest = SourceIngest(
-            source,
-            src.group,
-            src.format,
-            files,
-            max_bytes=cfg.pipeline.max_record_bytes,
-            mapping=mapping,
-            sink=lambda records, quarantined: (write_records(records), write_quarantine(quarantined)),
-            resume=resume,
-            earlier=earlier,
-            secrets=secret_values(),
-            roots=cfg.read_roots(),
-            preference=src.preference,
-            scratch=store.home / "scratch",  # archive members are unpacked under MIRA_HOME, nowhere else
-        )
-        for i, _ in enumerate(ingest.batches(), 1):
-            if i % 50 == 0:
-                context.log.info(f"{source}: {ingest.stats.units_read:,} read, {ingest.stats.records:,} records")
-        if earlier is not None:
-            earlier.close()
+        try:
+            ingest = SourceIngest(
+                source,
+                src.group,
+                src.format,
+                src.files,  # the entries, checked once there: a link in a listed folder is judged by its folder
+                max_bytes=cfg.pipeline.max_record_bytes,
+                mapping=mapping,
+                sink=lambda records, quarantined: (write_records(records), write_quarantine(quarantined)),
+                resume=resume,
+                earlier=earlier,
+                secrets=secret_values(),
+                roots=cfg.read_roots(),
+                preference=src.preference,
+                scratch=store.home / "scratch",  # archive members are unpacked under MIRA_HOME, nowhere else
+            )
+            for i, _ in enumerate(ingest.batches(), 1):
+                if i % 50 == 0:
+                    context.log.info(f"{source}: {ingest.stats.units_read:,} read, {ingest.stats.records:,} records")
+        finally:
+            if earlier is not None:
+                earlier.close()  # its DuckDB connection, on a failed read too
         stats = ingest.stats
         new_units = stats.units_read
         if resume and prev is not None:
@@ -199,7 +201,7 @@ def _carry_over(
         for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
             write(pl.from_arrow(batch))  # type: ignore[arg-type]
     # the earlier partition stays at its path until the new one replaces it when the writers' block ends
-    return EarlierRecords(store.partition_path("raw_records", source))
+    return EarlierRecords(store.partition_path("raw_records", source), temp_directory=store.temp_directory)
 
 
 def _add_earlier(stats: IngestStats, earlier: dict) -> None:

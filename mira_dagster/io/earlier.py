@@ -13,10 +13,15 @@ from mira_dagster.io.store import load_sql
 class EarlierRecords:
     """`self(ids)` -> {record_id: "file:line"} of the ids the earlier partition holds; no per-record state here."""
 
-    def __init__(self, path: Path, threads: int = 2, memory_limit: str = "512MB") -> None:
+    def __init__(
+        self, path: Path, threads: int = 2, memory_limit: str = "512MB", temp_directory: Path | None = None
+    ) -> None:
         self.path = str(path)
         self._sql = load_sql("earlier_records")
-        self._con = duckdb.connect(config={"threads": threads, "memory_limit": memory_limit})
+        config: dict[str, str | int] = {"threads": threads, "memory_limit": memory_limit}
+        if temp_directory is not None:  # a spill stays under MIRA_HOME, as the store's own queries do
+            config["temp_directory"] = str(temp_directory)
+        self._con = duckdb.connect(config=config)
 
     def __call__(self, ids: list[str]) -> dict[str, str]:
         self._con.register("batch_ids", pa.table({"record_id": pa.array(ids, pa.string())}))

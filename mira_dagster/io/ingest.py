@@ -21,7 +21,7 @@ from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
 from mira_dagster.core.redact import redact
-from mira_dagster.io.readers import describe_container, expand_files, file_versions, iter_units, sniff
+from mira_dagster.io.readers import describe_container, expand_files, file_versions, iter_units, sniff, split_name
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
 
@@ -92,8 +92,10 @@ class SourceIngest:
                 ):
                     self.stats.units_read += len(units)
                     # an archive's batch holds one member's units: named `data.tar.gz!/a.jsonl` in their origin
-                    origin = name if units[0].member is None else f"{name}!/{units[0].member}"
-                    pending.append(pool.submit(self._finish, origin, self.parser.parse(origin, units, form)))
+                    member = units[0].member
+                    origin = name if member is None else f"{name}!/{member}"
+                    unit_form = form if member is None else member_form(member)
+                    pending.append(pool.submit(self._finish, origin, self.parser.parse(origin, units, unit_form)))
                     if len(pending) > _IN_FLIGHT:
                         yield pending.popleft().result()
                 self.stats.units_per_file[str(path)] = done + self.stats.units_read - before
@@ -117,6 +119,13 @@ class SourceIngest:
 
 # readers' kinds whose units are a table's rows (exported as Parquet rows with the input's columns)
 TABLE_KINDS = frozenset({"parquet", "csv", "tsv", "arrow", "feather", "ipc", "hf_dataset", "hf_datasets", "datasets"})
+
+
+def member_form(member: str) -> str:
+    """An archive member's form, by its name (readers dispatch members like files; a table member is exported as
+    rows, as the same file outside the archive would be)."""
+    suffix = split_name(member)[1] or ""
+    return "row" if suffix.lstrip(".") in TABLE_KINDS else "json"
 
 
 def original_form(path: Path) -> str:

@@ -63,13 +63,15 @@ def inspect_files(
     examples: int = 3,
     preference: Preference = "chosen",
     scratch: Path | None = None,
+    roots: Sequence[Path] = (),
 ) -> list[FileReport]:
     """One report per file; `preference` is the source's (which side of a preference pair is the record);
-    `scratch` the folder under MIRA_HOME where archive members are unpacked while read."""
+    `scratch` the folder under MIRA_HOME where archive members are unpacked while read; `roots` where symlinks may
+    lead (the registry's folder and allowed_roots, as ingest reads them)."""
     reports = []
     for pattern in patterns:
         try:
-            files = expand_files([Path(pattern).absolute()], "inspect")
+            files = expand_files([Path(pattern).absolute()], "inspect", roots)
         except SourceFileError as exc:
             reports.append(FileReport(str(pattern), error=str(exc).removeprefix("source 'inspect': ")))
             continue

@@ -210,10 +210,6 @@ def _glob_base(pattern: Path) -> Path:
     return Path(*parts[:i]) if i else Path(".")
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
-
-
 def _within(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 

@@ -1,4 +1,4 @@
-"""The scorer prompts are Jinja2 templates (anchors/templates/); these tests pin what they render.
+"""The scorer prompts are Jinja2 templates (mira_dagster/resources/templates/); these tests pin what they render.
 
 tests/golden/prompts/ holds, per group of anchors/groups.yaml and for the qa family, the system prompt and one
 rendered user message as the shipped templates render them (captured and reviewed, see its README), and two files

@@ -48,11 +48,12 @@ def _registry(root: Path, files: list[str], allowed_roots: list[str] | None = No
 
 
 def _ingest(registry: Path) -> SourceIngest:
-    """The source as raw_records reads it: its files expanded with the registry's roots, then read."""
+    """The source as raw_records reads it: its entries checked with the registry's roots (for the append plan,
+    then once more by SourceIngest, which is given the entries), then read."""
     cfg = load_config(registry)
     src = cfg.sources["s"]
-    files = expand_files(src.files, "s", cfg.read_roots())
-    ingest = SourceIngest("s", "g", "qa", files, roots=cfg.read_roots())
+    expand_files(src.files, "s", cfg.read_roots())
+    ingest = SourceIngest("s", "g", "qa", src.files, roots=cfg.read_roots())
     list(ingest.batches())
     return ingest
 
@@ -151,3 +152,52 @@ def test_a_files_entry_that_links_to_a_folder_outside_is_refused(layout: Path) -
     os.symlink(layout / "keys", layout / "reg" / "data" / "more")
     assert "symlink to a folder outside" in _refused(_registry(layout, ["data/more"]), "more")
     assert _ingest(_registry(layout, ["data/more"], allowed_roots=["../keys"])).stats.records == 1
+
+
+@pytest.mark.parametrize("entry", ["../ds", "../ds/*/*.jsonl"])
+def test_a_link_within_a_listed_folder_outside_the_registry_folder_is_read(layout: Path, entry: str) -> None:
+    """ds/a/link.jsonl -> ../b/x.data: inside the folder the entry names, so followed; the entry is judged once by
+    its own folder (a second check of the expanded file alone once refused it)."""
+    (layout / "ds" / "a").mkdir(parents=True)
+    (layout / "ds" / "b").mkdir()
+    (layout / "ds" / "b" / "x.data").write_text(LINE)
+    os.symlink("../b/x.data", layout / "ds" / "a" / "link.jsonl")
+    ingest = _ingest(_registry(layout, [entry]))
+    assert ingest.stats.records == 1
+
+
+def test_mira_inspect_follows_links_to_allowed_roots(layout: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mira inspect --source` judges links with the registry's roots, as ingest does."""
+    from mira_dagster import cli
+
+    (layout / "outside").mkdir()
+    (layout / "outside" / "a.jsonl").write_text(LINE)
+    os.symlink(layout / "outside" / "a.jsonl", layout / "reg" / "link.jsonl")
+    registry = _registry(layout, ["link.jsonl"], allowed_roots=["../outside"])
+    assert cli.main(["inspect", "--config", str(registry), "--home", str(layout / "home"), "--source", "s"]) == 0
+    assert "outside the allowed roots" not in capsys.readouterr().out
+
+
+def test_a_table_inside_an_archive_is_kept_as_rows(tmp_path: Path) -> None:
+    """A Parquet member of a .tar.gz is exported as rows with its columns, as the same file outside the archive."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mira_dagster.io.ingest import member_form
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"question": ["What is 3 + 4?"], "answer": ["7"]}), buf)
+    archive = tmp_path / "t.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in (("m.parquet", buf.getvalue()), ("l.jsonl", LINE.encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ingest = SourceIngest("s", "g", "qa", [archive], scratch=tmp_path / "scratch")
+    records = [r for r, _ in ingest.batches()]
+    forms = {row["origin_file"]: row["original_form"] for frame in records for row in frame.iter_rows(named=True)}
+    assert forms == {"t.tar.gz!/m.parquet": "row", "t.tar.gz!/l.jsonl": "json"}
+    assert (member_form("a/b.csv"), member_form("x.jsonl.gz")) == ("row", "json")
