@@ -7,7 +7,7 @@ reply cache, parse, write.
 
 A synthetic corpus of N records in four qa_with_think sources is built from the bundled sample: each record is a
 sample record (their lengths vary, 0.5-20 kB) whose text fields get a variant marker, so every record has its own
-record_id. Then, for each size, `mira run`'s plan (defs/freshness.RunPlan, the same phases and steps) runs with each
+record_id. Then, for each size, `mira run`'s stages (cli.stage_runs over defs/freshness.py, the same runs) run with each
 step (one stage, one partition) as its own process, a fresh `dg.materialize` like `mira run`'s, waited for with
 `os.wait4`: wall seconds, CPU seconds (user + system of that process alone), peak RSS (its ru_maxrss) and records a
 second. `startup` is one such process that only imports (Dagster and our definitions): every step pays it once.
@@ -104,26 +104,20 @@ def build(root: Path, n: int) -> Path:
     return registry
 
 
-STAGES = {
-    "ingest": "INGEST_ASSETS",
-    "grouping": "GROUPING_ASSETS",
-    "discovery": "DISCOVERY_ASSETS",
-    "scoring": "SCORING_ASSETS",
-    "distill": "DISTILL_ASSETS",
-    "corpus": "CORPUS_ASSETS",
-}
-
-# one step of `mira run`, as `mira run` materialises it, in a fresh process (argv: stage, partition or "")
-STEP = f"""
+# one step of `mira run`, as `mira run` materialises it, in a fresh process (argv: asset names joined by ",", or
+# "startup"; partition or "")
+STEP = """
 import sys
 import dagster as dg
 from mira_dagster import definitions as d
 from mira_dagster.defs.resources import mira_resource
 if sys.argv[1] != "startup":
+    names = sys.argv[1].split(",")
+    selection = [a for a in d.ALL_ASSETS if any(k.to_user_string() in names for k in a.keys)]
     with dg.DagsterInstance.get() as instance:
         result = dg.materialize(
-            d.ALL_ASSETS, selection=getattr(d, {STAGES!r}[sys.argv[1]]), partition_key=sys.argv[2] or None,
-            instance=instance, resources={{"mira": mira_resource()}}, raise_on_error=False,
+            d.ALL_ASSETS, selection=selection, partition_key=sys.argv[2] or None,
+            instance=instance, resources={"mira": mira_resource()}, raise_on_error=False,
         )
     sys.exit(0 if result.success else 1)
 """
@@ -229,7 +223,8 @@ def run_steps(root: Path, env: dict[str, str], log: Path) -> list[dict[str, Any]
     env = env | {"DAGSTER_HOME": os.environ["DAGSTER_HOME"]}
     import dagster as dg
 
-    from mira_dagster.defs.freshness import RunPlan
+    from mira_dagster.cli import stage_runs, stages
+    from mira_dagster.defs.freshness import Evaluation
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
     from mira_dagster.settings import load_registry
@@ -237,16 +232,16 @@ def run_steps(root: Path, env: dict[str, str], log: Path) -> list[dict[str, Any]
     cfg, mira, steps = load_registry(), mira_resource(), []
     with dg.DagsterInstance.get() as instance:
         register_partitions(instance, cfg)
-        plan = RunPlan(instance, mira, cfg.source_names(), force=False)
-        for phase in plan.phases():
-            for item in phase():
-                row = child([sys.executable, "-c", STEP, item.stage, item.partition or ""], env, log)
-                row |= {"stage": item.stage, "partition": item.partition}
-                print(f"  {item.label}: {row}", flush=True)
+        scope = {"source": cfg.source_names(), "unit": list(cfg.scorer_units()), "all": [None]}
+        for stage, assets, per in stages():
+            todo, _ = stage_runs(Evaluation(instance, mira, retry=True), stage, assets, scope[per])
+            for partition, where, chosen, _why in todo:
+                row = child([sys.executable, "-c", STEP, ",".join(chosen), partition or ""], env, log)
+                row |= {"stage": stage, "partition": partition}
+                print(f"  {where}: {', '.join(chosen)}: {row}", flush=True)
                 if row["rc"] != 0:
-                    raise SystemExit(f"step {item.label} failed (exit {row['rc']}); its log: {log}")
+                    raise SystemExit(f"step {where} failed (exit {row['rc']}); its log: {log}")
                 steps.append(row)
-                plan.done(item)
     return steps
 
 

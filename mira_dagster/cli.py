@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from mira_dagster.settings import load_project_env, load_registry, mira_home, op
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
+
+    from mira_dagster.defs.freshness import Evaluation
 
 
 def _prepare_env(config: str | None, home: str | None) -> Path:
@@ -38,6 +41,20 @@ def _unknown(what: str, names: list[str], known: list[str], registry: Path) -> i
     return 2
 
 
+def stages() -> list[tuple[str, tuple[str, ...], str]]:
+    """The stages in the order they run, one Dagster run per partition each: which assets, partitioned how."""
+    from mira_dagster.defs.freshness import CORPUS
+
+    return [
+        ("ingest", ("raw_records",), "source"),
+        ("grouping", ("source_groups",), "all"),
+        ("discovery", ("teacher_judgments", "anchor_rubric"), "unit"),
+        ("scoring", ("teacher_labels", "student_scores"), "source"),
+        ("distill", ("distillation_dataset",), "unit"),
+        ("corpus", CORPUS, "all"),
+    ]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     home = _prepare_env(args.config, args.home)
     try:
@@ -45,68 +62,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mira: {exc}", file=sys.stderr)
         return 2
-    if unknown := sorted(set(args.source or []) - set(cfg.sources)):
+    if unknown := sorted(set(args.source or []) - set(cfg.source_names())):
         return _unknown("source(s)", unknown, cfg.source_names(), cfg.path)
     import dagster as dg
 
     from mira_dagster import definitions as d
-    from mira_dagster.defs.freshness import RunPlan
+    from mira_dagster.defs.freshness import Evaluation
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
     from mira_dagster.io.cost import cost_gate
 
-    # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO. Failures are
-    # printed by us, one line each: Dagster's tracebacks only with -v.
-    run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}}
+    # Dagster's console logger prints every engine event; quiet by default (our one line per stage, the failures,
+    # the summary), everything with -v. The event log itself is in the instance either way.
+    run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "ERROR"}}}}
     if not args.verbose:
         quiet_dagster_failures()
     mira = mira_resource()  # MIRA_CONFIG, MIRA_HOME (set above from --config, --home) and the rest as dg.EnvVar
-    resources = {"mira": mira}
-    stages = {
-        "ingest": d.INGEST_ASSETS,
-        "grouping": d.GROUPING_ASSETS,
-        "discovery": d.DISCOVERY_ASSETS,
-        "scoring": d.SCORING_ASSETS,
-        "distill": d.DISTILL_ASSETS,
-        "corpus": d.CORPUS_ASSETS,
-    }
+    by_key = {k.to_user_string(): a for a in d.ALL_ASSETS for k in a.keys}
     sources = args.source or cfg.source_names()
-    step = 0
-    # Phases: every partition of a phase runs even when one fails (a bad source fails alone), but the next
-    # phase starts only when the whole phase succeeded, so no rubric, mask, selection or export is ever
-    # replaced by the output of a run with a failed part. Only what is stale runs (defs/freshness.py).
+    units = sorted({cfg.unit_of(s).key for s in sources})
+    scope = {"source": sources, "unit": units, "all": [None]}
+    ran = 0
+    skipped: list[str] = []  # what was up to date
+    warned: list[str] = []  # failed non-blocking checks: printed after the summary, the run still succeeds
     with dg.DagsterInstance.get() as instance:
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
         register_partitions(instance, cfg)  # the partitions the sensor would add
-        plan = RunPlan(instance, mira, sources, force=args.force)
         gated = False
-        warned: list[str] = []  # failed non-blocking checks: printed after the summary, the run still succeeds
-        for phase in plan.phases():
+        # Stages: every partition of a stage runs even when one fails (a bad source fails alone), but the next
+        # stage starts only when the whole stage succeeded, so no rubric, mask, selection or export is ever replaced
+        # by the output of a run with a failed part. What is stale is freshness.Evaluation's (the automation
+        # condition's too), asked again at each stage: the earlier ones change it.
+        for stage, assets, per in stages():
+            ev = Evaluation(instance, mira, retry=True)
+            todo, up_to_date = stage_runs(ev, stage, assets, scope[per], force=args.force)
+            skipped += up_to_date
+            if not todo:
+                if args.verbose:
+                    print(f"{stage}: up to date")
+                continue
+            # cost before spending: the plan (and max_teacher_requests) once ingest is done, before any request
+            if stage != "ingest" and not gated:
+                gated = True
+                if (code := cost_gate(cfg, mira.store(), sources, mira.endpoint)) is not None:
+                    return code
             failures: list[str] = []
-            for item in phase():
-                # cost before spending: the plan (and max_teacher_requests) once ingest is done, before any request
-                if item.stage != "ingest" and not gated:
-                    gated = True
-                    if (code := cost_gate(cfg, mira.store(), sources, mira.endpoint)) is not None:
-                        return code
-                step += 1
-                print(f"[{step}] {item.label}", flush=True)
+            progress = Progress(stage, len(todo), verbose=args.verbose)
+            for partition, where, chosen, why in todo:
+                progress.start(f"{where}: {', '.join(chosen)} ({why})")
                 result = dg.materialize(
                     d.ALL_ASSETS,
-                    selection=stages[item.stage],
-                    partition_key=item.partition,
+                    selection=[by_key[a] for a in chosen],
+                    partition_key=partition,
                     instance=instance,
-                    resources=resources,
+                    resources={"mira": mira},
                     raise_on_error=False,
                     run_config=run_config,
                     tags={"mira/entry": "mira run", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
                 )
-                warned += warning_lines(result, item.label.split(":")[0])
-                if result.success:
-                    plan.done(item)
-                else:
-                    failures += failure_lines(result, item.label.split(":")[0])
+                ran += 1
+                warned += warning_lines(result, where)
+                if not result.success:
+                    failures += failure_lines(result, where)
+                progress.done(result.success)
+            progress.close(len(failures))
             if failures:
                 print_summary(home, cfg.source_names(), stale_selection=True)
                 for line in warned:
@@ -115,20 +135,87 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print(f"mira: FAILED {line}", file=sys.stderr)
                 _report_skipped(cfg)
                 print(
-                    f"mira: {len(failures)} failure(s); later phases not run, so the last good selection and "
-                    "export stay in place (run with -v for Dagster's tracebacks)",
+                    f"mira: {len(failures)} failure(s); later stages not run, so the last good selection and "
+                    f"export stay in place (-v shows Dagster's log; the event log: {event_log(instance)})",
                     file=sys.stderr,
                 )
                 return 1
-        if plan.skipped:
-            shown = plan.skipped if args.verbose or len(plan.skipped) <= 6 else [*plan.skipped[:5], "..."]
-            print(f"up to date, not run ({len(plan.skipped)}; -v lists all, --force runs all): " + "; ".join(shown))
-        if not step:
+        if skipped and ran:
+            shown = skipped if args.verbose or len(skipped) <= 6 else [*skipped[:5], "..."]
+            print(f"up to date, not run ({len(skipped)}; -v lists all, --force runs all): " + "; ".join(shown))
+        if not ran:
             print("mira: nothing changed since the last run; the selection and export stand as they are")
+        print(f"Dagster's event log: {event_log(instance)} (`dagster dev` shows it; `mira run -v` prints it)")
     print_summary(home, cfg.source_names())
     for line in warned:
         print(f"mira: warning {line}", file=sys.stderr)
     return _report_skipped(cfg)
+
+
+def stage_runs(
+    ev: Evaluation, stage: str, assets: tuple[str, ...], partitions: list[str | None], force: bool = False
+) -> tuple[list[tuple[str | None, str, list[str], str]], list[str]]:
+    """The runs a stage needs now, one per partition with something stale: (partition, label, assets, why), the
+    assets from the first stale one of the stage on (a later one reads it: anchor_rubric the judgments; the corpus
+    as one block); and the labels of the partitions that are up to date."""
+    from mira_dagster.defs.freshness import UNIT_ASSETS
+
+    todo, skipped = [], []
+    unit_scope = ev.cfg.pipeline.scorer_scope
+    for partition in partitions:
+        where = f"{unit_scope} {partition}" if assets[0] in UNIT_ASSETS else partition or stage
+        stale = [(a, ev.reason(a, partition)) for a in assets]
+        first = next((i for i, (_, why) in enumerate(stale) if why is not None or force), None)
+        if first is None:
+            skipped.append(f"{where}: {', '.join(assets)}" if partition else stage)
+            continue
+        chosen = list(assets) if stage == "corpus" else list(assets[first:])
+        todo.append((partition, where, chosen, "forced" if force else str(stale[first][1])))
+    return todo, skipped
+
+
+def event_log(instance: DagsterInstance) -> str:
+    """Where the instance keeps its event log: the PostgreSQL database, or the SQLite files under DAGSTER_HOME."""
+    from mira_dagster.instance import use_postgres
+
+    if use_postgres():
+        return "the PostgreSQL database of MIRA_DAGSTER_PG_URL"
+    return str(Path(instance.root_directory) / "history")
+
+
+class Progress:
+    """One line per stage when the output is not a terminal; a bar that redraws itself on one; a line per run
+    with -v."""
+
+    def __init__(self, stage: str, total: int, verbose: bool) -> None:
+        self.stage, self.total, self.verbose, self.n, self.failed = stage, total, verbose, 0, 0
+        self.tty = sys.stdout.isatty() and not verbose
+        self.started = time.monotonic()
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=stage, unit="run", leave=False, file=sys.stdout)
+
+    def start(self, label: str) -> None:
+        if self.verbose:
+            print(f"[{self.stage} {self.n + 1}/{self.total}] {label}", flush=True)
+        elif self.bar is not None:
+            self.bar.set_postfix_str(label[:60])
+
+    def done(self, ok: bool) -> None:
+        self.n += 1
+        self.failed += not ok
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self, failures: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        took = time.monotonic() - self.started
+        what = "run" if self.total == 1 else "runs"
+        status = f"{failures} failure(s)" if failures else "ok"
+        print(f"{self.stage}: {self.total} {what}, {status} ({took:.1f} s)", flush=True)
 
 
 def _report_skipped(cfg: MiraConfig) -> int:

@@ -7,7 +7,6 @@ from mira_dagster.defs.automation import (
     follow_inputs,
     new_sources,
     refresh_sources_job,
-    refresh_stale_sources,
 )
 from mira_dagster.defs.discovery import anchor_rubric, distillation_dataset, source_groups, teacher_judgments
 from mira_dagster.defs.ingest import raw_records
@@ -17,7 +16,7 @@ from mira_dagster.defs.resources import mira_resource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 from mira_dagster.defs.selection import aggregated_scores, selected_random, selected_subset, selection_report
 
-# The order `mira run` materialises them in: per source, per scorer unit, per source, then the corpus.
+# The stages in the order they run: per source, all sources, per scorer unit, per source, per unit, the corpus.
 INGEST_ASSETS = [raw_records]
 GROUPING_ASSETS = [source_groups]
 DISCOVERY_ASSETS = [teacher_judgments, anchor_rubric]
@@ -54,7 +53,6 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=ALL_ASSETS,
         jobs=[refresh_sources_job],
-        schedules=[refresh_stale_sources],
         sensors=[new_sources, follow_inputs],
         resources={"mira": mira_resource()},  # the set MIRA_* variables as dg.EnvVar
         executor=executor_from_settings(),  # None: Dagster's default (multiprocess)

@@ -1,20 +1,20 @@
-"""Automation: a sensor that adds a partition (and a run) for every new source, a schedule that re-runs the
-source partitions that are missing or stale, and the corpus assets following their inputs by declarative
-automation (AutomationCondition.eager on the corpus assets).
+"""Automation: what is stale decides what runs, for the daemon and `mira run` alike (defs/freshness.py, the one
+definition). Every asset carries the automation condition FOLLOW_INPUTS: it is requested when it is stale, nothing it
+reads is stale (or about to run in the same run), and no run upstream of it is queued or in progress. The automation
+condition sensor evaluates it in the code server (the condition is Python: use_user_code_server) every few seconds;
+`mira run` evaluates the same conditions to print its plan and waits for the runs. A sensor adds a partition for every
+new source (the condition then requests its runs).
 
-What is stale is defined once, in defs/freshness.py, for the schedule and `mira run` alike: a source whose files,
-registry entry or ingest code changed, whose scorer_version changed, whose last scoring failed a check or left
-records without a reply. Re-running a partition whose content did not change costs no request: replies are cached
-by (record_id, scorer_version).
+Re-running a partition whose content did not change costs no request: replies are cached by (record_id,
+scorer_version).
 """
 
 from __future__ import annotations
 
-import json
+import warnings
 
 import dagster as dg
 
-from mira_dagster.defs.freshness import Staleness, ingest_reason, scorer_versions, scoring_reason
 from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.partitions import source_partitions, unit_partitions, unregistered_sources
 from mira_dagster.defs.resources import MiraResource
@@ -64,107 +64,25 @@ refresh_sources_job = dg.define_asset_job(
 )
 
 
-def stale_sources(instance: dg.DagsterInstance, mira: MiraResource) -> list[Staleness]:
-    """Every source partition that was never materialised or whose inputs or scorer changed, with why."""
+def new_source_result(instance: dg.DagsterInstance, mira: MiraResource) -> dg.SensorResult | dg.SkipReason:
+    """Partitions for the registry's sources and watched files that the instance does not have yet, and the
+    scorer-unit partitions brought in step with pipeline.scorer_scope. Their runs are the automation condition's to
+    request (a new partition is never materialised: stale)."""
     cfg = mira.config()
-    versions: dict[str, dict[str, str]] = {}
-    out = []
-    for source in cfg.source_names():
-        reason = ingest_reason(instance, cfg, source)
-        if reason is None:
-            unit = cfg.unit_of(source).key
-            if unit not in versions:  # building a scorer probes its endpoints: once per unit and tick
-                versions[unit] = scorer_versions(mira, unit)
-            reason = scoring_reason(instance, source, versions[unit])
-        if reason is not None:
-            out.append(Staleness(source, reason))
-    return out
-
-
-def in_flight_partitions(instance: dg.DagsterInstance) -> set[str]:
-    """Source partitions with a run of refresh_sources queued or running."""
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(
-            job_name=refresh_sources_job.name,
-            statuses=[
-                dg.DagsterRunStatus.QUEUED,
-                dg.DagsterRunStatus.NOT_STARTED,
-                dg.DagsterRunStatus.STARTING,
-                dg.DagsterRunStatus.STARTED,
-            ],
-        )
-    )
-    return {r.tags["dagster/partition"] for r in runs if "dagster/partition" in r.tags}
-
-
-@dg.schedule(
-    job=refresh_sources_job,
-    cron_schedule="0 * * * *",
-    description=(
-        "Hourly: run every source partition that is missing or stale (input files changed, or a scorer_version "
-        "changed). Partitions already queued or running are not requested twice."
-    ),
-)
-def refresh_stale_sources(
-    context: dg.ScheduleEvaluationContext, mira: MiraResource
-) -> dg.SkipReason | list[dg.RunRequest]:
-    return stale_run_requests(context.instance, mira)
-
-
-def stale_run_requests(instance: dg.DagsterInstance, mira: MiraResource) -> dg.SkipReason | list[dg.RunRequest]:
-    """One run request per missing or stale source partition not already queued or running."""
-    busy = in_flight_partitions(instance)
-    stale = [s for s in stale_sources(instance, mira) if s.source not in busy]
-    if not stale:
-        return dg.SkipReason("every source partition is up to date")
-    # no run_key: a partition whose run failed is asked for again at the next tick; one still queued or
-    # running is not (in_flight_partitions)
-    return [dg.RunRequest(partition_key=s.source, tags={"mira/stale_reason": s.reason}) for s in stale]
-
-
-def new_source_result(
-    instance: dg.DagsterInstance, mira: MiraResource, seen: set[str] | None = None
-) -> dg.SensorResult | dg.SkipReason:
-    """Partitions for the registry's sources and watched files that the instance does not have yet, and a
-    refresh_sources run for each; the scorer-unit partitions brought in step with pipeline.scorer_scope.
-
-    `seen`: the sources the sensor knew at its last tick (its cursor; None before its first). Loading the code
-    location registers the registry's sources (register_partitions_on_load), so a source can have a partition
-    before the sensor sees it: one the sensor has not seen and that never had a run nor a materialisation is new too.
-    At the first tick, that holds on a fresh instance (no run yet) only: on an instance with runs, the sources it
-    already has are not new (`mira run --source a` then `dagster dev` must not start the other sources' runs)."""
-    cfg = mira.config()
-    names = cfg.source_names()
-    unregistered = unregistered_sources(instance, names)
-    if seen is None:
-        seen = set() if not instance.get_run_records(limit=1) else set(names) - set(unregistered)
-    unseen = [s for s in names if s not in unregistered and s not in seen]
-    new = sorted({*unregistered, *never_run(instance, unseen)})
+    unregistered = unregistered_sources(instance, cfg.source_names())
     known_units = instance.get_dynamic_partitions(unit_partitions.name)
     units = list(cfg.scorer_units())
     add_units = [u for u in units if u not in known_units]
     drop_units = [u for u in known_units if u not in units]
     rejected = "; ".join(cfg.rejected_files)
-    if not new and not add_units and not drop_units:
+    if not unregistered and not add_units and not drop_units:
         return dg.SkipReason("no new source" + (f"; not usable as sources: {rejected}" if rejected else ""))
     requests: list = [source_partitions.build_add_request(unregistered)] if unregistered else []
     if add_units:
         requests.append(unit_partitions.build_add_request(add_units))
     if drop_units:
         requests.append(unit_partitions.build_delete_request(drop_units))
-    return dg.SensorResult(
-        dynamic_partitions_requests=requests,
-        run_requests=[dg.RunRequest(partition_key=s, tags={"mira/reason": "new source"}) for s in new],
-    )
-
-
-def never_run(instance: dg.DagsterInstance, sources: list[str]) -> list[str]:
-    """The sources among `sources` with no run tagged with their partition and no raw_records materialisation."""
-    if not sources:
-        return []
-    tagged = {v for _key, values in instance.get_run_tags(tag_keys=["dagster/partition"]) for v in values}
-    done = instance.get_materialized_partitions(raw_records.key)
-    return [s for s in sources if s not in tagged and s not in done]
+    return dg.SensorResult(dynamic_partitions_requests=requests)
 
 
 @dg.sensor(
@@ -178,21 +96,23 @@ def never_run(instance: dg.DagsterInstance, sources: list[str]) -> list[str]:
     ),
 )
 def new_sources(context: dg.SensorEvaluationContext, mira: MiraResource) -> dg.SensorResult | dg.SkipReason:
-    seen = set(json.loads(context.cursor)) if context.cursor else None
-    result = new_source_result(context.instance, mira, seen)
-    context.update_cursor(json.dumps(mira.config().source_names()))  # what this tick saw
-    return result
+    return new_source_result(context.instance, mira)
 
 
-# Declarative automation is evaluated by this sensor, which Dagster otherwise adds stopped: running by default, so
-# that the corpus assets (AutomationCondition.eager) follow a backfill or the schedule without a click in the UI.
+warnings.filterwarnings("ignore", message="Parameter `use_user_code_server`")
+# The automation conditions (defs/conditions.py) are Python: evaluated in the code server, every few seconds, running
+# by default so that a new or changed source is followed through to the selection without a click in the UI. Runs,
+# not backfills: each goes through the run queue and the pools of dagster.yaml.
 follow_inputs = dg.AutomationConditionSensorDefinition(
     "default_automation_condition_sensor",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
+    use_user_code_server=True,
+    minimum_interval_seconds=5,
+    emit_backfills=False,
     description=(
-        "Evaluates the automation conditions: the corpus assets (dim_reliability to selection_report) run once "
-        "after their inputs changed, when every source partition exists and no upstream run or backfill is in "
-        "progress."
+        "Evaluates the automation conditions (defs/conditions.py): every stale asset partition runs once nothing "
+        "upstream of it is stale, queued or running; the corpus assets (dim_reliability to selection_report) as one "
+        "run after the last source run."
     ),
 )

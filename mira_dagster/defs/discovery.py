@@ -23,6 +23,8 @@ from mira_dagster.core.records import RECORD_SCHEMA, record_text, records_from
 from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, generated_anchor_name, generated_for
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
+from mira_dagster.defs.conditions import FOLLOW_INPUTS
+from mira_dagster.defs.freshness import SOURCES_FINGERPRINT, sources_fingerprint
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import source_to_group, unit_partitions
 from mira_dagster.defs.resources import MiraResource
@@ -98,6 +100,7 @@ def _skip(context: dg.AssetExecutionContext, why: str, kept: str) -> dg.Material
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     group_name="discovery",
     kinds={"duckdb", "parquet"},
     deps=["raw_records"],
@@ -146,11 +149,13 @@ def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
             "embedder": embedder.name,
             "records_embedded": sample.height,
             "skipped": dg.MetadataValue.json(skipped),
+            SOURCES_FINGERPRINT: sources_fingerprint(cfg.source_names()),  # defs/freshness.py: sources changed
         }
     )
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     partitions_def=unit_partitions,
     group_name="discovery",
     kinds={"duckdb", "parquet"},
@@ -208,11 +213,13 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
             "requests_sent": stats.sent,
             "from_cache": stats.from_cache,
             "too_long": stats.too_long,
+            SOURCES_FINGERPRINT: sources_fingerprint(unit.sources),  # defs/freshness.py: the unit's sources changed
         }
     )
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     partitions_def=unit_partitions,
     group_name="discovery",
     kinds={"duckdb", "parquet"},
@@ -319,6 +326,7 @@ def _configured_references(
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     partitions_def=unit_partitions,
     group_name="teacher",
     kinds={"jsonl"},
@@ -361,5 +369,6 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
             "per_source": dg.MetadataValue.json(counts),
             "stale_labels_skipped": stale,
             "path": dg.MetadataValue.path(location),
+            SOURCES_FINGERPRINT: sources_fingerprint(unit.sources),  # defs/freshness.py: the unit's sources changed
         }
     )

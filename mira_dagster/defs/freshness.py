@@ -1,13 +1,18 @@
-"""What is stale, read from the Dagster instance: one definition for `mira run`, the refresh schedule and the UI.
+"""What is stale: one definition, read from the Dagster instance, for the automation condition the daemon evaluates
+(defs/automation.py) and for `mira run` alike. It keeps no state of its own (no cursor): a rule holds for as long as
+what it compares holds, so a run killed half-way, a source added while nothing ran, or a second machine all leave
+the instance saying what is still to do.
 
-A source partition is re-ingested when its ingest fingerprint (its files' identity, its registry entry, the ingest
-settings and code version: io/ingest.ingest_fingerprint) differs from the one its last `raw_records`
-materialisation recorded, when that materialisation's records were refused by its checks, or when it never ran. It
-is re-scored when a scorer's `scorer_version` changed, when its records were re-ingested since, when the last
-scoring failed a blocking check or left records without a reply (request errors are retried), or when it never
-ran. The corpus assets rerun when their fingerprint changes: the pipeline settings, the registry's sources and the
-latest materialisation of every scoring partition they read. The same fingerprints are Dagster data versions
-(`raw_records` reports its ingest fingerprint as its data version), so the UI's staleness follows them too.
+An asset partition is stale when it was never materialised, or when something it reads changed after its latest
+materialisation: for raw_records, its ingest fingerprint (its files' identity, its registry entry, the ingest
+settings and code version: io/ingest.ingest_fingerprint, also its Dagster data version); for the scoring assets,
+their scorer_version, or their source re-ingested since; for the assets of a scorer unit and source_groups, a
+source they read materialised after them or their set of sources changed; for the corpus assets (one block, run
+together), the settings, the sources or any scoring partition (`corpus_fingerprint`), or a corpus asset left older
+than the one before it. With `retry` (what `mira run` asks), work that ended incomplete counts too: a scoring whose
+blocking check failed or that left records without a reply, and a partition whose latest run failed. Without it
+(the daemon, every tick), such work waits for its inputs to change or for a `mira run`, instead of failing again at
+every tick.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Latest:
 
     storage_id: int
     metadata: dict[str, Any]
+    timestamp: float = 0.0
 
 
 def latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> Latest | None:
@@ -54,15 +60,16 @@ def latest(instance: dg.DagsterInstance, asset: str, partition: str | None = Non
     if not records or records[0].asset_materialization is None:
         return None
     meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-    return Latest(records[0].storage_id, meta)
+    return Latest(records[0].storage_id, meta, records[0].timestamp)
 
 
-def ingest_reason(instance: dg.DagsterInstance, cfg: MiraConfig, source: str) -> str | None:
-    """Why raw_records[source] must run, or None when it is up to date."""
+def ingest_reason(instance: dg.DagsterInstance, cfg: MiraConfig, source: str, retry: bool = True) -> str | None:
+    """Why raw_records[source] must run, or None when it is up to date (without `retry`, an ingest its checks
+    refused runs again only when its input changed)."""
     raw = latest(instance, "raw_records", source)
     if raw is None:
         return "never materialised"
-    if raw.metadata.get("records_written") is False:
+    if retry and raw.metadata.get("records_written") is False:
         return "the last ingest was refused by its checks"
     src = cfg.sources[source]
     try:
@@ -128,105 +135,175 @@ def never_materialised(instance: dg.DagsterInstance, assets: Iterable[str], part
     return any(latest(instance, a, partition) is None for a in assets)
 
 
-@dataclass(frozen=True)
-class Step:
-    """One in-process run of `mira run`: which stage (a key of cli.STAGES), for which partition, and why."""
+SOURCES_FINGERPRINT = "sources_fingerprint"  # the sources an asset of several sources read (source_groups, units)
+UNIT_ASSETS = ("teacher_judgments", "anchor_rubric", "distillation_dataset")
+SCORING = ("teacher_labels", "student_scores")
+CORPUS = (
+    "dim_reliability",
+    "reliability_mask",
+    "disagreements",
+    "aggregated_scores",
+    "selected_subset",
+    "selected_random",
+    "selection_report",
+)
+FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
-    stage: str
-    partition: str | None
-    label: str
+
+def sources_fingerprint(sources: Iterable[str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(sources)).encode()).hexdigest()[:16]
 
 
-class RunPlan:
-    """What `mira run` must materialise, phase by phase: only what is stale (or everything with force). Each phase
-    is planned when it starts, after the earlier ones ran, since they change what is stale (a re-ingested source
-    needs new judgments, a new rubric a new scorer_version). `skipped` collects what was up to date."""
+class Evaluation:
+    """One evaluation of what is stale: the registry, and the scorer_versions built once per unit (building a scorer
+    probes its endpoints). `retry`: count incomplete work as stale (see the module's docstring)."""
 
-    def __init__(self, instance: dg.DagsterInstance, mira: Any, sources: list[str], force: bool) -> None:
-        self.instance, self.mira, self.sources, self.force = instance, mira, sources, force
+    def __init__(self, instance: dg.DagsterInstance, mira: Any, retry: bool) -> None:
+        self.instance, self.mira, self.retry = instance, mira, retry
         self.cfg: MiraConfig = mira.config()
-        self.ingested: set[str] = set()
-        self.scored: set[str] = set()
-        self.skipped: list[str] = []
-        self._versions: dict[str, dict[str, str] | str] = {}  # unit -> role -> scorer_version, or why unknown
+        self._versions: dict[str, dict[str, str] | str] = {}
+        self._latest: dict[tuple[str, str | None], Latest | None] = {}
+        self._reasons: dict[tuple[str, str | None], str | None] = {}
 
-    def done(self, step: Step) -> None:
-        if step.stage == "ingest" and step.partition:
-            self.ingested.add(step.partition)
-        if step.stage == "scoring" and step.partition:
-            self.scored.add(step.partition)
+    def latest(self, asset: str, partition: str | None = None) -> Latest | None:
+        key = (asset, partition)
+        if key not in self._latest:
+            self._latest[key] = latest(self.instance, asset, partition)
+        return self._latest[key]
 
-    def _units(self) -> dict[str, list[str]]:
-        units: dict[str, list[str]] = {}
-        for s in self.sources:
-            units.setdefault(self.cfg.unit_of(s).key, []).append(s)
-        return dict(sorted(units.items()))
-
-    def ingest(self) -> list[Step]:
-        steps = []
-        for s in self.sources:
-            why = "forced" if self.force else ingest_reason(self.instance, self.cfg, s)
-            if why is None:
-                self.skipped.append(f"{s}: raw_records")
-            else:
-                steps.append(Step("ingest", s, f"{s}: raw_records ({why})"))
-        return steps
-
-    def grouping(self) -> list[Step]:
-        if self.force or self.ingested or latest(self.instance, "source_groups") is None:
-            return [Step("grouping", None, "all sources: source_groups")]
-        self.skipped.append("source_groups")
-        return []
-
-    def discovery(self) -> list[Step]:
-        steps, scope = [], self.cfg.pipeline.scorer_scope
-        for unit, members in self._units().items():
-            new = never_materialised(self.instance, ("teacher_judgments", "anchor_rubric"), unit)
-            if self.force or new or self.ingested & set(members):
-                steps.append(Step("discovery", unit, f"{scope} {unit}: teacher_judgments, anchor_rubric"))
-            else:
-                self.skipped.append(f"{scope} {unit}: teacher_judgments, anchor_rubric")
-        return steps
-
-    def scoring(self) -> list[Step]:
-        steps: list[Step] = []
-        for s in self.sources:
-            why = "forced" if self.force else "records re-ingested" if s in self.ingested else self._score_reason(s)
-            if why is None:
-                self.skipped.append(f"{s}: teacher_labels, student_scores")
-            else:
-                steps.append(Step("scoring", s, f"{s}: teacher_labels, student_scores ({why})"))
-        return steps
-
-    def _score_reason(self, source: str) -> str | None:
-        """scoring_reason with the source's unit's current scorer_versions, built once per unit; a scorer that cannot
-        be built (a missing rubric, an unreadable template) is a reason to run: the step then reports it."""
+    def versions(self, source: str) -> dict[str, str] | str:
+        """The scorer_version of each role of the source's unit now, or why they cannot be known (a missing rubric,
+        an unreadable template: a reason to run, the step then reports it)."""
         unit = self.cfg.unit_of(source).key
         if unit not in self._versions:
             try:
                 self._versions[unit] = scorer_versions(self.mira, unit)
             except Exception as exc:
                 self._versions[unit] = f"scorer unavailable: {exc}"
-        versions = self._versions[unit]
-        return versions if isinstance(versions, str) else scoring_reason(self.instance, source, versions)
+        return self._versions[unit]
 
-    def distill(self) -> list[Step]:
-        steps, scope = [], self.cfg.pipeline.scorer_scope
-        for unit, members in self._units().items():
-            if self.force or self.scored & set(members) or latest(self.instance, "distillation_dataset", unit) is None:
-                steps.append(Step("distill", unit, f"{scope} {unit}: distillation_dataset"))
-            else:
-                self.skipped.append(f"{scope} {unit}: distillation_dataset")
-        return steps
+    def _newer(self, reads: Iterable[tuple[str, str | None]], than: Latest) -> str | None:
+        for asset, partition in reads:
+            done = self.latest(asset, partition)
+            if done is not None and done.storage_id > than.storage_id:
+                return f"{asset}[{partition}] materialised since" if partition else f"{asset} materialised since"
+        return None
 
-    def corpus(self) -> list[Step]:
-        why = "forced" if self.force else "sources re-scored" if self.scored else None
-        why = why or corpus_reason(self.instance, self.cfg)
-        if why is None:
-            self.skipped.append("corpus (reliability to selection_report)")
-            return []
-        label = f"corpus: reliability, mask, aggregates, selected_subset, random, report ({why})"
-        return [Step("corpus", None, label)]
+    def partitions(self, asset: str) -> list[str | None]:
+        """The partitions of `asset` the registry implies: its sources, its scorer units, or the one of an
+        unpartitioned asset."""
+        if asset in ("raw_records", *SCORING):
+            return list(self.cfg.source_names())
+        if asset in UNIT_ASSETS:
+            return list(self.cfg.scorer_units())
+        return [None]
 
-    def phases(self) -> list[Any]:
-        return [self.ingest, self.grouping, self.discovery, self.scoring, self.distill, self.corpus]
+    def reason(self, asset: str, partition: str | None = None) -> str | None:
+        """Why asset[partition] must run now, or None when it is up to date."""
+        key = (asset, partition)
+        if key not in self._reasons:
+            self._reasons[key] = self._reason(asset, partition)
+        return self._reasons[key]
+
+    def _reason(self, asset: str, partition: str | None) -> str | None:
+        cfg = self.cfg
+        if asset in CORPUS:
+            return self._corpus()
+        me = self.latest(asset, partition)
+        if asset == "raw_records":
+            why = ingest_reason(self.instance, cfg, str(partition), self.retry)
+        elif me is None:
+            why = "never materialised"
+        elif asset == "source_groups":
+            names = cfg.source_names()
+            why = self._members_changed(me, names) or self._newer((("raw_records", s) for s in names), me)
+        elif asset in SCORING:
+            versions = self.versions(str(partition))
+            why = versions if isinstance(versions, str) else self._scoring(asset, str(partition), versions, me)
+        else:  # a scorer unit's asset
+            members = cfg.scorer_units()[str(partition)].sources if partition in cfg.scorer_units() else []
+            reads: list[tuple[str, str | None]] = {
+                "teacher_judgments": [("raw_records", s) for s in members],
+                "anchor_rubric": [("teacher_judgments", partition)],
+                "distillation_dataset": [(a, s) for s in members for a in SCORING] + [("anchor_rubric", partition)],
+            }[asset]
+            why = self._newer(reads, me)
+            if why is None and asset != "anchor_rubric":
+                why = self._members_changed(me, members)
+        if self.retry:
+            return why or self._failed_last(asset, partition, me)
+        if why is not None and (failed := self._failed_run(asset, partition, me)) is not None:
+            return why if self._changed_since(asset, partition, failed) else None
+        return why
+
+    def _members_changed(self, me: Latest, sources: Iterable[str]) -> str | None:
+        recorded = me.metadata.get(SOURCES_FINGERPRINT)
+        return "its sources changed" if recorded not in (None, sources_fingerprint(sources)) else None
+
+    def _scoring(self, asset: str, source: str, versions: dict[str, str], me: Latest) -> str | None:
+        raw = self.latest("raw_records", source)
+        role = dict(SCORING_ASSETS)[asset]
+        if me.metadata.get("scorer_version") != versions[role]:
+            return "scorer_version changed"
+        if raw is not None and raw.storage_id > me.storage_id:
+            return "records re-ingested since"
+        if self.retry and me.metadata.get("checks_passed") is False:
+            return "failed a blocking check last time"
+        if self.retry and (me.metadata.get("status_counts") or {}).get("request_error"):
+            return "records without a reply (request errors are retried)"
+        return None
+
+    def _corpus(self) -> str | None:
+        report = self.latest("selection_report")
+        if report is None:
+            return "never materialised"
+        if any(self.latest(a) is None for a in CORPUS):
+            return "a corpus asset never materialised"
+        if any(self.latest(a).storage_id > report.storage_id for a in CORPUS[:-1]):  # type: ignore[union-attr]
+            return "a run stopped between two corpus assets"
+        if report.metadata.get(CORPUS_FINGERPRINT) != corpus_fingerprint(self.instance, self.cfg):
+            return "an input changed"
+        if self.retry:
+            return self._failed_last("selection_report", None, report)
+        return None
+
+    def _failed_last(self, asset: str, partition: str | None, me: Latest | None) -> str | None:
+        failed = self._failed_run(asset, partition, me)
+        return None if failed is None else f"its latest run ({failed[0][:8]}) failed"
+
+    def _failed_run(self, asset: str, partition: str | None, me: Latest | None) -> tuple[str, float] | None:
+        """(run id, creation time) of the latest run that was to materialise asset[partition], when it failed after
+        the partition's latest materialisation; else None."""
+        tags = {"dagster/partition": partition} if partition else None
+        for record in self.instance.get_run_records(dg.RunsFilter(tags=tags), limit=20):
+            run = record.dagster_run
+            if run.asset_selection is not None and dg.AssetKey(asset) not in run.asset_selection:
+                continue
+            created = record.create_timestamp.timestamp()
+            if run.status in FAILED and (me is None or created > me.timestamp):
+                return run.run_id, created
+            return None
+        return None
+
+    def _changed_since(self, asset: str, partition: str | None, failed: tuple[str, float]) -> bool:
+        """Whether anything asset[partition] reads changed after its failed run was created: a file or the registry
+        (raw_records), else any materialisation of an asset upstream of it."""
+        if asset == "raw_records":
+            src = self.cfg.sources[str(partition)]
+            try:
+                files = expand_files(src.files, str(partition), self.cfg.read_roots())
+            except SourceFileError:
+                return False
+            paths = [*files, self.cfg.path]
+            return any(p.stat().st_mtime > failed[1] for p in paths if p.exists())
+        for record in self.instance.get_run_records(
+            dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS], created_after=_utc(failed[1])), limit=1
+        ):
+            return record is not None
+        return False
+
+
+def _utc(ts: float) -> Any:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)

@@ -15,6 +15,7 @@ from mira_dagster.core.records import (
     IngestStats,
     entry_fingerprint,
 )
+from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.freshness import FILES_FINGERPRINT, INPUT_FINGERPRINT, Latest, latest
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, known_source, source_partitions
@@ -31,6 +32,7 @@ PREVIEW = ["record_id", "layout", "n_tokens", "origin_file", "origin_line", "que
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     partitions_def=source_partitions,
     backfill_policy=ONE_PARTITION_PER_RUN,
     group_name="ingest",

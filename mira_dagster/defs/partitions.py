@@ -28,11 +28,6 @@ group_to_sources = dg.AllPartitionMapping()
 ONE_PARTITION_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset` is currently in beta")
 
-# The corpus assets (reliability, mask, aggregates, selections, report) follow their inputs: with the daemon
-# running, they materialise once every source partition they read exists and something upstream changed, and
-# not while an upstream run is still in progress (docs: "Operating").
-FOLLOW_INPUTS = dg.AutomationCondition.eager()
-
 
 def known_source(cfg: MiraConfig, key: str) -> SourceConfig:
     """A source partition's registry entry, or a step failure of one line naming the key and the registry (a key

@@ -6,8 +6,8 @@ import polars as pl
 from mira_dagster.core.mask import apply_imported_mask, mask_rule, mask_version
 from mira_dagster.core.mask_import import MaskFileError
 from mira_dagster.core.reliability import STAT_COLUMNS, agreement
+from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.metadata import heatmap_metadata, md_table, table_metadata
-from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.mask_file import mask_file_digest, read_mask_file
 from mira_dagster.io.store import UNPARTITIONED, Store

@@ -24,6 +24,7 @@ from mira_dagster.core.rubric import Rubric, released_student_warnings
 from mira_dagster.core.sampling import Split, teacher_sample
 from mira_dagster.core.scoring import Chunk, Job, Role, RunStats, context_length, run_scorer
 from mira_dagster.core.tables import SCORE_SCHEMA, SLOT_COLUMNS, ScoreRows
+from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
@@ -484,6 +485,7 @@ def _check_specs(asset: str) -> list[dg.AssetCheckSpec]:
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     partitions_def=source_partitions,
     backfill_policy=ONE_PARTITION_PER_RUN,
     group_name="teacher",
@@ -520,6 +522,7 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
 
 
 @dg.asset(
+    automation_condition=FOLLOW_INPUTS,
     partitions_def=source_partitions,
     backfill_policy=ONE_PARTITION_PER_RUN,
     group_name="student",

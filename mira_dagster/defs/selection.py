@@ -7,9 +7,9 @@ import dagster as dg
 import polars as pl
 
 from mira_dagster.core.plots import retention_curves, score_distributions
+from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.freshness import CORPUS_FINGERPRINT, corpus_fingerprint
 from mira_dagster.defs.metadata import md_image, md_table
-from mira_dagster.defs.partitions import FOLLOW_INPUTS
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.export import EXPORT, export_kept
 from mira_dagster.io.store import Store

@@ -1,4 +1,5 @@
-"""The schedule that re-runs missing and stale source partitions, on a real (temporary) instance."""
+"""What is stale (defs/freshness.py) and the automation condition built on it (defs/conditions.py), on a real
+(temporary) instance, evaluated as the daemon's automation sensor does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import dagster as dg
 import pytest
 
 from mira_dagster import definitions as d
-from mira_dagster.defs.automation import new_source_result, refresh_sources_job, stale_run_requests, stale_sources
+from mira_dagster.defs.automation import new_source_result, refresh_sources_job
+from mira_dagster.defs.freshness import Evaluation
 from mira_dagster.defs.partitions import in_process_instance, register_partitions, register_sources
 from mira_dagster.defs.resources import MiraResource
 
@@ -23,25 +25,52 @@ def _materialize(mira: MiraResource, instance: dg.DagsterInstance, source: str) 
 
 
 def _reasons(mira: MiraResource, instance: dg.DagsterInstance) -> dict[str, str]:
-    return {s.source: s.reason for s in stale_sources(instance, mira)}
+    """Per source, why its first stale asset of raw_records, teacher_labels, student_scores must run."""
+    ev = Evaluation(instance, mira, retry=False)
+    out = {}
+    for source in mira.config().source_names():
+        for asset in ("raw_records", "teacher_labels", "student_scores"):
+            if (why := ev.reason(asset, source)) is not None:
+                out[source] = f"{asset}: {why}"
+                break
+    return out
+
+
+@pytest.fixture
+def env(small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MiraResource:
+    """The registry and home in the environment, where the automation condition (like the code location) reads them."""
+    monkeypatch.setenv("MIRA_CONFIG", str(small_config))
+    monkeypatch.setenv("MIRA_HOME", str(tmp_path / "home"))
+    return MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+
+
+def _requested(instance: dg.DagsterInstance, mira: MiraResource) -> dict[str, list[str] | bool]:
+    """What the automation condition requests now: partitions per partitioned asset, True for the others."""
+    defs = dg.Definitions(assets=d.ALL_ASSETS, resources={"mira": mira})
+    res = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    out: dict[str, list[str] | bool] = {}
+    for a in d.ALL_ASSETS:
+        if res.get_num_requested(a.key):
+            out[a.key.to_user_string()] = sorted(res.get_requested_partitions(a.key)) if a.partitions_def else True
+    return out
 
 
 def test_missing_and_stale_partitions_are_found_and_requested(small_config: Path, tmp_path: Path) -> None:
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
     instance = in_process_instance()
-    assert _reasons(mira, instance) == {"lean_qa": "never materialised", "agent_openhands": "never materialised"}
+    assert _reasons(mira, instance) == {
+        "lean_qa": "raw_records: never materialised",
+        "agent_openhands": "raw_records: never materialised",
+    }
     for source in ("lean_qa", "agent_openhands"):
         _materialize(mira, instance, source)
     assert _reasons(mira, instance) == {}
-    assert isinstance(stale_run_requests(instance, mira), dg.SkipReason)
 
     # an input file edited in place: its partition is stale, the other is not
     data = tmp_path / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl"
     lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
     data.write_text("".join(lines[:-1]), encoding="utf-8")
-    assert _reasons(mira, instance) == {"lean_qa": "input files changed"}
-    requests = stale_run_requests(instance, mira)
-    assert [(r.partition_key, r.tags["mira/stale_reason"]) for r in requests] == [("lean_qa", "input files changed")]
+    assert _reasons(mira, instance) == {"lean_qa": "raw_records: input files changed"}
     _materialize(mira, instance, "lean_qa")
     assert _reasons(mira, instance) == {}
 
@@ -51,18 +80,39 @@ def test_missing_and_stale_partitions_are_found_and_requested(small_config: Path
     small_config.write_text(text.replace("pipeline: {", "pipeline: {offline_noisy_slots: [2, 5], "))
     os.utime(small_config)
     assert _reasons(mira, instance) == {
-        "lean_qa": "teacher_labels scorer_version changed",
-        "agent_openhands": "teacher_labels scorer_version changed",
+        "lean_qa": "teacher_labels: scorer_version changed",
+        "agent_openhands": "teacher_labels: scorer_version changed",
     }
 
 
-def test_partitions_already_in_flight_are_not_requested_twice(small_config: Path, tmp_path: Path) -> None:
-    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+def test_partitions_already_in_flight_are_not_requested_twice(env: MiraResource) -> None:
+    mira = env
+    instance = in_process_instance()
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_qa"]}  # nothing else: upstream
+    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+    job = defs.resolve_job_def("refresh_sources")
+    instance.create_run_for_job(
+        job,
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "lean_qa"},
+        asset_selection=frozenset({dg.AssetKey("raw_records")}),
+    )
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands"]}
+
+
+def test_a_failed_partition_waits_for_a_change_or_mira_run(env: MiraResource, small_config: Path) -> None:
+    """The daemon does not retry, at every tick, a partition whose latest run failed while nothing it reads changed;
+    `mira run` (retry) does; an edited input brings it back."""
+    mira = env
     instance = in_process_instance()
     defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
     job = defs.resolve_job_def("refresh_sources")
-    instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": "lean_qa"})
-    assert [r.partition_key for r in stale_run_requests(instance, mira)] == ["agent_openhands"]
+    time.sleep(1.1)  # the run below is created after the registry's last change (mtime, whole seconds on some disks)
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.FAILURE, tags={"dagster/partition": "lean_qa"})
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands"]}
+    assert Evaluation(instance, mira, retry=True).reason("raw_records", "lean_qa") == "never materialised"
+    os.utime(small_config, (time.time() + 5, time.time() + 5))  # the registry edited after the failure
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_qa"]}
 
 
 def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config: Path, tmp_path: Path) -> None:
@@ -73,7 +123,7 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
     instance = dg.DagsterInstance.ephemeral()  # knows no source yet
 
     first = new_source_result(instance, mira)
-    assert [r.partition_key for r in first.run_requests] == ["agent_openhands", "lean_qa"]
+    assert not first.run_requests  # the automation condition requests their runs (never materialised: stale)
     # the scorer-unit partitions of the scope come with them (the groups: scorer_scope group)
     adds = {r.partitions_def_name: r.partition_keys for r in first.dynamic_partitions_requests}
     assert adds == {"sources": ["agent_openhands", "lean_qa"], "scorer_units": ["2", "D"]}
@@ -87,7 +137,7 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
     swap = new_source_result(instance, mira)
     kinds = {(type(r).__name__, tuple(r.partition_keys)) for r in swap.dynamic_partitions_requests}
     assert kinds == {("AddDynamicPartitionsRequest", ("global",)), ("DeleteDynamicPartitionsRequest", ("2", "D"))}
-    assert swap.run_requests == []
+    assert not swap.run_requests
     register_partitions(instance, mira.config())
     assert instance.get_dynamic_partitions("scorer_units") == ["global"]
     small_config.write_text(original, encoding="utf-8")  # back to the groups (their configured anchors) below
@@ -100,10 +150,8 @@ def test_new_files_in_a_watched_folder_become_partitions_with_runs(small_config:
     (incoming / "lean_qa.jsonl").write_bytes(sample)  # taken by the registry: reported, not added
     os.utime(incoming, (time.time() + 5, time.time() + 5))  # the listing changed (coarse mtime clocks)
     result = new_source_result(instance, mira)
-    keys = sorted(r.partition_key for r in result.run_requests)
+    keys = sorted(result.dynamic_partitions_requests[0].partition_keys)
     assert len(keys) == 2 and keys[0].startswith("f_9lives_") and keys[1] == "new_proofs_2026"
-    assert all(r.tags["mira/reason"] == "new source" for r in result.run_requests)
-    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == keys
     cfg = mira.config()
     assert cfg.sources["new_proofs_2026"].group == "2" and cfg.sources["new_proofs_2026"].format == "qa_with_think"
     assert cfg.sources[keys[0]].files[0].name == "9lives.jsonl"
@@ -125,33 +173,15 @@ def _runs_for(mira: MiraResource, instance: dg.DagsterInstance, sources: list[st
         instance.create_run_for_job(job, status=dg.DagsterRunStatus.FAILURE, tags={"dagster/partition": source})
 
 
-def test_sources_registered_at_load_still_get_their_first_run(small_config: Path, tmp_path: Path) -> None:
-    """Loading the code location registers the registry's partitions (before any sensor tick). On a fresh instance
-    the sensor's first tick still requests one run for each source; later, a registered source the sensor has not
-    seen gets one unless it had a run or a materialisation (say, by `mira run`)."""
-    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+def test_sources_registered_at_load_get_their_first_run(env: MiraResource) -> None:
+    """Loading the code location registers the registry's partitions (before any sensor tick); the condition then
+    requests the ingest of each, and of a source added later, whoever materialised the others."""
+    mira = env
     instance = dg.DagsterInstance.ephemeral()
     register_partitions(instance, mira.config())
-    result = new_source_result(instance, mira)  # the first tick, on a fresh instance
-    assert [r.partition_key for r in result.run_requests] == ["agent_openhands", "lean_qa"]
-    assert result.dynamic_partitions_requests == []  # already there
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_qa"]}
     _materialize(mira, instance, "lean_qa")
-    # a later tick whose cursor has not seen them (they came with a reload of the code location)
-    assert [r.partition_key for r in new_source_result(instance, mira, seen=set()).run_requests] == ["agent_openhands"]
-    _runs_for(mira, instance, ["agent_openhands"])
-    assert isinstance(new_source_result(instance, mira, seen=set()), dg.SkipReason)
-
-
-def test_first_tick_on_an_instance_with_runs_starts_no_other_source(small_config: Path, tmp_path: Path) -> None:
-    """`mira run --source lean_qa`, then `dagster dev`: the sensor's first tick does not start the other registered
-    sources (they are not new, only not run yet: the schedule's business); a source it has seen is not new either."""
-    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
-    instance = dg.DagsterInstance.ephemeral()
-    register_partitions(instance, mira.config())
-    _materialize(mira, instance, "lean_qa")
-    assert isinstance(new_source_result(instance, mira), dg.SkipReason)
-    seen = set(mira.config().source_names())
-    assert isinstance(new_source_result(instance, mira, seen=seen), dg.SkipReason)
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands"]}
 
 
 def test_loading_the_code_location_registers_the_registry_partitions(
@@ -187,28 +217,36 @@ def test_refresh_runs_carry_their_scorer_group_for_the_per_group_run_limit() -> 
     assert job.partitioned_config.get_tags_for_partition_key("swe_qa")["mira/scorer_group"] == "D"
 
 
-def test_corpus_assets_follow_their_inputs(small_config: Path, tmp_path: Path) -> None:
-    """AutomationCondition.eager on the corpus assets, evaluated as the daemon would: nothing while a source
-    partition is missing, the corpus once every partition exists, nothing more until an input changes."""
-    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+def test_corpus_assets_follow_their_inputs(env: MiraResource) -> None:
+    """The condition as the daemon evaluates it: each stage once everything upstream of it is fresh; the corpus
+    assets as one block, nothing while an upstream partition is stale, nothing more until an input changes."""
+    mira = env
     instance = dg.DagsterInstance.ephemeral()
-    register_sources(instance, ["lean_qa", "agent_openhands"])
-    corpus = {a.key for a in d.CORPUS_ASSETS}
-
-    def requested(cursor: object = None) -> tuple[set, object]:
-        defs = dg.Definitions(assets=d.ALL_ASSETS, resources={"mira": mira})
-        res = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-        return {k for k in corpus if res.get_num_requested(k)}, res.cursor
-
+    register_partitions(instance, mira.config())
+    corpus = {a.key.to_user_string() for a in d.CORPUS_ASSETS}
     _materialize(mira, instance, "lean_qa")
-    got, cursor = requested()
-    assert got == set()  # agent_openhands has not run: the corpus would read a missing partition
+    got = _requested(instance, mira)
+    assert got == {"raw_records": ["agent_openhands"]}  # upstream of everything else, and stale
     _materialize(mira, instance, "agent_openhands")
-    got, cursor = requested(cursor)
-    assert dg.AssetKey("dim_reliability") in got and dg.AssetKey("aggregated_scores") in got
+    assert set(_requested(instance, mira)) == {"source_groups"}
+    by_key = {a.key.to_user_string(): a for a in d.ALL_ASSETS}
+    for _ in range(8):  # what the daemon does: run what is requested, evaluate again
+        got = _requested(instance, mira)
+        assert not corpus & set(got) or corpus <= set(got), got  # the whole block or nothing of it
+        for name, partitions in got.items():
+            if name in corpus:
+                continue
+            for key in [None] if partitions is True else partitions:
+                assert dg.materialize(
+                    d.ALL_ASSETS,
+                    selection=[by_key[name]],
+                    partition_key=key,
+                    instance=instance,
+                    resources={"mira": mira},
+                ).success
+    assert corpus <= set(_requested(instance, mira))  # the whole block at once: one run
     assert dg.materialize(d.ALL_ASSETS, selection=d.CORPUS_ASSETS, instance=instance, resources={"mira": mira}).success
-    got, cursor = requested(cursor)
-    assert got == set()  # up to date
-    _materialize(mira, instance, "lean_qa")  # a source re-ran (say, the schedule found it stale)
-    got, cursor = requested(cursor)
-    assert dg.AssetKey("dim_reliability") in got
+    assert _requested(instance, mira) == {}  # up to date
+    _materialize(mira, instance, "lean_qa")  # a source re-ran (a backfill, say)
+    got = _requested(instance, mira)
+    assert "source_groups" in got and not corpus & set(got)  # the corpus waits for what is stale upstream

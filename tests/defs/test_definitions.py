@@ -61,14 +61,15 @@ def test_the_definitions_have_every_check_job_schedule_and_sensor(defs: dg.Defin
     checks = {(c.asset_key.to_user_string(), c.name) for c in repo.asset_graph.asset_check_keys}
     assert checks == CHECKS
     assert {j.name for j in repo.get_all_jobs()} == {"refresh_sources", "__ASSET_JOB"}
-    assert {s.name: s.default_status for s in repo.schedule_defs} == {
-        "refresh_stale_sources": dg.DefaultScheduleStatus.STOPPED  # off until turned on in Automation
-    }
+    assert list(repo.schedule_defs) == []  # what is stale runs through the automation condition, not a schedule
     assert {s.name: s.default_status for s in repo.sensor_defs} == {
         "new_sources": dg.DefaultSensorStatus.RUNNING,
         "default_automation_condition_sensor": dg.DefaultSensorStatus.RUNNING,
     }
-    assert repo.get_schedule_def("refresh_stale_sources").job_name == "refresh_sources"
+    # every asset follows its inputs by the one automation condition (defs/conditions.py)
+    assert {a.automation_condition.get_label() for a in repo.asset_graph.assets_defs if a.is_materializable} == {
+        "stale, nothing upstream stale or running"
+    }
 
 
 def _load() -> dg.Definitions:

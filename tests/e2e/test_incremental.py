@@ -1,6 +1,8 @@
 """`mira run` redoes only what changed: a re-run with nothing changed runs nothing; a source with appended lines is
 re-ingested and re-scored alone (asking only for its new records), with its unit's stage 1 and the corpus; a changed
-setting of the selection reruns only the corpus; a failed step is retried by the next run."""
+setting of the selection reruns only the corpus; a failed step is retried by the next run. What is stale is read from
+the instance (defs/freshness.py), not from what the last `mira run` did: a source ingested by another command still
+re-runs its group's stage 1, and a run stopped between two steps has the later one redone."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ pipeline: {{teacher_sample_min: 10, min_heldout: 4{pipeline}}}
 
 def _run(tmp: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [str(BIN / "mira"), "run", "--config", str(tmp / "groups.yaml"), *extra],
+        [str(BIN / "mira"), "run", "-v", "--config", str(tmp / "groups.yaml"), *extra],
         cwd=tmp,
         env=env,
         capture_output=True,
@@ -58,7 +60,8 @@ def _run(tmp: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedPro
 
 
 def _steps(stdout: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^\[\d+\] (.*?)(?: \(.*\))?$", stdout, re.M)]
+    """The runs `mira run -v` started, one line each: `[stage i/n] where: assets (why)`."""
+    return [m.group(1) for m in re.finditer(r"^\[\w+ \d+/\d+\] (.*?)(?: \(.*\))?$", stdout, re.M)]
 
 
 def _student_requests(tmp: Path, source: str) -> int:
@@ -128,3 +131,58 @@ def test_a_failed_ingest_is_retried_by_the_next_run(ran) -> None:
     fixed = _run(tmp, env)
     assert fixed.returncode == 0, fixed.stderr
     assert _student_requests(tmp, "qwq") == 0  # the records are the earlier ones: all cached
+
+
+def _materialise(tmp: Path, env: dict[str, str], asset: str, partition: str) -> None:
+    """One asset partition through Dagster's own command, on the instance `mira run` uses."""
+    cmd = [str(BIN / "dagster"), "asset", "materialize", "-m", "mira_dagster.definitions"]
+    out = subprocess.run(
+        [*cmd, "--select", asset, "--partition", partition],
+        cwd=tmp,
+        env={
+            **env,
+            "MIRA_CONFIG": str(tmp / "groups.yaml"),
+            "MIRA_HOME": str(tmp / ".mira"),
+            "DAGSTER_HOME": str(tmp / ".mira" / "dagster"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+
+
+def test_a_source_ingested_by_another_command_reruns_its_groups_stage_1(ran) -> None:
+    tmp, env = ran
+    shutil.copy(SAMPLE / "math_think_marco_o1_cot_demo.part1.jsonl", tmp / "data" / "more.jsonl")
+    cfg = tmp / "groups.yaml"
+    text = cfg.read_text(encoding="utf-8").replace(
+        "pipeline:", 'more: {group: "2", format: qa_with_think, files: [data/more.jsonl]}\npipeline:'
+    )
+    cfg.write_text(text.replace("\nmore:", "\n  more:"), encoding="utf-8")
+    _materialise(tmp, env, "raw_records", "more")  # not through `mira run`: it never saw this source ingested
+    out = _run(tmp, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = _steps(out.stdout)
+    assert "more: raw_records" not in steps  # ingested already, and up to date
+    assert "group 2: teacher_judgments, anchor_rubric" in steps, steps
+    assert "more: teacher_labels, student_scores" in steps and steps[-1].startswith("corpus")
+    with dg.DagsterInstance.from_config(str(tmp / ".mira" / "dagster")) as instance:
+        judged = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("teacher_judgments"), asset_partitions=["2"]), limit=1
+        ).records[0]
+    assert judged.asset_materialization.metadata["records_judged"].value > 20  # lean_qa, qwq and now more
+    assert _steps(_run(tmp, env).stdout) == []
+
+
+def test_a_run_stopped_between_two_steps_has_the_later_one_redone(ran) -> None:
+    tmp, env = ran
+    # what a run killed after teacher_judgments[2] and before anchor_rubric[2] leaves in the instance
+    _materialise(tmp, env, "teacher_judgments", "2")
+    out = _run(tmp, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    steps = _steps(out.stdout)
+    assert "group 2: anchor_rubric" in steps, steps
+    assert "group 2: teacher_judgments, anchor_rubric" not in steps  # the judgments are not asked for again
+    assert "group 2: distillation_dataset" in steps
+    assert _steps(_run(tmp, env).stdout) == []

@@ -1,0 +1,123 @@
+"""The automation condition of every asset: run what is stale (defs/freshness.py) once what it reads is fresh and
+nothing upstream of it is queued or running. One condition, evaluated by the daemon's automation sensor and by
+`mira run` (dg.evaluate_automation_conditions), so the two cannot disagree about what runs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import dagster as dg
+
+from mira_dagster.defs.freshness import CORPUS, Evaluation
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+_lock = threading.Lock()
+_evaluations: dict[tuple[int, Any], Evaluation] = {}
+
+
+def evaluation(instance: dg.DagsterInstance, when: Any) -> Evaluation:
+    """One Evaluation per tick (its evaluation time), shared by every asset's condition of that tick; the
+    registry and home from the environment, as the code location's `mira` resource has them."""
+    from mira_dagster.defs.resources import MiraResource
+
+    key = (id(instance), when)
+    with _lock:
+        if key not in _evaluations:
+            _evaluations.clear()
+            # the daemon's view: incomplete work waits for a change of its inputs or a `mira run` (no retry)
+            _evaluations[key] = Evaluation(instance, MiraResource(), retry=False)
+        return _evaluations[key]
+
+
+def _subset(context: dg.AutomationContext, keep: Iterable[str] | bool) -> Any:
+    candidate = context.candidate_subset
+    if candidate.is_partitioned:
+        return candidate.compute_intersection_with_partition_keys(set(keep))  # type: ignore[arg-type]
+    return candidate if keep and not candidate.is_empty else context.get_empty_subset()
+
+
+class Stale(dg.AutomationCondition):
+    """The partitions freshness.Evaluation calls stale."""
+
+    @property
+    def name(self) -> str:
+        return "stale"
+
+    @property
+    def description(self) -> str:
+        return "stale (defs/freshness.py): never materialised, or something it reads changed since"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
+        ev = evaluation(context.asset_graph_view.instance, context.evaluation_time)
+        asset = context.key.to_user_string()
+        candidate = context.candidate_subset
+        if candidate.is_partitioned:
+            keys = [k for k in candidate.expensively_compute_partition_keys() if ev.reason(asset, k) is not None]
+            return dg.AutomationResult(context, true_subset=_subset(context, keys))
+        stale = not candidate.is_empty and ev.reason(asset) is not None
+        return dg.AutomationResult(context, true_subset=_subset(context, stale))
+
+
+def upstream_of(asset: str) -> set[str]:
+    """Every asset upstream of `asset` in the code location's graph."""
+    from mira_dagster.definitions import ALL_ASSETS
+
+    parents = {
+        key.to_user_string(): {d.to_user_string() for d in deps}
+        for a in ALL_ASSETS
+        for key, deps in a.asset_deps.items()
+    }
+    seen: set[str] = set()
+    todo = list(parents.get(asset, ()))
+    while todo:
+        up = todo.pop()
+        if up not in seen:
+            seen.add(up)
+            todo.extend(parents.get(up, ()))
+    return seen
+
+
+def upstream_busy(ev: Evaluation, asset: str) -> str | None:
+    """Why `asset` must wait: a run queued or in progress, or a backfill not done, that materialises something upstream
+    of it; or something upstream of it stale (it runs first). The corpus assets run as one block: they do not wait
+    for each other."""
+    up = upstream_of(asset) - (set(CORPUS) if asset in CORPUS else set())
+    for record in ev.instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
+        selection = record.dagster_run.asset_selection
+        if selection is None or any(k.to_user_string() in up for k in selection):
+            return f"run {record.dagster_run.run_id[:8]} in progress upstream"
+    if any(b.status.value == "REQUESTED" for b in ev.instance.get_backfills(limit=20)):
+        return "a backfill in progress"
+    for name in sorted(up):
+        for partition in ev.partitions(name):
+            if ev.reason(name, partition) is not None:
+                return f"{name}[{partition}] stale upstream" if partition else f"{name} stale upstream"
+    return None
+
+
+class Blocked(dg.AutomationCondition):
+    """Something upstream is stale, queued or running (upstream_busy): the asset waits for it."""
+
+    @property
+    def name(self) -> str:
+        return "upstream_busy"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
+        ev = evaluation(context.asset_graph_view.instance, context.evaluation_time)
+        busy = upstream_busy(ev, context.key.to_user_string()) is not None
+        candidate = context.candidate_subset
+        return dg.AutomationResult(context, true_subset=candidate if busy else context.get_empty_subset())
+
+
+STALE = Stale()
+FOLLOW_INPUTS = (STALE & ~dg.AutomationCondition.in_progress() & ~Blocked()).with_label(
+    "stale, nothing upstream stale or running"
+)
