@@ -89,14 +89,17 @@ def upstream_busy(ev: Evaluation, asset: str) -> str | None:
     """Why `asset` must wait: a run queued or in progress, or a backfill not done, that materialises something upstream
     of it; or something upstream of it stale (it runs first). The corpus assets run as one block: they do not wait
     for each other."""
-    up = upstream_of(asset) - (set(CORPUS) if asset in CORPUS else set())
+    up = upstream_of(asset)
+    # for a corpus asset, a run of any of the block counts (Dagster's in_progress ends at an asset's materialisation,
+    # before its run ends, and a block half done is stale)
+    busy = up | (set(CORPUS) if asset in CORPUS else set())
     for record in ev.instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
         selection = record.dagster_run.asset_selection
-        if selection is None or any(k.to_user_string() in up for k in selection):
+        if selection is None or any(k.to_user_string() in busy for k in selection):
             return f"run {record.dagster_run.run_id[:8]} in progress upstream"
     if any(b.status.value == "REQUESTED" for b in ev.instance.get_backfills(limit=20)):
         return "a backfill in progress"
-    for name in sorted(up):
+    for name in sorted(up - (set(CORPUS) if asset in CORPUS else set())):
         for partition in ev.partitions(name):
             if ev.reason(name, partition) is not None:
                 return f"{name}[{partition}] stale upstream" if partition else f"{name} stale upstream"
