@@ -624,8 +624,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"  {path.relative_to(folder) if path.is_relative_to(folder) else path}")
     print(
         f"Next: cd {folder} && mira run   (add your sources to groups.yaml; `mira inspect FILE` shows how one reads).\n"
-        "Dagster's commands read .env here: `dagster dev`, and "
-        "`dagster asset materialize -m mira_dagster.definitions --select selected_subset`"
+        "Dagster's commands read .env here: `dagster dev`, `dg launch --assets selected_subset`, "
+        "`dg launch --assets raw_records --partition example`"
     )
     return 0
 

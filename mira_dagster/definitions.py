@@ -8,6 +8,7 @@ from mira_dagster.defs.automation import (
     new_sources,
     refresh_sources_job,
 )
+from mira_dagster.defs.daemon import warn_without_daemon_on_load
 from mira_dagster.defs.discovery import anchor_rubric, distillation_dataset, source_groups, teacher_judgments
 from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.partitions import register_partitions_on_load
@@ -50,6 +51,7 @@ def defs() -> dg.Definitions:
     source and scorer-unit partitions (before any tick of `new_sources`, so that `dagster asset materialize
     --partition <source>` works on a fresh instance); that never fails the load."""
     register_partitions_on_load()
+    warn_without_daemon_on_load()
     return dg.Definitions(
         assets=ALL_ASSETS,
         jobs=[refresh_sources_job],

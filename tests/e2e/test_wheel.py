@@ -1,6 +1,7 @@
 """The package as people install it: the built wheel (from the sdist) in a fresh venv outside the checkout with the
-locked dependencies, then `mira init`, `mira run` and the card's `dagster asset materialize --select selected_subset`
-in the new project, in a plain environment (no PYTHONPATH, no MIRA_* or DAGSTER_* exported, cwd the project)."""
+locked dependencies, then `mira init`, `mira run` and the card's commands (`dg launch --assets selected_subset`, and
+`--partition` for a source) in the new project, exactly as written, in a plain environment (PATH with the venv's bin,
+HOME; no PYTHONPATH, no MIRA_* or DAGSTER_* exported, cwd the project)."""
 
 from __future__ import annotations
 
@@ -92,9 +93,9 @@ def test_wheel_init_run_and_dagster_materialize(installed: Path, tmp_path: Path)
     lost = subprocess.run(["mira", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert lost.returncode == 2 and "mira init" in lost.stderr and lost.stderr.count("\n") == 1, lost.stderr
 
-    out = sh(["mira", "init", "proj"], tmp_path, env)
+    init_out = sh(["mira", "init", "proj"], tmp_path, env)
     proj = tmp_path / "proj"
-    assert "groups.yaml" in out
+    assert "groups.yaml" in init_out and (proj / "dg.toml").is_file()
     dotenv = (proj / ".env").read_text()
     assert f"MIRA_CONFIG={proj / 'groups.yaml'}" in dotenv
     assert f"DAGSTER_HOME={proj / '.mira' / 'dagster'}" in dotenv
@@ -121,10 +122,13 @@ def test_wheel_init_run_and_dagster_materialize(installed: Path, tmp_path: Path)
     info = sh(["dagster", "instance", "info"], proj, env)
     assert f"$DAGSTER_HOME: {proj / '.mira' / 'dagster'}" in info
 
-    # the card's command; Dagster 1.13 reads the code location before it loads .env: the command line names it
-    card = ["dagster", "asset", "materialize", "-m", "mira_dagster.definitions", "--select", "selected_subset"]
+    # the card's commands as `mira init` printed them: the code location from the project's dg.toml, no -m
+    card = "dg launch --assets selected_subset"
+    assert card in init_out
     out = sh(card, proj, env)
     assert "RUN_SUCCESS" in out
+    part = sh("dg launch --assets raw_records --partition example", proj, env)
+    assert "RUN_SUCCESS" in part
     with duckdb.connect(str(db), read_only=True) as con:
         kept = con.execute("SELECT count(*) FROM selected_subset").fetchone()[0]
     assert kept == kept_by_mira  # the same selection, from the same registry and upstream
