@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mira_dagster.defs.freshness import RunPlan
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
-    from mira_dagster.io.cost import cost_gate
+    from mira_dagster.io.cost import cost_gate, every_step
 
     # Dagster's console logger prints every engine event at DEBUG; our own progress lines are INFO. Failures are
     # printed by us, one line each: Dagster's tracebacks only with -v.
@@ -84,11 +84,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         warned: list[str] = []  # failed non-blocking checks: printed after the summary, the run still succeeds
         for phase in plan.phases():
             failures: list[str] = []
-            for item in phase():
-                # cost before spending: the plan (and max_teacher_requests) once ingest is done, before any request
-                if item.stage != "ingest" and not gated:
+            items = phase()
+            for item in items:
+                # cost before spending: the plan (and max_teacher_requests) before the first paid step, counting the
+                # judgments of the units whose discovery runs and the scoring of the sources (io/cost.py)
+                if item.stage in ("discovery", "scoring") and not gated:
                     gated = True
-                    if (code := cost_gate(cfg, mira.store(), sources, mira.endpoint)) is not None:
+                    judged = {i.partition for i in items if i.stage == "discovery"}
+                    runs = [r for r in every_step(cfg, sources) if r[0] != "teacher_judgments" or r[1] in judged]
+                    if (code := cost_gate(cfg, mira.store(), runs, mira.endpoint)) is not None:
                         return code
                 step += 1
                 print(f"[{step}] {item.label}", flush=True)
