@@ -530,6 +530,32 @@ def _print_marked(templates: object, rubric: object, description: str, family: s
         print(f"- {why}")
 
 
+def cmd_forget_source(args: argparse.Namespace) -> int:
+    """`mira forget-source NAME...`: remove the data of sources the registry no longer has from every table (not the
+    reply cache: it is keyed by scorer_version and costs nothing to keep); a registered source is refused."""
+    from mira_dagster.io.forget import forget_sources, stored_sources
+
+    home = _prepare_env(args.config, args.home)
+    try:
+        cfg = load_registry()
+    except ConfigError as exc:
+        print(f"mira: {exc}", file=sys.stderr)
+        return 2
+    if registered := sorted(set(args.names) & set(cfg.sources)):
+        print(
+            f"mira: refused: {', '.join(registered)} is in the registry {cfg.path}; remove it there first "
+            "(forget-source removes only the data of sources the registry no longer has)",
+            file=sys.stderr,
+        )
+        return 2
+    store = open_store(home)
+    if unknown := sorted(set(args.names) - stored_sources(store)):
+        print(f"mira: no data of {', '.join(unknown)} in the store {store.location('tables')}")
+    for line in forget_sources(store, args.names):
+        print(f"removed: {line}")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """`mira init DIR`: a project that every command started in DIR uses without MIRA_CONFIG exported."""
     from mira_dagster.project import init_project
@@ -597,6 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init", help="write a new project into DIR: registry, example source, .env, instance")
     init.add_argument("dir", help="the project folder (created if missing; existing project files are refused)")
     init.set_defaults(fn=cmd_init)
+    forget = sub.add_parser("forget-source", help="remove the data of sources no longer in the registry from the store")
+    forget.add_argument("names", nargs="+", metavar="NAME", help="the sources whose rows and partitions go")
+    forget.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
+    forget.add_argument("--home", help="where data lands (default: $MIRA_HOME or .mira)")
+    forget.set_defaults(fn=cmd_forget_source)
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")

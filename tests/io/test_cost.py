@@ -1,6 +1,6 @@
 """Cost before spending: the plan counts what the assets send (cached and too_long records left out, only the steps
-that run), the teacher sample cap, and the refusal of a run
-whose teacher requests would exceed pipeline.max_teacher_requests."""
+that run), the teacher sample cap, and the refusal of a run whose teacher requests would exceed
+pipeline.max_teacher_requests (never of one that sends nothing)."""
 
 from __future__ import annotations
 
