@@ -35,7 +35,7 @@ def left_out_sources(context: dg.AssetExecutionContext, mira: MiraResource) -> l
     cfg = mira.config()
     names = unregistered_sources(cfg, mira.store())
     if names and cfg.pipeline.unregistered_sources == "fail":
-        raise dg.Failure(description=f"{context.asset_key.to_user_string()}: {unregistered_message(cfg, names)}")
+        raise dg.Failure(description=unregistered_message(cfg, names))
     if names:
         context.log.warning(
             f"{context.asset_key.to_user_string()}: left out (pipeline.unregistered_sources: drop), not in the "
