@@ -549,8 +549,15 @@ def cmd_forget_source(args: argparse.Namespace) -> int:
         )
         return 2
     store = open_store(home)
-    if unknown := sorted(set(args.names) - stored_sources(store)):
-        print(f"mira: no data of {', '.join(unknown)} in the store {store.location('tables')}")
+    stored = stored_sources(store)
+    if unknown := sorted(set(args.names) - stored):
+        others = ", ".join(sorted(stored - set(cfg.sources))) or "none"
+        print(
+            f"mira: no data of {', '.join(unknown)} in the store {store.location('tables')} (sources with data that "
+            f"the registry does not have: {others}); nothing removed",
+            file=sys.stderr,
+        )
+        return 2
     for line in forget_sources(store, args.names):
         print(f"removed: {line}")
     return 0

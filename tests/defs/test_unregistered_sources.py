@@ -113,3 +113,8 @@ def test_forget_source_refuses_a_registered_source(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mira: refused: lean_qa is in the registry ")
     assert stored_sources(store) == {"lean_qa"}  # nothing removed
+    # a name that is neither registered nor in the store (a typo) removes nothing either
+    assert main(["forget-source", "lean_q", "--config", str(small_config), "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mira: no data of lean_q in the store ")
+    assert err[0].endswith("(sources with data that the registry does not have: none); nothing removed")
