@@ -120,7 +120,8 @@ def ours(store: Store) -> dict[str, float]:
     mask = store.query("reliability_mask", max_mae=MAX_MAE, min_rho=MIN_RHO, min_n=MIN_N, rule="b", mask_version="b")
     store.write("reliability_mask", mask)
     lap("mask")
-    store.materialize("aggregated_scores", "aggregated_scores", normalise="group")
+    sources = store.query_sql("SELECT DISTINCT source FROM student_scores")["source"].to_list()
+    store.materialize("aggregated_scores", "aggregated_scores", normalise="group", sources=sources)
     lap("aggregates")
     params = {"variant": "scores", "label": "bench", "share": SHARE, "min_share": 0.0, "max_share": 1.0, "seed": 0}
     store.materialize("selected_subset", "select_variant", **params)

@@ -86,6 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     skipped: list[str] = []  # what was up to date
     warned: list[str] = []  # failed non-blocking checks: printed after the summary, the run still succeeds
     with dg.DagsterInstance.get() as instance:
+        if args.plan:
+            register_partitions(instance, cfg)
+            return print_plan(Evaluation(instance, mira, retry=True), cfg, scope, sources, args.force, mira)
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
         register_partitions(instance, cfg)  # the partitions the sensor would add
@@ -102,10 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if args.verbose:
                     print(f"{stage}: up to date")
                 continue
-            # cost before spending: the plan (and max_teacher_requests) once ingest is done, before any request
-            if stage != "ingest" and not gated:
+            # cost before spending: the plan (and max_teacher_requests) before the first paid stage, counting the
+            # judgments of the units whose discovery runs and the scoring of the sources (io/cost.py)
+            if stage in ("discovery", "scoring") and not gated:
                 gated = True
-                if (code := cost_gate(cfg, mira.store(), sources, mira.endpoint)) is not None:
+                runs = paid_runs(cfg, sources, {p for p, *_ in todo} if stage == "discovery" else set())
+                if (code := cost_gate(cfg, mira.store(), runs, mira.endpoint)) is not None:
                     return code
             failures: list[str] = []
             progress = Progress(stage, len(todo), verbose=args.verbose)
@@ -150,6 +155,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in warned:
         print(f"mira: warning {line}", file=sys.stderr)
     return _report_skipped(cfg)
+
+
+def print_plan(ev: Evaluation, cfg: MiraConfig, scope: dict, sources: list[str], force: bool, mira: object) -> int:
+    """`mira run --plan`: the runs each stage needs as the instance stands (a later stage may need more once an
+    earlier one ran: what it reads changes), and the cost plan of the paid steps; nothing runs, nothing is sent."""
+    from mira_dagster.io.cost import cost_plan
+
+    judged: set[str | None] = set()
+    print(f"plan for {cfg.path} ({'forced' if force else 'what is stale now'}):")
+    for stage, assets, per in stages():
+        todo, skipped = stage_runs(ev, stage, assets, scope[per], force=force)
+        if stage == "discovery":
+            judged = {p for p, *_ in todo}
+        shown = ", ".join(f"{where} ({why})" for _, where, _, why in todo[:4]) + (", ..." if len(todo) > 4 else "")
+        print(f"  {stage}: {len(todo)} run(s){': ' + shown if todo else ''}; {len(skipped)} up to date")
+    print("  (a stage after one that runs may need more runs: what it reads changes)")
+    plan = cost_plan(cfg, mira.store(), paid_runs(cfg, sources, judged), mira.endpoint)  # type: ignore[attr-defined]
+    print(plan.render())
+    if (line := plan.refusal(cfg.pipeline.max_teacher_requests)) is not None:
+        print(line.replace("FAILED", "would refuse"), file=sys.stderr)
+    return 0
+
+
+def paid_runs(cfg: MiraConfig, sources: list[str], judged: set[str | None]) -> list[tuple[str, str]]:
+    """The (asset, partition) steps that may send requests: the judgments of the units in `judged`, the scoring of
+    every source (one up to date counts as cached)."""
+    from mira_dagster.io.cost import every_step
+
+    return [r for r in every_step(cfg, sources) if r[0] != "teacher_judgments" or r[1] in judged]
 
 
 def stage_runs(
@@ -613,6 +647,39 @@ def _print_marked(templates: object, rubric: object, description: str, family: s
         print(f"- {why}")
 
 
+def cmd_forget_source(args: argparse.Namespace) -> int:
+    """`mira forget-source NAME...`: remove the data of sources the registry no longer has from every table (not the
+    reply cache: it is keyed by scorer_version and costs nothing to keep); a registered source is refused."""
+    from mira_dagster.io.forget import forget_sources, stored_sources
+
+    home = _prepare_env(args.config, args.home)
+    try:
+        cfg = load_registry()
+    except ConfigError as exc:
+        print(f"mira: {exc}", file=sys.stderr)
+        return 2
+    if registered := sorted(set(args.names) & set(cfg.sources)):
+        print(
+            f"mira: refused: {', '.join(registered)} is in the registry {cfg.path}; remove it there first "
+            "(forget-source removes only the data of sources the registry no longer has)",
+            file=sys.stderr,
+        )
+        return 2
+    store = open_store(home)
+    stored = stored_sources(store)
+    if unknown := sorted(set(args.names) - stored):
+        others = ", ".join(sorted(stored - set(cfg.sources))) or "none"
+        print(
+            f"mira: no data of {', '.join(unknown)} in the store {store.location('tables')} (sources with data that "
+            f"the registry does not have: {others}); nothing removed",
+            file=sys.stderr,
+        )
+        return 2
+    for line in forget_sources(store, args.names):
+        print(f"removed: {line}")
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """`mira init DIR`: a project that every command started in DIR uses without MIRA_CONFIG exported."""
     from mira_dagster.project import init_project
@@ -680,10 +747,16 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init", help="write a new project into DIR: registry, example source, .env, instance")
     init.add_argument("dir", help="the project folder (created if missing; existing project files are refused)")
     init.set_defaults(fn=cmd_init)
+    forget = sub.add_parser("forget-source", help="remove the data of sources no longer in the registry from the store")
+    forget.add_argument("names", nargs="+", metavar="NAME", help="the sources whose rows and partitions go")
+    forget.add_argument("--config", help="source registry YAML (default: $MIRA_CONFIG or anchors/groups.yaml)")
+    forget.add_argument("--home", help="where data lands (default: $MIRA_HOME or .mira)")
+    forget.set_defaults(fn=cmd_forget_source)
     run = sub.choices["run"]
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")
     run.add_argument("--force", action="store_true", help="run every step, also those that are up to date")
+    run.add_argument("--plan", action="store_true", help="print what would run and what it would cost; run nothing")
     args = parser.parse_args(argv)
     try:
         if argv is None and args.fn is not cmd_init:

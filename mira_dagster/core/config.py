@@ -88,8 +88,12 @@ class PipelineSettings(BaseModel):
     teacher_sample_min: int = Field(20, ge=0)
     # ... and at most this many per source (a count, so a 10M-record source does not buy 5M frontier requests).
     teacher_sample_max: int = Field(2000, ge=1)
-    # Refuse a run whose teacher requests (labels and judgments not yet cached) would exceed this; None = no cap.
+    # Refuse a run whose teacher requests (labels and judgments it would send: not cached, not too long, only the
+    # steps that run) would exceed this; None = no cap.
     max_teacher_requests: int | None = Field(None, ge=0)
+    # A source with data in the store that the registry does not have: "fail" stops the corpus assets naming it
+    # (and `mira forget-source`), "drop" leaves it out of the selection and says so in the metadata.
+    unregistered_sources: Literal["fail", "drop"] = "fail"
     heldout_fraction: float = Field(0.4, gt=0, lt=1)
     seed: int = 0
     # Ingest: a longer line is quarantined (no scorer context holds it).

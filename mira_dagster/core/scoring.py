@@ -18,6 +18,8 @@ chunk boundaries.
 
 `run_scorer` is the one entry point of the assets that score (teacher_judgments, teacher_labels, student_scores):
 the pipeline's limits, the server's context length, progress lines, parse retries, and the backend closed at the end.
+`count_requests` runs the same `run_scorer` on the same chunks with requests held back and nothing written: the cost
+plan's counts (cached, too long, to send) are what the asset would do, by construction.
 """
 
 from __future__ import annotations
@@ -467,3 +469,96 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, RequestFailed):  # already "<error type>: <message>", without secrets
         return str(exc)[:500]
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+@dataclass
+class RequestCount:
+    """What a scoring step would do with its records: each is cached (answered before), too_long (its prompt does not
+    fit the context: never sent) or to_send (one first request each; a record with earlier replies that is asked again
+    counts too; re-asks of replies that do not parse are not counted: they happen only for replies that fail).
+    prompt_tokens: estimate_tokens of the prompts to send."""
+
+    records: int = 0
+    cached: int = 0
+    too_long: int = 0
+    to_send: int = 0
+    unchecked: int = 0  # the prompt's length could not be checked (the server's tokenizer failed): not sent either
+    prompt_tokens: int = 0
+
+
+class _HeldBack:
+    """A backend that sends nothing: it counts each request the scorer would send (and its prompt's estimated tokens)
+    and fails it as never sent. Everything else (capacity, the server's context length, its tokenizer) is the real
+    backend's, so the too_long check is the one the asset makes."""
+
+    def __init__(self, backend: ChatBackend) -> None:
+        self._backend = backend
+        self.requests = 0
+        self.prompt_tokens = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._backend, name)
+
+    async def count_prompt_tokens(self, system: str, user: str, spec: ScorerSpec) -> int | None:
+        return await self._backend.count_prompt_tokens(system, user, spec)
+
+    async def complete(self, system: str, user: str, spec: ScorerSpec) -> Completion:
+        self.requests += 1
+        self.prompt_tokens += estimate_tokens(system) + estimate_tokens(user)
+        raise RequestFailed("held back: counting requests", sent=False)
+
+
+class _NoWriter:
+    def add(self, record_id: str, comp: Completion, attempt: int = 0) -> None:
+        raise AssertionError("a held-back request has no reply to cache")
+
+    def flush(self) -> None:
+        return None
+
+
+class _ReadOnly:
+    """The reply cache as the asset looks it up; writes are refused (counting must leave no trace)."""
+
+    def __init__(self, cache: ReplyCache) -> None:
+        self._cache = cache
+
+    def load_attempts(self, version: str, record_ids: Sequence[str]) -> dict[str, list[Completion]]:
+        return self._cache.load_attempts(version, record_ids)
+
+    def writer(self, version: str, batch_size: int = 256) -> ReplyWriterLike:
+        return _NoWriter()
+
+
+def count_requests(
+    chunks: Iterable[Chunk],
+    spec: ScorerSpec,
+    backend: ChatBackend,
+    cache: ReplyCache,
+    settings: PipelineSettings,
+    *,
+    reask: bool = True,
+    slot_names: Sequence[str] = (),
+) -> RequestCount:
+    """Run `run_scorer` on the chunks the asset would score, with every request held back: which records are
+    cached, too long or to be sent is decided by the asset's own code, so the plan and the run cannot disagree."""
+    held = _HeldBack(backend)
+    stats = run_scorer(
+        chunks,
+        spec,
+        held,
+        _ReadOnly(cache),
+        settings,
+        sink=lambda job, out: None,
+        total=0,
+        reask=reask,
+        slot_names=slot_names,
+    )
+    records = stats.from_cache + stats.too_long + stats.answered + stats.failed
+    return RequestCount(
+        records=records,
+        cached=stats.from_cache,
+        too_long=stats.too_long,
+        to_send=held.requests,
+        unchecked=records - stats.from_cache - stats.too_long - held.requests,
+        prompt_tokens=held.prompt_tokens,
+    )

@@ -15,14 +15,12 @@ from mira_dagster.core.discovery import (
     item_text,
     items_of,
     judgment_items,
-    judgment_jobs,
     judgments_frame,
 )
 from mira_dagster.core.embeddings import Embedder
-from mira_dagster.core.records import RECORD_SCHEMA, record_text, records_from
+from mira_dagster.core.records import record_text, records_from
 from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, generated_anchor_name, generated_for
-from mira_dagster.core.sampling import hash_sample
-from mira_dagster.core.scoring import Chunk, Outcome, context_length, run_scorer
+from mira_dagster.core.scoring import Outcome, context_length, run_scorer
 from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.freshness import SOURCES_FINGERPRINT, sources_fingerprint
 from mira_dagster.defs.metadata import md_table, table_metadata
@@ -30,6 +28,10 @@ from mira_dagster.defs.partitions import source_to_group, unit_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.anchors import load_rubric, write_anchor_file
 from mira_dagster.io.scorers import make_judge
+from mira_dagster.io.sending import judge_chunks, judge_records
+from mira_dagster.io.sending import records_of as _records_of
+from mira_dagster.io.sending import sample_records as _sample_records
+from mira_dagster.io.sending import source_ids as _ids
 from mira_dagster.io.sft import write_sft_file
 from mira_dagster.io.store import Store
 
@@ -53,33 +55,6 @@ def _unit_ids(store: Store, unit: ScorerUnit) -> tuple[pl.DataFrame, str | None]
     if ids.height:
         return ids, None
     return ids, f"{unit.scope} {unit.key}: no records in any of its sources ({', '.join(unit.sources) or 'none'})"
-
-
-def _ids(store: Store, sources: list[str] | None = None) -> pl.DataFrame:
-    """(source, record_id) of raw_records, of the given sources (all when None): ids only, never the text."""
-    if "raw_records" not in store.tables():
-        return pl.DataFrame(schema={"source": pl.String, "record_id": pl.String})
-    sql = "SELECT source, record_id FROM raw_records"
-    if sources is None:
-        return store.query_sql(sql)
-    return store.query_sql(f"{sql} WHERE list_contains($sources, source)", sources=sources)
-
-
-def _sample_records(store: Store, ids: pl.DataFrame, n: int, seed: int, purpose: str) -> pl.DataFrame:
-    """A stable sample of n records per source (hash_sample over the ids), then the text of only those records, in
-    the sample's order (source by source as the ids came, smallest hashes first)."""
-    sample = pl.concat(hash_sample(part, n, seed, purpose) for _, part in ids.group_by("source", maintain_order=True))
-    return _records_of(store, sample.with_row_index("_order")).sort("_order").drop("_order")
-
-
-def _records_of(store: Store, wanted: pl.DataFrame) -> pl.DataFrame:
-    """raw_records rows of the (source, record_id) pairs in `wanted`, with its other columns: DuckDB reads the text
-    of those records only."""
-    extra = "".join(f', w."{c}"' for c in wanted.columns if c not in ("source", "record_id"))
-    with store.connect() as con:
-        con.register("wanted", wanted.to_arrow())
-        cols = ", ".join(f'r."{c}"' for c in RECORD_SCHEMA)  # the record's text, not its original value
-        return con.sql(f"SELECT {cols}{extra} FROM raw_records r JOIN wanted w USING (source, record_id)").pl()
 
 
 def _unit_file_name(unit: ScorerUnit) -> str:
@@ -175,8 +150,7 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     ids, empty = _unit_ids(store, unit)
     if empty:
         return _skip(context, empty, "earlier judgments of the unit, if any, are kept")
-    sample = _sample_records(store, ids, cfg.pipeline.judge_sample_per_source, cfg.pipeline.seed, "judge")
-    records = records_from(sample)
+    records = judge_records(cfg, store, unit)  # io/sending.py: the records the cost plan counts
     spec, backend, where = make_judge(unit, cfg, mira.endpoint("teacher", unit.key))
     context.log.info(
         f"judging {len(records)} records of {unit.scope} {key} freely: {where}, context "
@@ -184,7 +158,7 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     )
     replies: dict[str, Outcome] = {}
     stats = run_scorer(
-        [Chunk([r.record_id for r in records], judgment_jobs(records))],
+        judge_chunks(records),
         spec,
         backend,
         store.replies,

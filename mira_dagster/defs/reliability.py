@@ -9,6 +9,7 @@ from mira_dagster.core.reliability import STAT_COLUMNS, agreement
 from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.metadata import heatmap_metadata, md_table, table_metadata
 from mira_dagster.defs.resources import MiraResource
+from mira_dagster.io.forget import unregistered_message, unregistered_sources
 from mira_dagster.io.mask_file import mask_file_digest, read_mask_file
 from mira_dagster.io.store import UNPARTITIONED, Store
 
@@ -25,6 +26,22 @@ def dims_frame(mira: MiraResource) -> pl.DataFrame:
     ]
     schema = {"source": pl.String, "pool": pl.String, "slot": pl.Int32, "dim_name": pl.String}
     return pl.DataFrame(rows, schema=schema)
+
+
+def left_out_sources(context: dg.AssetExecutionContext, mira: MiraResource) -> list[str]:
+    """The sources with data in the store that the registry does not have: the corpus asset fails naming them and
+    `mira forget-source` (pipeline.unregistered_sources: fail), or they are left out, with a warning, and returned
+    for the metadata (drop). Never silently: a source missing from the registry would otherwise just vanish."""
+    cfg = mira.config()
+    names = unregistered_sources(cfg, mira.store())
+    if names and cfg.pipeline.unregistered_sources == "fail":
+        raise dg.Failure(description=unregistered_message(cfg, names))
+    if names:
+        context.log.warning(
+            f"{context.asset_key.to_user_string()}: left out (pipeline.unregistered_sources: drop), not in the "
+            f"registry {cfg.path}: {', '.join(names)}"
+        )
+    return names
 
 
 def reliability_table(
@@ -71,12 +88,14 @@ def _no_pairs(store: Store) -> str:
 )
 def dim_reliability(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store, s = mira.store(), mira.config().pipeline
+    left_out = left_out_sources(context, mira)
     df = reliability_table(store, dims_frame(mira), s.bootstrap_resamples, s.seed, s.ci_level)
     if df.is_empty() or not df["n"].sum():
         # nothing to estimate from: a table of n = 0 would make a mask that trusts every dimension unverified
         raise dg.Failure(description=f"dim_reliability: {_no_pairs(store)}; not written")
     store.write("dim_reliability", df)
-    return dg.MaterializeResult(metadata={**table_metadata(df, n=20), "sources": df["source"].n_unique()})
+    meta = {**table_metadata(df, n=20), "sources": df["source"].n_unique()}
+    return dg.MaterializeResult(metadata={**meta, "unregistered_left_out": dg.MetadataValue.json(left_out)})
 
 
 @dg.asset(

@@ -7,63 +7,29 @@ when the step ends without an error. The metadata and checks are running totals,
 """
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import dagster as dg
 import polars as pl
-import pyarrow as pa
 
 from mira_dagster.core.config import PipelineSettings
 from mira_dagster.core.offline import OfflineBackend
 from mira_dagster.core.parsing import STATUSES
-from mira_dagster.core.prompts import render_user
-from mira_dagster.core.records import RECORD_SCHEMA, iter_records
-from mira_dagster.core.rubric import Rubric, released_student_warnings
-from mira_dagster.core.sampling import Split, teacher_sample
-from mira_dagster.core.scoring import Chunk, Job, Role, RunStats, context_length, run_scorer
+from mira_dagster.core.rubric import released_student_warnings
+from mira_dagster.core.sampling import Split
+from mira_dagster.core.scoring import Role, RunStats, context_length, run_scorer
 from mira_dagster.core.tables import SCORE_SCHEMA, SLOT_COLUMNS, ScoreRows
 from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.llm_client import OpenAIBackend
+from mira_dagster.io.sending import score_chunks, scoring_frames
 from mira_dagster.io.store import Store, load_sql
 
 PREVIEW = ["record_id", "status", "a1", "a2", "a3", "overall", "recommendation", "domain_tag", "brief"]
-
-
-def _raw_records(store: Store, source: str) -> None:
-    if "raw_records" not in store.tables():
-        raise FileNotFoundError(f"table 'raw_records' has no partition {source!r} yet")
-
-
-def record_ids(store: Store, source: str) -> list[str]:
-    """The source's record ids only (no text): what the teacher sample is drawn from."""
-    _raw_records(store, source)
-    with store.connect() as con:
-        rows = con.execute("SELECT record_id FROM raw_records WHERE source = $source", {"source": source})
-        return [r for (r,) in rows.fetchall()]
-
-
-def record_chunks(store: Store, source: str, size: int, only: Collection[str] | None = None) -> Iterator[pl.DataFrame]:
-    """The source's records `size` rows at a time, in stored order, streamed by DuckDB from its Parquet partition
-    (local or on object storage); only the ids in `only` when given, filtered before any text is read out."""
-    _raw_records(store, source)
-    sql = f"SELECT {', '.join(RECORD_SCHEMA)} FROM raw_records WHERE source = $source"
-    with store.connect() as con:
-        if only is not None:
-            con.register("wanted_ids", pa.table({"record_id": pa.array(sorted(only), pa.string())}))
-            sql += " AND record_id IN (SELECT record_id FROM wanted_ids)"
-        for batch in con.sql(sql, params={"source": source}).to_arrow_reader(size):
-            yield pl.from_arrow(batch)  # type: ignore[misc]
-
-
-def _chunk(df: pl.DataFrame, user_template: str, rubric: Rubric) -> Chunk:
-    """A chunk whose prompts are rendered one by one as the request queue takes them."""
-    jobs = (Job(rec, render_user(user_template, rubric, rec)) for rec in iter_records(df))
-    return Chunk(df["record_id"].to_list(), jobs)
 
 
 @dataclass
@@ -151,14 +117,14 @@ def _score(
         add = _row_sink(unit.key, splits, tally, write)
         rows = ScoreRows(spec, add, batch=min(2048, settings.scoring_chunk_records))
 
-        def chunks() -> Iterator[Chunk]:
+        def counted() -> Iterator[pl.DataFrame]:
             for df in frames:
                 seen["records"] += df.height
-                yield _chunk(df, spec.user_template, rubric)
+                yield df
 
         try:
             stats = run_scorer(
-                chunks(),
+                score_chunks(counted(), spec.user_template, rubric),
                 spec,
                 backend,
                 store.replies,
@@ -503,18 +469,10 @@ def teacher_labels(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
     source = context.partition_key
     known_source(mira.config(), source)
     settings = mira.config().pipeline
-    store = mira.store()
-    # the sample is drawn from the ids alone; only the sampled records' text is read
-    split = teacher_sample(
-        record_ids(store, source),
-        fraction=settings.teacher_sample_fraction,
-        minimum=settings.teacher_sample_min,
-        heldout_fraction=settings.heldout_fraction,
-        seed=settings.seed,
-        maximum=settings.teacher_sample_max,
-    )
-    frames = record_chunks(store, source, settings.scoring_chunk_records, only=split)
-    scored = _score(context, mira, "teacher", frames, len(split), splits=split)
+    # the sample is drawn from the ids alone; only the sampled records' text is read (io/sending.py: the records the
+    # cost plan counts)
+    frames, total, split = scoring_frames(mira.config(), mira.store(), "teacher", source)
+    scored = _score(context, mira, "teacher", frames, total, splits=split)
     meta = _scoring_metadata(scored)
     meta["split_counts"] = dg.MetadataValue.json(dict(scored.tally.splits))
     checks = _checks("teacher_labels", source, scored.records_in, scored, settings)
@@ -542,16 +500,9 @@ def student_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.
     source = context.partition_key
     known_source(mira.config(), source)
     settings = mira.config().pipeline
-    store = mira.store()
-    frames = record_chunks(store, source, settings.scoring_chunk_records)
-    scored = _score(context, mira, "student", frames, _count(store, source))
+    frames, total, _ = scoring_frames(mira.config(), mira.store(), "student", source)
+    scored = _score(context, mira, "student", frames, total)
     meta = _scoring_metadata(scored)
     meta["records_in"] = scored.records_in
     checks = _checks("student_scores", source, scored.records_in, scored, settings)
     return dg.MaterializeResult(metadata=meta, check_results=checks)
-
-
-def _count(store: Store, source: str) -> int:
-    """The source's records, for the progress line (Parquet metadata and one column: no text is read)."""
-    _raw_records(store, source)
-    return int(store.query_sql(f"SELECT count(*) FROM raw_records WHERE source = '{source}'").item())

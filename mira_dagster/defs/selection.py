@@ -10,6 +10,7 @@ from mira_dagster.core.plots import retention_curves, score_distributions
 from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.freshness import CORPUS_FINGERPRINT, corpus_fingerprint
 from mira_dagster.defs.metadata import md_image, md_table
+from mira_dagster.defs.reliability import left_out_sources
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.export import EXPORT, export_kept
 from mira_dagster.io.store import Store
@@ -61,8 +62,10 @@ def _preview(store: Store, table: str, rows: int, n: int = 10, order: str = "sou
 )
 def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     store, s = mira.store(), mira.config().pipeline
+    left_out = left_out_sources(context, mira)  # the registry's sources only, never silently
     # computed and written by DuckDB: the corpus never comes into Python; the metadata are small queries over it
-    rows = store.materialize("aggregated_scores", "aggregated_scores", normalise=s.normalise_within)
+    sources = mira.config().source_names()
+    rows = store.materialize("aggregated_scores", "aggregated_scores", normalise=s.normalise_within, sources=sources)
     per_source = store.query_sql(
         "SELECT source, avg(aggregate_global) AS mean, count(*) - count(aggregate) AS unscored "
         "FROM aggregated_scores GROUP BY source ORDER BY source"
@@ -81,6 +84,7 @@ def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> 
             "plot_sample": sample.height,
             "distributions": md_image(score_distributions(sample), "score distributions"),
             "retention_curves": md_image(retention_curves(sample), "retention curves"),
+            "unregistered_left_out": dg.MetadataValue.json(left_out),
         },
     )
 

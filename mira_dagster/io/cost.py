@@ -1,42 +1,38 @@
 """Cost before spending: what a run will ask of each scorer endpoint, counted before the first request goes out.
 
-For the chosen sources (after ingest, from raw_records) and their scorer units, per step and endpoint:
+The plan is made of `io/sending.pending`, the asset's own decision run with every request held back: for each step
+that will run (`runs`: (asset, partition) pairs, as Dagster names them) it says how many of the records the step
+feeds are cached (a reply under the step's scorer_version), too_long (the prompt does not fit the context: the check
+scoring makes, with the server's context length and tokenizer when it has them) and to_send. So the plan counts
+exactly what the assets send: a too_long record or an answered one is never pending, a step that will not run is not
+in the plan, and a forced run that would send nothing passes any max_teacher_requests.
 
-- teacher_judgments: the teacher judges judge_sample_per_source records of every source of the unit freely;
-- teacher_labels: the teacher labels each source's teacher sample (core/sampling.teacher_sample, capped at
-  teacher_sample_max);
-- student_scores: the student scores every record.
+- teacher_judgments[unit]: the teacher judges judge_sample_per_source records of every source of the unit freely;
+- teacher_labels[source]: the teacher labels the source's teacher sample (core/sampling.teacher_sample);
+- student_scores[source]: the student scores every record.
 
-`requests` are the records with no reply under the step's scorer_version in the reply cache (looked up by id, as
-the assets do): a re-run counts only what it would send. Re-asks of replies that do not parse (parse_retries) are
-not counted: they happen only for the replies that fail. Tokens are estimates (core/records.estimate_tokens):
-prompt = the record's n_tokens + the system prompt + the user template around the record; completion = a typical
-reply (TYPICAL_REPLY_TOKENS, capped at max_tokens), with max_tokens per request as the bound. Offline stand-ins
-are marked free. A unit whose rubric is not discovered yet has no scorer_version for labels and scores: all its
-records count as requests and the prompt leaves the rubric out.
-
-Pure: no Dagster, no environment: the endpoints come in as a lookup (MiraResource.endpoint; None: all offline).
-`cost_gate` is what `mira run` calls between ingest and the first paid step.
+Rows are per step and scorer unit (the unit's sources summed). When the rubric a unit's scorers will use is made in
+this run (its teacher_judgments run and its scorers use the discovered rubric, or the generated references of a
+configured one are still to be drawn), its labels and scores cannot be checked yet: every record counts as to_send,
+with the records' own tokens (marked estimated). Re-asks of replies that do not parse (parse_retries) are not
+counted: they happen only for replies that fail. Tokens are estimates (core/records.estimate_tokens of the rendered
+prompts); completion = a typical reply (TYPICAL_REPLY_TOKENS, capped at max_tokens), max_tokens per request the
+bound. Offline stand-ins are marked free. Making the plan renders every prompt the steps would send (no request goes
+out; a server's tokenizer is asked only about prompts that may not fit).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import polars as pl
-
-from mira_dagster.core.config import Family, MiraConfig, ScorerUnit
-from mira_dagster.core.prompts import fill_record, judge_template, render_user
-from mira_dagster.core.records import Record, estimate_tokens
+from mira_dagster.core.config import MiraConfig, ScorerUnit
 from mira_dagster.core.rubric import Rubric, discovered_anchor_name
-from mira_dagster.core.sampling import hash_sample, teacher_sample
-from mira_dagster.core.scoring import ChatBackend, ReplyCache, ScorerSpec
+from mira_dagster.core.scoring import RequestCount
 from mira_dagster.io.anchors import load_configured_rubric, load_rubric
-from mira_dagster.io.llm_client import Endpoint
 from mira_dagster.io.scorers import EndpointLookup, make_judge, make_scorer
+from mira_dagster.io.sending import ROLE_OF, STEPS, Step, pending, scoring_frames
 from mira_dagster.io.store import Store
 
 # A reply's typical length in tokens (estimate_tokens). A contract reply is 15 lines "[An] name: s/10 — <one
@@ -44,13 +40,13 @@ from mira_dagster.io.store import Store
 # rationales are of the same length (README "Constrained decoding"). A free-form judgment names 5-10 dimensions in
 # one line each: about 400.
 TYPICAL_REPLY_TOKENS = {"contract": 700, "judgment": 400}
-# Ids looked up in the reply cache at a time (memory: one batch of cached replies).
-LOOKUP_BATCH = 20_000
+HEADERS = ["step", "unit", "endpoint", "records", "cached", "too_long", "to_send", "est_prompt_tokens"]
+HEADERS += ["est_completion_tokens"]
 
 
 @dataclass
 class StepPlan:
-    """One step of one scorer unit on one endpoint."""
+    """One step of one scorer unit on one endpoint (its sources summed)."""
 
     step: str
     unit: str
@@ -58,17 +54,21 @@ class StepPlan:
     free: bool
     records: int = 0
     cached: int = 0
+    too_long: int = 0
+    to_send: int = 0
+    unchecked: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     completion_max: int = 0
-
-    @property
-    def requests(self) -> int:
-        return self.records - self.cached
+    estimated: bool = False  # the rubric is made in this run: every record counted, nothing checked
 
     @property
     def role(self) -> str:
         return "student" if self.step == "student_scores" else "teacher"
+
+    @property
+    def where(self) -> str:
+        return self.endpoint + (" (free)" if self.free else "")
 
 
 @dataclass
@@ -78,65 +78,101 @@ class CostPlan:
 
     @property
     def teacher_requests(self) -> int:
-        """Teacher requests not yet cached (judgments and labels), free stand-ins included: the cap is a count."""
-        return sum(s.requests for s in self.steps if s.role == "teacher")
+        """Teacher requests the run would send (judgments and labels), free stand-ins included: the cap is a count."""
+        return sum(s.to_send for s in self.steps if s.role == "teacher")
 
-    def render(self) -> str:
+    def lines(self) -> list[str]:
+        """The plan as `mira run` prints it: a table of the steps, totals per endpoint, notes."""
         from tabulate import tabulate
 
-        headers = ["step", "unit", "endpoint", "records", "cached", "requests", "prompt_tokens~", "completion_tokens~"]
         rows = [
-            [s.step, s.unit, s.endpoint + (" (free)" if s.free else ""), s.records, s.cached, s.requests]
+            [s.step, s.unit, s.where, s.records, s.cached, s.too_long, f"{s.to_send}{' (est.)' if s.estimated else ''}"]
             + [s.prompt_tokens, f"{s.completion_tokens} (max {s.completion_max})"]
             for s in self.steps
         ]
-        lines = ["cost plan: requests not yet cached and estimated tokens, per step and endpoint", ""]
-        lines += [tabulate(rows, headers=headers, tablefmt="github"), ""]
-        lines += [
+        out = ["cost plan: the requests each step will send (cached and too long records are not sent)", ""]
+        if rows:
+            out += [*tabulate(rows, headers=HEADERS, tablefmt="github").splitlines(), ""]
+        else:
+            out += ["no scoring step will run: nothing will be sent", ""]
+        out += [
             f"{role} {where}: {n} requests, ~{p} prompt + ~{c} completion tokens"
             for role, where, n, p, c in self.totals()
         ]
-        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+        return out + [f"note: {n}" for n in self.notes]
+
+    def render(self) -> str:
+        return "\n".join(self.lines())
 
     def totals(self) -> list[tuple[str, str, int, int, int]]:
         """(role, endpoint, requests, prompt tokens, completion tokens) per endpoint."""
         out: dict[tuple[str, str], list[int]] = {}
         for s in self.steps:
-            acc = out.setdefault((s.role, s.endpoint + (" (free)" if s.free else "")), [0, 0, 0])
-            acc[0] += s.requests
+            acc = out.setdefault((s.role, s.where), [0, 0, 0])
+            acc[0] += s.to_send
             acc[1] += s.prompt_tokens
             acc[2] += s.completion_tokens
         return [(role, where, *acc) for (role, where), acc in out.items()]  # type: ignore[misc]
 
+    def refusal(self, limit: int | None) -> str | None:
+        """The one line refusing the run when the teacher requests it would send exceed the cap, else None."""
+        n = self.teacher_requests
+        if limit is None or n <= limit:
+            return None
+        return (
+            f"mira: FAILED cost: {n} teacher requests would be sent, over pipeline.max_teacher_requests {limit}; "
+            "nothing was sent (lower teacher_sample_max, run fewer sources with --source, or raise the cap)"
+        )
 
-def plan_run(
-    cfg: MiraConfig, store: Store, sources: Sequence[str], endpoints: EndpointLookup | None = None
+
+def every_step(cfg: MiraConfig, sources: Sequence[str]) -> list[tuple[Step, str]]:
+    """Every paid step of a run over `sources`: their units' judgments, and their labels and scores."""
+    units = sorted({cfg.unit_of(s).key for s in sources})
+    scored = [(step, s) for s in sources for step in STEPS[1:]]
+    return [("teacher_judgments", u) for u in units] + scored  # type: ignore[list-item]
+
+
+def cost_plan(
+    cfg: MiraConfig, store: Store, runs: Iterable[tuple[str, str]], endpoints: EndpointLookup | None = None
 ) -> CostPlan:
-    """The plan for a run over `sources` (their units' judgments span all the units' sources, as the assets do)."""
+    """The plan of the steps in `runs` ((asset, partition) pairs; other assets are free and left out)."""
     endpoints = endpoints or _offline
     plan = CostPlan()
-    units = {cfg.unit_of(s).key: cfg.unit_of(s) for s in sources}
-    ids = {s: _source_ids(store, s) for s in sorted({s for u in units.values() for s in u.sources} | set(sources))}
-    for key, unit in sorted(units.items()):
-        plan.steps.append(_judge_step(cfg, unit, ids, store.replies, endpoints))
-        rubric = _rubric(cfg, unit, store)
-        if rubric is None:
-            plan.notes.append(f"{unit.scope} {key}: no rubric yet (discovered in this run): every record counted")
-        mine = [s for s in sources if cfg.unit_of(s).key == key]
-        plan.steps.append(_scoring_step(cfg, unit, rubric, "teacher", mine, ids, store.replies, endpoints))
-        plan.steps.append(_scoring_step(cfg, unit, rubric, "student", mine, ids, store.replies, endpoints))
+    wanted = {(a, p) for a, p in runs if a in STEPS}
+    units = cfg.scorer_units()
+    judged = {p for a, p in wanted if a == "teacher_judgments"}
+    if wanted and "raw_records" not in store.tables():
+        plan.notes.append("no records ingested yet: the plan counts them once ingest has run")
+        return plan
+    present = set(store.query_sql("SELECT DISTINCT source FROM raw_records")["source"].to_list()) if wanted else set()
+    for key in sorted(judged):
+        unit = units[key]
+        spec, backend, where = make_judge(unit, cfg, endpoints("teacher", key))
+        row = _row("teacher_judgments", key, spec.backend == "offline", where)
+        _add(row, pending(cfg, store, "teacher_judgments", key, spec, backend), spec.max_tokens, "judgment")
+        plan.steps.append(row)
+    for step in STEPS[1:]:
+        by_unit: dict[str, list[str]] = {}
+        for a, source in sorted(wanted):
+            if a == step:
+                by_unit.setdefault(cfg.unit_of(source).key, []).append(source)
+        for key, sources in sorted(by_unit.items()):
+            plan.steps.append(_scoring_row(cfg, store, step, units[key], sources, key in judged, endpoints, plan))
+    missing = sorted({p for a, p in wanted if a != "teacher_judgments"} - present)
+    if missing:
+        plan.notes.append(f"not ingested yet, counted as 0 records: {', '.join(missing)}")
     return plan
 
 
 def cost_gate(
-    cfg: MiraConfig, store: Store, sources: Sequence[str], endpoints: EndpointLookup | None = None
+    cfg: MiraConfig, store: Store, runs: Iterable[tuple[str, str]], endpoints: EndpointLookup | None = None
 ) -> int | None:
-    """Print the plan; return 1 (after one `mira: FAILED cost: ...` line) when the teacher requests not yet cached
-    exceed pipeline.max_teacher_requests, else None. A plan that cannot be made is only a warning, unless a cap is
-    set (then the run cannot be shown to keep to it)."""
+    """Print the plan; return 1 (after one `mira: FAILED cost: ...` line) when the teacher requests the run would
+    send exceed pipeline.max_teacher_requests, else None. A plan that cannot be made is only a warning, unless a cap
+    is set (then the run cannot be shown to keep to it)."""
     limit = cfg.pipeline.max_teacher_requests
     try:
-        plan = plan_run(cfg, store, sources, endpoints)
+        plan = cost_plan(cfg, store, runs, endpoints)
     except Exception as exc:  # the plan is advice; without a cap a run need not wait for it
         print(f"mira: cost plan not available: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         if limit is None:
@@ -144,13 +180,8 @@ def cost_gate(
         print(f"mira: FAILED cost: cannot count the teacher requests (max_teacher_requests {limit})", file=sys.stderr)
         return 1
     print(plan.render(), flush=True)
-    n = plan.teacher_requests
-    if limit is not None and n > limit:
-        print(
-            f"mira: FAILED cost: {n} teacher requests not yet cached would exceed pipeline.max_teacher_requests "
-            f"{limit}; nothing was sent (lower teacher_sample_max, run fewer sources with --source, or raise the cap)",
-            file=sys.stderr,
-        )
+    if (line := plan.refusal(limit)) is not None:
+        print(line, file=sys.stderr)
         return 1
     return None
 
@@ -158,124 +189,76 @@ def cost_gate(
 # -- the steps ----------------------------------------------------------------------------------------------------
 
 
-def _source_ids(store: Store, source: str) -> pl.DataFrame:
-    """record_id and n_tokens of a source (no text); empty when it has no records yet."""
-    if "raw_records" not in store.tables():
-        return pl.DataFrame(schema={"record_id": pl.String, "n_tokens": pl.Int64})
-    return store.query_sql(f"SELECT record_id, n_tokens FROM raw_records WHERE source = '{source}'")
-
-
 def _offline(role: str, unit: str) -> None:
     return None
 
 
-def _judge_step(
-    cfg: MiraConfig, unit: ScorerUnit, ids: dict[str, pl.DataFrame], cache: ReplyCache, endpoints: EndpointLookup
-) -> StepPlan:
-    spec, backend, where = make_judge(unit, cfg, endpoints("teacher", unit.key))
-    n = cfg.pipeline.judge_sample_per_source
-    sample = pl.concat([hash_sample(ids[s], n, cfg.pipeline.seed, "judge") for s in unit.sources if ids[s].height])
-    families = sorted({cfg.sources[s].format for s in unit.sources})
-    overhead = max(estimate_tokens(fill_record(judge_template(f), _empty(f))) for f in families)
-    return _step("teacher_judgments", unit, spec, backend, where, sample, overhead, "judgment", cache)
+def _row(step: str, unit: str, free: bool, where: str) -> StepPlan:
+    return StepPlan(step, unit, "offline stand-in" if free else where, free)
 
 
-def _scoring_step(
+def _add(row: StepPlan, count: RequestCount, max_tokens: int, kind: str) -> None:
+    """Add one partition's RequestCount to its unit's row."""
+    row.records += count.records
+    row.cached += count.cached
+    row.too_long += count.too_long
+    row.to_send += count.to_send
+    row.unchecked += count.unchecked
+    row.prompt_tokens += count.prompt_tokens
+    row.completion_tokens += min(max_tokens, TYPICAL_REPLY_TOKENS[kind]) * count.to_send
+    row.completion_max += max_tokens * count.to_send
+
+
+def _scoring_row(
     cfg: MiraConfig,
+    store: Store,
+    step: Step,
     unit: ScorerUnit,
-    rubric: Rubric | None,
-    role: str,
-    sources: Sequence[str],
-    ids: dict[str, pl.DataFrame],
-    cache: ReplyCache,
+    sources: list[str],
+    judged: bool,
     endpoints: EndpointLookup,
+    plan: CostPlan,
 ) -> StepPlan:
-    p = cfg.pipeline
-    if role == "teacher":
-        frames = []
-        for s in sources:
-            split = teacher_sample(
-                ids[s]["record_id"].to_list(),
-                fraction=p.teacher_sample_fraction,
-                minimum=p.teacher_sample_min,
-                heldout_fraction=p.heldout_fraction,
-                seed=p.seed,
-                maximum=p.teacher_sample_max,
-            )
-            frames.append(ids[s].filter(pl.col("record_id").is_in(list(split))))
-    else:
-        frames = [ids[s] for s in sources]
-    records = pl.concat(frames) if frames else pl.DataFrame(schema={"record_id": pl.String, "n_tokens": pl.Int64})
-    step = "teacher_labels" if role == "teacher" else "student_scores"
+    role = ROLE_OF[step]
     endpoint = endpoints(role, unit.key)  # type: ignore[arg-type]
-    if rubric is None:  # no scorer_version yet: nothing can be cached, and the rubric's tokens are unknown
-        return _unversioned(step, unit, cfg, records, endpoint)
-    spec, backend, where = make_scorer(role, unit, cfg, rubric, endpoint)  # type: ignore[arg-type]
-    families = sorted({cfg.sources[s].format for s in sources}) or ["qa"]
-    overhead = max(estimate_tokens(render_user(spec.user_template, rubric, _empty(f))) for f in families)
-    return _step(step, unit, spec, backend, where, records, overhead, "contract", cache)
+    rubric = _rubric(cfg, unit, store, judged)
+    if rubric is None:  # made in this run: no scorer_version yet, nothing cached, the prompt's length unknown
+        row = _row(step, unit.key, endpoint is None, "" if endpoint is None else endpoint.redacted())
+        row.estimated = True
+        for source in sources:
+            frames, _, _ = scoring_frames(cfg, store, role, source)
+            for df in frames:
+                row.records += df.height
+                row.prompt_tokens += int(df["n_tokens"].sum() or 0)
+        row.to_send = row.records
+        row.completion_tokens = min(cfg.pipeline.max_tokens, TYPICAL_REPLY_TOKENS["contract"]) * row.records
+        row.completion_max = cfg.pipeline.max_tokens * row.records
+        note = (
+            f"{unit.scope} {unit.key}: its rubric is made in this run: its labels and scores count every record (est.)"
+        )
+        if note not in plan.notes:
+            plan.notes.append(note)
+        return row
+    row = None
+    for source in sources:
+        # the asset builds its scorer per partition (and closes it): so does the plan
+        spec, backend, where = make_scorer(role, unit, cfg, rubric, endpoint)
+        row = row or _row(step, unit.key, spec.backend == "offline", where)
+        _add(row, pending(cfg, store, step, source, spec, backend, rubric), spec.max_tokens, "contract")
+    assert row is not None
+    if row.unchecked:
+        plan.notes.append(f"{step} {unit.key}: {row.unchecked} prompts' length could not be checked (not sent)")
+    return row
 
 
-def _step(
-    step: str,
-    unit: ScorerUnit,
-    spec: ScorerSpec,
-    backend: ChatBackend,
-    where: str,
-    records: pl.DataFrame,
-    overhead: int,
-    kind: str,
-    cache: ReplyCache,
-) -> StepPlan:
-    _close(backend)
-    free = spec.backend == "offline"
-    plan = StepPlan(step, unit.key, "offline stand-in" if free else where, free, records=records.height)
-    todo = records.filter(~pl.col("record_id").is_in(list(_cached(cache, spec.version, records["record_id"]))))
-    plan.cached = records.height - todo.height
-    per_request = estimate_tokens(spec.system_prompt) + overhead
-    plan.prompt_tokens = int(todo["n_tokens"].sum() or 0) + per_request * todo.height
-    plan.completion_tokens = min(spec.max_tokens, TYPICAL_REPLY_TOKENS[kind]) * todo.height
-    plan.completion_max = spec.max_tokens * todo.height
-    return plan
-
-
-def _unversioned(
-    step: str, unit: ScorerUnit, cfg: MiraConfig, records: pl.DataFrame, endpoint: Endpoint | None
-) -> StepPlan:
-    where = "offline stand-in" if endpoint is None else endpoint.redacted()
-    plan = StepPlan(step, unit.key, where, endpoint is None, records=records.height)
-    plan.prompt_tokens = int(records["n_tokens"].sum() or 0)
-    plan.completion_tokens = min(cfg.pipeline.max_tokens, TYPICAL_REPLY_TOKENS["contract"]) * records.height
-    plan.completion_max = cfg.pipeline.max_tokens * records.height
-    return plan
-
-
-def _cached(cache: ReplyCache, version: str, ids: pl.Series) -> set[str]:
-    """The ids with any reply under the version (a record whose replies all failed to parse may still be re-asked:
-    not counted, see the module docstring)."""
-    found: set[str] = set()
-    for start in range(0, len(ids), LOOKUP_BATCH):
-        found |= set(cache.load_attempts(version, ids[start : start + LOOKUP_BATCH].to_list()))
-    return found
-
-
-def _rubric(cfg: MiraConfig, unit: ScorerUnit, store: Store) -> Rubric | None:
-    """The rubric the unit's scorers will use, as MiraResource.rubric chooses it; None when it is still to be
-    discovered."""
+def _rubric(cfg: MiraConfig, unit: ScorerUnit, store: Store, judged: bool) -> Rubric | None:
+    """The rubric the unit's scorers will use, as MiraResource.rubric chooses it; None when this run makes it (its
+    judgments run and it is the discovered rubric, or the configured one's references are still to be generated)
+    or it is still to be discovered."""
     if unit.anchors is not None and cfg.pipeline.rubric_source == "configured":
-        return load_configured_rubric(unit, store.fetch_file)
+        rubric = load_configured_rubric(unit, store.fetch_file)
+        return None if judged and not rubric.n_references() else rubric
+    if judged:
+        return None
     path = store.fetch_file(discovered_anchor_name(unit.key, unit.scope))  # the store's, wherever it is
     return load_rubric(path, unit.key, unit.family) if path is not None else None
-
-
-def _empty(family: Family) -> Record:
-    """A record without text: its rendered prompt is the template's own length."""
-    return Record.model_construct(
-        record_id="", source="", group_id="", format=family, layout="", n_tokens=0, origin_file="", origin_line=0
-    )
-
-
-def _close(backend: ChatBackend) -> None:
-    """Backends built only to learn the spec hold HTTP clients: close them."""
-    if close := getattr(backend, "aclose", None):
-        asyncio.run(close())

@@ -13,17 +13,21 @@
 -- whose name sorts first (byte order, as Python's sorted()) among the sources with a student_scores row for it;
 -- the other sources' copies are left out of the statistics and of this table. sql/source_overlap.sql reports
 -- the overlap per source pair, run_summary.duplicates_elsewhere the copies a source does not own.
-WITH maybe AS MATERIALIZED (
+WITH scores AS NOT MATERIALIZED (
+    -- the registry's sources only ($sources): a source with data in the store but not in the registry is refused
+    -- before this runs, or left out here (pipeline.unregistered_sources: drop)
+    SELECT * FROM student_scores WHERE list_contains($sources, source)
+), maybe AS MATERIALIZED (
     -- hashes seen more than once: grouping 64-bit hashes is cheaper than grouping the id strings, and every
     -- duplicated id is among them (with the rare hash collision, which the next step drops)
-    SELECT hash(record_id) AS h FROM student_scores GROUP BY h HAVING count(*) > 1
+    SELECT hash(record_id) AS h FROM scores GROUP BY h HAVING count(*) > 1
 ), shared AS MATERIALIZED (
     -- the records in more than one source, with their owner (a small table: duplicates are rare)
-    SELECT record_id, min(source) AS owner FROM student_scores WHERE hash(record_id) IN (SELECT h FROM maybe)
+    SELECT record_id, min(source) AS owner FROM scores WHERE hash(record_id) IN (SELECT h FROM maybe)
     GROUP BY record_id HAVING count(*) > 1
 ), owned AS NOT MATERIALIZED (
     -- read twice (sums, then terms) rather than copied: a second Parquet scan costs less than a copy of the corpus
-    SELECT s.* FROM student_scores s LEFT JOIN shared d USING (record_id)
+    SELECT s.* FROM scores s LEFT JOIN shared d USING (record_id)
     WHERE d.owner IS NULL OR s.source = d.owner
 ), sums AS (
     -- per source and slot: count, sum, sum of squares

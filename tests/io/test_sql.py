@@ -173,7 +173,7 @@ def test_aggregate_normalises_and_ignores_masked(tmp_path: Path) -> None:
         schema={"source": pl.String, "slot": pl.Int32, "masked": pl.Boolean, "mask_version": pl.String},
     )
     s.write("reliability_mask", mask)
-    agg = s.query("aggregated_scores", normalise="group")
+    agg = s.query("aggregated_scores", normalise="group", sources=["s"])
     by_id = {r["record_id"]: r for r in agg.iter_rows(named=True)}
     assert by_id["x"]["aggregate"] == pytest.approx(0.0) and by_id["y"]["aggregate"] == pytest.approx(0.0)
     assert by_id["x"]["n_dims_used"] == 2
