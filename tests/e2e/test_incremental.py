@@ -101,6 +101,13 @@ def test_appended_lines_redo_one_source_and_ask_only_for_them(ran) -> None:
     extra = SAMPLE / "math_think_marco_o1_cot_demo.part1.jsonl"  # 42 other records
     with src.open("ab") as fh:
         fh.write(b"".join(extra.read_bytes().splitlines(keepends=True)[:5]))
+    with dg.DagsterInstance.from_config(str(tmp / ".mira" / "dagster")) as instance:
+        runs_before = len(instance.get_runs())
+    plan = _run(tmp, env, "--plan")  # what would run and cost, and nothing runs
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "ingest: 1 run(s): qwq (input files changed)" in plan.stdout and "to_send" in plan.stdout
+    with dg.DagsterInstance.from_config(str(tmp / ".mira" / "dagster")) as instance:
+        assert len(instance.get_runs()) == runs_before
     out = _run(tmp, env)
     assert out.returncode == 0, out.stdout + out.stderr
     steps = _steps(out.stdout)
