@@ -6,6 +6,7 @@ only a cache)."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.core.scoring import Completion
-from mira_dagster.io.export import EXPORT
+from mira_dagster.io.export import EXPORT, export_kept
 from mira_dagster.io.filesystem import LocalStoreFileSystem, store_filesystem
 from mira_dagster.io.reply_cache import ObjectReplyCache, ParquetReplyCache
 from mira_dagster.io.tables import Store
@@ -163,3 +164,22 @@ def test_the_home_as_store_keeps_its_layout(tmp_path: Path) -> None:
     rubric.write_text("x")
     assert store.publish_file("anchors/r.jsonl") == str(rubric) and store.fetch_file("anchors/r.jsonl") == rubric
     assert os.listdir(rubric.parent) == ["r.jsonl"]
+
+
+def test_an_export_to_a_folder_store_is_a_generation_and_a_manifest(tmp_path: Path) -> None:
+    from tests.io.test_export_original import FIXTURES, _ingest, _select_everything
+
+    shared = tmp_path / "shared"
+    store = Store(tmp_path / "home", store_url=str(shared))
+    _ingest(store, [(FIXTURES / "chat_multiturn.jsonl", "qa", "chosen")])
+    _select_everything(store)
+    first = export_kept(store, {}, form="normalised")
+    second = export_kept(store, {}, form="normalised")
+    root = shared / "exports" / "selected_subset"
+    on_store = json.loads((root / "manifest.json").read_text())
+    assert on_store["generation"] == second["generation"] != first["generation"]
+    assert on_store["records"] == 4 and all((root / f["file"]).is_file() for f in on_store["files"])
+    # the previous generation stays for readers still in it; nothing of the export is left in the home
+    expected = sorted([first["generation"], second["generation"], "manifest.json"])
+    assert sorted(p.name for p in root.iterdir()) == expected
+    assert not (tmp_path / "home" / "exports" / "selected_subset").exists()
