@@ -4,7 +4,7 @@
 
 A moto S3 server on loopback stands in for the bucket. For each offered rate (answers a second; 0 = as fast as the
 caller can add), N answers are added to one writer of the reply cache as the scoring loop adds them:
-- ours: `ReplyWriter` with reply_publish_seconds 0 (group commit by its publisher thread, io/store.py), then
+- ours: `ReplyWriter` with reply_publish_seconds 0 (group commit by its publisher thread, io/reply_cache.py), then
   `flush()`;
 - the baseline: what one writes first for "every answer durable on S3 before going on": append the answer to a local
   log, PUT a one-row object (the same create-only `_put`), remove the log, in the caller's thread.

@@ -179,12 +179,12 @@ def _append_plan(
     store: Store, source: str, prev: Latest | None, files: list[Path], entry: str
 ) -> dict[Path, tuple[int, int]] | None:
     """Where to resume each file when the source's files only grew since the last good ingest with the same
-    registry entry and settings; None for a whole read (also for tables on object storage)."""
+    registry entry and settings; None for a whole read (also when the partition is not in the home: a store URL)."""
     if prev is None or prev.metadata.get("records_written") is not True:
         return None
     if prev.metadata.get(ENTRY_FINGERPRINT) != entry:
         return None
-    if store.fs is not None or not store.partition_path("raw_records", source).is_file():
+    if not store.partition_path("raw_records", source).is_file():
         return None
     states, units = prev.metadata.get(FILE_STATES) or {}, prev.metadata.get("units_per_file") or {}
     return append_offsets(files, states, units) if states else None

@@ -34,7 +34,8 @@ def export_kept(
     DuckDB in batches (sql/export_kept.sql, sql/export_original.sql), so memory is bounded by a batch, not by the
     kept text.
 
-    With a store URL the export goes there (`store.location(EXPORT)`): the shards to a new generation,
+    With a store URL (s3:// or a folder) the export goes there (`store.location(EXPORT)`), through the store's
+    filesystem: the shards to a new generation,
     `exports/selected_subset/<generation>/`, then `manifest.json` (its files named `<generation>/<shard>`, relative
     to it as on disk) with one PUT, the swap; the generations older than the previous one are removed after it."""
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
@@ -60,7 +61,7 @@ def export_kept(
         "tokens": sum(f["tokens"] for f in files),
         "files": files,
     }
-    if store.fs is not None:
+    if not store.home_is_store:  # a store apart from the home (object storage or a shared folder): no folder swap
         try:
             return _publish(store, staging, manifest)
         finally:
@@ -80,10 +81,10 @@ EXPORT = "exports/selected_subset"
 
 
 def _publish(store: Store, staging: Path, manifest: dict) -> dict:
-    """The staged shards as a new generation on object storage, then the manifest pointing at it (one PUT: readers
-    see the old export or the new one); the generations older than the previous one (readers may still be in that
-    one) are removed."""
-    fs, root = store.fs, store.location(EXPORT).removeprefix("s3://")
+    """The staged shards as a new generation in the store, then the manifest pointing at it (put whole: readers see
+    the old export or the new one); the generations older than the previous one (readers may still be in that one)
+    are removed."""
+    fs, root = store.fs, store.store_path(EXPORT)
     generation = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
     for f in manifest["files"]:
         fs.put_file(str(staging / f["file"]), f"{root}/{generation}/{f['file']}")

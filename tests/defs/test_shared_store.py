@@ -26,7 +26,8 @@ from mira_dagster.core.scoring import Completion
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.registry import load_config
-from mira_dagster.io.store import ObjectReplyCache, Store, _read_wal
+from mira_dagster.io.reply_cache import ObjectReplyCache, _read_wal
+from mira_dagster.io.store import Store
 from tests.defs.test_object_store import moto_s3, s3_environment
 
 URL = "s3://mira-shared/store"

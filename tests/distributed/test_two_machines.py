@@ -7,7 +7,7 @@ loopback OpenAI-compatible server that counts every request.
   empty home with `--force`, not one request.
 - Machine 1 is SIGKILLed in the middle of a partition's scoring; machine 2, with an empty home, resumes it without
   re-asking what was answered. The registry sets pipeline.reply_publish_seconds: 0, so a machine PUTs each answer
-  to S3 as it arrives (io/store.py, ObjectReplyCache): what machine 2 asks again is exactly what machine 1 had
+  to S3 as it arrives (io/reply_cache.py, ObjectReplyCache): what machine 2 asks again is exactly what machine 1 had
   not published (answered - published), and of what machine 1 was answered before the kill only the answers whose
   PUT had not completed, at most the requests it can have in flight (pipeline.max_in_flight).
 """

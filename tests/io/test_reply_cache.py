@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.core.scoring import Completion
-from mira_dagster.io.store import ParquetReplyCache, ReplyWriter, _bucket, _read_wal
+from mira_dagster.io.reply_cache import ParquetReplyCache, ReplyWriter, _bucket, _read_wal
 
 V = "v1"
 

@@ -35,7 +35,7 @@ def test_materialize_writes_the_partition_and_refreshes_views(tmp_path: Path, mo
         "ORDER BY source -- trailing comment",
         encoding="utf-8",
     )
-    monkeypatch.setattr("mira_dagster.io.store.SQL_DIR", sql)
+    monkeypatch.setattr("mira_dagster.io.tables.SQL_DIR", sql)
     assert s.materialize("tokens", "tokens", "p1", min=4) == 2
     assert s.read("tokens", "p1").to_dicts() == [{"source": "a", "tokens": 5}, {"source": "b", "tokens": 7}]
     assert s.query_sql("SELECT count(*) FROM tokens").item() == 2  # the new table has a view at once
@@ -54,7 +54,7 @@ def test_stream_yields_batches(tmp_path: Path, monkeypatch) -> None:
     sql = tmp_path / "sql"
     sql.mkdir()
     (sql / "rows.sql").write_text("SELECT range AS i FROM range($n) ORDER BY i", encoding="utf-8")
-    monkeypatch.setattr("mira_dagster.io.store.SQL_DIR", sql)
+    monkeypatch.setattr("mira_dagster.io.tables.SQL_DIR", sql)
     batches = list(s.stream("rows", batch_rows=1000, n=2500))
     assert sum(b.num_rows for b in batches) == 2500 and max(b.num_rows for b in batches) <= 1000
     assert pl.concat([pl.from_arrow(b) for b in batches])["i"].to_list() == list(range(2500))
