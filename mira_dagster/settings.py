@@ -10,8 +10,8 @@ only the variable's name); nothing here runs at import time.
 |---------------------|--------------------------------------------------------------------|-------------------------|
 | `config_path`       | `MIRA_CONFIG` (`mira ... --config`): the source registry           | checkout's anchors/     |
 | `home`              | `MIRA_HOME` (`mira ... --home`): tables, cache, exports            | `.mira/` (working dir)  |
-| `store_url`         | `MIRA_STORE_URL` (`s3://bucket/prefix`): tables, reply cache,      | `<home>` (local disk)   |
-|                     | exports, rubrics; `<home>` then only holds deletable caches        |                         |
+| `store_url`         | `MIRA_STORE_URL` (`s3://bucket/prefix` or a shared folder): tables,| `<home>` (local disk)   |
+|                     | replies, exports, rubrics; `<home>` then only holds caches         |                         |
 | `tables_url`        | `MIRA_TABLES_URL`: an alias of `MIRA_STORE_URL` (which wins)       | -                       |
 | `s3_endpoint_url`   | `MIRA_S3_ENDPOINT_URL` (credentials: s3fs's `AWS_*` chain)         | AWS                     |
 | `student.base_url`  | `MIRA_STUDENT_BASE_URL_<UNIT>`, `MIRA_STUDENT_BASE_URL`            | offline stand-in        |

@@ -78,16 +78,9 @@ def forget_sources(store: Store, names: Collection[str]) -> list[str]:
 
 
 def _partitions(store: Store, table: str) -> list[str]:
-    """The partition names of a table (its Parquet files' stems), on disk or under the store URL."""
-    if store.fs is None:
-        return sorted(p.stem for p in (store.tables_dir / table).glob("*.parquet"))
-    pattern = store.location(f"tables/{table}/*.parquet").removeprefix("s3://")
-    return sorted(Path(key).stem for key in store.fs.glob(pattern))
+    """The partition names of a table (its Parquet files' stems), through the store's one filesystem."""
+    return sorted(Path(key).stem for key in store.fs.glob(store.store_path(f"tables/{table}/*.parquet")))
 
 
 def _remove(store: Store, table: str, partition: str) -> None:
-    rel = f"tables/{table}/{partition}.parquet"
-    if store.fs is None:
-        (store.home / rel).unlink()
-    else:
-        store.fs.rm(store.location(rel).removeprefix("s3://"))
+    store.fs.rm(store.store_path(f"tables/{table}/{partition}.parquet"))
