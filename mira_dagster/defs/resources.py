@@ -60,7 +60,8 @@ class MiraResource(dg.ConfigurableResource):
     config_path: str | None = Field(None, description="the source registry YAML (MIRA_CONFIG)")
     home: str | None = Field(None, description="tables, reply cache, exports, rubrics (MIRA_HOME)")
     store_url: str | None = Field(
-        None, description="s3://bucket/prefix or a shared folder for tables, reply cache, exports, rubrics (MIRA_STORE_URL)"
+        None,
+        description="s3://bucket/prefix or a shared folder: tables, reply cache, exports, rubrics (MIRA_STORE_URL)",
     )
     tables_url: str | None = Field(None, description="an alias of store_url (MIRA_TABLES_URL)")
     s3_endpoint_url: str | None = Field(None, description="an S3-compatible server (MIRA_S3_ENDPOINT_URL)")
