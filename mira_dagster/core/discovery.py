@@ -112,8 +112,16 @@ def judgments_frame(items: Sequence[JudgmentItem]) -> pl.DataFrame:
 
 
 def items_of(df: pl.DataFrame) -> list[JudgmentItem]:
-    """The items of a teacher_judgments partition (its other columns ignored)."""
-    return [JudgmentItem(**{k: row[k] for k in JudgmentItem.model_fields}) for row in df.iter_rows(named=True)]
+    """The items of a teacher_judgments partition (its other columns ignored), in one order whatever order the
+    replies came in (cached first after an interrupted run, say): KMeans and the names' ties depend on it."""
+    fields = list(JudgmentItem.model_fields)
+    rows = df.select(fields).sort(fields, nulls_last=True).iter_rows(named=True)
+    return [JudgmentItem(**row) for row in rows]
+
+
+def _ranked(counts: Counter[str]) -> list[tuple[str, int]]:
+    """Counter.most_common with ties broken by the name (most_common breaks them by first appearance)."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def item_text(item: JudgmentItem) -> str:
@@ -135,7 +143,7 @@ def discover_anchors(items: Sequence[JudgmentItem], x: Matrix, k: int = N_SLOTS,
     dims = []
     for c in order:
         members = np.flatnonzero(labels == c)
-        facet = Counter(items[i].facet for i in members).most_common(1)[0][0]
+        facet = _ranked(Counter(items[i].facet for i in members))[0][0]
         refs = []
         if slot_of[c] <= N_REFERENCES:
             # the members' rows only (a sparse product when x is sparse): the judgment matrix is never densified,
@@ -167,7 +175,7 @@ def discover_anchors(items: Sequence[JudgmentItem], x: Matrix, k: int = N_SLOTS,
 
 
 def _unique_names(order: list[int], names: dict[int, Counter[str]]) -> dict[int, str]:
-    top = {c: names[c].most_common(1)[0][0] for c in order}
+    top = {c: _ranked(names[c])[0][0] for c in order}
     result: dict[int, str] = {}
     for name in dict.fromkeys(top[c] for c in order):
         holders = [c for c in order if top[c] == name]
@@ -179,7 +187,7 @@ def _unique_names(order: list[int], names: dict[int, Counter[str]]) -> dict[int,
         if c in result:
             continue
         name = top[c]
-        subs = [n for n, _ in names[c].most_common() if n != name and f"{name} ({n})" not in used]
+        subs = [n for n, _ in _ranked(names[c]) if n != name and f"{name} ({n})" not in used]
         label = f"{name} ({subs[0]})" if subs else name
         i = 2
         while label in used:

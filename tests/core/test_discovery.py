@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from mira_dagster.core.clustering import group_sources
-from mira_dagster.core.discovery import JudgmentItem, discover_anchors, item_text, parse_free_judgment
+from mira_dagster.core.discovery import (
+    JudgmentItem,
+    discover_anchors,
+    item_text,
+    items_of,
+    judgments_frame,
+    parse_free_judgment,
+)
 from mira_dagster.core.embeddings import HashedTfidfEmbedder
 from mira_dagster.core.offline_judge import OfflineJudge
 from mira_dagster.core.prompts import fill_record, judge_template
@@ -86,6 +93,20 @@ def test_anchor_rubric_recovers_planted_facets() -> None:
     refs = [d for d in found.dims if d.calibration_references]
     assert [d.slot for d in refs] == list(range(1, 13))
     assert all(r.calibration_references[0].dimension == r.name for r in refs)
+
+
+def test_the_rubric_does_not_depend_on_the_order_the_replies_came_in() -> None:
+    """After an interrupted run the judgments come back cached first, the rest after: the same items in another
+    order must give the same rubric (KMeans' start and the names' ties follow the input order)."""
+    items, _ = planted_items(seed=3)
+    tied = [i.model_copy(update={"dimension": "Alpha" if n % 2 else "Beta"}) for n, i in enumerate(items[:40])]
+    frame = judgments_frame([*tied, *items[40:]])
+    rubrics = []
+    for df in (frame, frame.reverse(), frame.sample(fraction=1.0, shuffle=True, seed=7)):
+        ordered = items_of(df)
+        x = HashedTfidfEmbedder().embed([item_text(i) for i in ordered])
+        rubrics.append(discover_anchors(ordered, x, seed=0).dims)
+    assert rubrics[0] == rubrics[1] == rubrics[2]
 
 
 def test_parse_free_judgment_formats() -> None:

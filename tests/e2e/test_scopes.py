@@ -60,7 +60,7 @@ def three_scopes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     out = {}
     for scope in ("group", "global", "source"):
         run = subprocess.run(
-            [str(BIN / "mira"), "run", "--config", str(_registry(tmp, scope))],
+            [str(BIN / "mira"), "run", "-v", "--config", str(_registry(tmp, scope))],  # -v: a line per run
             cwd=tmp,
             env=env,
             capture_output=True,
