@@ -35,6 +35,17 @@ def _prepare_env(config: str | None, home: str | None) -> Path:
     return home_path
 
 
+def _home_and_registry(args: argparse.Namespace) -> tuple[Path, MiraConfig | None]:
+    """The environment set up from --config/--home and the registry loaded; None (after one line saying why) when
+    the registry cannot be read."""
+    home = _prepare_env(args.config, args.home)
+    try:
+        return home, load_registry()
+    except ConfigError as exc:
+        print(f"mira: {exc}", file=sys.stderr)
+        return home, None
+
+
 def _unknown(what: str, names: list[str], known: list[str], registry: Path) -> int:
     """A name the registry does not have: one line saying which names it does have; exit code 2."""
     print(f"mira: unknown {what} {', '.join(names)} (the registry {registry} has {', '.join(known)})", file=sys.stderr)
@@ -56,11 +67,8 @@ def stages() -> list[tuple[str, tuple[str, ...], str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    home = _prepare_env(args.config, args.home)
-    try:
-        cfg = load_registry()
-    except ConfigError as exc:
-        print(f"mira: {exc}", file=sys.stderr)
+    home, cfg = _home_and_registry(args)
+    if cfg is None:
         return 2
     if unknown := sorted(set(args.source or []) - set(cfg.source_names())):
         return _unknown("source(s)", unknown, cfg.source_names(), cfg.path)
@@ -652,11 +660,8 @@ def cmd_forget_source(args: argparse.Namespace) -> int:
     reply cache: it is keyed by scorer_version and costs nothing to keep); a registered source is refused."""
     from mira_dagster.io.forget import forget_sources, stored_sources
 
-    home = _prepare_env(args.config, args.home)
-    try:
-        cfg = load_registry()
-    except ConfigError as exc:
-        print(f"mira: {exc}", file=sys.stderr)
+    home, cfg = _home_and_registry(args)
+    if cfg is None:
         return 2
     if registered := sorted(set(args.names) & set(cfg.sources)):
         print(
