@@ -21,20 +21,21 @@ TORCH_WHEELS ?= /opt/wheels
 	browser servers lock deps-latest
 
 $(UV): deps/uv.txt
-	$(PYTHON) -m venv $(UV_VENV)
-	$(UV_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r deps/uv.txt
-	touch $@
+	@$(PYTHON) -m venv $(UV_VENV)
+	@$(UV_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r deps/uv.txt
+	@touch $@
 
 # a venv made before the interpreter hook went keeps its mira_dagster.pth (uv does not own it): remove it
 define remove_old_hook
-	rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/mira_dagster.pth"
+	@rm -f "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/mira_dagster.pth"
 endef
 
 # the runtime packages only (what `make run` needs); --inexact keeps the test stack if `make test` installed it
 $(BIN)/.mira-installed: uv.lock pyproject.toml $(UV)
-	$(UV) sync --quiet --frozen --inexact
+	@echo "installing the runtime packages (uv.lock) into $(VENV)"
+	@$(UV) sync --quiet --frozen --inexact
 	$(remove_old_hook)
-	touch $@
+	@touch $@
 
 # the runtime and the test extra, exactly the lock (anything else in .venv is removed)
 $(BIN)/.mira-test-installed: uv.lock pyproject.toml $(UV)
@@ -53,7 +54,7 @@ setup-test: $(BIN)/.mira-test-installed
 	@$(BIN)/python -m mira_dagster.instance
 
 run: setup
-	$(BIN)/mira run
+	@$(BIN)/mira run
 
 lint: setup-test
 	$(BIN)/ruff check .
