@@ -54,13 +54,13 @@ def _unknown(what: str, names: list[str], known: list[str], registry: Path) -> i
 
 def stages() -> list[tuple[str, tuple[str, ...], str]]:
     """The stages in the order they run, one Dagster run per partition each: which assets, partitioned how."""
-    from mira_dagster.defs.freshness import CORPUS
+    from mira_dagster.defs.freshness import CORPUS, SCORING
 
     return [
         ("ingest", ("raw_records",), "source"),
         ("grouping", ("source_groups",), "all"),
         ("discovery", ("teacher_judgments", "anchor_rubric"), "unit"),
-        ("scoring", ("teacher_labels", "student_scores"), "source"),
+        ("scoring", SCORING, "source"),
         ("distill", ("distillation_dataset",), "unit"),
         ("corpus", CORPUS, "all"),
     ]
@@ -94,12 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     skipped: list[str] = []  # what was up to date
     warned: list[str] = []  # failed non-blocking checks: printed after the summary, the run still succeeds
     with dg.DagsterInstance.get() as instance:
+        register_partitions(instance, cfg)  # the partitions the sensor would add
         if args.plan:
-            register_partitions(instance, cfg)
             return print_plan(Evaluation(instance, mira, retry=True), cfg, scope, sources, args.force, mira)
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
-        register_partitions(instance, cfg)  # the partitions the sensor would add
         gated = False
         # Stages: every partition of a stage runs even when one fails (a bad source fails alone), but the next
         # stage starts only when the whole stage succeeded, so no rubric, mask, selection or export is ever replaced
@@ -138,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 warned += warning_lines(result, where)
                 if not result.success:
                     failures += failure_lines(result, where)
-                progress.done(result.success)
+                progress.done()
             progress.close(len(failures))
             if failures:
                 print_summary(home, cfg.source_names(), stale_selection=True)
@@ -230,11 +229,10 @@ class Progress:
     with -v."""
 
     def __init__(self, stage: str, total: int, verbose: bool) -> None:
-        self.stage, self.total, self.verbose, self.n, self.failed = stage, total, verbose, 0, 0
-        self.tty = sys.stdout.isatty() and not verbose
+        self.stage, self.total, self.verbose, self.n = stage, total, verbose, 0
         self.started = time.monotonic()
         self.bar = None
-        if self.tty:
+        if sys.stdout.isatty() and not verbose:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=stage, unit="run", leave=False, file=sys.stdout)
@@ -245,9 +243,8 @@ class Progress:
         elif self.bar is not None:
             self.bar.set_postfix_str(label[:60])
 
-    def done(self, ok: bool) -> None:
+    def done(self) -> None:
         self.n += 1
-        self.failed += not ok
         if self.bar is not None:
             self.bar.update(1)
 

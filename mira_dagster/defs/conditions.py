@@ -1,9 +1,10 @@
-"""The automation condition of every asset: run what is stale (defs/freshness.py) once what it reads is fresh and
-nothing upstream of it is queued or running. One condition, evaluated by the daemon's automation sensor and by
-`mira run` (dg.evaluate_automation_conditions), so the two cannot disagree about what runs."""
+"""The automation condition of every asset: run what is stale (defs/freshness.py) once nothing upstream of it is
+stale, queued or running. The daemon's automation sensor evaluates it; `mira run` asks the same freshness.Evaluation
+stage by stage (cli.stage_runs), so the two cannot disagree about what is stale."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -66,8 +67,9 @@ class Stale(dg.AutomationCondition):
         return dg.AutomationResult(context, true_subset=_subset(context, stale))
 
 
-def upstream_of(asset: str) -> set[str]:
-    """Every asset upstream of `asset` in the code location's graph."""
+@functools.cache
+def upstream_of(asset: str) -> frozenset[str]:
+    """Every asset upstream of `asset` in the code location's graph (fixed once the definitions are loaded)."""
     from mira_dagster.definitions import ALL_ASSETS
 
     parents = {
@@ -82,7 +84,7 @@ def upstream_of(asset: str) -> set[str]:
         if up not in seen:
             seen.add(up)
             todo.extend(parents.get(up, ()))
-    return seen
+    return frozenset(seen)
 
 
 def upstream_busy(ev: Evaluation, asset: str) -> str | None:

@@ -36,12 +36,6 @@ SCORING_ASSETS = (("teacher_labels", "teacher"), ("student_scores", "student"))
 
 
 @dataclass(frozen=True)
-class Staleness:
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class Latest:
     """A partition's latest materialisation: when (the event's storage id orders them) and its metadata."""
 
@@ -83,26 +77,6 @@ def ingest_reason(instance: dg.DagsterInstance, cfg: MiraConfig, source: str, re
     return "input files changed" if FILES_FINGERPRINT not in raw.metadata else "registry entry or ingest changed"
 
 
-def scoring_reason(instance: dg.DagsterInstance, source: str, versions: dict[str, str]) -> str | None:
-    """Why teacher_labels / student_scores of a source must run, or None. `versions`: role -> the scorer_version
-    the source's scorers have now."""
-    raw = latest(instance, "raw_records", source)
-    for asset, role in SCORING_ASSETS:
-        done = latest(instance, asset, source)
-        if done is None:
-            return f"{asset} never materialised"
-        meta = done.metadata
-        if meta.get("scorer_version") != versions[role]:
-            return f"{asset} scorer_version changed"
-        if raw is not None and raw.storage_id > done.storage_id:
-            return f"records re-ingested since {asset}"
-        if meta.get("checks_passed") is False:
-            return f"{asset} failed a blocking check last time"
-        if (meta.get("status_counts") or {}).get("request_error"):
-            return f"{asset} has records without a reply (request errors are retried)"
-    return None
-
-
 def scorer_versions(mira: Any, unit: str) -> dict[str, str]:
     """The scorer_version each role of a scorer unit has now (building a scorer probes its endpoints)."""
     return {role: mira.scorer(role, unit)[0].version for role in ("teacher", "student")}
@@ -122,22 +96,9 @@ def corpus_fingerprint(instance: dg.DagsterInstance, cfg: MiraConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def corpus_reason(instance: dg.DagsterInstance, cfg: MiraConfig) -> str | None:
-    report = latest(instance, "selection_report")
-    if report is None:
-        return "never materialised"
-    if report.metadata.get(CORPUS_FINGERPRINT) != corpus_fingerprint(instance, cfg):
-        return "an input changed"
-    return None
-
-
-def never_materialised(instance: dg.DagsterInstance, assets: Iterable[str], partition: str | None) -> bool:
-    return any(latest(instance, a, partition) is None for a in assets)
-
-
 SOURCES_FINGERPRINT = "sources_fingerprint"  # the sources an asset of several sources read (source_groups, units)
 UNIT_ASSETS = ("teacher_judgments", "anchor_rubric", "distillation_dataset")
-SCORING = ("teacher_labels", "student_scores")
+SCORING = tuple(asset for asset, _ in SCORING_ASSETS)
 CORPUS = (
     "dim_reliability",
     "reliability_mask",
@@ -286,8 +247,9 @@ class Evaluation:
         return None
 
     def _changed_since(self, asset: str, partition: str | None, failed: tuple[str, float]) -> bool:
-        """Whether anything asset[partition] reads changed after its failed run was created: a file or the registry
-        (raw_records), else any materialisation of an asset upstream of it."""
+        """Whether something may have changed since asset[partition]'s failed run was created: for raw_records, a
+        file or the registry written since; for the others, any run of the instance that succeeded since (coarse:
+        a later success elsewhere lets the daemon try once more)."""
         if asset == "raw_records":
             src = self.cfg.sources[str(partition)]
             try:
@@ -296,11 +258,8 @@ class Evaluation:
                 return False
             paths = [*files, self.cfg.path]
             return any(p.stat().st_mtime > failed[1] for p in paths if p.exists())
-        for record in self.instance.get_run_records(
-            dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS], created_after=_utc(failed[1])), limit=1
-        ):
-            return record is not None
-        return False
+        since = dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS], created_after=_utc(failed[1]))
+        return bool(self.instance.get_run_records(since, limit=1))
 
 
 def _utc(ts: float) -> Any:

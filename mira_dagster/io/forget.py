@@ -12,7 +12,6 @@ Exports are rewritten by the next corpus run.
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
 
 import polars as pl
 
@@ -57,11 +56,11 @@ def forget_sources(store: Store, names: Collection[str]) -> list[str]:
     wanted = set(names)
     done: list[str] = []
     for table in store.tables():
-        for partition in _partitions(store, table):
+        for partition in store.partitions(table):
             if table in SOURCE_PARTITIONED:
                 if partition in wanted:
                     rows = store.read(table, partition).height
-                    _remove(store, table, partition)
+                    store.remove(table, partition)
                     done.append(f"{table}: partition {partition} removed ({rows} rows)")
                 continue
             df = store.read(table, None if partition == UNPARTITIONED else partition)
@@ -75,12 +74,3 @@ def forget_sources(store: Store, names: Collection[str]) -> list[str]:
             done.append(f"{table}{where}: {df.height - kept.height} rows removed")
     store.refresh_catalog()
     return done
-
-
-def _partitions(store: Store, table: str) -> list[str]:
-    """The partition names of a table (its Parquet files' stems), through the store's one filesystem."""
-    return sorted(Path(key).stem for key in store.fs.glob(store.store_path(f"tables/{table}/*.parquet")))
-
-
-def _remove(store: Store, table: str, partition: str) -> None:
-    store.fs.rm(store.store_path(f"tables/{table}/{partition}.parquet"))

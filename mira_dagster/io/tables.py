@@ -143,6 +143,19 @@ class Store:
         """The partition's path in the store's filesystem."""
         return self.store_path(f"tables/{table}/{partition or UNPARTITIONED}.parquet")
 
+    def partitions(self, table: str) -> list[str]:
+        """The table's partition names (its Parquet files' stems); listed, not globbed: a home may hold glob
+        characters."""
+        try:
+            names = self.fs.ls(self.store_path(f"tables/{table}"), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(Path(n).stem for n in names if n.endswith(".parquet"))
+
+    def remove(self, table: str, partition: str | None = None) -> None:
+        """Delete one partition of a table (the catalogue is the caller's to refresh, once for all it removed)."""
+        self.fs.rm(self._key(table, partition))
+
     @contextmanager
     def _staged(self, name: str) -> Iterator[Path]:
         """A fresh local staging path (removed afterwards, whatever happens) for a file to be put into the store."""
