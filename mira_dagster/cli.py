@@ -1,4 +1,5 @@
-"""`mira`: the command line. `mira run` materialises the whole pipeline on the persistent instance."""
+"""`mira`: the command line. `mira run` brings the whole pipeline up to date on the persistent instance: through
+its Dagster daemon when one is running (handoff.py), else stage by stage in its own process."""
 
 from __future__ import annotations
 
@@ -75,9 +76,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mira_dagster import definitions as d
+    from mira_dagster.defs.daemon import daemon_running
     from mira_dagster.defs.freshness import Evaluation
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
+    from mira_dagster.handoff import follow
     from mira_dagster.io.cost import cost_gate
 
     # Dagster's console logger prints every engine event; quiet by default (our one line per stage, the failures,
@@ -97,6 +100,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         register_partitions(instance, cfg)  # the partitions the sensor would add
         if args.plan:
             return print_plan(Evaluation(instance, mira, retry=True), cfg, scope, sources, args.force, mira)
+        if daemon_running(instance):  # the daemon runs the work; two orchestrators never race over one instance
+            ev = Evaluation(instance, mira, retry=True)
+            judged = {p for p, *_ in stage_runs(ev, "discovery", stages()[2][1], units, force=args.force)[0]}
+            if (code := cost_gate(cfg, mira.store(), paid_runs(cfg, sources, judged), mira.endpoint)) is not None:
+                return code
+            ran, failures, warned = follow(instance, mira, stages(), args.source, args.force, args.verbose)
+            if failures:
+                return _failed(home, cfg, instance, failures, warned)
+            if not ran:
+                print("mira: nothing changed since the last run; the selection and export stand as they are")
+            print(f"Dagster's event log: {event_log(instance)} (`dagster dev` shows it)")
+            print_summary(home, cfg.source_names())
+            for line in warned:
+                print(f"mira: warning {line}", file=sys.stderr)
+            return _report_skipped(cfg)
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
         gated = False
@@ -140,18 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 progress.done()
             progress.close(len(failures))
             if failures:
-                print_summary(home, cfg.source_names(), stale_selection=True)
-                for line in warned:
-                    print(f"mira: warning {line}", file=sys.stderr)
-                for line in failures:
-                    print(f"mira: FAILED {line}", file=sys.stderr)
-                _report_skipped(cfg)
-                print(
-                    f"mira: {len(failures)} failure(s); later stages not run, so the last good selection and "
-                    f"export stay in place (-v shows Dagster's log; the event log: {event_log(instance)})",
-                    file=sys.stderr,
-                )
-                return 1
+                return _failed(home, cfg, instance, failures, warned)
         if skipped and ran:
             shown = skipped if args.verbose or len(skipped) <= 6 else [*skipped[:5], "..."]
             print(f"up to date, not run ({len(skipped)}; -v lists all, --force runs all): " + "; ".join(shown))
@@ -162,6 +169,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in warned:
         print(f"mira: warning {line}", file=sys.stderr)
     return _report_skipped(cfg)
+
+
+def _failed(home: Path, cfg: MiraConfig, instance: DagsterInstance, failures: list[str], warned: list[str]) -> int:
+    """The end of a run with failures: the tables as they stand, one line per failure, exit code 1."""
+    print_summary(home, cfg.source_names(), stale_selection=True)
+    for line in warned:
+        print(f"mira: warning {line}", file=sys.stderr)
+    for line in failures:
+        print(f"mira: FAILED {line}", file=sys.stderr)
+    _report_skipped(cfg)
+    print(
+        f"mira: {len(failures)} failure(s); later stages not run, so the last good selection and "
+        f"export stay in place (-v shows Dagster's log; the event log: {event_log(instance)})",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def print_plan(ev: Evaluation, cfg: MiraConfig, scope: dict, sources: list[str], force: bool, mira: object) -> int:
@@ -319,23 +342,48 @@ HOST_TAG = "mira/host"  # a process id means something on its own machine only
 
 
 def release_dead_runs(instance: DagsterInstance) -> list[str]:
-    """Runs of a `mira run` that was killed stay "started" and keep their concurrency-pool slots, so the next one
-    would wait for those slots forever. Mark them failed and free their slots; runs of live processes are left, and
-    so are runs of other machines (an instance on PostgreSQL is shared: their process ids cannot be checked here;
-    the `mira run` of that machine releases them)."""
+    """Runs whose process was killed stay "started" and keep their concurrency-pool slots, so the next run would
+    wait for those slots forever, and Dagster's run monitoring cannot see it: its default run launcher has no
+    worker health check (1.13). Mark them failed and free their slots: runs of a `mira run` whose process (tag
+    mira/pid) is gone, and runs the daemon launched whose worker process (the pid of their "Started process for run"
+    event) is gone. Runs of live processes are left, and so are runs of other machines (an instance on PostgreSQL is
+    shared: their process ids cannot be checked here; the `mira run` of that machine releases its own)."""
     import dagster as dg
+
+    from mira_dagster.instance import use_postgres
 
     in_progress = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
     released = []
     here = socket.gethostname()
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=in_progress, tags={"mira/entry": "mira run"})):
-        pid = run.tags.get(PID_TAG)
-        if pid is None or run.tags.get(HOST_TAG, here) != here or _alive(int(pid)):
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=in_progress)):
+        if run.tags.get("mira/entry") == "mira run":
+            pid = run.tags.get(PID_TAG)
+            if pid is None or run.tags.get(HOST_TAG, here) != here or _alive(int(pid)):
+                continue
+            why = f"its `mira run` process ({pid}) is gone"
+        elif use_postgres() or run.status != dg.DagsterRunStatus.STARTED:
             continue
-        instance.report_run_failed(run, f"its `mira run` process ({pid}) is gone")
+        else:
+            worker = _worker_pid(instance, run.run_id)
+            if worker is None or _alive(worker):
+                continue
+            why = f"its run worker process ({worker}) is gone"
+        instance.report_run_failed(run, why)
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         released.append(run.run_id)
     return released
+
+
+def _worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
+    """The pid a launched run's worker logged when it started (its "Started process for run" engine event)."""
+    import dagster as dg
+
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        event = entry.dagster_event
+        if event is not None and (event.message or "").startswith("Started process for run"):
+            pid = event.engine_event_data.metadata.get("pid")
+            return int(pid.value) if pid is not None else None
+    return None
 
 
 def _alive(pid: int) -> bool:

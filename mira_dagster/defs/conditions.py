@@ -89,8 +89,8 @@ def upstream_of(asset: str) -> frozenset[str]:
 
 def upstream_busy(ev: Evaluation, asset: str) -> str | None:
     """Why `asset` must wait: a run queued or in progress, or a backfill not done, that materialises something upstream
-    of it; or something upstream of it stale (it runs first). The corpus assets run as one block: they do not wait
-    for each other."""
+    of it; something upstream of it stale (it runs first), or whose latest run failed (as `mira run` starts no stage
+    after a failed one). The corpus assets run as one block: they do not wait for each other."""
     up = upstream_of(asset)
     # for a corpus asset, a run of any of the block counts (Dagster's in_progress ends at an asset's materialisation,
     # before its run ends, and a block half done is stale)
@@ -105,6 +105,15 @@ def upstream_busy(ev: Evaluation, asset: str) -> str | None:
         for partition in ev.partitions(name):
             if ev.reason(name, partition) is not None:
                 return f"{name}[{partition}] stale upstream" if partition else f"{name} stale upstream"
+    return failed_upstream(ev, asset)
+
+
+def failed_upstream(ev: Evaluation, asset: str) -> str | None:
+    """Why `asset` waits for a failed run upstream of it: nothing runs over the output of a failed run."""
+    for name in sorted(upstream_of(asset) - (set(CORPUS) if asset in CORPUS else set())):
+        for partition in ev.partitions(name):
+            if (why := ev.waiting(name, partition)) is not None:
+                return f"{name}[{partition}] upstream: {why}" if partition else f"{name} upstream: {why}"
     return None
 
 

@@ -12,7 +12,9 @@ together), the settings, the sources or any scoring partition (`corpus_fingerpri
 than the one before it. With `retry` (what `mira run` asks), work that ended incomplete counts too: a scoring whose
 blocking check failed or that left records without a reply, and a partition whose latest run failed. Without it
 (the daemon, every tick), such work waits for its inputs to change or for a `mira run`, instead of failing again at
-every tick.
+every tick. A `mira run` on an instance whose daemon is running asks the daemon for that retry (and for --force)
+with a request (`record_request`: an observation of selection_report): what it covers and that was not
+materialised, nor tried and failed, since the request counts as `retry` (or forced) for the daemon too, once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,50 @@ INPUT_FINGERPRINT = "input_fingerprint"  # everything that changes raw_records (
 FILES_FINGERPRINT = "files_fingerprint"  # the files alone, to say which changed
 CORPUS_FINGERPRINT = "corpus_fingerprint"
 SCORING_ASSETS = (("teacher_labels", "teacher"), ("student_scores", "student"))
+
+
+REQUEST = "mira_run_request"  # metadata key of the observation a `mira run` records for the daemon
+REQUEST_ASSET = "selection_report"  # the asset observed: the end of the pipeline, unpartitioned
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a `mira run` asked of the daemon at `timestamp`: retry incomplete work (always), rerun everything
+    (`force`), for these sources (None: all)."""
+
+    timestamp: float
+    force: bool
+    sources: tuple[str, ...] | None
+
+    def covers(self, sources: Iterable[str]) -> bool:
+        return self.sources is None or bool(set(self.sources) & set(sources))
+
+
+def record_request(instance: dg.DagsterInstance, force: bool, sources: list[str] | None) -> Request:
+    """Ask the instance's daemon, through its event log, to retry (or force) on the next evaluations."""
+    payload = {"force": force, "sources": sorted(sources) if sources is not None else None}
+    instance.report_runless_asset_event(
+        dg.AssetObservation(
+            asset_key=dg.AssetKey(REQUEST_ASSET),
+            description="`mira run` asks the daemon to retry incomplete work" + (" and rerun all" if force else ""),
+            metadata={REQUEST: dg.MetadataValue.json(payload)},
+        )
+    )
+    request = latest_request(instance)
+    assert request is not None  # just written
+    return request
+
+
+def latest_request(instance: dg.DagsterInstance) -> Request | None:
+    """The newest `mira run` request of the instance, if any."""
+    for record in instance.fetch_observations(dg.AssetKey(REQUEST_ASSET), limit=5).records:
+        obs = record.asset_observation
+        value = obs.metadata.get(REQUEST) if obs is not None else None
+        if value is not None:
+            payload = value.value
+            sources = payload.get("sources")
+            return Request(record.timestamp, bool(payload.get("force")), tuple(sources) if sources else None)
+    return None
 
 
 @dataclass(frozen=True)
@@ -125,6 +171,8 @@ class Evaluation:
         self._versions: dict[str, dict[str, str] | str] = {}
         self._latest: dict[tuple[str, str | None], Latest | None] = {}
         self._reasons: dict[tuple[str, str | None], str | None] = {}
+        self._waiting: dict[tuple[str, str | None], str] = {}
+        self.request = None if retry else latest_request(instance)
 
     def latest(self, asset: str, partition: str | None = None) -> Latest | None:
         key = (asset, partition)
@@ -166,13 +214,42 @@ class Evaluation:
             self._reasons[key] = self._reason(asset, partition)
         return self._reasons[key]
 
+    def waiting(self, asset: str, partition: str | None = None) -> str | None:
+        """Why asset[partition] would run but waits: its latest run failed and nothing changed since (the daemon
+        does not try it again at every tick). What reads it waits too."""
+        self.reason(asset, partition)
+        return self._waiting.get((asset, partition))
+
+    def _scope(self, asset: str, partition: str | None) -> list[str]:
+        """The sources asset[partition] is about, to match a request's scope."""
+        if asset in ("raw_records", *SCORING):
+            return [str(partition)]
+        if asset in UNIT_ASSETS and partition in self.cfg.scorer_units():
+            return list(self.cfg.scorer_units()[str(partition)].sources)
+        return list(self.cfg.source_names())
+
+    def _asked(self, asset: str, partition: str | None, me: Latest | None) -> Request | None:
+        """The `mira run` request that still applies to asset[partition]: made after its latest materialisation,
+        and not yet tried (no run of it failed since the request)."""
+        req = self.request
+        if req is None or not req.covers(self._scope(asset, partition)):
+            return None
+        if me is not None and me.timestamp >= req.timestamp:
+            return None
+        failed = self._failed_run(asset, partition, me)
+        return None if failed is not None and failed[1] >= req.timestamp else req
+
     def _reason(self, asset: str, partition: str | None) -> str | None:
         cfg = self.cfg
+        me = self.latest(REQUEST_ASSET if asset in CORPUS else asset, partition)
+        asked = None if self.retry else self._asked(asset, partition, me)
+        if asked is not None and asked.force:
+            return "forced by `mira run --force`"
+        retry = self.retry or asked is not None
         if asset in CORPUS:
-            return self._corpus()
-        me = self.latest(asset, partition)
-        if asset == "raw_records":
-            why = ingest_reason(self.instance, cfg, str(partition), self.retry)
+            why = self._corpus()
+        elif asset == "raw_records":
+            why = ingest_reason(self.instance, cfg, str(partition), retry)
         elif me is None:
             why = "never materialised"
         elif asset == "source_groups":
@@ -180,7 +257,7 @@ class Evaluation:
             why = self._members_changed(me, names) or self._newer((("raw_records", s) for s in names), me)
         elif asset in SCORING:
             versions = self.versions(str(partition))
-            why = versions if isinstance(versions, str) else self._scoring(asset, str(partition), versions, me)
+            why = versions if isinstance(versions, str) else self._scoring(asset, str(partition), versions, me, retry)
         else:  # a scorer unit's asset
             members = cfg.scorer_units()[str(partition)].sources if partition in cfg.scorer_units() else []
             reads: list[tuple[str, str | None]] = {
@@ -191,26 +268,29 @@ class Evaluation:
             why = self._newer(reads, me)
             if why is None and asset != "anchor_rubric":
                 why = self._members_changed(me, members)
-        if self.retry:
+        if retry:
             return why or self._failed_last(asset, partition, me)
         if why is not None and (failed := self._failed_run(asset, partition, me)) is not None:
-            return why if self._changed_since(asset, partition, failed) else None
+            if self._changed_since(asset, partition, failed):
+                return why
+            self._waiting[(asset, partition)] = f"{why}; its run {failed[0][:8]} failed, waiting for a change"
+            return None
         return why
 
     def _members_changed(self, me: Latest, sources: Iterable[str]) -> str | None:
         recorded = me.metadata.get(SOURCES_FINGERPRINT)
         return "its sources changed" if recorded not in (None, sources_fingerprint(sources)) else None
 
-    def _scoring(self, asset: str, source: str, versions: dict[str, str], me: Latest) -> str | None:
+    def _scoring(self, asset: str, source: str, versions: dict[str, str], me: Latest, retry: bool) -> str | None:
         raw = self.latest("raw_records", source)
         role = dict(SCORING_ASSETS)[asset]
         if me.metadata.get("scorer_version") != versions[role]:
             return "scorer_version changed"
         if raw is not None and raw.storage_id > me.storage_id:
             return "records re-ingested since"
-        if self.retry and me.metadata.get("checks_passed") is False:
+        if retry and me.metadata.get("checks_passed") is False:
             return "failed a blocking check last time"
-        if self.retry and (me.metadata.get("status_counts") or {}).get("request_error"):
+        if retry and (me.metadata.get("status_counts") or {}).get("request_error"):
             return "records without a reply (request errors are retried)"
         return None
 
@@ -224,8 +304,6 @@ class Evaluation:
             return "a run stopped between two corpus assets"
         if report.metadata.get(CORPUS_FINGERPRINT) != corpus_fingerprint(self.instance, self.cfg):
             return "an input changed"
-        if self.retry:
-            return self._failed_last("selection_report", None, report)
         return None
 
     def _failed_last(self, asset: str, partition: str | None, me: Latest | None) -> str | None:

@@ -250,3 +250,45 @@ def test_corpus_assets_follow_their_inputs(env: MiraResource) -> None:
     _materialize(mira, instance, "lean_qa")  # a source re-ran (a backfill, say)
     got = _requested(instance, mira)
     assert "source_groups" in got and not corpus & set(got)  # the corpus waits for what is stale upstream
+
+
+def test_a_mira_run_request_makes_the_daemon_retry_once(env: MiraResource, small_config: Path) -> None:
+    """With a daemon, `mira run` asks for its retry through the instance: a failed partition runs again once (not
+    at every tick once that retry failed too), and nothing reads the output of a failed run meanwhile."""
+    from mira_dagster.defs.conditions import failed_upstream
+    from mira_dagster.defs.freshness import latest_request, record_request
+
+    mira = env
+    instance = in_process_instance()
+    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+    job = defs.resolve_job_def("refresh_sources")
+    _materialize(mira, instance, "agent_openhands")
+    time.sleep(1.1)  # run creation times are whole seconds on SQLite
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.FAILURE, tags={"dagster/partition": "lean_qa"})
+    assert _requested(instance, mira) == {}  # waits, and so does what reads it
+    ev = Evaluation(instance, mira, retry=False)
+    assert "failed, waiting for a change" in str(ev.waiting("raw_records", "lean_qa"))
+    assert "raw_records[lean_qa]" in str(failed_upstream(ev, "source_groups"))
+
+    time.sleep(1.1)
+    request = record_request(instance, force=False, sources=None)
+    assert latest_request(instance) == request and not request.force
+    assert _requested(instance, mira) == {"raw_records": ["lean_qa"]}
+    time.sleep(1.1)
+    instance.create_run_for_job(job, status=dg.DagsterRunStatus.FAILURE, tags={"dagster/partition": "lean_qa"})
+    assert _requested(instance, mira) == {}  # the retry was tried and failed: it waits again
+
+
+def test_a_forced_request_reruns_what_it_covers(env: MiraResource) -> None:
+    from mira_dagster.defs.freshness import record_request
+
+    mira = env
+    instance = in_process_instance()
+    for source in ("lean_qa", "agent_openhands"):
+        _materialize(mira, instance, source)
+    assert _reasons(mira, instance) == {}
+    time.sleep(0.01)
+    record_request(instance, force=True, sources=["lean_qa"])
+    assert _reasons(mira, instance) == {"lean_qa": "raw_records: forced by `mira run --force`"}
+    _materialize(mira, instance, "lean_qa")  # materialised after the request: done
+    assert _reasons(mira, instance) == {}

@@ -59,3 +59,28 @@ def test_runs_of_another_machine_are_left_alone(tmp_path: Path) -> None:
     here = _run(instance, dead.pid, host=socket.gethostname())
     assert release_dead_runs(instance) == [here]
     assert instance.get_run_by_id(elsewhere).status == dg.DagsterRunStatus.STARTED
+
+
+def test_daemon_runs_whose_worker_died_are_released(tmp_path: Path) -> None:
+    """Dagster's default run launcher has no worker health check: a run the daemon launched whose worker process
+    died would stay "started" (holding its pool slots, and a following `mira run` waiting). Its worker's pid is in
+    the run's "Started process for run" event, as Dagster's run worker writes it."""
+    from dagster._core.events import EngineEventData  # the event the run worker itself reports
+
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"))
+    defs = dg.Definitions(assets=ALL_ASSETS, resources={"mira": MiraResource()})
+    job = defs.resolve_implicit_global_asset_job_def()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    runs = {}
+    for name, pid in (("dead", dead.pid), ("alive", os.getpid()), ("unknown", None)):
+        run = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"dagster/sensor_name": "x"})
+        if pid is not None:
+            data = EngineEventData(metadata={"pid": dg.MetadataValue.text(str(pid))})
+            instance.report_engine_event(f"Started process for run (pid: {pid}).", run, engine_event_data=data)
+        runs[name] = run.run_id
+    assert release_dead_runs(instance) == [runs["dead"]]
+    assert instance.get_run_by_id(runs["dead"]).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(runs["alive"]).status == dg.DagsterRunStatus.STARTED
+    assert instance.get_run_by_id(runs["unknown"]).status == dg.DagsterRunStatus.STARTED
