@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mira_dagster.defs.freshness import Evaluation
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
-    from mira_dagster.handoff import follow
+    from mira_dagster.handoff import follow, start_daemon
     from mira_dagster.io.cost import cost_gate
 
     # Dagster's console logger prints every engine event; quiet by default (our one line per stage, the failures,
@@ -100,6 +100,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         register_partitions(instance, cfg)  # the partitions the sensor would add
         if args.plan:
             return print_plan(Evaluation(instance, mira, retry=True), cfg, scope, sources, args.force, mira)
+        if args.daemon and not daemon_running(instance):
+            try:
+                print(f"mira: {start_daemon(instance, Path(instance.root_directory))}", flush=True)
+            except RuntimeError as exc:
+                print(f"mira: {exc}", file=sys.stderr)
+                return 1
         if daemon_running(instance):  # the daemon runs the work; two orchestrators never race over one instance
             ev = Evaluation(instance, mira, retry=True)
             judged = {p for p, *_ in stage_runs(ev, "discovery", stages()[2][1], units, force=args.force)[0]}
@@ -807,6 +813,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-v", "--verbose", action="store_true", help="show Dagster's event log")
     run.add_argument("--force", action="store_true", help="run every step, also those that are up to date")
     run.add_argument("--plan", action="store_true", help="print what would run and what it would cost; run nothing")
+    run.add_argument(
+        "--daemon",
+        action="store_true",
+        help="start the instance's Dagster daemon when none runs (it stays), and let it run the work",
+    )
     args = parser.parse_args(argv)
     try:
         if argv is None and args.fn is not cmd_init:

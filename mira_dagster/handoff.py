@@ -8,10 +8,12 @@ race over one instance."""
 from __future__ import annotations
 
 import datetime
+import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -54,6 +56,34 @@ class RunEvents:
 
     def get_step_failure_events(self) -> list[Any]:
         return self.failures
+
+
+START_SECONDS = 180.0  # a daemon's first heartbeat (it loads the code location first): 20-60 s measured here
+
+
+def start_daemon(instance: dg.DagsterInstance, home: Path) -> str:
+    """Start `dagster-daemon run` for this instance, detached (its own session: it outlives this command and keeps
+    following the inputs), logging to <DAGSTER_HOME>/daemon.log, its pid in daemon.pid; wait for its heartbeat.
+    Returns the line that says how to stop it. Raises RuntimeError naming the log when it does not come up."""
+    from mira_dagster.defs.daemon import daemon_running
+
+    log = home / "daemon.log"
+    exe = Path(sys.executable).parent / "dagster-daemon"
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [str(exe), "run", "-m", "mira_dagster.definitions"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    (home / "daemon.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + START_SECONDS
+    while not daemon_running(instance):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Dagster daemon did not start (exit code {proc.poll()}); see {log}")
+        time.sleep(POLL_SECONDS)
+    return f"started the Dagster daemon (pid {proc.pid}, log {log}); it keeps running: `kill {proc.pid}` stops it"
 
 
 def stage_of(run: dg.DagsterRun, stages: list[tuple[str, tuple[str, ...], str]]) -> str:

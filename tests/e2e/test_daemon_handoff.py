@@ -1,10 +1,11 @@
 """`mira run` on an instance whose daemon is running launches nothing itself: the daemon's automation runs every
 step (through the run queue), `mira run` asks it to retry incomplete work and follows its runs. A real
-`dagster-daemon run`; a source whose file went missing fails, waits (the daemon does not retry it at every tick),
-and is retried when `mira run` asks."""
+`dagster-daemon run`, started by `mira run --daemon`; a source whose file went missing fails, waits (the daemon does
+not retry it at every tick), and is retried when `mira run` asks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,38 +26,23 @@ DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunS
 
 
 @pytest.fixture
-def daemon(small_config: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A project folder with the small registry and a running daemon (its heartbeat written)."""
+def daemon_project(small_config: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A project folder with the small registry; the daemon a `mira run --daemon` there starts is stopped after."""
     tmp_path = small_config.parent
     env = {**user_env(tmp_path), "MIRA_CONFIG": str(small_config), "MIRA_HOME": str(tmp_path / ".mira")}
-    init = subprocess.run([BIN / "mira", "summary"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert init.returncode == 0, init.stderr  # the instance and its dagster.yaml, as any first command makes them
-    proc = subprocess.Popen(
-        [BIN / "dagster-daemon", "run"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            with open_instance(tmp_path / ".mira" / "dagster") as inst:
-                if inst.get_daemon_heartbeats():
-                    break
-            assert proc.poll() is None, "dagster-daemon exited"
-            time.sleep(2)
-        else:
-            pytest.fail("no daemon heartbeat in 180 s")
         yield tmp_path, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        pid_file = tmp_path / ".mira" / "dagster" / "daemon.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    os.kill(pid, 0)  # raises once it is gone
+                    time.sleep(1)
+                os.killpg(pid, signal.SIGKILL)
 
 
 def _runs(project: Path) -> list[dg.DagsterRun]:
@@ -64,14 +50,16 @@ def _runs(project: Path) -> list[dg.DagsterRun]:
         return list(inst.get_runs())
 
 
-def _mira_run(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BIN / "mira", "run"], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+def _mira_run(project: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    cmd = [BIN / "mira", "run", *flags]
+    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_mira_run_hands_the_work_to_the_running_daemon(daemon: tuple[Path, dict[str, str]]) -> None:
-    project, env = daemon
-    first = _mira_run(project, env)
+def test_mira_run_hands_the_work_to_the_running_daemon(daemon_project: tuple[Path, dict[str, str]]) -> None:
+    project, env = daemon_project
+    first = _mira_run(project, env, "--daemon")  # starts the daemon, which stays; later `mira run`s find it
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "mira: started the Dagster daemon (pid" in first.stdout
     assert "the Dagster daemon of this instance runs the work" in first.stdout
     assert "| TOTAL " in first.stdout
     runs = _runs(project)
