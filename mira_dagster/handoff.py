@@ -121,7 +121,8 @@ def follow(
     from mira_dagster.cli import failure_lines, release_dead_runs, warning_lines
 
     request = record_request(instance, force, sources)
-    since = datetime.datetime.fromtimestamp(request.timestamp, tz=datetime.UTC)
+    # SQLite keeps a run's creation time in whole seconds: look a little earlier, then leave out what ended before
+    since = datetime.datetime.fromtimestamp(request.timestamp - 2, tz=datetime.UTC)
     print(
         "mira: the Dagster daemon of this instance runs the work (run queue, pools and limits of dagster.yaml); "
         f"asked it to retry incomplete work{' and rerun every step' if force else ''}, following its runs",
@@ -149,6 +150,9 @@ def follow(
                 in_flight = True
                 continue
             if run.run_id in ended:
+                continue
+            if run.run_id not in watched and (record.end_time or 0.0) < request.timestamp:
+                ended[run.run_id] = "before"  # a run that ended before the request: not this command's
                 continue
             stage = stage_of(run, stages)
             ended[run.run_id] = stage
@@ -188,7 +192,7 @@ def follow(
     for stage in order:
         if per_stage[stage] and stage not in printed and not verbose:
             _stage_line(stage, per_stage[stage], failed_stage[stage])
-    return len(ended), failures, warnings
+    return sum(stage != "before" for stage in ended.values()), failures, warnings
 
 
 def _stage_line(stage: str, runs: int, failed: int) -> None:
