@@ -452,12 +452,11 @@ def summary_rows(home: Path, sources: list[str]) -> list[list[object]]:
         if row is None:
             rows.append([source, 0, 0, "not ingested", 0, 0, 0, 0, 0.0])
             continue
-        rows.append(
-            [
-                row.get(c) if row.get(c) is not None else (0 if c != "top_quarantine_reason" else "")
-                for c in SUMMARY_COLUMNS
-            ]
-        )
+        blank = {c: 0 if c != "top_quarantine_reason" else "" for c in SUMMARY_COLUMNS}
+        values = [row.get(c) if row.get(c) is not None else blank[c] for c in SUMMARY_COLUMNS]
+        if sources and source not in sources:  # data in the store, no registry entry (`mira forget-source` removes it)
+            values[0] = f"{source} (not in the registry)"
+        rows.append(values)
     return rows
 
 

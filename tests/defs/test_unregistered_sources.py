@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mira_dagster.cli import main
+from mira_dagster.cli import SUMMARY_COLUMNS, main, summary_rows
 from mira_dagster.definitions import ALL_ASSETS, CORPUS_ASSETS
 from mira_dagster.defs.partitions import in_process_instance
 from mira_dagster.defs.resources import MiraResource
@@ -78,6 +78,10 @@ def test_drop_leaves_it_out_and_says_so(home_without_source: tuple[Path, Path]) 
     store = Store(home)
     assert set(store.read("aggregated_scores")["source"].unique()) == {"lean_qa"}
     assert DROPPED not in set(store.read("selected_subset")["source"].unique())
+    # the summary still shows its rows in the store, named as what they are
+    rows = {row[0]: row for row in summary_rows(home, ["lean_qa"])}
+    assert set(rows) == {"lean_qa", f"{DROPPED} (not in the registry)"}
+    assert rows[f"{DROPPED} (not in the registry)"][SUMMARY_COLUMNS.index("records_kept")] == 0
 
 
 def test_forget_source_removes_its_data_then_the_corpus_passes(
