@@ -15,13 +15,12 @@ import warnings
 
 import dagster as dg
 
+from mira_dagster.defs.conditions import SCORER_GROUP_TAG
 from mira_dagster.defs.ingest import raw_records
 from mira_dagster.defs.partitions import source_partitions, unit_partitions, unregistered_sources
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import student_scores, teacher_labels
 from mira_dagster.settings import DEPLOY_VARS, Deployment
-
-SCORER_GROUP_TAG = "mira/scorer_group"
 
 
 def _scorer_group_tag(source: str) -> dict[str, str]:

@@ -131,7 +131,60 @@ class Blocked(dg.AutomationCondition):
         return dg.AutomationResult(context, true_subset=candidate if busy else context.get_empty_subset())
 
 
+SCORER_GROUP_TAG = "mira/scorer_group"
+
+
+def group_limit(instance: dg.DagsterInstance) -> int | None:
+    """dagster.yaml's limit of runs in progress per scorer group (tag mira/scorer_group, a limit per value), if any."""
+    queue = instance.get_concurrency_config().run_queue_config
+    for rule in (queue.tag_concurrency_limits if queue is not None else None) or []:
+        value = rule.get("value")
+        if rule.get("key") == SCORER_GROUP_TAG and isinstance(value, dict) and value.get("applyLimitPerUniqueValue"):
+            return int(rule["limit"])
+    return None
+
+
+def within_group_limit(ev: Evaluation, keys: Iterable[str], limit: int) -> list[str]:
+    """The source partitions of `keys` that may start now: per scorer group, at most `limit` in progress (the runs
+    of its sources already queued or running count), the rest at a later tick."""
+    cfg = ev.cfg
+    busy: dict[str, int] = {}
+    for record in ev.instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
+        source = record.dagster_run.tags.get("dagster/partition")
+        if source in cfg.sources:
+            group = cfg.unit_of(source).key
+            busy[group] = busy.get(group, 0) + 1
+    keep = []
+    for key in sorted(keys):
+        group = cfg.unit_of(key).key if key in cfg.sources else key
+        if busy.get(group, 0) < limit:
+            keep.append(key)
+            busy[group] = busy.get(group, 0) + 1
+    return keep
+
+
+class WithinGroupLimit(dg.AutomationCondition):
+    """dagster.yaml's per-group run limit for the runs automation requests: the run queue applies it by the tag
+    mira/scorer_group, which an automation sensor's runs cannot carry per partition, so the condition applies it."""
+
+    @property
+    def name(self) -> str:
+        return "within_group_limit"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
+        candidate = context.candidate_subset
+        instance = context.asset_graph_view.instance
+        limit = group_limit(instance)
+        if limit is None or not candidate.is_partitioned or candidate.is_empty:
+            return dg.AutomationResult(context, true_subset=candidate)
+        ev = evaluation(instance, context.evaluation_time)
+        keys = candidate.expensively_compute_partition_keys()
+        if not set(keys) <= set(ev.cfg.sources):  # scorer-unit partitions: not a source's run
+            return dg.AutomationResult(context, true_subset=candidate)
+        return dg.AutomationResult(context, true_subset=_subset(context, within_group_limit(ev, keys, limit)))
+
+
 STALE = Stale()
-FOLLOW_INPUTS = (STALE & ~dg.AutomationCondition.in_progress() & ~Blocked()).with_label(
-    "stale, nothing upstream stale or running"
+FOLLOW_INPUTS = (STALE & ~dg.AutomationCondition.in_progress() & ~Blocked() & WithinGroupLimit()).with_label(
+    "stale, nothing upstream stale or running, within the group's run limit"
 )

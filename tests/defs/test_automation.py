@@ -292,3 +292,40 @@ def test_a_forced_request_reruns_what_it_covers(env: MiraResource) -> None:
     assert _reasons(mira, instance) == {"lean_qa": "raw_records: forced by `mira run --force`"}
     _materialize(mira, instance, "lean_qa")  # materialised after the request: done
     assert _reasons(mira, instance) == {}
+
+
+def test_automation_keeps_dagster_yamls_per_group_run_limit(
+    small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs an automation sensor requests carry no per-partition tag, so the run queue cannot apply dagster.yaml's
+    per-group limit to them: the condition does. Three sources of group 2 under a limit of 2, one already running."""
+    import yaml
+
+    from mira_dagster.package_data import DAGSTER_YAML
+
+    text = small_config.read_text(encoding="utf-8")
+    entry = '  {}: {{group: "2", format: qa_with_think, files: [data/{}.jsonl]}}\n'
+    extra = "".join(entry.format(name, name) for name in ("lean_b", "lean_c"))
+    small_config.write_text(text.replace("sources:\n", "sources:\n" + extra), encoding="utf-8")
+    for name in ("lean_b", "lean_c"):
+        (tmp_path / "data" / f"{name}.jsonl").write_text(
+            (tmp_path / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").read_text()
+        )
+    monkeypatch.setenv("MIRA_CONFIG", str(small_config))
+    monkeypatch.setenv("MIRA_HOME", str(tmp_path / "home"))
+    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+    settings = yaml.safe_load(DAGSTER_YAML.read_text(encoding="utf-8"))
+    (tmp_path / "dagster").mkdir()
+    instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"), overrides=settings)
+    register_partitions(instance, mira.config())
+    # two per group: group 2's first two (by name), group D's one
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_b", "lean_c"]}
+    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+    job = defs.resolve_job_def("refresh_sources")
+    instance.create_run_for_job(
+        job,
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "lean_b"},
+        asset_selection=frozenset({dg.AssetKey("raw_records")}),
+    )
+    assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_c"]}  # lean_b runs: one more
