@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
+import pyarrow as pa
 from pydantic import BaseModel
 
+from mira_dagster.core.columnar import PY_SPACE, Placed, place, plain_line, within
 from mira_dagster.core.config import Family
 from mira_dagster.core.layouts import (
     PREFERENCE_LAYOUTS,
@@ -417,21 +419,54 @@ class BatchParser:
         earlier: Callable[[list[str]], Mapping[str, str]] | None = None,
         stats: IngestStats | None = None,
         preference: Literal["chosen", "rejected", "both"] = "chosen",
+        decode: Callable[[list[bytes]], pa.Table | None] | None = None,
     ) -> None:
+        """`decode(lines)`, when given, decodes a batch's plain JSON Lines lines into an Arrow table (one row a
+        line, None when it cannot): the rows the common layouts place are then read as columns (core/columnar.py),
+        the others per record."""
         self.source, self.group_id, self.family = source, group_id, family
         self.max_bytes, self.mapping = max_bytes, mapping
         self.stats = stats or IngestStats()
         self._earlier = earlier
         self._seen: dict[str, str] = {}  # record_id -> "file:line" of its first occurrence in this read
         self.sides: tuple[Side, ...] = ("chosen", "rejected") if preference == "both" else (preference,)
+        self._decode = decode if mapping is None and preference == "chosen" else None
+
+    def _columnar(self, units: list[Unit], form: str) -> tuple[Placed, list[int]] | None:
+        """The batch's units read as columns: (what columnar.place placed, the unit index of each placed row)."""
+        if self._decode is None or form != "json" or self.family == "agent":
+            return None
+        lines = [
+            i
+            for i, u in enumerate(units)
+            if u.oversize is None and u.error is None and plain_line(u.raw, self.max_bytes)
+        ]
+        if not lines:
+            return None
+        try:
+            table = self._decode([units[i].raw for i in lines])  # type: ignore[misc]
+            placed = place(table, self.family) if table is not None else None
+        except Exception:  # anything the columns cannot read is read per record, which says why
+            return None
+        if placed is None:
+            return None
+        placed = within(placed, self.max_bytes)
+        return placed, [lines[r] for r in placed.rows]
 
     def parse(self, name: str, units: list[Unit], form: str = "json") -> Parsed:
         """Decode, normalise, hash and deduplicate one batch of file `name` (all per-record Python). `form` is how
         the file holds its values: "json" or "row" (a table), kept with each record's original."""
         parsed = Parsed(form=form)
+        columnar = self._columnar(units, form)
+        at: dict[int, int] = {}  # unit index -> its row in the columnar result
+        if columnar is not None:
+            at = {u: k for k, u in enumerate(columnar[1])}
         # first pass: decode and hash every unit of the batch; then one question to `earlier` for the whole batch
-        decoded: list[tuple[Unit, Any, Any, list[tuple[Side, Any]] | Rejected]] = []
-        for unit in units:
+        decoded: list[tuple[Unit, Any, Any, list[tuple[Side, Any]] | Rejected | int]] = []
+        for i, unit in enumerate(units):
+            if i in at:
+                decoded.append((unit, None, None, at[i]))
+                continue
             try:
                 obj, text = _guarded(read_unit, unit, self.max_bytes)
             except Rejected as rej:
@@ -447,8 +482,13 @@ class BatchParser:
                     outcomes.append((side, rej))
             decoded.append((unit, obj, text, outcomes))
         ids = [o[2] for *_, outs in decoded if isinstance(outs, list) for _, o in outs if not isinstance(o, Rejected)]
+        if columnar is not None:
+            ids += columnar[0].record_id
         earlier = self._earlier(ids) if self._earlier is not None and ids else {}
         for unit, obj, text, outs in decoded:
+            if isinstance(outs, int):
+                self._place_columnar(name, unit, outs, columnar[0], earlier, parsed)  # type: ignore[index]
+                continue
             if isinstance(outs, Rejected):
                 parsed.rejected.append((unit.position, outs.kind, printable(str(outs)), printable(_excerpt(unit))))
                 continue
@@ -478,7 +518,32 @@ class BatchParser:
                 for f in TEXT_FIELDS:
                     parsed.text[f].append(fields.get(f))
             self.stats.extra_rows += len(outs) - 1
+        if parsed.placed_rows:
+            parsed.placed = columnar[0]  # type: ignore[index]
         return parsed
+
+    def _place_columnar(
+        self, name: str, unit: Unit, k: int, placed: Placed, earlier: Mapping[str, str], parsed: Parsed
+    ) -> None:
+        """Row k of the columnar result, as the per-record loop treats a record: a duplicate, or kept."""
+        rid = placed.record_id[k]
+        if (first := earlier.get(rid) or self._seen.get(rid)) is not None:
+            reason = printable(f"duplicate of {first}")
+            parsed.rejected.append((unit.position, "duplicate", reason, printable(_excerpt(unit))))
+            return
+        self._seen[rid] = f"{name}:{unit.position}"
+        keys = placed.unused[k]
+        if keys is None or (keys and not self.stats.suggested_fields):  # decided, or the suggestion made, per record
+            obj = _DECODER.decode(unit.raw.decode("utf-8"))  # type: ignore[union-attr]
+            fields = {f: v for f, v in zip(placed.fields.columns, placed.fields.row(k), strict=True)}
+            self._note_unused(name, unit.position, obj, placed.layout, fields)
+        elif keys:
+            self.stats.unused_keys.update(keys)
+            for key in keys:
+                self.stats.unused_first.setdefault(key, f"{name}:{unit.position}")
+        parsed.placed_rows.append(k)
+        parsed.placed_raw.append(unit.raw)  # type: ignore[arg-type]
+        parsed.placed_position.append(unit.position)
 
     def _note_unused(self, name: str, position: int, obj: Any, layout: str, fields: Fields) -> None:
         keys = unused_text_keys(obj, fields)
@@ -505,6 +570,8 @@ class BatchParser:
             pl.lit(name).alias("origin_file"),
             pl.lit(parsed.form).alias("original_form"),
         ).select(list(RAW_RECORD_SCHEMA))
+        if parsed.placed is not None:
+            records = pl.concat([records, self._placed_frame(name, parsed)]).sort("origin_line", maintain_order=True)
         rejected = parsed.rejected
         columns = ("origin_line", "kind", "reason", "excerpt")
         quarantine = pl.DataFrame(
@@ -519,8 +586,32 @@ class BatchParser:
         self.stats.quarantined += quarantine.height
         self.stats.tokens += int(records["n_tokens"].sum()) if records.height else 0
         self.stats.layouts.update(parsed.layout)
+        if parsed.placed is not None:
+            self.stats.layouts[parsed.placed.layout] += len(parsed.placed_rows)
         self.stats.reasons.update(kind for _, kind, _, _ in rejected)
         return records, quarantine
+
+    def _placed_frame(self, name: str, parsed: Parsed) -> pl.DataFrame:
+        """The columnar rows kept (not duplicates) as raw_records rows, the line's own text as their original."""
+        placed = parsed.placed
+        assert placed is not None
+        fields = placed.fields[parsed.placed_rows]
+        original = pl.Series(parsed.placed_raw, dtype=pl.Binary).cast(pl.String).str.strip_chars(PY_SPACE)
+        frame = fields.with_columns(
+            pl.Series("record_id", [placed.record_id[k] for k in parsed.placed_rows], dtype=pl.String),
+            pl.lit(placed.layout).alias("layout"),
+            pl.Series("origin_line", parsed.placed_position, dtype=pl.Int64),
+            original.alias("original"),
+            *(pl.lit(None, dtype=pl.String).alias(f) for f in TEXT_FIELDS if f not in fields.columns),
+        )
+        return frame.with_columns(
+            pl.lit(self.source).alias("source"),
+            pl.lit(self.group_id).alias("group_id"),
+            pl.lit(self.family).alias("format"),
+            pl.sum_horizontal(token_count(pl.col(f)) for f in TEXT_FIELDS).alias("n_tokens"),
+            pl.lit(name).alias("origin_file"),
+            pl.lit(parsed.form).alias("original_form"),
+        ).select(list(RAW_RECORD_SCHEMA))
 
 
 @dataclass
@@ -534,6 +625,11 @@ class Parsed:
     original: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
     form: str = "json"
+    # rows read as columns (core/columnar.py) and kept: their rows in `placed`, their lines and positions
+    placed: Placed | None = None
+    placed_rows: list[int] = field(default_factory=list)
+    placed_raw: list[bytes] = field(default_factory=list)
+    placed_position: list[int] = field(default_factory=list)
 
 
 def is_pair(obj: Any) -> bool:

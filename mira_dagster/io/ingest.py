@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.json as pj
 from pydantic import BaseModel
 
+from mira_dagster.core.columnar import MAX_DEPTH, type_depth
 from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
@@ -46,6 +50,7 @@ class SourceIngest:
         roots: Sequence[Path] = (),
         preference: Literal["chosen", "rejected", "both"] = "chosen",
         scratch: Path | None = None,
+        columnar: bool = True,
     ) -> None:
         """`sink(records, quarantine)`, when given, is called with each batch's frames on the worker thread (the
         writes then overlap with decoding the next batch too). `resume` (file -> (byte offset, units already read))
@@ -54,7 +59,8 @@ class SourceIngest:
         redacted of `secrets` (the configured keys) and of anything that looks like key material: an unvetted dataset
         may link to a key file. `roots`: where symlinks may lead (the registry's folder and allowed_roots, see
         readers.expand_files). `scratch`: the folder under MIRA_HOME where archive members are unpacked while read
-        (readers.default_scratch if None)."""
+        (readers.default_scratch if None). `columnar=False` reads every unit per record (the path the columnar one
+        is checked against)."""
         self.sink = sink
         self.source = source
         self.files = expand_files(patterns, source, roots)  # raises SourceFileError naming the entry
@@ -70,6 +76,7 @@ class SourceIngest:
             earlier=earlier,
             stats=self.stats,
             preference=preference,
+            decode=decode_lines if columnar else None,
         )
         self.resume = resume or {}
         self.secrets = tuple(secrets)
@@ -115,6 +122,23 @@ class SourceIngest:
         if self.sink is not None:
             self.sink(records, quarantine)
         return records, quarantine
+
+
+def decode_lines(lines: list[bytes]) -> pa.Table | None:
+    """JSON Lines lines decoded by Arrow's reader (both cores), one row a line; None when Arrow refuses one of them
+    or reads a line as other than one object, or a string in it is not UTF-8 (the batch is then read per record,
+    which says why)."""
+    try:
+        table = pj.read_json(io.BytesIO(b"\n".join(lines)), read_options=_JSON_OPTIONS)
+        if type_depth(table.schema) > MAX_DEPTH:  # Arrow's checks recurse: a deep value could crash them
+            return None
+        table.validate(full=True)  # Arrow's JSON reader does not check that strings are UTF-8
+    except (pa.ArrowException, UnicodeDecodeError, ValueError):
+        return None
+    return table if table.num_rows == len(lines) else None
+
+
+_JSON_OPTIONS = pj.ReadOptions(use_threads=True, block_size=1 << 22)
 
 
 # readers' kinds whose units are a table's rows (exported as Parquet rows with the input's columns)

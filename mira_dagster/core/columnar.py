@@ -1,0 +1,398 @@
+"""The common layouts read as columns: a batch of decoded rows (an Arrow table) becomes records without a Python
+object per row, byte for byte what the per-record path (core/records.py) makes of the same rows.
+
+Only what is decided by the batch's schema is read here: a layout is applied to a batch when every layout tried
+before it lacks one of its keys in the whole batch (no row can match it), and to the rows that hold its keys as
+text. Everything else (a null where a key is needed, a blank required field, a record over the size limit, a
+text the layouts would read differently) is handed back, by row, to the per-record path, which decides it as it
+always did. The record_id is the same contract: SHA-256 of `json.dumps(fields, ensure_ascii=False,
+sort_keys=True)`, the canonical text built with column expressions and hashed row by row from the Arrow buffer."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from mira_dagster.core.config import Family
+from mira_dagster.core.layouts import REQUIRED, not_chosen_key
+
+# str.isspace's characters (Python's strip), which differ from Rust's whitespace (U+001C..U+001F)
+PY_SPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+
+# json.dumps(..., ensure_ascii=False) escapes: backslash, quote, and every control character below U+0020
+_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+_ESCAPES = {**{chr(i): f"\\u{i:04x}" for i in range(0x20)}, **_SHORT}
+
+# The QA layouts tried before the ones read here, in core/layouts.py's order, each with keys it cannot match
+# without (any one absent from the whole batch rules it out for every row).
+_QA_ORDER: list[tuple[str, tuple[str, ...]]] = [
+    ("responses_rollout", ("responses_create_params", "response")),
+    ("question_answer", ("question", "answer")),
+    ("prompt_solution", ("prompt", "solution")),
+    ("instruction_response", ("instruction", "response")),
+    ("lean_cot_proof", ("cot", "correct_proof")),
+    ("lean_formal", ("formal_statement", "formal_proof")),
+]
+_QA_FIELDS = ("question", "thinking", "answer")
+
+# Deeper values than this are left to the per-record path, which refuses what Python's decoder cannot nest
+MAX_DEPTH = 100
+
+# the unused-text check of core/records.unused_text_keys, its constants
+_UNUSED_MIN, _PROBE, _PROBES = 40, 24, 5
+
+
+@dataclass
+class Placed:
+    """Rows of a batch read as records: `rows` (indices into the batch) with their layout, normalised fields,
+    record_id and the keys of unused prose (for the stats); rows not listed are the per-record path's."""
+
+    rows: list[int]
+    layout: str
+    fields: pl.DataFrame  # question, thinking, answer (normalised; thinking may be "")
+    record_id: list[str]
+    unused: list[list[str] | None]  # None: a transcript-like value, for the per-record check
+
+
+def place(table: pa.Table, family: Family) -> Placed | None:
+    """The rows of `table` one of the layouts read here places, or None when the batch is not one of them."""
+    if family not in ("qa", "qa_with_think") or table.num_rows == 0:
+        return None
+    if type_depth(table.schema) > MAX_DEPTH:
+        return None
+    names = set(table.column_names)
+    chosen = next((name for name, keys in _QA_ORDER if all(k in names for k in keys)), None)
+    if chosen is None or chosen not in _LAYOUTS:
+        return None
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    reader = _LAYOUTS[chosen]
+    needed = dict(_QA_ORDER)[chosen]
+    for key in (*needed, *reader.optional):  # a key read as text: anything else is read row by row in Python
+        if key in names and df.schema[key] not in (pl.String, pl.Null):
+            return None
+    if any(k in names for k in reader.refuse):
+        return None
+    # rows holding every key the layout needs (a null may be a missing key: those rows are Python's)
+    ok = pl.all_horizontal(pl.col(k).is_not_null() for k in needed)
+    raw = df.with_row_index("_row").filter(ok)
+    if raw.height == 0:
+        return None
+    fields = raw.select(pl.col("_row"), *reader.fields(raw))
+    fields = fields.with_columns(_normalised(fields[f]) for f in _QA_FIELDS)
+    # required fields non-empty after normalising, and the record within its size: else Python says why
+    req = REQUIRED[family]
+    fields = fields.filter(pl.all_horizontal(pl.col(f).str.len_bytes() > 0 for f in req))
+    if fields.height == 0:
+        return None
+    rows = fields["_row"].to_list()
+    texts = fields.select(_QA_FIELDS)
+    ids = record_ids(texts)
+    unused = unused_keys(df[rows], texts, [c for c in table.column_names if df.schema[c] == pl.String])
+    return Placed(rows, chosen, texts, ids, unused)
+
+
+def type_depth(schema: pa.Schema) -> int:
+    """How deeply the schema's types nest (a list of structs of lists: 3), without recursion."""
+    deepest, stack = 0, [(f.type, 1) for f in schema]
+    while stack:
+        typ, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            return depth
+        stack += [(typ.field(i).type, depth + 1) for i in range(typ.num_fields)]
+    return deepest
+
+
+def plain_line(raw: bytes | None, max_bytes: int) -> bool:
+    """A JSON Lines line the Arrow reader and the per-record decoder read alike: text within the size limit, no
+    byte-order mark, not blank, and no NaN / Infinity or surrogate escape anywhere in it (Arrow accepts NaN and
+    pairs surrogates as Python does, but the per-record path says why a line holds them)."""
+    return (
+        raw is not None
+        and 0 < len(raw) <= max_bytes
+        and not raw.isspace()
+        and not raw.startswith(b"\xef\xbb\xbf")
+        and b"NaN" not in raw
+        and b"Infinity" not in raw
+        and b"\\ud" not in raw
+        and b"\\uD" not in raw
+    )
+
+
+def within(placed: Placed, max_bytes: int) -> Placed:
+    """`placed` without the rows whose text is over `max_bytes` characters (the per-record path quarantines them)."""
+    size = placed.fields.select(pl.sum_horizontal(pl.col(f).str.len_chars() for f in _QA_FIELDS)).to_series()
+    keep = (size <= max_bytes).to_list()
+    if all(keep):
+        return placed
+    idx = [i for i, k in enumerate(keep) if k]
+    return Placed(
+        [placed.rows[i] for i in idx],
+        placed.layout,
+        placed.fields[idx],
+        [placed.record_id[i] for i in idx],
+        [placed.unused[i] for i in idx],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The layouts (core/layouts.py), as expressions over the rows that hold their keys.
+
+
+def _s(key: str, names: set[str]) -> pl.Expr:
+    """`_str(d.get(key))`: the text, "" for null or an absent key (the column is text or all null)."""
+    return pl.col(key).cast(pl.String).fill_null("") if key in names else pl.lit("", dtype=pl.String)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    fields: Callable[[pl.DataFrame], list[pl.Expr]]
+    optional: tuple[str, ...] = ()  # keys read with d.get (text or absent)
+    refuse: tuple[str, ...] = ()  # keys that change the layout's output: such batches stay per record
+
+
+def _split_think(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """layouts._split_think: (thinking, answer) around the first `</think>`; none: ("", text)."""
+    parts = text.str.splitn("</think>", 2)
+    found = parts.struct.field("field_1").is_not_null()
+    thinking = pl.when(found).then(parts.struct.field("field_0").str.replace_all("<think>", "", literal=True))
+    answer = pl.when(found).then(parts.struct.field("field_1"))
+    return thinking.otherwise(pl.lit("")), answer.otherwise(text)
+
+
+def _until_tag_or_end(rest: pl.Expr, closing: str) -> pl.Expr:
+    """layouts._until_tag_or_end on what follows the opening tag (`rest`): up to `closing`, else to the end less
+    one final newline."""
+    parts = rest.str.splitn(closing, 2)
+    return (
+        pl.when(parts.struct.field("field_1").is_not_null())
+        .then(parts.struct.field("field_0"))
+        .otherwise(rest.str.strip_suffix("\n"))
+    )
+
+
+def _question_answer(df: pl.DataFrame) -> list[pl.Expr]:
+    names = set(df.columns)
+    return [
+        _s("question", names).alias("question"),
+        _s("thinking", names).alias("thinking"),
+        _s("answer", names).alias("answer"),
+    ]
+
+
+def _prompt_solution(df: pl.DataFrame) -> list[pl.Expr]:
+    prompt = pl.col("prompt")
+    head = prompt.str.strip_chars_end(PY_SPACE)
+    question = pl.when(head.str.ends_with("<think>")).then(head.str.head(-len("<think>"))).otherwise(prompt)
+    parts = pl.col("solution").str.splitn("</think>", 2)
+    found = parts.struct.field("field_1").is_not_null()
+    thinking = pl.when(found).then(parts.struct.field("field_0")).otherwise(pl.lit(""))
+    answer = pl.when(found).then(parts.struct.field("field_1")).otherwise(pl.col("solution"))
+    return [question.alias("question"), thinking.alias("thinking"), answer.alias("answer")]
+
+
+def _instruction_response(df: pl.DataFrame) -> list[pl.Expr]:
+    resp = pl.col("response")
+    after_open = resp.str.splitn("<Thought>", 2).struct.field("field_1")
+    closing = after_open.str.splitn("</Thought>", 2)
+    paired = closing.struct.field("field_1").is_not_null()  # a <Thought> with its </Thought> after it
+    out = resp.str.splitn("<Output>", 2).struct.field("field_1")  # searched from the start, as the layout does
+    answer_t = pl.when(out.is_not_null()).then(_until_tag_or_end(out, "</Output>"))
+    answer_t = answer_t.otherwise(closing.struct.field("field_1"))
+    thinking_k, answer_k = _split_think(resp)
+    thinking = pl.when(paired).then(closing.struct.field("field_0")).otherwise(thinking_k)
+    answer = pl.when(paired).then(answer_t).otherwise(answer_k)
+    return [pl.col("instruction").alias("question"), thinking.alias("thinking"), answer.alias("answer")]
+
+
+# what layouts._theorem_statement finds: the first `theorem` followed by a space character, through the next `:=`
+_SPACE_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in PY_SPACE)
+_THEOREM = f"(?s)theorem[{_SPACE_CLASS}].*?:="
+
+
+def _lean_cot_proof(df: pl.DataFrame) -> list[pl.Expr]:
+    names = set(df.columns)
+    proof, cot = pl.col("correct_proof"), pl.col("cot")
+    stmt = proof.str.extract(_THEOREM, 0)
+    question = pl.concat_str(pl.lit("Prove in Lean 4: "), pl.coalesce(stmt, _s("name", names)))
+    rest = cot.str.splitn("<think>", 2).struct.field("field_1")
+    thinking = pl.when(rest.is_not_null()).then(_until_tag_or_end(rest, "</think>")).otherwise(pl.lit(""))
+    return [question.alias("question"), thinking.alias("thinking"), proof.alias("answer")]
+
+
+def _lean_formal(df: pl.DataFrame) -> list[pl.Expr]:
+    names = set(df.columns)
+    question = pl.concat_str(_s("informal_prefix", names), pl.col("formal_statement"))
+    answer = pl.concat_str(pl.col("formal_statement"), pl.col("formal_proof"))
+    return [question.alias("question"), pl.lit("").alias("thinking"), answer.alias("answer")]
+
+
+_LAYOUTS: dict[str, _Reader] = {
+    "question_answer": _Reader(_question_answer, optional=("thinking",)),
+    "prompt_solution": _Reader(_prompt_solution),
+    # databricks-dolly's `context` joins the question: such batches are read per record
+    "instruction_response": _Reader(_instruction_response, refuse=("context",)),
+    "lean_cot_proof": _Reader(_lean_cot_proof, optional=("name",)),
+    "lean_formal": _Reader(_lean_formal, optional=("informal_prefix",)),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Text, ids and the unused-prose check, as columns.
+
+
+@functools.cache
+def _nfc_pattern() -> str:
+    """A regex class of every character NFC may change or compose with what precedes it: characters with a
+    canonical decomposition, the characters after the first in those decompositions, combining marks, Hangul jamo
+    and syllables. Text without any of them is its own NFC."""
+    chars: set[int] = set(range(0x1100, 0x1200)) | set(range(0xAC00, 0xD7A4))
+    for c in range(0x30000):  # no character above has a decomposition
+        ch = chr(c)
+        if unicodedata.combining(ch):
+            chars.add(c)
+        d = unicodedata.decomposition(ch)
+        if d and not d.startswith("<"):
+            chars.add(c)
+            chars.update(int(x, 16) for x in d.split()[1:])  # a first character composes only with what follows
+    ranges, start, prev = [], None, None
+    for c in sorted(chars):
+        if start is None:
+            start = prev = c
+        elif c == prev + 1:  # type: ignore[operator]
+            prev = c
+        else:
+            ranges.append((start, prev))
+            start = prev = c
+    ranges.append((start, prev))
+    return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges) + "]"  # type: ignore[str-format]
+
+
+def _nfc(s: pl.Series) -> pl.Series:
+    """unicodedata.normalize("NFC") of each value; only values holding a character NFC may change go through
+    Python (faster than polars' normalize), and only the changed ones are written back."""
+    idx = s.str.contains(_nfc_pattern()).fill_null(False).arg_true()
+    if idx.len() == 0:
+        return s
+    values = s.gather(idx).to_list()
+    changed = [
+        (i, n) for i, v in zip(idx.to_list(), values, strict=True) if (n := unicodedata.normalize("NFC", v)) != v
+    ]
+    if not changed:
+        return s
+    return s.scatter([i for i, _ in changed], pl.Series([n for _, n in changed], dtype=pl.String))
+
+
+def _normalised(s: pl.Series) -> pl.Series:
+    """layouts.normalise_text of each value: NFC, line ends as LF, no surrounding (str.isspace) whitespace."""
+    s = _nfc(s)
+    return (
+        s.str.replace_all("\r\n", "\n", literal=True)
+        .str.replace_all("\r", "\n", literal=True)
+        .str.strip_chars(PY_SPACE)
+    )
+
+
+def _escaped(text: pl.Expr) -> pl.Expr:
+    """The inside of json.dumps(text, ensure_ascii=False)'s quotes."""
+    return text.str.replace_many(list(_ESCAPES), list(_ESCAPES.values()))
+
+
+def record_ids(fields: pl.DataFrame) -> list[str]:
+    """records._id_of_normalised of each row of normalised text columns: the canonical JSON (keys sorted, empty
+    values left out) built with column expressions, its SHA-256 taken row by row from the Arrow buffer."""
+    keys = sorted(fields.columns)
+    members = [
+        pl.when(pl.col(k).str.len_bytes() > 0).then(
+            pl.concat_str(pl.lit(f'"{k}": "'), _escaped(pl.col(k)), pl.lit('"'))
+        )
+        for k in keys
+    ]
+    canon = fields.select(
+        pl.concat_str(pl.lit("{"), pl.concat_str(members, separator=", ", ignore_nulls=True), pl.lit("}"))
+    ).to_series()
+    return sha256_prefixes(canon)
+
+
+def sha256_prefixes(texts: pl.Series) -> list[str]:
+    """The first 32 hex digits of each value's UTF-8 SHA-256, read from the Arrow buffer (no Python string each)."""
+    arr = texts.to_arrow()
+    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks) if arr.num_chunks != 1 else arr.chunk(0)
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1].tolist()
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+    sha = hashlib.sha256
+    return [sha(data[offsets[i] : offsets[i + 1]]).hexdigest()[:32] for i in range(len(arr))]
+
+
+def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]) -> list[list[str] | None]:
+    """records.unused_text_keys of each row: top-level text keys holding long prose none of the fields contains.
+    A value that may read as a Human/Assistant transcript is not decided here: its row is None and the caller asks
+    the per-record check (rare)."""
+    candidates = [c for c in text_columns if not _side_key(c)]
+    if not candidates or raw.height == 0:
+        return [[] for _ in range(raw.height)]
+    frame = pl.concat([raw.select(candidates), fields.rename({f: f"_f_{f}" for f in fields.columns})], how="horizontal")
+    texts = [pl.col(f"_f_{f}") for f in fields.columns]
+    exprs = []
+    for key in candidates:
+        value = pl.col(key)
+        text = pl.col(f"_n_{key}")
+        n = text.str.len_chars()
+        size = pl.max_horizontal(pl.lit(12), pl.min_horizontal(pl.lit(_PROBE), n // 6))
+        step = pl.max_horizontal(pl.lit(1), (n - size) // (_PROBES + 1))
+        found = pl.sum_horizontal(
+            pl.any_horizontal(
+                t.str.contains(text.str.slice(i * step, size), literal=True).fill_null(False) for t in texts
+            ).cast(pl.Int32)
+            for i in range(1, _PROBES + 1)
+        )
+        long = (
+            (value.str.len_chars() >= _UNUSED_MIN)
+            & (n >= _UNUSED_MIN)
+            & ~text.str.starts_with("[")
+            & ~text.str.starts_with("{")
+            & text.str.contains(" ", literal=True)
+        )
+        hh = value.str.starts_with("Human:") | value.str.starts_with("Assistant:")
+        hh = hh | value.str.starts_with("\n\nHuman:") | value.str.starts_with("\n\nAssistant:")
+        exprs.append(
+            pl.when(long.fill_null(False) & hh.fill_null(False))
+            .then(pl.lit(2))  # a transcript: decided per record
+            .when(long.fill_null(False) & (found <= _PROBES // 2))
+            .then(pl.lit(1))
+            .otherwise(pl.lit(0))
+            .alias(key)
+        )
+    # long values only are normalised (the check needs their normalised text)
+    frame = frame.with_columns(
+        pl.when(pl.col(k).str.len_chars() >= _UNUSED_MIN).then(pl.col(k)).alias(f"_n_{k}") for k in candidates
+    )
+    frame = frame.with_columns(_normalised(frame[f"_n_{k}"]).alias(f"_n_{k}") for k in candidates)
+    flags = frame.select(exprs)
+    out: list[list[str] | None] = [[] for _ in range(raw.height)]
+    for key in candidates:
+        col = flags[key]
+        if not (col > 0).any():
+            continue
+        for i, flag in enumerate(col.to_list()):
+            row = out[i]
+            if flag == 2 or row is None:
+                out[i] = None
+            elif flag == 1:
+                row.append(key)
+    return out
+
+
+def _side_key(key: str) -> bool:
+    return not_chosen_key(key) or "chosen" in key.lower()
