@@ -86,7 +86,7 @@ def place(table: pa.Table, family: Family) -> Placed | None:
     if raw.height == 0:
         return None
     fields = raw.select(pl.col("_row"), *reader.fields(raw))
-    fields = fields.with_columns(_normalised(fields[f]) for f in _QA_FIELDS)
+    fields = normalised(fields, list(_QA_FIELDS))
     # required fields non-empty after normalising, and the record within its size: else Python says why
     req = REQUIRED[family]
     fields = fields.filter(pl.all_horizontal(pl.col(f).str.len_bytes() > 0 for f in req))
@@ -111,20 +111,26 @@ def type_depth(schema: pa.Schema) -> int:
     return deepest
 
 
-def plain_line(raw: bytes | None, max_bytes: int) -> bool:
-    """A JSON Lines line the Arrow reader and the per-record decoder read alike: text within the size limit, no
-    byte-order mark, not blank, and no NaN / Infinity or surrogate escape anywhere in it (Arrow accepts NaN and
-    pairs surrogates as Python does, but the per-record path says why a line holds them)."""
-    return (
-        raw is not None
-        and 0 < len(raw) <= max_bytes
-        and not raw.isspace()
-        and not raw.startswith(b"\xef\xbb\xbf")
-        and b"NaN" not in raw
-        and b"Infinity" not in raw
-        and b"\\ud" not in raw
-        and b"\\uD" not in raw
-    )
+def plain_lines(raws: list[bytes | None], max_bytes: int) -> list[int]:
+    """The indices of the JSON Lines lines worth giving the Arrow reader: text within the size limit, no
+    byte-order mark (Arrow skips it where the per-record path keeps the line's own text), not blank."""
+    return [
+        i
+        for i, raw in enumerate(raws)
+        if raw is not None and 0 < len(raw) <= max_bytes and not raw.isspace() and not raw.startswith(b"\xef\xbb\xbf")
+    ]
+
+
+def without_constants(raws: list[bytes], table: pa.Table) -> list[int] | None:
+    """Arrow reads NaN and Infinity as numbers, which the per-record path refuses: when the batch has a floating
+    column (at any depth), the indices of the lines that spell neither, else None (no line can hold one)."""
+    stack = [f.type for f in table.schema]
+    while stack:
+        typ = stack.pop()
+        if pa.types.is_floating(typ):
+            return [i for i, raw in enumerate(raws) if b"NaN" not in raw and b"Infinity" not in raw]
+        stack += [typ.field(i).type for i in range(typ.num_fields)]
+    return None
 
 
 def within(placed: Placed, max_bytes: int) -> Placed:
@@ -276,29 +282,35 @@ def _nfc_pattern() -> str:
     return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges) + "]"  # type: ignore[str-format]
 
 
-def _nfc(s: pl.Series) -> pl.Series:
-    """unicodedata.normalize("NFC") of each value; only values holding a character NFC may change go through
-    Python (faster than polars' normalize), and only the changed ones are written back."""
-    idx = s.str.contains(_nfc_pattern()).fill_null(False).arg_true()
-    if idx.len() == 0:
-        return s
-    values = s.gather(idx).to_list()
-    changed = [
-        (i, n) for i, v in zip(idx.to_list(), values, strict=True) if (n := unicodedata.normalize("NFC", v)) != v
-    ]
-    if not changed:
-        return s
-    return s.scatter([i for i, _ in changed], pl.Series([n for _, n in changed], dtype=pl.String))
-
-
-def _normalised(s: pl.Series) -> pl.Series:
-    """layouts.normalise_text of each value: NFC, line ends as LF, no surrounding (str.isspace) whitespace."""
-    s = _nfc(s)
-    return (
-        s.str.replace_all("\r\n", "\n", literal=True)
-        .str.replace_all("\r", "\n", literal=True)
-        .str.strip_chars(PY_SPACE)
+def normalised(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """layouts.normalise_text of each value of `columns`: NFC, line ends as LF, no surrounding (str.isspace)
+    whitespace. The columns are scanned together (polars runs them on every core); only values holding a
+    character NFC may change go through Python (faster than polars' normalize), and only changed ones are written
+    back; line ends are rewritten only in columns holding a CR."""
+    if not columns or df.height == 0:
+        return df
+    flags = df.select(
+        *(pl.col(c).str.contains(_nfc_pattern()).fill_null(False).alias(f"nfc_{i}") for i, c in enumerate(columns)),
+        *(pl.col(c).str.contains("\r", literal=True).any().alias(f"cr_{i}") for i, c in enumerate(columns)),
     )
+    out = []
+    for i, c in enumerate(columns):
+        s = df[c]
+        idx = flags[f"nfc_{i}"].arg_true()
+        if idx.len():
+            values = s.gather(idx).to_list()
+            changed = [
+                (j, n)
+                for j, v in zip(idx.to_list(), values, strict=True)
+                if (n := unicodedata.normalize("NFC", v)) != v
+            ]
+            if changed:
+                s = s.scatter([j for j, _ in changed], pl.Series([n for _, n in changed], dtype=pl.String))
+        e = pl.lit(s)
+        if flags[f"cr_{i}"][0]:
+            e = e.str.replace_all("\r\n", "\n", literal=True).str.replace_all("\r", "\n", literal=True)
+        out.append(e.str.strip_chars(PY_SPACE).alias(c))
+    return df.with_columns(out)
 
 
 def _escaped(text: pl.Expr) -> pl.Expr:
@@ -338,58 +350,49 @@ def sha256_prefixes(texts: pl.Series) -> list[str]:
 def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]) -> list[list[str] | None]:
     """records.unused_text_keys of each row: top-level text keys holding long prose none of the fields contains.
     A value that may read as a Human/Assistant transcript is not decided here: its row is None and the caller asks
-    the per-record check (rare)."""
-    candidates = [c for c in text_columns if not _side_key(c)]
-    if not candidates or raw.height == 0:
-        return [[] for _ in range(raw.height)]
-    frame = pl.concat([raw.select(candidates), fields.rename({f: f"_f_{f}" for f in fields.columns})], how="horizontal")
-    texts = [pl.col(f"_f_{f}") for f in fields.columns]
-    exprs = []
-    for key in candidates:
-        value = pl.col(key)
-        text = pl.col(f"_n_{key}")
+    the per-record check (rare). Only long values are looked at, a value equal to a field is used, and the probes
+    are looked for field by field, the rows decided by one field not looked at again."""
+    out: list[list[str] | None] = [[] for _ in range(raw.height)]
+    names = list(fields.columns)
+    for key in (c for c in text_columns if not _side_key(c)):
+        frame = pl.concat([raw.select(pl.col(key).alias("_value")), fields], how="horizontal").with_row_index("_i")
+        frame = frame.filter(pl.col("_value").str.len_chars() >= _UNUSED_MIN)
+        if frame.height == 0:
+            continue
+        frame = normalised(frame.with_columns(pl.col("_value").alias("_text")), ["_text"])
+        text = pl.col("_text")
         n = text.str.len_chars()
-        size = pl.max_horizontal(pl.lit(12), pl.min_horizontal(pl.lit(_PROBE), n // 6))
-        step = pl.max_horizontal(pl.lit(1), (n - size) // (_PROBES + 1))
-        found = pl.sum_horizontal(
-            pl.any_horizontal(
-                t.str.contains(text.str.slice(i * step, size), literal=True).fill_null(False) for t in texts
-            ).cast(pl.Int32)
-            for i in range(1, _PROBES + 1)
-        )
-        long = (
-            (value.str.len_chars() >= _UNUSED_MIN)
-            & (n >= _UNUSED_MIN)
-            & ~text.str.starts_with("[")
-            & ~text.str.starts_with("{")
-            & text.str.contains(" ", literal=True)
-        )
+        value = pl.col("_value")
         hh = value.str.starts_with("Human:") | value.str.starts_with("Assistant:")
         hh = hh | value.str.starts_with("\n\nHuman:") | value.str.starts_with("\n\nAssistant:")
-        exprs.append(
-            pl.when(long.fill_null(False) & hh.fill_null(False))
-            .then(pl.lit(2))  # a transcript: decided per record
-            .when(long.fill_null(False) & (found <= _PROBES // 2))
-            .then(pl.lit(1))
-            .otherwise(pl.lit(0))
-            .alias(key)
-        )
-    # long values only are normalised (the check needs their normalised text)
-    frame = frame.with_columns(
-        pl.when(pl.col(k).str.len_chars() >= _UNUSED_MIN).then(pl.col(k)).alias(f"_n_{k}") for k in candidates
-    )
-    frame = frame.with_columns(_normalised(frame[f"_n_{k}"]).alias(f"_n_{k}") for k in candidates)
-    flags = frame.select(exprs)
-    out: list[list[str] | None] = [[] for _ in range(raw.height)]
-    for key in candidates:
-        col = flags[key]
-        if not (col > 0).any():
+        prose = (n >= _UNUSED_MIN) & ~text.str.starts_with("[") & ~text.str.starts_with("{")
+        prose = prose & text.str.contains(" ", literal=True)
+        frame = frame.filter(prose).with_columns(hh.alias("_hh"))
+        frame = frame.filter(~pl.any_horizontal(pl.col("_text") == pl.col(f) for f in names))  # a field is it
+        if frame.height == 0:
             continue
-        for i, flag in enumerate(col.to_list()):
+        size = pl.max_horizontal(pl.lit(12), pl.min_horizontal(pl.lit(_PROBE), n // 6))
+        step = pl.max_horizontal(pl.lit(1), (n - size) // (_PROBES + 1))
+        probes = [f"_p{i}" for i in range(1, _PROBES + 1)]
+        frame = frame.with_columns(text.str.slice(i * step, size).alias(p) for i, p in enumerate(probes, 1))
+        frame = frame.with_columns(pl.lit(False).alias(f"_found{p}") for p in probes)
+        undecided = frame
+        for f in sorted(names, key=lambda f: -fields[f].str.len_bytes().sum()):  # the longest field first
+            undecided = undecided.with_columns(
+                (pl.col(f"_found{p}") | pl.col(f).str.contains(pl.col(p), literal=True).fill_null(False)).alias(
+                    f"_found{p}"
+                )
+                for p in probes
+            )
+            count = pl.sum_horizontal(pl.col(f"_found{p}").cast(pl.Int32) for p in probes)
+            undecided = undecided.filter((count <= _PROBES // 2) | pl.col("_hh"))
+            if undecided.height == 0:
+                break
+        for i, hh_row in zip(undecided["_i"].to_list(), undecided["_hh"].to_list(), strict=True):
             row = out[i]
-            if flag == 2 or row is None:
+            if hh_row or row is None:
                 out[i] = None
-            elif flag == 1:
+            else:
                 row.append(key)
     return out
 

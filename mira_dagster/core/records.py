@@ -26,7 +26,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel
 
-from mira_dagster.core.columnar import PY_SPACE, Placed, place, plain_line, within
+from mira_dagster.core.columnar import PY_SPACE, Placed, place, plain_lines, within, without_constants
 from mira_dagster.core.config import Family
 from mira_dagster.core.layouts import (
     PREFERENCE_LAYOUTS,
@@ -436,15 +436,16 @@ class BatchParser:
         """The batch's units read as columns: (what columnar.place placed, the unit index of each placed row)."""
         if self._decode is None or form != "json" or self.family == "agent":
             return None
-        lines = [
-            i
-            for i, u in enumerate(units)
-            if u.oversize is None and u.error is None and plain_line(u.raw, self.max_bytes)
-        ]
+        lines = plain_lines([u.raw if u.oversize is None and u.error is None else None for u in units], self.max_bytes)
         if not lines:
             return None
         try:
-            table = self._decode([units[i].raw for i in lines])  # type: ignore[misc]
+            raws: list[bytes] = [units[i].raw for i in lines]  # type: ignore[misc]
+            table = self._decode(raws)
+            keep = without_constants(raws, table) if table is not None else None
+            if keep is not None and len(keep) < len(lines):
+                lines = [lines[i] for i in keep]
+                table = self._decode([raws[i] for i in keep]) if keep else None
             placed = place(table, self.family) if table is not None else None
         except Exception:  # anything the columns cannot read is read per record, which says why
             return None
