@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,10 +60,13 @@ class Placed:
     fields: pl.DataFrame  # question, thinking, answer (normalised; thinking may be "")
     record_id: list[str]
     unused: list[list[str] | None]  # None: a transcript-like value, for the per-record check
+    original: pl.Series | None = None  # a table's rows: each row's JSON text (JSON Lines keep the line's)
 
 
-def place(table: pa.Table, family: Family) -> Placed | None:
-    """The rows of `table` one of the layouts read here places, or None when the batch is not one of them."""
+def place(table: pa.Table, family: Family, rows: bool = False) -> Placed | None:
+    """The rows of `table` one of the layouts read here places, or None when the batch is not one of them.
+    `rows`: the table is a Parquet / Arrow file's rows, whose original is their JSON text (made here: only
+    tables of text, integer and boolean columns are read so)."""
     if family not in ("qa", "qa_with_think") or table.num_rows == 0:
         return None
     if type_depth(table.schema) > MAX_DEPTH:
@@ -71,8 +75,10 @@ def place(table: pa.Table, family: Family) -> Placed | None:
     chosen = next((name for name, keys in _QA_ORDER if all(k in names for k in keys)), None)
     if chosen is None or chosen not in _LAYOUTS:
         return None
-    df = pl.from_arrow(table)
+    df = pl.from_arrow(table, rechunk=False)  # no copy: Arrow's JSON reader gives a chunk per block
     assert isinstance(df, pl.DataFrame)
+    if rows and not all(dtype in _JSON_TYPES for dtype in df.schema.values()):
+        return None
     reader = _LAYOUTS[chosen]
     needed = dict(_QA_ORDER)[chosen]
     for key in (*needed, *reader.optional):  # a key read as text: anything else is read row by row in Python
@@ -82,21 +88,23 @@ def place(table: pa.Table, family: Family) -> Placed | None:
         return None
     # rows holding every key the layout needs (a null may be a missing key: those rows are Python's)
     ok = pl.all_horizontal(pl.col(k).is_not_null() for k in needed)
-    raw = df.with_row_index("_row").filter(ok)
+    raw = _kept(df.with_row_index("_row"), ok)
     if raw.height == 0:
         return None
     fields = raw.select(pl.col("_row"), *reader.fields(raw))
     fields = normalised(fields, list(_QA_FIELDS))
     # required fields non-empty after normalising, and the record within its size: else Python says why
     req = REQUIRED[family]
-    fields = fields.filter(pl.all_horizontal(pl.col(f).str.len_bytes() > 0 for f in req))
+    fields = _kept(fields, pl.all_horizontal(pl.col(f).str.len_bytes() > 0 for f in req))
     if fields.height == 0:
         return None
-    rows = fields["_row"].to_list()
     texts = fields.select(_QA_FIELDS)
     ids = record_ids(texts)
-    unused = unused_keys(df[rows], texts, [c for c in table.column_names if df.schema[c] == pl.String])
-    return Placed(rows, chosen, texts, ids, unused)
+    at = fields["_row"]
+    held = df if at.len() == df.height else df[at]  # the rows placed (a copy only when some are not)
+    unused = unused_keys(held, texts, [c for c in table.column_names if df.schema[c] == pl.String])
+    original = row_json(held) if rows else None
+    return Placed(at.to_list(), chosen, texts, ids, unused, original)
 
 
 def type_depth(schema: pa.Schema) -> int:
@@ -133,6 +141,12 @@ def without_constants(raws: list[bytes], table: pa.Table) -> list[int] | None:
     return None
 
 
+def _kept(df: pl.DataFrame, keep: pl.Expr) -> pl.DataFrame:
+    """`df.filter(keep)`, without copying the frame when every row is kept (the usual batch)."""
+    mask = df.select(keep.fill_null(False)).to_series()
+    return df if mask.all() else df.filter(mask)
+
+
 def within(placed: Placed, max_bytes: int) -> Placed:
     """`placed` without the rows whose text is over `max_bytes` characters (the per-record path quarantines them)."""
     size = placed.fields.select(pl.sum_horizontal(pl.col(f).str.len_chars() for f in _QA_FIELDS)).to_series()
@@ -146,6 +160,7 @@ def within(placed: Placed, max_bytes: int) -> Placed:
         placed.fields[idx],
         [placed.record_id[i] for i in idx],
         [placed.unused[i] for i in idx],
+        None if placed.original is None else placed.original.gather(idx),
     )
 
 
@@ -318,6 +333,32 @@ def _escaped(text: pl.Expr) -> pl.Expr:
     return text.str.replace_many(list(_ESCAPES), list(_ESCAPES.values()))
 
 
+_JSON_TYPES = frozenset(
+    {pl.String, pl.Boolean, pl.Null, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64}
+)
+
+
+def row_json(df: pl.DataFrame) -> pl.Series:
+    """records.original_text of each row of a table of text, integer and boolean columns: json.dumps of the row
+    as a dict (keys in column order, ensure_ascii=False), built with column expressions."""
+    if not df.columns:
+        return pl.Series([("{}")] * df.height, dtype=pl.String)
+    parts = []
+    for name, dtype in df.schema.items():
+        col = pl.col(name)
+        if dtype == pl.String:
+            value = pl.concat_str(pl.lit('"'), _escaped(col), pl.lit('"'))
+        elif dtype == pl.Boolean:
+            value = pl.when(col).then(pl.lit("true")).otherwise(pl.lit("false"))
+        elif dtype == pl.Null:
+            value = pl.lit(None, dtype=pl.String)
+        else:
+            value = col.cast(pl.String)
+        value = pl.when(col.is_null()).then(pl.lit("null")).otherwise(value)
+        parts.append(pl.concat_str(pl.lit(json.dumps(name, ensure_ascii=False) + ": "), value))
+    return df.select(pl.concat_str(pl.lit("{"), pl.concat_str(parts, separator=", "), pl.lit("}"))).to_series()
+
+
 def record_ids(fields: pl.DataFrame) -> list[str]:
     """records._id_of_normalised of each row of normalised text columns: the canonical JSON (keys sorted, empty
     values left out) built with column expressions, its SHA-256 taken row by row from the Arrow buffer."""
@@ -356,7 +397,7 @@ def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]
     names = list(fields.columns)
     for key in (c for c in text_columns if not _side_key(c)):
         frame = pl.concat([raw.select(pl.col(key).alias("_value")), fields], how="horizontal").with_row_index("_i")
-        frame = frame.filter(pl.col("_value").str.len_chars() >= _UNUSED_MIN)
+        frame = _kept(frame, pl.col("_value").str.len_chars() >= _UNUSED_MIN)
         if frame.height == 0:
             continue
         frame = normalised(frame.with_columns(pl.col("_value").alias("_text")), ["_text"])
@@ -367,8 +408,8 @@ def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]
         hh = hh | value.str.starts_with("\n\nHuman:") | value.str.starts_with("\n\nAssistant:")
         prose = (n >= _UNUSED_MIN) & ~text.str.starts_with("[") & ~text.str.starts_with("{")
         prose = prose & text.str.contains(" ", literal=True)
-        frame = frame.filter(prose).with_columns(hh.alias("_hh"))
-        frame = frame.filter(~pl.any_horizontal(pl.col("_text") == pl.col(f) for f in names))  # a field is it
+        frame = _kept(frame, prose).with_columns(hh.alias("_hh"))
+        frame = _kept(frame, ~pl.any_horizontal(pl.col("_text") == pl.col(f) for f in names))  # a field is it
         if frame.height == 0:
             continue
         size = pl.max_horizontal(pl.lit(12), pl.min_horizontal(pl.lit(_PROBE), n // 6))
@@ -385,7 +426,7 @@ def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]
                 for p in probes
             )
             count = pl.sum_horizontal(pl.col(f"_found{p}").cast(pl.Int32) for p in probes)
-            undecided = undecided.filter((count <= _PROBES // 2) | pl.col("_hh"))
+            undecided = _kept(undecided, (count <= _PROBES // 2) | pl.col("_hh"))
             if undecided.height == 0:
                 break
         for i, hh_row in zip(undecided["_i"].to_list(), undecided["_hh"].to_list(), strict=True):

@@ -25,7 +25,15 @@ from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
 from mira_dagster.core.redact import redact
-from mira_dagster.io.readers import describe_container, expand_files, file_versions, iter_units, sniff, split_name
+from mira_dagster.io.readers import (
+    describe_container,
+    expand_files,
+    file_versions,
+    iter_units,
+    materialise,
+    sniff,
+    split_name,
+)
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
 
@@ -77,8 +85,10 @@ class SourceIngest:
             stats=self.stats,
             preference=preference,
             decode=decode_lines if columnar else None,
+            materialise=materialise,
         )
         self.resume = resume or {}
+        self.columnar = columnar
         self.secrets = tuple(secrets)
         self.scratch = scratch
         # what each file is (readers.describe_container), by display name, for the metadata and `mira inspect`
@@ -95,7 +105,14 @@ class SourceIngest:
                     self.containers[name] = describe_container(path)
                 form = original_form(path)
                 for units in iter_units(
-                    path, self.source, self.max_bytes, self.batch_size, start, done + 1, self.scratch
+                    path,
+                    self.source,
+                    self.max_bytes,
+                    self.batch_size,
+                    start,
+                    done + 1,
+                    self.scratch,
+                    lazy_tables=self.columnar,
                 ):
                     self.stats.units_read += len(units)
                     # an archive's batch holds one member's units: named `data.tar.gz!/a.jsonl` in their origin

@@ -167,3 +167,64 @@ def test_each_layout_read_as_columns_reads_the_same(tmp_path: Path, rows: list[d
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     _same([path], "qa_with_think")
+
+
+def _parquet_of(objs: list[dict], path: Path) -> bool:
+    """`objs` as a Parquet file, when Arrow can type them (False when a key mixes types)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def safe(v: object) -> object:  # Parquet has no struct without fields
+        if isinstance(v, dict):
+            return {k: safe(x) for k, x in v.items()} or None
+        return [safe(x) for x in v] if isinstance(v, list) else v
+
+    try:
+        table = pa.Table.from_pylist([safe(o) for o in objs])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    pq.write_table(table, path, row_group_size=50)
+    return True
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLE.glob("*.jsonl")), ids=lambda p: p.name)
+def test_every_sample_file_as_parquet_reads_the_same(tmp_path: Path, path: Path) -> None:
+    objs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    target = tmp_path / f"{path.stem}.parquet"
+    if not _parquet_of(objs + objs[:5], target):  # with duplicates of its first rows
+        pytest.skip("Arrow cannot type this file (a key mixes types)")
+    _same([target], _family(path), batch_size=100)
+
+
+def test_table_rows_of_every_simple_type_read_the_same(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "question": ["q1", 'q "2"\n\\', None, "q4", "q5", "q1", "  "],
+            "answer": ["a", "b", "c", "d\u0301", "e\r\n", "a", "x"],
+            'odd "key"\t': [1, None, -3, 2**62, 0, 1, 5],
+            "flag": [True, False, None, True, False, True, False],
+            "nothing": pa.nulls(7),
+            "clé": ["été", "\x00\x1f\x7f", "", None, "\u2028", "été", "z"],
+            "notes": ["long unused prose that no field of this record holds, at some length"] * 7,
+        }
+    )
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, row_group_size=3)
+    records = _same([path], "qa_with_think", batch_size=4)
+    assert records.height == 4  # a null and a blank question, a duplicate
+    arrow = tmp_path / "t.arrow"
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    _same([arrow], "qa_with_think")
+
+
+def test_table_rows_of_other_types_are_read_per_record_the_same(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"question": ["q1", "q2"], "answer": ["a", "b"], "score": [0.5, float("nan")]})
+    pq.write_table(table, tmp_path / "f.parquet")
+    _same([tmp_path / "f.parquet"], "qa_with_think")
