@@ -144,18 +144,39 @@ class SourceIngest:
 def decode_lines(lines: list[bytes]) -> pa.Table | None:
     """JSON Lines lines decoded by Arrow's reader (both cores), one row a line; None when Arrow refuses one of them
     or reads a line as other than one object, or a string in it is not UTF-8 (the batch is then read per record,
-    which says why)."""
+    which says why).
+
+    Arrow infers the schema of the batch's first lines only (at most _SAMPLE of them, each with few brackets) and
+    reads every line against it, refusing any key or type the sample did not have: inferring over the whole batch
+    takes minutes on values nested thousands deep or objects whose keys all differ (measured: 2,048 lines of
+    distinct keys 1,000 deep, 459 s), where the schema given keeps Arrow linear (and three times faster)."""
+    sample = [raw for raw in lines if raw.count(b"[") + raw.count(b"{") <= _SAMPLE_BRACKETS][:_SAMPLE]
+    if not sample:
+        return None
     try:
-        table = pj.read_json(io.BytesIO(b"\n".join(lines)), read_options=_JSON_OPTIONS)
-        if type_depth(table.schema) > MAX_DEPTH:  # Arrow's checks recurse: a deep value could crash them
+        schema = pj.read_json(io.BytesIO(b"\n".join(sample)), read_options=_JSON_OPTIONS).schema
+        if type_depth(schema) > MAX_DEPTH or _fields(schema) > _MAX_FIELDS:
             return None
+        options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+        table = pj.read_json(io.BytesIO(b"\n".join(lines)), read_options=_JSON_OPTIONS, parse_options=options)
         table.validate(full=True)  # Arrow's JSON reader does not check that strings are UTF-8
     except (pa.ArrowException, UnicodeDecodeError, ValueError):
         return None
     return table if table.num_rows == len(lines) else None
 
 
+def _fields(schema: pa.Schema) -> int:
+    """How many fields the schema has at every depth."""
+    count, stack = 0, [f.type for f in schema]
+    while stack:
+        typ = stack.pop()
+        count += 1
+        stack += [typ.field(i).type for i in range(typ.num_fields)]
+    return count
+
+
 _JSON_OPTIONS = pj.ReadOptions(use_threads=True, block_size=1 << 22)
+_SAMPLE, _SAMPLE_BRACKETS, _MAX_FIELDS = 64, 200, 2000
 
 
 # readers' kinds whose units are a table's rows (exported as Parquet rows with the input's columns)
