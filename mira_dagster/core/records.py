@@ -483,8 +483,9 @@ class BatchParser:
         return placed, placed.rows
 
     def parse(self, name: str, units: list[Unit], form: str = "json") -> Parsed:
-        """Decode, normalise, hash and deduplicate one batch of file `name` (all per-record Python). `form` is how
-        the file holds its values: "json" or "row" (a table), kept with each record's original."""
+        """Decode, normalise, hash and deduplicate one batch of file `name`: the rows the columns place
+        (core/columnar.py) as columns, the others per record in Python; duplicates and the stats in unit order.
+        `form` is how the file holds its values: "json" or "row" (a table), kept with each record's original."""
         parsed = Parsed(form=form)
         columnar = self._columnar(units, form)
         at: dict[int, int] = {}  # unit index -> its row in the columnar result

@@ -1,8 +1,11 @@
 """A whole source's files, read batch by batch into (records, quarantine) frames.
 
 The files are found and read by io/readers.py; each batch is parsed by core/records.BatchParser. Reading and
-parsing overlap: this thread decodes, normalises, hashes and deduplicates (per-record Python) while a second thread
-counts tokens and builds the frames (polars, which releases the GIL) one batch behind, in order."""
+parsing overlap: this thread decodes, normalises, hashes and deduplicates while a second thread counts tokens and
+builds the frames (polars, which releases the GIL) one batch behind, in order. Plain JSON Lines batches are decoded
+by Arrow's reader (decode_lines) and Parquet / Arrow rows stay record batches (readers' lazy table units), so the
+rows of the common QA layouts are read as columns (core/columnar.py); every other row is read per record, in
+Python, as before."""
 
 from __future__ import annotations
 
