@@ -58,9 +58,8 @@ def test_every_sample_file_reads_the_same(path: Path) -> None:
     assert records.height > 0
 
 
-def test_the_sample_is_mostly_read_as_columns() -> None:
-    """The check above means something: the QA sample files go through the columnar path (a batch the columns
-    cannot read would fall back per record and still compare equal)."""
+def _placed(files: list[Path], family: Family, batch_size: int = 2048) -> list[int]:
+    """How many rows of each batch the columnar path placed."""
     from mira_dagster.core.records import BatchParser
 
     seen: list[int] = []
@@ -73,10 +72,16 @@ def test_the_sample_is_mostly_read_as_columns() -> None:
 
     BatchParser._columnar = spy  # type: ignore[method-assign]
     try:
-        files = [p for p in sorted(SAMPLE.glob("*.jsonl")) if _family(p) == "qa_with_think"]
-        _read(files, "qa_with_think", columnar=True)
+        _read(files, family, columnar=True, batch_size=batch_size)
     finally:
         BatchParser._columnar = original  # type: ignore[method-assign]
+    return seen
+
+
+def test_the_sample_is_mostly_read_as_columns() -> None:
+    """The check above means something: the QA sample files go through the columnar path (a batch the columns
+    cannot read would fall back per record and still compare equal)."""
+    seen = _placed([p for p in sorted(SAMPLE.glob("*.jsonl")) if _family(p) == "qa_with_think"], "qa_with_think")
     assert all(n > 0 for n in seen) and sum(seen) > 400
 
 
@@ -194,6 +199,8 @@ def test_every_sample_file_as_parquet_reads_the_same(tmp_path: Path, path: Path)
     if not _parquet_of(objs + objs[:5], target):  # with duplicates of its first rows
         pytest.skip("Arrow cannot type this file (a key mixes types)")
     _same([target], _family(path), batch_size=100)
+    if _family(path) == "qa_with_think":  # and its rows went through the columns
+        assert sum(_placed([target], "qa_with_think", batch_size=100)) >= len(objs)
 
 
 def test_table_rows_of_every_simple_type_read_the_same(tmp_path: Path) -> None:
@@ -215,6 +222,7 @@ def test_table_rows_of_every_simple_type_read_the_same(tmp_path: Path) -> None:
     pq.write_table(table, path, row_group_size=3)
     records = _same([path], "qa_with_think", batch_size=4)
     assert records.height == 4  # a null and a blank question, a duplicate
+    assert sum(_placed([path], "qa_with_think", batch_size=4)) == 5  # all but the null and the blank question
     arrow = tmp_path / "t.arrow"
     with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
