@@ -102,7 +102,8 @@ def place(table: pa.Table, family: Family, rows: bool = False) -> Placed | None:
     ids = record_ids(texts)
     at = fields["_row"]
     held = df if at.len() == df.height else df[at]  # the rows placed (a copy only when some are not)
-    unused = unused_keys(held, texts, [c for c in table.column_names if df.schema[c] == pl.String])
+    text_keys = [c for c in table.column_names if df.schema[c] == pl.String and c not in reader.verbatim]
+    unused = unused_keys(held, texts, text_keys)
     original = row_json(held) if rows else None
     return Placed(at.to_list(), chosen, texts, ids, unused, original)
 
@@ -178,6 +179,7 @@ class _Reader:
     fields: Callable[[pl.DataFrame], list[pl.Expr]]
     optional: tuple[str, ...] = ()  # keys read with d.get (text or absent)
     refuse: tuple[str, ...] = ()  # keys that change the layout's output: such batches stay per record
+    verbatim: tuple[str, ...] = ()  # keys whose text is a field's, whole: never unused
 
 
 def _split_think(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
@@ -257,11 +259,11 @@ def _lean_formal(df: pl.DataFrame) -> list[pl.Expr]:
 
 
 _LAYOUTS: dict[str, _Reader] = {
-    "question_answer": _Reader(_question_answer, optional=("thinking",)),
+    "question_answer": _Reader(_question_answer, optional=("thinking",), verbatim=("question", "thinking", "answer")),
     "prompt_solution": _Reader(_prompt_solution),
     # databricks-dolly's `context` joins the question: such batches are read per record
-    "instruction_response": _Reader(_instruction_response, refuse=("context",)),
-    "lean_cot_proof": _Reader(_lean_cot_proof, optional=("name",)),
+    "instruction_response": _Reader(_instruction_response, refuse=("context",), verbatim=("instruction",)),
+    "lean_cot_proof": _Reader(_lean_cot_proof, optional=("name",), verbatim=("correct_proof",)),
     "lean_formal": _Reader(_lean_formal, optional=("informal_prefix",)),
 }
 
