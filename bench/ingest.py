@@ -19,6 +19,10 @@ The containers of issue 21 (item 6), on --new-gb of generated data (default a qu
   line), against `polars.read_ndjson` of the `chat` file (polars reads no top-level list);
 - `csv`: a question/answer CSV with quoted commas, quotes and newlines, against `polars.read_csv` (all columns
   kept as strings, as we keep them).
+- `qa_short`: short question/answer lines (GSM8K-sized, 0.2-0.7 KB), against `polars.read_ndjson`: where reading
+  per record costs most (the sample's records average 16 KB).
+`per_record` is ours with the columnar path off (`SourceIngest(columnar=False)`, every unit decoded and normalised
+in Python, as before issue 25): the JSON Lines, Parquet and `qa_short` rows name both, same run.
 The last line is one JSON object.
 """
 
@@ -164,7 +168,7 @@ def generate(workdir: Path, gb: float) -> dict:
     return info
 
 
-NEW_FORMATS = ("chat", "chat_lists", "csv")
+NEW_FORMATS = ("chat", "chat_lists", "csv", "qa_short")
 
 
 def generate_new(workdir: Path, gb: float) -> dict:
@@ -174,7 +178,9 @@ def generate_new(workdir: Path, gb: float) -> dict:
 
     stamp = workdir / "new" / "done.json"
     if stamp.exists() and json.loads(stamp.read_text())["gb"] == gb:
-        return json.loads(stamp.read_text())
+        made = json.loads(stamp.read_text())
+        if set(made["bytes"]) == set(NEW_FORMATS):  # an older run may have made fewer
+            return made
     rng = random.Random(0)
     words = [w for p in sorted(SAMPLE.glob("*.jsonl")) for w in p.read_text(encoding="utf-8").split()[:20_000]]
     for fmt in NEW_FORMATS:
@@ -219,6 +225,16 @@ def generate_new(workdir: Path, gb: float) -> dict:
             writer.writerow([q, a])
             sizes["csv"] += len(q) + len(a) + 8
             i += 1
+    with (workdir / "new" / "qa_short" / "qa_short.jsonl").open("w", encoding="utf-8") as fh:
+        i = 0
+        while sizes["qa_short"] < target:
+            line = json.dumps(
+                {"question": f"{i}: {text(rng.randrange(60, 250), i)}?", "answer": text(rng.randrange(20, 400), i)},
+                ensure_ascii=False,
+            )
+            fh.write(line + "\n")
+            sizes["qa_short"] += len(line.encode()) + 1
+            i += 1
     info = {"gb": gb, "bytes": sizes}
     stamp.write_text(json.dumps(info))
     return info
@@ -250,7 +266,7 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
     """One measurement, in this process (called in a child process by main)."""
     t0, c0 = time.perf_counter(), _cpu()
     records = quarantined = 0
-    if who == "ours":
+    if who in ("ours", "per_record"):
         import tempfile
 
         from mira_dagster.core.records import QUARANTINE_SCHEMA, RAW_RECORD_SCHEMA
@@ -267,7 +283,14 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
                     store.table_writer("raw_records", family, RAW_RECORD_SCHEMA) as w,
                     store.table_writer("quarantine", family, QUARANTINE_SCHEMA) as q,
                 ):  # as the raw_records asset does: the frames are written on the ingest's worker thread
-                    ingest = SourceIngest(family, "g", family, files, sink=lambda r, b: (w(r), q(b)))  # type: ignore[arg-type]
+                    ingest = SourceIngest(
+                        family,
+                        "g",
+                        family,
+                        files,
+                        sink=lambda r, b: (w(r), q(b)),  # type: ignore[arg-type]
+                        columnar=who == "ours",
+                    )
                     for _ in ingest.batches():
                         pass
                 records += ingest.stats.records
@@ -282,6 +305,8 @@ def run_one(workdir: Path, fmt: str, who: str, fraction: float, subset: str = "a
                     f = _head(f, fraction, workdir)
                 if fmt == "chat_lists":  # polars reads no top-level list: the same conversations as objects
                     records += pl.read_ndjson(workdir / "new" / "chat" / "chat.jsonl", infer_schema_length=None).height
+                elif fmt == "qa_short":
+                    records += pl.read_ndjson(f, infer_schema_length=None).height
                 elif fmt == "csv":
                     records += pl.read_csv(f, infer_schema_length=0).height
                 elif fmt == "parquet":
@@ -363,7 +388,7 @@ def main() -> None:
     new = generate_new(workdir, args.new_gb if args.new_gb is not None else args.gb / 4)
     results = []
     for fmt in NEW_FORMATS:
-        for who in ("baseline", "ours"):
+        for who in ("baseline", "ours", "per_record") if fmt == "qa_short" else ("baseline", "ours"):
             out = subprocess.run(
                 [sys.executable, __file__, "--workdir", str(workdir), "--one", fmt, who, "1.0", "all"],
                 capture_output=True,
@@ -381,6 +406,7 @@ def main() -> None:
         for who, fraction, subset in (
             ("baseline", 1.0, "plain"),
             ("ours", 1.0, "plain"),
+            ("per_record", 1.0, "plain"),
             ("ours", 1.0, "all"),
             ("ours", 0.25, "all"),
         ):
@@ -427,15 +453,23 @@ def main() -> None:
             "ours_peak_rss_mb": ours["peak_rss_mb"],
             "baseline_peak_rss_mb": base["peak_rss_mb"],
         }
+        if fmt == "qa_short":
+            old = pick(fmt, "per_record", "all")
+            summary[fmt].update(per_record_time_ratio_vs_baseline=round(old["wall_s"] / base["wall_s"], 2))
+            summary[fmt].update(ours_cpu_s=ours["cpu_s"], per_record_cpu_s=old["cpu_s"])
     for fmt in ("jsonl", "gz", "parquet"):
-        base, same, whole, quarter = (
+        base, same, old, whole, quarter = (
             pick(fmt, "baseline", "plain"),
             pick(fmt, "ours", "plain"),
+            pick(fmt, "per_record", "plain"),
             pick(fmt, "ours", "all"),
             pick(fmt, "ours", "all", 0.25),
         )
         summary[fmt] = {
             "time_ratio_vs_baseline": round(same["wall_s"] / base["wall_s"], 2),
+            "per_record_time_ratio_vs_baseline": round(old["wall_s"] / base["wall_s"], 2),
+            "ours_cpu_s_same_files": same["cpu_s"],
+            "per_record_cpu_s_same_files": old["cpu_s"],
             "ours_mb_per_s": whole["mb_per_s"],
             "ours_mb_per_cpu_s": whole["mb_per_cpu_s"],
             "ours_records_per_s": whole["records_per_s"],

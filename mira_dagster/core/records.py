@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
+import pyarrow as pa
 from pydantic import BaseModel
 
+from mira_dagster.core.columnar import PY_SPACE, Placed, place, plain_lines, within, without_constants
 from mira_dagster.core.config import Family
 from mira_dagster.core.layouts import (
     PREFERENCE_LAYOUTS,
@@ -87,6 +89,7 @@ class Unit:
     error: str | None = None  # the unit could not be read at all (the broken tail of a JSON array, a bad row)
     oversize: int | None = None  # a line over the cap: its size in bytes (raw then holds only its head)
     member: str | None = None  # the archive member it was read from (position then counts within the member)
+    table: Any = None  # (Arrow record batch, row) of a table row not converted yet (readers.materialise)
 
 
 def estimate_tokens(text: str) -> int:
@@ -417,21 +420,86 @@ class BatchParser:
         earlier: Callable[[list[str]], Mapping[str, str]] | None = None,
         stats: IngestStats | None = None,
         preference: Literal["chosen", "rejected", "both"] = "chosen",
+        decode: Callable[[list[bytes]], pa.Table | None] | None = None,
+        materialise: Callable[[list[Unit]], None] | None = None,
     ) -> None:
+        """`decode(lines)`, when given, decodes a batch's plain JSON Lines lines into an Arrow table (one row a
+        line, None when it cannot): the rows the common layouts place are then read as columns (core/columnar.py),
+        the others per record. `materialise(units)` gives table rows read lazily (`Unit.table`) their values, for
+        the rows the columns do not place."""
         self.source, self.group_id, self.family = source, group_id, family
         self.max_bytes, self.mapping = max_bytes, mapping
         self.stats = stats or IngestStats()
         self._earlier = earlier
         self._seen: dict[str, str] = {}  # record_id -> "file:line" of its first occurrence in this read
         self.sides: tuple[Side, ...] = ("chosen", "rejected") if preference == "both" else (preference,)
+        self._decode = decode if mapping is None and preference == "chosen" else None
+        self._materialise = materialise
+
+    def _columnar(self, units: list[Unit], form: str) -> tuple[Placed, list[int]] | None:
+        """The batch's units read as columns: (what columnar.place placed, the unit index of each placed row)."""
+        if self._decode is None or self.family == "agent":
+            return None
+        if units[0].table is not None:
+            return self._columnar_rows(units)
+        if form != "json":
+            return None
+        lines = plain_lines([u.raw if u.oversize is None and u.error is None else None for u in units], self.max_bytes)
+        if not lines:
+            return None
+        try:
+            raws: list[bytes] = [units[i].raw for i in lines]  # type: ignore[misc]
+            table = self._decode(raws)
+            keep = without_constants(raws, table) if table is not None else None
+            if keep is not None and len(keep) < len(lines):
+                lines = [lines[i] for i in keep]
+                table = self._decode([raws[i] for i in keep]) if keep else None
+            placed = place(table, self.family) if table is not None else None
+        except Exception:  # anything the columns cannot read is read per record, which says why
+            return None
+        if placed is None:
+            return None
+        placed = within(placed, self.max_bytes)
+        return placed, [lines[r] for r in placed.rows]
+
+    def _columnar_rows(self, units: list[Unit]) -> tuple[Placed, list[int]] | None:
+        """A table's rows (units holding their record batch) read as columns, their originals as JSON text."""
+        runs: list[list[Any]] = []  # [record batch, first row, rows]: consecutive rows of one batch
+        for unit in units:
+            batch, row = unit.table
+            if runs and runs[-1][0] is batch and runs[-1][1] + runs[-1][2] == row:
+                runs[-1][2] += 1
+            else:
+                runs.append([batch, row, 1])
+        slices = [batch.slice(row, n) for batch, row, n in runs]
+        try:
+            table = pa.Table.from_batches(slices)
+            placed = place(table, self.family, rows=True)
+        except Exception:  # mixed schemas, a type the columns do not read: per record
+            return None
+        if placed is None:
+            return None
+        placed = within(placed, self.max_bytes)
+        return placed, placed.rows
 
     def parse(self, name: str, units: list[Unit], form: str = "json") -> Parsed:
-        """Decode, normalise, hash and deduplicate one batch of file `name` (all per-record Python). `form` is how
-        the file holds its values: "json" or "row" (a table), kept with each record's original."""
+        """Decode, normalise, hash and deduplicate one batch of file `name`: the rows the columns place
+        (core/columnar.py) as columns, the others per record in Python; duplicates and the stats in unit order.
+        `form` is how the file holds its values: "json" or "row" (a table), kept with each record's original."""
         parsed = Parsed(form=form)
+        columnar = self._columnar(units, form)
+        at: dict[int, int] = {}  # unit index -> its row in the columnar result
+        if columnar is not None:
+            at = {u: k for k, u in enumerate(columnar[1])}
+        if units[0].table is not None:  # table rows read lazily: the others get their values now
+            assert self._materialise is not None, "lazy table units need materialise"
+            self._materialise([u for i, u in enumerate(units) if i not in at])
         # first pass: decode and hash every unit of the batch; then one question to `earlier` for the whole batch
-        decoded: list[tuple[Unit, Any, Any, list[tuple[Side, Any]] | Rejected]] = []
-        for unit in units:
+        decoded: list[tuple[Unit, Any, Any, list[tuple[Side, Any]] | Rejected | int]] = []
+        for i, unit in enumerate(units):
+            if i in at:
+                decoded.append((unit, None, None, at[i]))
+                continue
             try:
                 obj, text = _guarded(read_unit, unit, self.max_bytes)
             except Rejected as rej:
@@ -447,8 +515,13 @@ class BatchParser:
                     outcomes.append((side, rej))
             decoded.append((unit, obj, text, outcomes))
         ids = [o[2] for *_, outs in decoded if isinstance(outs, list) for _, o in outs if not isinstance(o, Rejected)]
+        if columnar is not None:
+            ids += columnar[0].record_id
         earlier = self._earlier(ids) if self._earlier is not None and ids else {}
         for unit, obj, text, outs in decoded:
+            if isinstance(outs, int):
+                self._place_columnar(name, unit, outs, columnar[0], earlier, parsed)  # type: ignore[index]
+                continue
             if isinstance(outs, Rejected):
                 parsed.rejected.append((unit.position, outs.kind, printable(str(outs)), printable(_excerpt(unit))))
                 continue
@@ -478,7 +551,37 @@ class BatchParser:
                 for f in TEXT_FIELDS:
                     parsed.text[f].append(fields.get(f))
             self.stats.extra_rows += len(outs) - 1
+        if parsed.placed_rows:
+            parsed.placed = columnar[0]  # type: ignore[index]
         return parsed
+
+    def _place_columnar(
+        self, name: str, unit: Unit, k: int, placed: Placed, earlier: Mapping[str, str], parsed: Parsed
+    ) -> None:
+        """Row k of the columnar result, as the per-record loop treats a record: a duplicate, or kept."""
+        rid = placed.record_id[k]
+        if (first := earlier.get(rid) or self._seen.get(rid)) is not None:
+            reason = printable(f"duplicate of {first}")
+            # a row's excerpt is its JSON text's head (json.dumps of its text, number and boolean values)
+            excerpt = _excerpt(unit) if placed.original is None else placed.original[k][:200]
+            parsed.rejected.append((unit.position, "duplicate", reason, printable(excerpt)))
+            return
+        self._seen[rid] = f"{name}:{unit.position}"
+        keys = placed.unused[k]
+        if keys is None or (keys and not self.stats.suggested_fields):  # decided, or the suggestion made, per record
+            if unit.table is not None:
+                obj = unit.table[0].slice(unit.table[1], 1).to_pylist()[0]
+            else:
+                obj = _DECODER.decode(unit.raw.decode("utf-8"))  # type: ignore[union-attr]
+            fields = {f: v for f, v in zip(placed.fields.columns, placed.fields.row(k), strict=True)}
+            self._note_unused(name, unit.position, obj, placed.layout, fields)
+        elif keys:
+            self.stats.unused_keys.update(keys)
+            for key in keys:
+                self.stats.unused_first.setdefault(key, f"{name}:{unit.position}")
+        parsed.placed_rows.append(k)
+        parsed.placed_raw.append(unit.raw or b"")
+        parsed.placed_position.append(unit.position)
 
     def _note_unused(self, name: str, position: int, obj: Any, layout: str, fields: Fields) -> None:
         keys = unused_text_keys(obj, fields)
@@ -505,6 +608,10 @@ class BatchParser:
             pl.lit(name).alias("origin_file"),
             pl.lit(parsed.form).alias("original_form"),
         ).select(list(RAW_RECORD_SCHEMA))
+        if parsed.placed is not None:  # the two paths' rows in the units' order (a sort only when both made some)
+            placed = self._placed_frame(name, parsed)
+            both = records.height > 0
+            records = pl.concat([records, placed]).sort("origin_line", maintain_order=True) if both else placed
         rejected = parsed.rejected
         columns = ("origin_line", "kind", "reason", "excerpt")
         quarantine = pl.DataFrame(
@@ -519,8 +626,36 @@ class BatchParser:
         self.stats.quarantined += quarantine.height
         self.stats.tokens += int(records["n_tokens"].sum()) if records.height else 0
         self.stats.layouts.update(parsed.layout)
+        if parsed.placed is not None:
+            self.stats.layouts[parsed.placed.layout] += len(parsed.placed_rows)
         self.stats.reasons.update(kind for _, kind, _, _ in rejected)
         return records, quarantine
+
+    def _placed_frame(self, name: str, parsed: Parsed) -> pl.DataFrame:
+        """The columnar rows kept (not duplicates) as raw_records rows, the line's own text as their original."""
+        placed = parsed.placed
+        assert placed is not None
+        every = parsed.placed_rows == list(range(placed.fields.height))  # no copy when every row was kept
+        fields = placed.fields if every else placed.fields[parsed.placed_rows]
+        if placed.original is not None:  # a table's rows: their JSON text
+            original = placed.original if every else placed.original.gather(parsed.placed_rows)
+        else:  # JSON Lines: the line's own text
+            original = pl.Series(parsed.placed_raw, dtype=pl.Binary).cast(pl.String).str.strip_chars(PY_SPACE)
+        frame = fields.with_columns(
+            pl.Series("record_id", [placed.record_id[k] for k in parsed.placed_rows], dtype=pl.String),
+            pl.lit(placed.layout).alias("layout"),
+            pl.Series("origin_line", parsed.placed_position, dtype=pl.Int64),
+            original.alias("original"),
+            *(pl.lit(None, dtype=pl.String).alias(f) for f in TEXT_FIELDS if f not in fields.columns),
+        )
+        return frame.with_columns(
+            pl.lit(self.source).alias("source"),
+            pl.lit(self.group_id).alias("group_id"),
+            pl.lit(self.family).alias("format"),
+            pl.sum_horizontal(token_count(pl.col(f)) for f in TEXT_FIELDS).alias("n_tokens"),
+            pl.lit(name).alias("origin_file"),
+            pl.lit(parsed.form).alias("original_form"),
+        ).select(list(RAW_RECORD_SCHEMA))
 
 
 @dataclass
@@ -534,6 +669,11 @@ class Parsed:
     original: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
     form: str = "json"
+    # rows read as columns (core/columnar.py) and kept: their rows in `placed`, their lines and positions
+    placed: Placed | None = None
+    placed_rows: list[int] = field(default_factory=list)
+    placed_raw: list[bytes] = field(default_factory=list)
+    placed_position: list[int] = field(default_factory=list)
 
 
 def is_pair(obj: Any) -> bool:

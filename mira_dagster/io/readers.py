@@ -671,18 +671,21 @@ def iter_units(
     start: int = 0,
     first: int = 1,
     scratch: Path | None = None,
+    lazy_tables: bool = False,
 ) -> Iterator[list[Unit]]:
     """Every unit of one file, in batches (a batch never mixes two archive members). Raises SourceFileError if the
     file cannot be read, or was replaced or changed while being read (what was read would then match no version
     of it). `start` (bytes) and `first` (the number of the first unit read) resume an appendable file (see
     file_state) where an earlier read ended. `scratch`: where archive members are unpacked while read (a folder
-    under MIRA_HOME; default_scratch() when not given)."""
+    under MIRA_HOME; default_scratch() when not given). `lazy_tables`: a Parquet / Arrow file's rows come as
+    units holding their record batch and row (`Unit.table`), converted to Python values only by `materialise`
+    (the columnar ingest reads most of them without)."""
     try:
         before = _version(path)
         if start:
             units: Iterator[Unit] = _jsonl_tail(path, start, first, max_bytes)
         else:
-            units = _units(path, detect(path), max_bytes, scratch=scratch)
+            units = _units(path, detect(path), max_bytes, scratch=scratch, lazy=lazy_tables)
         batch: list[Unit] = []
         for unit in units:
             if batch and (len(batch) >= batch_size or unit.member != batch[-1].member):
@@ -706,9 +709,14 @@ def iter_units(
 
 
 def _units(
-    path: Path, c: Container, max_bytes: int, in_archive: bool = False, scratch: Path | None = None
+    path: Path,
+    c: Container,
+    max_bytes: int,
+    in_archive: bool = False,
+    scratch: Path | None = None,
+    lazy: bool = False,
 ) -> Iterator[Unit]:
-    """The units of a file whose container is `c`."""
+    """The units of a file whose container is `c` (`lazy`: table rows left unconverted, see iter_units)."""
     if c.kind == "jsonl":
         return _jsonl_units(path, c, max_bytes)
     if c.kind == "json":
@@ -716,11 +724,11 @@ def _units(
     if c.kind == "csv":
         return _csv_units(path, c, max_bytes)
     if c.kind == "parquet":
-        return _table_units(pq.ParquetFile(path).iter_batches(batch_size=1024))
+        return _table_units(pq.ParquetFile(path).iter_batches(batch_size=1024), lazy)
     if c.kind == "arrow":
-        return _table_units(_arrow_batches(path))
+        return _table_units(_arrow_batches(path), lazy)
     if c.kind == "hf_dataset":
-        return _table_units(b for f in hf_data_files(path) for b in _arrow_batches(f))
+        return _table_units((b for f in hf_data_files(path) for b in _arrow_batches(f)), lazy)
     if in_archive:
         raise _NestedArchive(c.kind)
     return _archive_units(path, c, max_bytes, scratch=scratch)
@@ -884,20 +892,48 @@ def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
             yield from reader
 
 
-def _table_units(batches: Iterator[Any]) -> Iterator[Unit]:
-    """Parquet / Arrow rows as dicts, one record batch at a time, columns of bytes decoded as UTF-8 text."""
+def _table_units(batches: Iterator[Any], lazy: bool = False) -> Iterator[Unit]:
+    """Parquet / Arrow rows as dicts, one record batch at a time, columns of bytes decoded as UTF-8 text; `lazy`:
+    as units holding (record batch, row), for `materialise`."""
     position = 0
     for batch in batches:
-        try:
-            rows: list[Any] = batch.to_pylist()
-        except Exception:  # one value Python cannot hold (a timestamp out of range): find it row by row
-            rows = [_row_or_error(batch, i) for i in range(batch.num_rows)]
-        binary = [f.name for f in batch.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-        for row in rows:
+        if lazy:
+            for i in range(batch.num_rows):
+                position += 1
+                yield Unit(position, table=(batch, i))
+            continue
+        for row in _rows(batch):
             position += 1
-            if binary and not isinstance(row, _BadRow):
-                row = _decode_binary(row, binary)
             yield Unit(position, error=row.message) if isinstance(row, _BadRow) else Unit(position, obj=row)
+
+
+def _rows(batch: Any) -> list[dict[str, Any] | _BadRow]:
+    """A record batch's rows as dicts (bytes columns as text), or why a row cannot be read."""
+    try:
+        rows: list[Any] = batch.to_pylist()
+    except Exception:  # one value Python cannot hold (a timestamp out of range): find it row by row
+        rows = [_row_or_error(batch, i) for i in range(batch.num_rows)]
+    binary = [f.name for f in batch.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        rows = [row if isinstance(row, _BadRow) else _decode_binary(row, binary) for row in rows]
+    return rows
+
+
+def materialise(units: list[Unit]) -> None:
+    """Give the lazy table units among `units` (iter_units' `lazy_tables`) their values, as the eager read does:
+    a dict, or the error of a row that cannot be read."""
+    by_batch: dict[int, tuple[Any, list[Unit]]] = {}
+    for unit in units:
+        if unit.table is not None:
+            by_batch.setdefault(id(unit.table[0]), (unit.table[0], []))[1].append(unit)
+    for batch, group in by_batch.values():
+        rows = _rows(batch.take(pa.array([u.table[1] for u in group], type=pa.int64())))
+        for unit, row in zip(group, rows, strict=True):
+            unit.table = None
+            if isinstance(row, _BadRow):
+                unit.error = row.message
+            else:
+                unit.obj = row
 
 
 def _decode_binary(row: dict[str, Any], columns: list[str]) -> dict[str, Any] | _BadRow:

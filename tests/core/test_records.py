@@ -133,19 +133,28 @@ def test_empty_file_is_reported_not_lost(tmp_path: Path) -> None:
 
 
 def _while_reading(monkeypatch: pytest.MonkeyPatch, at_line: int, act: Callable[[], None]) -> None:
-    """Run `act` (another writer touching the file) just as the reader parses line `at_line`."""
+    """Run `act` (another writer touching the file) just as the reader parses line `at_line`: per record, or in
+    the batch the columnar path reads (core/columnar.py: it reads a batch's lines at once)."""
     from mira_dagster.core import records
 
-    read = records.read_unit
-    calls = []
+    read, lines = records.read_unit, records.plain_lines
+    calls: list[int] = []
+
+    def once(n: int) -> None:
+        if len(calls) < at_line <= len(calls) + n:
+            act()
+        calls.extend([1] * n)
 
     def read_and_act(unit: object, max_bytes: int) -> object:
-        calls.append(1)
-        if len(calls) == at_line:
-            act()
+        once(1)
         return read(unit, max_bytes)
 
+    def lines_and_act(raws: list, max_bytes: int) -> list[int]:
+        once(len(raws))
+        return lines(raws, max_bytes)
+
     monkeypatch.setattr(records, "read_unit", read_and_act)
+    monkeypatch.setattr(records, "plain_lines", lines_and_act)
 
 
 def test_file_replaced_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,445 @@
+"""The common layouts read as columns: a batch of decoded rows (an Arrow table) becomes records without a Python
+object per row, byte for byte what the per-record path (core/records.py) makes of the same rows.
+
+Only what is decided by the batch's schema is read here: a layout is applied to a batch when every layout tried
+before it lacks one of its keys in the whole batch (no row can match it), and to the rows that hold its keys as
+text. Everything else (a null where a key is needed, a blank required field, a record over the size limit, a
+text the layouts would read differently) is handed back, by row, to the per-record path, which decides it as it
+always did. The record_id is the same contract: SHA-256 of `json.dumps(fields, ensure_ascii=False,
+sort_keys=True)`, the canonical text built with column expressions and hashed row by row from the Arrow buffer."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from mira_dagster.core.config import Family
+from mira_dagster.core.layouts import REQUIRED, not_chosen_key
+
+# str.isspace's characters (Python's strip), which differ from Rust's whitespace (U+001C..U+001F); none is above
+# U+3000 (tests/core/test_columnar.py checks the whole range), so importing this does not scan 1.1M characters
+PY_SPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+
+# json.dumps(..., ensure_ascii=False) escapes: backslash, quote, and every control character below U+0020
+_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+_ESCAPES = {**{chr(i): f"\\u{i:04x}" for i in range(0x20)}, **_SHORT}
+
+# The QA layouts tried before the ones read here, in core/layouts.py's order, each with keys it cannot match
+# without (any one absent from the whole batch rules it out for every row).
+_QA_ORDER: list[tuple[str, tuple[str, ...]]] = [
+    ("responses_rollout", ("responses_create_params", "response")),
+    ("question_answer", ("question", "answer")),
+    ("prompt_solution", ("prompt", "solution")),
+    ("instruction_response", ("instruction", "response")),
+    ("lean_cot_proof", ("cot", "correct_proof")),
+    ("lean_formal", ("formal_statement", "formal_proof")),
+]
+_QA_FIELDS = ("question", "thinking", "answer")
+
+# Deeper values than this are left to the per-record path, which refuses what Python's decoder cannot nest
+MAX_DEPTH = 100
+
+# the unused-text check of core/records.unused_text_keys, its constants
+_UNUSED_MIN, _PROBE, _PROBES = 40, 24, 5
+
+
+@dataclass
+class Placed:
+    """Rows of a batch read as records: `rows` (indices into the batch) with their layout, normalised fields,
+    record_id and the keys of unused prose (for the stats); rows not listed are the per-record path's."""
+
+    rows: list[int]
+    layout: str
+    fields: pl.DataFrame  # question, thinking, answer (normalised; thinking may be "")
+    record_id: list[str]
+    unused: list[list[str] | None]  # None: a transcript-like value, for the per-record check
+    original: pl.Series | None = None  # a table's rows: each row's JSON text (JSON Lines keep the line's)
+
+
+def place(table: pa.Table, family: Family, rows: bool = False) -> Placed | None:
+    """The rows of `table` one of the layouts read here places, or None when the batch is not one of them.
+    `rows`: the table is a Parquet / Arrow file's rows, whose original is their JSON text (made here: only
+    tables of text, integer and boolean columns are read so)."""
+    if family not in ("qa", "qa_with_think") or table.num_rows == 0:
+        return None
+    if type_depth(table.schema) > MAX_DEPTH:
+        return None
+    names = set(table.column_names)
+    chosen = next((name for name, keys in _QA_ORDER if all(k in names for k in keys)), None)
+    if chosen is None or chosen not in _LAYOUTS:
+        return None
+    df = pl.from_arrow(table, rechunk=False)  # no copy: Arrow's JSON reader gives a chunk per block
+    assert isinstance(df, pl.DataFrame)
+    if rows and not all(dtype in _JSON_TYPES for dtype in df.schema.values()):
+        return None
+    reader = _LAYOUTS[chosen]
+    needed = dict(_QA_ORDER)[chosen]
+    for key in (*needed, *reader.optional):  # a key read as text: anything else is read row by row in Python
+        if key in names and df.schema[key] not in (pl.String, pl.Null):
+            return None
+    if any(k in names for k in reader.refuse):
+        return None
+    # rows holding every key the layout needs (a null may be a missing key: those rows are Python's)
+    ok = pl.all_horizontal(pl.col(k).is_not_null() for k in needed)
+    raw = _kept(df.with_row_index("_row"), ok)
+    if raw.height == 0:
+        return None
+    fields = raw.select(pl.col("_row"), *reader.fields(raw))
+    fields = normalised(fields, list(_QA_FIELDS))
+    # required fields non-empty after normalising, and the record within its size: else Python says why
+    req = REQUIRED[family]
+    fields = _kept(fields, pl.all_horizontal(pl.col(f).str.len_bytes() > 0 for f in req))
+    if fields.height == 0:
+        return None
+    texts = fields.select(_QA_FIELDS)
+    ids = record_ids(texts)
+    at = fields["_row"]
+    held = df if at.len() == df.height else df[at]  # the rows placed (a copy only when some are not)
+    text_keys = [c for c in table.column_names if df.schema[c] == pl.String and c not in reader.verbatim]
+    unused = unused_keys(held, texts, text_keys)
+    original = row_json(held) if rows else None
+    return Placed(at.to_list(), chosen, texts, ids, unused, original)
+
+
+def type_depth(schema: pa.Schema) -> int:
+    """How deeply the schema's types nest (a list of structs of lists: 3), without recursion."""
+    deepest, stack = 0, [(f.type, 1) for f in schema]
+    while stack:
+        typ, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            return depth
+        stack += [(typ.field(i).type, depth + 1) for i in range(typ.num_fields)]
+    return deepest
+
+
+def plain_lines(raws: list[bytes | None], max_bytes: int) -> list[int]:
+    """The indices of the JSON Lines lines worth giving the Arrow reader: text within the size limit, no
+    byte-order mark (Arrow skips it where the per-record path keeps the line's own text), not blank."""
+    return [
+        i
+        for i, raw in enumerate(raws)
+        if raw is not None and 0 < len(raw) <= max_bytes and not raw.isspace() and not raw.startswith(b"\xef\xbb\xbf")
+    ]
+
+
+def without_constants(raws: list[bytes], table: pa.Table) -> list[int] | None:
+    """Arrow reads NaN and Infinity as numbers, which the per-record path refuses: when the batch has a floating
+    column (at any depth), the indices of the lines that spell neither, else None (no line can hold one)."""
+    stack = [f.type for f in table.schema]
+    while stack:
+        typ = stack.pop()
+        if pa.types.is_floating(typ):
+            return [i for i, raw in enumerate(raws) if b"NaN" not in raw and b"Infinity" not in raw]
+        stack += [typ.field(i).type for i in range(typ.num_fields)]
+    return None
+
+
+def _kept(df: pl.DataFrame, keep: pl.Expr) -> pl.DataFrame:
+    """`df.filter(keep)`, without copying the frame when every row is kept (the usual batch)."""
+    mask = df.select(keep.fill_null(False)).to_series()
+    return df if mask.all() else df.filter(mask)
+
+
+def within(placed: Placed, max_bytes: int) -> Placed:
+    """`placed` without the rows whose text is over `max_bytes` characters (the per-record path quarantines them)."""
+    size = placed.fields.select(pl.sum_horizontal(pl.col(f).str.len_chars() for f in _QA_FIELDS)).to_series()
+    keep = (size <= max_bytes).to_list()
+    if all(keep):
+        return placed
+    idx = [i for i, k in enumerate(keep) if k]
+    return Placed(
+        [placed.rows[i] for i in idx],
+        placed.layout,
+        placed.fields[idx],
+        [placed.record_id[i] for i in idx],
+        [placed.unused[i] for i in idx],
+        None if placed.original is None else placed.original.gather(idx),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The layouts (core/layouts.py), as expressions over the rows that hold their keys.
+
+
+def _s(key: str, names: set[str]) -> pl.Expr:
+    """`_str(d.get(key))`: the text, "" for null or an absent key (the column is text or all null)."""
+    return pl.col(key).cast(pl.String).fill_null("") if key in names else pl.lit("", dtype=pl.String)
+
+
+@dataclass(frozen=True)
+class _Reader:
+    fields: Callable[[pl.DataFrame], list[pl.Expr]]
+    optional: tuple[str, ...] = ()  # keys read with d.get (text or absent)
+    refuse: tuple[str, ...] = ()  # keys that change the layout's output: such batches stay per record
+    verbatim: tuple[str, ...] = ()  # keys whose text is a field's, whole: never unused
+
+
+def _split_think(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """layouts._split_think: (thinking, answer) around the first `</think>`; none: ("", text)."""
+    parts = text.str.splitn("</think>", 2)
+    found = parts.struct.field("field_1").is_not_null()
+    thinking = pl.when(found).then(parts.struct.field("field_0").str.replace_all("<think>", "", literal=True))
+    answer = pl.when(found).then(parts.struct.field("field_1"))
+    return thinking.otherwise(pl.lit("")), answer.otherwise(text)
+
+
+def _until_tag_or_end(rest: pl.Expr, closing: str) -> pl.Expr:
+    """layouts._until_tag_or_end on what follows the opening tag (`rest`): up to `closing`, else to the end less
+    one final newline."""
+    parts = rest.str.splitn(closing, 2)
+    return (
+        pl.when(parts.struct.field("field_1").is_not_null())
+        .then(parts.struct.field("field_0"))
+        .otherwise(rest.str.strip_suffix("\n"))
+    )
+
+
+def _question_answer(df: pl.DataFrame) -> list[pl.Expr]:
+    names = set(df.columns)
+    return [
+        _s("question", names).alias("question"),
+        _s("thinking", names).alias("thinking"),
+        _s("answer", names).alias("answer"),
+    ]
+
+
+def _prompt_solution(df: pl.DataFrame) -> list[pl.Expr]:
+    prompt = pl.col("prompt")
+    head = prompt.str.strip_chars_end(PY_SPACE)
+    question = pl.when(head.str.ends_with("<think>")).then(head.str.head(-len("<think>"))).otherwise(prompt)
+    parts = pl.col("solution").str.splitn("</think>", 2)
+    found = parts.struct.field("field_1").is_not_null()
+    thinking = pl.when(found).then(parts.struct.field("field_0")).otherwise(pl.lit(""))
+    answer = pl.when(found).then(parts.struct.field("field_1")).otherwise(pl.col("solution"))
+    return [question.alias("question"), thinking.alias("thinking"), answer.alias("answer")]
+
+
+def _instruction_response(df: pl.DataFrame) -> list[pl.Expr]:
+    resp = pl.col("response")
+    after_open = resp.str.splitn("<Thought>", 2).struct.field("field_1")
+    closing = after_open.str.splitn("</Thought>", 2)
+    paired = closing.struct.field("field_1").is_not_null()  # a <Thought> with its </Thought> after it
+    out = resp.str.splitn("<Output>", 2).struct.field("field_1")  # searched from the start, as the layout does
+    answer_t = pl.when(out.is_not_null()).then(_until_tag_or_end(out, "</Output>"))
+    answer_t = answer_t.otherwise(closing.struct.field("field_1"))
+    thinking_k, answer_k = _split_think(resp)
+    thinking = pl.when(paired).then(closing.struct.field("field_0")).otherwise(thinking_k)
+    answer = pl.when(paired).then(answer_t).otherwise(answer_k)
+    return [pl.col("instruction").alias("question"), thinking.alias("thinking"), answer.alias("answer")]
+
+
+# what layouts._theorem_statement finds: the first `theorem` followed by a space character, through the next `:=`
+_SPACE_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in PY_SPACE)
+_THEOREM = f"(?s)theorem[{_SPACE_CLASS}].*?:="
+
+
+def _lean_cot_proof(df: pl.DataFrame) -> list[pl.Expr]:
+    names = set(df.columns)
+    proof, cot = pl.col("correct_proof"), pl.col("cot")
+    stmt = proof.str.extract(_THEOREM, 0)
+    question = pl.concat_str(pl.lit("Prove in Lean 4: "), pl.coalesce(stmt, _s("name", names)))
+    rest = cot.str.splitn("<think>", 2).struct.field("field_1")
+    thinking = pl.when(rest.is_not_null()).then(_until_tag_or_end(rest, "</think>")).otherwise(pl.lit(""))
+    return [question.alias("question"), thinking.alias("thinking"), proof.alias("answer")]
+
+
+def _lean_formal(df: pl.DataFrame) -> list[pl.Expr]:
+    names = set(df.columns)
+    question = pl.concat_str(_s("informal_prefix", names), pl.col("formal_statement"))
+    answer = pl.concat_str(pl.col("formal_statement"), pl.col("formal_proof"))
+    return [question.alias("question"), pl.lit("").alias("thinking"), answer.alias("answer")]
+
+
+_LAYOUTS: dict[str, _Reader] = {
+    "question_answer": _Reader(_question_answer, optional=("thinking",), verbatim=("question", "thinking", "answer")),
+    "prompt_solution": _Reader(_prompt_solution),
+    # databricks-dolly's `context` joins the question: such batches are read per record
+    "instruction_response": _Reader(_instruction_response, refuse=("context",), verbatim=("instruction",)),
+    "lean_cot_proof": _Reader(_lean_cot_proof, optional=("name",), verbatim=("correct_proof",)),
+    "lean_formal": _Reader(_lean_formal, optional=("informal_prefix",)),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Text, ids and the unused-prose check, as columns.
+
+
+@functools.cache
+def _nfc_pattern() -> str:
+    """A regex class of every character NFC may change or compose with what precedes it: characters with a
+    canonical decomposition, the characters after the first in those decompositions, combining marks, Hangul jamo
+    and syllables. Text without any of them is its own NFC."""
+    chars: set[int] = set(range(0x1100, 0x1200)) | set(range(0xAC00, 0xD7A4))
+    for c in range(0x30000):  # no character above has a decomposition
+        ch = chr(c)
+        if unicodedata.combining(ch):
+            chars.add(c)
+        d = unicodedata.decomposition(ch)
+        if d and not d.startswith("<"):
+            chars.add(c)
+            chars.update(int(x, 16) for x in d.split()[1:])  # a first character composes only with what follows
+    ranges, start, prev = [], None, None
+    for c in sorted(chars):
+        if start is None:
+            start = prev = c
+        elif c == prev + 1:  # type: ignore[operator]
+            prev = c
+        else:
+            ranges.append((start, prev))
+            start = prev = c
+    ranges.append((start, prev))
+    return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges) + "]"  # type: ignore[str-format]
+
+
+def normalised(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """layouts.normalise_text of each value of `columns`: NFC, line ends as LF, no surrounding (str.isspace)
+    whitespace. The columns are scanned together (polars runs them on every core); only values holding a
+    character NFC may change go through Python (faster than polars' normalize), and only changed ones are written
+    back; line ends are rewritten only in columns holding a CR."""
+    if not columns or df.height == 0:
+        return df
+    flags = df.select(
+        *(pl.col(c).str.contains(_nfc_pattern()).fill_null(False).alias(f"nfc_{i}") for i, c in enumerate(columns)),
+        *(pl.col(c).str.contains("\r", literal=True).any().alias(f"cr_{i}") for i, c in enumerate(columns)),
+    )
+    out = []
+    for i, c in enumerate(columns):
+        s = df[c]
+        idx = flags[f"nfc_{i}"].arg_true()
+        if idx.len():
+            values = s.gather(idx).to_list()
+            changed = [
+                (j, n)
+                for j, v in zip(idx.to_list(), values, strict=True)
+                if (n := unicodedata.normalize("NFC", v)) != v
+            ]
+            if changed:
+                s = s.scatter([j for j, _ in changed], pl.Series([n for _, n in changed], dtype=pl.String))
+        e = pl.lit(s)
+        if flags[f"cr_{i}"][0]:
+            e = e.str.replace_all("\r\n", "\n", literal=True).str.replace_all("\r", "\n", literal=True)
+        out.append(e.str.strip_chars(PY_SPACE).alias(c))
+    return df.with_columns(out)
+
+
+def _escaped(text: pl.Expr) -> pl.Expr:
+    """The inside of json.dumps(text, ensure_ascii=False)'s quotes."""
+    return text.str.replace_many(list(_ESCAPES), list(_ESCAPES.values()))
+
+
+_JSON_TYPES = frozenset(
+    {pl.String, pl.Boolean, pl.Null, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64}
+)
+
+
+def row_json(df: pl.DataFrame) -> pl.Series:
+    """records.original_text of each row of a table of text, integer and boolean columns: json.dumps of the row
+    as a dict (keys in column order, ensure_ascii=False), built with column expressions."""
+    if not df.columns:
+        return pl.Series([("{}")] * df.height, dtype=pl.String)
+    parts = []
+    for name, dtype in df.schema.items():
+        col = pl.col(name)
+        if dtype == pl.String:
+            value = pl.concat_str(pl.lit('"'), _escaped(col), pl.lit('"'))
+        elif dtype == pl.Boolean:
+            value = pl.when(col).then(pl.lit("true")).otherwise(pl.lit("false"))
+        elif dtype == pl.Null:
+            value = pl.lit(None, dtype=pl.String)
+        else:
+            value = col.cast(pl.String)
+        value = pl.when(col.is_null()).then(pl.lit("null")).otherwise(value)
+        parts.append(pl.concat_str(pl.lit(json.dumps(name, ensure_ascii=False) + ": "), value))
+    return df.select(pl.concat_str(pl.lit("{"), pl.concat_str(parts, separator=", "), pl.lit("}"))).to_series()
+
+
+def record_ids(fields: pl.DataFrame) -> list[str]:
+    """records._id_of_normalised of each row of normalised text columns: the canonical JSON (keys sorted, empty
+    values left out) built with column expressions, its SHA-256 taken row by row from the Arrow buffer."""
+    keys = sorted(fields.columns)
+    members = [
+        pl.when(pl.col(k).str.len_bytes() > 0).then(
+            pl.concat_str(pl.lit(f'"{k}": "'), _escaped(pl.col(k)), pl.lit('"'))
+        )
+        for k in keys
+    ]
+    canon = fields.select(
+        pl.concat_str(pl.lit("{"), pl.concat_str(members, separator=", ", ignore_nulls=True), pl.lit("}"))
+    ).to_series()
+    return sha256_prefixes(canon)
+
+
+def sha256_prefixes(texts: pl.Series) -> list[str]:
+    """The first 32 hex digits of each value's UTF-8 SHA-256, read from the Arrow buffer (no Python string each)."""
+    arr = texts.to_arrow()
+    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks) if arr.num_chunks != 1 else arr.chunk(0)
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1].tolist()
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+    sha = hashlib.sha256
+    return [sha(data[offsets[i] : offsets[i + 1]]).hexdigest()[:32] for i in range(len(arr))]
+
+
+def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]) -> list[list[str] | None]:
+    """records.unused_text_keys of each row: top-level text keys holding long prose none of the fields contains.
+    A value that may read as a Human/Assistant transcript is not decided here: its row is None and the caller asks
+    the per-record check (rare). Only long values are looked at, a value equal to a field is used, and the probes
+    are looked for field by field, the rows decided by one field not looked at again."""
+    out: list[list[str] | None] = [[] for _ in range(raw.height)]
+    names = list(fields.columns)
+    for key in (c for c in text_columns if not _side_key(c)):
+        frame = pl.concat([raw.select(pl.col(key).alias("_value")), fields], how="horizontal").with_row_index("_i")
+        frame = _kept(frame, pl.col("_value").str.len_chars() >= _UNUSED_MIN)
+        if frame.height == 0:
+            continue
+        frame = normalised(frame.with_columns(pl.col("_value").alias("_text")), ["_text"])
+        text = pl.col("_text")
+        n = text.str.len_chars()
+        value = pl.col("_value")
+        hh = value.str.starts_with("Human:") | value.str.starts_with("Assistant:")
+        hh = hh | value.str.starts_with("\n\nHuman:") | value.str.starts_with("\n\nAssistant:")
+        prose = (n >= _UNUSED_MIN) & ~text.str.starts_with("[") & ~text.str.starts_with("{")
+        prose = prose & text.str.contains(" ", literal=True)
+        frame = _kept(frame, prose).with_columns(hh.alias("_hh"))
+        frame = _kept(frame, ~pl.any_horizontal(pl.col("_text") == pl.col(f) for f in names))  # a field is it
+        if frame.height == 0:
+            continue
+        size = pl.max_horizontal(pl.lit(12), pl.min_horizontal(pl.lit(_PROBE), n // 6))
+        step = pl.max_horizontal(pl.lit(1), (n - size) // (_PROBES + 1))
+        probes = [f"_p{i}" for i in range(1, _PROBES + 1)]
+        frame = frame.with_columns(text.str.slice(i * step, size).alias(p) for i, p in enumerate(probes, 1))
+        frame = frame.with_columns(pl.lit(False).alias(f"_found{p}") for p in probes)
+        undecided = frame
+        for f in sorted(names, key=lambda f: -fields[f].str.len_bytes().sum()):  # the longest field first
+            undecided = undecided.with_columns(
+                (pl.col(f"_found{p}") | pl.col(f).str.contains(pl.col(p), literal=True).fill_null(False)).alias(
+                    f"_found{p}"
+                )
+                for p in probes
+            )
+            count = pl.sum_horizontal(pl.col(f"_found{p}").cast(pl.Int32) for p in probes)
+            undecided = _kept(undecided, (count <= _PROBES // 2) | pl.col("_hh"))
+            if undecided.height == 0:
+                break
+        for i, hh_row in zip(undecided["_i"].to_list(), undecided["_hh"].to_list(), strict=True):
+            row = out[i]
+            if hh_row or row is None:
+                out[i] = None
+            else:
+                row.append(key)
+    return out
+
+
+def _side_key(key: str) -> bool:
+    return not_chosen_key(key) or "chosen" in key.lower()
