@@ -16,6 +16,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from http.server import ThreadingHTTPServer  # noqa: E402
+
 from mira_dagster.core.offline import OfflineBackend  # noqa: E402
 from mira_dagster.core.offline_judge import OfflineJudge  # noqa: E402
 from tests.loopback import ChatServer, completion, serve  # noqa: E402
@@ -54,6 +56,9 @@ class BenchServer(ChatServer):
 
 def main() -> None:
     role, url_file = sys.argv[1], Path(sys.argv[2])
+    # a listen backlog like vLLM's (uvicorn: 2048), not http.server's 5: a step opens up to max_in_flight (128)
+    # connections at once, and connections the backlog drops wait seconds for the kernel's retransmission
+    ThreadingHTTPServer.request_queue_size = 2048
     server = BenchServer()
     server.offline = OfflineBackend(role, [4, 9, 14] if role == "student" else [])  # type: ignore[arg-type]
     server.requests, server.answered, server.auth_headers = _Count(), _Count(), _Count()  # type: ignore[assignment]

@@ -459,11 +459,26 @@ def _read_slot(rest: str, last_cut: bool) -> _Slot:
         if isinstance(late, tuple):
             return _check(late[0], _rationale(f"{rest[tok.start() : end]}{late[1] and ' ' + late[1] or ''}"))
         return late or _refuse(f"number not in the score position: {_excerpt(rest)}")
-    for m in (*_LATE_SCORE.finditer(after), *_ANY_OF_TEN.finditer(after)):  # "7/10 → revised 8/10"
-        other = next(g for g in m.groups() if g is not None)
-        if _value(other) != _value(number):
-            return _refuse(f"two scores on its line ({number}, {other})")
+    if _may_hold_score(after):
+        for m in (*_LATE_SCORE.finditer(after), *_ANY_OF_TEN.finditer(after)):  # "7/10 → revised 8/10"
+            other = next(g for g in m.groups() if g is not None)
+            if _value(other) != _value(number):
+                return _refuse(f"two scores on its line ({number}, {other})")
     return _check(number, _rationale(after))
+
+
+# The only non-ASCII letters that match ASCII ones under re.I (the `re` documentation: İ, ı, ſ and the Kelvin sign).
+_FOLDS_TO_ASCII = frozenset("\u0130\u0131\u017f\u212a")
+
+
+def _may_hold_score(text: str) -> bool:
+    """False only when neither _LATE_SCORE nor _ANY_OF_TEN can match in `text`: each of their branches needs a "/",
+    an "out" (of ten), a "score" or a "rating". It spares most rationales the two scans, the bulk of a reply's
+    parse."""
+    if "/" in text or not _FOLDS_TO_ASCII.isdisjoint(text):
+        return True
+    low = text.lower()
+    return "out" in low or "score" in low or "rating" in low
 
 
 def _excerpt(text: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from mira_dagster.core.records import TEXT_FIELDS, Record
+from mira_dagster.core.records import TEXT_FIELDS, Record, RecordLike
 from mira_dagster.core.rubric import Rubric
 
 # The cards' four trailer lines (the constrained-decoding regex below spells the same contract).
@@ -102,12 +102,12 @@ def _system_context(rubric: Rubric, description: str) -> dict[str, Any]:
     return {**_rubric_context(rubric), "family": rubric.family, "description": description}
 
 
-def _user_context(rubric: Rubric, record: Record) -> dict[str, Any]:
+def _user_context(rubric: Rubric, record: RecordLike) -> dict[str, Any]:
     fields = {f: getattr(record, f) or "(none)" for f in TEXT_FIELDS}
     return {**_rubric_context(rubric), **fields, "family": record.format}
 
 
-def render_user(template: PromptTemplates | str, rubric: Rubric, record: Record) -> str:
+def render_user(template: PromptTemplates | str, rubric: Rubric, record: RecordLike) -> str:
     """The user message for one record. `template` is the templates or the user template's source as a ScorerSpec
     holds it (`spec.user_template`). The family is the record's own (one rubric may score several families), and
     the record's text is passed as values: braces in it are never read as template syntax."""
@@ -137,7 +137,7 @@ def marked_system(templates: PromptTemplates, rubric: Rubric, description: str) 
     return _marked(templates.system, str(templates.system_path), _system_context(rubric, description))
 
 
-def marked_user(templates: PromptTemplates, rubric: Rubric, record: Record) -> list[MarkedLine] | None:
+def marked_user(templates: PromptTemplates, rubric: Rubric, record: RecordLike) -> list[MarkedLine] | None:
     """The user message line by line with each line's provenance mark (None: the marks cannot be placed)."""
     return _marked(templates.user, str(templates.user_path), _user_context(rubric, record))
 

@@ -20,7 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -130,11 +130,34 @@ def records_from(df: pl.DataFrame) -> list[Record]:
     return [Record(**row) for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True)]
 
 
-def iter_records(df: pl.DataFrame) -> Iterator[Record]:
-    """The frame's rows as Records, one at a time and not validated again: raw_records' rows were validated at
-    ingest (its schema), and a scored source streams millions of them."""
-    for row in df.select(list(RECORD_SCHEMA)).iter_rows(named=True):
-        yield Record.model_construct(**row)
+class RecordRow(NamedTuple):
+    """A raw_records row as the scoring path reads it: Record's fields, as a plain tuple (no pydantic object per
+    record; the rows were validated at ingest, and a scored source streams millions of them)."""
+
+    record_id: str
+    source: str
+    group_id: str
+    format: Family
+    layout: str
+    question: str | None
+    thinking: str | None
+    answer: str | None
+    task: str | None
+    trajectory: str | None
+    outcome: str | None
+    n_tokens: int
+    origin_file: str
+    origin_line: int
+
+
+# What prompts and score rows are built from: a validated Record or a row read from raw_records.
+RecordLike = Record | RecordRow
+
+
+def record_rows(df: pl.DataFrame) -> Iterator[RecordRow]:
+    """The frame's rows (raw_records' columns, any others ignored) as RecordRows, one at a time, straight from its
+    columns."""
+    return map(RecordRow._make, df.select(list(RECORD_SCHEMA)).iter_rows())
 
 
 def record_text(row: Mapping[str, Any], limit: int = 4000) -> str:

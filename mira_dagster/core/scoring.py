@@ -25,10 +25,12 @@ plan's counts (cached, too long, to send) are what the asset would do, by constr
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -36,7 +38,7 @@ from pydantic import BaseModel
 
 from mira_dagster.core.config import PipelineSettings
 from mira_dagster.core.parsing import ScoreResult, parse_reply
-from mira_dagster.core.records import Record, estimate_tokens
+from mira_dagster.core.records import RecordLike, estimate_tokens
 
 Role = Literal["teacher", "student"]
 
@@ -102,9 +104,9 @@ class RequestFailed(Exception):
         self.sent = sent
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
-    record: Record
+    record: RecordLike
     user: str
 
 
@@ -256,7 +258,21 @@ def run_scorer(
             if close := getattr(backend, "aclose", None):
                 await close()
 
-    return asyncio.run(run())
+    with _heap_frozen():
+        return asyncio.run(run())
+
+
+@contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """The objects that exist before scoring (Dagster, our definitions, the loaded modules: millions in a step's
+    process) left out of the garbage collector's passes while it runs, so a full collection scans what scoring made,
+    not the whole process again and again: it was about a fifth of a step's CPU (docs/benchmarks.md, issue 25).
+    Nothing is lost: they are handed back to the collector at the end."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 async def score_stream(

@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from mira_dagster.core.records import Record
+from mira_dagster.core.records import RecordLike
 from mira_dagster.core.rubric import N_SLOTS
 from mira_dagster.core.scoring import Outcome, ScorerSpec
 
@@ -36,8 +36,14 @@ SCORE_SCHEMA = {
 }
 
 
-def score_row(record: Record, out: Outcome, spec: ScorerSpec) -> dict[str, Any]:
+def score_row(record: RecordLike, out: Outcome, spec: ScorerSpec) -> dict[str, Any]:
     """One record's row of the scores tables; the outcome's reply text is not kept (it stays in the reply cache)."""
+    return _score_row(record, out, spec.version, spec.model)
+
+
+def _score_row(record: RecordLike, out: Outcome, version: str, model: str) -> dict[str, Any]:
+    """score_row with the spec's version and model given: the version hashes the whole spec, once per scorer,
+    not once per record."""
     res, comp = out.result, out.completion
     return {
         "record_id": record.record_id,
@@ -56,13 +62,14 @@ def score_row(record: Record, out: Outcome, spec: ScorerSpec) -> dict[str, Any]:
         "prompt_tokens": comp.prompt_tokens if comp else None,
         "completion_tokens": comp.completion_tokens if comp else None,
         "cached_tokens": comp.cached_tokens if comp else None,
-        "scorer_version": spec.version,
-        "model": spec.model,
+        "scorer_version": version,
+        "model": model,
     }
 
 
-def scores_frame(records: Sequence[Record], outcomes: Sequence[Outcome], spec: ScorerSpec) -> pl.DataFrame:
-    rows = [score_row(rec, out, spec) for rec, out in zip(records, outcomes, strict=True)]
+def scores_frame(records: Sequence[RecordLike], outcomes: Sequence[Outcome], spec: ScorerSpec) -> pl.DataFrame:
+    version = spec.version
+    rows = [_score_row(rec, out, version, spec.model) for rec, out in zip(records, outcomes, strict=True)]
     return pl.DataFrame(rows, schema=SCORE_SCHEMA)
 
 
@@ -72,10 +79,11 @@ class ScoreRows:
 
     def __init__(self, spec: ScorerSpec, out: Callable[[pl.DataFrame], None], batch: int = 2048) -> None:
         self.spec, self.out, self.batch = spec, out, batch
+        self.version = spec.version
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, record: Record, outcome: Outcome) -> None:
-        self.rows.append(score_row(record, outcome, self.spec))
+    def add(self, record: RecordLike, outcome: Outcome) -> None:
+        self.rows.append(_score_row(record, outcome, self.version, self.spec.model))
         if len(self.rows) >= self.batch:
             self.flush()
 

@@ -31,18 +31,20 @@ MIRA_<ROLE>_* variables). Keys are never written anywhere: they are kept out of 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx2
 import openai
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
 from mira_dagster.core.scoring import Completion, RequestFailed, ScorerSpec
+from mira_dagster.io.http11 import Http11Transport
 
 DEFAULT_TEACHER_MODEL = "moonshotai/Kimi-K2.6"
 REST_AFTER_FAILURE_S = 15.0
@@ -96,6 +98,25 @@ def safe_error(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
         if len(secret) >= 4 and secret != "EMPTY":  # vLLM's placeholder key is no secret
             text = text.replace(secret, "***")
     return " ".join(text.split())[:300]
+
+
+def _completion(raw: bytes, where: str) -> Completion:
+    """A chat completion's reply as the cards' client reads it: the first choice's text and finish reason, and the
+    token counts when the server gives them; a body that is not one fails the request, naming the endpoint."""
+    try:
+        reply = json.loads(raw)
+        choice = reply["choices"][0]
+        usage = reply.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            cached_tokens=details.get("cached_tokens"),
+        )
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        raise RequestFailed(f"not a chat completion from {where}: {type(exc).__name__}: {exc}"[:300]) from None
 
 
 class ServerInfo(BaseModel):
@@ -195,7 +216,12 @@ class OpenAIBackend:
 
         # no read timeout: a reply takes as long as the server needs (the stall detector watches the endpoint)
         timeout = openai.Timeout(None, connect=CONNECT_TIMEOUT_S, write=max(timeout_s, CONNECT_TIMEOUT_S))
-        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count]}, timeout=timeout)
+        # plain-HTTP endpoints through the lean transport (io/http11.py: half of a request's CPU); HTTPS, and the
+        # environment's proxies (mounted by httpx above the transport), through httpx's own
+        fallback = httpx2.AsyncHTTPTransport(limits=openai.DEFAULT_CONNECTION_LIMITS)
+        http = openai.DefaultAsyncHttpxClient(
+            event_hooks={"request": [count]}, timeout=timeout, transport=Http11Transport(fallback)
+        )
         client = AsyncOpenAI(
             base_url=url, api_key=self.endpoint.api_key, timeout=timeout, max_retries=max_retries, http_client=http
         )
@@ -285,27 +311,19 @@ class OpenAIBackend:
             started = time.monotonic()
             try:
                 # The client's generic POST: same retries, errors and auth as chat.completions.create, without
-                # its per-request walk over the typed request body (most of its CPU cost at 300 requests/s).
-                call = target.client.post("/chat/completions", body=body, cast_to=ChatCompletion)
-                resp = await self._wait(target, call)
+                # its per-request walk over the typed request body (most of its CPU cost at 300 requests/s), and
+                # the reply's bytes rather than a ChatCompletion built field by field: the JSON is read here.
+                call = target.client.post("/chat/completions", body=body, cast_to=bytes)
+                raw = await self._wait(target, call)
             finally:
                 target.in_flight -= 1
         target.answered_at = time.monotonic()
         self.stats.longest_reply_s = max(self.stats.longest_reply_s, target.answered_at - started)
         where = redact_url(target.base_url)
         self.stats.per_endpoint[where] = self.stats.per_endpoint.get(where, 0) + 1
-        choice = resp.choices[0]
-        usage = resp.usage
-        details = getattr(usage, "prompt_tokens_details", None) if usage else None
-        return Completion(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            cached_tokens=getattr(details, "cached_tokens", None) if details else None,
-        )
+        return _completion(raw, where)
 
-    async def _wait(self, target: _Target, call: Any) -> ChatCompletion:
+    async def _wait(self, target: _Target, call: Any) -> bytes:
         """Await the request as long as its endpoint is alive; cancel it only when the endpoint is stalled."""
         task = asyncio.ensure_future(call)
         try:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from mira_dagster.core.config import MiraConfig, ScorerUnit
 from mira_dagster.core.discovery import judgment_jobs
 from mira_dagster.core.prompts import render_user
-from mira_dagster.core.records import RECORD_SCHEMA, Record, iter_records, records_from
+from mira_dagster.core.records import RECORD_SCHEMA, Record, record_rows, records_from
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.sampling import Split, hash_sample, teacher_sample
 from mira_dagster.core.scoring import ChatBackend, Chunk, Job, RequestCount, Role, ScorerSpec, count_requests
@@ -87,9 +87,10 @@ def scoring_frames(
 
 
 def score_chunks(frames: Iterable[pl.DataFrame], user_template: str, rubric: Rubric) -> Iterator[Chunk]:
-    """Chunks whose prompts are rendered one by one as the request queue takes them."""
+    """Chunks whose prompts are rendered one by one as the request queue takes them, each from a row of the frame's
+    columns (a tuple, no pydantic object per record)."""
     for df in frames:
-        jobs = (Job(rec, render_user(user_template, rubric, rec)) for rec in iter_records(df))
+        jobs = (Job(rec, render_user(user_template, rubric, rec)) for rec in record_rows(df))
         yield Chunk(df["record_id"].to_list(), jobs)
 
 

@@ -359,3 +359,51 @@ def test_an_alternative_after_the_dash_is_refused(hedge: str) -> None:
     assert r.scores[2] is None and r.status == "partial"
     assert any(i.startswith("A3: a range or alternative") for i in r.issues)
     assert parse_reply(contract().replace("reason 3", "or 3")).scores[2] == 3.0  # the same number is one score
+
+
+# _may_hold_score spares a rationale the two late-score scans only when neither can match: never a false "no".
+_FOLDS = "\u0130\u0131\u017f\u212a"
+
+
+def test_the_letters_that_fold_to_ascii_under_re_i_are_the_four_the_guard_knows() -> None:
+    import re
+
+    from mira_dagster.core.parsing import _FOLDS_TO_ASCII
+
+    letter = re.compile("[a-z/]", re.I)
+    found = {chr(c) for c in range(0x80, 0x110000) if letter.fullmatch(chr(c))}
+    assert found == set(_FOLDS_TO_ASCII) == set(_FOLDS)
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.sampled_from(
+            [*"0123456789 /.:()[]—-,;OoUuTtSsCcRrEeAaIiNnGg", *_FOLDS, "10", " out of ", "score", "rating", "ten"]
+            + ["8/10", " 7 out of ten", "ſcore: 7", "RATıNG = 6", "(7 / 10)", " oUt of 10", "Score:9"]
+        ),
+        max_size=24,
+    )
+)
+def test_the_late_score_guard_never_skips_a_match(pieces: list[str]) -> None:
+    from mira_dagster.core.parsing import _ANY_OF_TEN, _LATE_SCORE, _may_hold_score
+
+    text = "".join(pieces)
+    if _LATE_SCORE.search(text) or _ANY_OF_TEN.search(text):
+        assert _may_hold_score(text)
+
+
+@pytest.mark.parametrize(
+    ("tail", "skipped"),
+    [
+        (" — clear and correct.", True),
+        (" — clear, 8/10 on a second look.", False),
+        (" — clear (ſcore: 8).", False),
+        (" — OUT OF TEN, clear.", False),
+        (" — Rating: 8", False),
+    ],
+)
+def test_the_late_score_guard(tail: str, skipped: bool) -> None:
+    from mira_dagster.core.parsing import _may_hold_score
+
+    assert _may_hold_score(tail) is not skipped

@@ -181,3 +181,28 @@ def test_file_appended_while_read_is_a_clear_error(tmp_path: Path, monkeypatch: 
     _while_reading(monkeypatch, 2, append)
     with pytest.raises(SourceFileError, match="changed while being read"):
         read_source("s", "g", "qa_with_think", [path])
+
+
+def test_record_rows_are_records_fields_in_the_schemas_order() -> None:
+    """The scoring path's rows (no pydantic object per record) hold what a Record holds, field for field."""
+    import polars as pl
+
+    from mira_dagster.core.records import RECORD_SCHEMA, Record, RecordRow, record_rows
+
+    assert RecordRow._fields == tuple(RECORD_SCHEMA) == tuple(Record.model_fields)
+    row = {
+        **dict.fromkeys(RECORD_SCHEMA, None),
+        "record_id": "r1",
+        "source": "s",
+        "group_id": "g",
+        "format": "qa",
+        "layout": "l",
+        "question": "q",
+        "answer": "a",
+        "n_tokens": 3,
+        "origin_file": "f.jsonl",
+        "origin_line": 7,
+    }
+    df = pl.DataFrame([{**row, "extra": 1}], schema={**RECORD_SCHEMA, "extra": pl.Int64})
+    (got,) = record_rows(df)
+    assert got._asdict() == Record(**row).model_dump()

@@ -1,0 +1,53 @@
+"""io/llm_client.py reads a chat completion's JSON itself (not through openai's ChatCompletion): the same fields, and
+a body that is no completion fails its request with one line naming the endpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from openai.types.chat import ChatCompletion
+
+from mira_dagster.core.scoring import RequestFailed
+from mira_dagster.io.llm_client import _completion
+
+REPLY = {
+    "id": "c1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "[A1] x: 7/10 — y"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150},
+}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        REPLY,
+        {**REPLY, "usage": {**REPLY["usage"], "prompt_tokens_details": {"cached_tokens": 64}}},
+        {**REPLY, "usage": None},
+        {**REPLY, "choices": [{"index": 0, "message": {"role": "assistant", "content": None}, "finish_reason": None}]},
+        {
+            **REPLY,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "cut"}, "finish_reason": "length"}],
+        },
+    ],
+)
+def test_the_fields_openais_chat_completion_gives(reply: dict) -> None:
+    comp = _completion(json.dumps(reply).encode(), "http://h:8000/v1")
+    typed = ChatCompletion.construct(**reply)  # what the client built before, without validation
+    choice, usage = typed.choices[0], typed.usage
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    assert comp.text == (choice.message.content or "")
+    assert comp.finish_reason == choice.finish_reason
+    assert comp.prompt_tokens == (usage.prompt_tokens if usage else None)
+    assert comp.completion_tokens == (usage.completion_tokens if usage else None)
+    assert comp.cached_tokens == (getattr(details, "cached_tokens", None) if details else None)
+
+
+@pytest.mark.parametrize("body", [b"<html>busy</html>", b'{"choices": []}', b'{"error": "x"}', b'{"choices": [1]}'])
+def test_a_body_that_is_no_completion_fails_naming_the_endpoint(body: bytes) -> None:
+    with pytest.raises(RequestFailed, match=r"^not a chat completion from http://h:8000/v1: ") as info:
+        _completion(body, "http://h:8000/v1")
+    assert "\n" not in str(info.value)
