@@ -114,13 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             ran, failures, warned = follow(instance, mira, stages(), args.source, args.force, args.verbose)
             if failures:
                 return _failed(home, cfg, instance, failures, warned)
-            if not ran:
-                print("mira: nothing changed since the last run; the selection and export stand as they are")
-            print(f"Dagster's event log: {event_log(instance)} (`dagster dev` shows it)")
-            print_summary(home, cfg.source_names())
-            for line in warned:
-                print(f"mira: warning {line}", file=sys.stderr)
-            return _report_skipped(cfg)
+            return _succeeded(home, cfg, instance, ran, warned)
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
         gated = False
@@ -168,9 +162,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if skipped and ran:
             shown = skipped if args.verbose or len(skipped) <= 6 else [*skipped[:5], "..."]
             print(f"up to date, not run ({len(skipped)}; -v lists all, --force runs all): " + "; ".join(shown))
-        if not ran:
-            print("mira: nothing changed since the last run; the selection and export stand as they are")
-        print(f"Dagster's event log: {event_log(instance)} (`dagster dev` shows it; `mira run -v` prints it)")
+        return _succeeded(home, cfg, instance, ran, warned)
+
+
+def _succeeded(home: Path, cfg: MiraConfig, instance: DagsterInstance, ran: int, warned: list[str]) -> int:
+    """The end of a run without failures: where the event log is, the summary, the warnings; exit code 0 (1 when
+    files of watched folders were skipped)."""
+    if not ran:
+        print("mira: nothing changed since the last run; the selection and export stand as they are")
+    print(f"Dagster's event log: {event_log(instance)} (`dagster dev` shows it)")
     print_summary(home, cfg.source_names())
     for line in warned:
         print(f"mira: warning {line}", file=sys.stderr)

@@ -623,14 +623,7 @@ class BatchParser:
             {**columns, **parsed.text, "original": parsed.original},
             schema={c: RAW_RECORD_SCHEMA[c] for c in (*columns, *TEXT_FIELDS, "original")},
         )
-        records = records.with_columns(
-            pl.lit(self.source).alias("source"),
-            pl.lit(self.group_id).alias("group_id"),
-            pl.lit(self.family).alias("format"),
-            pl.sum_horizontal(token_count(pl.col(f)) for f in TEXT_FIELDS).alias("n_tokens"),
-            pl.lit(name).alias("origin_file"),
-            pl.lit(parsed.form).alias("original_form"),
-        ).select(list(RAW_RECORD_SCHEMA))
+        records = self._finish(records, name, parsed)
         if parsed.placed is not None:  # the two paths' rows in the units' order (a sort only when both made some)
             placed = self._placed_frame(name, parsed)
             both = records.height > 0
@@ -671,6 +664,10 @@ class BatchParser:
             original.alias("original"),
             *(pl.lit(None, dtype=pl.String).alias(f) for f in TEXT_FIELDS if f not in fields.columns),
         )
+        return self._finish(frame, name, parsed)
+
+    def _finish(self, frame: pl.DataFrame, name: str, parsed: Parsed) -> pl.DataFrame:
+        """A batch's rows with what every row of it shares, their token counts, in raw_records' columns."""
         return frame.with_columns(
             pl.lit(self.source).alias("source"),
             pl.lit(self.group_id).alias("group_id"),
