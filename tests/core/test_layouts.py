@@ -317,7 +317,9 @@ def test_layouts_run_in_linear_time(tag: str, prefix: str) -> None:
         for family in ("qa_with_think", "agent"):
             for _, layout in LAYOUTS[family]:
                 layout(obj)
-        assert time.perf_counter() - started < 1.0, (tag, prefix)
+        # a guard against quadratic scans (hours on 4 MB), not a speed target: about 0.1-0.5 s when linear; the
+        # bound leaves room for a loaded machine (1 s failed under load)
+        assert time.perf_counter() - started < 10.0, (tag, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
