@@ -214,11 +214,7 @@ class OpenAIBackend:
 
         # no read timeout: a reply takes as long as the server needs (the stall detector watches the endpoint)
         timeout = openai.Timeout(None, connect=CONNECT_TIMEOUT_S, write=max(timeout_s, CONNECT_TIMEOUT_S))
-        # openai's aiohttp backend: the same client API, retries and errors, at about 60% of the CPU a request of its
-        # default httpx transport (0.60-0.65 against 1.01-1.06 ms on loopback, docs/benchmarks.md). A URL with
-        # credentials keeps httpx, which sends them as basic auth: aiohttp refuses them beside the key's header.
-        client_class = openai.DefaultAsyncHttpxClient if urlsplit(url).username else openai.DefaultAioHttpClient
-        http = client_class(event_hooks={"request": [count]}, timeout=timeout)
+        http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count]}, timeout=timeout)
         client = AsyncOpenAI(
             base_url=url, api_key=self.endpoint.api_key, timeout=timeout, max_retries=max_retries, http_client=http
         )
