@@ -108,7 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return 1
         if daemon_running(instance):  # the daemon runs the work; two orchestrators never race over one instance
             ev = Evaluation(instance, mira, retry=True)
-            judged = {p for p, *_ in stage_runs(ev, "discovery", stages()[2][1], units, force=args.force)[0]}
+            discovery = next(assets for name, assets, _ in stages() if name == "discovery")
+            judged = {p for p, *_ in stage_runs(ev, "discovery", discovery, units, force=args.force)[0]}
             if (code := cost_gate(cfg, mira.store(), paid_runs(cfg, sources, judged), mira.endpoint)) is not None:
                 return code
             ran, failures, warned = follow(instance, mira, stages(), args.source, args.force, args.verbose)

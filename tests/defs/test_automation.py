@@ -36,6 +36,17 @@ def _reasons(mira: MiraResource, instance: dg.DagsterInstance) -> dict[str, str]
     return out
 
 
+def _ingesting(instance: dg.DagsterInstance, mira: MiraResource, source: str) -> None:
+    """A refresh_sources run of raw_records[source], in progress."""
+    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+    instance.create_run_for_job(
+        defs.resolve_job_def("refresh_sources"),
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": source},
+        asset_selection=frozenset({dg.AssetKey("raw_records")}),
+    )
+
+
 @pytest.fixture
 def env(small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MiraResource:
     """The registry and home in the environment, where the automation condition (like the code location) reads them."""
@@ -89,14 +100,7 @@ def test_partitions_already_in_flight_are_not_requested_twice(env: MiraResource)
     mira = env
     instance = in_process_instance()
     assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_qa"]}  # nothing else: upstream
-    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
-    job = defs.resolve_job_def("refresh_sources")
-    instance.create_run_for_job(
-        job,
-        status=dg.DagsterRunStatus.STARTED,
-        tags={"dagster/partition": "lean_qa"},
-        asset_selection=frozenset({dg.AssetKey("raw_records")}),
-    )
+    _ingesting(instance, mira, "lean_qa")
     assert _requested(instance, mira) == {"raw_records": ["agent_openhands"]}
 
 
@@ -320,12 +324,5 @@ def test_automation_keeps_dagster_yamls_per_group_run_limit(
     register_partitions(instance, mira.config())
     # two per group: group 2's first two (by name), group D's one
     assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_b", "lean_c"]}
-    defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
-    job = defs.resolve_job_def("refresh_sources")
-    instance.create_run_for_job(
-        job,
-        status=dg.DagsterRunStatus.STARTED,
-        tags={"dagster/partition": "lean_b"},
-        asset_selection=frozenset({dg.AssetKey("raw_records")}),
-    )
+    _ingesting(instance, mira, "lean_b")
     assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_c"]}  # lean_b runs: one more
