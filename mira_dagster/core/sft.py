@@ -5,12 +5,12 @@ scorer's system prompt, the user message rendered from the record, and the cache
 from __future__ import annotations
 
 from mira_dagster.core.prompts import render_user
-from mira_dagster.core.records import Record
+from mira_dagster.core.records import RecordLike
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ScorerSpec
 
 
-def sft_messages(spec: ScorerSpec, rubric: Rubric, record: Record, reply: str) -> list[dict[str, str]]:
+def sft_messages(spec: ScorerSpec, rubric: Rubric, record: RecordLike, reply: str) -> list[dict[str, str]]:
     """One example's messages: the request as the scorer sent it, and the reply."""
     return [
         {"role": "system", "content": spec.system_prompt},

@@ -18,7 +18,7 @@ from mira_dagster.core.discovery import (
     judgments_frame,
 )
 from mira_dagster.core.embeddings import Embedder
-from mira_dagster.core.records import record_text, records_from
+from mira_dagster.core.records import record_text
 from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, generated_anchor_name, generated_for
 from mira_dagster.core.scoring import Outcome, context_length, run_scorer
 from mira_dagster.defs.conditions import FOLLOW_INPUTS
@@ -29,7 +29,6 @@ from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.anchors import load_rubric, write_anchor_file
 from mira_dagster.io.scorers import make_judge
 from mira_dagster.io.sending import judge_chunks, judge_records
-from mira_dagster.io.sending import records_of as _records_of
 from mira_dagster.io.sending import sample_records as _sample_records
 from mira_dagster.io.sending import source_ids as _ids
 from mira_dagster.io.sft import write_sft_file
@@ -324,17 +323,11 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
         return _skip(context, empty, kept)
     rubric = mira.rubric(key)
     spec, _, _ = mira.scorer("teacher", key, rubric)
-    labels = store.read("teacher_labels").filter(
-        pl.col("source").is_in(unit.sources) & (pl.col("split") == "distill") & pl.col("status").is_in(["ok"])
-    )
+    # ids only (capped by teacher_sample_max per source); the text and the replies stream in io/sft.py
+    labels = store.query("distill_labels", sources=unit.sources)
     stale = labels.filter(pl.col("scorer_version") != spec.version).height
     labels = labels.filter(pl.col("scorer_version") == spec.version)
-    replies = store.replies.load(spec.version, labels["record_id"].to_list())
-    # the text of the labelled records only (one row per id: a record shared by two sources is the same content)
-    texts = _records_of(store, labels.select("source", "record_id"))
-    by_id = {r.record_id: r for r in records_from(texts.unique("record_id", keep="first"))}
-    labelled = labels.select("record_id", "source").iter_rows()
-    counts = write_sft_file(out, labelled, by_id, replies, spec, rubric)
+    counts = write_sft_file(out, store, labels, spec, rubric)
     location = store.publish_file(name)
     context.log.info(f"{unit.scope} {key}: {sum(counts.values())} distillation examples written to {location}")
     return dg.MaterializeResult(

@@ -1,36 +1,46 @@
-"""A scorer unit's distillation file: one JSON line per labelled record (core/sft.sft_messages), written atomically."""
+"""A scorer unit's distillation file: one JSON line per labelled record (core/sft.sft_messages), written atomically.
+
+The labels' ids come in as a frame (capped by teacher_sample_max per source); the records' text and the replies
+stream a batch at a time (DuckDB joins the ids with raw_records, sql/distill_records.sql), so the step holds one
+batch of text and replies, never the unit's."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from mira_dagster.core.records import Record
+import polars as pl
+
+from mira_dagster.core.records import record_rows
 from mira_dagster.core.rubric import Rubric
-from mira_dagster.core.scoring import Completion, ScorerSpec
+from mira_dagster.core.scoring import ScorerSpec
 from mira_dagster.core.sft import sft_messages
+from mira_dagster.io.tables import Store, load_sql
+
+BATCH_ROWS = 1024  # labelled records (their text and replies) held at a time
 
 
 def write_sft_file(
-    path: Path,
-    labelled: Iterable[tuple[str, str]],
-    records: Mapping[str, Record],
-    replies: Mapping[str, Completion],
-    spec: ScorerSpec,
-    rubric: Rubric,
+    path: Path, store: Store, labels: pl.DataFrame, spec: ScorerSpec, rubric: Rubric, batch_rows: int = BATCH_ROWS
 ) -> dict[str, int]:
-    """Write one JSON line per labelled (record_id, source) that has its record and reply, replacing `path` only
-    once complete. Returns the examples written per source."""
+    """Write one JSON line per label (`labels`: record_id, source, in the file's order) whose record is in
+    raw_records and whose reply is in the cache under spec.version, replacing `path` only once complete. Returns
+    the examples written per source."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     counts: dict[str, int] = {}
-    with tmp.open("w", encoding="utf-8") as fh:
-        for rid, source in labelled:
-            if rid not in replies or rid not in records:
-                continue
-            messages = sft_messages(spec, rubric, records[rid], replies[rid].text)
-            fh.write(json.dumps({"record_id": rid, "source": source, "messages": messages}, ensure_ascii=False) + "\n")
-            counts[source] = counts.get(source, 0) + 1
+    wanted = labels.select("record_id", "source").with_row_index("_pos")
+    with tmp.open("w", encoding="utf-8") as fh, store.connect() as con:
+        con.register("wanted", wanted.to_arrow())
+        for batch in con.sql(load_sql("distill_records")).to_arrow_reader(batch_rows):
+            rows = list(record_rows(pl.from_arrow(batch)))  # type: ignore[arg-type]
+            replies = store.replies.load(spec.version, [r.record_id for r in rows])
+            for record in rows:
+                if record.record_id not in replies:
+                    continue
+                messages = sft_messages(spec, rubric, record, replies[record.record_id].text)
+                line = {"record_id": record.record_id, "source": record.source, "messages": messages}
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+                counts[record.source] = counts.get(record.source, 0) + 1
     tmp.replace(path)
     return counts
