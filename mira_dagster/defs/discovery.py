@@ -30,7 +30,7 @@ from mira_dagster.io.anchors import load_rubric, write_anchor_file
 from mira_dagster.io.scorers import make_judge
 from mira_dagster.io.sending import judge_chunks, judge_records
 from mira_dagster.io.sending import sample_records as _sample_records
-from mira_dagster.io.sending import source_ids as _ids
+from mira_dagster.io.sending import source_counts as _counts
 from mira_dagster.io.sft import write_sft_file
 from mira_dagster.io.store import Store
 
@@ -48,12 +48,11 @@ def _unit(cfg: MiraConfig, key: str) -> ScorerUnit:
     return units[key]
 
 
-def _unit_ids(store: Store, unit: ScorerUnit) -> tuple[pl.DataFrame, str | None]:
-    """The unit's (source, record_id) pairs, no text, and why the unit is skipped when it has none."""
-    ids = _ids(store, unit.sources)
-    if ids.height:
-        return ids, None
-    return ids, f"{unit.scope} {unit.key}: no records in any of its sources ({', '.join(unit.sources) or 'none'})"
+def _unit_empty(store: Store, unit: ScorerUnit) -> str | None:
+    """Why the unit is skipped when none of its sources has records (counted by DuckDB, no id read out)."""
+    if _counts(store, unit.sources):
+        return None
+    return f"{unit.scope} {unit.key}: no records in any of its sources ({', '.join(unit.sources) or 'none'})"
 
 
 def _unit_file_name(unit: ScorerUnit) -> str:
@@ -88,16 +87,15 @@ def _skip(context: dg.AssetExecutionContext, why: str, kept: str) -> dg.Material
 )
 def source_groups(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.MaterializeResult:
     cfg, store = mira.config(), mira.store()
-    ids = _ids(store)
+    present = _counts(store)
     # a source with 0 records (every line quarantined, say) has nothing to embed: it is left out and listed
-    present = set(ids["source"].unique().to_list())
     skipped = {n: "no records in raw_records" for n in cfg.source_names() if n not in present}
     if skipped:
         context.log.warning(f"source_groups: sources without records, left out: {sorted(skipped)}")
-    if ids.is_empty():
+    if not present:
         raise dg.Failure(description="source_groups: no source has records in raw_records; nothing to cluster")
-    # sampled by id; only the sampled records' text is read
-    sample = _sample_records(store, ids, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
+    # sampled by id in DuckDB; only the sampled records' text is read
+    sample = _sample_records(store, None, cfg.pipeline.embed_sample_per_source, cfg.pipeline.seed, "embed")
     embedder = mira.embedder()
     x = embedder.embed([record_text(r) for r in sample.iter_rows(named=True)])
     sources = sample["source"].to_list()
@@ -146,8 +144,7 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
     key = context.partition_key
     cfg, store = mira.config(), mira.store()
     unit = _unit(cfg, key)
-    ids, empty = _unit_ids(store, unit)
-    if empty:
+    if empty := _unit_empty(store, unit):
         return _skip(context, empty, "earlier judgments of the unit, if any, are kept")
     records = judge_records(cfg, store, unit)  # io/sending.py: the records the cost plan counts
     spec, backend, where = make_judge(unit, cfg, mira.endpoint("teacher", unit.key))
@@ -219,8 +216,7 @@ def anchor_rubric(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.M
     unit = _unit(cfg, key)
     name = discovered_anchor_name(key, unit.scope)
     path = store.home / name  # with a store URL, the local copy published below
-    _, empty = _unit_ids(store, unit)
-    if empty:
+    if empty := _unit_empty(store, unit):
         kept = f"the existing rubric {store.location(name)} is kept" if store.fetch_file(name) else "no rubric written"
         return _skip(context, empty, kept)
     df = store.read("teacher_judgments", _unit_partition(unit))
@@ -317,8 +313,7 @@ def distillation_dataset(context: dg.AssetExecutionContext, mira: MiraResource) 
     unit = _unit(mira.config(), key)
     name = f"exports/distillation/{_unit_file_name(unit)}.jsonl"
     out = store.home / name  # with a store URL, the local copy published below
-    _, empty = _unit_ids(store, unit)
-    if empty:
+    if empty := _unit_empty(store, unit):
         kept = f"the existing {store.location(name)} is kept" if store.fetch_file(name) else "nothing written"
         return _skip(context, empty, kept)
     rubric = mira.rubric(key)

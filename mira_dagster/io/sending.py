@@ -14,13 +14,15 @@ from typing import Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mira_dagster.core.config import MiraConfig, ScorerUnit
 from mira_dagster.core.discovery import judgment_jobs
 from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import RECORD_SCHEMA, Record, record_rows, records_from
 from mira_dagster.core.rubric import Rubric
-from mira_dagster.core.sampling import Split, hash_sample, teacher_sample
+from mira_dagster.core.sampling import Split, teacher_sample
 from mira_dagster.core.scoring import ChatBackend, Chunk, Job, RequestCount, Role, ScorerSpec, count_requests
 from mira_dagster.io.store import Store
 
@@ -94,41 +96,62 @@ def score_chunks(frames: Iterable[pl.DataFrame], user_template: str, rubric: Rub
         yield Chunk(df["record_id"].to_list(), jobs)
 
 
-def source_ids(store: Store, sources: list[str] | None = None) -> pl.DataFrame:
-    """(source, record_id) of raw_records, of the given sources (all when None): ids only, never the text."""
+def source_counts(store: Store, sources: list[str] | None = None) -> dict[str, int]:
+    """How many records raw_records holds of each of the given sources (all when None) that has any: counted by
+    DuckDB, no id comes into Python."""
     if "raw_records" not in store.tables():
-        return pl.DataFrame(schema={"source": pl.String, "record_id": pl.String})
-    sql = "SELECT source, record_id FROM raw_records"
+        return {}
+    sql = "SELECT source, count(*) FROM raw_records"
     if sources is None:
-        return store.query_sql(sql)
-    return store.query_sql(f"{sql} WHERE list_contains($sources, source)", sources=sources)
+        return dict(store.query_sql(f"{sql} GROUP BY source").iter_rows())
+    return dict(
+        store.query_sql(f"{sql} WHERE list_contains($sources, source) GROUP BY source", sources=sources).iter_rows()
+    )
 
 
-def sample_records(store: Store, ids: pl.DataFrame, n: int, seed: int, purpose: str) -> pl.DataFrame:
-    """A stable sample of n records per source (hash_sample over the ids), then the text of only those records, in
-    the sample's order (source by source as the ids came, smallest hashes first)."""
-    sample = pl.concat(hash_sample(part, n, seed, purpose) for _, part in ids.group_by("source", maintain_order=True))
+def sample_records(store: Store, sources: list[str] | None, n: int, seed: int, purpose: str) -> pl.DataFrame:
+    """A stable sample of n records per source (core/sampling.hash_sample's rule, drawn by DuckDB: sql/hash_sample.sql)
+    of the given sources (all when None), then the text of only those records, in the sample's order (source by
+    source in raw_records' file order, smallest hashes first)."""
+    order = store.partitions("raw_records")
+    # the view's files in the order DuckDB's glob lists them: by file name, not by source name
+    order.sort(key=lambda source: f"{source}.parquet")
+    sample = store.query(
+        "hash_sample", sources=order if sources is None else sources, order=order, n=n, seed=seed, purpose=purpose
+    )
     return records_of(store, sample.with_row_index("_order")).sort("_order").drop("_order")
 
 
 def records_of(store: Store, wanted: pl.DataFrame) -> pl.DataFrame:
-    """raw_records rows of the (source, record_id) pairs in `wanted`, with its other columns: DuckDB reads the text
-    of those records only."""
-    extra = "".join(f', w."{c}"' for c in wanted.columns if c not in ("source", "record_id"))
-    with store.connect() as con:
-        con.register("wanted", wanted.to_arrow())
-        cols = ", ".join(f'r."{c}"' for c in RECORD_SCHEMA)  # the record's text, not its original value
-        return con.sql(f"SELECT {cols}{extra} FROM raw_records r JOIN wanted w USING (source, record_id)").pl()
+    """raw_records rows of the (source, record_id) pairs in `wanted`, with its other columns (unordered). Read
+    with Arrow a row group at a time from each source's partition: its ids first, then the text columns (never
+    `original`) of only the row groups that hold a wanted id, so memory is one row group's text, whatever the
+    source's size (DuckDB's join of the same grew with the partition it scanned)."""
+    found: list[pl.DataFrame] = []
+    for (source,), part in wanted.group_by("source", maintain_order=True):
+        ids = pa.array(part["record_id"].unique().to_list(), pa.string())
+        path = store.store_path(f"tables/raw_records/{source}.parquet")
+        if not store.fs.exists(path):  # a source never ingested has no records, as a join with it has no rows
+            continue
+        with store.fs.open(path, "rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            for i in range(parquet.num_row_groups):
+                hit = pc.is_in(parquet.read_row_group(i, columns=["record_id"])["record_id"], value_set=ids)
+                if pc.any(hit).as_py():
+                    rows = parquet.read_row_group(i, columns=list(RECORD_SCHEMA)).filter(hit)
+                    found.append(pl.from_arrow(rows))  # type: ignore[arg-type]
+        pa.default_memory_pool().release_unused()
+    texts = pl.concat(found) if found else pl.DataFrame(schema=RECORD_SCHEMA)
+    return texts.join(wanted, on=["source", "record_id"], how="inner")
 
 
 def judge_records(cfg: MiraConfig, store: Store, unit: ScorerUnit) -> list[Record]:
     """The records teacher_judgments judges: judge_sample_per_source of each of the unit's sources (none when the
     unit's sources have no records)."""
-    ids = source_ids(store, unit.sources)
-    if not ids.height:
+    if not source_counts(store, unit.sources):
         return []
     p = cfg.pipeline
-    return records_from(sample_records(store, ids, p.judge_sample_per_source, p.seed, "judge"))
+    return records_from(sample_records(store, unit.sources, p.judge_sample_per_source, p.seed, "judge"))
 
 
 def judge_chunks(records: list[Record]) -> list[Chunk]:

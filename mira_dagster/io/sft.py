@@ -1,8 +1,8 @@
 """A scorer unit's distillation file: one JSON line per labelled record (core/sft.sft_messages), written atomically.
 
-The labels' ids come in as a frame (capped by teacher_sample_max per source); the records' text and the replies
-stream a batch at a time (DuckDB joins the ids with raw_records, sql/distill_records.sql), so the step holds one
-batch of text and replies, never the unit's."""
+The labels' ids come in as a frame (capped by teacher_sample_max per source, not by the corpus); their text is read
+from raw_records a row group at a time (io/sending.records_of: only the labelled records' text is kept), the replies
+a batch at a time, and no pydantic object is made per record."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from mira_dagster.core.records import record_rows
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ScorerSpec
 from mira_dagster.core.sft import sft_messages
-from mira_dagster.io.tables import Store, load_sql
+from mira_dagster.io.sending import records_of
+from mira_dagster.io.tables import Store
 
 BATCH_ROWS = 1024  # labelled records (their text and replies) held at a time
 
@@ -30,10 +31,10 @@ def write_sft_file(
     tmp = path.with_suffix(".tmp")
     counts: dict[str, int] = {}
     wanted = labels.select("record_id", "source").with_row_index("_pos")
-    with tmp.open("w", encoding="utf-8") as fh, store.connect() as con:
-        con.register("wanted", wanted.to_arrow())
-        for batch in con.sql(load_sql("distill_records")).to_arrow_reader(batch_rows):
-            rows = list(record_rows(pl.from_arrow(batch)))  # type: ignore[arg-type]
+    texts = records_of(store, wanted).sort("_pos")  # a source never holds a record twice: one row per label
+    with tmp.open("w", encoding="utf-8") as fh:
+        for batch in texts.iter_slices(batch_rows):
+            rows = list(record_rows(batch))
             replies = store.replies.load(spec.version, [r.record_id for r in rows])
             for record in rows:
                 if record.record_id not in replies:

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 
 from mira_dagster.core.records import RECORD_SCHEMA
-from mira_dagster.io.sending import records_of as _records_of
 from mira_dagster.io.ingest import SourceIngest
+from mira_dagster.io.sending import records_of as _records_of
 from mira_dagster.io.store import Store
 
 HELDOUT = Path(__file__).parents[1] / "fixtures" / "heldout"
