@@ -137,10 +137,10 @@ def records_of(store: Store, wanted: pl.DataFrame) -> pl.DataFrame:
             parquet = pq.ParquetFile(fh)
             for i in range(parquet.num_row_groups):
                 hit = pc.is_in(parquet.read_row_group(i, columns=["record_id"])["record_id"], value_set=ids)
-                if pc.any(hit).as_py():
-                    rows = parquet.read_row_group(i, columns=list(RECORD_SCHEMA)).filter(hit)
-                    found.append(pl.from_arrow(rows))  # type: ignore[arg-type]
-        pa.default_memory_pool().release_unused()
+                if pc.any(hit).as_py():  # column by column: one column chunk of text decoded at a time
+                    cols = {c: parquet.read_row_group(i, columns=[c])[c].filter(hit) for c in RECORD_SCHEMA}
+                    found.append(pl.from_arrow(pa.table(cols)))  # type: ignore[arg-type]
+                    pa.default_memory_pool().release_unused()
     texts = pl.concat(found) if found else pl.DataFrame(schema=RECORD_SCHEMA)
     return texts.join(wanted, on=["source", "record_id"], how="inner")
 
