@@ -12,16 +12,18 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from mira_dagster.core.export import PREFIX, SELECTION_KEYS, original_line, with_selection
-from mira_dagster.io.store import Store
+from mira_dagster.io.store import Store, load_sql
 
 
 def export_kept(
@@ -43,9 +45,10 @@ def export_kept(
     shards: _Shards | _OriginalShards = (
         _OriginalShards(staging, shard_records) if form == "original" else _Shards(staging, shard_records)
     )
-    sql = "export_original" if form == "original" else "export_kept"
+    batch_rows = min(shard_records, 20_000)
+    batches = _in_place(store, batch_rows) if form == "original" else store.stream("export_kept", batch_rows)
     try:
-        for batch in store.stream(sql, batch_rows=min(shard_records, 20_000)):
+        for batch in batches:
             shards.add(batch)
     except BaseException:
         shards.close()
@@ -80,6 +83,39 @@ def export_kept(
 EXPORT = "exports/selected_subset"
 
 
+def _in_place(store: Store, batch_rows: int) -> Iterator[pa.Table]:
+    """sql/export_original.sql's rows in its order, batch_rows at a time (the same batches), without DuckDB sorting
+    the kept records' text: DuckDB sorts their keys (sql/export_original_order.sql), the rows are read unsorted
+    (sql/export_original_rows.sql) and each is appended to the bucket file of its place (bucket = pos //
+    batch_rows) under the staging folder; then each bucket, read back and put in order, is one batch. Memory: one
+    read batch, then one bucket, whatever the number of kept records."""
+    folder = store.staging_dir / f".export-buckets.{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    try:
+        with store.connect() as con:
+            con.execute("SET preserve_insertion_order = false")
+            con.execute(f"CREATE TEMP TABLE export_order AS {load_sql('export_original_order')}")
+            for batch in con.sql(load_sql("export_original_rows")).to_arrow_reader(2048):
+                bucket = pc.divide(batch["pos"], pa.scalar(batch_rows, batch.schema.field("pos").type))
+                for b in pc.unique(bucket).to_pylist():
+                    if b not in writers:
+                        writers[b] = ipc.new_file(folder / f"{b}.arrow", batch.schema)
+                    writers[b].write_batch(batch.filter(pc.equal(bucket, b)))
+        for b in sorted(writers):
+            writers.pop(b).close()
+            with pa.memory_map(str(folder / f"{b}.arrow")) as source:
+                # sort_by copies: what is handed on does not point into the file
+                table = ipc.open_file(source).read_all().sort_by("pos").drop_columns(["pos"])
+            yield table  # one bucket: the rows of one batch of sql/export_original.sql, in its order
+            del table
+            (folder / f"{b}.arrow").unlink()
+    finally:
+        for writer in writers.values():
+            writer.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _publish(store: Store, staging: Path, manifest: dict) -> dict:
     """The staged shards as a new generation in the store, then the manifest pointing at it (put whole: readers see
     the old export or the new one); the generations older than the previous one (readers may still be in that one)
@@ -111,6 +147,9 @@ _SELECTION_DOC = (
 )
 
 
+_JSON_SLICE = 1024  # rows of a JSON run turned into Python at a time
+
+
 class _OriginalShards:
     """<source>-NNNNN.jsonl (JSON inputs) and <source>-NNNNN.parquet (table rows) of at most `shard_records`
     records each, filled from batches ordered by source and form (sql/export_original.sql)."""
@@ -123,25 +162,29 @@ class _OriginalShards:
         self._key: tuple[str, str] | None = None
         self._index: dict[str, int] = {}
 
-    def add(self, batch: pa.RecordBatch) -> None:
-        cols = {name: batch.column(name).to_pylist() for name in batch.schema.names}
-        keys = list(zip(cols["source"], cols["original_form"], strict=True))
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        keys = list(zip(batch.column("source").to_pylist(), batch.column("original_form").to_pylist(), strict=True))
         starts = [0, *(i for i in range(1, len(keys)) if keys[i] != keys[i - 1]), len(keys)]
         for a, b in itertools.pairwise(starts):
             source, form = keys[a]
-            rows = [{k: cols[k][i] for k in cols} for i in range(a, b)]
-            if any(r["original"] is None for r in rows):  # refuse rather than export something else
+            run = batch.slice(a, b - a)
+            if run.column("original").null_count:  # refuse rather than export something else
                 raise ValueError(
                     f"export: source {source!r} has records read before originals were kept; ingest it again "
                     "(`mira run` does, or set pipeline.export_form: normalised)"
                 )
-            while rows:
-                self._room(source, form)
-                room = self.shard_records - self.files[-1]["records"]
-                head, rows = rows[:room], rows[room:]
-                self._write(form, head)
-                self.files[-1]["records"] += len(head)
-                self.files[-1]["tokens"] += sum(r["n_tokens"] or 0 for r in head)
+            # JSON lines as Python a slice at a time (the lines are the same whatever the slices); table rows as one
+            # run, since each write is a row group of the Parquet shard
+            step = _JSON_SLICE if form != "row" else run.num_rows
+            for at in range(0, run.num_rows, step):
+                rows = run.slice(at, step).to_pylist()
+                while rows:
+                    self._room(source, form)
+                    room = self.shard_records - self.files[-1]["records"]
+                    head, rows = rows[:room], rows[room:]
+                    self._write(form, head)
+                    self.files[-1]["records"] += len(head)
+                    self.files[-1]["tokens"] += sum(r["n_tokens"] or 0 for r in head)
 
     def _room(self, source: str, form: str) -> None:
         full = self.files and self.files[-1]["records"] >= self.shard_records
