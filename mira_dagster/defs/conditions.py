@@ -188,3 +188,14 @@ STALE = Stale()
 FOLLOW_INPUTS = (STALE & ~dg.AutomationCondition.in_progress() & ~Blocked() & WithinGroupLimit()).with_label(
     "stale, nothing upstream stale or running, within the group's run limit"
 )
+
+
+def with_its_stage(*earlier: str) -> dg.AutomationCondition:
+    """FOLLOW_INPUTS, or requested with the earlier steps of its stage (same partitions) when they are requested:
+    as `mira run` runs a stage from its first stale step on, the daemon runs them as one run, not a tick apart."""
+    along = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested()).allow(
+        dg.AssetSelection.assets(*earlier)
+    )
+    return (FOLLOW_INPUTS | (along & ~dg.AutomationCondition.in_progress())).with_label(
+        f"{FOLLOW_INPUTS.get_label()}; or in the same run as {', '.join(earlier)}"
+    )

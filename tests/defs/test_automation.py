@@ -256,6 +256,32 @@ def test_corpus_assets_follow_their_inputs(env: MiraResource) -> None:
     assert "source_groups" in got and not corpus & set(got)  # the corpus waits for what is stale upstream
 
 
+def test_a_stage_runs_its_steps_in_one_run(env: MiraResource) -> None:
+    """anchor_rubric reads teacher_judgments of its unit: the daemon requests both in one tick (the sensor makes one
+    run of a partition's requests: test_daemon_handoff sees it), not a tick and a process apart."""
+    mira = env
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, mira.config())
+    for source in ("lean_qa", "agent_openhands"):
+        _materialize(mira, instance, source)
+    assert dg.materialize(
+        d.ALL_ASSETS, selection=["source_groups"], instance=instance, resources={"mira": mira}
+    ).success
+    units = sorted(mira.config().scorer_units())
+    assert _requested(instance, mira) == {"teacher_judgments": units, "anchor_rubric": units}
+    by_key = {a.key.to_user_string(): a for a in d.ALL_ASSETS}
+    for unit in units:  # runs of the judgments alone (from the UI, say): the rubric is stale and runs by itself
+        judged = dg.materialize(
+            d.ALL_ASSETS,
+            selection=[by_key["teacher_judgments"]],
+            partition_key=unit,
+            instance=instance,
+            resources={"mira": mira},
+        )
+        assert judged.success
+    assert _requested(instance, mira) == {"anchor_rubric": units}
+
+
 def test_a_mira_run_request_makes_the_daemon_retry_once(env: MiraResource, small_config: Path) -> None:
     """With a daemon, `mira run` asks for its retry through the instance: a failed partition runs again once (not
     at every tick once that retry failed too), and nothing reads the output of a failed run meanwhile."""

@@ -69,7 +69,7 @@ def test_the_definitions_have_every_check_job_schedule_and_sensor(defs: dg.Defin
     # every asset follows its inputs by the one automation condition (defs/conditions.py)
     conditions = {a.automation_conditions_by_key[k] for a in repo.asset_graph.assets_defs for k in a.keys}
     label = "stale, nothing upstream stale or running, within the group's run limit"
-    assert {c.get_label() for c in conditions} == {label}
+    assert {c.get_label() for c in conditions} == {label, f"{label}; or in the same run as teacher_judgments"}
 
 
 def _load() -> dg.Definitions:
