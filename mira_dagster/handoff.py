@@ -18,8 +18,8 @@ from typing import Any
 
 import dagster as dg
 
-from mira_dagster.defs.conditions import IN_FLIGHT, failed_upstream
-from mira_dagster.defs.freshness import Evaluation, record_request
+from mira_dagster.defs.conditions import failed_upstream
+from mira_dagster.defs.freshness import IN_FLIGHT, Evaluation, record_request
 
 POLL_SECONDS = 2.0
 # the automation sensor ticks every 5 s; with nothing in flight and nothing launched for this long while something

@@ -86,7 +86,7 @@ DEPLOY_VARS = {
     "executor": "MIRA_EXECUTOR",
     "celery_broker": "MIRA_CELERY_BROKER",
 }
-EXECUTORS = ("multiprocess", "celery")
+EXECUTORS = ("multiprocess", "in_process", "celery")
 
 
 def env_names(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -37,7 +37,10 @@ def executor_from_settings() -> dg.ExecutorDefinition | None:
     of `celery -A mira_dagster.worker worker` on any machine (mira_dagster/worker.py). Read when the code location
     loads (never at import); the broker's URL is resolved from the environment when a run starts: it is never in a
     job's config or the UI."""
-    if Deployment.from_env().executor != "celery":
+    executor = Deployment.from_env().executor
+    if executor == "in_process":
+        return dg.in_process_executor
+    if executor != "celery":
         return None
     from dagster_celery import celery_executor
 

@@ -104,6 +104,19 @@ def test_partitions_already_in_flight_are_not_requested_twice(env: MiraResource)
     assert _requested(instance, mira) == {"raw_records": ["agent_openhands"]}
 
 
+def test_an_evaluation_sees_a_run_in_flight_or_its_materialisations(env: MiraResource) -> None:
+    """The runs in flight are read before anything stale: a run that ends while the sensor evaluates is seen in
+    flight (not requested) or done (not stale), never as a stale partition with no run (requested twice)."""
+    mira = env
+    instance = in_process_instance()
+    _ingesting(instance, mira, "lean_qa")
+    ev = Evaluation(instance, mira, retry=False)
+    _materialize(mira, instance, "lean_qa")  # the run's materialisations land while `ev` evaluates
+    assert ev.running("raw_records", "lean_qa") is not None
+    assert ev.running("raw_records", "agent_openhands") is None
+    assert ev.reason("raw_records", "lean_qa") is None  # read after: done
+
+
 def test_a_failed_partition_waits_for_a_change_or_mira_run(env: MiraResource, small_config: Path) -> None:
     """The daemon does not retry, at every tick, a partition whose latest run failed while nothing it reads changed;
     `mira run` (retry) does; an edited input brings it back."""
