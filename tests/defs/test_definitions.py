@@ -88,6 +88,8 @@ def test_the_executor_is_chosen_when_the_code_location_loads(monkeypatch: pytest
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.delenv("MIRA_EXECUTOR", raising=False)
     assert set(_executors(_load()).values()) == {"multi_or_in_process_executor"}
+    monkeypatch.setenv("MIRA_EXECUTOR", "in_process")
+    assert _executors(_load()) == {"refresh_sources": "in_process", "__ASSET_JOB": "in_process"}
     monkeypatch.setenv("MIRA_EXECUTOR", "celery")
     monkeypatch.setenv("MIRA_CELERY_BROKER", "redis://127.0.0.1:1/0")  # never contacted: nothing runs here
     assert _executors(_load()) == {"refresh_sources": "celery", "__ASSET_JOB": "celery"}
