@@ -80,20 +80,20 @@ class _Transport(httpx2.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        if request.url.userinfo:  # already sent as the Authorization header, as httpx sends it
+        if request.url.userinfo:  # httpx's client made them the Authorization header (basic auth), as httpx sends it
             request.url = request.url.copy_with(username=None, password=None)
         try:
             response = await self._inner.handle_async_request(request)
         except (httpx2.TransportError, aiohttp.ClientError) as exc:
             raise_as_httpx(exc, request)
-        response.stream = _Body(response.stream, request)  # type: ignore[arg-type]
+        response.stream = _Body(response.stream, request)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class AioHttpClient(openai.DefaultAioHttpClient):  # type: ignore[misc,valid-type]
+class AioHttpClient(openai.DefaultAioHttpClient):
     """openai's aiohttp client (its defaults: limits, redirects, timeout) on `_Transport`; proxied URLs on httpx."""
 
     def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
