@@ -164,6 +164,7 @@ def test_a_never_answering_endpoint_is_stalled_and_fails_the_request(tmp_path: P
     with raw_server(lambda conn, head: None) as url:
         backend = OpenAIBackend(Endpoint((url,), "k", spec.model), timeout_s=0.2, max_retries=0)
         outcomes, _ = run(jobs[:2], spec, backend, ParquetReplyCache(tmp_path))
+        asyncio.run(backend.aclose())  # as run_scorer does
     assert [o.result.status for o in outcomes] == ["request_error"] * 2
     assert outcomes[0].result.issues[0].startswith("EndpointStalled: Endpoint stalled: no answer to 3 probes")
     assert backend.stats.stall_probes >= 3 and backend.stats.waited_past_timeout == 2
@@ -184,6 +185,7 @@ def test_the_backend_sends_url_credentials_as_httpx_did(tmp_path: Path) -> None:
     with serve(server) as url:
         backend = OpenAIBackend(Endpoint((url.replace("http://", "http://u:pw@"),), "sk-x", spec.model))
         outcomes, _ = run(jobs[:3], spec, backend, ParquetReplyCache(tmp_path))
+        asyncio.run(backend.aclose())  # as run_scorer does
     assert [o.result.status for o in outcomes] == ["ok"] * 3
     assert set(server.auth_headers) == {"Basic dTpwdw=="}  # base64 of u:pw, as httpx sends it
 
