@@ -381,15 +381,23 @@ def release_dead_runs(instance: DagsterInstance) -> list[str]:
     return released
 
 
+_worker_pids: dict[str, int] = {}  # run id -> its worker's pid, read once (`mira run` polls every few seconds)
+
+
 def _worker_pid(instance: DagsterInstance, run_id: str) -> int | None:
     """The pid a launched run's worker logged when it started (its "Started process for run" engine event)."""
     import dagster as dg
 
+    if run_id in _worker_pids:
+        return _worker_pids[run_id]
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         event = entry.dagster_event
         if event is not None and (event.message or "").startswith("Started process for run"):
             pid = event.engine_event_data.metadata.get("pid")
-            return int(pid.value) if pid is not None else None
+            if pid is None:
+                return None
+            _worker_pids[run_id] = int(pid.value)
+            return _worker_pids[run_id]
     return None
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import dagster as dg
 
-from mira_dagster.defs.conditions import IN_FLIGHT, failed_upstream
-from mira_dagster.defs.freshness import Evaluation, record_request
+from mira_dagster.defs.conditions import failed_upstream
+from mira_dagster.defs.freshness import IN_FLIGHT, Evaluation, record_request
 
 POLL_SECONDS = 2.0
 # the automation sensor ticks every 5 s; with nothing in flight and nothing launched for this long while something
 # stale is not held back by a failure, the daemon is not doing the work (sensor stopped, code location broken)
 IDLE_SECONDS = 90.0
+EVALUATE_SECONDS = 10.0  # how often, with no run ending, to ask again what is stale while waiting for the daemon
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
@@ -137,6 +138,8 @@ def follow(
     printed: set[str] = set()
     last_activity = time.monotonic()
     order = [name for name, _, _ in stages]
+    todo: list[tuple[str, str, str | None]] | None = None
+    ended_at_check, checked = 0, 0.0
     while True:
         for run_id in release_dead_runs(instance):  # a worker that died leaves its run "started" for ever
             print(f"mira: run {run_id} is marked failed and its pool slots freed: its process is gone", flush=True)
@@ -170,7 +173,13 @@ def follow(
         if in_flight:
             last_activity = time.monotonic()
         else:
-            todo = pending(Evaluation(instance, mira, retry=False), stages)
+            # what is stale changes only when a run ends (or an input does): asked again then, or every EVALUATE_SECONDS
+            if todo is None or len(ended) != ended_at_check or time.monotonic() - checked > EVALUATE_SECONDS:
+                todo, ended_at_check, checked = (
+                    pending(Evaluation(instance, mira, retry=False), stages),
+                    len(ended),
+                    time.monotonic(),
+                )
             if not todo or (failures and all(held for *_, held in todo)):
                 break
             if time.monotonic() - last_activity > IDLE_SECONDS:

@@ -28,7 +28,7 @@ only the variable's name); nothing here runs at import time.
 | pipeline settings   | registry `pipeline:` (core/config.PipelineSettings documents each) | as there                |
 | Dagster instance    | `DAGSTER_HOME` (`mira run`: `<home>/dagster` when unset)           | -                       |
 | `dagster_pg_url` *  | `MIRA_DAGSTER_PG_URL`: the instance on PostgreSQL (instance.py)    | SQLite in DAGSTER_HOME  |
-| `executor`          | `MIRA_EXECUTOR`: `celery` runs refresh_sources' steps on Celery    | `multiprocess`          |
+| `executor`          | `MIRA_EXECUTOR`: `in_process` (one process a run) or `celery`      | `multiprocess`          |
 | `celery_broker` *   | `MIRA_CELERY_BROKER` (`redis://host:6379/0`): broker and results   | - (needed by `celery`)  |
 
 A project folder's `.env` (`mira init`, `make setup`; load_project_env) sets MIRA_CONFIG, MIRA_HOME and
@@ -86,7 +86,7 @@ DEPLOY_VARS = {
     "executor": "MIRA_EXECUTOR",
     "celery_broker": "MIRA_CELERY_BROKER",
 }
-EXECUTORS = ("multiprocess", "celery")
+EXECUTORS = ("multiprocess", "in_process", "celery")
 
 
 def env_names(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -32,12 +32,17 @@ def _scorer_group_tag(source: str) -> dict[str, str]:
 
 def executor_from_settings() -> dg.ExecutorDefinition | None:
     """The code location's executor, for refresh_sources and every run launched from the UI or the CLI (asset
-    backfills too): Dagster's default (multiprocess: the steps in subprocesses of the run's process) unless
-    MIRA_EXECUTOR=celery: then dagster-celery's, every step a task on the broker MIRA_CELERY_BROKER for the workers
+    backfills too): Dagster's default (multiprocess: the steps in subprocesses of the run's process, so a source's
+    teacher and student steps send at once), or with MIRA_EXECUTOR=in_process every step in the run's own process
+    (one import of the code instead of one per step: on a small corpus most of a run), or with MIRA_EXECUTOR=celery
+    dagster-celery's, every step a task on the broker MIRA_CELERY_BROKER for the workers
     of `celery -A mira_dagster.worker worker` on any machine (mira_dagster/worker.py). Read when the code location
     loads (never at import); the broker's URL is resolved from the environment when a run starts: it is never in a
     job's config or the UI."""
-    if Deployment.from_env().executor != "celery":
+    executor = Deployment.from_env().executor
+    if executor == "in_process":
+        return dg.in_process_executor
+    if executor != "celery":
         return None
     from dagster_celery import celery_executor
 

@@ -13,13 +13,6 @@ import dagster as dg
 
 from mira_dagster.defs.freshness import CORPUS, Evaluation
 
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 _lock = threading.Lock()
 _evaluations: dict[tuple[int, Any], Evaluation] = {}
 
@@ -67,6 +60,26 @@ class Stale(dg.AutomationCondition):
         return dg.AutomationResult(context, true_subset=_subset(context, stale))
 
 
+class Running(dg.AutomationCondition):
+    """The partitions a run in flight materialises, as the evaluation saw the runs before it read what is stale
+    (Dagster's in_progress ends at the materialisation, before its run ends, and is read later: a partition
+    materialised meanwhile would look stale and not in progress, and run twice)."""
+
+    @property
+    def name(self) -> str:
+        return "run_in_flight"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
+        ev = evaluation(context.asset_graph_view.instance, context.evaluation_time)
+        asset = context.key.to_user_string()
+        candidate = context.candidate_subset
+        if candidate.is_partitioned:
+            keys = [k for k in candidate.expensively_compute_partition_keys() if ev.running(asset, k) is not None]
+            return dg.AutomationResult(context, true_subset=_subset(context, keys))
+        running = not candidate.is_empty and ev.running(asset) is not None
+        return dg.AutomationResult(context, true_subset=_subset(context, running))
+
+
 @functools.cache
 def upstream_of(asset: str) -> frozenset[str]:
     """Every asset upstream of `asset` in the code location's graph (fixed once the definitions are loaded)."""
@@ -95,10 +108,10 @@ def upstream_busy(ev: Evaluation, asset: str) -> str | None:
     # for a corpus asset, a run of any of the block counts (Dagster's in_progress ends at an asset's materialisation,
     # before its run ends, and a block half done is stale)
     busy = up | (set(CORPUS) if asset in CORPUS else set())
-    for record in ev.instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
-        selection = record.dagster_run.asset_selection
+    for run in ev.in_flight:
+        selection = run.asset_selection
         if selection is None or any(k.to_user_string() in busy for k in selection):
-            return f"run {record.dagster_run.run_id[:8]} in progress upstream"
+            return f"run {run.run_id[:8]} in progress upstream"
     if any(b.status.value == "REQUESTED" for b in ev.instance.get_backfills(limit=20)):
         return "a backfill in progress"
     for name in sorted(up - (set(CORPUS) if asset in CORPUS else set())):
@@ -149,8 +162,8 @@ def within_group_limit(ev: Evaluation, keys: Iterable[str], limit: int) -> list[
     of its sources already queued or running count), the rest at a later tick."""
     cfg = ev.cfg
     busy: dict[str, int] = {}
-    for record in ev.instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
-        source = record.dagster_run.tags.get("dagster/partition")
+    for run in ev.in_flight:
+        source = run.tags.get("dagster/partition")
         if source in cfg.sources:
             group = cfg.unit_of(source).key
             busy[group] = busy.get(group, 0) + 1
@@ -185,6 +198,18 @@ class WithinGroupLimit(dg.AutomationCondition):
 
 
 STALE = Stale()
-FOLLOW_INPUTS = (STALE & ~dg.AutomationCondition.in_progress() & ~Blocked() & WithinGroupLimit()).with_label(
+IN_PROGRESS = Running() | dg.AutomationCondition.backfill_in_progress()
+FOLLOW_INPUTS = (STALE & ~IN_PROGRESS & ~Blocked() & WithinGroupLimit()).with_label(
     "stale, nothing upstream stale or running, within the group's run limit"
 )
+
+
+def with_its_stage(*earlier: str) -> dg.AutomationCondition:
+    """FOLLOW_INPUTS, or requested with the earlier steps of its stage (same partitions) when they are requested:
+    as `mira run` runs a stage from its first stale step on, the daemon runs them as one run, not a tick apart."""
+    along = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested()).allow(
+        dg.AssetSelection.assets(*earlier)
+    )
+    return (FOLLOW_INPUTS | (along & ~IN_PROGRESS)).with_label(
+        f"{FOLLOW_INPUTS.get_label()}; or in the same run as {', '.join(earlier)}"
+    )

@@ -21,7 +21,7 @@ from mira_dagster.core.embeddings import Embedder
 from mira_dagster.core.records import record_text
 from mira_dagster.core.rubric import N_SLOTS, discovered_anchor_name, generated_anchor_name, generated_for
 from mira_dagster.core.scoring import Outcome, context_length, run_scorer
-from mira_dagster.defs.conditions import FOLLOW_INPUTS
+from mira_dagster.defs.conditions import FOLLOW_INPUTS, with_its_stage
 from mira_dagster.defs.freshness import SOURCES_FINGERPRINT, sources_fingerprint
 from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import source_to_group, unit_partitions
@@ -189,7 +189,7 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
 
 
 @dg.asset(
-    automation_condition=FOLLOW_INPUTS,
+    automation_condition=with_its_stage("teacher_judgments"),
     partitions_def=unit_partitions,
     group_name="discovery",
     kinds={"duckdb", "parquet"},

@@ -155,6 +155,13 @@ CORPUS = (
     "selection_report",
 )
 FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 def sources_fingerprint(sources: Iterable[str]) -> str:
@@ -167,12 +174,26 @@ class Evaluation:
 
     def __init__(self, instance: dg.DagsterInstance, mira: Any, retry: bool) -> None:
         self.instance, self.mira, self.retry = instance, mira, retry
+        # the runs in flight, read before any materialisation: a run that ends while this evaluation reads is seen
+        # either in flight here or with its materialisations there, never as neither (a partition it just
+        # materialised read as stale and as not in progress would run twice)
+        self.in_flight = [r.dagster_run for r in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT))]
         self.cfg: MiraConfig = mira.config()
         self._versions: dict[str, dict[str, str] | str] = {}
         self._latest: dict[tuple[str, str | None], Latest | None] = {}
         self._reasons: dict[tuple[str, str | None], str | None] = {}
         self._waiting: dict[tuple[str, str | None], str] = {}
         self.request = None if retry else latest_request(instance)
+
+    def running(self, asset: str, partition: str | None = None) -> str | None:
+        """The id of a run in flight (at the start of this evaluation) that materialises asset[partition]."""
+        for run in self.in_flight:
+            selection = run.asset_selection
+            if selection is not None and dg.AssetKey(asset) not in selection:
+                continue
+            if partition is None or run.tags.get("dagster/partition") in (None, partition):
+                return run.run_id
+        return None
 
     def latest(self, asset: str, partition: str | None = None) -> Latest | None:
         key = (asset, partition)

@@ -104,6 +104,19 @@ def test_partitions_already_in_flight_are_not_requested_twice(env: MiraResource)
     assert _requested(instance, mira) == {"raw_records": ["agent_openhands"]}
 
 
+def test_an_evaluation_sees_a_run_in_flight_or_its_materialisations(env: MiraResource) -> None:
+    """The runs in flight are read before anything stale: a run that ends while the sensor evaluates is seen in
+    flight (not requested) or done (not stale), never as a stale partition with no run (requested twice)."""
+    mira = env
+    instance = in_process_instance()
+    _ingesting(instance, mira, "lean_qa")
+    ev = Evaluation(instance, mira, retry=False)
+    _materialize(mira, instance, "lean_qa")  # the run's materialisations land while `ev` evaluates
+    assert ev.running("raw_records", "lean_qa") is not None
+    assert ev.running("raw_records", "agent_openhands") is None
+    assert ev.reason("raw_records", "lean_qa") is None  # read after: done
+
+
 def test_a_failed_partition_waits_for_a_change_or_mira_run(env: MiraResource, small_config: Path) -> None:
     """The daemon does not retry, at every tick, a partition whose latest run failed while nothing it reads changed;
     `mira run` (retry) does; an edited input brings it back."""
@@ -254,6 +267,32 @@ def test_corpus_assets_follow_their_inputs(env: MiraResource) -> None:
     _materialize(mira, instance, "lean_qa")  # a source re-ran (a backfill, say)
     got = _requested(instance, mira)
     assert "source_groups" in got and not corpus & set(got)  # the corpus waits for what is stale upstream
+
+
+def test_a_stage_runs_its_steps_in_one_run(env: MiraResource) -> None:
+    """anchor_rubric reads teacher_judgments of its unit: the daemon requests both in one tick (the sensor makes one
+    run of a partition's requests: test_daemon_handoff sees it), not a tick and a process apart."""
+    mira = env
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, mira.config())
+    for source in ("lean_qa", "agent_openhands"):
+        _materialize(mira, instance, source)
+    assert dg.materialize(
+        d.ALL_ASSETS, selection=["source_groups"], instance=instance, resources={"mira": mira}
+    ).success
+    units = sorted(mira.config().scorer_units())
+    assert _requested(instance, mira) == {"teacher_judgments": units, "anchor_rubric": units}
+    by_key = {a.key.to_user_string(): a for a in d.ALL_ASSETS}
+    for unit in units:  # runs of the judgments alone (from the UI, say): the rubric is stale and runs by itself
+        judged = dg.materialize(
+            d.ALL_ASSETS,
+            selection=[by_key["teacher_judgments"]],
+            partition_key=unit,
+            instance=instance,
+            resources={"mira": mira},
+        )
+        assert judged.success
+    assert _requested(instance, mira) == {"anchor_rubric": units}
 
 
 def test_a_mira_run_request_makes_the_daemon_retry_once(env: MiraResource, small_config: Path) -> None:

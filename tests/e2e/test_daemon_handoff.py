@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +69,11 @@ def test_mira_run_hands_the_work_to_the_running_daemon(daemon_project: tuple[Pat
     assert all("mira/entry" not in r.tags for r in runs), [r.tags for r in runs]
     assert {r.tags.get("dagster/sensor_name") for r in runs} == {"default_automation_condition_sensor"}
     assert {a.to_user_string() for r in runs for a in r.asset_selection or ()} >= {"raw_records", "selection_report"}
+    chosen = [{a.to_user_string() for a in r.asset_selection or ()} for r in runs]
+    assert all("teacher_judgments" in c for c in chosen if "anchor_rubric" in c), chosen  # a stage's steps: one run
+    # no asset partition ran twice (a run ending while the sensor evaluated once looked stale and not in progress)
+    twice = Counter((a, r.tags.get("dagster/partition")) for r, c in zip(runs, chosen, strict=True) for a in c)
+    assert set(twice.values()) == {1}, twice
     with duckdb.connect(str(project / ".mira" / "mira.duckdb"), read_only=True) as con:
         lean = con.execute("SELECT count(*) FROM raw_records WHERE source = 'lean_qa'").fetchone()[0]
         assert con.execute("SELECT count(*) FROM selected_subset").fetchone()[0] > 0
