@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dagster as dg
@@ -38,6 +38,17 @@ def _subset(context: dg.AutomationContext, keep: Iterable[str] | bool) -> Any:
     return candidate if keep and not candidate.is_empty else context.get_empty_subset()
 
 
+def _where(context: dg.AutomationContext, holds: Callable[[Evaluation, str, str | None], bool]) -> dg.AutomationResult:
+    """The candidate partitions (or the unpartitioned asset) for which `holds` is true in this tick's evaluation."""
+    ev = evaluation(context.asset_graph_view.instance, context.evaluation_time)
+    asset = context.key.to_user_string()
+    candidate = context.candidate_subset
+    if candidate.is_partitioned:
+        keys = [k for k in candidate.expensively_compute_partition_keys() if holds(ev, asset, k)]
+        return dg.AutomationResult(context, true_subset=_subset(context, keys))
+    return dg.AutomationResult(context, true_subset=_subset(context, not candidate.is_empty and holds(ev, asset, None)))
+
+
 class Stale(dg.AutomationCondition):
     """The partitions freshness.Evaluation calls stale."""
 
@@ -50,14 +61,7 @@ class Stale(dg.AutomationCondition):
         return "stale (defs/freshness.py): never materialised, or something it reads changed since"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
-        ev = evaluation(context.asset_graph_view.instance, context.evaluation_time)
-        asset = context.key.to_user_string()
-        candidate = context.candidate_subset
-        if candidate.is_partitioned:
-            keys = [k for k in candidate.expensively_compute_partition_keys() if ev.reason(asset, k) is not None]
-            return dg.AutomationResult(context, true_subset=_subset(context, keys))
-        stale = not candidate.is_empty and ev.reason(asset) is not None
-        return dg.AutomationResult(context, true_subset=_subset(context, stale))
+        return _where(context, lambda ev, asset, partition: ev.reason(asset, partition) is not None)
 
 
 class Running(dg.AutomationCondition):
@@ -70,14 +74,7 @@ class Running(dg.AutomationCondition):
         return "run_in_flight"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
-        ev = evaluation(context.asset_graph_view.instance, context.evaluation_time)
-        asset = context.key.to_user_string()
-        candidate = context.candidate_subset
-        if candidate.is_partitioned:
-            keys = [k for k in candidate.expensively_compute_partition_keys() if ev.running(asset, k) is not None]
-            return dg.AutomationResult(context, true_subset=_subset(context, keys))
-        running = not candidate.is_empty and ev.running(asset) is not None
-        return dg.AutomationResult(context, true_subset=_subset(context, running))
+        return _where(context, lambda ev, asset, partition: ev.running(asset, partition) is not None)
 
 
 @functools.cache
