@@ -55,7 +55,7 @@ def test_the_deployment_settings() -> None:
     assert celery.executor == "celery" and "pw" not in repr(celery)
     with pytest.raises(ConfigError, match="MIRA_CELERY_BROKER"):
         Deployment.from_env({"MIRA_EXECUTOR": "celery"})
-    with pytest.raises(ConfigError, match="one of multiprocess, celery"):
+    with pytest.raises(ConfigError, match="one of multiprocess, in_process, celery"):
         Deployment.from_env({"MIRA_EXECUTOR": "k8s"})
 
 
