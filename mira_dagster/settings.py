@@ -61,7 +61,7 @@ from mira_dagster.io.registry import load_config
 if TYPE_CHECKING:  # imported where used: `mira --help` need not load openai, DuckDB or scikit-learn
     from mira_dagster.core.embeddings import Embedder
     from mira_dagster.core.scoring import Role
-    from mira_dagster.io.llm_client import Endpoint
+    from mira_dagster.io.endpoint import Endpoint
     from mira_dagster.io.store import Store
 
 DEFAULT_HOME = Path(".mira")
@@ -123,7 +123,7 @@ class EndpointSettings(BaseModel):
 
     def endpoint(self, unit_key: str, default_model: str) -> Endpoint | None:
         """The endpoint(s) of a scorer unit: its own URL, else the role's; None for the offline stand-in."""
-        from mira_dagster.io.llm_client import Endpoint
+        from mira_dagster.io.endpoint import Endpoint
 
         suffix = unit_key.upper()
         raw = self.unit_base_urls.get(suffix) or self.base_url

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
-from sklearn.cluster import KMeans
-from sklearn.preprocessing import normalize
 
-from mira_dagster.core.embeddings import Matrix, dense
+from mira_dagster.core.embeddings import dense
+
+if TYPE_CHECKING:
+    from mira_dagster.core.embeddings import Matrix
 
 
 def kmeans(x: Matrix, k: int, seed: int = 0, n_init: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Labels and centroids; k is capped at the number of rows."""
+    from sklearn.cluster import KMeans  # loaded on first use (core/embeddings.py says why)
+
     k = min(k, x.shape[0])
     model = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed).fit(x)
     return model.labels_, np.asarray(model.cluster_centers_)
@@ -34,6 +38,8 @@ def group_sources(
 ) -> list[SourceGroup]:
     """Cluster per-source mean embeddings and compare with the configured groups."""
     names = sorted(vectors)
+    from sklearn.preprocessing import normalize
+
     x = normalize(np.vstack([dense(vectors[n]).reshape(1, -1) for n in names]))
     labels, _ = kmeans(x, k, seed)
     out = []
@@ -62,4 +68,6 @@ def group_sources(
 def source_vector(embeddings: Matrix) -> np.ndarray:
     """The mean of a source's record embeddings, normalised."""
     mean = np.asarray(embeddings.mean(axis=0)).reshape(1, -1)
+    from sklearn.preprocessing import normalize
+
     return normalize(mean)[0]

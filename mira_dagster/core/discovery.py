@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -23,11 +24,14 @@ from pydantic import BaseModel
 
 from mira_dagster.core.clustering import kmeans
 from mira_dagster.core.config import Family
-from mira_dagster.core.embeddings import Matrix, dense
+from mira_dagster.core.embeddings import dense
 from mira_dagster.core.prompts import fill_record, judge_template
 from mira_dagster.core.records import Record
 from mira_dagster.core.rubric import N_SLOTS, AnchorDim, CalibrationReference, Facet
 from mira_dagster.core.scoring import Job
+
+if TYPE_CHECKING:
+    from mira_dagster.core.embeddings import Matrix
 
 N_REFERENCES = 12
 

@@ -6,14 +6,14 @@ Every embedder returns L2-normalised rows, so a dot product is a cosine similari
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from scipy import sparse
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
-from sklearn.preprocessing import normalize
 
-Matrix = np.ndarray | sparse.csr_matrix
+if TYPE_CHECKING:  # scikit-learn and scipy load on first use: every Dagster run process imports this module
+    from scipy import sparse
+
+    Matrix = np.ndarray | sparse.csr_matrix
 
 
 class Embedder(Protocol):
@@ -30,15 +30,20 @@ class HashedTfidfEmbedder:
     name = "hashed-tfidf"
 
     def __init__(self, n_features: int = 2**18) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
         self.vectorizer = HashingVectorizer(
             n_features=n_features, ngram_range=(1, 2), alternate_sign=False, norm=None, lowercase=True
         )
 
     def embed(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        from sklearn.feature_extraction.text import TfidfTransformer
+        from sklearn.preprocessing import normalize
+
         counts = self.vectorizer.transform(list(texts))
         tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(counts)
         return normalize(tfidf).tocsr()
 
 
 def dense(matrix: Matrix) -> np.ndarray:
-    return matrix.toarray() if sparse.issparse(matrix) else np.asarray(matrix)
+    return matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)  # a scipy sparse matrix

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import sparse
-from scipy.stats import rankdata
 
 from mira_dagster.core.rubric import N_SLOTS
 
@@ -54,6 +52,8 @@ class _Unit:
 
 def _ranks(x: np.ndarray) -> np.ndarray:
     """Average ranks per column, NaNs left out (ties averaged, as in Spearman's ρ)."""
+    from scipy.stats import rankdata  # loaded on first use (core/embeddings.py says why)
+
     return rankdata(x, axis=0, nan_policy="omit")
 
 
@@ -67,6 +67,8 @@ def resample_sums(
     resample's sums are its count of each distinct row times that row: counts come from one sparse product
     (draws × one-hot rows, B × 15 n per source instead of B × n × 210 for the dense product), then a small
     dense one per block. Counts and terms are integers and half-integers, so the sums are exact either way."""
+    from scipy import sparse  # loaded on first use (core/embeddings.py says why)
+
     n = terms.shape[0]
     labels = np.zeros(terms.shape[1], dtype=int) if blocks is None else np.asarray(blocks)
     parts, codes, offset = [], [], 0

@@ -17,7 +17,7 @@ from mira_dagster.core.embeddings import Embedder
 from mira_dagster.core.rubric import Rubric, RubricError, discovered_anchor_name
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
 from mira_dagster.io.anchors import load_configured_rubric, load_rubric
-from mira_dagster.io.llm_client import Endpoint
+from mira_dagster.io.endpoint import Endpoint
 from mira_dagster.io.registry import load_config
 from mira_dagster.io.scorers import make_judge, make_scorer
 from mira_dagster.io.store import Store

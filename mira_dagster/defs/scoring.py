@@ -25,7 +25,6 @@ from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
-from mira_dagster.io.llm_client import OpenAIBackend
 from mira_dagster.io.sending import score_chunks, scoring_frames
 from mira_dagster.io.store import Store, load_sql
 
@@ -141,7 +140,8 @@ def _score(
     tally.duplicates = _duplicates(store, table, source) if tally.rows else 0
     tally.degenerate = degenerate_replies(store, table, source) if tally.rows else {}
     # Endpoint.redacted() drops user:password@ and query strings; the offline stand-in has no endpoint
-    endpoint = f"endpoint {backend.endpoint.redacted()}" if isinstance(backend, OpenAIBackend) else "offline stand-in"
+    served = getattr(backend, "endpoint", None)  # an OpenAIBackend's (io/llm_client.py)
+    endpoint = f"endpoint {served.redacted()}" if served is not None else "offline stand-in"
     refs = len(rubric.references())
     return Scored(
         tally, stats, spec.version, _client_meta(backend), seen["records"], role, endpoint, spec.model, refs, warnings

@@ -6,7 +6,6 @@ import time
 import dagster as dg
 import polars as pl
 
-from mira_dagster.core.plots import retention_curves, score_distributions
 from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.freshness import CORPUS_FINGERPRINT, corpus_fingerprint
 from mira_dagster.defs.metadata import md_image, md_table
@@ -75,6 +74,8 @@ def aggregated_scores(context: dg.AssetExecutionContext, mira: MiraResource) -> 
         "SELECT source, n_tokens, aggregate FROM aggregated_scores "
         f"USING SAMPLE reservoir({PLOT_SAMPLE} ROWS) REPEATABLE ({s.seed})"
     )
+    from mira_dagster.core.plots import retention_curves, score_distributions  # matplotlib: only this step draws
+
     return dg.MaterializeResult(
         check_results=[_drift(context, means, s.drift_threshold)],
         metadata={

@@ -36,7 +36,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai import AsyncOpenAI
@@ -44,8 +43,8 @@ from pydantic import BaseModel
 
 from mira_dagster.core.scoring import Completion, RequestFailed, ScorerSpec
 from mira_dagster.io.aiohttp_client import AioHttpClient
+from mira_dagster.io.endpoint import Endpoint, redact_url
 
-DEFAULT_TEACHER_MODEL = "moonshotai/Kimi-K2.6"
 REST_AFTER_FAILURE_S = 15.0
 # Connecting takes milliseconds on a live server, however busy: longer means the host is gone (a dropped SYN
 # would otherwise cost the full request timeout on every attempt).
@@ -57,27 +56,6 @@ DOWN_AFTER_S = 30.0
 STALL_PROBES = 3
 # Failures that say "this endpoint, now" rather than "this request": worth another endpoint.
 _ENDPOINT_FAILURES = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a scorer is served: one or several base URLs of the same model, its key ("EMPTY" for vLLM without one;
-    left out of the repr) and the model name sent with every request."""
-
-    base_urls: tuple[str, ...]
-    api_key: str = field(repr=False)
-    model: str
-
-    def redacted(self) -> str:
-        return ", ".join(redact_url(u) for u in self.base_urls)
-
-
-def redact_url(url: str) -> str:
-    """Drop user:password@ and the query string, which may carry credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")

@@ -13,7 +13,7 @@ from mira_dagster.core.offline_judge import OfflineJudge
 from mira_dagster.core.prompts import contract_regex, judge_system_prompt, judge_template, render_system
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import ChatBackend, Role, ScorerSpec
-from mira_dagster.io.llm_client import DEFAULT_TEACHER_MODEL, Endpoint, OpenAIBackend, probe
+from mira_dagster.io.endpoint import DEFAULT_TEACHER_MODEL, Endpoint
 from mira_dagster.io.templates import load_templates
 
 # The endpoint of a (role, scorer unit key), None for the offline stand-in: MiraResource.endpoint.
@@ -42,6 +42,8 @@ def make_scorer(
         backend = OfflineBackend(role, settings.offline_noisy_slots)
         where = "offline stand-in (no endpoint configured)"
     else:
+        from mira_dagster.io.llm_client import OpenAIBackend, probe  # the client loads only where requests are sent
+
         model = endpoint.model
         infos = {url: probe(url, endpoint.api_key) for url in endpoint.base_urls}
         is_vllm = any(i.is_vllm for i in infos.values())
@@ -87,6 +89,8 @@ def make_judge(
     if endpoint is None:
         model, backend, where = f"offline-judge:{DEFAULT_TEACHER_MODEL}", OfflineJudge(), "offline stand-in"
     else:
+        from mira_dagster.io.llm_client import OpenAIBackend
+
         model = endpoint.model
         backend = OpenAIBackend(
             endpoint,

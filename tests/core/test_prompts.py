@@ -31,7 +31,7 @@ from mira_dagster.core.records import Record
 from mira_dagster.core.rubric import AnchorDim, Rubric
 from mira_dagster.core.scoring import Chunk, Completion, Job, Role, ScorerSpec, run_scorer
 from mira_dagster.core.sft import sft_messages
-from mira_dagster.io import scorers
+from mira_dagster.io import llm_client
 from mira_dagster.io.anchors import load_rubric
 from mira_dagster.io.llm_client import Endpoint, ServerInfo
 from mira_dagster.io.registry import load_config
@@ -396,7 +396,7 @@ def test_contract_regex_escapes_only_what_vllm_regex_engines_know() -> None:
 @pytest.fixture
 def vllm_endpoint(monkeypatch: pytest.MonkeyPatch) -> Endpoint:
     """An endpoint that says it is vLLM, without a server: make_scorer only probes it."""
-    monkeypatch.setattr(scorers, "probe", lambda url, key: ServerInfo(reachable=True, is_vllm=True))
+    monkeypatch.setattr(llm_client, "probe", lambda url, key: ServerInfo(reachable=True, is_vllm=True))
     return Endpoint(base_urls=("http://127.0.0.1:9/v1",), api_key="EMPTY", model="whw06/MIRA-Agent-Group4")
 
 

@@ -13,7 +13,7 @@ import mira_dagster.settings as settings_module
 from mira_dagster.core.config import DEFAULT_CONFIG, PROJECT_ROOT
 from mira_dagster.core.embeddings import HashedTfidfEmbedder
 from mira_dagster.io.embedding_client import OpenAIEmbedder
-from mira_dagster.io.llm_client import DEFAULT_TEACHER_MODEL
+from mira_dagster.io.endpoint import DEFAULT_TEACHER_MODEL
 from mira_dagster.io.registry import load_config
 from mira_dagster.settings import Settings, env_names
 

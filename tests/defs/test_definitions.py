@@ -3,6 +3,9 @@ README and docs/ describe: adding or dropping one has to change this test (and t
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import dagster as dg
 import pytest
 
@@ -96,3 +99,13 @@ def test_the_executor_is_chosen_when_the_code_location_loads(monkeypatch: pytest
     monkeypatch.setenv("MIRA_EXECUTOR", "no-such-executor")
     with pytest.raises(Exception, match="MIRA_EXECUTOR=no-such-executor"):
         _load()
+
+
+def test_loading_the_code_location_leaves_the_heavy_libraries_to_the_steps_that_use_them() -> None:
+    """Every Dagster run, step and code-server process imports the definitions: scikit-learn, scipy, openai, aiohttp
+    and matplotlib (2.2 of 3.5 CPU seconds measured) load only in the steps that embed, test, send or draw."""
+    code = "import sys, mira_dagster.definitions; print(' '.join(sorted(set(m.split('.')[0] for m in sys.modules))))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert not loaded & {"sklearn", "scipy", "openai", "aiohttp", "matplotlib"}, loaded
