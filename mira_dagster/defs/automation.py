@@ -112,7 +112,8 @@ follow_inputs = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     use_user_code_server=True,
-    minimum_interval_seconds=5,
+    # every loop of Dagster's sensor daemon (at least 5 s apart): a stage follows the one before without a lost loop
+    minimum_interval_seconds=1,
     emit_backfills=False,
     description=(
         "Evaluates the automation conditions (defs/conditions.py): every stale asset partition runs once nothing "

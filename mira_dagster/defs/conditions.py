@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from mira_dagster.defs.freshness import CORPUS, Evaluation
+from mira_dagster.defs.freshness import CORPUS, SCORING, Evaluation
 
 _lock = threading.Lock()
 _evaluations: dict[tuple[int, Any], Evaluation] = {}
@@ -154,14 +154,20 @@ def group_limit(instance: dg.DagsterInstance) -> int | None:
     return None
 
 
+def sends(run: dg.DagsterRun) -> bool:
+    """Whether a run holds a step that sends to a scorer group's endpoints (a job's run without an asset selection,
+    refresh_sources, counts: it scores)."""
+    return run.asset_selection is None or any(k.to_user_string() in SCORING for k in run.asset_selection)
+
+
 def within_group_limit(ev: Evaluation, keys: Iterable[str], limit: int) -> list[str]:
-    """The source partitions of `keys` that may start now: per scorer group, at most `limit` in progress (the runs
-    of its sources already queued or running count), the rest at a later tick."""
+    """The source partitions of `keys` that may start sending now: per scorer group, at most `limit` in progress
+    (the runs of its sources that send, already queued or running, count), the rest at a later tick."""
     cfg = ev.cfg
     busy: dict[str, int] = {}
     for run in ev.in_flight:
         source = run.tags.get("dagster/partition")
-        if source in cfg.sources:
+        if source in cfg.sources and sends(run):
             group = cfg.unit_of(source).key
             busy[group] = busy.get(group, 0) + 1
     keep = []
@@ -174,8 +180,10 @@ def within_group_limit(ev: Evaluation, keys: Iterable[str], limit: int) -> list[
 
 
 class WithinGroupLimit(dg.AutomationCondition):
-    """dagster.yaml's per-group run limit for the runs automation requests: the run queue applies it by the tag
-    mira/scorer_group, which an automation sensor's runs cannot carry per partition, so the condition applies it."""
+    """dagster.yaml's per-group run limit for the runs automation requests that send to a group's endpoints (the
+    scoring steps; an ingest sends nothing and all of them start at once, the run queue's max_concurrent_runs
+    holding them): the run queue applies it by the tag mira/scorer_group, which an automation sensor's runs cannot
+    carry per partition, so the condition applies it."""
 
     @property
     def name(self) -> str:
@@ -185,7 +193,7 @@ class WithinGroupLimit(dg.AutomationCondition):
         candidate = context.candidate_subset
         instance = context.asset_graph_view.instance
         limit = group_limit(instance)
-        if limit is None or not candidate.is_partitioned or candidate.is_empty:
+        if limit is None or not candidate.is_partitioned or candidate.is_empty or context.key.path[-1] not in SCORING:
             return dg.AutomationResult(context, true_subset=candidate)
         ev = evaluation(instance, context.evaluation_time)
         keys = candidate.expensively_compute_partition_keys()

@@ -36,14 +36,16 @@ def _reasons(mira: MiraResource, instance: dg.DagsterInstance) -> dict[str, str]
     return out
 
 
-def _ingesting(instance: dg.DagsterInstance, mira: MiraResource, source: str) -> None:
-    """A refresh_sources run of raw_records[source], in progress."""
+def _ingesting(
+    instance: dg.DagsterInstance, mira: MiraResource, source: str, assets: tuple[str, ...] = ("raw_records",)
+) -> None:
+    """A refresh_sources run of these assets of `source` (raw_records), in progress."""
     defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
     instance.create_run_for_job(
         defs.resolve_job_def("refresh_sources"),
         status=dg.DagsterRunStatus.STARTED,
         tags={"dagster/partition": source},
-        asset_selection=frozenset({dg.AssetKey("raw_records")}),
+        asset_selection=frozenset(dg.AssetKey(a) for a in assets),
     )
 
 
@@ -341,7 +343,8 @@ def test_automation_keeps_dagster_yamls_per_group_run_limit(
     small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Runs an automation sensor requests carry no per-partition tag, so the run queue cannot apply dagster.yaml's
-    per-group limit to them: the condition does. Three sources of group 2 under a limit of 2, one already running."""
+    per-group limit to them: the condition does, to the steps that send to a group's endpoints (the scoring steps).
+    Ingests send nothing: every one is requested at once. Three sources of group 2 under a limit of 2."""
     import yaml
 
     from mira_dagster.package_data import DAGSTER_YAML
@@ -361,7 +364,25 @@ def test_automation_keeps_dagster_yamls_per_group_run_limit(
     (tmp_path / "dagster").mkdir()
     instance = dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster"), overrides=settings)
     register_partitions(instance, mira.config())
+    everything = ["agent_openhands", "lean_b", "lean_c", "lean_qa"]
+    assert _requested(instance, mira) == {"raw_records": everything}  # no limit: an ingest sends nothing
+    by_key = {a.key.to_user_string(): a for a in d.ALL_ASSETS}
+    for _ in range(4):  # what the daemon does, up to the scoring: run what is requested, evaluate again
+        got = _requested(instance, mira)
+        if "teacher_labels" in got:
+            break
+        for name, partitions in got.items():
+            for key in [None] if partitions is True else partitions:
+                assert dg.materialize(
+                    d.ALL_ASSETS,
+                    selection=[by_key[name]],
+                    partition_key=key,
+                    instance=instance,
+                    resources={"mira": mira},
+                ).success
     # two per group: group 2's first two (by name), group D's one
-    assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_b", "lean_c"]}
-    _ingesting(instance, mira, "lean_b")
-    assert _requested(instance, mira) == {"raw_records": ["agent_openhands", "lean_c"]}  # lean_b runs: one more
+    two = ["agent_openhands", "lean_b", "lean_c"]
+    assert _requested(instance, mira) == {"teacher_labels": two, "student_scores": two}
+    _ingesting(instance, mira, "lean_b", ("teacher_labels", "student_scores"))
+    one_more = ["agent_openhands", "lean_c"]  # lean_b sends: one more of group 2
+    assert _requested(instance, mira) == {"teacher_labels": one_more, "student_scores": one_more}
