@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from mira_dagster.core.config import MiraConfig, ScorerUnit
 from mira_dagster.core.rubric import Rubric, discovered_anchor_name
-from mira_dagster.core.scoring import RequestCount
+from mira_dagster.core.scoring import ChatBackend, RequestCount, ScorerSpec
 from mira_dagster.io.anchors import load_configured_rubric, load_rubric
 from mira_dagster.io.scorers import EndpointLookup, make_judge, make_scorer
 from mira_dagster.io.sending import ROLE_OF, STEPS, Step, pending, scoring_frames
@@ -75,6 +75,7 @@ class StepPlan:
 class CostPlan:
     steps: list[StepPlan] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    uncounted: bool = False  # no records ingested yet: the steps cannot be counted (not: nothing to send)
 
     @property
     def teacher_requests(self) -> int:
@@ -93,6 +94,12 @@ class CostPlan:
         out = ["cost plan: the requests each step will send (cached and too long records are not sent)", ""]
         if rows:
             out += [*tabulate(rows, headers=HEADERS, tablefmt="github").splitlines(), ""]
+        elif self.uncounted:
+            out += [
+                "not counted: no records are ingested yet; each teacher step checks pipeline.max_teacher_requests "
+                "itself before its first request",
+                "",
+            ]
         else:
             out += ["no scoring step will run: nothing will be sent", ""]
         out += [
@@ -125,6 +132,27 @@ class CostPlan:
         )
 
 
+class OverCap(Exception):
+    """A teacher step that would send more requests than pipeline.max_teacher_requests on its own."""
+
+
+def check_step_cap(
+    cfg: MiraConfig, store: Store, step: Step, key: str, spec: ScorerSpec, backend: ChatBackend, rubric: Rubric | None
+) -> None:
+    """Raise OverCap (one line: the step, the count, the cap) before a teacher step sends more requests than
+    pipeline.max_teacher_requests by itself. `mira run` refuses a whole run over the cap before it starts; this holds
+    the cap where no `mira run` made a plan (the daemon's runs, a backfill, the UI), counted as the plan counts."""
+    limit = cfg.pipeline.max_teacher_requests
+    if limit is None or ROLE_OF.get(step, "teacher") != "teacher":
+        return
+    n = pending(cfg, store, step, key, spec, backend, rubric).to_send
+    if n > limit:
+        raise OverCap(
+            f"{n} teacher requests to send, over pipeline.max_teacher_requests {limit}; nothing was sent "
+            "(lower teacher_sample_max or raise the cap)"
+        )
+
+
 def every_step(cfg: MiraConfig, sources: Sequence[str]) -> list[tuple[Step, str]]:
     """Every paid step of a run over `sources`: their units' judgments, and their labels and scores."""
     units = sorted({cfg.unit_of(s).key for s in sources})
@@ -142,7 +170,7 @@ def cost_plan(
     units = cfg.scorer_units()
     judged = {p for a, p in wanted if a == "teacher_judgments"}
     if wanted and "raw_records" not in store.tables():
-        plan.notes.append("no records ingested yet: the plan counts them once ingest has run")
+        plan.uncounted = True
         return plan
     present = set(store.query_sql("SELECT DISTINCT source FROM raw_records")["source"].to_list()) if wanted else set()
     for key in sorted(judged):
@@ -160,7 +188,9 @@ def cost_plan(
             plan.steps.append(_scoring_row(cfg, store, step, units[key], sources, key in judged, endpoints, plan))
     missing = sorted({p for a, p in wanted if a != "teacher_judgments"} - present)
     if missing:
-        plan.notes.append(f"not ingested yet, counted as 0 records: {', '.join(missing)}")
+        plan.notes.append(
+            f"not ingested yet, not counted (each teacher step checks the cap itself): {', '.join(missing)}"
+        )
     return plan
 
 

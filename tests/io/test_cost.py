@@ -110,6 +110,16 @@ def test_judgments_are_counted_only_for_units_whose_discovery_runs(setup) -> Non
     assert cost_plan(cfg, store, []).lines()[2] == "no scoring step will run: nothing will be sent"
 
 
+def test_a_plan_before_any_ingest_says_it_counted_nothing(tmp_path: Path) -> None:
+    """Before the first ingest (a `mira run` handing a fresh home to the daemon), the steps cannot be counted: the
+    plan says so, never that nothing will be sent."""
+    cfg = load_config()
+    plan = cost_plan(cfg, Store(tmp_path / "home"), every_step(cfg, cfg.source_names()))
+    assert plan.uncounted and plan.teacher_requests == 0
+    assert plan.lines()[2].startswith("not counted: no records are ingested yet; each teacher step checks")
+    assert not any("nothing will be sent" in line for line in plan.lines())
+
+
 def test_cost_gate_refuses_over_the_cap_in_one_line(setup, capsys: pytest.CaptureFixture[str]) -> None:
     cfg, store = setup
     runs = every_step(cfg, ["lean_qa"])
@@ -218,3 +228,56 @@ def test_a_forced_run_that_sends_nothing_is_not_refused(
     assert [line for line in out.out.splitlines() if line.startswith("teacher ")] == [
         "teacher offline stand-in (free): 0 requests, ~0 prompt + ~0 completion tokens"
     ]
+
+
+def test_each_teacher_step_keeps_the_cap_where_no_mira_run_made_a_plan(small_config: Path, tmp_path: Path) -> None:
+    """Runs the daemon, a backfill or the UI launch have no `mira run` plan before them: a teacher step that would send
+    more than pipeline.max_teacher_requests by itself fails with one line before its first request; under the cap it
+    runs. The student is not the cap's."""
+    from mira_dagster.cli import failure_lines
+    from mira_dagster.defs.partitions import register_partitions
+
+    home = tmp_path / "home"
+    mira = MiraResource(config_path=str(small_config), home=str(home))
+    instance = in_process_instance()
+    register_partitions(instance, mira.config())
+    by_key = {k.to_user_string(): a for a in ALL_ASSETS for k in a.keys}
+
+    def run(asset: str, partition: str | None) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            ALL_ASSETS,
+            selection=[by_key[asset]],
+            partition_key=partition,
+            instance=instance,
+            resources={"mira": mira},
+            raise_on_error=False,
+        )
+
+    original = small_config.read_text(encoding="utf-8")
+    assert "min_heldout: 4}" in original
+    small_config.write_text(original.replace("min_heldout: 4}", "min_heldout: 4, max_teacher_requests: 3}"), "utf-8")
+    for source in ("lean_qa", "agent_openhands"):
+        assert run("raw_records", source).success
+    assert run("source_groups", None).success
+    unit = mira.config().unit_of("lean_qa").key
+    judged = run("teacher_judgments", unit)
+    assert not judged.success
+    [line] = failure_lines(judged, unit)
+    assert line.startswith(f"{unit}: step teacher_judgments: ") and line.endswith(
+        "teacher requests to send, over pipeline.max_teacher_requests 3; nothing was sent (lower teacher_sample_max "
+        "or raise the cap)"
+    ), line
+    assert int(line.split(": ")[2].split()[0]) > 3
+    assert "teacher_judgments" not in Store(home).tables()
+    # under the cap the unit is judged, its rubric made; then the labels' own count meets a lower cap
+    small_config.write_text(
+        original.replace("min_heldout: 4}", "min_heldout: 4, max_teacher_requests: 10000}"), "utf-8"
+    )
+    assert run("teacher_judgments", unit).success and run("anchor_rubric", unit).success
+    small_config.write_text(original.replace("min_heldout: 4}", "min_heldout: 4, max_teacher_requests: 1}"), "utf-8")
+    labelled = run("teacher_labels", "lean_qa")
+    assert not labelled.success
+    [line] = failure_lines(labelled, "lean_qa")
+    assert "step teacher_labels: " in line and "over pipeline.max_teacher_requests 1; nothing was sent" in line, line
+    assert "teacher_labels" not in Store(home).tables()
+    assert run("student_scores", "lean_qa").success  # the student sends as many as it needs
