@@ -8,7 +8,6 @@ import contextlib
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,31 +74,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _unknown("source(s)", unknown, cfg.source_names(), cfg.path)
     import dagster as dg
 
-    from mira_dagster import definitions as d
     from mira_dagster.defs.daemon import daemon_running
-    from mira_dagster.defs.freshness import Evaluation
+    from mira_dagster.defs.freshness import Evaluation, local, record_request
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
     from mira_dagster.handoff import follow, start_daemon
     from mira_dagster.io.cost import cost_gate
+    from mira_dagster.local_run import run_locally
 
     # Dagster's console logger prints every engine event; quiet by default (our one line per stage, the failures,
     # the summary), everything with -v. The event log itself is in the instance either way.
-    run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if args.verbose else "ERROR"}}}}
     if not args.verbose:
         quiet_dagster_failures()
     mira = mira_resource()  # MIRA_CONFIG, MIRA_HOME (set above from --config, --home) and the rest as dg.EnvVar
-    by_key = {k.to_user_string(): a for a in d.ALL_ASSETS for k in a.keys}
     sources = args.source or cfg.source_names()
     units = sorted({cfg.unit_of(s).key for s in sources})
     scope = {"source": sources, "unit": units, "all": [None]}
-    ran = 0
-    skipped: list[str] = []  # what was up to date
-    warned: list[str] = []  # failed non-blocking checks: printed after the summary, the run still succeeds
     with dg.DagsterInstance.get() as instance:
         register_partitions(instance, cfg)  # the partitions the sensor would add
         if args.plan:
-            return print_plan(Evaluation(instance, mira, retry=True), cfg, scope, sources, args.force, mira)
+            with local(args.source):
+                return print_plan(Evaluation(instance, mira, retry=True), cfg, scope, sources, args.force, mira)
         if args.daemon and not daemon_running(instance):
             try:
                 print(f"mira: {start_daemon(instance, Path(instance.root_directory))}", flush=True)
@@ -118,52 +113,59 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _succeeded(home, cfg, instance, ran, warned)
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
-        gated = False
-        # Stages: every partition of a stage runs even when one fails (a bad source fails alone), but the next
-        # stage starts only when the whole stage succeeded, so no rubric, mask, selection or export is ever replaced
-        # by the output of a run with a failed part. What is stale is freshness.Evaluation's (the automation
-        # condition's too), asked again at each stage: the earlier ones change it.
-        for stage, assets, per in stages():
-            ev = Evaluation(instance, mira, retry=True)
-            todo, up_to_date = stage_runs(ev, stage, assets, scope[per], force=args.force)
-            skipped += up_to_date
-            if not todo:
-                if args.verbose:
-                    print(f"{stage}: up to date")
-                continue
-            # cost before spending: the plan (and max_teacher_requests) before the first paid stage, counting the
-            # judgments of the units whose discovery runs and the scoring of the sources (io/cost.py)
-            if stage in ("discovery", "scoring") and not gated:
-                gated = True
-                runs = paid_runs(cfg, sources, {p for p, *_ in todo} if stage == "discovery" else set())
-                if (code := cost_gate(cfg, mira.store(), runs, mira.endpoint)) is not None:
-                    return code
-            failures: list[str] = []
-            progress = Progress(stage, len(todo), verbose=args.verbose)
-            for partition, where, chosen, why in todo:
-                progress.start(f"{where}: {', '.join(chosen)} ({why})")
-                result = dg.materialize(
-                    d.ALL_ASSETS,
-                    selection=[by_key[a] for a in chosen],
-                    partition_key=partition,
-                    instance=instance,
-                    resources={"mira": mira},
-                    raise_on_error=False,
-                    run_config=run_config,
-                    tags={"mira/entry": "mira run", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
-                )
-                ran += 1
-                warned += warning_lines(result, where)
-                if not result.success:
-                    failures += failure_lines(result, where)
-                progress.done()
-            progress.close(len(failures))
-            if failures:
-                return _failed(home, cfg, instance, failures, warned)
-        if skipped and ran:
+        record_request(instance, args.force, args.source)  # retry incomplete work (and --force), as for the daemon
+
+        def gate(judged: set[str]) -> int | None:
+            # cost before spending: the plan (and max_teacher_requests) before the first run that may send, counting
+            # the judgments of the units whose discovery runs and the scoring of the sources (io/cost.py)
+            return cost_gate(cfg, mira.store(), paid_runs(cfg, sources, judged), mira.endpoint)
+
+        def report(result: object, where: str) -> tuple[list[str], list[str]]:
+            return failure_lines(result, where), warning_lines(result, where)
+
+        # the automation conditions decide, as the daemon's sensor would, tick by tick in this process (local_run.py)
+        done = run_locally(instance, mira, stages(), args.source, args.verbose, gate, report)
+        if done.stopped and not done.failures:
+            return 1  # the cost gate refused, in one line
+        if done.failures:
+            return _failed(home, cfg, instance, done.failures, done.warnings)
+        if held := still_stale(instance, mira, args.source):
+            return _failed(home, cfg, instance, held, done.warnings)
+        skipped = [
+            _label(cfg, name, assets, partition)
+            for name, assets, per in stages()
+            for partition in scope[per]
+            if (name, partition) not in done.steps
+        ]
+        if skipped and done.ran:
             shown = skipped if args.verbose or len(skipped) <= 6 else [*skipped[:5], "..."]
             print(f"up to date, not run ({len(skipped)}; -v lists all, --force runs all): " + "; ".join(shown))
-        return _succeeded(home, cfg, instance, ran, warned)
+        return _succeeded(home, cfg, instance, done.ran, done.warnings)
+
+
+def _label(cfg: MiraConfig, stage: str, assets: tuple[str, ...], partition: str | None) -> str:
+    """A stage's partition as the lines name it: `lean_qa: raw_records`, `group 2: ...`, `grouping`."""
+    from mira_dagster.defs.freshness import UNIT_ASSETS
+
+    if partition is None:
+        return stage
+    where = f"{cfg.pipeline.scorer_scope} {partition}" if assets[0] in UNIT_ASSETS else partition
+    return f"{where}: {', '.join(assets)}"
+
+
+def still_stale(instance: DagsterInstance, mira: object, sources: list[str] | None) -> list[str]:
+    """What the conditions left stale when they stopped requesting runs without a failure: held by something no
+    run of this command can end (a queued run or a backfill waiting for a daemon that is not running), one line each."""
+    from mira_dagster.defs.conditions import upstream_busy
+    from mira_dagster.defs.freshness import Evaluation, local
+    from mira_dagster.handoff import pending
+
+    with local(sources):
+        ev = Evaluation(instance, mira, retry=False)
+        return [
+            f"{label}: {why}, not run: {upstream_busy(ev, label.split('[')[0]) or 'not requested'}"
+            for label, why, _ in pending(ev, stages())
+        ]
 
 
 def _succeeded(home: Path, cfg: MiraConfig, instance: DagsterInstance, ran: int, warned: list[str]) -> int:
@@ -252,39 +254,6 @@ def event_log(instance: DagsterInstance) -> str:
     if use_postgres():
         return "the PostgreSQL database of MIRA_DAGSTER_PG_URL"
     return str(Path(instance.root_directory) / "history")
-
-
-class Progress:
-    """One line per stage when the output is not a terminal; a bar that redraws itself on one; a line per run
-    with -v."""
-
-    def __init__(self, stage: str, total: int, verbose: bool) -> None:
-        self.stage, self.total, self.verbose, self.n = stage, total, verbose, 0
-        self.started = time.monotonic()
-        self.bar = None
-        if sys.stdout.isatty() and not verbose:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=stage, unit="run", leave=False, file=sys.stdout)
-
-    def start(self, label: str) -> None:
-        if self.verbose:
-            print(f"[{self.stage} {self.n + 1}/{self.total}] {label}", flush=True)
-        elif self.bar is not None:
-            self.bar.set_postfix_str(label[:60])
-
-    def done(self) -> None:
-        self.n += 1
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self, failures: int) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        took = time.monotonic() - self.started
-        what = "run" if self.total == 1 else "runs"
-        status = f"{failures} failure(s)" if failures else "ok"
-        print(f"{self.stage}: {self.total} {what}, {status} ({took:.1f} s)", flush=True)
 
 
 def _report_skipped(cfg: MiraConfig) -> int:

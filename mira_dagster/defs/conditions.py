@@ -31,6 +31,12 @@ def evaluation(instance: dg.DagsterInstance, when: Any) -> Evaluation:
         return _evaluations[key]
 
 
+def last_evaluation() -> Evaluation | None:
+    """The Evaluation of the latest tick in this process (local_run.py prints its reasons)."""
+    with _lock:
+        return next(iter(_evaluations.values()), None)
+
+
 def _subset(context: dg.AutomationContext, keep: Iterable[str] | bool) -> Any:
     candidate = context.candidate_subset
     if candidate.is_partitioned:
@@ -193,6 +199,8 @@ class WithinGroupLimit(dg.AutomationCondition):
         candidate = context.candidate_subset
         instance = context.asset_graph_view.instance
         limit = group_limit(instance)
+        if evaluation(instance, context.evaluation_time).local is not None:
+            limit = None  # `mira run` in its own process: one run at a time
         if limit is None or not candidate.is_partitioned or candidate.is_empty or context.key.path[-1] not in SCORING:
             return dg.AutomationResult(context, true_subset=candidate)
         ev = evaluation(instance, context.evaluation_time)

@@ -19,9 +19,10 @@ materialised, nor tried and failed, since the request counts as `retry` (or forc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,31 @@ IN_FLIGHT = [
 ]
 
 
+@dataclass(frozen=True)
+class Local:
+    """`mira run` evaluating the conditions in its own process (local_run.py): it runs one run at a time, and with
+    --source only those sources' partitions. Never set in the daemon's processes."""
+
+    sources: frozenset[str] | None
+
+
+_local: Local | None = None
+
+
+@contextlib.contextmanager
+def local(sources: Iterable[str] | None) -> Iterator[None]:
+    """While `mira run` runs the conditions in its own process: what is about other sources than --source's (their
+    partitions, and scorer units with none of them) is not this run's, so it is neither stale nor holding anything
+    back (the daemon's evaluations are never scoped: there, --source narrows the request alone); and the per-group
+    run limit holds by itself (conditions.WithinGroupLimit), as this process runs one run at a time."""
+    global _local
+    before, _local = _local, Local(frozenset(sources) if sources is not None else None)
+    try:
+        yield
+    finally:
+        _local = before
+
+
 def sources_fingerprint(sources: Iterable[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(sources)).encode()).hexdigest()[:16]
 
@@ -184,6 +210,14 @@ class Evaluation:
         self._reasons: dict[tuple[str, str | None], str | None] = {}
         self._waiting: dict[tuple[str, str | None], str] = {}
         self.request = None if retry else latest_request(instance)
+        self.local = _local
+        self.scope = _local.sources if _local is not None else None
+
+    def in_scope(self, asset: str, partition: str | None) -> bool:
+        """Whether asset[partition] is this evaluation's: always, unless `mira run --source` evaluates (local)."""
+        if self.scope is None or partition is None:
+            return True
+        return bool(self.scope & set(self._scope(asset, partition)))
 
     def running(self, asset: str, partition: str | None = None) -> str | None:
         """The id of a run in flight (at the start of this evaluation) that materialises asset[partition]."""
@@ -232,7 +266,7 @@ class Evaluation:
         """Why asset[partition] must run now, or None when it is up to date."""
         key = (asset, partition)
         if key not in self._reasons:
-            self._reasons[key] = self._reason(asset, partition)
+            self._reasons[key] = self._reason(asset, partition) if self.in_scope(asset, partition) else None
         return self._reasons[key]
 
     def waiting(self, asset: str, partition: str | None = None) -> str | None:

@@ -1,0 +1,203 @@
+"""`mira run` on an instance without a running daemon: what the daemon's automation sensor would do, tick by tick,
+in this process. Dagster's own evaluator (`dg.evaluate_automation_conditions`) evaluates the automation conditions
+of defs/conditions.py, as the sensor does; each partition it requests runs here (`dg.materialize`), then the
+conditions are evaluated again, until they request nothing. So what runs is decided in one place, the conditions,
+with or without a daemon; `--source` scopes them to those sources (freshness.local)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from mira_dagster.defs.conditions import last_evaluation
+from mira_dagster.defs.freshness import UNIT_ASSETS, Evaluation, local
+
+warnings.filterwarnings("ignore", message="Parameter `include_sources`")  # Dagster's evaluator, about itself
+
+# a guard, not a limit: the conditions request each partition once per command (retry and force count once); a
+# partition asked for again after it succeeded here means they disagree with themselves, and the command stops
+MAX_TICKS = 200
+WAIT_SECONDS = 2.0  # with runs of another process in flight upstream (a second machine): how often to look again
+PAID = ("teacher_judgments", "teacher_labels", "student_scores")
+# runs of another process that are executing (a queued run waits for a daemon that is not running: not waited for)
+RUNNING = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+@dataclass
+class Step:
+    """One run the conditions asked for: a partition (None: unpartitioned) and its requested assets, in stage order."""
+
+    stage: str
+    partition: str | None
+    assets: list[str]
+    where: str
+    why: str
+
+
+@dataclass
+class Outcome:
+    """What the runs of one command did: how many ran, the failure and warning lines."""
+
+    ran: int = 0
+    steps: set[tuple[str, str | None]] = field(default_factory=set)  # (stage, partition) of every run
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the command stopped before the conditions were done (refused cost, a bug)
+
+
+def requested_steps(result: Any, stages: list[tuple[str, tuple[str, ...], str]], ev: Evaluation) -> list[Step]:
+    """The runs of one evaluation, as the sensor builds them: per partition, the assets requested for it (the corpus
+    block as one), ordered by stage."""
+    order = {a: (i, j) for i, (_, assets, _) in enumerate(stages) for j, a in enumerate(assets)}
+    stage_of = {a: name for name, assets, _ in stages for a in assets}
+    by_partition: dict[tuple[bool, str | None], list[str]] = {}
+    for asset in order:
+        key = dg.AssetKey(asset)
+        if not result.get_num_requested(key):
+            continue
+        partitions = result.get_requested_partitions(key)
+        for partition in sorted(p for p in partitions if p is not None) or [None]:
+            by_partition.setdefault((asset in UNIT_ASSETS, partition), []).append(asset)
+    steps = []
+    scope = ev.cfg.pipeline.scorer_scope
+    for (unit, partition), assets in by_partition.items():
+        assets.sort(key=order.__getitem__)
+        stage = stage_of[assets[0]]
+        where = f"{scope} {partition}" if unit else partition or stage
+        why = next((w for a in assets if (w := ev.reason(a, partition)) is not None), "requested")
+        steps.append(Step(stage, partition, assets, where, why))
+    return sorted(steps, key=lambda s: (order[s.assets[0]], s.partition or ""))
+
+
+def run_locally(
+    instance: dg.DagsterInstance,
+    mira: Any,
+    stages: list[tuple[str, tuple[str, ...], str]],
+    sources: list[str] | None,
+    verbose: bool,
+    gate: Callable[[set[str]], int | None],
+    report: Callable[[Any, str], tuple[list[str], list[str]]],
+) -> Outcome:
+    """Evaluate the conditions, run what they request, again, until they request nothing. `gate(judged units)` is
+    asked once, before the first run that may send (None: go on; else the exit code of a refusal); `report(result,
+    where)` turns a run's result into (failure lines, warning lines)."""
+    from mira_dagster import definitions as d
+    from mira_dagster.cli import HOST_TAG, PID_TAG  # what cli.release_dead_runs reads when this process dies
+
+    defs = dg.Definitions(assets=d.ALL_ASSETS, resources={"mira": mira})
+    by_key = {k.to_user_string(): a for a in d.ALL_ASSETS for k in a.keys}
+    run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "ERROR"}}}}
+    tags = {"mira/entry": "mira run", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    out, progress = Outcome(), StageLines(verbose)
+    done: set[tuple[str, str | None]] = set()
+    gated, cursor = False, None
+    with local(sources):
+        for _ in range(MAX_TICKS):
+            result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            cursor = result.cursor
+            ev = last_evaluation() or Evaluation(instance, mira, retry=False)  # that tick's: the reasons printed
+            steps = requested_steps(result, stages, ev)
+            if not steps:
+                if any(r.status in RUNNING for r in ev.in_flight):
+                    time.sleep(WAIT_SECONDS)  # another process's run upstream (a second machine): wait for it
+                    continue
+                break
+            if not gated and any(a in PAID for s in steps for a in s.assets):
+                gated = True
+                progress.pause()
+                judged = {str(s.partition) for s in steps if "teacher_judgments" in s.assets}
+                if (code := gate(judged)) is not None:
+                    out.stopped = f"refused with exit code {code}"
+                    return out
+            for step in steps:
+                again = [a for a in step.assets if (a, step.partition) in done]
+                if again:
+                    out.stopped = (
+                        f"the automation conditions asked for {again[0]}[{step.partition}] again after it ran in "
+                        "this command: stopped (please report this)"
+                    )
+                    out.failures.append(f"{step.where}: {out.stopped}")
+                    return out
+                progress.start(step)
+                run = dg.materialize(
+                    d.ALL_ASSETS,
+                    selection=[by_key[a] for a in step.assets],
+                    partition_key=step.partition,
+                    instance=instance,
+                    resources={"mira": mira},
+                    raise_on_error=False,
+                    run_config=run_config,
+                    tags=tags,
+                )
+                out.ran += 1
+                out.steps.add((step.stage, step.partition))
+                failures, warnings = report(run, step.where)
+                out.warnings += warnings
+                if run.success:
+                    done.update((a, step.partition) for a in step.assets)
+                else:
+                    out.failures += failures
+                progress.done(step, run.success)
+        else:
+            out.stopped = f"the automation conditions still requested runs after {MAX_TICKS} evaluations"
+            out.failures.append(out.stopped)
+    progress.close()
+    return out
+
+
+class StageLines:
+    """One line per stage once it is done (a bar on a terminal meanwhile); with -v one line per run as it starts."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.stage: str | None = None
+        self.runs = self.failed = 0
+        self.started = time.monotonic()
+        self.bar: Any = None
+
+    def start(self, step: Step) -> None:
+        if step.stage != self.stage:
+            self._line()
+            self.stage, self.runs, self.failed, self.started = step.stage, 0, 0, time.monotonic()
+            if sys.stdout.isatty() and not self.verbose:
+                from tqdm import tqdm
+
+                self.bar = tqdm(desc=step.stage, unit="run", leave=False, file=sys.stdout)
+        label = f"{step.where}: {', '.join(step.assets)} ({step.why})"
+        if self.verbose:
+            print(f"[{step.stage} {self.runs + 1}/{self.runs + 1}] {label}", flush=True)
+        elif self.bar is not None:
+            self.bar.set_postfix_str(label[:60])
+
+    def done(self, step: Step, ok: bool) -> None:
+        self.runs += 1
+        self.failed += not ok
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def pause(self) -> None:
+        """Before something else prints (the cost plan): the stage so far, on its line."""
+        self._line()
+        self.stage = None
+
+    def close(self) -> None:
+        self._line()
+        self.stage = None
+
+    def _line(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.stage is None or not self.runs:
+            return
+        took = time.monotonic() - self.started
+        status = f"{self.failed} failure(s)" if self.failed else "ok"
+        print(f"{self.stage}: {self.runs} {'run' if self.runs == 1 else 'runs'}, {status} ({took:.1f} s)", flush=True)
