@@ -1,0 +1,86 @@
+"""`mira run` without a daemon (local_run.py): Dagster's automation evaluator decides what runs, as the daemon's
+sensor does; --source scopes the conditions; what they leave stale is never reported as success."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mira_dagster import definitions as d
+from mira_dagster.cli import main
+from mira_dagster.defs.automation import refresh_sources_job
+from mira_dagster.defs.freshness import Evaluation, local
+from mira_dagster.defs.resources import MiraResource
+
+
+@pytest.fixture
+def project(small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The variables `mira run` sets (restored after the test), a DAGSTER_HOME of the test's own."""
+    for var in ("MIRA_CONFIG", "MIRA_HOME"):
+        monkeypatch.setenv(var, "unset")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    return small_config, tmp_path / "home"
+
+
+def _done(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> bool:
+    """Whether asset[partition] was materialised."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    return bool(records)
+
+
+def test_a_scoped_run_runs_its_sources_alone_and_the_rest_stays_stale(
+    project: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--source lean_qa` on a fresh instance: lean_qa's partitions, its unit and the unpartitioned assets run;
+    agent_openhands (never ingested) holds nothing back and is not run; a plain run then does it."""
+    config, home = project
+    assert main(["run", "--config", str(config), "--home", str(home), "--source", "lean_qa"]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    with dg.DagsterInstance.get() as instance:
+        assert not _done(instance, "raw_records", "agent_openhands")
+        unit = MiraResource(config_path=str(config), home=str(home)).config().unit_of("lean_qa").key
+        for asset, partition in [("raw_records", "lean_qa"), ("student_scores", "lean_qa"), ("source_groups", None)]:
+            assert _done(instance, asset, partition), (asset, partition)
+        assert _done(instance, "anchor_rubric", unit) and _done(instance, "selection_report")
+        mira = MiraResource(config_path=str(config), home=str(home))
+        with local(None):
+            assert Evaluation(instance, mira, retry=False).reason("raw_records", "agent_openhands") is not None
+        with local(["lean_qa"]):
+            assert Evaluation(instance, mira, retry=False).reason("raw_records", "agent_openhands") is None
+    assert main(["run", "--config", str(config), "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "ingest: 1 run, ok" in out, out
+    with dg.DagsterInstance.get() as instance:
+        assert _done(instance, "raw_records", "agent_openhands") and _done(
+            instance, "student_scores", "agent_openhands"
+        )
+
+
+def test_work_held_by_a_run_nothing_launches_fails_the_command(
+    project: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run created and never launched (as one queued for a daemon that is not running) holds everything downstream
+    of it: the conditions request nothing more, and the command says what stayed stale and why, with exit code 1,
+    instead of a success."""
+    config, home = project
+    assert main(["run", "--config", str(config), "--home", str(home)]) == 0
+    capsys.readouterr()
+    (config.parent / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").open("a").write("\n")
+    mira = MiraResource(config_path=str(config), home=str(home))
+    with dg.DagsterInstance.get() as instance:
+        defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+        instance.create_run_for_job(
+            defs.resolve_job_def("refresh_sources"),
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            tags={"dagster/partition": "agent_openhands"},
+            asset_selection=frozenset({dg.AssetKey("raw_records")}),
+        )
+    code = main(["run", "--config", str(config), "--home", str(home)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "mira: FAILED source_groups: " in err and "in progress upstream" in err, err
