@@ -1,5 +1,6 @@
 """`mira`: the command line. `mira run` brings the whole pipeline up to date on the persistent instance: through
-its Dagster daemon when one is running (handoff.py), else stage by stage in its own process."""
+its Dagster daemon when one is running (handoff.py), else by evaluating the same automation conditions tick by tick
+in its own process (local_run.py)."""
 
 from __future__ import annotations
 

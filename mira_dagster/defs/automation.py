@@ -1,9 +1,9 @@
 """Automation: what is stale decides what runs, for the daemon and `mira run` alike (defs/freshness.py, the one
 definition). Every asset carries the automation condition FOLLOW_INPUTS (defs/conditions.py): it is requested when it
 is stale and nothing upstream of it is stale, queued or in progress. The automation condition sensor evaluates it in
-the code server (the condition is Python: use_user_code_server) every few seconds; `mira run` asks the same
-definition stage by stage in its own process. A sensor adds a partition for every new source (the condition then
-requests its runs).
+the code server (the condition is Python: use_user_code_server) every few seconds; `mira run` without a daemon
+evaluates the same conditions in its own process (local_run.py). A sensor adds a partition for every new source
+(the condition then requests its runs).
 
 Re-running a partition whose content did not change costs no request: replies are cached by (record_id,
 scorer_version).

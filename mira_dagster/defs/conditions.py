@@ -1,6 +1,6 @@
 """The automation condition of every asset: run what is stale (defs/freshness.py) once nothing upstream of it is
-stale, queued or running. The daemon's automation sensor evaluates it; `mira run` asks the same freshness.Evaluation
-stage by stage (cli.stage_runs), so the two cannot disagree about what is stale."""
+stale, queued or running. The daemon's automation sensor evaluates it; `mira run` without a daemon has Dagster's
+evaluator evaluate the same conditions in its own process (local_run.py), so the two cannot disagree."""
 
 from __future__ import annotations
 

@@ -9,12 +9,12 @@ settings and code version: io/ingest.ingest_fingerprint, also its Dagster data v
 their scorer_version, or their source re-ingested since; for the assets of a scorer unit and source_groups, a
 source they read materialised after them or their set of sources changed; for the corpus assets (one block, run
 together), the settings, the sources or any scoring partition (`corpus_fingerprint`), or a corpus asset left older
-than the one before it. With `retry` (what `mira run` asks), work that ended incomplete counts too: a scoring whose
-blocking check failed or that left records without a reply, and a partition whose latest run failed. Without it
-(the daemon, every tick), such work waits for its inputs to change or for a `mira run`, instead of failing again at
-every tick. A `mira run` on an instance whose daemon is running asks the daemon for that retry (and for --force)
-with a request (`record_request`: an observation of selection_report): what it covers and that was not
-materialised, nor tried and failed, since the request counts as `retry` (or forced) for the daemon too, once.
+than the one before it. With `retry` (`mira run --plan`'s view), work that ended incomplete counts too: a scoring
+whose blocking check failed or that left records without a reply, and a partition whose latest run failed. Without
+it (every tick of the conditions), such work waits for its inputs to change or for a `mira run`, instead of failing
+again at every tick. A `mira run`, with the daemon or in its own process (local_run.py), asks for that retry (and
+for --force) with a request (`record_request`: an observation of selection_report): what it covers and that was not
+materialised, nor tried and failed, since the request counts as `retry` (or forced), once.
 """
 
 from __future__ import annotations
