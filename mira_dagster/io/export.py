@@ -33,8 +33,8 @@ def export_kept(
     form: Literal["original", "normalised"] = "original",
 ) -> dict:
     """Write the kept records, sharded by source, and a manifest, swapped in atomically. The rows stream from
-    DuckDB in batches (sql/export_kept.sql, sql/export_original.sql), so memory is bounded by a batch, not by the
-    kept text.
+    DuckDB in batches (sql/export_kept.sql; the original form through bucket files, _in_place), so memory is
+    bounded by a batch, not by the kept text.
 
     With a store URL (s3:// or a folder) the export goes there (`store.location(EXPORT)`), through the store's
     filesystem: the shards to a new generation,
