@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,9 +90,10 @@ EXPORT = "exports/selected_subset"
 
 _SUB_ROWS = 1024  # places per sub-bucket: what is held sorted in memory at a time
 _READ_ROWS = 512  # rows of the unsorted scan handed to Python at a time
-# DuckDB's limit while it scans the kept rows: with the store's (4 GB by default) it kept more memory the more row
-# groups it had read; under this one its join of the kept keys spills to the temp folder instead
-_SCAN_MEMORY = "256MB"
+# DuckDB's limit (MiB) while it scans the kept rows: with the store's (4 GB by default) it kept more memory the more
+# row groups it had read; under this one its join of the kept keys spills to the temp folder instead
+_SCAN_MIB = 256
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
 def _in_place(store: Store, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
@@ -109,7 +111,7 @@ def _in_place(store: Store, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
             con.execute("SET preserve_insertion_order = false")
             con.execute("SET threads = 1")
             con.execute(f"CREATE TEMP TABLE export_order AS {load_sql('export_original_order')}")
-            con.execute(f"SET memory_limit = '{_SCAN_MEMORY}'")
+            _lower_memory_limit(con, _SCAN_MIB)
             rows = con.sql(load_sql("export_original_rows")).to_arrow_reader(_READ_ROWS)
             buckets = _spread(rows, folder, batch_rows)
         for b in buckets:
@@ -124,6 +126,16 @@ def _in_place(store: Store, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
                 del table
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _lower_memory_limit(con: duckdb.DuckDBPyConnection, mib: int) -> None:
+    """Lower the connection's memory_limit to `mib`, never raise it (a store set below it keeps its own)."""
+    current = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # as DuckDB prints it: '3.7 GiB'
+    value, _, unit = str(current).partition(" ")
+    if unit not in _UNITS:
+        raise ValueError(f"export: DuckDB reports memory_limit {current!r}, a unit this code does not know")
+    if float(value) * _UNITS[unit] > mib * 2**20:
+        con.execute(f"SET memory_limit = '{mib}MiB'")
 
 
 def _spread(batches: Iterable[pa.RecordBatch], folder: Path, size: int) -> list[int]:

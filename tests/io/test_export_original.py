@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -246,3 +247,10 @@ def test_sub_buckets_change_no_byte_and_table_rows_keep_their_row_groups(tmp_pat
         ]
         assert groups[:2] == [1, 1]  # one write per run of a batch: 50 rows, then 10, not pieces of `sub`
     assert files[7] == files[10_000] == files[1]
+
+
+@pytest.mark.parametrize(("store_limit", "expected"), [("4GB", "256.0 MiB"), ("100MB", "95.3 MiB")])
+def test_the_scan_lowers_duckdbs_memory_limit_and_never_raises_it(store_limit: str, expected: str) -> None:
+    con = duckdb.connect(config={"memory_limit": store_limit})
+    export_module._lower_memory_limit(con, 256)
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == expected
