@@ -12,10 +12,11 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,8 +34,8 @@ def export_kept(
     form: Literal["original", "normalised"] = "original",
 ) -> dict:
     """Write the kept records, sharded by source, and a manifest, swapped in atomically. The rows stream from
-    DuckDB in batches (sql/export_kept.sql, sql/export_original.sql), so memory is bounded by a batch, not by the
-    kept text.
+    DuckDB in batches (sql/export_kept.sql; the original form through bucket files, _in_place), so memory is
+    bounded by a batch, not by the kept text.
 
     With a store URL (s3:// or a folder) the export goes there (`store.location(EXPORT)`), through the store's
     filesystem: the shards to a new generation,
@@ -46,10 +47,14 @@ def export_kept(
         _OriginalShards(staging, shard_records) if form == "original" else _Shards(staging, shard_records)
     )
     batch_rows = min(shard_records, 20_000)
-    batches = _in_place(store, batch_rows) if form == "original" else store.stream("export_kept", batch_rows)
     try:
-        for batch in batches:
-            shards.add(batch)
+        if isinstance(shards, _OriginalShards):
+            for bucket, rows in _in_place(store, batch_rows):
+                shards.add(rows, bucket)
+            shards.flush()
+        else:
+            for batch in store.stream("export_kept", batch_rows):
+                shards.add(batch)
     except BaseException:
         shards.close()
         shutil.rmtree(staging, ignore_errors=True)  # the previous export stays as it was
@@ -83,37 +88,79 @@ def export_kept(
 EXPORT = "exports/selected_subset"
 
 
-def _in_place(store: Store, batch_rows: int) -> Iterator[pa.Table]:
-    """sql/export_original.sql's rows in its order, batch_rows at a time (the same batches), without DuckDB sorting
-    the kept records' text: DuckDB sorts their keys (sql/export_original_order.sql), the rows are read unsorted
-    (sql/export_original_rows.sql) and each is appended to the bucket file of its place (bucket = pos //
-    batch_rows) under the staging folder; then each bucket, read back and put in order, is one batch. Memory: one
-    read batch, then one bucket, whatever the number of kept records."""
+_SUB_ROWS = 1024  # places per sub-bucket: what is held sorted in memory at a time
+_READ_ROWS = 512  # rows of the unsorted scan handed to Python at a time
+# DuckDB's limit (MiB) while it scans the kept rows: with the store's (4 GB by default) it kept more memory the more
+# row groups it had read; under this one its join of the kept keys spills to the temp folder instead
+_SCAN_MIB = 256
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def _in_place(store: Store, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """sql/export_original.sql's rows in its order, without DuckDB sorting the kept records' text: DuckDB sorts
+    their keys (sql/export_original_order.sql), the rows are read unsorted (sql/export_original_rows.sql) and each
+    is appended to the bucket file of its place (bucket = pos // batch_rows) under the staging folder; then each
+    bucket is split the same way into sub-buckets of _SUB_ROWS places, each read back and put in order. Yields
+    (bucket, rows): a bucket is one batch_rows batch of the old stream (the table-row shards' row groups follow
+    it). Memory: one read batch, then one sub-bucket, whatever the number of kept records or the size of a bucket;
+    DuckDB scans with one thread (a second one kept more of each row group it read)."""
     folder = store.staging_dir / f".export-buckets.{uuid.uuid4().hex}"
     folder.mkdir(parents=True)
-    writers: dict[int, ipc.RecordBatchFileWriter] = {}
     try:
         with store.connect() as con:
             con.execute("SET preserve_insertion_order = false")
+            con.execute("SET threads = 1")
             con.execute(f"CREATE TEMP TABLE export_order AS {load_sql('export_original_order')}")
-            for batch in con.sql(load_sql("export_original_rows")).to_arrow_reader(2048):
-                bucket = pc.divide(batch["pos"], pa.scalar(batch_rows, batch.schema.field("pos").type))
-                for b in pc.unique(bucket).to_pylist():
-                    if b not in writers:
-                        writers[b] = ipc.new_file(folder / f"{b}.arrow", batch.schema)
-                    writers[b].write_batch(batch.filter(pc.equal(bucket, b)))
-        for b in sorted(writers):
-            writers.pop(b).close()
-            with pa.memory_map(str(folder / f"{b}.arrow")) as source:
-                # sort_by copies: what is handed on does not point into the file
-                table = ipc.open_file(source).read_all().sort_by("pos").drop_columns(["pos"])
-            yield table  # one bucket: the rows of one batch of sql/export_original.sql, in its order
-            del table
+            _lower_memory_limit(con, _SCAN_MIB)
+            rows = con.sql(load_sql("export_original_rows")).to_arrow_reader(_READ_ROWS)
+            buckets = _spread(rows, folder, batch_rows)
+        for b in buckets:
+            subs = _spread(_batches(folder / f"{b}.arrow"), folder / str(b), _SUB_ROWS)
             (folder / f"{b}.arrow").unlink()
+            for sub in subs:
+                path = folder / str(b) / f"{sub}.arrow"
+                with pa.OSFile(str(path)) as source:  # read, not mapped: RSS holds only this sub-bucket
+                    table = ipc.open_file(source).read_all().sort_by("pos").drop_columns(["pos"])
+                path.unlink()
+                yield b, table  # the rows of places [sub * _SUB_ROWS, (sub + 1) * _SUB_ROWS), in order
+                del table
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _lower_memory_limit(con: duckdb.DuckDBPyConnection, mib: int) -> None:
+    """Lower the connection's memory_limit to `mib`, never raise it (a store set below it keeps its own)."""
+    current = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # as DuckDB prints it: '3.7 GiB'
+    value, _, unit = str(current).partition(" ")
+    if unit not in _UNITS:
+        raise ValueError(f"export: DuckDB reports memory_limit {current!r}, a unit this code does not know")
+    if float(value) * _UNITS[unit] > mib * 2**20:
+        con.execute(f"SET memory_limit = '{mib}MiB'")
+
+
+def _spread(batches: Iterable[pa.RecordBatch], folder: Path, size: int) -> list[int]:
+    """Append each row of `batches` to `folder`/<pos // size>.arrow; returns the files' numbers in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    try:
+        for batch in batches:
+            bucket = pc.divide(batch["pos"], pa.scalar(size, batch.schema.field("pos").type))
+            for b in pc.unique(bucket).to_pylist():
+                if b not in writers:
+                    writers[b] = ipc.new_file(folder / f"{b}.arrow", batch.schema)
+                writers[b].write_batch(batch.filter(pc.equal(bucket, b)))
     finally:
         for writer in writers.values():
             writer.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    return sorted(writers)
+
+
+def _batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC file, one at a time (read, not mapped)."""
+    with pa.OSFile(str(path)) as source:
+        reader = ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
 
 def _publish(store: Store, staging: Path, manifest: dict) -> dict:
@@ -161,8 +208,12 @@ class _OriginalShards:
         self._parquet: pq.ParquetWriter | None = None
         self._key: tuple[str, str] | None = None
         self._index: dict[str, int] = {}
+        self._pending: list[pa.Table] = []  # the current run of table rows, written as one
+        self._pending_key: tuple[int, str, str] | None = None
 
-    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+    def add(self, batch: pa.Table, bucket: int) -> None:
+        """Rows in export order, each part of a batch `bucket` of the stream: JSON lines are written now, a run of
+        table rows when it ends (its batch or its source and form change, or at flush())."""
         keys = list(zip(batch.column("source").to_pylist(), batch.column("original_form").to_pylist(), strict=True))
         starts = [0, *(i for i in range(1, len(keys)) if keys[i] != keys[i - 1]), len(keys)]
         for a, b in itertools.pairwise(starts):
@@ -173,18 +224,31 @@ class _OriginalShards:
                     f"export: source {source!r} has records read before originals were kept; ingest it again "
                     "(`mira run` does, or set pipeline.export_form: normalised)"
                 )
-            # JSON lines as Python a slice at a time (the lines are the same whatever the slices); table rows as one
-            # run, since each write is a row group of the Parquet shard
-            step = _JSON_SLICE if form != "row" else run.num_rows
-            for at in range(0, run.num_rows, step):
-                rows = run.slice(at, step).to_pylist()
-                while rows:
-                    self._room(source, form)
-                    room = self.shard_records - self.files[-1]["records"]
-                    head, rows = rows[:room], rows[room:]
-                    self._write(form, head)
-                    self.files[-1]["records"] += len(head)
-                    self.files[-1]["tokens"] += sum(r["n_tokens"] or 0 for r in head)
+            if (bucket, source, form) != self._pending_key:
+                self.flush()
+            if form == "row":  # one run of a batch is one write, a row group of the Parquet shard: held until it ends
+                self._pending.append(run)
+                self._pending_key = (bucket, source, form)
+                continue
+            # JSON lines as Python a slice at a time (the lines are the same whatever the slices)
+            for at in range(0, run.num_rows, _JSON_SLICE):
+                self._put(source, form, run.slice(at, _JSON_SLICE).to_pylist())
+
+    def flush(self) -> None:
+        """Write the run of table rows held (if any)."""
+        if self._pending_key is not None and self._pending:
+            _, source, form = self._pending_key
+            self._put(source, form, pa.concat_tables(self._pending).to_pylist())
+        self._pending, self._pending_key = [], None
+
+    def _put(self, source: str, form: str, rows: list[dict]) -> None:
+        while rows:
+            self._room(source, form)
+            room = self.shard_records - self.files[-1]["records"]
+            head, rows = rows[:room], rows[room:]
+            self._write(form, head)
+            self.files[-1]["records"] += len(head)
+            self.files[-1]["tokens"] += sum(r["n_tokens"] or 0 for r in head)
 
     def _room(self, source: str, form: str) -> None:
         full = self.files and self.files[-1]["records"] >= self.shard_records

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ import pytest
 
 from mira_dagster.core.export import PREFIX, SELECTION_KEYS, without_selection
 from mira_dagster.core.layouts import LAYOUTS
+from mira_dagster.io import export as export_module
 from mira_dagster.io.export import export_kept
 from mira_dagster.io.ingest import SourceIngest
 from mira_dagster.io.store import Store
@@ -221,3 +223,34 @@ def test_records_without_their_original_stop_the_export_with_the_reason(tmp_path
         export_kept(store, {})
     assert not (store.exports_dir / "selected_subset").exists()
     assert export_kept(store, {}, form="normalised")["records"] == old.height
+
+
+def test_sub_buckets_change_no_byte_and_table_rows_keep_their_row_groups(tmp_path: Path, monkeypatch) -> None:
+    """The export reads each bucket back in sub-buckets (io/export._SUB_ROWS places at a time, for memory): the
+    files are the same whatever their size, and a table source's run within a batch is still one row group."""
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": f"q{n}?", "answer": f"a{n}.", "n": n} for n in range(60)]), table)
+    store = Store(tmp_path / "home")
+    _ingest(store, [(table, "qa", "chosen"), (FIXTURES / "chat_multiturn.jsonl", "qa", "chosen")])
+    _select_everything(store)
+    out = store.exports_dir / "selected_subset"
+    files: dict[int, dict[str, bytes]] = {}
+    for sub in (10_000, 7, 1):
+        monkeypatch.setattr(export_module, "_SUB_ROWS", sub)
+        manifest = export_kept(store, {}, shard_records=50)
+        files[sub] = {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+        groups = [pq.ParquetFile(out / f["file"]).metadata.num_row_groups for f in manifest["files"][:2]]
+        assert [(f["format"], f["records"]) for f in manifest["files"]] == [
+            ("parquet", 50),
+            ("parquet", 10),
+            ("jsonl", 4),
+        ]
+        assert groups[:2] == [1, 1]  # one write per run of a batch: 50 rows, then 10, not pieces of `sub`
+    assert files[7] == files[10_000] == files[1]
+
+
+@pytest.mark.parametrize(("store_limit", "expected"), [("4GB", "256.0 MiB"), ("100MB", "95.3 MiB")])
+def test_the_scan_lowers_duckdbs_memory_limit_and_never_raises_it(store_limit: str, expected: str) -> None:
+    con = duckdb.connect(config={"memory_limit": store_limit})
+    export_module._lower_memory_limit(con, 256)
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == expected
