@@ -53,6 +53,14 @@ class Outcome:
     stopped: str | None = None  # why the command stopped before the conditions were done (refused cost, a bug)
 
 
+def downstream_of(asset: str) -> list[str]:
+    """Every asset that reads `asset`, directly or not (the code location's graph)."""
+    from mira_dagster.definitions import ALL_ASSETS
+    from mira_dagster.defs.conditions import upstream_of
+
+    return [k.to_user_string() for a in ALL_ASSETS for k in a.keys if asset in upstream_of(k.to_user_string())]
+
+
 def requested_steps(result: Any, stages: list[tuple[str, tuple[str, ...], str]], ev: Evaluation) -> list[Step]:
     """The runs of one evaluation, as the sensor builds them: per partition, the assets requested for it (the corpus
     block as one), ordered by stage."""
@@ -98,6 +106,7 @@ def run_locally(
     tags = {"mira/entry": "mira run", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     out, progress = Outcome(), StageLines(verbose)
     done: set[tuple[str, str | None]] = set()
+    failed: set[tuple[str, str | None]] = set()
     gated, cursor = False, None
     with local(sources):
         for _ in range(MAX_TICKS):
@@ -117,6 +126,12 @@ def run_locally(
                 if (code := gate(judged)) is not None:
                     out.stopped = f"refused with exit code {code}"
                     return out
+            # a failed run of this command holds what is downstream of it, and is not tried again in it (the next
+            # `mira run` retries it): a stage never runs over the output of a failed run
+            held = {later for asset, _ in failed for later in downstream_of(asset)}
+            steps = [s for s in steps if not any((a, s.partition) in failed or a in held for a in s.assets)]
+            if not steps:
+                break
             for step in steps:
                 again = [a for a in step.assets if (a, step.partition) in done]
                 if again:
@@ -145,6 +160,7 @@ def run_locally(
                     done.update((a, step.partition) for a in step.assets)
                 else:
                     out.failures += failures
+                    failed.update((a, step.partition) for a in step.assets)
                 progress.done(step, run.success)
         else:
             out.stopped = f"the automation conditions still requested runs after {MAX_TICKS} evaluations"
