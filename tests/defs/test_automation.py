@@ -68,6 +68,16 @@ def _requested(instance: dg.DagsterInstance, mira: MiraResource) -> dict[str, li
     return out
 
 
+def _run_requested(instance: dg.DagsterInstance, mira: MiraResource, got: dict[str, list[str] | bool]) -> None:
+    """Materialise what _requested returned, one asset partition a run."""
+    by_key = {a.key.to_user_string(): a for a in d.ALL_ASSETS}
+    for name, partitions in got.items():
+        for key in [None] if partitions is True else partitions:
+            assert dg.materialize(
+                d.ALL_ASSETS, selection=[by_key[name]], partition_key=key, instance=instance, resources={"mira": mira}
+            ).success
+
+
 def test_missing_and_stale_partitions_are_found_and_requested(small_config: Path, tmp_path: Path) -> None:
     mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
     instance = in_process_instance()
@@ -248,21 +258,10 @@ def test_corpus_assets_follow_their_inputs(env: MiraResource) -> None:
     assert got == {"raw_records": ["agent_openhands"]}  # upstream of everything else, and stale
     _materialize(mira, instance, "agent_openhands")
     assert set(_requested(instance, mira)) == {"source_groups"}
-    by_key = {a.key.to_user_string(): a for a in d.ALL_ASSETS}
     for _ in range(8):  # what the daemon does: run what is requested, evaluate again
         got = _requested(instance, mira)
         assert not corpus & set(got) or corpus <= set(got), got  # the whole block or nothing of it
-        for name, partitions in got.items():
-            if name in corpus:
-                continue
-            for key in [None] if partitions is True else partitions:
-                assert dg.materialize(
-                    d.ALL_ASSETS,
-                    selection=[by_key[name]],
-                    partition_key=key,
-                    instance=instance,
-                    resources={"mira": mira},
-                ).success
+        _run_requested(instance, mira, {k: v for k, v in got.items() if k not in corpus})
     assert corpus <= set(_requested(instance, mira))  # the whole block at once: one run
     assert dg.materialize(d.ALL_ASSETS, selection=d.CORPUS_ASSETS, instance=instance, resources={"mira": mira}).success
     assert _requested(instance, mira) == {}  # up to date
@@ -366,20 +365,11 @@ def test_automation_keeps_dagster_yamls_per_group_run_limit(
     register_partitions(instance, mira.config())
     everything = ["agent_openhands", "lean_b", "lean_c", "lean_qa"]
     assert _requested(instance, mira) == {"raw_records": everything}  # no limit: an ingest sends nothing
-    by_key = {a.key.to_user_string(): a for a in d.ALL_ASSETS}
     for _ in range(4):  # what the daemon does, up to the scoring: run what is requested, evaluate again
         got = _requested(instance, mira)
         if "teacher_labels" in got:
             break
-        for name, partitions in got.items():
-            for key in [None] if partitions is True else partitions:
-                assert dg.materialize(
-                    d.ALL_ASSETS,
-                    selection=[by_key[name]],
-                    partition_key=key,
-                    instance=instance,
-                    resources={"mira": mira},
-                ).success
+        _run_requested(instance, mira, got)
     # two per group: group 2's first two (by name), group D's one
     two = ["agent_openhands", "lean_b", "lean_c"]
     assert _requested(instance, mira) == {"teacher_labels": two, "student_scores": two}
