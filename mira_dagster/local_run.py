@@ -61,6 +61,11 @@ def downstream_of(asset: str) -> list[str]:
     return [k.to_user_string() for a in ALL_ASSETS for k in a.keys if asset in upstream_of(k.to_user_string())]
 
 
+def stale_in_scope(ev: Evaluation, stages: list[tuple[str, tuple[str, ...], str]]) -> bool:
+    """Whether anything this command covers is still stale (what a run of another process may be holding back)."""
+    return any(ev.reason(a, p) is not None for _, assets, _ in stages for a in assets for p in ev.partitions(a))
+
+
 def requested_steps(result: Any, stages: list[tuple[str, tuple[str, ...], str]], ev: Evaluation) -> list[Step]:
     """The runs of one evaluation, as the sensor builds them: per partition, the assets requested for it (the corpus
     block as one), ordered by stage."""
@@ -107,6 +112,7 @@ def run_locally(
     out, progress = Outcome(), StageLines(verbose)
     done: set[tuple[str, str | None]] = set()
     failed: set[tuple[str, str | None]] = set()
+    waited: set[str] = set()  # runs of other processes this command said it waits for
     gated, cursor = False, None
     with local(sources):
         for _ in range(MAX_TICKS):
@@ -115,8 +121,14 @@ def run_locally(
             ev = last_evaluation() or Evaluation(instance, mira, retry=False)  # that tick's: the reasons printed
             steps = requested_steps(result, stages, ev)
             if not steps:
-                if any(r.status in RUNNING for r in ev.in_flight):
-                    time.sleep(WAIT_SECONDS)  # another process's run upstream (a second machine): wait for it
+                running = [r for r in ev.in_flight if r.status in RUNNING]
+                if running and stale_in_scope(ev, stages):  # held by another process's run (a second machine)
+                    for r in running:
+                        if r.run_id not in waited:
+                            waited.add(r.run_id)
+                            host = r.tags.get(HOST_TAG, "another process")
+                            print(f"mira: waiting for run {r.run_id[:8]} of {host}, in progress", flush=True)
+                    time.sleep(WAIT_SECONDS)
                     continue
                 break
             if not gated and any(a in PAID for s in steps for a in s.assets):

@@ -84,3 +84,42 @@ def test_work_held_by_a_run_nothing_launches_fails_the_command(
     err = capsys.readouterr().err
     assert code == 1, err
     assert "mira: FAILED source_groups: " in err and "in progress upstream" in err, err
+
+
+def test_a_run_of_another_machine_in_progress_upstream_is_waited_for(
+    project: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run another machine is executing upstream holds the rest: the command says it waits for it, waits, and
+    goes on when it ends."""
+    import threading
+    import time
+
+    config, home = project
+    assert main(["run", "--config", str(config), "--home", str(home)]) == 0
+    capsys.readouterr()
+    (config.parent / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").open("a").write("\n")
+    mira = MiraResource(config_path=str(config), home=str(home))
+    with dg.DagsterInstance.get() as instance:
+        defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+        run = instance.create_run_for_job(
+            defs.resolve_job_def("refresh_sources"),
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": "agent_openhands", "mira/host": "machine-2", "mira/pid": "1"},
+            asset_selection=frozenset({dg.AssetKey("raw_records")}),
+        )
+
+    def end_it() -> None:
+        time.sleep(6)
+        with dg.DagsterInstance.get() as other:
+            other.report_run_canceled(other.get_run_by_id(run.run_id))
+
+    ender = threading.Thread(target=end_it)
+    ender.start()
+    try:
+        code = main(["run", "--config", str(config), "--home", str(home)])
+    finally:
+        ender.join()
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"mira: waiting for run {run.run_id[:8]} of machine-2, in progress" in out.out, out.out
+    assert "grouping: 1 run, ok" in out.out  # after the wait: the source's change followed through
