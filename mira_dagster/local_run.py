@@ -133,7 +133,7 @@ def run_locally(
                 break
             if not gated and any(a in PAID for s in steps for a in s.assets):
                 gated = True
-                progress.pause()
+                progress.close()  # the stage so far on its line, before the cost plan prints
                 judged = {str(s.partition) for s in steps if "teacher_judgments" in s.assets}
                 if (code := gate(judged)) is not None:
                     out.stopped = f"refused with exit code {code}"
@@ -173,7 +173,7 @@ def run_locally(
                 else:
                     out.failures += failures
                     failed.update((a, step.partition) for a in step.assets)
-                progress.done(step, run.success)
+                progress.done(run.success)
         else:
             out.stopped = f"the automation conditions still requested runs after {MAX_TICKS} evaluations"
             out.failures.append(out.stopped)
@@ -205,18 +205,14 @@ class StageLines:
         elif self.bar is not None:
             self.bar.set_postfix_str(label[:60])
 
-    def done(self, step: Step, ok: bool) -> None:
+    def done(self, ok: bool) -> None:
         self.runs += 1
         self.failed += not ok
         if self.bar is not None:
             self.bar.update(1)
 
-    def pause(self) -> None:
-        """Before something else prints (the cost plan): the stage so far, on its line."""
-        self._line()
-        self.stage = None
-
     def close(self) -> None:
+        """The stage so far on its line (at the end, or before something else prints); the next run starts a new one."""
         self._line()
         self.stage = None
 

@@ -198,12 +198,11 @@ class WithinGroupLimit(dg.AutomationCondition):
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:  # type: ignore[override]
         candidate = context.candidate_subset
         instance = context.asset_graph_view.instance
-        limit = group_limit(instance)
-        if evaluation(instance, context.evaluation_time).local is not None:
-            limit = None  # `mira run` in its own process: one run at a time
+        ev = evaluation(instance, context.evaluation_time)
+        # `mira run` in its own process (ev.local) runs one run at a time: the limit holds by itself
+        limit = group_limit(instance) if ev.local is None else None
         if limit is None or not candidate.is_partitioned or candidate.is_empty or context.key.path[-1] not in SCORING:
             return dg.AutomationResult(context, true_subset=candidate)
-        ev = evaluation(instance, context.evaluation_time)
         keys = candidate.expensively_compute_partition_keys()
         if not set(keys) <= set(ev.cfg.sources):  # scorer-unit partitions: not a source's run
             return dg.AutomationResult(context, true_subset=candidate)

@@ -27,7 +27,7 @@ from mira_dagster.defs.metadata import md_table, table_metadata
 from mira_dagster.defs.partitions import source_to_group, unit_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.anchors import load_rubric, write_anchor_file
-from mira_dagster.io.cost import OverCap, check_step_cap
+from mira_dagster.io.cost import step_over_cap
 from mira_dagster.io.scorers import make_judge
 from mira_dagster.io.sending import judge_chunks, judge_records
 from mira_dagster.io.sending import sample_records as _sample_records
@@ -149,10 +149,8 @@ def teacher_judgments(context: dg.AssetExecutionContext, mira: MiraResource) -> 
         return _skip(context, empty, "earlier judgments of the unit, if any, are kept")
     records = judge_records(cfg, store, unit)  # io/sending.py: the records the cost plan counts
     spec, backend, where = make_judge(unit, cfg, mira.endpoint("teacher", unit.key))
-    try:
-        check_step_cap(cfg, store, "teacher_judgments", key, spec, backend, None)
-    except OverCap as exc:
-        raise dg.Failure(description=str(exc)) from None
+    if refused := step_over_cap(cfg, store, "teacher_judgments", key, spec, backend, None):
+        raise dg.Failure(description=refused)
     context.log.info(
         f"judging {len(records)} records of {unit.scope} {key} freely: {where}, context "
         f"{context_length(backend, cfg.pipeline.max_model_len)}"

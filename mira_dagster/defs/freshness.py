@@ -211,13 +211,13 @@ class Evaluation:
         self._waiting: dict[tuple[str, str | None], str] = {}
         self.request = None if retry else latest_request(instance)
         self.local = _local
-        self.scope = _local.sources if _local is not None else None
 
     def in_scope(self, asset: str, partition: str | None) -> bool:
         """Whether asset[partition] is this evaluation's: always, unless `mira run --source` evaluates (local)."""
-        if self.scope is None or partition is None:
+        scope = self.local.sources if self.local is not None else None
+        if scope is None or partition is None:
             return True
-        return bool(self.scope & set(self._scope(asset, partition)))
+        return bool(scope & set(self._scope(asset, partition)))
 
     def running(self, asset: str, partition: str | None = None) -> str | None:
         """The id of a run in flight (at the start of this evaluation) that materialises asset[partition]."""

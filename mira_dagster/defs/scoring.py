@@ -25,7 +25,7 @@ from mira_dagster.defs.conditions import FOLLOW_INPUTS
 from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
-from mira_dagster.io.cost import OverCap, check_step_cap
+from mira_dagster.io.cost import step_over_cap
 from mira_dagster.io.sending import score_chunks, scoring_frames
 from mira_dagster.io.store import Store, load_sql
 
@@ -98,11 +98,9 @@ def _score(
     unit = mira.config().unit_of(source)
     rubric = mira.rubric(unit.key)
     spec, backend, where = mira.scorer(role, unit.key, rubric)
-    try:
-        step = "teacher_labels" if role == "teacher" else "student_scores"  # the cap counts the teacher's alone
-        check_step_cap(mira.config(), mira.store(), step, source, spec, backend, rubric)
-    except OverCap as exc:
-        raise dg.Failure(description=str(exc)) from None
+    step = "teacher_labels" if role == "teacher" else "student_scores"  # the cap counts the teacher's alone
+    if refused := step_over_cap(mira.config(), mira.store(), step, source, spec, backend, rubric):
+        raise dg.Failure(description=refused)
     warnings = tuple(released_student_warnings(mira.config(), unit, rubric))
     # a warning when an endpoint scores (it may be the released student); the offline stand-in reads no prompt, so
     # there it is a note (still in the metadata), and a run on the defaults prints no warning

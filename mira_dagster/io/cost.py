@@ -132,25 +132,22 @@ class CostPlan:
         )
 
 
-class OverCap(Exception):
-    """A teacher step that would send more requests than pipeline.max_teacher_requests on its own."""
-
-
-def check_step_cap(
+def step_over_cap(
     cfg: MiraConfig, store: Store, step: Step, key: str, spec: ScorerSpec, backend: ChatBackend, rubric: Rubric | None
-) -> None:
-    """Raise OverCap (one line: the step, the count, the cap) before a teacher step sends more requests than
-    pipeline.max_teacher_requests by itself. `mira run` refuses a whole run over the cap before it starts; this holds
-    the cap where no `mira run` made a plan (the daemon's runs, a backfill, the UI), counted as the plan counts."""
+) -> str | None:
+    """The one line refusing a teacher step that would send more requests than pipeline.max_teacher_requests by
+    itself, else None. `mira run` refuses a whole run over the cap before it starts; this holds the cap where no
+    `mira run` made a plan (the daemon's runs, a backfill, the UI), counted as the plan counts."""
     limit = cfg.pipeline.max_teacher_requests
     if limit is None or ROLE_OF.get(step, "teacher") != "teacher":
-        return
+        return None
     n = pending(cfg, store, step, key, spec, backend, rubric).to_send
-    if n > limit:
-        raise OverCap(
-            f"{n} teacher requests to send, over pipeline.max_teacher_requests {limit}; nothing was sent "
-            "(lower teacher_sample_max or raise the cap)"
-        )
+    if n <= limit:
+        return None
+    return (
+        f"{n} teacher requests to send, over pipeline.max_teacher_requests {limit}; nothing was sent "
+        "(lower teacher_sample_max or raise the cap)"
+    )
 
 
 def every_step(cfg: MiraConfig, sources: Sequence[str]) -> list[tuple[Step, str]]:
