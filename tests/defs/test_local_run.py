@@ -33,6 +33,26 @@ def _done(instance: dg.DagsterInstance, asset: str, partition: str | None = None
     return bool(records)
 
 
+def _ran_then_lean_qa_edited_and_held(
+    project: tuple[Path, Path], capsys: pytest.CaptureFixture[str], status: dg.DagsterRunStatus, tags: dict[str, str]
+) -> dg.DagsterRun:
+    """A whole run; then lean_qa's file edited (stale) and a refresh_sources run of raw_records[agent_openhands] in
+    the instance with this status and tags, which holds back everything that reads both sources."""
+    config, home = project
+    assert main(["run", "--config", str(config), "--home", str(home)]) == 0
+    capsys.readouterr()
+    (config.parent / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").open("a").write("\n")
+    mira = MiraResource(config_path=str(config), home=str(home))
+    with dg.DagsterInstance.get() as instance:
+        defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
+        return instance.create_run_for_job(
+            defs.resolve_job_def("refresh_sources"),
+            status=status,
+            tags={"dagster/partition": "agent_openhands", **tags},
+            asset_selection=frozenset({dg.AssetKey("raw_records")}),
+        )
+
+
 def test_a_scoped_run_runs_its_sources_alone_and_the_rest_stays_stale(
     project: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -68,18 +88,7 @@ def test_work_held_by_a_run_nothing_launches_fails_the_command(
     of it: the conditions request nothing more, and the command says what stayed stale and why, with exit code 1,
     instead of a success."""
     config, home = project
-    assert main(["run", "--config", str(config), "--home", str(home)]) == 0
-    capsys.readouterr()
-    (config.parent / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").open("a").write("\n")
-    mira = MiraResource(config_path=str(config), home=str(home))
-    with dg.DagsterInstance.get() as instance:
-        defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
-        instance.create_run_for_job(
-            defs.resolve_job_def("refresh_sources"),
-            status=dg.DagsterRunStatus.NOT_STARTED,
-            tags={"dagster/partition": "agent_openhands"},
-            asset_selection=frozenset({dg.AssetKey("raw_records")}),
-        )
+    _ran_then_lean_qa_edited_and_held(project, capsys, dg.DagsterRunStatus.NOT_STARTED, {})
     code = main(["run", "--config", str(config), "--home", str(home)])
     err = capsys.readouterr().err
     assert code == 1, err
@@ -95,18 +104,8 @@ def test_a_run_of_another_machine_in_progress_upstream_is_waited_for(
     import time
 
     config, home = project
-    assert main(["run", "--config", str(config), "--home", str(home)]) == 0
-    capsys.readouterr()
-    (config.parent / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl").open("a").write("\n")
-    mira = MiraResource(config_path=str(config), home=str(home))
-    with dg.DagsterInstance.get() as instance:
-        defs = dg.Definitions(assets=d.ALL_ASSETS, jobs=[refresh_sources_job], resources={"mira": mira})
-        run = instance.create_run_for_job(
-            defs.resolve_job_def("refresh_sources"),
-            status=dg.DagsterRunStatus.STARTED,
-            tags={"dagster/partition": "agent_openhands", "mira/host": "machine-2", "mira/pid": "1"},
-            asset_selection=frozenset({dg.AssetKey("raw_records")}),
-        )
+    foreign = {"mira/host": "machine-2", "mira/pid": "1"}
+    run = _ran_then_lean_qa_edited_and_held(project, capsys, dg.DagsterRunStatus.STARTED, foreign)
 
     def end_it() -> None:
         time.sleep(6)
