@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from mira_dagster.defs.daemon import daemon_running
-    from mira_dagster.defs.freshness import Evaluation, local, record_request
+    from mira_dagster.defs.freshness import Evaluation, local, record_request, withdraw_request
     from mira_dagster.defs.partitions import register_partitions
     from mira_dagster.defs.resources import mira_resource
     from mira_dagster.handoff import follow, start_daemon
@@ -114,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _succeeded(home, cfg, instance, ran, warned)
         for run_id in release_dead_runs(instance):
             print(f"mira: run {run_id} of a `mira run` that died is marked failed and its pool slots freed")
-        record_request(instance, args.force, args.source)  # retry incomplete work (and --force), as for the daemon
+        # retry incomplete work (and --force), as for the daemon; taken back if the cost gate refuses
+        request = record_request(instance, args.force, args.source)
 
         def gate(judged: set[str]) -> int | None:
             # cost before spending: the plan (and max_teacher_requests) before the first run that may send, counting
@@ -127,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # the automation conditions decide, as the daemon's sensor would, tick by tick in this process (local_run.py)
         done = run_locally(instance, mira, stages(), args.source, args.verbose, gate, report)
         if done.stopped and not done.failures:
+            withdraw_request(instance, request)  # a refused command leaves no --force for a later daemon to act on
             return 1  # the cost gate refused, in one line
         if done.failures:
             return _failed(home, cfg, instance, done.failures, done.warnings)

@@ -39,6 +39,7 @@ SCORING_ASSETS = (("teacher_labels", "teacher"), ("student_scores", "student"))
 
 
 REQUEST = "mira_run_request"  # metadata key of the observation a `mira run` records for the daemon
+WITHDRAWN = "mira_run_request_withdrawn"  # metadata key: the timestamp of a request its command took back
 REQUEST_ASSET = "selection_report"  # the asset observed: the end of the pipeline, unpartitioned
 
 
@@ -70,12 +71,29 @@ def record_request(instance: dg.DagsterInstance, force: bool, sources: list[str]
     return request
 
 
+def withdraw_request(instance: dg.DagsterInstance, request: Request) -> None:
+    """Take back a request whose command refused to run (the cost gate), so no later evaluation acts on it."""
+    instance.report_runless_asset_event(
+        dg.AssetObservation(
+            asset_key=dg.AssetKey(REQUEST_ASSET),
+            description="`mira run` refused to run and took back its request",
+            metadata={WITHDRAWN: dg.MetadataValue.float(request.timestamp)},
+        )
+    )
+
+
 def latest_request(instance: dg.DagsterInstance) -> Request | None:
-    """The newest `mira run` request of the instance, if any."""
-    for record in instance.fetch_observations(dg.AssetKey(REQUEST_ASSET), limit=5).records:
+    """The newest `mira run` request of the instance that was not taken back, if any."""
+    withdrawn: set[float] = set()
+    for record in instance.fetch_observations(dg.AssetKey(REQUEST_ASSET), limit=50).records:
         obs = record.asset_observation
-        value = obs.metadata.get(REQUEST) if obs is not None else None
-        if value is not None:
+        if obs is None:
+            continue
+        if (taken_back := obs.metadata.get(WITHDRAWN)) is not None:
+            withdrawn.add(float(taken_back.value))
+            continue
+        value = obs.metadata.get(REQUEST)
+        if value is not None and record.timestamp not in withdrawn:
             payload = value.value
             sources = payload.get("sources")
             return Request(record.timestamp, bool(payload.get("force")), tuple(sources) if sources else None)

@@ -209,6 +209,31 @@ def test_mira_run_refuses_before_any_teacher_request(
     assert not (home / "cache" / "replies").exists() or not any((home / "cache" / "replies").iterdir())
 
 
+def test_a_refused_forced_run_takes_its_request_back(
+    small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command did not run, so a daemon started later must not act on its --force (nor on its retry)."""
+    from mira_dagster.defs.freshness import latest_request
+
+    for var in ("MIRA_CONFIG", "MIRA_HOME"):
+        monkeypatch.setenv(var, "unset")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    home = tmp_path / "home"
+    run = ["run", "--config", str(small_config), "--home", str(home)]
+    assert main([*run, "--source", "agent_openhands"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        before = latest_request(instance)
+    assert before is not None and not before.force and before.sources == ("agent_openhands",)
+    text = small_config.read_text(encoding="utf-8")
+    # lean_qa's judgments and labels are still to be asked: over the cap
+    small_config.write_text(text.replace("min_heldout: 4}", "min_heldout: 4, max_teacher_requests: 5}"), "utf-8")
+    capsys.readouterr()
+    assert main([*run, "--force"]) == 1
+    assert "mira: FAILED cost:" in capsys.readouterr().err
+    with dg.DagsterInstance.get() as instance:
+        assert latest_request(instance) == before
+
+
 def test_a_forced_run_that_sends_nothing_is_not_refused(
     small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
