@@ -347,10 +347,15 @@ def release_dead_runs(instance: DagsterInstance) -> list[str]:
             if worker is None or _alive(worker):
                 continue
             why = f"its run worker process ({worker}) is gone"
-        instance.report_run_failed(run, why)
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        release_run(instance, run, why)
         released.append(run.run_id)
     return released
+
+
+def release_run(instance: DagsterInstance, run: object, why: str) -> None:
+    """Mark a run whose process is gone failed, saying why, and free its concurrency-pool slots."""
+    instance.report_run_failed(run, why)  # type: ignore[arg-type]
+    instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)  # type: ignore[attr-defined]
 
 
 _worker_pids: dict[str, int] = {}  # run id -> its worker's pid, read once (`mira run` polls every few seconds)

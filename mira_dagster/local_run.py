@@ -6,9 +6,11 @@ with or without a daemon; `--source` scopes them to those sources (freshness.loc
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +29,13 @@ warnings.filterwarnings("ignore", message="Parameter `include_sources`")  # Dags
 MAX_TICKS = 200
 WAIT_SECONDS = 2.0  # with runs of another process in flight upstream (a second machine): how often to look again
 PAID = ("teacher_judgments", "teacher_labels", "student_scores")
+# A `mira run` tags its runs with a heartbeat every HEARTBEAT_S seconds; a waiting `mira run` on another machine
+# that sees a run's heartbeat unchanged for SILENT_BEATS beats (its own clock: no clock skew between machines)
+# takes that run's process for dead, marks the run failed and goes on (the conditions retry it)
+HEARTBEAT_TAG = "mira/heartbeat"
+HEARTBEAT_EVERY_TAG = "mira/heartbeat_s"  # on a run from its start: it beats, and how often
+HEARTBEAT_S = 30.0
+SILENT_BEATS = 10
 # runs of another process that are executing (a queued run waits for a daemon that is not running: not waited for)
 RUNNING = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 
@@ -103,18 +112,24 @@ def run_locally(
     asked once, before the first run that may send (None: go on; else the exit code of a refusal); `report(result,
     where)` turns a run's result into (failure lines, warning lines)."""
     from mira_dagster import definitions as d
-    from mira_dagster.cli import HOST_TAG, PID_TAG  # what cli.release_dead_runs reads when this process dies
+    from mira_dagster.cli import HOST_TAG, PID_TAG, release_run  # what cli.release_dead_runs reads if this one dies
 
     defs = dg.Definitions(assets=d.ALL_ASSETS, resources={"mira": mira})
     by_key = {k.to_user_string(): a for a in d.ALL_ASSETS for k in a.keys}
     run_config = {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "ERROR"}}}}
-    tags = {"mira/entry": "mira run", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    tags = {
+        "mira/entry": "mira run",
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+        HEARTBEAT_EVERY_TAG: f"{HEARTBEAT_S:g}",
+    }
     out, progress = Outcome(), StageLines(verbose)
+    silent = SilentRuns()
     done: set[tuple[str, str | None]] = set()
     failed: set[tuple[str, str | None]] = set()
     waited: set[str] = set()  # runs of other processes this command said it waits for
     gated, cursor = False, None
-    with local(sources):
+    with local(sources), Heartbeat(instance, tags):
         for _ in range(MAX_TICKS):
             result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
             cursor = result.cursor
@@ -123,6 +138,11 @@ def run_locally(
             if not steps:
                 running = [r for r in ev.in_flight if r.status in RUNNING]
                 if running and stale_in_scope(ev, stages):  # held by another process's run (a second machine)
+                    if dead := silent.dead(running):
+                        for r, why in dead:
+                            release_run(instance, r, why)
+                            print(f"mira: run {r.run_id[:8]} marked failed: {why}", flush=True)
+                        continue  # the conditions retry what it left
                     for r in running:
                         if r.run_id not in waited:
                             waited.add(r.run_id)
@@ -179,6 +199,58 @@ def run_locally(
             out.failures.append(out.stopped)
     progress.close()
     return out
+
+
+class Heartbeat:
+    """While `mira run` runs, a thread that tags this process's executing runs with the time every HEARTBEAT_S: how
+    a `mira run` on another machine (which cannot see this process) tells a long run from a dead one."""
+
+    def __init__(self, instance: dg.DagsterInstance, tags: dict[str, str]) -> None:
+        self.instance = instance
+        self.mine = dg.RunsFilter(tags={k: tags[k] for k in ("mira/pid", "mira/host")}, statuses=list(RUNNING))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="mira-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+                for run in self.instance.get_runs(filters=self.mine):
+                    self.instance.add_run_tags(run.run_id, {HEARTBEAT_TAG: now})
+            except Exception as exc:  # a missed beat is not worth stopping the run for; say it once
+                print(f"mira: heartbeat not written ({type(exc).__name__}: {exc})"[:300], file=sys.stderr)
+
+
+class SilentRuns:
+    """The heartbeats of other processes' runs as this process saw them change, on its own clock."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[str | None, float]] = {}  # run id -> (its heartbeat, when it last changed here)
+
+    def dead(self, runs: list[dg.DagsterRun]) -> list[tuple[dg.DagsterRun, str]]:
+        """The runs that beat (they say how often) and whose heartbeat has not changed for SILENT_BEATS beats."""
+        dead, now = [], time.monotonic()
+        for run in runs:
+            every = run.tags.get(HEARTBEAT_EVERY_TAG)
+            if every is None:
+                continue  # a run that never said it beats: waited for as before
+            beat = run.tags.get(HEARTBEAT_TAG)
+            last, since = self.seen.get(run.run_id, (None, now))
+            if run.run_id not in self.seen or beat != last:
+                self.seen[run.run_id] = (beat, now)
+                continue
+            if now - since >= SILENT_BEATS * float(every):
+                host = run.tags.get("mira/host", "another machine")
+                dead.append((run, f"its `mira run` on {host} sent no heartbeat for {now - since:.0f} s (last: {beat})"))
+        return dead
 
 
 class StageLines:

@@ -122,3 +122,63 @@ def test_a_run_of_another_machine_in_progress_upstream_is_waited_for(
     assert code == 0, out.err
     assert f"mira: waiting for run {run.run_id[:8]} of machine-2, in progress" in out.out, out.out
     assert "grouping: 1 run, ok" in out.out  # after the wait: the source's change followed through
+
+
+def test_a_run_of_another_machine_that_stopped_beating_is_failed_and_redone(
+    project: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The machine running it died: its heartbeat stops changing. After SILENT_BEATS beats (watched on this
+    machine's clock) the command marks that run failed, says so, and the source is ingested again here."""
+    import threading
+
+    from mira_dagster import local_run
+
+    config, home = project
+    every = 0.5  # the dead machine said it beats every half second: silent for 5 s here means dead
+    foreign = {"mira/host": "machine-2", "mira/pid": "1", local_run.HEARTBEAT_EVERY_TAG: str(every)}
+    foreign[local_run.HEARTBEAT_TAG] = "2026-12-07T09:00:00+00:00"
+    run = _ran_then_lean_qa_edited_and_held(project, capsys, dg.DagsterRunStatus.STARTED, foreign)
+
+    def backstop() -> None:  # without the heartbeat check the command would wait for ever: end it, and fail below
+        if not stop.wait(90):
+            with dg.DagsterInstance.get() as other:
+                other.report_run_canceled(other.get_run_by_id(run.run_id))
+
+    stop = threading.Event()
+    ender = threading.Thread(target=backstop)
+    ender.start()
+    try:
+        code = main(["run", "--config", str(config), "--home", str(home)])
+    finally:
+        stop.set()
+        ender.join()
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"mira: waiting for run {run.run_id[:8]} of machine-2, in progress" in out.out, out.out
+    assert f"mira: run {run.run_id[:8]} marked failed: its `mira run` on machine-2 sent no heartbeat" in out.out
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert "ingest: " in out.out and "grouping: 1 run, ok" in out.out, out.out
+
+
+def test_a_mira_run_beats_on_its_executing_runs(project: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the waiting machine watches: this process's executing runs get a fresh heartbeat tag, others none."""
+    import os
+    import socket
+    import time
+
+    from mira_dagster import local_run
+
+    monkeypatch.setattr(local_run, "HEARTBEAT_S", 0.2)
+    mine = {"mira/pid": str(os.getpid()), "mira/host": socket.gethostname()}
+    with dg.DagsterInstance.ephemeral() as instance:
+        job = dg.GraphDefinition(name="nothing", node_defs=[]).to_job()
+        ours = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags=mine)
+        theirs = instance.create_run_for_job(
+            job, status=dg.DagsterRunStatus.STARTED, tags={**mine, "mira/host": "machine-2"}
+        )
+        with local_run.Heartbeat(instance, mine):
+            time.sleep(1.0)
+        first = instance.get_run_by_id(ours.run_id).tags.get(local_run.HEARTBEAT_TAG)
+        assert first is not None
+        assert local_run.HEARTBEAT_TAG not in instance.get_run_by_id(theirs.run_id).tags
