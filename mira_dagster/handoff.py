@@ -19,7 +19,7 @@ from typing import Any
 import dagster as dg
 
 from mira_dagster.defs.conditions import failed_upstream
-from mira_dagster.defs.freshness import IN_FLIGHT, Evaluation, record_request
+from mira_dagster.defs.freshness import IN_FLIGHT, Evaluation, record_request, run_assets
 
 POLL_SECONDS = 2.0
 # the automation sensor ticks every 5 s; with nothing in flight and nothing launched for this long while something
@@ -89,7 +89,7 @@ def start_daemon(instance: dg.DagsterInstance, home: Path) -> str:
 
 def stage_of(run: dg.DagsterRun, stages: list[tuple[str, tuple[str, ...], str]]) -> str:
     """The `mira run` stage a run belongs to: the first stage holding one of its assets."""
-    chosen = {k.to_user_string() for k in run.asset_selection or ()}
+    chosen = run_assets(run) or frozenset()
     return next((name for name, assets, _ in stages if chosen & set(assets)), run.job_name)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 
-from mira_dagster.defs.freshness import CORPUS, SCORING, Evaluation
+from mira_dagster.defs.freshness import CORPUS, SCORING, Evaluation, run_assets
 
 _lock = threading.Lock()
 _evaluations: dict[tuple[int, Any], Evaluation] = {}
@@ -112,8 +112,8 @@ def upstream_busy(ev: Evaluation, asset: str) -> str | None:
     # before its run ends, and a block half done is stale)
     busy = up | (set(CORPUS) if asset in CORPUS else set())
     for run in ev.in_flight:
-        selection = run.asset_selection
-        if selection is None or any(k.to_user_string() in busy for k in selection):
+        assets = run_assets(run)
+        if assets is None or assets & busy:
             return f"run {run.run_id[:8]} in progress upstream"
     if any(b.status.value == "REQUESTED" for b in ev.instance.get_backfills(limit=20)):
         return "a backfill in progress"
@@ -163,7 +163,8 @@ def group_limit(instance: dg.DagsterInstance) -> int | None:
 def sends(run: dg.DagsterRun) -> bool:
     """Whether a run holds a step that sends to a scorer group's endpoints (a job's run without an asset selection,
     refresh_sources, counts: it scores)."""
-    return run.asset_selection is None or any(k.to_user_string() in SCORING for k in run.asset_selection)
+    assets = run_assets(run)
+    return assets is None or bool(assets & set(SCORING))
 
 
 def within_group_limit(ev: Evaluation, keys: Iterable[str], limit: int) -> list[str]:

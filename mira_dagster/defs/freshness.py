@@ -20,6 +20,7 @@ materialised, nor tried and failed, since the request counts as `retry` (or forc
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -98,6 +99,32 @@ def latest_request(instance: dg.DagsterInstance) -> Request | None:
             sources = payload.get("sources")
             return Request(record.timestamp, bool(payload.get("force")), tuple(sources) if sources else None)
     return None
+
+
+def run_assets(run: dg.DagsterRun) -> frozenset[str] | None:
+    """The assets a run materialises; None when it does not say (a job's run: count it as touching everything).
+    `dg.materialize` (a `mira run` without a daemon, on any machine) records no asset selection, only its steps,
+    which are our assets' op names."""
+    if run.asset_selection:
+        return frozenset(k.to_user_string() for k in run.asset_selection)
+    if run.asset_selection is not None and run.step_keys_to_execute:
+        by_op = _assets_by_op()
+        if all(step in by_op for step in run.step_keys_to_execute):
+            return frozenset(k for step in run.step_keys_to_execute for k in by_op[step])
+    return None
+
+
+@functools.cache
+def _assets_by_op() -> dict[str, list[str]]:
+    from mira_dagster.definitions import ALL_ASSETS
+
+    return {a.node_def.name: [k.to_user_string() for k in a.keys] for a in ALL_ASSETS}
+
+
+def touches(run: dg.DagsterRun, asset: str) -> bool:
+    """Whether the run materialises `asset` (or may: it does not say)."""
+    assets = run_assets(run)
+    return assets is None or asset in assets
 
 
 @dataclass(frozen=True)
@@ -240,8 +267,7 @@ class Evaluation:
     def running(self, asset: str, partition: str | None = None) -> str | None:
         """The id of a run in flight (at the start of this evaluation) that materialises asset[partition]."""
         for run in self.in_flight:
-            selection = run.asset_selection
-            if selection is not None and dg.AssetKey(asset) not in selection:
+            if not touches(run, asset):
                 continue
             if partition is None or run.tags.get("dagster/partition") in (None, partition):
                 return run.run_id
@@ -389,7 +415,7 @@ class Evaluation:
         tags = {"dagster/partition": partition} if partition else None
         for record in self.instance.get_run_records(dg.RunsFilter(tags=tags), limit=20):
             run = record.dagster_run
-            if run.asset_selection is not None and dg.AssetKey(asset) not in run.asset_selection:
+            if not touches(run, asset):
                 continue
             created = record.create_timestamp.timestamp()
             if run.status in FAILED and (me is None or created > me.timestamp):

@@ -376,3 +376,33 @@ def test_automation_keeps_dagster_yamls_per_group_run_limit(
     _ingesting(instance, mira, "lean_b", ("teacher_labels", "student_scores"))
     one_more = ["agent_openhands", "lean_c"]  # lean_b sends: one more of group 2
     assert _requested(instance, mira) == {"teacher_labels": one_more, "student_scores": one_more}
+
+
+def test_a_run_dg_materialize_made_is_seen_with_its_assets(env: MiraResource) -> None:
+    """`mira run` without a daemon (on this or another machine) runs `dg.materialize`, whose runs record no asset
+    selection, only their steps: they must still count as in progress for their assets, and for those alone."""
+    from mira_dagster.defs.conditions import upstream_busy
+    from mira_dagster.defs.freshness import run_assets
+
+    instance = in_process_instance()
+    register_partitions(instance, env.config())
+    by_key = {k.to_user_string(): a for a in d.ALL_ASSETS for k in a.keys}
+    done = dg.materialize(
+        d.ALL_ASSETS,
+        selection=[by_key["raw_records"], by_key["teacher_labels"]],
+        partition_key="lean_qa",
+        instance=instance,
+        resources={"mira": env},
+        tags={"mira/host": "machine-2"},
+    )
+    run = instance.get_run_by_id(done.run_id)
+    assert run is not None and not run.asset_selection  # what Dagster 1.13 records for it
+    assert run_assets(run) == {"raw_records", "teacher_labels"}
+    # the same run as if machine 2 were still executing it (its materialisations not written yet)
+    instance.delete_run(run.run_id)
+    instance.add_run(run.with_status(dg.DagsterRunStatus.STARTED))
+    ev = Evaluation(instance, env, retry=False)
+    assert ev.running("raw_records", "lean_qa") == run.run_id
+    assert ev.running("student_scores", "lean_qa") is None
+    assert ev.running("raw_records", "agent_openhands") is None
+    assert upstream_busy(ev, "source_groups") == f"run {run.run_id[:8]} in progress upstream"
