@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 
 from mira_dagster.defs.conditions import last_evaluation
-from mira_dagster.defs.freshness import UNIT_ASSETS, Evaluation, local
+from mira_dagster.defs.freshness import IN_FLIGHT, UNIT_ASSETS, Evaluation, latest, local, run_assets
 
 warnings.filterwarnings("ignore", message="Parameter `include_sources`")  # Dagster's evaluator, about itself
 
@@ -62,6 +62,14 @@ class Outcome:
     stopped: str | None = None  # why the command stopped before the conditions were done (refused cost, a bug)
 
 
+def executing(run: dg.DagsterRun) -> bool:
+    """Whether a run is executing or about to: a `mira run` process creates its run not started, then starts it
+    (a run created and never launched, as one queued for a daemon that is not running, is not)."""
+    return run.status in RUNNING or (
+        run.status == dg.DagsterRunStatus.NOT_STARTED and run.tags.get("mira/entry") == "mira run"
+    )
+
+
 def downstream_of(asset: str) -> list[str]:
     """Every asset that reads `asset`, directly or not (the code location's graph)."""
     from mira_dagster.definitions import ALL_ASSETS
@@ -97,6 +105,23 @@ def requested_steps(result: Any, stages: list[tuple[str, tuple[str, ...], str]],
         why = next((w for a in assets if (w := ev.reason(a, partition)) is not None), "requested")
         steps.append(Step(stage, partition, assets, where, why))
     return sorted(steps, key=lambda s: (order[s.assets[0]], s.partition or ""))
+
+
+def taken(instance: dg.DagsterInstance, step: Step, seen: dict[tuple[str, str | None], Any]) -> str | None:
+    """Whether another process (a second `mira run` on this instance) has a run of this step's assets in flight, or
+    materialised one of them since this tick's evaluation: one tick's steps run one after another, and without
+    this look two commands evaluating at once would both run the same partitions."""
+    tags = {"dagster/partition": step.partition} if step.partition is not None else None
+    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT, tags=tags)):
+        assets = run_assets(record.dagster_run)
+        if assets is None or assets & set(step.assets):
+            host = record.dagster_run.tags.get("mira/host", "another process")
+            return f"run {record.dagster_run.run_id[:8]} of {host} is running it"
+    for asset in step.assets:
+        before, now = seen.get((asset, step.partition)), latest(instance, asset, step.partition)
+        if now is not None and (before is None or now.storage_id > before.storage_id):
+            return f"{asset} was materialised meanwhile by another process"
+    return None
 
 
 def run_locally(
@@ -135,8 +160,9 @@ def run_locally(
             cursor = result.cursor
             ev = last_evaluation() or Evaluation(instance, mira, retry=False)  # that tick's: the reasons printed
             steps = requested_steps(result, stages, ev)
+            seen = {(a, s.partition): ev.latest(a, s.partition) for s in steps for a in s.assets}
             if not steps:
-                running = [r for r in ev.in_flight if r.status in RUNNING]
+                running = [r for r in ev.in_flight if executing(r)]
                 if running and stale_in_scope(ev, stages):  # held by another process's run (a second machine)
                     if dead := silent.dead(running):
                         for r, why in dead:
@@ -173,6 +199,9 @@ def run_locally(
                     )
                     out.failures.append(f"{step.where}: {out.stopped}")
                     return out
+                if elsewhere := taken(instance, step, seen):  # another `mira run` started or did it meanwhile
+                    print(f"mira: {step.where}: {elsewhere}; not run here", flush=True)
+                    continue
                 progress.start(step)
                 run = dg.materialize(
                     d.ALL_ASSETS,
@@ -207,7 +236,8 @@ class Heartbeat:
 
     def __init__(self, instance: dg.DagsterInstance, tags: dict[str, str]) -> None:
         self.instance = instance
-        self.mine = dg.RunsFilter(tags={k: tags[k] for k in ("mira/pid", "mira/host")}, statuses=list(RUNNING))
+        mine = {k: tags[k] for k in ("mira/pid", "mira/host")}
+        self.mine = dg.RunsFilter(tags=mine, statuses=[*RUNNING, dg.DagsterRunStatus.NOT_STARTED])
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="mira-heartbeat", daemon=True)
 
