@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 import time
 import uuid
@@ -89,6 +90,9 @@ EXPORT = "exports/selected_subset"
 
 
 _SUB_ROWS = 1024  # places per sub-bucket: what is held sorted in memory at a time
+# files open at once while spreading rows: a bucket per 20,000 kept records would open 2,500 at 50M kept records,
+# over the common limit of 1,024 open files; beyond this many buckets the rows are spread in two passes
+_MAX_OPEN = 256
 _READ_ROWS = 512  # rows of the unsorted scan handed to Python at a time
 # DuckDB's limit (MiB) while it scans the kept rows: with the store's (4 GB by default) it kept more memory the more
 # row groups it had read; under this one its join of the kept keys spills to the temp folder instead
@@ -100,7 +104,8 @@ def _in_place(store: Store, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
     """sql/export_original.sql's rows in its order, without DuckDB sorting the kept records' text: DuckDB sorts
     their keys (sql/export_original_order.sql), the rows are read unsorted (sql/export_original_rows.sql) and each
     is appended to the bucket file of its place (bucket = pos // batch_rows) under the staging folder; then each
-    bucket is split the same way into sub-buckets of _SUB_ROWS places, each read back and put in order. Yields
+    bucket is split the same way into sub-buckets of _SUB_ROWS places, each read back and put in order (past
+    _MAX_OPEN buckets, the rows go to files of several buckets first, each then split into its buckets). Yields
     (bucket, rows): a bucket is one batch_rows batch of the old stream (the table-row shards' row groups follow
     it). Memory: one read batch, then one sub-bucket, whatever the number of kept records or the size of a bucket;
     DuckDB scans with one thread (a second one kept more of each row group it read)."""
@@ -112,18 +117,28 @@ def _in_place(store: Store, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
             con.execute("SET threads = 1")
             con.execute(f"CREATE TEMP TABLE export_order AS {load_sql('export_original_order')}")
             _lower_memory_limit(con, _SCAN_MIB)
+            kept = con.execute("SELECT count(*) FROM export_order").fetchall()[0][0]
+            # places per first-pass file: a bucket, or as many buckets as keep the files open under _MAX_OPEN
+            span = batch_rows * max(1, math.ceil(math.ceil(kept / batch_rows) / _MAX_OPEN))
             rows = con.sql(load_sql("export_original_rows")).to_arrow_reader(_READ_ROWS)
-            buckets = _spread(rows, folder, batch_rows)
-        for b in buckets:
-            subs = _spread(_batches(folder / f"{b}.arrow"), folder / str(b), _SUB_ROWS)
-            (folder / f"{b}.arrow").unlink()
-            for sub in subs:
-                path = folder / str(b) / f"{sub}.arrow"
-                with pa.OSFile(str(path)) as source:  # read, not mapped: RSS holds only this sub-bucket
-                    table = ipc.open_file(source).read_all().sort_by("pos").drop_columns(["pos"])
-                path.unlink()
-                yield b, table  # the rows of places [sub * _SUB_ROWS, (sub + 1) * _SUB_ROWS), in order
-                del table
+            spans = _spread(rows, folder, span)
+        for t in spans:
+            if span == batch_rows:
+                buckets, where = [t], folder
+            else:  # the second pass: this span's rows to its buckets (numbered as in one pass)
+                where = folder / f"span-{t}"
+                buckets = _spread(_batches(folder / f"{t}.arrow"), where, batch_rows)
+                (folder / f"{t}.arrow").unlink()
+            for b in buckets:
+                subs = _spread(_batches(where / f"{b}.arrow"), where / str(b), _SUB_ROWS)
+                (where / f"{b}.arrow").unlink()
+                for sub in subs:
+                    path = where / str(b) / f"{sub}.arrow"
+                    with pa.OSFile(str(path)) as source:  # read, not mapped: RSS holds only this sub-bucket
+                        table = ipc.open_file(source).read_all().sort_by("pos").drop_columns(["pos"])
+                    path.unlink()
+                    yield b, table  # the rows of places [sub * _SUB_ROWS, (sub + 1) * _SUB_ROWS), in order
+                    del table
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -247,6 +247,20 @@ def test_sub_buckets_change_no_byte_and_table_rows_keep_their_row_groups(tmp_pat
         ]
         assert groups[:2] == [1, 1]  # one write per run of a batch: 50 rows, then 10, not pieces of `sub`
     assert files[7] == files[10_000] == files[1]
+    # past _MAX_OPEN buckets the rows take two passes, each opening at most _MAX_OPEN files: the same bytes
+    spread, opened = export_module._spread, []
+
+    def counting(batches, folder, size):
+        numbers = spread(batches, folder, size)
+        opened.append(len(numbers))
+        return numbers
+
+    monkeypatch.setattr(export_module, "_spread", counting)
+    monkeypatch.setattr(export_module, "_SUB_ROWS", 7)
+    monkeypatch.setattr(export_module, "_MAX_OPEN", 1)
+    export_kept(store, {}, shard_records=50)
+    assert {f.name: f.read_bytes() for f in sorted(out.iterdir())} == files[7]
+    assert opened[0] == 1 and len(opened) > 1 + 2  # one span file, then its two buckets, then their sub-buckets
 
 
 @pytest.mark.parametrize(("store_limit", "expected"), [("4GB", "256.0 MiB"), ("100MB", "95.3 MiB")])
