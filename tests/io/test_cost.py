@@ -54,6 +54,15 @@ def setup(small_config: Path, tmp_path: Path) -> tuple[MiraConfig, Store]:
     return cfg, store
 
 
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The variables `mira run` sets (restored after the test) and a DAGSTER_HOME of the test's own: the home."""
+    for var in ("MIRA_CONFIG", "MIRA_HOME"):
+        monkeypatch.setenv(var, "unset")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    return tmp_path / "home"
+
+
 def _plan(cfg: MiraConfig, store: Store, sources: list[str], endpoints=None) -> CostPlan:
     return cost_plan(cfg, store, every_step(cfg, sources), endpoints)
 
@@ -184,15 +193,11 @@ def test_the_plan_is_what_the_assets_send_at_an_endpoint_too_long_and_answered_l
 
 
 def test_mira_run_refuses_before_any_teacher_request(
-    small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_config: Path, cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # the variables `mira run` sets, restored after the test
-    for var in ("MIRA_CONFIG", "MIRA_HOME"):
-        monkeypatch.setenv(var, "unset")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     text = small_config.read_text(encoding="utf-8")
     small_config.write_text(text.replace("min_heldout: 4}", "min_heldout: 4, max_teacher_requests: 5}"), "utf-8")
-    home = tmp_path / "home"
+    home = cli
     code = main(["run", "--config", str(small_config), "--home", str(home)])
     out = capsys.readouterr()
     assert code == 1
@@ -210,15 +215,12 @@ def test_mira_run_refuses_before_any_teacher_request(
 
 
 def test_a_refused_forced_run_takes_its_request_back(
-    small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_config: Path, cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The command did not run, so a daemon started later must not act on its --force (nor on its retry)."""
     from mira_dagster.defs.freshness import latest_request
 
-    for var in ("MIRA_CONFIG", "MIRA_HOME"):
-        monkeypatch.setenv(var, "unset")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    home = tmp_path / "home"
+    home = cli
     run = ["run", "--config", str(small_config), "--home", str(home)]
     assert main([*run, "--source", "agent_openhands"]) == 0
     with dg.DagsterInstance.get() as instance:
@@ -235,12 +237,9 @@ def test_a_refused_forced_run_takes_its_request_back(
 
 
 def test_a_forced_run_that_sends_nothing_is_not_refused(
-    small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    small_config: Path, cli: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for var in ("MIRA_CONFIG", "MIRA_HOME"):
-        monkeypatch.setenv(var, "unset")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    home = tmp_path / "home"
+    home = cli
     assert main(["run", "--config", str(small_config), "--home", str(home)]) == 0
     capsys.readouterr()
     # every reply is cached now: a forced run re-runs every step and sends nothing, so a cap of 5 lets it through
