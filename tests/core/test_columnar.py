@@ -53,6 +53,14 @@ texts = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.lists(st.none() | texts, max_size=8))
+def test_nfc_candidates_are_the_values_the_class_finds(values: list[str | None]) -> None:
+    series = pl.Series(values, dtype=pl.String)
+    expected = series.str.contains(columnar._nfc_pattern()).fill_null(False).to_list()
+    assert columnar.nfc_candidates(series).tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
 @given(question=texts, thinking=texts, answer=texts)
 def test_normalised_text_and_record_id_are_the_per_record_ones(question: str, thinking: str, answer: str) -> None:
     df = pl.DataFrame({"question": [question], "thinking": [thinking], "answer": [answer]})
@@ -82,6 +90,15 @@ def test_a_table_rows_json_text_is_json_dumps_of_the_row(rows: list[dict]) -> No
     rows = [{k: r[k] for k in df.columns} for r in rows]  # a table row's keys come in column order
     assert columnar.row_json(df).to_list() == [original_text(r, None) for r in rows]
     assert all(json.loads(t) == r for t, r in zip(columnar.row_json(df).to_list(), rows, strict=True))
+
+
+def test_every_character_is_escaped_as_json_dumps_escapes_it() -> None:
+    """The canonical JSON's strings: polars' JSON encoding against json.dumps(ensure_ascii=False), every code point
+    (in strings of 512, so a difference anywhere shows)."""
+    codes = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    texts = ["".join(map(chr, codes[i : i + 512])) for i in range(0, len(codes), 512)]
+    escaped = pl.select(columnar._escaped(pl.lit(pl.Series(texts)))).to_series().to_list()
+    assert escaped == [json.dumps(t, ensure_ascii=False)[1:-1] for t in texts]
 
 
 # Token counts without the regex: token_counts against polars' count of records.TOKEN_PATTERN.
