@@ -28,9 +28,6 @@ from mira_dagster.core.layouts import REQUIRED, not_chosen_key
 # U+3000 (tests/core/test_columnar.py checks the whole range), so importing this does not scan 1.1M characters
 PY_SPACE = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
 
-# json.dumps(..., ensure_ascii=False) escapes: backslash, quote, and every control character below U+0020
-_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
-_ESCAPES = {**{chr(i): f"\\u{i:04x}" for i in range(0x20)}, **_SHORT}
 
 # The QA layouts tried before the ones read here, in core/layouts.py's order, each with keys it cannot match
 # without (any one absent from the whole batch rules it out for every row).
@@ -274,10 +271,10 @@ _LAYOUTS: dict[str, _Reader] = {
 
 
 @functools.cache
-def _nfc_pattern() -> str:
-    """A regex class of every character NFC may change or compose with what precedes it: characters with a
-    canonical decomposition, the characters after the first in those decompositions, combining marks, Hangul jamo
-    and syllables. Text without any of them is its own NFC."""
+def _nfc_ranges() -> tuple[tuple[int, int], ...]:
+    """The code point ranges of every character NFC may change or compose with what precedes it: characters with
+    a canonical decomposition, the characters after the first in those decompositions, combining marks, Hangul
+    jamo and syllables (none is ASCII). Text without any of them is its own NFC."""
     chars: set[int] = set(range(0x1100, 0x1200)) | set(range(0xAC00, 0xD7A4))
     for c in range(0x30000):  # no character above has a decomposition
         ch = chr(c)
@@ -287,17 +284,54 @@ def _nfc_pattern() -> str:
         if d and not d.startswith("<"):
             chars.add(c)
             chars.update(int(x, 16) for x in d.split()[1:])  # a first character composes only with what follows
-    ranges, start, prev = [], None, None
+    ranges: list[tuple[int, int]] = []
     for c in sorted(chars):
-        if start is None:
-            start = prev = c
-        elif c == prev + 1:  # type: ignore[operator]
-            prev = c
+        if ranges and c == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], c)
         else:
-            ranges.append((start, prev))
-            start = prev = c
-    ranges.append((start, prev))
-    return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges) + "]"  # type: ignore[str-format]
+            ranges.append((c, c))
+    return tuple(ranges)
+
+
+@functools.cache
+def _nfc_pattern() -> str:
+    """_nfc_ranges as a regex class."""
+    return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in _nfc_ranges()) + "]"
+
+
+@functools.cache
+def _nfc_table() -> np.ndarray:
+    """_nfc_ranges as a flag per code point."""
+    table = np.zeros(0x110000, dtype=bool)
+    for a, b in _nfc_ranges():
+        table[a : b + 1] = True
+    return table
+
+
+def nfc_candidates(texts: pl.Series) -> np.ndarray:
+    """Which values hold a character NFC may change (_nfc_ranges; null: False), read from the UTF-8 bytes: only
+    the first bytes of non-ASCII characters are decoded, so mostly ASCII text costs about one comparison a byte
+    (polars' regex over the class ran at under 1 GB/s)."""
+    arr = _large_strings(texts)
+    _, offsets_buf, data_buf = arr.buffers()
+    if len(arr) == 0 or data_buf is None:
+        return np.zeros(len(arr), dtype=bool)
+    off = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8)[: off[-1]]
+    lead = np.flatnonzero(data[off[0] :] >= 0xC0) + off[0]
+    hit = lead[_nfc_table()[_code_points(data, lead)]]
+    found = np.diff(np.searchsorted(hit, off)) > 0
+    if arr.null_count:
+        found &= ~np.asarray(arr.is_null())
+    return found
+
+
+def _large_strings(texts: pl.Series | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The values as one Arrow large_string array (its offsets and data buffers read directly)."""
+    arr = texts.to_arrow() if isinstance(texts, pl.Series) else texts
+    if isinstance(arr, pa.ChunkedArray):
+        arr = pa.concat_arrays(arr.chunks) if arr.num_chunks != 1 else arr.chunk(0)
+    return arr if arr.type == pa.large_string() else arr.cast(pa.large_string())
 
 
 def normalised(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -308,19 +342,16 @@ def normalised(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     if not columns or df.height == 0:
         return df
     flags = df.select(
-        *(pl.col(c).str.contains(_nfc_pattern()).fill_null(False).alias(f"nfc_{i}") for i, c in enumerate(columns)),
-        *(pl.col(c).str.contains("\r", literal=True).any().alias(f"cr_{i}") for i, c in enumerate(columns)),
+        *(pl.col(c).str.contains("\r", literal=True).any().alias(f"cr_{i}") for i, c in enumerate(columns))
     )
     out = []
     for i, c in enumerate(columns):
         s = df[c]
-        idx = flags[f"nfc_{i}"].arg_true()
-        if idx.len():
+        idx = np.flatnonzero(nfc_candidates(s))
+        if idx.size:
             values = s.gather(idx).to_list()
             changed = [
-                (j, n)
-                for j, v in zip(idx.to_list(), values, strict=True)
-                if (n := unicodedata.normalize("NFC", v)) != v
+                (j, n) for j, v in zip(idx.tolist(), values, strict=True) if (n := unicodedata.normalize("NFC", v)) != v
             ]
             if changed:
                 s = s.scatter([j for j, _ in changed], pl.Series([n for _, n in changed], dtype=pl.String))
@@ -332,8 +363,10 @@ def normalised(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
 
 
 def _escaped(text: pl.Expr) -> pl.Expr:
-    """The inside of json.dumps(text, ensure_ascii=False)'s quotes."""
-    return text.str.replace_many(list(_ESCAPES), list(_ESCAPES.values()))
+    """The inside of json.dumps(text, ensure_ascii=False)'s quotes: polars' JSON encoding of the string, which
+    escapes every character as Python's does (tests/core/test_columnar.py checks each code point), at three times
+    the speed of replacing the escapes."""
+    return pl.struct(text.alias("v")).struct.json_encode().str.strip_prefix('{"v":"').str.strip_suffix('"}')
 
 
 _JSON_TYPES = frozenset(
@@ -443,3 +476,227 @@ def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]
 
 def _side_key(key: str) -> bool:
     return not_chosen_key(key) or "chosen" in key.lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# Token counts: records.TOKEN_PATTERN (`\w{1,4}|[^\w\s]`) counted without the regex. Its matches are exactly one
+# per character that is neither word nor space, plus ceil(L / 4) per maximal run of L word characters (the
+# leftmost-first `\w{1,4}` takes four of a run at a time; `[^\w\s]` never starts inside a run). polars' regex pays
+# per match (about 130 MB/s); here each byte is classified with a few vector comparisons, the word flags packed
+# into 64-bit words, and runs counted by length class: a run of L characters has ceil(L / 4) = the number of k >= 0
+# with L >= 4k + 1, each k one AND of shifted words; the few runs longer than 4 * _LEVELS are measured one by one.
+
+_CHUNK = 1 << 18  # bytes classified at a time (in cache); a multiple of 64, so each chunk's packed flags align
+_LEVELS = 4  # length classes counted as masks; runs of more than 4 * _LEVELS characters are measured
+_ONE = np.uint64(1)
+_WORDS = np.dtype("<u8")
+
+
+@functools.cache
+def char_classes() -> np.ndarray:
+    """Each code point's class under polars' (Rust regex) Unicode `\\w` and `\\s`: 1 word, 0 space, 2 neither.
+    Read from polars' regex itself, so the counts agree with it whatever Unicode version it carries."""
+    cps = np.arange(0x110000, dtype="<u4")
+    text = pl.Series([cps[(cps < 0xD800) | (cps > 0xDFFF)].tobytes().decode("utf-32-le")])
+    table = np.full(0x110000, 2, dtype=np.uint8)
+    for pattern, cls in ((r"\w+", 1), (r"\s+", 0)):
+        found = "".join(text.str.extract_all(pattern).explode().drop_nulls().to_list())
+        table[np.frombuffer(found.encode("utf-32-le"), dtype="<u4")] = cls
+    return table
+
+
+def token_counts(texts: pl.Series | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The number of records.TOKEN_PATTERN matches in each value (null counts 0), as int64."""
+    arr = _large_strings(texts)
+    _, offsets_buf, data_buf = arr.buffers()
+    off = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1] if len(arr) else None
+    if off is None or data_buf is None or off[-1] == off[0]:
+        return np.zeros(len(arr), dtype=np.int64)
+    counts = _counts(np.frombuffer(data_buf, dtype=np.uint8)[off[0] : off[-1]], off - off[0])
+    if arr.null_count:
+        counts[np.asarray(arr.is_null())] = 0
+    return counts
+
+
+def _counts(data: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """token_counts of the UTF-8 strings data[off[i]:off[i+1]], worked out on byte positions: every byte of a word
+    character is flagged word, so runs of word bytes are runs of word characters, and the runs holding a
+    multi-byte word character are corrected from their length in bytes to their length in characters."""
+    word, space, cont, wide = _classified(data)
+    chars = np.diff(off) - np.diff(np.searchsorted(cont, off))
+    words = np.diff(_ranks(word, off)) - np.diff(np.searchsorted(wide, off))
+    other = chars - words - np.diff(_ranks(space, off))
+    # a run continues at byte i: word at i and i - 1, i not a string's first byte
+    first = np.zeros_like(word)
+    starts = off[:-1][np.diff(off) > 0]
+    np.bitwise_or.at(first, starts >> 6, _ONE << (starts & 63).astype(np.uint64))
+    cont_run = word & _prev(word) & ~first
+    mask = word & ~cont_run  # run starts: every run counts 1, and one more per length class it reaches
+    masks = [mask]
+    four = cont_run & _next(cont_run, 1)
+    four &= _next(four, 2)
+    four = _next(four, 1)  # bit i: the run continues at i + 1 .. i + 4
+    for k in range(_LEVELS):  # starts of runs of at least 4k + 5 bytes
+        mask = mask & _next(four, 4 * k)
+        if not mask.any():
+            break
+        masks.append(mask)
+    total = np.diff(_ranks_sum(masks, off))
+    if len(masks) > _LEVELS:
+        starts = _positions(mask)
+        total += _per_string(
+            starts, (_next_end(cont_run, starts + 4 * _LEVELS + 1) - starts + 3) // 4 - len(masks), off
+        )
+    if wide.size:
+        total += _wide_runs(cont_run, wide, off)
+    return total + other
+
+
+def _classified(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(packed word flags, packed space flags, positions of UTF-8 continuation bytes, those of word characters),
+    by chunks: every byte of a non-ASCII character takes its code point's class (char_classes), a space only at its
+    first byte."""
+    n = data.size
+    word = np.zeros(n // 64 + 2, dtype=_WORDS)
+    space = np.zeros(n // 64 + 2, dtype=_WORDS)
+    word_bytes, space_bytes = word.view(np.uint8), space.view(np.uint8)
+    x, y = np.empty(_CHUNK, dtype=np.uint8), np.empty(_CHUNK, dtype=bool)
+    w, s = np.empty(_CHUNK, dtype=bool), np.empty(_CHUNK, dtype=bool)
+    conts: list[np.ndarray] = []
+    wides: list[np.ndarray] = []
+    for start in range(0, n, _CHUNK):
+        b = data[start : start + _CHUNK]
+        m = b.size
+        xx, yy, ww, ss = x[:m], y[:m], w[:m], s[:m]
+        np.bitwise_or(b, np.uint8(0x20), out=xx)  # ASCII letters, digits, underscore; \t \n \v \f \r and space
+        xx -= np.uint8(ord("a"))
+        np.less(xx, 26, out=ww)
+        np.subtract(b, np.uint8(ord("0")), out=xx)
+        np.less(xx, 10, out=yy)
+        ww |= yy
+        np.equal(b, ord("_"), out=yy)
+        ww |= yy
+        np.subtract(b, np.uint8(9), out=xx)
+        np.less(xx, 5, out=ss)
+        np.equal(b, ord(" "), out=yy)
+        ss |= yy
+        if b.max() >= 0x80:
+            hi = np.flatnonzero(b >= 0x80)
+            at = hi + start
+            is_cont = b[hi] < 0xC0
+            lead = at.copy()  # each byte's character's first byte: at most three back
+            for _ in range(3):
+                back = is_cont & (data[lead] < 0xC0)
+                lead[back] -= 1
+            lead[is_cont & (data[lead] < 0xC0)] = 0  # not reached on valid UTF-8
+            cls = char_classes()[_code_points(data, lead)]
+            ww[hi] = cls == 1
+            ss[hi] = (cls == 0) & ~is_cont
+            conts.append(at[is_cont])
+            wides.append(at[is_cont & (cls == 1)])
+        word_bytes[start // 8 : start // 8 + (m + 7) // 8] = np.packbits(ww, bitorder="little")
+        space_bytes[start // 8 : start // 8 + (m + 7) // 8] = np.packbits(ss, bitorder="little")
+    empty = np.zeros(0, dtype=np.int64)
+    return word, space, np.concatenate(conts) if conts else empty, np.concatenate(wides) if wides else empty
+
+
+def _code_points(data: np.ndarray, lead: np.ndarray) -> np.ndarray:
+    """The code points of the UTF-8 sequences starting at `lead` (valid UTF-8: Arrow strings are)."""
+    last = data.size - 1
+    b0 = data[lead].astype(np.uint32)
+    b1, b2, b3 = (data[np.minimum(lead + i, last)].astype(np.uint32) & 0x3F for i in (1, 2, 3))
+    two = ((b0 & 0x1F) << 6) | b1
+    three = ((b0 & 0x0F) << 12) | (b1 << 6) | b2
+    four = ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3
+    return np.where(b0 < 0xE0, two, np.where(b0 < 0xF0, three, four))
+
+
+def _prev(words: np.ndarray) -> np.ndarray:
+    """The stream shifted by one: bit i of the result is bit i - 1."""
+    out = words << _ONE
+    out[1:] |= words[:-1] >> np.uint64(63)
+    return out
+
+
+def _next(words: np.ndarray, k: int) -> np.ndarray:
+    """The stream shifted the other way by k < 64: bit i of the result is bit i + k."""
+    if k == 0:
+        return words
+    out = words >> np.uint64(k)
+    carry = words[1:] << np.uint64(64 - k)
+    out[:-1] |= carry
+    return out
+
+
+def _ranks(words: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The number of set bits before each position."""
+    return _ranks_sum([words], positions)
+
+
+def _ranks_sum(masks: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """The number of set bits of all the masks before each position (one running sum for all of them)."""
+    q = positions >> 6
+    low = (_ONE << (positions & 63).astype(np.uint64)) - _ONE
+    counts = np.bitwise_count(masks[0]).astype(np.int64)
+    partial = np.bitwise_count(masks[0][q] & low).astype(np.int64)
+    for mask in masks[1:]:
+        counts += np.bitwise_count(mask)
+        partial += np.bitwise_count(mask[q] & low)
+    before = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=before[1:])
+    return before[q] + partial
+
+
+def _positions(words: np.ndarray) -> np.ndarray:
+    """The positions of the set bits, in order."""
+    at = np.flatnonzero(words)
+    row, col = np.nonzero(np.unpackbits(words[at].view(np.uint8), bitorder="little").reshape(-1, 64))
+    return at[row] * 64 + col
+
+
+def _next_end(cont_run: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """For each position, the first at or after it where no run continues (a run's end: one past its last byte).
+    The words after the data are zero, so there is always one."""
+    ends = ~cont_run
+    q = after >> 6
+    here = ends[q] & ~((_ONE << (after & 63).astype(np.uint64)) - _ONE)
+    before = np.zeros(ends.size + 1, dtype=np.int64)
+    np.cumsum(np.bitwise_count(ends), out=before[1:])
+    q = np.where(here != 0, q, np.searchsorted(before, before[q + 1], side="right") - 1)
+    found = np.where(here != 0, here, ends[q])
+    return q * 64 + np.bitwise_count((found & (~found + _ONE)) - _ONE).astype(np.int64)
+
+
+def _run_start(cont_run: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """For each position inside a run, the run's first byte: the last position at or before it not continuing."""
+    starts = ~cont_run
+    q = at >> 6
+    upto = (_ONE << (at & 63).astype(np.uint64) << _ONE) - _ONE  # bits 0..at & 63 (all when 63: wraps to 0 - 1)
+    here = starts[q] & upto
+    before = np.zeros(starts.size + 1, dtype=np.int64)
+    np.cumsum(np.bitwise_count(starts), out=before[1:])
+    q = np.where(here != 0, q, np.searchsorted(before, before[q], side="left") - 1)
+    found = np.where(here != 0, here, starts[q])
+    for shift in (1, 2, 4, 8, 16, 32):  # all bits below the highest set
+        found |= found >> np.uint64(shift)
+    return q * 64 + np.bitwise_count(found).astype(np.int64) - 1
+
+
+def _wide_runs(cont_run: np.ndarray, wide: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """Per string, the correction for the runs holding multi-byte word characters (continuation bytes `wide`):
+    ceil(characters / 4) - ceil(bytes / 4). One position per stretch of wide characters is looked up (a byte
+    more than two after the previous one, or in another string), then each run once."""
+    string = np.searchsorted(off, wide, side="right")
+    new = np.ones(wide.size, dtype=bool)
+    new[1:] = (np.diff(wide) > 2) | (string[1:] != string[:-1])
+    starts = np.unique(_run_start(cont_run, wide[new]))
+    ends = _next_end(cont_run, starts + 1)
+    chars = ends - starts - (np.searchsorted(wide, ends) - np.searchsorted(wide, starts))
+    return _per_string(starts, (chars + 3) // 4 - (ends - starts + 3) // 4, off)
+
+
+def _per_string(at: np.ndarray, values: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """The values summed by the string their position (sorted) falls in."""
+    summed = np.zeros(values.size + 1, dtype=np.int64)
+    np.cumsum(values, out=summed[1:])
+    return np.diff(summed[np.searchsorted(at, off)])

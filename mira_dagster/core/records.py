@@ -8,7 +8,8 @@ mapping (core/mapping.py), and each batch becomes a frame of records and a frame
 - `agent`: task, trajectory (rendered turns), outcome (the final patch or submission).
 
 Every unit read (line, element, row) ends as exactly one record or one quarantine row with a reason: no error in
-one unit, whatever it is, stops the others. Token counts are computed per batch by polars, not per record.
+one unit, whatever it is, stops the others. Token counts are computed per batch, column by column
+(core/columnar.token_counts), not per record.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel
 
-from mira_dagster.core.columnar import PY_SPACE, Placed, place, plain_lines, within, without_constants
+from mira_dagster.core.columnar import PY_SPACE, Placed, place, plain_lines, token_counts, within, without_constants
 from mira_dagster.core.config import Family
 from mira_dagster.core.layouts import (
     PREFERENCE_LAYOUTS,
@@ -44,8 +45,10 @@ from mira_dagster.core.mapping import MAPPED_LAYOUT, FieldMapping, suggest_with_
 
 TEXT_FIELDS = ("question", "thinking", "answer", "task", "trajectory", "outcome")
 
-# Words cut into pieces of at most 4 characters, plus punctuation, counted by polars' (Rust) regex engine for
-# batches and single strings alike, so there is one definition ("word" is Unicode's: letters, marks, digits).
+# Words cut into pieces of at most 4 characters, plus punctuation: the number of matches of this pattern under
+# polars' (Rust) regex engine, for batches and single strings alike, so there is one definition ("word" is
+# Unicode's: letters, marks, digits, connector punctuation). core/columnar.token_counts counts the same without the
+# regex (tests/core/test_columnar.py checks it against this pattern).
 TOKEN_PATTERN = r"\w{1,4}|[^\w\s]"
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # a longer line is quarantined: no scorer context holds it
@@ -95,17 +98,12 @@ class Unit:
 def estimate_tokens(text: str) -> int:
     """An offline token estimate: it tracks BPE tokenizers within roughly +-25% on English prose and code; it is
     used for budgets and the offline length check. The serving path can count with the server's tokenizer."""
-    return count_tokens(pl.Series([text], dtype=pl.String))[0]
+    return int(token_counts(pa.array([text], type=pa.large_string()))[0])
 
 
 def count_tokens(texts: pl.Series) -> pl.Series:
     """estimate_tokens over a whole column at once (null counts 0)."""
-    return pl.select(token_count(pl.lit(texts))).to_series()
-
-
-def token_count(text: pl.Expr) -> pl.Expr:
-    """estimate_tokens as a polars expression (null counts 0)."""
-    return text.fill_null("").str.count_matches(TOKEN_PATTERN).cast(pl.Int64)
+    return pl.Series(texts.name, token_counts(texts), dtype=pl.Int64)
 
 
 class Record(BaseModel):
@@ -672,7 +670,7 @@ class BatchParser:
             pl.lit(self.source).alias("source"),
             pl.lit(self.group_id).alias("group_id"),
             pl.lit(self.family).alias("format"),
-            pl.sum_horizontal(token_count(pl.col(f)) for f in TEXT_FIELDS).alias("n_tokens"),
+            pl.Series("n_tokens", sum(token_counts(frame[f]) for f in TEXT_FIELDS), dtype=pl.Int64),
             pl.lit(name).alias("origin_file"),
             pl.lit(parsed.form).alias("original_form"),
         ).select(list(RAW_RECORD_SCHEMA))

@@ -312,12 +312,18 @@ class Store:
         return False
 
 
+# zstd level 1 (as polars writes the other tables): raw_records in half the bytes of Arrow's default snappy for the
+# same CPU time (measured on the sample's records: 54 MB against 109 MB, 0.54-0.56 CPU s both; uncompressed
+# would take 0.16 CPU s but 316 MB); DuckDB, polars and pyarrow read it
+_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 1}
+
+
 class PartitionWriter:
     """Appends frames to a staging Parquet file; `discard()` keeps the old partition when the block ends."""
 
     def __init__(self, path: Path, schema: Any) -> None:
         self._schema = schema
-        self._writer = pq.ParquetWriter(path, schema)
+        self._writer = pq.ParquetWriter(path, schema, **_WRITE_OPTIONS)
         self.rows = 0
         self.discarded = False
 
