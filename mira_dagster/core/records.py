@@ -101,11 +101,6 @@ def estimate_tokens(text: str) -> int:
     return int(token_counts(pa.array([text], type=pa.large_string()))[0])
 
 
-def count_tokens(texts: pl.Series) -> pl.Series:
-    """estimate_tokens over a whole column at once (null counts 0)."""
-    return pl.Series(texts.name, token_counts(texts), dtype=pl.Int64)
-
-
 class Record(BaseModel):
     record_id: str
     source: str
