@@ -476,7 +476,7 @@ def _may_hold_score(text: str) -> bool:
     """False only when neither _LATE_SCORE nor _ANY_OF_TEN can match in `text`: each of their branches needs a "/",
     an "out" (of ten), a "score" or a "rating". It spares most rationales the two scans, the bulk of a reply's
     parse."""
-    if "/" in text or not _FOLDS_TO_ASCII.isdisjoint(text):
+    if "/" in text or (not text.isascii() and not _FOLDS_TO_ASCII.isdisjoint(text)):  # isascii: a flag, O(1)
         return True
     low = text.lower()
     return "out" in low or "score" in low or "rating" in low
@@ -838,7 +838,7 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
 # and goes to the full parser. Why each check makes the result the same is said beside it; tests/core/
 # test_parsing_fast.py holds the two to each other on generated near misses and every reply the parser tests use.
 
-_CONTRACT_SLOT = re.compile(r"\[A(1[0-5]|[1-9])\] ([^:]+): (10|[0-9](?:\.[0-9]+)?)/10( — .*)")
+_CONTRACT_SLOT = re.compile(r"\[A(1[0-5]|[1-9])\] ([^:]+): (10|[0-9](?:\.[0-9]+)?)/10( — (.*))")
 _CONTRACT_KEY = re.compile(r"(overall|training_recommendation|domain_tag|brief):(.*)")
 _CONTRACT_OVERALL = re.compile(r"(?:100|[0-9]{1,2})(?:\.[0-9]+)?")
 _CONTRACT_STOPS = frozenset(r for r in _STOP_REASONS if r not in (None, "length"))
@@ -914,7 +914,8 @@ def parse_contract(text: str, finish_reason: str | None = None, names: Sequence[
                 return None  # a repeat (sets, repeats), or a name _read_slot may read a score in
             if _ALTERNATIVE.match(after) is not None:
                 return None  # a range or an alternative right after the score
-            if _may_hold_score(after) and (_LATE_SCORE.search(after) or _ANY_OF_TEN.search(after)):
+            # " — " holds nothing _may_hold_score looks for, and its dash is not ASCII: the rationale alone is asked
+            if _may_hold_score(m.group(5)) and (_LATE_SCORE.search(after) or _ANY_OF_TEN.search(after)):
                 return None  # another score on the line: the full parser decides
             slots[n] = (float(m.group(3)), _rationale(after))
             continue
