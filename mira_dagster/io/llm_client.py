@@ -131,6 +131,10 @@ class _Target:
     http: Any  # the client's HTTP connection pool, shared with /tokenize
     semaphore: asyncio.Semaphore
     info: ServerInfo
+    # the chat URL as the client would join it (base_url ends in "/"): given whole, openai parses it once instead of
+    # joining the path to base_url on every request; `where`, the endpoint redacted, for the per-endpoint counts
+    chat_url: str = ""
+    where: str = ""
     in_flight: int = 0
     rest_until: float = 0.0
     can_tokenize: bool = True
@@ -139,6 +143,14 @@ class _Target:
     probed_at: float = 0.0
     missed_probes: int = 0
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class _Watch:
+    """A request's stall watcher, started once the request runs past the patience."""
+
+    task: asyncio.Task[None] | None = None
+    stalled: bool = False
 
 
 class EndpointStalled(openai.APIConnectionError):
@@ -199,7 +211,9 @@ class OpenAIBackend:
         client = AsyncOpenAI(
             base_url=url, api_key=self.endpoint.api_key, timeout=timeout, max_retries=max_retries, http_client=http
         )
-        return _Target(url, client, http, asyncio.Semaphore(max_in_flight), infos.get(url, ServerInfo()))
+        chat_url = f"{client.base_url}chat/completions"
+        semaphore, info = asyncio.Semaphore(max_in_flight), infos.get(url, ServerInfo())
+        return _Target(url, client, http, semaphore, info, chat_url=chat_url, where=redact_url(url))
 
     @property
     def max_model_len(self) -> int | None:
@@ -287,38 +301,55 @@ class OpenAIBackend:
                 # The client's generic POST: same retries, errors and auth as chat.completions.create, without
                 # its per-request walk over the typed request body (most of its CPU cost at 300 requests/s), and
                 # the reply's bytes rather than a ChatCompletion built field by field: the JSON is read here.
-                call = target.client.post("/chat/completions", body=body, cast_to=bytes)
+                call = target.client.post(target.chat_url, body=body, cast_to=bytes)
                 raw = await self._wait(target, call)
             finally:
                 target.in_flight -= 1
         target.answered_at = time.monotonic()
         self.stats.longest_reply_s = max(self.stats.longest_reply_s, target.answered_at - started)
-        where = redact_url(target.base_url)
+        where = target.where
         self.stats.per_endpoint[where] = self.stats.per_endpoint.get(where, 0) + 1
         return _completion(raw, where)
 
     async def _wait(self, target: _Target, call: Any) -> bytes:
-        """Await the request as long as its endpoint is alive; cancel it only when the endpoint is stalled."""
-        task = asyncio.ensure_future(call)
+        """Await the request as long as its endpoint is alive; cancel it only when the endpoint is stalled. The request
+        runs in the caller's task, not a task of its own awaited through asyncio.wait (that was about 7 us of CPU a
+        request, docs/benchmarks.md): a timer at the patience starts a watcher, which probes the endpoint every
+        patience interval and cancels the caller's task once it is stalled; the cancellation comes out as
+        EndpointStalled."""
+        loop = asyncio.get_running_loop()
+        caller = asyncio.current_task()
+        assert caller is not None  # called from a coroutine the event loop runs
+        watch = _Watch()
+
+        def patience_over() -> None:
+            self.stats.waited_past_timeout += 1
+            watch.task = loop.create_task(self._watch(target, caller, watch))
+
+        timer = loop.call_later(self.patience_s, patience_over)
         try:
-            waited = False
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.patience_s)
-                if done:
-                    return task.result()
-                if not waited:
-                    waited = True
-                    self.stats.waited_past_timeout += 1
-                if not await self._endpoint_alive(target):
-                    raise EndpointStalled(
-                        message=f"Endpoint stalled: no answer to {STALL_PROBES} probes in a row while the request "
-                        f"ran past {self.patience_s:g} s",
-                        request=target.http.build_request("POST", f"{target.base_url}/chat/completions"),
-                    )
+            return await call  # cancelled here (closing the connection makes vLLM abort the request) when stalled
+        except asyncio.CancelledError:
+            if watch.stalled and caller.uncancel() == 0:  # our cancellation alone: a stall, not the run stopping
+                raise EndpointStalled(
+                    message=f"Endpoint stalled: no answer to {STALL_PROBES} probes in a row while the request ran "
+                    f"past {self.patience_s:g} s",
+                    request=target.http.build_request("POST", f"{target.base_url}/chat/completions"),
+                ) from None
+            raise
         finally:
-            if not task.done():
-                task.cancel()  # closing the connection makes vLLM abort the request
-                await asyncio.gather(task, return_exceptions=True)
+            timer.cancel()
+            if watch.task is not None and not watch.task.done():
+                watch.task.cancel()
+                await asyncio.gather(watch.task, return_exceptions=True)
+
+    async def _watch(self, target: _Target, caller: asyncio.Task[Any], watch: _Watch) -> None:
+        """Past the patience: while the request runs, check its endpoint every patience interval; cancel the request
+        (its caller's task) once the endpoint is stalled."""
+        while await self._endpoint_alive(target):
+            await asyncio.sleep(self.patience_s)
+        watch.stalled = True
+        caller.cancel()
 
     async def _endpoint_alive(self, target: _Target) -> bool:
         """Whether the endpoint still answers: it answered in the last patience interval, or it answers a probe of

