@@ -278,6 +278,30 @@ def student_requests(root: Path, source: str) -> int:
         return int(records[0].asset_materialization.metadata["requests_sent"].value)
 
 
+def kept_sizes(keep: Path) -> list[tuple[int, Path]]:
+    """The n<records> folders a `--keep` run left, with the records their raw_records hold (the largest has the 1%
+    append), smallest first."""
+    import pyarrow.parquet as pq
+
+    def records(folder: Path) -> int:
+        files = (folder / "home" / "tables" / "raw_records").glob("*.parquet")
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    return sorted((records(p), p) for p in keep.glob("n*") if (p / "home").is_dir())
+
+
+def marginal_ms(runs: dict, sizes: list[tuple[int, Path]], sides: tuple[str, ...]) -> dict[str, list[float]]:
+    """Per side, each run's CPU ms a record between the smallest and the largest size (no fixed cost in it)."""
+    (small, _), (large, _) = sizes[0], sizes[-1]
+    return {
+        side: [
+            round(1e3 * (b["cpu_s"] - a["cpu_s"]) / (large - small), 3)
+            for a, b in zip(runs[side][str(small)], runs[side][str(large)], strict=True)
+        ]
+        for side in sides
+    }
+
+
 def one_size(n: int, base: Path, largest: bool) -> dict[str, Any]:
     root = base / f"n{n}"
     t0 = time.perf_counter()

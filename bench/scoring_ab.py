@@ -81,14 +81,6 @@ def stored(root: Path) -> dict[str, pl.DataFrame]:
     return out
 
 
-def _records(kept: Path) -> int:
-    """The records its raw_records hold (the largest size has bench/pipeline.py's 1% append)."""
-    import pyarrow.parquet as pq
-
-    files = (kept / "home" / "tables" / "raw_records").glob("*.parquet")
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("keep", type=Path, help="the folder bench/pipeline.py --keep left (its n<records> folders)")
@@ -98,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.before / "mira_dagster" / "__init__.py").is_file():
         raise SystemExit(f"{args.before}: not a tree of this project (no mira_dagster/__init__.py)")
-    sizes = sorted((_records(p), p) for p in args.keep.glob("n*") if (p / "home").is_dir())
+    sizes = pipeline.kept_sizes(args.keep)
     if len(sizes) < 2:
         raise SystemExit(f"{args.keep}: needs two sizes from bench/pipeline.py --keep (n<records> folders)")
     code = {"before": args.before.resolve(), "after": None}
@@ -119,14 +111,7 @@ def main() -> None:
                 if not a[name].equals(b[name]):
                     raise SystemExit(f"{kept.name}: {name} differs between before and after")
             out.setdefault("same_rows", {})[kept.name] = {k: v.height for k, v in a.items()}
-    (small, _), (large, _) = sizes[0], sizes[-1]
-    marginal = {
-        side: [
-            round(1e3 * (b["cpu_s"] - a["cpu_s"]) / (large - small), 3)
-            for a, b in zip(out["runs"][side][str(small)], out["runs"][side][str(large)], strict=True)
-        ]
-        for side in SIDES
-    }
+    marginal = pipeline.marginal_ms(out["runs"], sizes, SIDES)
     out["marginal_cpu_ms_per_record"] = marginal
     out["ratio_after_over_before"] = round(statistics.mean(marginal["after"]) / statistics.mean(marginal["before"]), 3)
     print(json.dumps(out))

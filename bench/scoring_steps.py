@@ -63,20 +63,12 @@ def scoring_stage(kept: Path, transport: str, work: Path) -> dict[str, Any]:
     return {"wall_s": round(sum(r["wall_s"] for r in rows), 2), "cpu_s": round(sum(r["cpu_s"] for r in rows), 2)}
 
 
-def _records(kept: Path) -> int:
-    """The records its raw_records hold (the largest size has bench/pipeline.py's 1% append)."""
-    import pyarrow.parquet as pq
-
-    files = (kept / "home" / "tables" / "raw_records").glob("*.parquet")
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("keep", type=Path, help="the folder bench/pipeline.py --keep left (its n<records> folders)")
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
-    sizes = sorted((_records(p), p) for p in args.keep.glob("n*") if (p / "home").is_dir())
+    sizes = pipeline.kept_sizes(args.keep)
     if len(sizes) < 2:
         raise SystemExit(f"{args.keep}: needs two sizes from bench/pipeline.py --keep (n<records> folders)")
     out: dict[str, Any] = {"records": [n for n, _ in sizes], "runs": {}}
@@ -87,14 +79,7 @@ def main() -> None:
                     row = scoring_stage(kept, transport, Path(tmp))
                     out["runs"].setdefault(transport, {}).setdefault(str(n), []).append(row)
                     print(f"run {run} {transport} {n}: {row}", flush=True)
-    (small, _), (large, _) = sizes[0], sizes[-1]
-    marginal = {
-        t: [
-            round(1e3 * (b["cpu_s"] - a["cpu_s"]) / (large - small), 3)
-            for a, b in zip(out["runs"][t][str(small)], out["runs"][t][str(large)], strict=True)
-        ]
-        for t in TRANSPORTS
-    }
+    marginal = pipeline.marginal_ms(out["runs"], sizes, TRANSPORTS)
     out["marginal_cpu_ms_per_record"] = marginal
     ratio = statistics.mean(marginal["aiohttp"]) / statistics.mean(marginal["httpx"])
     out["ratio_aiohttp_over_httpx"] = round(ratio, 3)
