@@ -9,6 +9,7 @@ scoring code (core/scoring.count_requests) with every request held back.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Iterator
 from typing import Literal
 
@@ -22,9 +23,9 @@ from mira_dagster.core.discovery import judgment_jobs
 from mira_dagster.core.prompts import render_user
 from mira_dagster.core.records import RECORD_SCHEMA, Record, record_rows, records_from
 from mira_dagster.core.rubric import Rubric
-from mira_dagster.core.sampling import Split, teacher_sample
+from mira_dagster.core.sampling import Split, sample_size
 from mira_dagster.core.scoring import ChatBackend, Chunk, Job, RequestCount, Role, ScorerSpec, count_requests
-from mira_dagster.io.store import Store
+from mira_dagster.io.store import Store, load_sql
 
 Step = Literal["teacher_judgments", "teacher_labels", "student_scores"]
 STEPS: tuple[Step, ...] = ("teacher_judgments", "teacher_labels", "student_scores")
@@ -34,14 +35,6 @@ ROLE_OF: dict[str, Role] = {"teacher_labels": "teacher", "student_scores": "stud
 def _raw_records(store: Store, source: str) -> None:
     if "raw_records" not in store.tables():
         raise FileNotFoundError(f"table 'raw_records' has no partition {source!r} yet")
-
-
-def record_ids(store: Store, source: str) -> list[str]:
-    """The source's record ids only (no text): what the teacher sample is drawn from."""
-    _raw_records(store, source)
-    with store.connect() as con:
-        rows = con.execute("SELECT record_id FROM raw_records WHERE source = $source", {"source": source})
-        return [r for (r,) in rows.fetchall()]
 
 
 def record_chunks(store: Store, source: str, size: int, only: Collection[str] | None = None) -> Iterator[pl.DataFrame]:
@@ -64,16 +57,17 @@ def count_records(store: Store, source: str) -> int:
 
 
 def teacher_split(cfg: MiraConfig, store: Store, source: str) -> dict[str, Split]:
-    """The source's teacher sample and each record's split, drawn from the ids alone."""
+    """The source's teacher sample and each record's split (core/sampling.teacher_sample's rule), drawn by DuckDB
+    from the ids: only the sample comes into Python, whatever the source's size."""
     p = cfg.pipeline
-    return teacher_sample(
-        record_ids(store, source),
-        fraction=p.teacher_sample_fraction,
-        minimum=p.teacher_sample_min,
-        heldout_fraction=p.heldout_fraction,
-        seed=p.seed,
-        maximum=p.teacher_sample_max,
-    )
+    _raw_records(store, source)
+    n = int(store.query_sql(load_sql("distinct_records"), source=source).item())
+    k = sample_size(n, p.teacher_sample_fraction, p.teacher_sample_min, p.teacher_sample_max)
+    if k == 0:
+        return {}
+    n_heldout = math.ceil(p.heldout_fraction * k)
+    drawn = store.query_sql(load_sql("teacher_sample"), source=source, seed=p.seed, k=k, n_heldout=n_heldout)
+    return dict(drawn.iter_rows())  # type: ignore[arg-type]
 
 
 def scoring_frames(
