@@ -13,22 +13,24 @@ Prints one JSON object last.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import polars as pl
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import SEEN_DICT, SEMI_JOIN, child  # noqa: E402
 
-
-def partition(path: Path, n: int) -> None:
-    ids = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(n)]
-    pl.DataFrame({"record_id": ids, "origin_file": "marco.jsonl", "origin_line": range(1, n + 1)}).write_parquet(path)
+# the partition is built in a process of its own: a child forked from a parent that held the ids would count them
+# in its peak RSS (the figures before 2026-12-07 have some of the parent's memory in them)
+PARTITION = """
+import sys, hashlib, polars as pl
+n = int(sys.argv[2])
+ids = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(n)]
+frame = pl.DataFrame({"record_id": ids, "origin_file": "marco.jsonl", "origin_line": range(1, n + 1)})
+frame.write_parquet(sys.argv[1])
+"""
 
 
 def main() -> None:
@@ -40,8 +42,9 @@ def main() -> None:
         log = Path(tmp) / "log"
         for n in sorted(args.sizes):
             path = Path(tmp) / f"{n}.parquet"
-            partition(path, n)
             env = dict(os.environ)
+            if child([sys.executable, "-c", PARTITION, str(path), str(n)], env, log)["rc"] != 0:
+                raise SystemExit(f"building the partition failed; log:\n{log.read_text()[-3000:]}")
             out[n] = {
                 "seen_dict": child([sys.executable, "-c", SEEN_DICT, str(path)], env, log),
                 "semi_join": child([sys.executable, "-c", SEMI_JOIN, str(path)], env, log),
