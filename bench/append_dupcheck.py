@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import SEEN_DICT, SEMI_JOIN, child  # noqa: E402
+from pipeline import SEEN_DICT, SEMI_JOIN, two_ways  # noqa: E402
 
-# the partition is built in a process of its own: a child forked from a parent that held the ids would count them
-# in its peak RSS (the figures before 2026-12-07 have some of the parent's memory in them)
+# built in a process of its own (pipeline.two_ways; the figures before 2026-12-07 had some of the parent's memory)
 PARTITION = """
 import sys, hashlib, polars as pl
 n = int(sys.argv[2])
@@ -37,25 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
     args = parser.parse_args()
-    out: dict = {}
-    with tempfile.TemporaryDirectory(dir=os.environ.get("MIRA_BENCH_TMP")) as tmp:
-        log = Path(tmp) / "log"
-        for n in sorted(args.sizes):
-            path = Path(tmp) / f"{n}.parquet"
-            env = dict(os.environ)
-            if child([sys.executable, "-c", PARTITION, str(path), str(n)], env, log)["rc"] != 0:
-                raise SystemExit(f"building the partition failed; log:\n{log.read_text()[-3000:]}")
-            out[n] = {
-                "seen_dict": child([sys.executable, "-c", SEEN_DICT, str(path)], env, log),
-                "semi_join": child([sys.executable, "-c", SEMI_JOIN, str(path)], env, log),
-            }
-            print(n, out[n], flush=True)
-            for row in out[n].values():
-                if row["rc"] != 0:
-                    raise SystemExit(f"a check failed at {n:,}; log:\n{log.read_text()[-3000:]}")
-    small, large = (out[min(out)], out[max(out)])
-    growth = {k: round(large[k]["peak_rss_mb"] / small[k]["peak_rss_mb"], 3) for k in ("seen_dict", "semi_join")}
-    print(json.dumps({"sizes": sorted(out), "runs": out, "peak_rss_growth_largest_over_smallest": growth}))
+    sides = {"seen_dict": SEEN_DICT, "semi_join": SEMI_JOIN}
+    print(json.dumps(two_ways(args.sizes, PARTITION, sides, "{n}.parquet")))
 
 
 if __name__ == "__main__":

@@ -302,6 +302,29 @@ def marginal_ms(runs: dict, sizes: list[tuple[int, Path]], sides: tuple[str, ...
     }
 
 
+def two_ways(sizes: list[int], build: str, sides: dict[str, str], target: str, check: Any = None) -> dict[str, Any]:
+    """Per size: `build` (python -c, argv: the target path, the size) makes the input in a process of its own (a
+    child forked from a parent that held it would count it in its peak RSS), then each side's code (argv: the
+    target path) runs in its own process; `check(log text, size)` may refuse what they printed. Returns the runs
+    and each side's peak RSS growth, largest over smallest."""
+    out: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("MIRA_BENCH_TMP")) as tmp:
+        log, env = Path(tmp) / "log", dict(os.environ)
+        for n in sorted(sizes):
+            path = Path(tmp) / target.format(n=n)
+            if child([sys.executable, "-c", build, str(path), str(n)], env, log)["rc"] != 0:
+                raise SystemExit(f"building the input of {n:,} failed; log:\n{log.read_text()[-3000:]}")
+            out[n] = {name: child([sys.executable, "-c", code, str(path)], env, log) for name, code in sides.items()}
+            print(n, out[n], flush=True)
+            if any(row["rc"] != 0 for row in out[n].values()):
+                raise SystemExit(f"a run failed at {n:,}; log:\n{log.read_text()[-3000:]}")
+            if check is not None:
+                check(log.read_text(), n)
+    small, large = out[min(out)], out[max(out)]
+    growth = {k: round(large[k]["peak_rss_mb"] / small[k]["peak_rss_mb"], 3) for k in sides}
+    return {"sizes": sorted(out), "runs": out, "peak_rss_growth_largest_over_smallest": growth}
+
+
 def one_size(n: int, base: Path, largest: bool) -> dict[str, Any]:
     root = base / f"n{n}"
     t0 = time.perf_counter()

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import child  # noqa: E402
+from pipeline import two_ways  # noqa: E402
 
 BUILD = """
 import sys, hashlib, polars as pl
@@ -53,32 +51,19 @@ print(hashlib.sha256(repr(sorted(sample.items())).encode()).hexdigest())
 )
 
 
+def same_sample(log: str, n: int) -> None:
+    """Both sides printed the digest of their sample: they must agree."""
+    digests = [line for line in log.splitlines() if len(line) == 64]
+    if len(set(digests[-2:])) != 1:
+        raise SystemExit(f"the two samples differ at {n:,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
     args = parser.parse_args()
-    out: dict = {}
-    with tempfile.TemporaryDirectory(dir=os.environ.get("MIRA_BENCH_TMP")) as tmp:
-        log = Path(tmp) / "log"
-        for n in sorted(args.sizes):
-            home = Path(tmp) / f"h{n}"
-            env = dict(os.environ)
-            # built in a process of its own: a child forked from a parent that held the ids would count them
-            if child([sys.executable, "-c", BUILD, str(home), str(n)], env, log)["rc"] != 0:
-                raise SystemExit(f"building the partition failed; log:\n{log.read_text()[-3000:]}")
-            out[n] = {
-                name: child([sys.executable, "-c", code, str(home)], env, log)
-                for name, code in (("python_rule", PYTHON_RULE), ("duckdb", DUCKDB))
-            }
-            print(n, out[n], flush=True)
-            if any(row["rc"] != 0 for row in out[n].values()):
-                raise SystemExit(f"a run failed at {n:,}; log:\n{log.read_text()[-3000:]}")
-            digests = [line for line in log.read_text().splitlines() if len(line) == 64]
-            if len(set(digests[-2:])) != 1:
-                raise SystemExit(f"the two samples differ at {n:,}")
-    small, large = out[min(out)], out[max(out)]
-    growth = {k: round(large[k]["peak_rss_mb"] / small[k]["peak_rss_mb"], 3) for k in ("python_rule", "duckdb")}
-    print(json.dumps({"sizes": sorted(out), "runs": out, "peak_rss_growth_largest_over_smallest": growth}))
+    sides = {"python_rule": PYTHON_RULE, "duckdb": DUCKDB}
+    print(json.dumps(two_ways(args.sizes, BUILD, sides, "h{n}", check=same_sample)))
 
 
 if __name__ == "__main__":
