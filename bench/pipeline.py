@@ -278,6 +278,13 @@ def student_requests(root: Path, source: str) -> int:
         return int(records[0].asset_materialization.metadata["requests_sent"].value)
 
 
+def cold_copy(kept: Path, root: Path) -> None:
+    """A copy of a `--keep` size folder without its scores and reply cache, so its scoring sends every request."""
+    shutil.copytree(kept, root, ignore=shutil.ignore_patterns("*.url", "*.log"))
+    for gone in ("tables/teacher_labels", "tables/student_scores", "cache/replies"):
+        shutil.rmtree(root / "home" / gone, ignore_errors=True)
+
+
 def kept_sizes(keep: Path) -> list[tuple[int, Path]]:
     """The n<records> folders a `--keep` run left, with the records their raw_records hold (the largest has the 1%
     append), smallest first."""

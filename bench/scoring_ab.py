@@ -40,9 +40,7 @@ SIDES = ("before", "after")
 def scoring_stage(kept: Path, code: Path | None, root: Path) -> dict[str, Any]:
     """The scoring steps of every source, cold, in `root` (a copy of `kept`), on the code in `code` (None: this
     checkout): summed wall and CPU seconds."""
-    shutil.copytree(kept, root, ignore=shutil.ignore_patterns("*.url", "*.log"))
-    for gone in ("tables/teacher_labels", "tables/student_scores", "cache/replies"):
-        shutil.rmtree(root / "home" / gone, ignore_errors=True)
+    pipeline.cold_copy(kept, root)
     servers = pipeline.Servers(root)
     log = root / "steps.log"
     try:

@@ -44,9 +44,7 @@ SCORING = "teacher_labels,student_scores"
 def scoring_stage(kept: Path, transport: str, work: Path) -> dict[str, Any]:
     """The scoring steps of every source, cold, on a copy of `kept`: summed wall and CPU seconds."""
     root = work / f"{kept.name}-{transport}"
-    shutil.copytree(kept, root, ignore=shutil.ignore_patterns("*.url", "*.log"))
-    for gone in ("tables/teacher_labels", "tables/student_scores", "cache/replies"):
-        shutil.rmtree(root / "home" / gone, ignore_errors=True)
+    pipeline.cold_copy(kept, root)
     servers = pipeline.Servers(root)
     log = root / "steps.log"
     try:
