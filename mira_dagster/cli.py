@@ -286,7 +286,9 @@ def failure_lines(result: object, where: str) -> list[str]:
     ]
     for event in result.get_step_failure_events():  # type: ignore[attr-defined]
         error = event.step_failure_data.error
-        while error is not None and error.cause is not None:  # the user's exception, not Dagster's wrapper
+        # the user's exception, not Dagster's wrapper; not its own cause either (a SourceFileError names the file,
+        # the EOFError under it does not)
+        while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
             error = error.cause
         message = (error.message if error else "failed").strip().splitlines()[0]
         message = message.split(": ", 1)[1] if ": " in message and "." in message.split(": ", 1)[0] else message

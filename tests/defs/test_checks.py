@@ -11,7 +11,7 @@ import pytest
 from mira_dagster import definitions as d
 from mira_dagster.cli import failure_lines, warning_lines
 from mira_dagster.core.tables import SCORE_SCHEMA, SLOT_COLUMNS
-from mira_dagster.defs.partitions import in_process_instance
+from mira_dagster.defs.partitions import in_process_instance, register_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.defs.scoring import degenerate_replies
 from mira_dagster.io.store import Store
@@ -208,3 +208,27 @@ def test_degenerate_replies_counts_each_kind(tmp_path: Path) -> None:
         "repeated_brief": 2,
         "degenerate": 5,
     }
+
+
+def test_a_step_failure_line_is_the_users_error_not_its_cause(small_config: Path, tmp_path: Path) -> None:
+    """A truncated archive fails ingest with a SourceFileError naming the file; the one line `mira run` prints is
+    that error, not the EOFError under it, which names no file."""
+    data = small_config.parent / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl"
+    broken = data.with_name("lean.jsonl.gz")
+    broken.write_bytes(b"\x1f\x8b\x08\x00garbage")  # a gzip header, then nothing whole
+    small_config.write_text(small_config.read_text(encoding="utf-8").replace(data.name, broken.name), "utf-8")
+    mira = MiraResource(config_path=str(small_config), home=str(tmp_path / "home"))
+    instance = in_process_instance()
+    register_partitions(instance, mira.config())
+    result = dg.materialize(
+        d.ALL_ASSETS,
+        selection=[a for a in d.ALL_ASSETS if dg.AssetKey("raw_records") in a.keys],
+        partition_key="lean_qa",
+        instance=instance,
+        resources={"mira": mira},
+        raise_on_error=False,
+    )
+    assert not result.success
+    [line] = failure_lines(result, "lean_qa")
+    assert line.startswith("lean_qa: step raw_records: source 'lean_qa': cannot read "), line
+    assert str(broken) in line and "EOFError" in line, line
