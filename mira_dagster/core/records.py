@@ -189,8 +189,25 @@ def _no_constant(name: str) -> Any:
     raise Rejected("invalid JSON", f"invalid JSON: {name} is not a JSON value")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose key appears twice has two values for one field: which one the user meant is a guess."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise Rejected(
+            "invalid JSON",
+            f"invalid JSON: key {json.dumps(twice, ensure_ascii=False)[:80]} appears twice in one object",
+        )
+    return obj
+
+
 # Built once: json.loads / json.dumps with non-default arguments build a new decoder / encoder on every call.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=lambda text: _finite(float(text), text))
+_DECODER = json.JSONDecoder(
+    parse_constant=_no_constant,
+    parse_float=lambda text: _finite(float(text), text),
+    object_pairs_hook=_unique_keys,
+)
 
 
 def _finite(value: float, text: str) -> float:

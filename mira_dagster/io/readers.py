@@ -724,11 +724,11 @@ def _units(
     if c.kind == "csv":
         return _csv_units(path, c, max_bytes)
     if c.kind == "parquet":
-        return _table_units(pq.ParquetFile(path).iter_batches(batch_size=1024), lazy)
+        return _table_units(_unique_columns(pq.ParquetFile(path).iter_batches(batch_size=1024), path), lazy)
     if c.kind == "arrow":
-        return _table_units(_arrow_batches(path), lazy)
+        return _table_units(_unique_columns(_arrow_batches(path), path), lazy)
     if c.kind == "hf_dataset":
-        return _table_units((b for f in hf_data_files(path) for b in _arrow_batches(f)), lazy)
+        return _table_units((b for f in hf_data_files(path) for b in _unique_columns(_arrow_batches(f), f)), lazy)
     if in_archive:
         raise _NestedArchive(c.kind)
     return _archive_units(path, c, max_bytes, scratch=scratch)
@@ -832,13 +832,60 @@ def _json_units(path: Path, c: Container) -> Iterator[Unit]:
         _skip_bom(fh)
         if not fh.peek(1):  # type: ignore[attr-defined]
             return  # an empty file: no unit (reported as an empty file by the caller)
+        twice: list[_Object] = []  # the objects of the file that were given a key twice
         try:
-            for value in ijson.items(fh, "item" if elements else "", use_float=True, multiple_values=not elements):
+            values = ijson.items(
+                fh,
+                "item" if elements else "",
+                use_float=True,
+                multiple_values=not elements,
+                map_type=lambda: _Object(twice),
+            )
+            for value in values:
                 position += 1
-                yield Unit(position, obj=value)
+                key = _key_twice(value, twice) if twice else None
+                if key is not None:
+                    error = f"invalid JSON: key {key!r} appears twice in one object"
+                    yield Unit(position, obj=value, error=error)  # the value for the quarantine row's excerpt
+                else:
+                    yield Unit(position, obj=value)
         except (ijson.JSONError, UnicodeDecodeError) as exc:  # a broken tail, or bytes that are not UTF-8
             what = f"after element {position}" if elements else f"after value {position}"
             yield Unit(position + 1, error=f"invalid JSON {what}, the rest of the file is unreadable: {exc}"[:500])
+
+
+class _Object(dict):
+    """A JSON object as ijson builds it, noting a key given twice (the last value would silently win)."""
+
+    __slots__ = ("_twice", "key")
+
+    def __init__(self, twice: list[_Object]) -> None:
+        super().__init__()
+        self._twice = twice
+        self.key: str | None = None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self.key is None and key in self:
+            self.key = key
+            self._twice.append(self)
+        super().__setitem__(key, value)
+
+
+def _key_twice(value: Any, twice: list[_Object]) -> str | None:
+    """The key given twice in an object inside `value`, if one of `twice` is there (ijson builds a few values ahead,
+    so a later value's objects may be in `twice` already)."""
+    marked = {id(obj): obj for obj in twice}
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if id(item) in marked:
+                twice[:] = [obj for obj in twice if obj is not item]
+                return item.key
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return None
 
 
 def _csv_units(path: Path, c: Container, max_bytes: int) -> Iterator[Unit]:
@@ -890,6 +937,35 @@ def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
                 yield reader.get_batch(i)
         else:
             yield from reader
+
+
+def _unique_columns(batches: Iterator[pa.RecordBatch], path: Path) -> Iterator[pa.RecordBatch]:
+    """The batches of a table whose schema names no column (or struct field) twice; else the file is refused, as a
+    CSV header is: one of the two columns' values would be lost in every row."""
+    checked = False
+    for batch in batches:
+        if not checked:
+            if (dup := _field_twice(batch.schema)) is not None:
+                raise SourceFileError(
+                    f"{path}: the table's schema names column {dup!r} twice (its values would be lost)"
+                )
+            checked = True
+        yield batch
+
+
+def _field_twice(fields: Any, prefix: str = "") -> str | None:
+    """The first field name given twice among `fields` (a schema or a struct type) or in a nested struct."""
+    names = [f.name for f in fields]
+    for name in names:
+        if names.count(name) > 1:
+            return prefix + name
+    for field in fields:
+        kind = field.type
+        while pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            kind = kind.value_type
+        if pa.types.is_struct(kind) and (dup := _field_twice(kind, f"{prefix}{field.name}.")) is not None:
+            return dup
+    return None
 
 
 def _table_units(batches: Iterator[Any], lazy: bool = False) -> Iterator[Unit]:

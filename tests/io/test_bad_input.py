@@ -237,6 +237,30 @@ CASES: list[tuple[str, str, Writer, int, dict[str, int]]] = [
         {"invalid JSON": 1},
     ),
     ("JSON Lines named .json, blank first line", "a.json", jsonl(lines(b"", good(), good(1))), 2, {"blank line": 1}),
+    # a key given twice: two values for one field, and which one the producer meant is a guess (JSON's last wins)
+    (
+        "a key twice in one object",
+        "a.jsonl",
+        jsonl(lines(b'{"question": "first", "question": "second", "answer": "x"}', good())),
+        1,
+        {"invalid JSON": 1},
+    ),
+    (
+        "a key twice in a nested object",
+        "a.jsonl",
+        jsonl(lines(good(), b'{"question": "q", "answer": "a", "meta": [{"k": 1, "k": 2}]}', good(1))),
+        2,
+        {"invalid JSON": 1},
+    ),
+    (
+        "JSON array element with a key twice",
+        "a.json",
+        jsonl(
+            b"[" + b", ".join([good(i) for i in range(9)] + [b'{"question": "q", "answer": "a", "answer": "b"}']) + b"]"
+        ),
+        9,
+        {"unreadable": 1},
+    ),
     (
         "Parquet row with a value Python cannot hold",
         "a.parquet",
@@ -345,6 +369,36 @@ FILE_ERRORS: list[tuple[str, Callable[[Path], Path], str]] = [
         "git-LFS pointer, not the data: run git lfs pull",
     ),
     (
+        "a Parquet file naming a column twice",
+        lambda d: (
+            pq.write_table(
+                pa.Table.from_arrays(
+                    [pa.array(["q"]), pa.array(["a"]), pa.array(["b"])], names=["question", "answer", "answer"]
+                ),
+                d / "d.parquet",
+            )
+            or d / "d.parquet"
+        ),
+        "names column 'answer' twice",
+    ),
+    (
+        "a Parquet struct naming a field twice",
+        lambda d: (
+            pq.write_table(
+                pa.table(
+                    {
+                        "question": ["q"],
+                        "answer": ["a"],
+                        "meta": pa.StructArray.from_arrays([pa.array([1]), pa.array([2])], names=["k", "k"]),
+                    }
+                ),
+                d / "s.parquet",
+            )
+            or d / "s.parquet"
+        ),
+        "names column 'meta.k' twice",
+    ),
+    (
         "a .parquet that is empty (a half-downloaded file)",
         lambda d: (d / "e.parquet").write_bytes(b"") or d / "e.parquet",
         "not a Parquet file",
@@ -360,3 +414,15 @@ def test_file_level_problems_name_the_file(
     with pytest.raises(SourceFileError, match=message) as err:
         read_source("my_src", "g", "qa_with_think", [path])
     assert "my_src" in str(err.value)
+
+
+def test_a_key_twice_names_the_key(tmp_path: Path) -> None:
+    """The quarantine row says which key was given twice, for a JSON Lines line and a JSON array element alike."""
+    (tmp_path / "a.jsonl").write_bytes(lines(b'{"question": "first", "question": "second", "answer": "x"}'))
+    (tmp_path / "b.json").write_bytes(b'[{"question": "q", "answer": "a", "answer": "b"}]')
+    for name, key in (("a.jsonl", "question"), ("b.json", "answer")):
+        read = read_source("s", "g", "qa_with_think", [tmp_path / name])
+        assert not read.records
+        [row] = read.quarantined
+        assert f"{key}" in row.reason and "twice" in row.reason, row.reason
+        assert key in row.excerpt
