@@ -15,7 +15,8 @@ QA families (`qa_with_think`, `qa`: question, thinking, answer), tried in this o
 - `instruction_response` (*): Marco-o1 CoT: `instruction` + `response` with `<Thought>`/`<Output>` or `<think>`.
 - `lean_cot_proof` (*): Kimina-Prover: `cot` (`<think>` + Lean) + `correct_proof`.
 - `lean_formal` (*): DeepSeek-Prover few-shot: `informal_prefix`, `formal_statement`, `formal_proof`.
-- `chat_messages` (*): OpenAI chat `messages`; content parts keyed `text` or `value`; thinking from reasoning
+- `chat_messages` (*): OpenAI chat `messages`; content parts keyed `text` or `value` (Anthropic `tool_use` /
+  `tool_result` blocks, OpenAI `refusal` parts and Assistants `text.value` too); thinking from reasoning
   parts, DeepSeek `reasoning_content` / vLLM `reasoning` / `thinking` fields, else a `<think>` block.
 - `sharegpt`: ShareGPT / LLaMA-Factory / FastChat `conversations` (`from`/`value`), and lmsys-chat / WildChat
   `conversation` (`role`/`content`).
@@ -32,7 +33,8 @@ Agent family (task, trajectory, outcome):
 `match` takes the first layout whose fields fill the family's required fields, so a later layout gets its chance
 when an earlier one recognises the keys but finds them blank; when none fills them, the first that found some text
 is returned, so the caller can say which field is empty. No layout raises, and all run in time linear in the input
-(no backtracking regex over record text).
+(no backtracking regex over record text). A chat content part that holds no text (an image, audio, a file) is
+rendered as its type in brackets (`[image_url]`): the scorer is told it is there, and the original keeps it.
 
 Changes to the original layouts touch only objects they used to mis-read: content parts keyed `value` /
 `thinking` (read as empty before), reasoning parts and fields of chat messages (now thinking, not answer), roles
@@ -182,6 +184,10 @@ _ROLE_ALIASES = {
 }
 
 
+# Part types that are text by name (OpenAI chat, Responses API): one without its text key is an empty text.
+_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", *_REASONING_PART_TYPES})
+
+
 def _part_text(part: Any) -> str:
     if not isinstance(part, dict):
         return _str(part)
@@ -190,13 +196,26 @@ def _part_text(part: Any) -> str:
         return f"[tool_call] {as_text(call.get('name'))}({as_text(call.get('args', ''))})"
     if isinstance(result := part.get("functionResponse"), dict):
         return f"[tool_result] {as_text(result.get('name'))}: {as_text(result.get('response', ''))}"
+    kind = part.get("type")
+    # Anthropic Messages content blocks: a tool call and its result; OpenAI's refusal part
+    if kind == "tool_use":
+        return f"[tool_call] {as_text(part.get('name'))}({as_text(part.get('input', ''))})"
+    if kind == "tool_result":
+        return f"[tool_result] {_content_text(part.get('content'))}"
+    if kind == "refusal" and isinstance(part.get("refusal"), str):
+        return part["refusal"]
     for key in _PART_TEXT_KEYS:
         value = part.get(key)
         if isinstance(value, str):
             return value
         if isinstance(value, list):  # Mistral thinking chunks nest one list of text parts
             return "\n".join(_str(v.get("text")) if isinstance(v, dict) else _str(v) for v in value)
-    return ""
+        if isinstance(value, dict) and isinstance(value.get("value"), str):  # OpenAI Assistants: text.value
+            return value["value"]
+    if kind in _TEXT_PART_TYPES or any(key in part for key in _PART_TEXT_KEYS) or not part:
+        return ""
+    # an image, audio, a file: the scorer cannot see it, but is told it is there (never dropped without a word)
+    return f"[{kind if isinstance(kind, str) and kind else next(iter(part))}]"
 
 
 def _content_text(content: Any) -> str:

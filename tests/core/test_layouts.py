@@ -193,6 +193,64 @@ def test_chat_messages_with_value_parts_and_reasoning() -> None:
     assert fields["task"] == "Factor x^2 - 5x + 6." and "(x - 2)(x - 3)" in fields["trajectory"]
 
 
+def test_content_parts_of_other_producers() -> None:
+    """Anthropic tool_use / tool_result blocks, OpenAI refusal parts and Assistants `text.value` are text; before,
+    each came out empty and the turn lost it without a word."""
+    anthropic = {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}},
+                ],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny, 18 C"}]},
+            {"role": "assistant", "content": "Sunny, 18 C."},
+        ]
+    }
+    _, fields = match(anthropic, "agent")
+    assert '[tool_call] get_weather({"city": "Paris"})' in fields["trajectory"]
+    assert "[tool_result] sunny, 18 C" in fields["trajectory"]
+    refusal = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]},
+        ]
+    }
+    assert match(refusal, "qa")[1]["answer"] == "No."
+    assistants = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": {"value": "What is 5+5?", "annotations": []}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": {"value": "10", "annotations": []}}]},
+        ]
+    }
+    assert match(assistants, "qa")[1] == {"question": "What is 5+5?", "thinking": "", "answer": "10"}
+
+
+@pytest.mark.parametrize(
+    ("part", "shown"),
+    [
+        ({"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}, "[image_url]"),
+        ({"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}, "[input_audio]"),
+        ({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}, "[image]"),
+        ({"file": {"file_id": "f1"}}, "[file]"),
+    ],
+)
+def test_a_part_without_text_is_named_not_dropped(part: dict[str, Any], shown: str) -> None:
+    """A turn's image (audio, a file) cannot be scored, but the scorer is told it is there: before, the part was
+    dropped and the record scored as if the turn were only its text."""
+    obj = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Describe this."}, part]},
+            {"role": "assistant", "content": "A cat."},
+        ]
+    }
+    assert match(obj, "qa")[1]["question"] == f"Describe this.\n{shown}"
+    assert f"Describe this.\n{shown}" in match(obj, "agent")[1]["trajectory"]
+
+
 def test_alpaca() -> None:
     no_input, with_input = (match(r, "qa") for r in _rows("alpaca_data.json"))
     assert no_input[0] == "alpaca"
