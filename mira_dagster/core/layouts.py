@@ -171,7 +171,8 @@ def _split_think(text: str) -> tuple[str, str]:
 
 # Part keys holding text: OpenAI `text`; several chat exporters `value`; Anthropic `thinking`; others `reasoning`.
 _PART_TEXT_KEYS = ("text", "value", "thinking", "reasoning")
-_REASONING_PART_TYPES = frozenset({"reasoning", "thinking", "reasoning_text", "reasoning_content"})
+# Anthropic's `redacted_thinking` holds no text: shown in the thinking as `[redacted_thinking]` (_part_text).
+_REASONING_PART_TYPES = frozenset({"reasoning", "thinking", "reasoning_text", "reasoning_content", "redacted_thinking"})
 # Message-level reasoning: DeepSeek API `reasoning_content`, vLLM / OpenRouter `reasoning`, others `thinking`.
 _REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 # Roles compare lower-cased: Cohere writes System / User / Chatbot; Gemini (Vertex AI tuning) names the reply `model`.
@@ -185,7 +186,7 @@ _ROLE_ALIASES = {
 
 
 # Part types that are text by name (OpenAI chat, Responses API): one without its text key is an empty text.
-_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", *_REASONING_PART_TYPES})
+_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", *_REASONING_PART_TYPES} - {"redacted_thinking"})
 
 
 def _part_text(part: Any) -> str:
@@ -406,8 +407,9 @@ def _lean_formal(d: dict[str, Any]) -> Fields | None:
 
 
 def _chat_qa(d: dict[str, Any]) -> Fields | None:
-    # Amazon Bedrock (Claude fine-tuning) keeps the system prompt beside the messages, under `system`
-    return _qa_from_turns(d.get("messages"), _system(d) if isinstance(d.get("system"), str) else "")
+    # Amazon Bedrock (Claude fine-tuning) and Anthropic's Messages API keep the system prompt beside the messages,
+    # under `system`: a string, or a list of text blocks (Bedrock Converse, Anthropic)
+    return _qa_from_turns(d.get("messages"), _system(d) if isinstance(d.get("system"), str | list) else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,12 +422,15 @@ def _sharegpt_qa(d: dict[str, Any]) -> Fields | None:
 
 
 def _system(d: dict[str, Any]) -> str:
-    """A system prompt kept beside the turns: a string, or Gemini's `systemInstruction` content with its parts."""
+    """A system prompt kept beside the turns: a string, a list of text blocks (Anthropic, Bedrock Converse), or
+    Gemini's `systemInstruction` content with its parts."""
     system = d.get("system")
     if system is None:
         system = d.get("systemInstruction", d.get("system_instruction"))
     if isinstance(system, dict):
         return _content_text(_body(system))
+    if isinstance(system, list):
+        return _content_text(system)
     return _str(system)
 
 
@@ -610,6 +615,9 @@ def _agent_turns(d: dict[str, Any]) -> Fields | None:
     if not isinstance(turns, list) or not turns:
         return None
     rendered = [_turn_text(t) for t in turns if isinstance(t, dict)]
+    # a system prompt beside the messages (Anthropic, Bedrock) is the trajectory's first turn
+    if isinstance(d.get("system"), str | list) and not _blank(system := _system(d)):
+        rendered.insert(0, ("system", system))
     trajectory = _render(rendered)
     task = _str(d.get("instruction")) or next((text for role, text in rendered if role == "user"), "")
     test_result = d.get("test_result") if isinstance(d.get("test_result"), dict) else {}
@@ -623,7 +631,7 @@ def _sharegpt_agent(d: dict[str, Any]) -> Fields | None:
     if not isinstance(turns, list):
         return None
     msgs = [t for t in turns if isinstance(t, dict)]
-    rendered = [("system", _str(d.get("system")))]
+    rendered = [("system", _system(d))]
     rendered += [(_str(m.get("from")) or _str(m.get("role")), _content_text(_body(m))) for m in msgs]
     said = [(_role(m), _content_text(_body(m))) for m in msgs]
     task = next((text for role, text in said if role == "user" and not _blank(text)), "")

@@ -251,6 +251,28 @@ def test_a_part_without_text_is_named_not_dropped(part: dict[str, Any], shown: s
     assert f"Describe this.\n{shown}" in match(obj, "agent")[1]["trajectory"]
 
 
+def test_a_system_prompt_beside_the_messages_is_read_in_every_form() -> None:
+    """Anthropic and Bedrock Converse keep `system` beside the messages as a list of text blocks: it was dropped (and
+    a string one was dropped by the agent family), so the scorer saw the record without its instructions."""
+    for system in ("Be terse.", [{"type": "text", "text": "Be terse."}], [{"text": "Be terse."}]):
+        obj = {
+            "system": system,
+            "messages": [{"role": "user", "content": [{"text": "q"}]}, {"role": "assistant", "content": "a"}],
+        }
+        assert match(obj, "qa")[1]["question"] == "### system\nBe terse.\n\n### user\nq"
+        assert match(obj, "agent")[1]["trajectory"].startswith("### system\nBe terse.\n\n### user\nq")
+    redacted = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": [{"type": "redacted_thinking", "data": "EmwKAh"}, {"type": "text", "text": "a"}],
+            },
+        ]
+    }
+    assert match(redacted, "qa")[1] == {"question": "q", "thinking": "[redacted_thinking]", "answer": "a"}
+
+
 def test_alpaca() -> None:
     no_input, with_input = (match(r, "qa") for r in _rows("alpaca_data.json"))
     assert no_input[0] == "alpaca"
