@@ -118,6 +118,12 @@ _BARE_END = re.compile(r"[ \t*_`]*(?:$|[—–|;,(\[)\]]|-(?:[ \t]|$)|[.:](?:[ \
 _LABEL = re.compile(r"(?:score|rating|grade)\b[ \t*_`]{0,4}[:=：]?", re.I)
 _LABELLED_SCORE = re.compile(r"(?:score|rating|grade)\b", re.I)
 _NAME_LABEL = re.compile(r"(?:name|dimension|dim|criterion)[ \t*_`]{0,4}[:=：]", re.I)
+# A prose line of the answer that names a slot and gives a score out of ten ("Correction: [A3] ... 9/10", "on
+# reflection A3 should be 9/10"): when that score differs from the slot's own line, the reply gave the slot two.
+_MENTION = re.compile(r"(?<![\w\[])\[?A(1[0-5]|[1-9])\]?(?![\w.])")
+_TEN_SCORE = re.compile(
+    r"(?<![\w.])(\d{1,3}(?:\.\d+)?)[ \t*_`]{0,4}(?:/[ \t*_`]{0,4}10|[ \t]out[ \t]of[ \t]10)(?!\d|\.\d)", re.I
+)
 _RATIONALE_LABEL = re.compile(r"(?:rationale|justification|reason(?:ing)?|why|comment)[ \t*_`]{0,4}[:=：-]", re.I)
 _NUM = rf"(?:\d+(?:\.\d+)?|{_WORD})"
 _OF_TEN = r"[ \t]?(?:/[ \t]?10(?!\d)|[ \t]out[ \t]of[ \t](?:10(?!\d)|ten\b))"
@@ -482,6 +488,16 @@ def _may_hold_score(text: str) -> bool:
     return "out" in low or "score" in low or "rating" in low
 
 
+def _note_mentions(line: str, mentions: list[tuple[int, float, str]]) -> None:
+    """The (slot, score) pairs a prose line may give: every slot it names with every score out of ten on it."""
+    if "A" not in line:
+        return
+    slots = [int(m.group(1)) for m in _MENTION.finditer(line)]
+    if slots:
+        scores = [float(m.group(1)) for m in _TEN_SCORE.finditer(line)]
+        mentions.extend((n, score, line) for n in slots for score in scores)
+
+
 def _excerpt(text: str) -> str:
     flat = " ".join(text.split())
     return repr(flat if len(flat) <= 40 else flat[:39] + "…")
@@ -750,6 +766,7 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
     used: Counter[str] = Counter()
     for obj in objects:
         _walk_json(obj, dims, entries, values, used)
+    mentions: list[tuple[int, float, str]] = []  # (slot, score, line) named in prose of the answer
     open_slot: _Slot | None = None  # a slot line whose score or rationale may follow on the next lines
     open_key: _Line | None = None  # a trailer key whose value may follow on the next line
     for i in range(start, len(kinds)):
@@ -777,6 +794,8 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
         # a text line: the score or rationale of the slot just above ("Score: 7/10", "Rationale: ..."),
         # the value of a trailer key written on the line after it, or prose to ignore
         body = _after_lead(k.body)
+        if not (open_slot is not None and open_slot.score is None and _LABELLED_SCORE.match(body)):
+            _note_mentions(k.body, mentions)
         if open_slot is not None and _NAME_LABEL.match(body):
             continue  # "name: Factual Correctness" under a slot written as fields
         if open_slot is not None and open_slot.score is None and _LABELLED_SCORE.match(body):
@@ -798,6 +817,10 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
         res.scores[n - 1], res.rationales[n - 1] = s.score, s.rationale
         if s.problem:
             issues.append(f"A{n}: {s.problem}")
+    for n, score, line in mentions:
+        if res.scores[n - 1] is not None and score != res.scores[n - 1]:
+            issues.append(f"A{n}: {res.scores[n - 1]:g} on its line, {score:g}/10 in {_excerpt(line)}; none stored")
+            res.scores[n - 1] = res.rationales[n - 1] = None
     missing = [f"A{s}" for s in range(1, N_SLOTS + 1) if s not in entries]
     if missing:
         issues.append(f"missing slots {','.join(missing)}")

@@ -3,7 +3,8 @@
 Each reply is a file in tests/fixtures/replies/. Group 2 (QA with thinking, a repeated slot name) and group D
 (agent, names with slashes and parentheses) rubrics are used as in the model cards, and the parser is given the
 group's dimension names as the scorer gives them. Rows marked `defect:` are the measured failures of an earlier
-parser; rows 41-75 are the shapes of issue 22: the unambiguous ones read exactly, the ambiguous ones refused
+parser; rows 41-75 are the shapes of issue 22 (76-77: a
+slot given another score in prose after the answer): the unambiguous ones read exactly, the ambiguous ones refused
 (slot missing, the reason in `issues`). At least a third of the rows must refuse something (status not ok).
 """
 
@@ -469,6 +470,23 @@ ROWS = [
     Row("74_json_after_prose", "ok", AG, AG_TRAILER, group="D", has_rationales=False),
     # a table of tags and bare numbers
     Row("75_tag_number_table", "ok", QA, QA_TRAILER, has_rationales=False),
+    # a prose line after the answer gives a slot another score: the slot had two (a repeat with the same score is fine)
+    Row(
+        "76_correction_after_answer",
+        "partial",
+        with_(QA, a3=None),
+        QA_TRAILER,
+        ["A3: 8 on its line, 9/10 in 'Correction: on reflection [A3] Educatio…'; none stored"],
+    ),
+    Row(
+        "77_json_then_revised_in_prose",
+        "partial",
+        with_(AG, a5=None),
+        AG_TRAILER,
+        ["A5: 5 on its line, 6/10 in 'Actually, A5 should be 6/10: the test i…'; none stored"],
+        group="D",
+        has_rationales=False,
+    ),
 ]
 
 
