@@ -21,6 +21,7 @@ from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.earlier import EarlierRecords
+from mira_dagster.io.export import TABLE_SCHEMAS, schemas_frame, stored_schemas
 from mira_dagster.io.ingest import SourceIngest, ingest_fingerprint, input_fingerprint
 from mira_dagster.io.readers import append_offsets, count_units, expand_files, file_state
 from mira_dagster.io.store import PartitionWriter, Store
@@ -128,6 +129,12 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
         if not kept:
             # the quarantine says why (the summary shows it); the records stay those of the last good read
             write_records.discard()
+    if kept:  # the column types of its table files, for the export (with the records they belong to)
+        schemas = ingest.table_schemas
+        if resume:  # files not read again keep theirs
+            earlier_schemas = {f: sch for (_, f), sch in stored_schemas(store, [source]).items()}
+            schemas = {**{f: earlier_schemas[f] for f in ingest.names.values() if f in earlier_schemas}, **schemas}
+        store.write(TABLE_SCHEMAS, schemas_frame(schemas), source)
     for path in stats.empty_files:
         context.log.warning(f"{source}: {path} is empty (nothing to read)")
     if stats.unused_keys:

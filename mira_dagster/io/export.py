@@ -7,6 +7,7 @@ input's columns for tables; "normalised", the normalised text fields and origin 
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import math
@@ -19,6 +20,7 @@ from typing import IO, Literal
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
@@ -45,7 +47,9 @@ def export_kept(
     staging = store.exports_dir / f".selected_subset.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     shards: _Shards | _OriginalShards = (
-        _OriginalShards(staging, shard_records) if form == "original" else _Shards(staging, shard_records)
+        _OriginalShards(staging, shard_records, stored_schemas(store))
+        if form == "original"
+        else _Shards(staging, shard_records)
     )
     batch_rows = min(shard_records, 20_000)
     try:
@@ -70,6 +74,9 @@ def export_kept(
         "tokens": sum(f["tokens"] for f in files),
         "files": files,
     }
+    untyped = {k: sorted(v) for k, v in getattr(shards, "untyped", {}).items() if v}
+    if untyped:  # said, never silent: these columns went out with the type their JSON values have
+        manifest["columns_not_retyped"] = untyped
     if not store.home_is_store:  # a store apart from the home (object storage or a shared folder): no folder swap
         try:
             return _publish(store, staging, manifest)
@@ -211,13 +218,71 @@ _SELECTION_DOC = (
 
 _JSON_SLICE = 1024  # rows of a JSON run turned into Python at a time
 
+TABLE_SCHEMAS = "table_schemas"  # per source: each table file's Arrow schema (raw_records writes it)
+_NOT_TYPED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError)
+
+
+def schemas_frame(schemas: dict[str, pa.Schema]) -> pl.DataFrame:
+    """A source's table_schemas partition: (origin_file, the schema's IPC bytes as base64)."""
+    return pl.DataFrame(
+        {
+            "origin_file": list(schemas),
+            "schema": [base64.b64encode(s.serialize().to_pybytes()).decode("ascii") for s in schemas.values()],
+        },
+        schema={"origin_file": pl.String, "schema": pl.String},
+    )
+
+
+def stored_schemas(store: Store, sources: Iterable[str] | None = None) -> dict[tuple[str, str], pa.Schema]:
+    """(source, origin_file) -> the Arrow schema the file had when it was read (table files only)."""
+    if TABLE_SCHEMAS not in store.tables():
+        return {}
+    wanted = None if sources is None else set(sources)
+    out: dict[tuple[str, str], pa.Schema] = {}
+    for source in store.partitions(TABLE_SCHEMAS):
+        if wanted is None or source in wanted:
+            for file, text in store.read(TABLE_SCHEMAS, source).iter_rows():
+                out[(source, file)] = ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    return out
+
+
+def typed_table(rows: list[dict], schema: pa.Schema | None, untyped: set[str]) -> pa.Table:
+    """Table rows (as their originals' JSON gave them back) with their file's column types and order again: JSON
+    has no date, timestamp, decimal or unsigned type, so these came back as text or another number type. A column
+    whose values do not take its type keeps the type they have, and its name goes into `untyped`."""
+    if schema is None:
+        return pa.Table.from_pylist(rows)
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    typed = set(schema.names)
+    arrays: list[pa.Array] = []
+    for name in [n for n in schema.names if n in names] + [n for n in names if n not in typed]:
+        values = [row.get(name) for row in rows]
+        array = None
+        if name in typed:
+            kind = schema.field(name).type
+            try:
+                array = pa.array(values, type=kind)
+            except _NOT_TYPED:
+                try:
+                    array = pa.array(values).cast(kind)
+                except _NOT_TYPED:
+                    untyped.add(name)
+        arrays.append(array if array is not None else pa.array(values))
+    return pa.Table.from_arrays(
+        arrays, names=[n for n in schema.names if n in names] + [n for n in names if n not in typed]
+    )
+
 
 class _OriginalShards:
     """<source>-NNNNN.jsonl (JSON inputs) and <source>-NNNNN.parquet (table rows) of at most `shard_records`
     records each, filled from batches ordered by source and form (sql/export_original.sql)."""
 
-    def __init__(self, folder: Path, shard_records: int) -> None:
+    def __init__(
+        self, folder: Path, shard_records: int, schemas: dict[tuple[str, str], pa.Schema] | None = None
+    ) -> None:
         self.folder, self.shard_records = folder, shard_records
+        self.schemas = schemas or {}  # (source, origin_file) -> the file's column types (stored_schemas)
+        self.untyped: dict[str, set[str]] = {}  # source -> columns whose input type could not be given back
         self.files: list[dict] = []
         self._jsonl: IO[str] | None = None
         self._parquet: pq.ParquetWriter | None = None
@@ -261,9 +326,19 @@ class _OriginalShards:
             self._room(source, form)
             room = self.shard_records - self.files[-1]["records"]
             head, rows = rows[:room], rows[room:]
-            self._write(form, head)
-            self.files[-1]["records"] += len(head)
-            self.files[-1]["tokens"] += sum(r["n_tokens"] or 0 for r in head)
+            for part in self._parts(source, form, head):
+                self._write(form, part)  # a part of other columns opens a shard of its own: counted there
+                self.files[-1]["records"] += len(part)
+                self.files[-1]["tokens"] += sum(r["n_tokens"] or 0 for r in part)
+
+    def _parts(self, source: str, form: str, rows: list[dict]) -> list[list[dict]]:
+        """Table rows in runs of one input schema (a file's column types: rows of one file share them)."""
+        if form != "row" or not self.schemas:
+            return [rows]
+        return [list(g) for _, g in itertools.groupby(rows, key=lambda r: id(self._schema(source, r)))]
+
+    def _schema(self, source: str, row: dict) -> pa.Schema | None:
+        return self.schemas.get((source, row["origin_file"]))
 
     def _room(self, source: str, form: str) -> None:
         full = self.files and self.files[-1]["records"] >= self.shard_records
@@ -288,7 +363,10 @@ class _OriginalShards:
             assert self._jsonl is not None
             self._jsonl.writelines(original_line(r["original"], _selection(r)) + "\n" for r in rows)
             return
-        table = pa.Table.from_pylist([with_selection(json.loads(r["original"]), _selection(r)) for r in rows])
+        assert self._key is not None
+        source = self._key[0]
+        values = [with_selection(json.loads(r["original"]), _selection(r)) for r in rows]
+        table = typed_table(values, self._schema(source, rows[0]), self.untyped.setdefault(source, set()))
         if self._parquet is None:
             self._start_parquet(table.schema)
         elif not table.schema.equals(self._parquet.schema):

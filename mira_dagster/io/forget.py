@@ -19,7 +19,7 @@ from mira_dagster.core.config import MiraConfig
 from mira_dagster.io.store import UNPARTITIONED, Store
 
 # Tables with one partition per source, named by it.
-SOURCE_PARTITIONED = ("raw_records", "quarantine", "teacher_labels", "student_scores")
+SOURCE_PARTITIONED = ("raw_records", "quarantine", "teacher_labels", "student_scores", "table_schemas")
 # The tables whose sources count as "data in the store": what was ingested or scored.
 DATA_TABLES = ("raw_records", "teacher_labels", "student_scores")
 

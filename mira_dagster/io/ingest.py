@@ -37,6 +37,7 @@ from mira_dagster.io.readers import (
     materialise,
     sniff,
     split_name,
+    table_schema,
 )
 
 _IN_FLIGHT = 1  # batches parsed ahead of the one being finished (2 measured no faster): memory holds 2 batches
@@ -97,6 +98,8 @@ class SourceIngest:
         self.scratch = scratch
         # what each file is (readers.describe_container), by display name, for the metadata and `mira inspect`
         self.containers: dict[str, str] = {}
+        # the column types of each table file (Parquet, Arrow), by display name: the export restores them
+        self.table_schemas: dict[str, pa.Schema] = {}
 
     def batches(self) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         with ThreadPoolExecutor(1, thread_name_prefix="mira-ingest") as pool:
@@ -107,6 +110,8 @@ class SourceIngest:
                 start, done = self.resume.get(path, (0, 0))
                 with contextlib.suppress(Exception):  # a file refused or unreadable: iter_units raises, naming why
                     self.containers[name] = describe_container(path)
+                    if (schema := table_schema(path)) is not None:
+                        self.table_schemas[name] = schema
                 form = original_form(path)
                 for units in iter_units(
                     path,

@@ -361,6 +361,22 @@ def describe_container(path: Path) -> str:
     return detect(path).describe()
 
 
+def table_schema(path: Path) -> pa.Schema | None:
+    """The Arrow schema of a Parquet / Arrow file or Hugging Face folder (None for other containers): the column
+    types the export gives a table's rows back with (its rows' originals are JSON, which has no date or decimal)."""
+    kind = detect(path).kind
+    if kind == "parquet":
+        schema = pq.read_schema(path)
+    elif kind in ("arrow", "hf_dataset"):
+        first = hf_data_files(path)[0] if kind == "hf_dataset" else path
+        with pa.memory_map(str(first), "r") as source:
+            magic = _head(first, 6) == _ARROW_FILE_MAGIC
+            schema = (ipc.open_file(source) if magic else ipc.open_stream(source)).schema
+    else:
+        return None
+    return schema.remove_metadata()
+
+
 def sniff(path: Path) -> tuple[Kind, str | None]:
     """(kind, compression) from the content (see detect)."""
     c = detect(path)

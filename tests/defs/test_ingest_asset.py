@@ -195,3 +195,20 @@ def test_preference_both_reconciles_and_a_half_match_is_named_in_the_metadata(tm
     meta = result.asset_materializations_for_node("raw_records")[0].metadata
     assert meta["unused_text_keys"].value == {"Body": 2}
     assert meta["suggested_fields"].value["question"] == 'join(`"\\n\\n"`, [Body, Question] | [?@])'
+
+
+def test_a_table_sources_column_types_are_stored_for_the_export(tmp_path: Path) -> None:
+    """raw_records keeps each Parquet file's schema beside its records (table_schemas): the export's only way back
+    to the input's column types, since a row's original is JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mira_dagster.io.export import stored_schemas
+
+    rows = pa.table(
+        {"question": [r["question"] for r in GOOD], "answer": pa.array([r["answer"] for r in GOOD], pa.uint16())}
+    )
+    buf = pa.BufferOutputStream()
+    pq.write_table(rows, buf)
+    _, mira, _, _ = _ingested_once(tmp_path, "t.parquet", buf.getvalue().to_pybytes())
+    assert stored_schemas(mira.store()) == {("a", "t.parquet"): rows.schema.remove_metadata()}

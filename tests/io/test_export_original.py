@@ -268,3 +268,49 @@ def test_the_scan_lowers_duckdbs_memory_limit_and_never_raises_it(store_limit: s
     con = duckdb.connect(config={"memory_limit": store_limit})
     export_module._lower_memory_limit(con, 256)
     assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == expected
+
+
+def test_table_rows_go_out_with_their_files_column_types(tmp_path: Path) -> None:
+    """A Parquet file's dates, timestamps, decimals, unsigned and dictionary columns come back with their types (the
+    originals are JSON, which has none of them: they went out as text or int64, and a uint64 over 2**63 failed the
+    whole export); a type that cannot be given back is named in the manifest."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from mira_dagster.io.export import TABLE_SCHEMAS, schemas_frame
+
+    path = tmp_path / "typed.parquet"
+    table = pa.table(
+        {
+            "question": pa.array(["What is 1 + 1?", "What is 2 + 2?"]).dictionary_encode(),
+            "answer": pa.array(["2", "4"], type=pa.large_string()),
+            "day": pa.array([dt.date(2024, 1, 31), None]),
+            "at": pa.array([dt.datetime(2024, 1, 31, 12, 30, 5, 123456), None], type=pa.timestamp("us", tz="UTC")),
+            "price": pa.array([Decimal("1.10"), Decimal("-2.50")], type=pa.decimal128(6, 2)),
+            "count": pa.array([2**64 - 1, 7], type=pa.uint64()),
+            "ratio": pa.array([0.5, None], type=pa.float32()),
+            "tags": pa.array([["a", "b"], []], type=pa.list_(pa.string())),
+            "clock": pa.array([dt.time(12, 30), None], type=pa.time64("us")),
+        }
+    )
+    pq.write_table(table, path)
+    store = Store(tmp_path / "home")
+    ingest = SourceIngest("typed", "g", "qa", [path])
+    frames = list(ingest.batches())
+    store.write("raw_records", pl.concat([r for r, _ in frames]), "typed")
+    store.write(TABLE_SCHEMAS, schemas_frame(ingest.table_schemas), "typed")  # as raw_records does
+    _select_everything(store)
+    manifest = export_kept(store, {"variant": "test"})
+    [shard] = [f["file"] for f in manifest["files"]]
+    out = pq.read_table(store.exports_dir / "selected_subset" / shard)
+    for name in table.column_names:
+        if name != "clock":
+            assert out.schema.field(name).type == table.schema.field(name).type, name
+
+    def rows(t: pa.Table) -> list[dict]:
+        return sorted(t.select(table.column_names[:-1]).to_pylist(), key=lambda r: r["answer"])
+
+    assert rows(out) == rows(table)
+    # a time of day has no cast back from its JSON text: it goes out as that text, and the manifest says so
+    assert out["clock"].to_pylist() == ["12:30:00", None]
+    assert manifest["columns_not_retyped"] == {"typed": ["clock"]}
