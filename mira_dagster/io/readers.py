@@ -910,7 +910,9 @@ def _csv_units(path: Path, c: Container, max_bytes: int) -> Iterator[Unit]:
     csv.field_size_limit(max_bytes + 1)  # a field is never held past the record limit
     with _open(path, c.comp, c.encoding) as fh:
         text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")  # type: ignore[arg-type]
-        reader = csv.reader(text, delimiter=c.delimiter or ",")
+        # strict: a quote never closed (which would swallow every later row into one field) or text after a closing
+        # quote (`"ab"c`, read as abc) fails the file naming the row, rather than re-shaping the rows
+        reader = csv.reader(text, delimiter=c.delimiter or ",", strict=True)
         header = next(reader, None)
         if header is None:
             return
@@ -939,8 +941,8 @@ def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
             yield row
     except csv.Error as exc:
         raise SourceFileError(
-            f"{path}: CSV row {row_number + 1} cannot be read: {exc} (a field over max_record_bytes, or a quote "
-            "never closed)"
+            f"{path}: CSV row {row_number + 1} cannot be read: {exc} (a field over max_record_bytes, a quote "
+            "never closed, or text after a closing quote)"
         ) from None
 
 

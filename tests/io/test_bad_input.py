@@ -399,6 +399,16 @@ FILE_ERRORS: list[tuple[str, Callable[[Path], Path], str]] = [
         "names column 'meta.k' twice",
     ),
     (
+        "a CSV quote never closed (it would swallow every later row into one field)",
+        lambda d: (d / "q.csv").write_text('question,answer\nq1,"a1\nq2,a2\nq3,a3\n') and d / "q.csv",
+        "CSV row 1 cannot be read: unexpected end of data",
+    ),
+    (
+        "a CSV field with text after its closing quote (read as the text without its quotes)",
+        lambda d: (d / "t.csv").write_text('question,answer\nq1,a1\n"ab"c,d\n') and d / "t.csv",
+        "CSV row 2 cannot be read",
+    ),
+    (
         "a .parquet that is empty (a half-downloaded file)",
         lambda d: (d / "e.parquet").write_bytes(b"") or d / "e.parquet",
         "not a Parquet file",
