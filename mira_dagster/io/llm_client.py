@@ -85,8 +85,12 @@ def _completion(raw: bytes, where: str) -> Completion:
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
+        content = choice["message"].get("content")
+        if isinstance(content, list):  # content parts (Mistral's API): the text parts; reasoning parts stay out, as
+            # a server's reasoning_content does
+            content = "".join(_reply_part(part) for part in content)
         return Completion(
-            text=choice["message"].get("content") or "",
+            text=content or "",
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
@@ -94,6 +98,20 @@ def _completion(raw: bytes, where: str) -> Completion:
         )
     except (ValueError, LookupError, TypeError, AttributeError) as exc:
         raise RequestFailed(f"not a chat completion from {where}: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _reply_part(part: Any) -> str:
+    """The text of a reply's content part; a part that is not text (reasoning, an image) adds nothing; a part of a
+    shape we do not know fails the request rather than be read as empty."""
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict):
+        kind = part.get("type", "text")
+        if kind == "text" and isinstance(part.get("text"), str):
+            return part["text"]
+        if kind != "text":
+            return ""
+    raise TypeError(f"a content part that is not text: {json.dumps(part)[:80]}")
 
 
 class ServerInfo(BaseModel):

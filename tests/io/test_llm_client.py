@@ -51,3 +51,21 @@ def test_a_body_that_is_no_completion_fails_naming_the_endpoint(body: bytes) -> 
     with pytest.raises(RequestFailed, match=r"^not a chat completion from http://h:8000/v1: ") as info:
         _completion(body, "http://h:8000/v1")
     assert "\n" not in str(info.value)
+
+
+def test_content_given_as_parts_is_its_text_parts() -> None:
+    """Mistral's API answers with content as a list of parts (reasoning, then text): the text parts are the reply
+    (before, every such reply failed as "not a chat completion", was paid, and was asked again at every run)."""
+    parts = [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "Let me weigh A1."}]},
+        {"type": "text", "text": "[A1] x: 7/10"},
+        {"type": "text", "text": " — y"},
+    ]
+    reply = {
+        **REPLY,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": parts}, "finish_reason": "stop"}],
+    }
+    assert _completion(json.dumps(reply).encode(), "http://h:8000/v1").text == "[A1] x: 7/10 — y"
+    broken = {**REPLY, "choices": [{"index": 0, "message": {"role": "assistant", "content": [{"type": "text"}]}}]}
+    with pytest.raises(RequestFailed, match="a content part that is not text"):
+        _completion(json.dumps(broken).encode(), "http://h:8000/v1")
