@@ -587,12 +587,16 @@ def _walk_json(
     values: dict[str, list[tuple[object, str | None, bool]]],
     used: Counter[str],
     depth: int = 0,
+    scale: object = None,
 ) -> None:
+    """Slots and trailer keys of a JSON answer; a scale given beside the slots (`"scale": "1-5"`) that is not out of
+    ten refuses every slot under it."""
+    scale = next((v for k, v in obj if str(k).strip().lower().replace(" ", "_") in _JSON_SCALE), scale)
     for key, value in obj:
         k = str(key).strip()
         n = _json_slot(k, names, used)
         if n is not None:
-            entries.setdefault(n, []).append(_json_slot_value(value))
+            entries.setdefault(n, []).append(_json_slot_value(value, scale))
             continue
         t = _KEY.match(k.replace("_", " ") + ":")
         if t and t.end() == len(k) + 1 and not isinstance(value, _Obj | list):
@@ -601,11 +605,11 @@ def _walk_json(
                 values[line.key].append((*_trailer_value(line.key, str(value)), line.alias))
             continue
         if depth < 3 and isinstance(value, _Obj):
-            _walk_json(value, names, entries, values, used, depth + 1)
+            _walk_json(value, names, entries, values, used, depth + 1, scale)
         elif depth < 3 and isinstance(value, list):
             for item in value:
                 if isinstance(item, _Obj):
-                    _json_item(item, names, entries, values, used, depth + 1)
+                    _json_item(item, names, entries, values, used, depth + 1, scale)
 
 
 def _json_item(
@@ -615,6 +619,7 @@ def _json_item(
     values: dict[str, list[tuple[object, str | None, bool]]],
     used: Counter[str],
     depth: int,
+    scale: object = None,
 ) -> None:
     """An element of a list of slots: `{"slot": "A1", "name": ..., "score": 9, "rationale": ...}`."""
     fields = {str(k).strip().lower(): v for k, v in reversed(item)}
@@ -624,9 +629,9 @@ def _json_item(
     if n is None:
         n = next((_json_slot(str(fields[f]), names, used) for f in _JSON_NAME if f in fields), None)
     if n is not None:
-        entries.setdefault(n, []).append(_json_slot_value(item))
+        entries.setdefault(n, []).append(_json_slot_value(item, scale))
     else:
-        _walk_json(item, names, entries, values, used, depth)
+        _walk_json(item, names, entries, values, used, depth, scale)
 
 
 def _json_slot(key: str, names: _Names, used: Counter[str]) -> int | None:
@@ -643,8 +648,33 @@ def _json_slot(key: str, names: _Names, used: Counter[str]) -> int | None:
     return slots[min(used[name] - 1, len(slots) - 1)]
 
 
-def _json_slot_value(value: object) -> _Slot:
+# Keys beside a slot's score that give its scale: {"score": 4, "out_of": 5} is not 4 on 0-10.
+_JSON_SCALE = frozenset(
+    ("out_of", "score_out_of", "outof", "max", "max_score", "maximum", "scale", "score_scale", "denominator", "of")
+)
+
+
+def _out_of_ten(scale: object) -> bool:
+    """Whether a scale field says 10 (`10`, `10.0`, `"10"`, `"0-10"`, `"/10"`)."""
+    if isinstance(scale, bool):
+        return False
+    if isinstance(scale, int | float):
+        return scale == 10
+    return (
+        isinstance(scale, str)
+        and re.fullmatch(r"[ \t]*(?:(?:0|1)[ \t]*(?:-|–|to)[ \t]*|/[ \t]*)?10(?:\.0+)?[ \t]*", scale) is not None
+    )
+
+
+def _scale_text(scale: object) -> str:
+    return _excerpt(scale if isinstance(scale, str) else json.dumps(scale))
+
+
+def _json_slot_value(value: object, scale: object = None) -> _Slot:
+    """A slot's JSON value (a number, a string, or an object with its score); `scale`: one given around it."""
     rationale = None
+    if scale is not None and not _out_of_ten(scale) and not isinstance(value, _Obj):
+        return _refuse(f"score out of {_scale_text(scale)}, not 10")
     if isinstance(value, _Obj):
         fields = {str(k).strip().lower(): v for k, v in value}
         r = next((fields[f] for f in _JSON_RATIONALE if f in fields), None)
@@ -654,6 +684,9 @@ def _json_slot_value(value: object) -> _Slot:
             return _refuse(f"{len(scores)} different scores in its field", rationale)
         if not scores:
             return _Slot(None, rationale, "no score")
+        scale = next((v for k, v in value if str(k).strip().lower().replace(" ", "_") in _JSON_SCALE), scale)
+        if scale is not None and not _out_of_ten(scale):
+            return _refuse(f"score out of {_scale_text(scale)}, not 10", rationale)
         value = scores[0]
     if value is None:
         return _Slot(None, rationale, "no score (null)")

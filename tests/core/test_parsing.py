@@ -407,3 +407,31 @@ def test_the_late_score_guard(tail: str, skipped: bool) -> None:
     from mira_dagster.core.parsing import _may_hold_score
 
     assert _may_hold_score(tail) is not skipped
+
+
+TRAILER_JSON = '"overall": 70, "training_recommendation": "keep", "domain_tag": "math", "brief": "fine"'
+
+
+@pytest.mark.parametrize(
+    ("slots", "stored", "issue"),
+    [
+        # a scale beside the score, or around every slot, that is not out of ten: the number is not a 0-10 score
+        ('"A{i}": {{"score": 4, "out_of": 5}}', None, "A1: score out of '5', not 10"),
+        ('"A{i}": {{"score": 4, "max score": "1-5"}}', None, "A1: score out of '1-5', not 10"),
+        ('"A{i}": {{"score": 4, "scale": "0-10"}}', 4.0, None),
+        ('"A{i}": {{"score": 4, "out_of": 10}}', 4.0, None),
+    ],
+)
+def test_a_json_score_is_read_on_its_own_scale(slots: str, stored: float | None, issue: str | None) -> None:
+    body = ", ".join(slots.format(i=i) for i in range(1, 16))
+    r = parse_reply("{" + body + ", " + TRAILER_JSON + "}", "stop")
+    assert r.scores == [stored] * 15
+    assert (issue in r.issues) if issue else r.status == "ok"
+
+
+def test_a_scale_around_the_json_slots_counts_for_each() -> None:
+    body = ", ".join(f'"A{i}": 4' for i in range(1, 16))
+    r = parse_reply('{"scale": "1-5", ' + body + ", " + TRAILER_JSON + "}", "stop")
+    assert r.scores == [None] * 15 and "A15: score out of '1-5', not 10" in r.issues
+    r = parse_reply('{"scale": "0-10", ' + body + ", " + TRAILER_JSON + "}", "stop")
+    assert r.scores == [4.0] * 15 and r.status == "ok"
