@@ -488,6 +488,24 @@ def _may_hold_score(text: str) -> bool:
     return "out" in low or "score" in low or "rating" in low
 
 
+# A prose line that gives the scores' scale ("Scores (out of 5):", "on a 1-5 scale", a table's "Score (1-5)"):
+# bare numbers under it are not scores out of ten.
+_SCALE_DECL = re.compile(
+    r"(?:scale|scor(?:e|es|ed|ing)|ratings?|rated|grades?|graded)\b[^\n]{0,40}?"
+    r"(?:\bout[ \t]+of[ \t]+(\d+)|\([ \t]*[01][ \t]*(?:-|–|to)[ \t]*(\d+)[ \t]*\)|\b[01][ \t]*(?:-|–|to)[ \t]*(\d+)\b)"
+    r"|\b[01][ \t]*(?:-|–|to)[ \t]*(\d+)[ \t]*(?:-?[ \t]*point[ \t]+)?scale|\b(\d+)[ \t]*-?[ \t]*point[ \t]+scale",
+    re.I,
+)
+
+
+def _note_scale(line: str, scales: list[tuple[int, str]]) -> None:
+    """The scale a prose line gives the scores, if any (the overall's 0-100 is not a slot's scale)."""
+    for m in _SCALE_DECL.finditer(line):
+        top = int(next(g for g in m.groups() if g is not None))
+        if not (top == 100 and "overall" in line.lower()):
+            scales.append((top, line))
+
+
 def _note_mentions(line: str, mentions: list[tuple[int, float, str]]) -> None:
     """The (slot, score) pairs a prose line may give: every slot it names with every score out of ten on it."""
     if "A" not in line:
@@ -800,6 +818,8 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
     for obj in objects:
         _walk_json(obj, dims, entries, values, used)
     mentions: list[tuple[int, float, str]] = []  # (slot, score, line) named in prose of the answer
+    scales: list[tuple[int, str]] = []  # (top of the scale, line) a prose line of the answer gives the scores
+    tens: set[int] = set()  # slots whose line says its score is out of ten
     open_slot: _Slot | None = None  # a slot line whose score or rationale may follow on the next lines
     open_key: _Line | None = None  # a trailer key whose value may follow on the next line
     for i in range(start, len(kinds)):
@@ -814,6 +834,8 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
             else:
                 open_slot = _read_slot(k.body, last_cut)
                 entries.setdefault(k.n, []).append(open_slot)
+                if _TEN_SCORE.search(k.body):
+                    tens.add(k.n)
             continue
         if k.kind == "key":
             open_slot = open_key = None
@@ -833,6 +855,8 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
             continue  # "name: Factual Correctness" under a slot written as fields
         if open_slot is not None and open_slot.score is None and _LABELLED_SCORE.match(body):
             if not open_slot.refused:
+                if _TEN_SCORE.search(body) and (n := next((n for n, got in entries.items() if open_slot in got), 0)):
+                    tens.add(n)
                 got = _read_slot(body, last_cut)
                 open_slot.score, open_slot.problem, open_slot.refused = got.score, got.problem, got.refused
                 open_slot.rationale = open_slot.rationale or got.rationale
@@ -843,6 +867,7 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
             open_key = None
         else:
             open_slot = open_key = None
+            _note_scale(body, scales)
 
     res = ScoreResult(status="parse_error")
     for n in sorted(entries):
@@ -850,6 +875,12 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
         res.scores[n - 1], res.rationales[n - 1] = s.score, s.rationale
         if s.problem:
             issues.append(f"A{n}: {s.problem}")
+    off = [(top, line) for top, line in scales if top != 10]
+    for n in sorted(entries):
+        if off and res.scores[n - 1] is not None and n not in tens:
+            top, line = off[0]
+            issues.append(f"A{n}: the reply scores out of {top} ({_excerpt(line)}), not 10; none stored")
+            res.scores[n - 1] = res.rationales[n - 1] = None
     for n, score, line in mentions:
         if res.scores[n - 1] is not None and score != res.scores[n - 1]:
             issues.append(f"A{n}: {res.scores[n - 1]:g} on its line, {score:g}/10 in {_excerpt(line)}; none stored")

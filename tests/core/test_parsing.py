@@ -435,3 +435,32 @@ def test_a_scale_around_the_json_slots_counts_for_each() -> None:
     assert r.scores == [None] * 15 and "A15: score out of '1-5', not 10" in r.issues
     r = parse_reply('{"scale": "0-10", ' + body + ", " + TRAILER_JSON + "}", "stop")
     assert r.scores == [4.0] * 15 and r.status == "ok"
+
+
+SLOTS_BARE = "\n".join(f"[A{i}] Dimension {i}: {i % 5 + 1} — fine" for i in range(1, 16))
+SLOTS_TEN = "\n".join(f"[A{i}] Dimension {i}: {i % 5 + 1}/10 — fine" for i in range(1, 16))
+TRAILER_TEXT = "\noverall: 70\ntraining_recommendation: keep\ndomain_tag: math\nbrief: fine"
+TABLE_1_5 = "| Slot | Score (1-5) |\n|---|---|\n" + "\n".join(f"| A{i} | {i % 5 + 1} |" for i in range(1, 16))
+
+
+@pytest.mark.parametrize(
+    ("reply", "read"),
+    [
+        ("All scores below are on a 1-5 scale.\n" + SLOTS_BARE, False),
+        ("Scores (out of 5):\n" + SLOTS_BARE, False),
+        ("Rated on a 5-point scale:\n" + SLOTS_BARE, False),
+        (TABLE_1_5, False),
+        # bare numbers under a scale of ten, or each written out of ten: read
+        ("Scores (out of 10):\n" + SLOTS_BARE, True),
+        ("Scores (out of 5):\n" + SLOTS_TEN, True),
+        ("The overall score is out of 100.\n" + SLOTS_BARE, True),
+    ],
+)
+def test_bare_scores_under_a_scale_that_is_not_ten_are_refused(reply: str, read: bool) -> None:
+    """A reply that says its scores are out of 5 and then gives bare numbers gave no score out of ten: each was
+    stored as x/10 with status ok before."""
+    r = parse_reply(reply + TRAILER_TEXT, "stop")
+    if read:
+        assert r.status == "ok" and r.scores == [float(i % 5 + 1) for i in range(1, 16)]
+    else:
+        assert r.scores == [None] * 15 and "the reply scores out of 5" in r.issues[0]
