@@ -855,7 +855,9 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
             continue  # "name: Factual Correctness" under a slot written as fields
         if open_slot is not None and open_slot.score is None and _LABELLED_SCORE.match(body):
             if not open_slot.refused:
-                if _TEN_SCORE.search(body) and (n := next((n for n, got in entries.items() if open_slot in got), 0)):
+                if _TEN_SCORE.search(body) and (
+                    n := next((n for n, got in entries.items() if any(x is open_slot for x in got)), 0)
+                ):
                     tens.add(n)
                 got = _read_slot(body, last_cut)
                 open_slot.score, open_slot.problem, open_slot.refused = got.score, got.problem, got.refused
