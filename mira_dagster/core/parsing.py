@@ -165,7 +165,17 @@ _OVERALL = re.compile(
     re.I,
 )
 _RECOMMENDATION = re.compile(r"(keep|downsample|down[- ]sample|drop)\b", re.I)
-_ANOTHER_CHOICE = re.compile(r"[ \t]{0,3}[|/,][ \t]{0,3}(?:keep|downsample|down|drop)\b", re.I)
+_ANOTHER_CHOICE = re.compile(
+    r"[ \t]{0,3}(?:[|/,(]|or\b|maybe\b|perhaps\b|then\b)[ \t(]{0,3}(?:(?:or|maybe|perhaps)[ \t]{1,3})?"
+    r"(?:keep|downsample|down|drop)\b",
+    re.I,
+)
+# Right after the overall's number, or later on its line: another one offered in its place ("78-82", "78 (or 80)",
+# "78, but maybe 70").
+_OVERALL_RANGE = re.compile(r"[ \t]{0,3}(?:[-–~][ \t]{0,3}\d|\(?[ \t]{0,3}(?:or|to)[ \t]{1,3}\d)", re.I)
+_OVERALL_HEDGE = re.compile(
+    r"\b(?:or|maybe|perhaps|possibly|arguably|revised|rather|actually|could[ \t]be|might[ \t]be)\b[^\d\n]{0,20}\d", re.I
+)
 
 # --- JSON ------------------------------------------------------------------------------------------------------
 _JSON_SLOT_KEY = re.compile(r"\[?[ \t]?[Aa][ \t_-]?(\d{1,2})[ \t]?\]?(?:[ \t_:.-].*)?", re.S)
@@ -731,6 +741,8 @@ def _trailer_value(key: str, value: str) -> tuple[object, str | None]:
         if not m:
             return None, f"overall not a number in 0-100: {value[:40]!r}"
         num, of = m.group("num"), m.group("of") or m.group("of2")
+        if _OVERALL_RANGE.match(v, m.end()) or _OVERALL_HEDGE.search(v, m.end()):
+            return None, f"overall: a range or alternative, not one value: {value[:40]!r}"
         x, note = float(num), None
         if of is not None and float(of) == 10:
             x = round(x * 10, 6)

@@ -464,3 +464,23 @@ def test_bare_scores_under_a_scale_that_is_not_ten_are_refused(reply: str, read:
         assert r.status == "ok" and r.scores == [float(i % 5 + 1) for i in range(1, 16)]
     else:
         assert r.scores == [None] * 15 and "the reply scores out of 5" in r.issues[0]
+
+
+@pytest.mark.parametrize(
+    ("overall", "recommendation", "stored"),
+    [
+        ("78 (or 80)", "keep", (None, "keep")),
+        ("78-82", "keep", (None, "keep")),
+        ("78/100 — but maybe 70", "keep", (None, "keep")),
+        ("78 — solid, 2-3 small issues", "keep", (78.0, "keep")),
+        ("78", "keep or downsample", (78.0, None)),
+        ("78", "keep, maybe downsample", (78.0, None)),
+        ("78", "keep (borderline)", (78.0, "keep")),
+    ],
+)
+def test_a_hedged_trailer_value_is_not_stored(overall: str, recommendation: str, stored: tuple) -> None:
+    """Two values offered for the overall or the recommendation: the first was stored before."""
+    r = parse_reply(
+        SLOTS_TEN + f"\noverall: {overall}\ntraining_recommendation: {recommendation}\ndomain_tag: m\nbrief: b", "stop"
+    )
+    assert (r.overall, r.recommendation) == stored
