@@ -54,9 +54,9 @@ class RecordChunk:
 
 def record_chunks(store: Store, source: str, size: int, only: Collection[str] | None = None) -> Iterator[RecordChunk]:
     """The source's records `size` ids at a time, in stored order, from its Parquet partition (local or on object
-    storage) read with Arrow: the ids of a chunk from the `record_id` column, its text a few row groups' worth at a
-    time, so a step holds one text batch, not a chunk's text (a chunk of 20,000 long records is 0.3-0.4 GB);
-    only the ids in `only` when given."""
+    storage) read with Arrow: the ids of a chunk from the `record_id` column, its rows TEXT_BATCH_ROWS at a time
+    from a second reader, so a step holds one text batch, not a chunk's text (a chunk of 20,000 long records is
+    0.3-0.4 GB); only the ids in `only` when given."""
     _raw_records(store, source)
     path = store.store_path(f"tables/raw_records/{source}.parquet")
     if not store.fs.exists(path):  # a source never ingested has no records
@@ -83,7 +83,8 @@ def _batches(
 ) -> Iterator[pa.RecordBatch]:
     """The file's columns in batches of at most `rows` rows (fewer when filtered to the ids in `wanted`). Arrow's
     allocator keeps what a row group's decoding freed unless told: handed back after each batch, a 50,000-record
-    source read this way peaks where a 5,000-record one does (docs/benchmarks.md, "Scoring memory")."""
+    source read this way peaks about where a 5,000-record one does (docs/benchmarks.md, "Scoring memory, the
+    chunk's text")."""
     for batch in parquet.iter_batches(batch_size=rows, columns=columns):
         if wanted is not None:
             batch = batch.filter(pc.is_in(batch.column("record_id"), value_set=wanted))
