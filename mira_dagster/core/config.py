@@ -140,7 +140,8 @@ class PipelineSettings(BaseModel):
     # A larger value adds this window's answers to those re-asks, for fewer, larger objects. Without a store URL
     # it does nothing (a local log survives a kill).
     reply_publish_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
-    # Scoring streams a source in chunks of this many records: a step's memory is bounded by the chunk and
+    # Scoring streams a source in chunks of this many records (one reply cache lookup each; their text is read
+    # io/sending.TEXT_BATCH_ROWS at a time): a step's memory is bounded by the chunk's ids, a text batch and
     # max_in_flight, not the source size.
     scoring_chunk_records: int = Field(20_000, ge=1)
     # DuckDB spills to disk instead of failing: its memory limit (DuckDB syntax, e.g. "4GB") and spill folder

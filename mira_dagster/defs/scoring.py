@@ -1,9 +1,10 @@
 """Stage 2: the anchored teacher labels a sample of each source; the student scores every record.
 
-Both stream their source: records are read from the raw_records partition `scoring_chunk_records` rows at a time
-(DuckDB over the Parquet file, the teacher's sample filtered by id there), scored through one bounded queue of
-requests (core/scoring.score_stream), and written batch by batch to the partition, which replaces the old one only
-when the step ends without an error. The metadata and checks are running totals, so nothing holds the whole source.
+Both stream their source: records are read from the raw_records partition `scoring_chunk_records` ids at a time
+(Arrow over the Parquet file, the teacher's sample filtered by id there; the text a batch at a time as the jobs are
+made: io/sending.record_chunks), scored through one bounded queue of requests (core/scoring.score_stream), and
+written batch by batch to the partition, which replaces the old one only when the step ends without an error.
+The metadata and checks are running totals, so nothing holds the whole source.
 """
 
 from collections import Counter
@@ -26,7 +27,7 @@ from mira_dagster.defs.metadata import md_table
 from mira_dagster.defs.partitions import ONE_PARTITION_PER_RUN, group_to_sources, known_source, source_partitions
 from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.cost import step_over_cap
-from mira_dagster.io.sending import score_chunks, scoring_frames
+from mira_dagster.io.sending import RecordChunk, score_chunks, scoring_frames
 from mira_dagster.io.store import Store, load_sql
 
 PREVIEW = ["record_id", "status", "a1", "a2", "a3", "overall", "recommendation", "domain_tag", "brief"]
@@ -88,7 +89,7 @@ def _score(
     context: dg.AssetExecutionContext,
     mira: MiraResource,
     role: Role,
-    frames: Iterable[pl.DataFrame],
+    frames: Iterable[RecordChunk],
     total: int,
     splits: dict[str, Split] | None = None,
 ) -> Scored:
@@ -120,10 +121,10 @@ def _score(
         add = _row_sink(unit.key, splits, tally, write)
         rows = ScoreRows(spec, add, batch=min(2048, settings.scoring_chunk_records))
 
-        def counted() -> Iterator[pl.DataFrame]:
-            for df in frames:
-                seen["records"] += df.height
-                yield df
+        def counted() -> Iterator[RecordChunk]:
+            for chunk in frames:
+                seen["records"] += len(chunk.ids)
+                yield chunk
 
         try:
             stats = run_scorer(
@@ -137,7 +138,7 @@ def _score(
                 progress=lambda s: context.log.info(f"{role} {source}: {s.line()}"),
                 slot_names=rubric.names,
             )
-        finally:  # a stopped run lets go of the DuckDB reader at once
+        finally:  # a stopped run lets go of the partition's file at once
             if close := getattr(frames, "close", None):
                 close()
         rows.flush()

@@ -253,10 +253,10 @@ def _scoring_row(
         row = _row(step, unit.key, endpoint is None, "" if endpoint is None else endpoint.redacted())
         row.estimated = True
         for source in sources:
-            frames, _, _ = scoring_frames(cfg, store, role, source)
-            for df in frames:
-                row.records += df.height
-                row.prompt_tokens += int(df["n_tokens"].sum() or 0)
+            chunks, _, _ = scoring_frames(cfg, store, role, source)
+            for chunk in chunks:
+                row.records += len(chunk.ids)
+                row.prompt_tokens += sum(int(df["n_tokens"].sum() or 0) for df in chunk.frames)
         row.to_send = row.records
         row.completion_tokens = min(cfg.pipeline.max_tokens, TYPICAL_REPLY_TOKENS["contract"]) * row.records
         row.completion_max = cfg.pipeline.max_tokens * row.records

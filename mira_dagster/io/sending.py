@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import polars as pl
@@ -37,17 +38,104 @@ def _raw_records(store: Store, source: str) -> None:
         raise FileNotFoundError(f"table 'raw_records' has no partition {source!r} yet")
 
 
-def record_chunks(store: Store, source: str, size: int, only: Collection[str] | None = None) -> Iterator[pl.DataFrame]:
-    """The source's records `size` rows at a time, in stored order, streamed by DuckDB from its Parquet partition
-    (local or on object storage); only the ids in `only` when given, filtered before any text is read out."""
+# Rows of record text a scoring step holds at once: the reply cache is looked up a chunk at a time
+# (scoring_chunk_records ids), but the chunk's text is read this many rows at a time as its jobs are made.
+TEXT_BATCH_ROWS = 1024
+
+
+@dataclass
+class RecordChunk:
+    """A chunk of a source's records: its ids (looked up in the reply cache in one go) and its rows, read
+    `TEXT_BATCH_ROWS` at a time as they are taken; the rows must be taken before the next chunk is read."""
+
+    ids: list[str]
+    frames: Iterator[pl.DataFrame]
+
+
+def record_chunks(store: Store, source: str, size: int, only: Collection[str] | None = None) -> Iterator[RecordChunk]:
+    """The source's records `size` ids at a time, in stored order, from its Parquet partition (local or on object
+    storage) read with Arrow: the ids of a chunk from the `record_id` column, its rows TEXT_BATCH_ROWS at a time
+    from a second reader, so a step holds one text batch, not a chunk's text (a chunk of 20,000 long records is
+    0.3-0.4 GB); only the ids in `only` when given."""
     _raw_records(store, source)
-    sql = f"SELECT {', '.join(RECORD_SCHEMA)} FROM raw_records WHERE source = $source"
-    with store.connect() as con:
-        if only is not None:
-            con.register("wanted_ids", pa.table({"record_id": pa.array(sorted(only), pa.string())}))
-            sql += " AND record_id IN (SELECT record_id FROM wanted_ids)"
-        for batch in con.sql(sql, params={"source": source}).to_arrow_reader(size):
-            yield pl.from_arrow(batch)  # type: ignore[misc]
+    path = store.store_path(f"tables/raw_records/{source}.parquet")
+    if not store.fs.exists(path):  # a source never ingested has no records
+        return
+    wanted = None if only is None else pa.array(sorted(only), pa.string())
+    # two handles of the one file, opened together: the ids run ahead of the text by at most a chunk
+    with store.fs.open(path, "rb") as id_fh, store.fs.open(path, "rb") as text_fh:
+        ids = _batches(pq.ParquetFile(id_fh), ["record_id"], size, wanted)
+        text = _Rows(_batches(pq.ParquetFile(text_fh), list(RECORD_SCHEMA), TEXT_BATCH_ROWS, wanted))
+        chunk: list[str] = []
+        for batch in ids:
+            chunk += batch.column("record_id").to_pylist()
+            while len(chunk) >= size:
+                head, chunk = chunk[:size], chunk[size:]
+                yield RecordChunk(head, text.take(head))
+                text.skip_rest()
+        if chunk:
+            yield RecordChunk(chunk, text.take(chunk))
+            text.skip_rest()
+
+
+def _batches(
+    parquet: pq.ParquetFile, columns: list[str], rows: int, wanted: pa.Array | None
+) -> Iterator[pa.RecordBatch]:
+    """The file's columns in batches of at most `rows` rows (fewer when filtered to the ids in `wanted`). Arrow's
+    allocator keeps what a row group's decoding freed unless told: handed back after each batch, a 50,000-record
+    source read this way peaks about where a 5,000-record one does (docs/benchmarks.md, "Scoring memory, the
+    chunk's text")."""
+    for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+        if wanted is not None:
+            batch = batch.filter(pc.is_in(batch.column("record_id"), value_set=wanted))
+        if batch.num_rows:
+            yield batch
+        pa.default_memory_pool().release_unused()
+
+
+class _Rows:
+    """The text batches of a partition handed out chunk by chunk, each chunk's rows checked against its ids."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._left: pa.RecordBatch | None = None  # the rest of a batch a chunk ended in
+        self._due = 0  # rows of the last chunk not taken yet
+        self._chunk = 0  # which chunk's rows are due
+
+    def _next(self) -> pa.RecordBatch:
+        if self._left is not None:
+            batch, self._left = self._left, None
+            return batch
+        return next(self._batches)
+
+    def _cut(self, n: int) -> pa.RecordBatch:
+        """The next batch of at most n rows; the rest is kept for the next call."""
+        batch = self._next()
+        if batch.num_rows > n:
+            batch, self._left = batch.slice(0, n), batch.slice(n)
+        self._due -= batch.num_rows
+        return batch
+
+    def take(self, ids: list[str]) -> Iterator[pl.DataFrame]:
+        """The chunk's rows, in frames of at most TEXT_BATCH_ROWS; raises if they are not the chunk's ids."""
+        self._due, self._chunk = len(ids), self._chunk + 1
+        return self._frames(ids, self._chunk)
+
+    def _frames(self, ids: list[str], chunk: int) -> Iterator[pl.DataFrame]:
+        done = 0
+        while self._due:
+            if chunk != self._chunk:
+                raise RuntimeError("a chunk's rows were taken after the next chunk was read")
+            batch = self._cut(self._due)
+            if batch.column("record_id").to_pylist() != ids[done : done + batch.num_rows]:
+                raise RuntimeError("raw_records changed while it was read: the ids and the text disagree")
+            done += batch.num_rows
+            yield pl.from_arrow(batch).cast(RECORD_SCHEMA)  # type: ignore[union-attr]
+
+    def skip_rest(self) -> None:
+        """Pass over the rows of the last chunk its reader did not take (a count of the ids alone takes none)."""
+        while self._due:
+            self._cut(self._due)
 
 
 def count_records(store: Store, source: str) -> int:
@@ -72,7 +160,7 @@ def teacher_split(cfg: MiraConfig, store: Store, source: str) -> dict[str, Split
 
 def scoring_frames(
     cfg: MiraConfig, store: Store, role: Role, source: str
-) -> tuple[Iterator[pl.DataFrame], int, dict[str, Split] | None]:
+) -> tuple[Iterator[RecordChunk], int, dict[str, Split] | None]:
     """(the records a role scores of a source, chunk by chunk; how many; the teacher's splits, None for the
     student): the teacher its sample, the student every record."""
     size = cfg.pipeline.scoring_chunk_records
@@ -82,12 +170,12 @@ def scoring_frames(
     return record_chunks(store, source, size), count_records(store, source), None
 
 
-def score_chunks(frames: Iterable[pl.DataFrame], user_template: str, rubric: Rubric) -> Iterator[Chunk]:
-    """Chunks whose prompts are rendered one by one as the request queue takes them, each from a row of the frame's
-    columns (a tuple, no pydantic object per record)."""
-    for df in frames:
-        jobs = (Job(rec, render_user(user_template, rubric, rec)) for rec in record_rows(df))
-        yield Chunk(df["record_id"].to_list(), jobs)
+def score_chunks(chunks: Iterable[RecordChunk], user_template: str, rubric: Rubric) -> Iterator[Chunk]:
+    """Chunks whose prompts are rendered one by one as the request queue takes them, each from a row of a text
+    batch's columns (a tuple, no pydantic object per record)."""
+    for chunk in chunks:
+        jobs = (Job(rec, render_user(user_template, rubric, rec)) for df in chunk.frames for rec in record_rows(df))
+        yield Chunk(chunk.ids, jobs)
 
 
 def source_counts(store: Store, sources: list[str] | None = None) -> dict[str, int]:
@@ -175,5 +263,5 @@ def pending(
     try:
         chunks = score_chunks(frames, spec.user_template, rubric)
         return count_requests(chunks, spec, backend, store.replies, cfg.pipeline, slot_names=rubric.names)
-    finally:  # let go of the DuckDB reader at once
+    finally:  # let go of the partition's file at once
         frames.close()  # type: ignore[attr-defined]
