@@ -65,7 +65,10 @@ def record_chunks(store: Store, source: str, size: int, only: Collection[str] | 
     # two handles of the one file, opened together: the ids run ahead of the text by at most a chunk
     with store.fs.open(path, "rb") as id_fh, store.fs.open(path, "rb") as text_fh:
         ids = _batches(pq.ParquetFile(id_fh), ["record_id"], size, wanted)
-        text = _Rows(_batches(pq.ParquetFile(text_fh), list(RECORD_SCHEMA), TEXT_BATCH_ROWS, wanted))
+        text_file = pq.ParquetFile(text_fh)
+        # a partition written before a column existed reads it as null (as DuckDB's union of the files did)
+        present = [c for c in RECORD_SCHEMA if c in text_file.schema_arrow.names]
+        text = _Rows(_batches(text_file, present, TEXT_BATCH_ROWS, wanted))
         chunk: list[str] = []
         for batch in ids:
             chunk += batch.column("record_id").to_pylist()
@@ -130,7 +133,10 @@ class _Rows:
             if batch.column("record_id").to_pylist() != ids[done : done + batch.num_rows]:
                 raise RuntimeError("raw_records changed while it was read: the ids and the text disagree")
             done += batch.num_rows
-            yield pl.from_arrow(batch).cast(RECORD_SCHEMA)  # type: ignore[union-attr]
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            missing = [pl.lit(None).alias(c) for c in RECORD_SCHEMA if c not in frame.columns]
+            yield frame.with_columns(missing).select(list(RECORD_SCHEMA)).cast(RECORD_SCHEMA)
 
     def skip_rest(self) -> None:
         """Pass over the rows of the last chunk its reader did not take (a count of the ids alone takes none)."""

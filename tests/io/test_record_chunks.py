@@ -126,3 +126,13 @@ def test_a_source_without_a_partition_has_no_chunks(store: Store) -> None:
     ones = _read(record_chunks(store, "t", 1))
     assert [ids for ids, _ in ones] == [[i] for i in _duckdb(store, "t")["record_id"]]
     assert pl.concat(df for _, parts in ones for df in parts).equals(_duckdb(store, "t"))
+
+
+def test_a_partition_written_before_a_column_existed_reads_it_as_null(tmp_path: Path) -> None:
+    """An older raw_records partition without a later column (here `layout`) is read with that column null, as
+    DuckDB's scan of the table did, instead of failing the scoring step."""
+    store = Store(tmp_path / "home")
+    store.write("raw_records", _records("s", 10).drop("layout"), "s")
+    [(ids, frames)] = _read(record_chunks(store, "s", 100))
+    rows = pl.concat(frames)
+    assert rows.columns == list(RECORD_SCHEMA) and rows["layout"].null_count() == 10 and len(ids) == 10
