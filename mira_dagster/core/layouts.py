@@ -34,7 +34,8 @@ Agent family (task, trajectory, outcome):
 when an earlier one recognises the keys but finds them blank; when none fills them, the first that found some text
 is returned, so the caller can say which field is empty. No layout raises, and all run in time linear in the input
 (no backtracking regex over record text). A chat content part that holds no text (an image, audio, a file) is
-rendered as its type in brackets (`[image_url]`): the scorer is told it is there, and the original keeps it.
+rendered as `[non-text part: image_url]`: the scorer is told it is there, and the original keeps it (a required
+field holding nothing else is empty: records.to_fields).
 
 Changes to the original layouts touch only objects they used to mis-read: content parts keyed `value` /
 `thinking` (read as empty before), reasoning parts and fields of chat messages (now thinking, not answer), roles
@@ -171,7 +172,7 @@ def _split_think(text: str) -> tuple[str, str]:
 
 # Part keys holding text: OpenAI `text`; several chat exporters `value`; Anthropic `thinking`; others `reasoning`.
 _PART_TEXT_KEYS = ("text", "value", "thinking", "reasoning")
-# Anthropic's `redacted_thinking` holds no text: shown in the thinking as `[redacted_thinking]` (_part_text).
+# Anthropic's `redacted_thinking` holds no text: shown in the thinking as `[non-text part: redacted_thinking]`.
 _REASONING_PART_TYPES = frozenset({"reasoning", "thinking", "reasoning_text", "reasoning_content", "redacted_thinking"})
 # Message-level reasoning: DeepSeek API `reasoning_content`, vLLM / OpenRouter `reasoning`, others `thinking`.
 _REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
@@ -185,6 +186,8 @@ _ROLE_ALIASES = {
 }
 
 
+# How a content part without text shows in the text: `[non-text part: image_url]`.
+NON_TEXT = "non-text part: "
 # Part types that are text by name (OpenAI chat, Responses API): one without its text key is an empty text.
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", *_REASONING_PART_TYPES} - {"redacted_thinking"})
 
@@ -216,7 +219,7 @@ def _part_text(part: Any) -> str:
     if kind in _TEXT_PART_TYPES or any(key in part for key in _PART_TEXT_KEYS) or not part:
         return ""
     # an image, audio, a file: the scorer cannot see it, but is told it is there (never dropped without a word)
-    return f"[{kind if isinstance(kind, str) and kind else next(iter(part))}]"
+    return f"[{NON_TEXT}{kind if isinstance(kind, str) and kind else next(iter(part))}]"
 
 
 def _content_text(content: Any) -> str:

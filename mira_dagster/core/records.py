@@ -18,6 +18,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pydantic import BaseModel
 from mira_dagster.core.columnar import PY_SPACE, Placed, place, plain_lines, token_counts, within, without_constants
 from mira_dagster.core.config import Family
 from mira_dagster.core.layouts import (
+    NON_TEXT,
     PREFERENCE_LAYOUTS,
     REQUIRED,
     Fields,
@@ -262,7 +264,13 @@ def to_fields(obj: Any, family: Family, mapping: FieldMapping | None, side: Side
     missing = [f for f in REQUIRED[family] if not fields.get(f)]
     if missing:
         raise Rejected("empty field", f"layout {name}: empty required field(s) {missing}")
+    text = "".join(fields[f] for f in REQUIRED[family])
+    if NON_TEXT in text and (only := [f for f in REQUIRED[family] if _ONLY_NON_TEXT.fullmatch(fields[f])]):
+        raise Rejected("empty field", f"layout {name}: required field(s) {only} hold no text, only non-text parts")
     return name, fields
+
+
+_ONLY_NON_TEXT = re.compile(rf"(?:\[{re.escape(NON_TEXT)}[^\]\n]*\]\s*)+")
 
 
 def _list_shape(value: list) -> str:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mira_dagster.core import layouts
 from mira_dagster.core.layouts import LAYOUTS, as_text, match
+from mira_dagster.core.records import Rejected, to_fields
 from tests.conftest import SAMPLE
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "layouts"
@@ -232,10 +233,13 @@ def test_content_parts_of_other_producers() -> None:
 @pytest.mark.parametrize(
     ("part", "shown"),
     [
-        ({"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}, "[image_url]"),
-        ({"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}, "[input_audio]"),
-        ({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}}, "[image]"),
-        ({"file": {"file_id": "f1"}}, "[file]"),
+        ({"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}, "[non-text part: image_url]"),
+        ({"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}, "[non-text part: input_audio]"),
+        (
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBOR"}},
+            "[non-text part: image]",
+        ),
+        ({"file": {"file_id": "f1"}}, "[non-text part: file]"),
     ],
 )
 def test_a_part_without_text_is_named_not_dropped(part: dict[str, Any], shown: str) -> None:
@@ -249,6 +253,10 @@ def test_a_part_without_text_is_named_not_dropped(part: dict[str, Any], shown: s
     }
     assert match(obj, "qa")[1]["question"] == f"Describe this.\n{shown}"
     assert f"Describe this.\n{shown}" in match(obj, "agent")[1]["trajectory"]
+    # a turn that is nothing but such a part gives no text: the record is refused as empty, not scored on "[...]"
+    only = {"messages": [{"role": "user", "content": [part]}, {"role": "assistant", "content": "A cat."}]}
+    with pytest.raises(Rejected, match=r"\['question'\] hold no text, only non-text parts"):
+        to_fields(only, "qa", None)
 
 
 def test_a_system_prompt_beside_the_messages_is_read_in_every_form() -> None:
@@ -270,7 +278,11 @@ def test_a_system_prompt_beside_the_messages_is_read_in_every_form() -> None:
             },
         ]
     }
-    assert match(redacted, "qa")[1] == {"question": "q", "thinking": "[redacted_thinking]", "answer": "a"}
+    assert match(redacted, "qa")[1] == {
+        "question": "q",
+        "thinking": "[non-text part: redacted_thinking]",
+        "answer": "a",
+    }
 
 
 def test_alpaca() -> None:
