@@ -1,6 +1,6 @@
 """Ingest benchmark: records/s and MB/s of mira's reader against a plain read of the same files, same run.
 
-    .venv/bin/python bench/ingest.py [--gb 1.0] [--workdir /tmp/mira-bench-ingest]
+    .venv/bin/python bench/ingest.py [--gb 1.0] [--workdir DIR] [--rounds 3] [--formats jsonl gz parquet]
 
 It generates at least --gb of JSONL in the bundled sample's record mix (every sample line, repeated with a small
 change in its longest text so that each copy is a distinct record), as shards per sample file, then the same
@@ -23,6 +23,9 @@ The containers of issue 21 (item 6), on --new-gb of generated data (default a qu
   per record costs most (the sample's records average 16 KB).
 `per_record` is ours with the columnar path off (`SourceIngest(columnar=False)`, every unit decoded and normalised
 in Python, as before issue 25): the JSON Lines, Parquet and `qa_short` rows name both, same run.
+`--rounds N` runs the JSON Lines, gzip and Parquet steps on the baseline's files N times, alternating baseline, ours
+and per_record within each round, and adds to the summary the medians of the per-round ratios (wall and CPU) with
+their range and the load average: on a shared machine a load spike lands on one step of one round, not on one side.
 The last line is one JSON object.
 """
 
@@ -33,6 +36,7 @@ import gzip
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -169,6 +173,7 @@ def generate(workdir: Path, gb: float) -> dict:
 
 
 NEW_FORMATS = ("chat", "chat_lists", "csv", "qa_short")
+MAIN_FORMATS = ("jsonl", "gz", "parquet")
 
 
 def generate_new(workdir: Path, gb: float) -> dict:
@@ -367,8 +372,23 @@ def main() -> None:
     parser.add_argument("--gb", type=float, default=1.0)
     parser.add_argument("--workdir", default="/tmp/mira-bench-ingest")
     parser.add_argument("--new-gb", type=float, default=None, help="data for the issue-21 containers (--gb / 4)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the baseline / ours / per_record steps of each format this many times, alternating, and report "
+        "the median of the per-round ratios with their range (on a shared machine one load spike moves one run)",
+    )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        choices=(*NEW_FORMATS, *MAIN_FORMATS),
+        default=None,
+        help="only these formats (default: all)",
+    )
     parser.add_argument("--one", nargs=4, metavar=("FMT", "WHO", "FRACTION", "SUBSET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    formats = set(args.formats or (*NEW_FORMATS, *MAIN_FORMATS))
     workdir = Path(args.workdir)
     if args.one:
         fmt, who, fraction, subset = args.one
@@ -387,7 +407,7 @@ def main() -> None:
                 _head(f, 0.25, workdir)
     new = generate_new(workdir, args.new_gb if args.new_gb is not None else args.gb / 4)
     results = []
-    for fmt in NEW_FORMATS:
+    for fmt in (f for f in NEW_FORMATS if f in formats):
         for who in ("baseline", "ours", "per_record") if fmt == "qa_short" else ("baseline", "ours"):
             out = subprocess.run(
                 [sys.executable, __file__, "--workdir", str(workdir), "--one", fmt, who, "1.0", "all"],
@@ -402,33 +422,36 @@ def main() -> None:
             row["records_per_s"] = round(row["records"] / row["wall_s"])
             results.append(row)
             print(json.dumps(row), flush=True)
-    for fmt in ("jsonl", "gz", "parquet"):
-        for who, fraction, subset in (
-            ("baseline", 1.0, "plain"),
-            ("ours", 1.0, "plain"),
-            ("per_record", 1.0, "plain"),
-            ("ours", 1.0, "all"),
-            ("ours", 0.25, "all"),
-        ):
-            out = subprocess.run(
-                [sys.executable, __file__, "--workdir", str(workdir), "--one", fmt, who, str(fraction), subset],
-                capture_output=True,
-                text=True,
-            )
-            if out.returncode != 0:
-                raise SystemExit(f"bench step {fmt} {who} {subset} failed: {out.stderr.strip().splitlines()[-1]}")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            left_out = info["parquet_left_out"] if fmt == "parquet" else []
-            if subset == "plain":
-                left_out = left_out + info["ndjson_left_out"] + info["parquet_left_out"]
-            nbytes = sum(b for name, b in info["bytes_by_name"].items() if name not in left_out)
-            mb = nbytes * fraction / 1e6
-            row["mb"] = round(mb, 1)
-            row["mb_per_s"] = round(mb / row["wall_s"], 1)
-            row["mb_per_cpu_s"] = round(mb / row["cpu_s"], 1)
-            row["records_per_s"] = round(row["records"] / row["wall_s"])
-            results.append(row)
-            print(json.dumps(row), flush=True)
+    plain = (("baseline", 1.0, "plain"), ("ours", 1.0, "plain"), ("per_record", 1.0, "plain"))
+    steps = [
+        (fmt, step, r)
+        for r in range(args.rounds)
+        for fmt in MAIN_FORMATS
+        if fmt in formats
+        for step in plain + ((("ours", 1.0, "all"), ("ours", 0.25, "all")) if r == 0 else ())
+    ]
+    for fmt, (who, fraction, subset), round_ in steps:
+        out = subprocess.run(
+            [sys.executable, __file__, "--workdir", str(workdir), "--one", fmt, who, str(fraction), subset],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"bench step {fmt} {who} {subset} failed: {out.stderr.strip().splitlines()[-1]}")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        left_out = info["parquet_left_out"] if fmt == "parquet" else []
+        if subset == "plain":
+            left_out = left_out + info["ndjson_left_out"] + info["parquet_left_out"]
+        nbytes = sum(b for name, b in info["bytes_by_name"].items() if name not in left_out)
+        mb = nbytes * fraction / 1e6
+        row["mb"] = round(mb, 1)
+        row["mb_per_s"] = round(mb / row["wall_s"], 1)
+        row["mb_per_cpu_s"] = round(mb / row["cpu_s"], 1)
+        row["records_per_s"] = round(row["records"] / row["wall_s"])
+        row["round"] = round_
+        row["load_avg_1min"] = float(Path("/proc/loadavg").read_text().split()[0])
+        results.append(row)
+        print(json.dumps(row), flush=True)
     summary: dict = {
         "jsonl_gb": round(info["jsonl_bytes"] / 1e9, 3),
         "left_out_of_baseline": sorted(set(info["ndjson_left_out"] + info["parquet_left_out"])),
@@ -441,7 +464,7 @@ def main() -> None:
             r for r in results if (r["format"], r["who"], r["subset"], r["fraction"]) == (fmt, who, subset, fraction)
         )
 
-    for fmt in NEW_FORMATS:
+    for fmt in (f for f in NEW_FORMATS if f in formats):
         base, ours = pick(fmt, "baseline", "all"), pick(fmt, "ours", "all")
         summary[fmt] = {
             "time_ratio_vs_baseline": round(ours["wall_s"] / base["wall_s"], 2),
@@ -457,7 +480,7 @@ def main() -> None:
             old = pick(fmt, "per_record", "all")
             summary[fmt].update(per_record_time_ratio_vs_baseline=round(old["wall_s"] / base["wall_s"], 2))
             summary[fmt].update(ours_cpu_s=ours["cpu_s"], per_record_cpu_s=old["cpu_s"])
-    for fmt in ("jsonl", "gz", "parquet"):
+    for fmt in (f for f in MAIN_FORMATS if f in formats):
         base, same, old, whole, quarter = (
             pick(fmt, "baseline", "plain"),
             pick(fmt, "ours", "plain"),
@@ -483,7 +506,30 @@ def main() -> None:
             "records": whole["records"],
             "quarantined": whole["quarantined"],
         }
+        if args.rounds > 1:  # the same steps, alternating: medians of the per-round ratios, with their range
+            summary[fmt].update(_rounds(results, fmt))
     print(json.dumps(summary))
+
+
+def _rounds(results: list[dict], fmt: str) -> dict:
+    """Per-round ratios of ours and per_record to the baseline (wall and CPU), as medians and ranges."""
+    rows = [r for r in results if r["format"] == fmt and r["subset"] == "plain"]
+    by_round: dict[int, dict[str, dict]] = {}
+    for r in rows:
+        by_round.setdefault(r["round"], {})[r["who"]] = r
+    out: dict = {"rounds": len(by_round)}
+    for who in ("ours", "per_record"):
+        wall = [b[who]["wall_s"] / b["baseline"]["wall_s"] for b in by_round.values()]
+        cpu = [b[who]["cpu_s"] / b["baseline"]["cpu_s"] for b in by_round.values()]
+        out[f"{who}_time_ratio_median"] = round(statistics.median(wall), 2)
+        out[f"{who}_time_ratio_range"] = [round(min(wall), 2), round(max(wall), 2)]
+        out[f"{who}_cpu_ratio_median"] = round(statistics.median(cpu), 2)
+        out[f"{who}_cpu_s_median"] = round(statistics.median(b[who]["cpu_s"] for b in by_round.values()), 3)
+        out[f"{who}_peak_rss_mb_median"] = round(statistics.median(b[who]["peak_rss_mb"] for b in by_round.values()))
+    out["baseline_wall_s_median"] = round(statistics.median(b["baseline"]["wall_s"] for b in by_round.values()), 3)
+    out["baseline_cpu_s_median"] = round(statistics.median(b["baseline"]["cpu_s"] for b in by_round.values()), 3)
+    out["load_avg_1min_range"] = [min(r["load_avg_1min"] for r in rows), max(r["load_avg_1min"] for r in rows)]
+    return out
 
 
 if __name__ == "__main__":
