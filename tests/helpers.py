@@ -7,12 +7,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
 from pydantic import BaseModel
 
 from mira_dagster.core.config import Family
 from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.prompts import render_system
-from mira_dagster.core.records import MAX_RECORD_BYTES, Record
+from mira_dagster.core.records import MAX_RECORD_BYTES, RAW_RECORD_SCHEMA, Record
 from mira_dagster.core.rubric import Rubric
 from mira_dagster.core.scoring import (
     ChatBackend,
@@ -117,3 +118,26 @@ def run_ok(cmd: Sequence[str | Path], env: dict[str, str], cwd: Path, timeout: f
         f"{' '.join(map(str, cmd))}: exit {done.returncode}\n{(done.stdout + done.stderr)[-4000:]}"
     )
     return done.stdout
+
+
+def raw_records_frame(source: str, n: int, record_id: Callable[[int], str] | None = None) -> pl.DataFrame:
+    """A raw_records partition of `n` small QA records (`record_id(i)` names record i; default `<source>-00000-id`)."""
+    rows = [
+        {
+            "record_id": record_id(i) if record_id else f"{source}-{i:05d}-id",
+            "source": source,
+            "group_id": "g",
+            "format": "qa_with_think",
+            "layout": "question_answer",
+            "question": f"question {i} of {source}",
+            "thinking": None if i % 3 else f"thought {i}",
+            "answer": f"answer {i}",
+            "n_tokens": i,
+            "origin_file": "f.jsonl",
+            "origin_line": i + 1,
+            "original_form": "json",
+            "original": "{}",
+        }
+        for i in range(n)
+    ]
+    return pl.DataFrame(rows, schema=RAW_RECORD_SCHEMA)

@@ -9,35 +9,18 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from mira_dagster.core.records import RAW_RECORD_SCHEMA, RECORD_SCHEMA
+from mira_dagster.core.records import RECORD_SCHEMA
 from mira_dagster.core.sampling import hash_sample
 from mira_dagster.io.sending import records_of, sample_records, source_counts
 from mira_dagster.io.store import Store
+from tests.helpers import raw_records_frame
 
 # file order is not name order: "a-b.parquet" < "a.parquet" ('-' sorts before '.'), while "a" < "a-b"
 SOURCES = {"a": 7, "a-b": 300, "B": 50, "z": 2_500}
 
 
 def _records(source: str, n: int) -> pl.DataFrame:
-    rows = [
-        {
-            "record_id": f"{source}-{i:05d}-id",
-            "source": source,
-            "group_id": "g",
-            "format": "qa_with_think",
-            "layout": "question_answer",
-            "question": f"question {i} of {source}",
-            "thinking": None if i % 3 else f"thought {i}",
-            "answer": f"answer {i}",
-            "n_tokens": i,
-            "origin_file": "f.jsonl",
-            "origin_line": i + 1,
-            "original_form": "json",
-            "original": "{}",
-        }
-        for i in range(n)
-    ]
-    return pl.DataFrame(rows, schema=RAW_RECORD_SCHEMA)
+    return raw_records_frame(source, n)
 
 
 def _store(tmp_path: Path) -> tuple[Store, dict[str, pl.DataFrame]]:

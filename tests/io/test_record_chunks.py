@@ -11,34 +11,17 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from mira_dagster.core.records import RAW_RECORD_SCHEMA, RECORD_SCHEMA
+from mira_dagster.core.records import RECORD_SCHEMA
 from mira_dagster.io import sending
 from mira_dagster.io.sending import record_chunks
 from mira_dagster.io.store import Store
+from tests.helpers import raw_records_frame
 
 N = 2_600
 
 
 def _records(source: str, n: int) -> pl.DataFrame:
-    rows = [
-        {
-            "record_id": f"{(i * 7919) % 10_007:05d}-{source}",  # stored order is not id order
-            "source": source,
-            "group_id": "g",
-            "format": "qa_with_think",
-            "layout": "question_answer",
-            "question": f"question {i} of {source}",
-            "thinking": None if i % 3 else f"thought {i}",
-            "answer": f"answer {i}",
-            "n_tokens": i,
-            "origin_file": "f.jsonl",
-            "origin_line": i + 1,
-            "original_form": "json",
-            "original": "{}",
-        }
-        for i in range(n)
-    ]
-    return pl.DataFrame(rows, schema=RAW_RECORD_SCHEMA)
+    return raw_records_frame(source, n, lambda i: f"{(i * 7919) % 10_007:05d}-{source}")  # stored order is not id order
 
 
 @pytest.fixture
