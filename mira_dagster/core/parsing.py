@@ -619,7 +619,7 @@ def _walk_json(
 ) -> None:
     """Slots and trailer keys of a JSON answer; a scale given beside the slots (`"scale": "1-5"`) that is not out of
     ten refuses every slot under it."""
-    scale = next((v for k, v in obj if str(k).strip().lower().replace(" ", "_") in _JSON_SCALE), scale)
+    scale = _scale_in(obj, scale)
     for key, value in obj:
         k = str(key).strip()
         n = _json_slot(k, names, used)
@@ -694,6 +694,11 @@ def _out_of_ten(scale: object) -> bool:
     )
 
 
+def _scale_in(obj: _Obj, around: object) -> object:
+    """The scale an object gives its scores (a _JSON_SCALE key), else the one given around it."""
+    return next((v for k, v in obj if str(k).strip().lower().replace(" ", "_") in _JSON_SCALE), around)
+
+
 def _scale_text(scale: object) -> str:
     return _excerpt(scale if isinstance(scale, str) else json.dumps(scale))
 
@@ -712,7 +717,7 @@ def _json_slot_value(value: object, scale: object = None) -> _Slot:
             return _refuse(f"{len(scores)} different scores in its field", rationale)
         if not scores:
             return _Slot(None, rationale, "no score")
-        scale = next((v for k, v in value if str(k).strip().lower().replace(" ", "_") in _JSON_SCALE), scale)
+        scale = _scale_in(value, scale)
         if scale is not None and not _out_of_ten(scale):
             return _refuse(f"score out of {_scale_text(scale)}, not 10", rationale)
         value = scores[0]
@@ -833,6 +838,7 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
     scales: list[tuple[int, str]] = []  # (top of the scale, line) a prose line of the answer gives the scores
     tens: set[int] = set()  # slots whose line says its score is out of ten
     open_slot: _Slot | None = None  # a slot line whose score or rationale may follow on the next lines
+    open_n = 0  # its slot
     open_key: _Line | None = None  # a trailer key whose value may follow on the next line
     for i in range(start, len(kinds)):
         k = kinds[i]
@@ -844,7 +850,7 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
             if not 1 <= k.n <= N_SLOTS:
                 issues.append(f"slot A{k.n} does not exist")
             else:
-                open_slot = _read_slot(k.body, last_cut)
+                open_slot, open_n = _read_slot(k.body, last_cut), k.n
                 entries.setdefault(k.n, []).append(open_slot)
                 if _TEN_SCORE.search(k.body):
                     tens.add(k.n)
@@ -867,10 +873,8 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
             continue  # "name: Factual Correctness" under a slot written as fields
         if open_slot is not None and open_slot.score is None and _LABELLED_SCORE.match(body):
             if not open_slot.refused:
-                if _TEN_SCORE.search(body) and (
-                    n := next((n for n, got in entries.items() if any(x is open_slot for x in got)), 0)
-                ):
-                    tens.add(n)
+                if _TEN_SCORE.search(body):
+                    tens.add(open_n)
                 got = _read_slot(body, last_cut)
                 open_slot.score, open_slot.problem, open_slot.refused = got.score, got.problem, got.refused
                 open_slot.rationale = open_slot.rationale or got.rationale

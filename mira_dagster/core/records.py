@@ -264,8 +264,7 @@ def to_fields(obj: Any, family: Family, mapping: FieldMapping | None, side: Side
     missing = [f for f in REQUIRED[family] if not fields.get(f)]
     if missing:
         raise Rejected("empty field", f"layout {name}: empty required field(s) {missing}")
-    text = "".join(fields[f] for f in REQUIRED[family])
-    if NON_TEXT in text and (only := [f for f in REQUIRED[family] if _ONLY_NON_TEXT.fullmatch(fields[f])]):
+    if only := [f for f in REQUIRED[family] if NON_TEXT in fields[f] and _ONLY_NON_TEXT.fullmatch(fields[f])]:
         raise Rejected("empty field", f"layout {name}: required field(s) {only} hold no text, only non-text parts")
     return name, fields
 

@@ -254,8 +254,9 @@ def typed_table(rows: list[dict], schema: pa.Schema | None, untyped: set[str]) -
         return pa.Table.from_pylist(rows)
     names = list(dict.fromkeys(k for row in rows for k in row))
     typed = set(schema.names)
+    order = [n for n in schema.names if n in names] + [n for n in names if n not in typed]  # the input's first
     arrays: list[pa.Array] = []
-    for name in [n for n in schema.names if n in names] + [n for n in names if n not in typed]:
+    for name in order:
         values = [row.get(name) for row in rows]
         array = None
         if name in typed:
@@ -268,9 +269,7 @@ def typed_table(rows: list[dict], schema: pa.Schema | None, untyped: set[str]) -
                 except _NOT_TYPED:
                     untyped.add(name)
         arrays.append(array if array is not None else pa.array(values))
-    return pa.Table.from_arrays(
-        arrays, names=[n for n in schema.names if n in names] + [n for n in names if n not in typed]
-    )
+    return pa.Table.from_arrays(arrays, names=order)
 
 
 class _OriginalShards:

@@ -30,7 +30,7 @@ from mira_dagster.core.mapping import FieldMapping
 from mira_dagster.core.records import MAX_RECORD_BYTES, BatchParser, IngestStats, Parsed, entry_fingerprint
 from mira_dagster.core.redact import redact
 from mira_dagster.io.readers import (
-    describe_container,
+    detect,
     expand_files,
     file_versions,
     iter_units,
@@ -96,7 +96,7 @@ class SourceIngest:
         self.columnar = columnar
         self.secrets = tuple(secrets)
         self.scratch = scratch
-        # what each file is (readers.describe_container), by display name, for the metadata and `mira inspect`
+        # what each file is (readers.detect), by display name, for the metadata and `mira inspect`
         self.containers: dict[str, str] = {}
         # the column types of each table file (Parquet, Arrow), by display name: the export restores them
         self.table_schemas: dict[str, pa.Schema] = {}
@@ -109,8 +109,9 @@ class SourceIngest:
                 before = self.stats.units_read
                 start, done = self.resume.get(path, (0, 0))
                 with contextlib.suppress(Exception):  # a file refused or unreadable: iter_units raises, naming why
-                    self.containers[name] = describe_container(path)
-                    if (schema := table_schema(path)) is not None:
+                    container = detect(path)
+                    self.containers[name] = container.describe()
+                    if (schema := table_schema(path, container)) is not None:
                         self.table_schemas[name] = schema
                 form = original_form(path)
                 for units in iter_units(

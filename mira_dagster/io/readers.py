@@ -361,17 +361,16 @@ def describe_container(path: Path) -> str:
     return detect(path).describe()
 
 
-def table_schema(path: Path) -> pa.Schema | None:
-    """The Arrow schema of a Parquet / Arrow file or Hugging Face folder (None for other containers): the column
-    types the export gives a table's rows back with (its rows' originals are JSON, which has no date or decimal)."""
-    kind = detect(path).kind
-    if kind == "parquet":
+def table_schema(path: Path, c: Container) -> pa.Schema | None:
+    """The Arrow schema of a Parquet / Arrow file or Hugging Face folder whose container is `c` (None for other
+    containers): the column types the export gives a table's rows back with (its rows' originals are JSON, which
+    has no date or decimal)."""
+    if c.kind == "parquet":
         schema = pq.read_schema(path)
-    elif kind in ("arrow", "hf_dataset"):
-        first = hf_data_files(path)[0] if kind == "hf_dataset" else path
+    elif c.kind in ("arrow", "hf_dataset"):
+        first = hf_data_files(path)[0] if c.kind == "hf_dataset" else path
         with pa.memory_map(str(first), "r") as source:
-            magic = _head(first, 6) == _ARROW_FILE_MAGIC
-            schema = (ipc.open_file(source) if magic else ipc.open_stream(source)).schema
+            schema = _arrow_reader(first, source).schema
     else:
         return None
     return schema.remove_metadata()
@@ -949,12 +948,17 @@ def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
 def _arrow_batches(path: Path) -> Iterator[pa.RecordBatch]:
     """Record batches of an Arrow IPC file (`ARROW1`) or stream (as `datasets` writes its `.arrow` files)."""
     with pa.memory_map(str(path), "r") as source:
-        reader = ipc.open_file(source) if _head(path, 6) == _ARROW_FILE_MAGIC else ipc.open_stream(source)
+        reader = _arrow_reader(path, source)
         if isinstance(reader, ipc.RecordBatchFileReader):
             for i in range(reader.num_record_batches):
                 yield reader.get_batch(i)
         else:
             yield from reader
+
+
+def _arrow_reader(path: Path, source: pa.MemoryMappedFile) -> ipc.RecordBatchFileReader | ipc.RecordBatchStreamReader:
+    """The reader of an Arrow IPC file (`ARROW1` magic) or stream mapped from `path`."""
+    return ipc.open_file(source) if _head(path, 6) == _ARROW_FILE_MAGIC else ipc.open_stream(source)
 
 
 def _unique_columns(batches: Iterator[pa.RecordBatch], path: Path) -> Iterator[pa.RecordBatch]:
