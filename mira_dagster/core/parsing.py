@@ -171,8 +171,12 @@ _ANOTHER_CHOICE = re.compile(
     re.I,
 )
 # Right after the overall's number, or later on its line: another one offered in its place ("78-82", "78 (or 80)",
-# "78, but maybe 70").
-_OVERALL_RANGE = re.compile(r"[ \t]{0,3}(?:[-–~][ \t]{0,3}\d|\(?[ \t]{0,3}(?:or|to)[ \t]{1,3}\d)", re.I)
+# "78, 80", "78 80", "78, but maybe 70").
+_OVERALL_RANGE = re.compile(
+    r"[ \t]{0,3}(?:[-–~][ \t]{0,3}\d|\(?[ \t]{0,3}(?:or|to)[ \t]{1,3}\d"
+    r"|(?:[,;&]|and\b|vs\.?)[ \t]{0,3}\d|(?<=[ \t])\d)",
+    re.I,
+)
 _OVERALL_HEDGE = re.compile(
     r"\b(?:or|maybe|perhaps|possibly|arguably|revised|rather|actually|could[ \t]be|might[ \t]be)\b[^\d\n]{0,20}\d", re.I
 )
