@@ -102,14 +102,13 @@ def test_celery_executor_two_workers(
     PostgreSQL shared by the run (this process) and the workers, Redis the broker and result backend."""
     env = _celery_env(postgres, redis, tmp_path, monkeypatch, "celery_test")
     out = tmp_path / "out"
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     started = time.monotonic()
     with celery_workers(redis.url(), ["w1", "w2"], env, tmp_path) as workers:
         ready = time.monotonic()
-        recon = ReconstructableRepository.for_module(
-            "tests.distributed.toy_defs", "defs", str(PROJECT_ROOT)
-        ).get_reconstructable_job("toy_celery")
+        recon = dg.build_reconstructable_job(
+            "tests.distributed.toy_defs", "job", ("toy_celery",), reconstructor_working_directory=str(PROJECT_ROOT)
+        )
         with dg.DagsterInstance.get() as instance:
             # p1 under the project's pool limit (default_limit 2), p2 with the pool `toy` set to 1 slot
             for partition, slots in (("p1", None), ("p2", 1)):
@@ -152,12 +151,11 @@ def test_celery_step_moves_to_the_other_worker_when_its_worker_dies(
         postgres, redis, tmp_path, monkeypatch, "celery_kill_test", MIRA_CELERY_VISIBILITY_S="5", MIRA_TOY_SLOW="8"
     )
     out = tmp_path / "out"
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     with celery_workers(redis.url(), ["w1", "w2"], env, tmp_path, visibility_timeout_s=5) as workers:
-        recon = ReconstructableRepository.for_module(
-            "tests.distributed.toy_defs", "defs", str(PROJECT_ROOT)
-        ).get_reconstructable_job("toy_slow")
+        recon = dg.build_reconstructable_job(
+            "tests.distributed.toy_defs", "job", ("toy_slow",), reconstructor_working_directory=str(PROJECT_ROOT)
+        )
         outcome: dict = {}
 
         def run() -> None:

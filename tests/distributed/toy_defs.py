@@ -72,3 +72,8 @@ def defs() -> dg.Definitions:
             dg.define_asset_job("toy_slow", selection=[slow], executor_def=executor),
         ],
     )
+
+
+def job(name: str) -> dg.JobDefinition:
+    """One job of `defs`, for `dg.build_reconstructable_job`: how the test process and the workers rebuild it."""
+    return defs().resolve_job_def(name)
