@@ -177,10 +177,10 @@ def _succeeded(home: Path, cfg: MiraConfig, instance: DagsterInstance, ran: int,
     if not ran:
         print("mira: nothing changed since the last run; the selection and export stand as they are")
     print(f"Dagster's event log: {event_log(instance)} (`dagster dev` shows it)")
-    print_summary(home, cfg.source_names())
+    summarised = print_summary(home, cfg.source_names())
     for line in warned:
         print(f"mira: warning {line}", file=sys.stderr)
-    return _report_skipped(cfg)
+    return _report_skipped(cfg) if summarised else 1
 
 
 def _failed(home: Path, cfg: MiraConfig, instance: DagsterInstance, failures: list[str], warned: list[str]) -> int:
@@ -448,7 +448,20 @@ def summary_rows(home: Path, sources: list[str]) -> list[list[object]]:
     return rows
 
 
-def print_summary(home: Path, sources: list[str] | None = None, stale_selection: bool = False) -> None:
+def print_summary(home: Path, sources: list[str] | None = None, stale_selection: bool = False) -> bool:
+    """The per-source table and the variants; False, with one line that says which table and why, when a table
+    cannot be read (a run's failures still print after it)."""
+    from mira_dagster.io.tables import UnreadableTable
+
+    try:
+        _print_summary(home, sources, stale_selection)
+    except UnreadableTable as exc:
+        print(f"mira: FAILED no summary: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _print_summary(home: Path, sources: list[str] | None, stale_selection: bool) -> None:
     from tabulate import tabulate
 
     store = open_store(home)
@@ -477,8 +490,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         sources = load_registry().source_names()
     except ConfigError:
         sources = []
-    print_summary(home, sources)
-    return 0
+    return 0 if print_summary(home, sources) else 1
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -256,6 +256,7 @@ class Evaluation:
         self._waiting: dict[tuple[str, str | None], str] = {}
         self.request = None if retry else latest_request(instance)
         self.local = _local
+        self._stored: dict[str, set[str]] = {}
 
     def in_scope(self, asset: str, partition: str | None) -> bool:
         """Whether asset[partition] is this evaluation's: always, unless `mira run --source` evaluates (local)."""
@@ -367,6 +368,8 @@ class Evaluation:
             why = self._newer(reads, me)
             if why is None and asset != "anchor_rubric":
                 why = self._members_changed(me, members)
+        if why is None and me is not None:
+            why = self._file_gone(asset, str(partition), me)
         if retry:
             return why or self._failed_last(asset, partition, me)
         if why is not None and (failed := self._failed_run(asset, partition, me)) is not None:
@@ -375,6 +378,17 @@ class Evaluation:
             self._waiting[(asset, partition)] = f"{why}; its run {failed[0][:8]} failed, waiting for a change"
             return None
         return why
+
+    def _file_gone(self, asset: str, source: str, me: Latest) -> str | None:
+        """A source's table file that its latest materialisation wrote and that is no longer in the store (deleted by
+        hand, or after it was found unreadable): the partition runs again (scoring from the reply cache, sending
+        nothing), else the tables after it would be built without that source's rows."""
+        wrote = asset in SCORING or (asset == "raw_records" and me.metadata.get("records_written"))
+        if not wrote:
+            return None
+        if asset not in self._stored:
+            self._stored[asset] = set(self.mira.store().partitions(asset))
+        return None if source in self._stored[asset] else f"its table file tables/{asset}/{source}.parquet is gone"
 
     def _members_changed(self, me: Latest, sources: Iterable[str]) -> str | None:
         recorded = me.metadata.get(SOURCES_FINGERPRINT)

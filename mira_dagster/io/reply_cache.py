@@ -132,7 +132,7 @@ class ParquetReplyCache:
             frame = pl.scan_parquet(files, glob=False, schema=self.SCHEMA, missing_columns="insert")
             if ids is not None:
                 frame = frame.filter(pl.col("record_id").is_in(ids))
-            parts.append(frame.collect())  # a file gone since the listing: FileNotFoundError
+            parts.append(_collect(frame, files))  # a file gone since the listing: FileNotFoundError
         wal_rows = [row for wal in sorted(d.glob("*.wal.jsonl")) for row in _read_wal(wal)]
         if ids is not None:
             wanted = set(ids)
@@ -237,7 +237,7 @@ class ParquetReplyCache:
             rows = 0
             for i, path in enumerate(files):
                 chunk.append(path)
-                rows += pq.ParquetFile(path).metadata.num_rows
+                rows += _footer(path).num_rows
                 if rows >= _CHUNK_ROWS or len(chunk) >= self.l0_max or i == len(files) - 1:
                     for bucket in self._to_runs(d, chunk, [wal for wal, _ in dead] if i == len(files) - 1 else []):
                         self._merge_bucket(d / "runs" / bucket, full=False)
@@ -252,7 +252,7 @@ class ParquetReplyCache:
         parts = []
         if files:
             scan = pl.scan_parquet(files, glob=False, schema=self.SCHEMA, missing_columns="insert")
-            parts.append(scan.collect())
+            parts.append(_collect(scan, files))
         wal_rows = [row for wal in wals for row in _read_wal(wal)]
         if wal_rows:
             parts.append(pl.DataFrame(wal_rows, schema=self.SCHEMA))
@@ -621,7 +621,41 @@ def _level_of(path: Path) -> int:
 
 def _open_run(path: Path) -> pa.Table:
     """The run, memory-mapped: nothing is read until touched."""
-    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    except pa.ArrowInvalid as exc:
+        raise ReplyCacheUnreadable(path, exc) from None
+
+
+class ReplyCacheUnreadable(RuntimeError):
+    """A file of the reply cache that cannot be read (cut short, overwritten): named, with what to do."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        super().__init__(
+            f"reply cache file {path} cannot be read ({reason}); move it out of {path.parent} and run again: the "
+            "replies it held are asked for again"
+        )
+
+
+def _footer(path: Path) -> Any:
+    """A level-0 file's Parquet metadata, or ReplyCacheUnreadable naming it."""
+    try:
+        return pq.read_metadata(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ReplyCacheUnreadable(path, exc) from None
+
+
+def _collect(frame: pl.LazyFrame, files: list[Path]) -> pl.DataFrame:
+    """`frame.collect()` over level-0 files; when one of them cannot be read, ReplyCacheUnreadable naming it."""
+    try:
+        return frame.collect()
+    except pl.exceptions.ComputeError:
+        for path in files:
+            _footer(path)
+        raise
 
 
 def _run_rows(table: pa.Table, *, key: bool = False) -> pl.DataFrame:

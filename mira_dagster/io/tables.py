@@ -206,20 +206,34 @@ class Store:
         with self.connect() as con:
             return con.sql(f"SELECT * FROM {table}").pl()
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """An in-memory DuckDB with a view per table over its Parquet files: no lock on any file. Bounded by
-        memory_limit: larger sorts, joins and aggregates spill to temp_directory."""
+        memory_limit: larger sorts, joins and aggregates spill to temp_directory. A table with a file DuckDB cannot
+        read (cut short, overwritten) gets no view: only a query that reads that table fails, naming the file."""
         con = duckdb.connect(
             config={"memory_limit": self.memory_limit, "temp_directory": _sql_path(self.temp_directory)}
         )
-        # DuckDB reads the store's files through its fsspec filesystem (s3:// without the httpfs extension);
-        # plain paths stay with DuckDB's own local reader
-        con.register_filesystem(self.fs)
-        for stmt in self._view_statements():
-            con.execute(stmt)
-        for macro in _macros():  # helpers the queries in sql/ call
-            con.execute(macro)
-        return con
+        unreadable: dict[str, str] = {}
+        try:
+            # DuckDB reads the store's files through its fsspec filesystem (s3:// without the httpfs extension);
+            # plain paths stay with DuckDB's own local reader
+            con.register_filesystem(self.fs)
+            unreadable = _views(con, self._view_statements())
+            for macro in _macros():  # helpers the queries in sql/ call
+                con.execute(macro)
+            yield con
+        except duckdb.CatalogException as exc:
+            name = next((n for n in unreadable if f"Table with name {n} does not exist" in str(exc)), None)
+            if name is None:
+                raise
+            raise UnreadableTable(
+                f"table {name} cannot be read: {unreadable[name]}; delete that file and run `mira run` again (a "
+                "source's records and scores are rebuilt from its files and the reply cache; another table needs "
+                "`--force`)"
+            ) from None
+        finally:
+            con.close()
 
     def query(self, sql_name: str, frames: dict[str, pl.DataFrame] | None = None, **params: Any) -> pl.DataFrame:
         """Run sql/<sql_name>.sql over the tables, plus any in-memory frames registered by name."""
@@ -263,14 +277,10 @@ class Store:
         with self.connect() as con:
             yield from con.sql(load_sql(sql_name), params=params or None).to_arrow_reader(batch_rows)
 
-    def _view_statements(self) -> list[str]:
-        stmts = []
-        for name, glob in self._table_globs():
-            quoted = glob.replace("'", "''")
-            stmts.append(
-                f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet('{quoted}', union_by_name = true)"
-            )
-        return stmts
+    def _view_statements(self) -> list[tuple[str, str]]:
+        """(table, the statement that creates its view) for every table with at least one partition."""
+        view = "CREATE OR REPLACE VIEW \"{}\" AS SELECT * FROM read_parquet('{}', union_by_name = true)"
+        return [(name, view.format(name, glob.replace("'", "''"))) for name, glob in self._table_globs()]
 
     def tables(self) -> list[str]:
         """The tables that have at least one partition."""
@@ -302,14 +312,50 @@ class Store:
         for attempt in range(attempts):
             try:
                 with duckdb.connect(str(self.catalog_path)) as con:
-                    con.execute("BEGIN")
-                    for stmt in stmts:
-                        con.execute(stmt)
-                    con.execute("COMMIT")
+                    try:
+                        self._create_views(con, stmts)
+                    except duckdb.IOException:
+                        raise
+                    except duckdb.Error:  # a table with an unreadable file: the others' views, without its view
+                        con.execute("ROLLBACK")
+                        self._create_views(con, stmts, skip=self._unreadable(stmts))
                 return True
             except duckdb.IOException:
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         return False
+
+    @staticmethod
+    def _create_views(
+        con: duckdb.DuckDBPyConnection, stmts: list[tuple[str, str]], skip: frozenset[str] = frozenset()
+    ) -> None:
+        """The views in one transaction (a reader sees all old or all new); a skipped table's view is dropped."""
+        con.execute("BEGIN")
+        for name, stmt in stmts:
+            con.execute(f'DROP VIEW IF EXISTS "{name}"' if name in skip else stmt)
+        con.execute("COMMIT")
+
+    def _unreadable(self, stmts: list[tuple[str, str]]) -> frozenset[str]:
+        """The tables whose view cannot be created (a file cut short or overwritten), tried one by one."""
+        with duckdb.connect() as probe:
+            probe.register_filesystem(self.fs)
+            return frozenset(_views(probe, stmts))
+
+
+class UnreadableTable(RuntimeError):
+    """A query read a table one of whose files DuckDB cannot read; the message names the file and DuckDB's reason."""
+
+
+def _views(con: duckdb.DuckDBPyConnection, stmts: list[tuple[str, str]]) -> dict[str, str]:
+    """Create the views one by one; the tables whose view cannot be created, with DuckDB's reason on one line."""
+    unreadable = {}
+    for name, stmt in stmts:
+        try:
+            con.execute(stmt)
+        except duckdb.IOException:
+            raise
+        except duckdb.Error as exc:
+            unreadable[name] = str(exc).strip().splitlines()[0]  # DuckDB's reason, naming the file; not its SQL
+    return unreadable
 
 
 # zstd level 1 (as polars writes the other tables): raw_records in half the bytes of Arrow's default snappy for the

@@ -193,3 +193,29 @@ def test_a_run_stopped_between_two_steps_has_the_later_one_redone(ran) -> None:
     assert "group 2: teacher_judgments, anchor_rubric" not in steps  # the judgments are not asked for again
     assert "group 2: distillation_dataset" in steps
     assert _steps(_run(tmp, env).stdout) == []
+
+
+def test_a_cut_table_file_fails_by_name_and_a_deleted_one_is_rebuilt_without_sending(ran) -> None:
+    """A source's student_scores file cut short after it was written: the next run that reads the table fails, one
+    line naming the file and what to do, and every other table stays readable (before, the catalogue's refresh
+    failed every step, and the summary's exception hid the failure lines). Deleted, the partition runs again from
+    the reply cache (before, nothing re-ran and the selection was rebuilt without that source's scores)."""
+    tmp, env = ran
+    scores = tmp / ".mira" / "tables" / "student_scores" / "qwq.parquet"
+    whole = scores.read_bytes()
+    scores.write_bytes(whole[: len(whole) // 2])
+    src = tmp / "data" / "lean_deepseek_prover_v15_minif2f_valid_fewshot.jsonl"
+    src.write_text(src.read_text(encoding="utf-8").replace("theorem", "theorem ", 1), encoding="utf-8")
+    bad = _run(tmp, env)
+    assert bad.returncode == 1
+    failed = [line for line in bad.stderr.splitlines() if line.startswith("mira: FAILED lean_qa")]
+    assert failed and str(scores) in failed[0] and "delete that file" in failed[0], bad.stderr
+    assert "lean_qa: raw_records" in _steps(bad.stdout)  # ingest (which reads no score) still ran
+    scores.unlink()
+    again = _run(tmp, env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "qwq: teacher_labels, student_scores" in _steps(again.stdout) or "qwq: student_scores" in _steps(
+        again.stdout
+    )
+    assert scores.exists() and _student_requests(tmp, "qwq") == 0
+    assert _steps(_run(tmp, env).stdout) == []

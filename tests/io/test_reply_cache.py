@@ -283,3 +283,27 @@ def test_an_answer_added_as_the_publisher_goes_idle_is_published(tmp_path: Path)
     w.flush()
     w.close()
     assert not list(tmp_path.glob("*.wal.jsonl"))
+
+
+@pytest.mark.parametrize("kind", ["*.parquet", "runs/*/*.arrow"])
+def test_a_cache_file_cut_short_is_named_with_what_to_do(tmp_path: Path, kind: str) -> None:
+    """A level-0 file or a run cut short (a disk fault, a copy stopped half way): lookups, counting and compaction
+    fail naming the file and what to do (before: polars' "File out of specification: expected parquet magic
+    bytes ... got <bytes>", naming no file); moved out, the rest of the cache reads again."""
+    from mira_dagster.io.reply_cache import ReplyCacheUnreadable
+
+    cache = ParquetReplyCache(tmp_path, l0_max=100, fanout=2, unit=8)
+    write(cache, range(40))
+    if kind.startswith("runs"):
+        cache.compact(V, full=True)
+    bad = sorted((tmp_path / V).glob(kind))[0]
+    bad.write_bytes(bad.read_bytes()[:40])
+    reads = [lambda: texts(cache, range(40)), lambda: cache.count(V)]
+    if kind == "*.parquet":  # a bucket's one run is not read by a compaction (nothing to merge it with)
+        reads.append(lambda: cache.compact(V, full=True))
+    for read in reads:
+        with pytest.raises(ReplyCacheUnreadable, match=f"reply cache file {bad} cannot be read .*move it out") as e:
+            read()
+        assert "\n" not in str(e.value)
+    bad.rename(tmp_path / "aside")
+    assert 0 < len(texts(cache, range(40))) < 40

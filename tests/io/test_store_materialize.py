@@ -58,3 +58,25 @@ def test_stream_yields_batches(tmp_path: Path, monkeypatch) -> None:
     batches = list(s.stream("rows", batch_rows=1000, n=2500))
     assert sum(b.num_rows for b in batches) == 2500 and max(b.num_rows for b in batches) <= 1000
     assert pl.concat([pl.from_arrow(b) for b in batches])["i"].to_list() == list(range(2500))
+
+
+def test_a_table_with_an_unreadable_file_fails_only_the_queries_that_read_it(tmp_path: Path) -> None:
+    """A partition file cut short: the other tables' views, in a connection and in the catalogue, are there; a
+    query of that table fails naming the file (before, every connection and every catalogue refresh failed)."""
+    import duckdb
+    import pytest
+
+    from mira_dagster.io.tables import UnreadableTable
+
+    s = _store(tmp_path)
+    s.write("raw_records", pl.DataFrame({"source": ["a"], "n_tokens": [1]}), "a")
+    cut = s.home / "tables" / "student_scores" / "a.parquet"
+    cut.write_bytes(cut.read_bytes()[:20])
+    assert s.refresh_catalog()
+    with duckdb.connect(str(s.catalog_path), read_only=True) as con:
+        views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert "raw_records" in views and "student_scores" not in views
+    assert s.query_sql("SELECT count(*) AS n FROM raw_records")["n"].to_list() == [1]
+    with pytest.raises(UnreadableTable, match=r"table student_scores cannot be read: .*a\.parquet") as info:
+        s.query_sql("SELECT * FROM student_scores")
+    assert "\n" not in str(info.value)
