@@ -299,16 +299,21 @@ def failure_lines(result: object, where: str) -> list[str]:
 
 
 def quiet_dagster_failures() -> None:
-    """Dagster's console logger prints a traceback for every failed step and run; `mira run` prints one line per
-    failure instead (tracebacks with -v). Dagster builds its console logger from logging.getLoggerClass(), so a
-    logger class that filters those two events is the one public place to do it."""
+    """Dagster's console logger prints a traceback for every failed step and run, and a line for each step not run
+    after it; `mira run` prints one line per failure instead (all of it with -v). Dagster builds its console logger
+    from logging.getLoggerClass(), so a logger class that filters those records is the one public place to do it."""
     import logging
 
     def drop_failures(record: logging.LogRecord) -> bool:
         event = getattr(record, "dagster_event", None) or (getattr(record, "dagster_meta", None) or {}).get(
             "dagster_event"
         )
-        return not (getattr(event, "is_step_failure", False) or getattr(event, "is_run_failure", False))
+        if getattr(event, "is_step_failure", False) or getattr(event, "is_run_failure", False):
+            return False
+        # the steps after a failed one, which Dagster logs at ERROR ("Dependencies for step ... failed ... Not
+        # executing."): the failure's own line says that later stages did not run
+        message = record.getMessage()
+        return not ("Dependencies for step" in message and "Not executing" in message)
 
     class QuietFailures(logging.Logger):
         def __init__(self, name: str, level: int | str = logging.NOTSET) -> None:

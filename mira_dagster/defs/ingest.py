@@ -23,7 +23,14 @@ from mira_dagster.defs.resources import MiraResource
 from mira_dagster.io.earlier import EarlierRecords
 from mira_dagster.io.export import TABLE_SCHEMAS, schemas_frame, stored_schemas
 from mira_dagster.io.ingest import SourceIngest, ingest_fingerprint, input_fingerprint
-from mira_dagster.io.readers import append_offsets, count_units, expand_files, file_state
+from mira_dagster.io.readers import (
+    SourceFileError,
+    append_offsets,
+    count_units,
+    expand_files,
+    file_state,
+    file_versions,
+)
 from mira_dagster.io.store import PartitionWriter, Store
 from mira_dagster.settings import secret_values
 
@@ -96,6 +103,7 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
                 preference=src.preference,
                 scratch=store.home / "scratch",  # archive members are unpacked under MIRA_HOME, nowhere else
             )
+            before = file_versions(ingest.files)  # what the files must still be when the read ends
             for i, _ in enumerate(ingest.batches(), 1):
                 if i % 50 == 0:
                     context.log.info(f"{source}: {ingest.stats.units_read:,} read, {ingest.stats.records:,} records")
@@ -112,6 +120,8 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
         # a preference pair read as `both` may give two rows (each side a record or a quarantine row)
         written = write_records.rows + write_quarantine.rows - stats.extra_rows
         share = stats.quarantined / stats.units_read if stats.units_read else 0.0
+        states = {str(f): file_state(f) for f in ingest.files}
+        _unchanged_since(source, ingest.files, before)  # else nothing is published: the last good records stay
         reconcile = dg.AssetCheckResult(
             check_name="lines_reconcile",
             passed=written == on_disk == stats.units_read,
@@ -176,10 +186,23 @@ def raw_records(context: dg.AssetExecutionContext, mira: MiraResource) -> dg.Mat
             FILES_FINGERPRINT: input_fingerprint(ingest.files),
             # what the next ingest needs to read appended lines alone (io/readers.append_offsets)
             ENTRY_FINGERPRINT: entry_fingerprint(src, cfg.pipeline.max_record_bytes),
-            FILE_STATES: dg.MetadataValue.json({str(f): file_state(f) for f in ingest.files}),
+            FILE_STATES: dg.MetadataValue.json(states),
             "ingest_mode": f"append: {new_units} new units" if resume else "whole read",
         },
     )
+
+
+def _unchanged_since(source: str, files: list[Path], before: list[str]) -> None:
+    """The reader checks each file while it reads it (readers.iter_units); this closes the window after, up to
+    the fingerprint and state recorded: a file written to then (a producer still appending, a copy in progress)
+    would be up to date for every later run with its new lines never read. Fail naming the file (SourceFileError):
+    nothing is published and the next run reads it again."""
+    for path, was, now in zip(files, before, file_versions(files), strict=True):
+        if was != now:
+            raise SourceFileError(
+                f"source {source!r}: {path} was replaced or changed while being read; nothing was written, run the "
+                "partition again once the file is complete"
+            )
 
 
 def _append_plan(

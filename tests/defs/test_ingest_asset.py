@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 import yaml
 
 from mira_dagster.definitions import ALL_ASSETS, INGEST_ASSETS
@@ -212,3 +213,36 @@ def test_a_table_sources_column_types_are_stored_for_the_export(tmp_path: Path) 
     pq.write_table(rows, buf)
     _, mira, _, _ = _ingested_once(tmp_path, "t.parquet", buf.getvalue().to_pybytes())
     assert stored_schemas(mira.store()) == {("a", "t.parquet"): rows.schema.remove_metadata()}
+
+
+def test_a_file_written_to_while_it_is_read_fails_and_the_next_run_reads_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer appends a line while the ingest reads, after the reader's own count of the file's units (so the
+    lines_reconcile check cannot see it): the partition fails naming the file and nothing is published. Before, the
+    file's fingerprint and state were taken after the read: the source was up to date for every later run, and the
+    line was never read (an append-only read would resume after it)."""
+    from mira_dagster.defs import ingest as ingest_defs
+
+    good = "".join(json.dumps(r) + "\n" for r in GOOD).encode()
+    path, mira, instance, stored = _ingested_once(tmp_path, "a.jsonl", good)
+    before = stored.read_bytes()
+    path.write_bytes(good + (json.dumps({"question": "q21", "thinking": "t", "answer": "a"}) + "\n").encode())
+    count_units = ingest_defs.count_units
+
+    def counting_then_appended(*args):  # type: ignore[no-untyped-def]
+        n = count_units(*args)
+        with path.open("a") as fh:
+            fh.write(json.dumps({"question": "written meanwhile", "thinking": "t", "answer": "b"}) + "\n")
+        return n
+
+    monkeypatch.setattr(ingest_defs, "count_units", counting_then_appended)
+    result = _materialize(mira, instance, "a")
+    assert not result.success
+    error = str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert f"{path} was replaced or changed while being read" in error, error
+    assert stored.read_bytes() == before  # nothing published
+    monkeypatch.setattr(ingest_defs, "count_units", count_units)
+    assert _materialize(mira, instance, "a").success
+    questions = pl.read_parquet(stored)["question"].to_list()
+    assert len(questions) == 22 and "written meanwhile" in questions
