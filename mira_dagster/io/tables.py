@@ -303,7 +303,9 @@ class Store:
         store is apart from the home (its views would need the store's access in every reader: not kept).
 
         The views are a convenience (the data is in Parquet), so a user holding the catalogue open in the
-        duckdb CLI delays this by at most a few seconds and never fails a run.
+        duckdb CLI delays this by at most a few seconds and never fails a run. A catalogue file DuckDB cannot open
+        for another reason (not a database, a damaged log) is set aside as `mira.duckdb.unreadable-<time>` (kept:
+        a user may have put their own tables there) and made again.
         """
         if not self.home_is_store:
             return False
@@ -311,7 +313,15 @@ class Store:
         stmts = self._view_statements()
         for attempt in range(attempts):
             try:
-                with duckdb.connect(str(self.catalog_path)) as con:
+                try:
+                    catalog = duckdb.connect(str(self.catalog_path))
+                except duckdb.Error as exc:
+                    if not _DAMAGED.search(str(exc)):  # a lock held by another process: wait for it
+                        raise
+                    if not self._set_aside():
+                        return False
+                    continue
+                with catalog as con:
                     try:
                         self._create_views(con, stmts)
                     except duckdb.IOException:
@@ -323,6 +333,18 @@ class Store:
             except duckdb.IOException:
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         return False
+
+    def _set_aside(self) -> bool:
+        """Rename the catalogue file DuckDB cannot open (and its write-ahead log) out of the way; False if it cannot
+        be renamed either."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        try:
+            for path in (self.catalog_path, self.catalog_path.with_name(self.catalog_path.name + ".wal")):
+                if path.exists():
+                    path.rename(path.with_name(f"{path.name}.unreadable-{stamp}"))
+        except OSError:
+            return False
+        return True
 
     @staticmethod
     def _create_views(
@@ -339,6 +361,10 @@ class Store:
         with duckdb.connect() as probe:
             probe.register_filesystem(self.fs)
             return frozenset(_views(probe, stmts))
+
+
+# what DuckDB says of a catalogue file it cannot open because of its content, not a lock
+_DAMAGED = re.compile(r"not a valid DuckDB database file|replaying WAL|WAL file|database file .* corrupt", re.I)
 
 
 class UnreadableTable(RuntimeError):

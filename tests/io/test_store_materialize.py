@@ -80,3 +80,17 @@ def test_a_table_with_an_unreadable_file_fails_only_the_queries_that_read_it(tmp
     with pytest.raises(UnreadableTable, match=r"table student_scores cannot be read: .*a\.parquet") as info:
         s.query_sql("SELECT * FROM student_scores")
     assert "\n" not in str(info.value)
+
+
+def test_a_catalogue_file_that_is_no_database_is_set_aside_and_made_again(tmp_path: Path) -> None:
+    """Before, refresh_catalog took DuckDB's "not a valid DuckDB database file" for a lock: every write waited its
+    20 attempts (about 16 s), and the catalogue stayed broken for good."""
+    import duckdb
+
+    s = _store(tmp_path)
+    s.catalog_path.write_bytes(b"\x00garbage" * 600)
+    assert s.refresh_catalog()
+    with duckdb.connect(str(s.catalog_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM student_scores").fetchall() == [(3,)]
+    aside = list(s.catalog_path.parent.glob("mira.duckdb.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"\x00garbage" * 600  # kept, not deleted
