@@ -30,6 +30,7 @@ from typing import Any
 import dagster as dg
 
 from mira_dagster.core.config import MiraConfig
+from mira_dagster.io.export import EXPORT
 from mira_dagster.io.ingest import ingest_fingerprint, input_fingerprint
 from mira_dagster.io.readers import SourceFileError, expand_files
 
@@ -417,6 +418,8 @@ class Evaluation:
             return "a run stopped between two corpus assets"
         if report.metadata.get(CORPUS_FINGERPRINT) != corpus_fingerprint(self.instance, self.cfg):
             return "an input changed"
+        if not self.mira.store().exists(f"{EXPORT}/manifest.json"):  # every selected_subset that succeeds writes it
+            return f"its export ({EXPORT}/manifest.json) is gone"
         return None
 
     def _failed_last(self, asset: str, partition: str | None, me: Latest | None) -> str | None:

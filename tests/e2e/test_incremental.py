@@ -219,3 +219,16 @@ def test_a_cut_table_file_fails_by_name_and_a_deleted_one_is_rebuilt_without_sen
     )
     assert scores.exists() and _student_requests(tmp, "qwq") == 0
     assert _steps(_run(tmp, env).stdout) == []
+
+
+def test_a_deleted_export_is_written_again(ran) -> None:
+    """The export folder removed by hand: the corpus runs again and writes it (before: "nothing changed", and no
+    export until an input changed)."""
+    tmp, env = ran
+    export = tmp / ".mira" / "exports" / "selected_subset"
+    before = sorted(p.name for p in export.iterdir())
+    shutil.rmtree(export)
+    out = _run(tmp, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [s for s in _steps(out.stdout) if not s.startswith("corpus")] == [], _steps(out.stdout)
+    assert sorted(p.name for p in export.iterdir()) == before
