@@ -78,8 +78,11 @@ _STOP_REASONS = (None, "stop", "length", "eos", "end_turn", "stop_sequence")
 _LEAD = " \t>#*_+-•·|`"
 _NUMBERING = re.compile(r"\(?\d{1,3}[ \t]?[.):|]")
 _TAG = re.compile(
-    r"\[[ \t]?[Aa][ \t]?(\d{1,2})[ \t]?\]|\([Aa](\d{1,2})\)|A(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：(]|-[ \t]|$))"
+    r"\[[ \t]?[Aa][ \t]?(\d{1,2})[ \t]?\]|\([Aa](\d{1,2})\)"
+    r"|A(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：(=→]|->|-[ \t]|$)|[ \t]{1,2}(?:scored?|rating|rated|grade)\b)"
 )
+# "Slot A3: ...", "Dimension [A3] ...": the word before a tag
+_TAG_WORD = re.compile(r"(?:slot|dimension|dim|criterion)[ \t]{1,2}(?=\[?[Aa]\d|\([Aa]\d)", re.I)
 _KEY = re.compile(
     r"(?P<key>overall(?:[ _-]?(?:score|rating|quality))?|training[ _-]?recommendation|recommendation"
     r"|domain[ _-]?tag|domain|brief(?:[ _-]?summary)?|one[ -]sentence[ _-]summary|summary)"
@@ -260,6 +263,8 @@ def _classify(raw: str, names: _Names) -> _Line:
     if not line or line.startswith(_FENCE):
         return _Line("blank")
     s = _after_lead(line)
+    if w := _TAG_WORD.match(s):
+        s = s[w.end() :]
     m = _TAG.match(s)
     if m:
         return _Line("slot", n=int(m.group(1) or m.group(2) or m.group(3)), body=s[m.end() :])

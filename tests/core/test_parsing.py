@@ -490,3 +490,32 @@ def test_a_hedged_trailer_value_is_not_stored(overall: str, recommendation: str,
         SLOTS_TEN + f"\noverall: {overall}\ntraining_recommendation: {recommendation}\ndomain_tag: m\nbrief: b", "stop"
     )
     assert (r.overall, r.recommendation) == stored
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "A{i} score: {s}/10 - fine",
+        "A{i} score = {s}/10; rationale: fine",
+        "A{i} = {s}/10 — fine",
+        "A{i}={s}/10",
+        "A{i} → {s}/10 fine",
+        "A{i} -> {s}/10 fine",
+        "A{i} scored {s}/10, fine",
+        "A{i} rating: {s}/10 fine",
+        "Slot A{i}: {s}/10 fine",
+        "Dimension [A{i}] Clarity: {s}/10 fine",
+    ],
+)
+def test_slot_lines_worded_by_other_scorers_are_read(line: str) -> None:
+    """A bare tag followed by `=`, an arrow or a score word, or after "Slot" / "Dimension": every slot was missing
+    before (parse_error, no score stored)."""
+    reply = "".join(line.format(i=i, s=i % 10) + "\n" for i in range(1, 16))
+    r = parse_reply(reply + "overall: 70\ntraining_recommendation: keep\ndomain_tag: m\nbrief: b", "stop")
+    assert r.status == "ok" and r.scores == [float(i % 10) for i in range(1, 16)], r.issues
+
+
+def test_a_score_word_line_with_a_second_score_is_still_refused() -> None:
+    reply = "".join(f"A{i} scored {i % 10}/10, but maybe {i % 10 + 1}/10\n" for i in range(1, 16))
+    r = parse_reply(reply + "overall: 70\ntraining_recommendation: keep\ndomain_tag: m\nbrief: b", "stop")
+    assert r.scores == [None] * 15 and "two scores on its line" in r.issues[0]
