@@ -758,6 +758,8 @@ def _trailer_value(key: str, value: str) -> tuple[object, str | None]:
         if _OVERALL_RANGE.match(v, m.end()) or _OVERALL_HEDGE.search(v, m.end()):
             return None, f"overall: a range or alternative, not one value: {value[:40]!r}"
         x, note = float(num), None
+        if of is None and not m.group("pct") and 0 < x < 1:  # 0.78: a 0-1 score, or 0.78 of 100? not guessed
+            return None, f"overall {num} is a fraction, not a number in 0-100: {value[:40]!r}"
         if of is not None and float(of) == 10:
             x = round(x * 10, 6)
             note = f"overall {num}/10 converted to {x:g} on 0-100"
@@ -1040,8 +1042,8 @@ def parse_contract(text: str, finish_reason: str | None = None, names: Sequence[
         body = k.group(2).strip(" \t*_`").rstrip("|").strip()
         v = body.strip(" \t*_`\"'<>[]")
         if key == "overall":
-            if _CONTRACT_OVERALL.fullmatch(v) is None or float(v) > 100:
-                return None
+            if _CONTRACT_OVERALL.fullmatch(v) is None or not (float(v) == 0 or 1 <= float(v) <= 100):
+                return None  # the full parser says why (a fraction like 0.78 is not guessed onto 0-100)
             values[key] = float(v)
         elif key == "training_recommendation":
             if v not in _CONTRACT_RECOMMENDATIONS:

@@ -479,6 +479,9 @@ def test_bare_scores_under_a_scale_that_is_not_ten_are_refused(reply: str, read:
         ("78 and 82", "keep", (None, "keep")),
         ("78, solid overall", "keep", (78.0, "keep")),
         ("78 points", "keep", (78.0, "keep")),
+        ("0.78", "keep", (None, "keep")),  # a 0-1 score? 0.78 of 100? not guessed
+        ("0.78/100", "keep", (0.78, "keep")),
+        ("0", "keep", (0.0, "keep")),
         ("78", "keep or downsample", (78.0, None)),
         ("78", "keep, maybe downsample", (78.0, None)),
         ("78", "keep (borderline)", (78.0, "keep")),
