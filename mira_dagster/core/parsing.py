@@ -910,6 +910,14 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
             top, line = off[0]
             issues.append(f"A{n}: the reply scores out of {top} ({_excerpt(line)}), not 10; none stored")
             res.scores[n - 1] = res.rationales[n - 1] = None
+    given = [n for n in sorted(entries) if res.scores[n - 1] is not None]
+    values_given = [res.scores[n - 1] or 0.0 for n in given]
+    if len(given) > 1 and not tens & set(given) and max(values_given) <= 1 and any(v % 1 for v in values_given):
+        # every score bare, none above 1, some with a fraction: a 0-1 scale (0.7 is 7/10 there), not guessed
+        shown = ", ".join(f"{v:g}" for v in values_given[:4]) + (", ..." if len(given) > 4 else "")
+        issues.append(f"the scores are all within 0-1 with fractions ({shown}): a 0-1 scale, not 0-10; none stored")
+        for n in given:
+            res.scores[n - 1] = res.rationales[n - 1] = None
     for n, score, line in mentions:
         if res.scores[n - 1] is not None and score != res.scores[n - 1]:
             issues.append(f"A{n}: {res.scores[n - 1]:g} on its line, {score:g}/10 in {_excerpt(line)}; none stored")

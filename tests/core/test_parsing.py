@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -522,3 +524,16 @@ def test_a_score_word_line_with_a_second_score_is_still_refused() -> None:
     reply = "".join(f"A{i} scored {i % 10}/10, but maybe {i % 10 + 1}/10\n" for i in range(1, 16))
     r = parse_reply(reply + "overall: 70\ntraining_recommendation: keep\ndomain_tag: m\nbrief: b", "stop")
     assert r.scores == [None] * 15 and "two scores on its line" in r.issues[0]
+
+
+def test_bare_scores_all_within_0_1_with_fractions_are_a_0_1_scale_and_refused() -> None:
+    """`A1: 0.7` on every line (or `"score": 0.7` in JSON) is a 0-1 scale: each was stored as 0.7/10 before."""
+    trailer = "overall: 70\ntraining_recommendation: keep\ndomain_tag: m\nbrief: b"
+    bare = "".join(f"[A{i}] d: 0.{i % 9 + 1} — ok\n" for i in range(1, 16))
+    r = parse_reply(bare + trailer, "stop")
+    assert r.scores == [None] * 15 and "a 0-1 scale, not 0-10" in r.issues[0]
+    slots = {f"A{i}": {"score": (i % 9 + 1) / 10, "rationale": "r"} for i in range(1, 16)}
+    r = parse_reply(json.dumps({**slots, "overall": 70, "training_recommendation": "keep"}), "stop")
+    assert r.scores == [None] * 15
+    for kept in (bare.replace(" — ok", "/10 — ok"), "".join(f"[A{i}] d: {i % 2}\n" for i in range(1, 16))):
+        assert parse_reply(kept + trailer, "stop").status == "ok"  # said out of ten; or whole numbers 0 and 1
