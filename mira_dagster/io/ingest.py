@@ -129,6 +129,8 @@ class SourceIngest:
                     member = units[0].member
                     origin = name if member is None else f"{name}!/{member}"
                     unit_form = form if member is None else member_form(member)
+                    if member is not None and units[0].table is not None and origin not in self.table_schemas:
+                        self.table_schemas[origin] = units[0].table[0].schema.remove_metadata()  # a table member
                     pending.append(pool.submit(self._finish, origin, self.parser.parse(origin, units, unit_form)))
                     if len(pending) > _IN_FLIGHT:
                         yield pending.popleft().result()

@@ -746,7 +746,7 @@ def _units(
         return _table_units((b for f in hf_data_files(path) for b in _unique_columns(_arrow_batches(f), f)), lazy)
     if in_archive:
         raise _NestedArchive(c.kind)
-    return _archive_units(path, c, max_bytes, scratch=scratch)
+    return _archive_units(path, c, max_bytes, scratch=scratch, lazy=lazy)
 
 
 def _jsonl_units(path: Path, c: Container, max_bytes: int) -> Iterator[Unit]:
@@ -1112,7 +1112,12 @@ def default_scratch() -> Path:
 
 
 def _archive_units(
-    path: Path, c: Container, max_bytes: int, limits: ArchiveLimits | None = None, scratch: Path | None = None
+    path: Path,
+    c: Container,
+    max_bytes: int,
+    limits: ArchiveLimits | None = None,
+    scratch: Path | None = None,
+    lazy: bool = False,
 ) -> Iterator[Unit]:
     """Each member unpacked (capped) to a private file under `scratch` (MIRA_HOME), deleted once read, and read
     like a file: the readers detect a container from its bytes and reopen it (CSV dialect, array shape, Parquet
@@ -1136,7 +1141,8 @@ def _archive_units(
                 total += _copy_capped(src, out, path, name, limits, total, budget)
             try:
                 inner = detect(target)
-                yield from (_with_member(u, name) for u in _units(target, inner, max_bytes, in_archive=True))
+                units = _units(target, inner, max_bytes, in_archive=True, lazy=lazy)
+                yield from (_with_member(u, name) for u in units)
             except _NestedArchive as exc:
                 yield Unit(1, error=f"archive member {name} is itself a {exc} archive (not unpacked)", member=name)
             except SourceFileError as exc:  # a member we do not read: one unit naming it, the others are read

@@ -270,10 +270,12 @@ def test_the_scan_lowers_duckdbs_memory_limit_and_never_raises_it(store_limit: s
     assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == expected
 
 
-def test_table_rows_go_out_with_their_files_column_types(tmp_path: Path) -> None:
+@pytest.mark.parametrize("archived", [False, True])
+def test_table_rows_go_out_with_their_files_column_types(tmp_path: Path, archived: bool) -> None:
     """A Parquet file's dates, timestamps, decimals, unsigned and dictionary columns come back with their types (the
     originals are JSON, which has none of them: they went out as text or int64, and a uint64 over 2**63 failed the
-    whole export); a type that cannot be given back is named in the manifest."""
+    whole export); a type that cannot be given back is named in the manifest. The same for a Parquet member of a
+    tar.gz (its types were not kept before)."""
     import datetime as dt
     from decimal import Decimal
 
@@ -294,8 +296,15 @@ def test_table_rows_go_out_with_their_files_column_types(tmp_path: Path) -> None
         }
     )
     pq.write_table(table, path)
+    if archived:
+        import tarfile
+
+        with tarfile.open(tmp_path / "typed.tar.gz", "w:gz") as tar:
+            tar.add(path, arcname="part-0.parquet")
+        path.unlink()
+        path = tmp_path / "typed.tar.gz"
     store = Store(tmp_path / "home")
-    ingest = SourceIngest("typed", "g", "qa", [path])
+    ingest = SourceIngest("typed", "g", "qa", [path], scratch=tmp_path / "scratch")
     frames = list(ingest.batches())
     store.write("raw_records", pl.concat([r for r, _ in frames]), "typed")
     store.write(TABLE_SCHEMAS, schemas_frame(ingest.table_schemas), "typed")  # as raw_records does
