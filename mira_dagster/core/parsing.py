@@ -78,8 +78,8 @@ _STOP_REASONS = (None, "stop", "length", "eos", "end_turn", "stop_sequence")
 _LEAD = " \t>#*_+-•·|`"
 _NUMBERING = re.compile(r"\(?\d{1,3}[ \t]?[.):|]")
 _TAG = re.compile(
-    r"\[[ \t]?[Aa][ \t]?(\d{1,2})[ \t]?\]|\([Aa](\d{1,2})\)"
-    r"|A(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：(=→]|->|-[ \t]|$)|[ \t]{1,2}(?:scored?|rating|rated|grade)\b)"
+    r"[\[<][ \t]?[Aa][ \t_-]?(\d{1,2})[ \t]?[\]>]|\([Aa](\d{1,2})\)"
+    r"|[Aa][_-]?(\d{1,2})(?=[ \t]{0,2}(?:[.:)|\]*—–：(=→]|->|-[ \t]|$)|[ \t]{1,2}(?:scored?|rating|rated|grade)\b)"
 )
 # "Slot A3: ...", "Dimension [A3] ...": the word before a tag
 _TAG_WORD = re.compile(r"(?:slot|dimension|dim|criterion)[ \t]{1,2}(?=\[?[Aa]\d|\([Aa]\d)", re.I)

@@ -510,11 +510,16 @@ def test_a_hedged_trailer_value_is_not_stored(overall: str, recommendation: str,
         "A{i} rating: {s}/10 fine",
         "Slot A{i}: {s}/10 fine",
         "Dimension [A{i}] Clarity: {s}/10 fine",
+        "a{i}: {s}/10 fine",
+        "<A{i}> {s}/10 fine",
+        "A-{i}: {s}/10 fine",
+        "A_{i}: {s}/10 fine",
+        "[A_{i}] {s}/10 fine",
     ],
 )
 def test_slot_lines_worded_by_other_scorers_are_read(line: str) -> None:
-    """A bare tag followed by `=`, an arrow or a score word, or after "Slot" / "Dimension": every slot was missing
-    before (parse_error, no score stored)."""
+    """A bare tag followed by `=`, an arrow or a score word, after "Slot" / "Dimension", in lower case, in angle
+    brackets or with `-` / `_` before its number: every slot was missing before (parse_error, no score stored)."""
     reply = "".join(line.format(i=i, s=i % 10) + "\n" for i in range(1, 16))
     r = parse_reply(reply + "overall: 70\ntraining_recommendation: keep\ndomain_tag: m\nbrief: b", "stop")
     assert r.status == "ok" and r.scores == [float(i % 10) for i in range(1, 16)], r.issues
