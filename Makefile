@@ -130,7 +130,7 @@ test: lint vllm-env embed-model small-model browser servers
 		MIRA_SMALL_MODEL_DIR=$(SMALL_MODEL_DIR) $(BIN)/pytest
 
 # The core and definitions tests without the slow tiers (markers in pyproject.toml), on two workers (pytest-xdist):
-# under 2 minutes, no vLLM, no browser, no `mira` or `dagster` command. What to run while editing; `make test` is
+# 8-10 minutes on two cores, no vLLM, no browser, no `mira` or `dagster` command. What to run while editing; `make test` is
 # what CI runs.
 test-fast: setup-test
 	$(BIN)/pytest -q -n 2 -m "not vllm and not browser and not e2e and not slow" tests/core tests/io tests/defs
