@@ -33,6 +33,7 @@ from mira_dagster.core.config import MiraConfig
 from mira_dagster.io.export import EXPORT
 from mira_dagster.io.ingest import ingest_fingerprint, input_fingerprint
 from mira_dagster.io.readers import SourceFileError, expand_files
+from mira_dagster.io.tables import UNPARTITIONED
 
 INPUT_FINGERPRINT = "input_fingerprint"  # everything that changes raw_records (io/ingest.ingest_fingerprint)
 FILES_FINGERPRINT = "files_fingerprint"  # the files alone, to say which changed
@@ -384,12 +385,20 @@ class Evaluation:
         """A source's table file that its latest materialisation wrote and that is no longer in the store (deleted by
         hand, or after it was found unreadable): the partition runs again (scoring from the reply cache, sending
         nothing), else the tables after it would be built without that source's rows."""
-        wrote = asset in SCORING or (asset == "raw_records" and me.metadata.get("records_written"))
-        if not wrote:
+        if asset in SCORING:
+            tables: tuple[str, ...] = (asset,)
+        elif asset == "raw_records" and me.metadata.get("records_written"):
+            tables = ("raw_records", "quarantine")  # written together; the counts reconcile over both
+        else:
             return None
-        if asset not in self._stored:
-            self._stored[asset] = set(self.mira.store().partitions(asset))
-        return None if source in self._stored[asset] else f"its table file tables/{asset}/{source}.parquet is gone"
+        gone = next((t for t in tables if source not in self._stored_partitions(t)), None)
+        return None if gone is None else f"its table file tables/{gone}/{source}.parquet is gone"
+
+    def _stored_partitions(self, table: str) -> set[str]:
+        """The partitions of a table in the store (one listing per table per evaluation)."""
+        if table not in self._stored:
+            self._stored[table] = set(self.mira.store().partitions(table))
+        return self._stored[table]
 
     def _members_changed(self, me: Latest, sources: Iterable[str]) -> str | None:
         recorded = me.metadata.get(SOURCES_FINGERPRINT)
@@ -418,7 +427,10 @@ class Evaluation:
             return "a run stopped between two corpus assets"
         if report.metadata.get(CORPUS_FINGERPRINT) != corpus_fingerprint(self.instance, self.cfg):
             return "an input changed"
-        if not self.mira.store().exists(f"{EXPORT}/manifest.json"):  # every selected_subset that succeeds writes it
+        # every corpus asset that succeeds writes its table, and selected_subset the export
+        if gone := next((a for a in CORPUS if UNPARTITIONED not in self._stored_partitions(a)), None):
+            return f"its table file tables/{gone}/{UNPARTITIONED}.parquet is gone"
+        if not self.mira.store().exists(f"{EXPORT}/manifest.json"):
             return f"its export ({EXPORT}/manifest.json) is gone"
         return None
 

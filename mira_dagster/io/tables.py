@@ -229,8 +229,8 @@ class Store:
                 raise
             raise UnreadableTable(
                 f"table {name} cannot be read: {unreadable[name]}; delete that file and run `mira run` again (a "
-                "source's records and scores are rebuilt from its files and the reply cache; another table needs "
-                "`--force`)"
+                "source's records and scores and the corpus tables are rebuilt from the inputs and the reply cache; "
+                "another table may need `--force`)"
             ) from None
         finally:
             con.close()

@@ -221,14 +221,17 @@ def test_a_cut_table_file_fails_by_name_and_a_deleted_one_is_rebuilt_without_sen
     assert _steps(_run(tmp, env).stdout) == []
 
 
-def test_a_deleted_export_is_written_again(ran) -> None:
-    """The export folder removed by hand: the corpus runs again and writes it (before: "nothing changed", and no
-    export until an input changed)."""
+@pytest.mark.parametrize("gone", ["exports/selected_subset", "tables/aggregated_scores/all.parquet"])
+def test_a_deleted_export_or_corpus_table_is_written_again(ran, gone: str) -> None:
+    """The export folder or a corpus table's file removed by hand: the corpus runs again and writes it (before:
+    "nothing changed", and nothing written until an input changed)."""
     tmp, env = ran
-    export = tmp / ".mira" / "exports" / "selected_subset"
-    before = sorted(p.name for p in export.iterdir())
-    shutil.rmtree(export)
+    path = tmp / ".mira" / gone
+    before = sorted(p.name for p in path.iterdir()) if path.is_dir() else None
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
     out = _run(tmp, env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert [s for s in _steps(out.stdout) if not s.startswith("corpus")] == [], _steps(out.stdout)
-    assert sorted(p.name for p in export.iterdir()) == before
+    steps = _steps(out.stdout)
+    assert any(s.startswith("corpus") for s in steps) and all(s.startswith("corpus") for s in steps), steps
+    assert path.exists() and (before is None or sorted(p.name for p in path.iterdir()) == before)
+    assert _steps(_run(tmp, env).stdout) == []
