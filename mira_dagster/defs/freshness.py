@@ -394,10 +394,15 @@ class Evaluation:
         gone = next((t for t in tables if source not in self._stored_partitions(t)), None)
         return None if gone is None else f"its table file tables/{gone}/{source}.parquet is gone"
 
+    @functools.cached_property
+    def _store(self) -> Any:
+        """The store, built once per evaluation (its filesystem, settings and cache objects)."""
+        return self.mira.store()
+
     def _stored_partitions(self, table: str) -> set[str]:
         """The partitions of a table in the store (one listing per table per evaluation)."""
         if table not in self._stored:
-            self._stored[table] = set(self.mira.store().partitions(table))
+            self._stored[table] = set(self._store.partitions(table))
         return self._stored[table]
 
     def _members_changed(self, me: Latest, sources: Iterable[str]) -> str | None:
@@ -430,7 +435,7 @@ class Evaluation:
         # every corpus asset that succeeds writes its table, and selected_subset the export
         if gone := next((a for a in CORPUS if UNPARTITIONED not in self._stored_partitions(a)), None):
             return f"its table file tables/{gone}/{UNPARTITIONED}.parquet is gone"
-        if not self.mira.store().exists(f"{EXPORT}/manifest.json"):
+        if not self._store.exists(f"{EXPORT}/manifest.json"):
             return f"its export ({EXPORT}/manifest.json) is gone"
         return None
 

@@ -642,9 +642,9 @@ def _footer(path: Path) -> Any:
     """A level-0 file's Parquet metadata, or ReplyCacheUnreadable naming it."""
     try:
         return pq.read_metadata(path)
+    except FileNotFoundError:  # removed by a compaction since the listing: the callers' retry
+        raise
     except (pa.ArrowInvalid, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
         raise ReplyCacheUnreadable(path, exc) from None
 
 

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from mira_dagster.core.scoring import Completion
-from mira_dagster.io.reply_cache import ParquetReplyCache, ReplyWriter, _bucket, _read_wal
+from mira_dagster.io.reply_cache import ParquetReplyCache, ReplyCacheUnreadable, ReplyWriter, _bucket, _read_wal
 
 V = "v1"
 
@@ -290,8 +290,6 @@ def test_a_cache_file_cut_short_is_named_with_what_to_do(tmp_path: Path, kind: s
     """A level-0 file or a run cut short (a disk fault, a copy stopped half way): lookups, counting and compaction
     fail naming the file and what to do (before: polars' "File out of specification: expected parquet magic
     bytes ... got <bytes>", naming no file); moved out, the rest of the cache reads again."""
-    from mira_dagster.io.reply_cache import ReplyCacheUnreadable
-
     cache = ParquetReplyCache(tmp_path, l0_max=100, fanout=2, unit=8)
     write(cache, range(40))
     if kind.startswith("runs"):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import polars as pl
+import pytest
 
 from mira_dagster.io.store import Store
+from mira_dagster.io.tables import UnreadableTable
 
 
 def _store(tmp_path: Path) -> Store:
@@ -63,11 +66,6 @@ def test_stream_yields_batches(tmp_path: Path, monkeypatch) -> None:
 def test_a_table_with_an_unreadable_file_fails_only_the_queries_that_read_it(tmp_path: Path) -> None:
     """A partition file cut short: the other tables' views, in a connection and in the catalogue, are there; a
     query of that table fails naming the file (before, every connection and every catalogue refresh failed)."""
-    import duckdb
-    import pytest
-
-    from mira_dagster.io.tables import UnreadableTable
-
     s = _store(tmp_path)
     s.write("raw_records", pl.DataFrame({"source": ["a"], "n_tokens": [1]}), "a")
     cut = s.home / "tables" / "student_scores" / "a.parquet"
@@ -85,8 +83,6 @@ def test_a_table_with_an_unreadable_file_fails_only_the_queries_that_read_it(tmp
 def test_a_catalogue_file_that_is_no_database_is_set_aside_and_made_again(tmp_path: Path) -> None:
     """Before, refresh_catalog took DuckDB's "not a valid DuckDB database file" for a lock: every write waited its
     20 attempts (about 16 s), and the catalogue stayed broken for good."""
-    import duckdb
-
     s = _store(tmp_path)
     s.catalog_path.write_bytes(b"\x00garbage" * 600)
     assert s.refresh_catalog()
