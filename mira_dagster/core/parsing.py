@@ -510,7 +510,7 @@ def _may_hold_score(text: str) -> bool:
 # A prose line that gives the scores' scale ("Scores (out of 5):", "on a 1-5 scale", a table's "Score (1-5)"):
 # bare numbers under it are not scores out of ten.
 _SCALE_DECL = re.compile(
-    r"(?:scale|scor(?:e|es|ed|ing)|ratings?|rated|grades?|graded)\b[^\n]{0,40}?"
+    r"\b(?:scale|scor(?:e|es|ed|ing)|rat(?:e|es|ed|ing|ings)|grades?|graded)\b[^\n]{0,40}?"
     r"(?:\bout[ \t]+of[ \t]+(\d+)|\([ \t]*[01][ \t]*(?:-|–|to)[ \t]*(\d+)[ \t]*\)|\b[01][ \t]*(?:-|–|to)[ \t]*(\d+)\b)"
     r"|\b[01][ \t]*(?:-|–|to)[ \t]*(\d+)[ \t]*(?:-?[ \t]*point[ \t]+)?scale|\b(\d+)[ \t]*-?[ \t]*point[ \t]+scale",
     re.I,

@@ -452,10 +452,13 @@ TABLE_1_5 = "| Slot | Score (1-5) |\n|---|---|\n" + "\n".join(f"| A{i} | {i % 5 
         ("Scores (out of 5):\n" + SLOTS_BARE, False),
         ("Rated on a 5-point scale:\n" + SLOTS_BARE, False),
         (TABLE_1_5, False),
+        ("Rate each 1–5:\n" + SLOTS_BARE, False),
+        ("I rate them out of 5.\n" + SLOTS_BARE, False),
         # bare numbers under a scale of ten, or each written out of ten: read
         ("Scores (out of 10):\n" + SLOTS_BARE, True),
         ("Scores (out of 5):\n" + SLOTS_TEN, True),
         ("The overall score is out of 100.\n" + SLOTS_BARE, True),
+        ("Accurate within 1-5 steps; concise.\n" + SLOTS_BARE, True),  # a word ending in "rate" is no scale
     ],
 )
 def test_bare_scores_under_a_scale_that_is_not_ten_are_refused(reply: str, read: bool) -> None:
