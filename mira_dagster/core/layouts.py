@@ -204,8 +204,9 @@ def _part_text(part: Any) -> str:
     # Anthropic Messages content blocks: a tool call and its result; OpenAI's refusal part
     if kind == "tool_use":
         return f"[tool_call] {as_text(part.get('name'))}({as_text(part.get('input', ''))})"
-    if kind == "tool_result":
-        return f"[tool_result] {_content_text(part.get('content'))}"
+    if kind == "tool_result":  # a failed call says so (`is_error`): the scorer judges what the agent did next
+        flag = ", error" if part.get("is_error") is True else ""
+        return f"[tool_result{flag}] {_content_text(part.get('content'))}"
     if kind == "refusal" and isinstance(part.get("refusal"), str):
         return part["refusal"]
     for key in _PART_TEXT_KEYS:
@@ -233,6 +234,9 @@ def _content_text(content: Any) -> str:
 
 def _is_reasoning_part(part: Any) -> bool:
     return isinstance(part, dict) and part.get("type") in _REASONING_PART_TYPES
+
+
+_RESULT_ROLES = frozenset({"tool", "function", "ipython"})  # turns that carry a tool's output
 
 
 def _role(turn: dict[str, Any]) -> str:
@@ -280,12 +284,33 @@ def _with_calls(text: str, message: dict[str, Any]) -> str:
     return f"{text}\n{calls}" if text and calls else text or calls
 
 
-def _turn_transcript(message: dict[str, Any]) -> tuple[str, str]:
+def _call_names(turns: Iterable[Any]) -> dict[str, str]:
+    """The function each tool call id names, over a conversation's calls: a result may name its call by id alone."""
+    names = {}
+    for turn in turns:
+        calls = turn.get("tool_calls") if isinstance(turn, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            fn = call.get("function") if isinstance(call, dict) and isinstance(call.get("function"), dict) else call
+            if isinstance(call, dict) and _str(call.get("id")) and _str(fn.get("name")):
+                names[call["id"]] = fn["name"]
+    return names
+
+
+def _labelled(role: str, turn: dict[str, Any], calls: dict[str, str]) -> str:
+    """A tool result's role with the tool that answered (its `name`, else its call's): which call a result answers,
+    when calls ran in parallel."""
+    if role not in _RESULT_ROLES:
+        return role
+    tool = _str(turn.get("name")) or calls.get(_str(turn.get("tool_call_id")), "")
+    return f"{role} ({tool})" if tool else role
+
+
+def _turn_transcript(message: dict[str, Any], calls: dict[str, str] | None = None) -> tuple[str, str]:
     """(role, text) of one turn of a conversation's context: its content, its reasoning as a `<think>` block,
     its tool calls."""
     role = _role(message) or "turn"
     if role != "assistant":
-        return role, _with_calls(_content_text(_body(message)), message)
+        return _labelled(role, message, calls or {}), _with_calls(_content_text(_body(message)), message)
     thinking, text = _reply(message)
     text = f"<think>\n{thinking}\n</think>\n{text}" if not _blank(thinking) else text
     return role, _with_calls(text, message)
@@ -305,7 +330,8 @@ def _qa_from_turns(turns: Any, system: str = "") -> Fields | None:
     if at is None or not any(_role(m) == "user" for m in msgs[:at]):
         return None
     thinking, answer = _reply(msgs[at])
-    context = [(m, _turn_transcript(m)) for m in msgs[:at]]
+    calls = _call_names(msgs)
+    context = [(m, _turn_transcript(m, calls)) for m in msgs[:at]]
     said = [(m, turn) for m, turn in context if not _blank(turn[1])]
     # the first release's single-turn records keep their text (and record ids): one user turn is the bare question
     if len(said) == 1 and said[0][1][0] == "user":
@@ -314,7 +340,7 @@ def _qa_from_turns(turns: Any, system: str = "") -> Fields | None:
         question = _render(turn for _, turn in context)
     fields = {"question": question, "thinking": thinking, "answer": _with_calls(answer, msgs[at])}
     if msgs[at + 1 :]:
-        fields["_tail"] = _render(_turn_transcript(m) for m in msgs[at + 1 :])
+        fields["_tail"] = _render(_turn_transcript(m, calls) for m in msgs[at + 1 :])
     return fields
 
 
@@ -586,7 +612,7 @@ def _responses_agent(d: dict[str, Any]) -> Fields | None:
 # Agent layouts
 
 
-def _turn_text(turn: dict[str, Any]) -> tuple[str, str]:
+def _turn_text(turn: dict[str, Any], calls: dict[str, str] | None = None) -> tuple[str, str]:
     # (*) SWE-agent / OpenHands turns: role or source, content or message, plus thought, command, code, action.
     if not turn.get("role") and _item_type(turn).endswith(("_call", "_call_output", "reasoning")):
         return _item_turn(turn)  # Responses items in a saved run (OpenAI Agents SDK `to_input_list()`)
@@ -609,7 +635,7 @@ def _turn_text(turn: dict[str, Any]) -> tuple[str, str]:
         parts.insert(0, f"<think>\n{reasoning}\n</think>")
     if not action:  # SWE-agent writes each call again as its `action`, rendered above
         parts.append(_tool_calls_text(turn))
-    return role, "\n".join(p for p in parts if p)
+    return _labelled(role, turn, calls or {}), "\n".join(p for p in parts if p)
 
 
 def _agent_turns(d: dict[str, Any]) -> Fields | None:
@@ -617,7 +643,8 @@ def _agent_turns(d: dict[str, Any]) -> Fields | None:
     turns = d.get("messages") if isinstance(d.get("messages"), list) else d.get("history")
     if not isinstance(turns, list) or not turns:
         return None
-    rendered = [_turn_text(t) for t in turns if isinstance(t, dict)]
+    calls = _call_names(turns)
+    rendered = [_turn_text(t, calls) for t in turns if isinstance(t, dict)]
     # a system prompt beside the messages (Anthropic, Bedrock) is the trajectory's first turn
     if isinstance(d.get("system"), str | list) and not _blank(system := _system(d)):
         rendered.insert(0, ("system", system))

@@ -719,7 +719,7 @@ def is_pair(obj: Any) -> bool:
 
 
 # Bump when a change to ingest changes what it writes for the same files: every source is then re-ingested.
-INGEST_CODE_VERSION = "2026-12-06b"  # + Gemini, Cohere, ranked answers, Agents SDK runs, Dolly context, Bedrock system
+INGEST_CODE_VERSION = "2026-12-07"  # + tool results name their tool
 
 
 def entry_fingerprint(entry: BaseModel, max_record_bytes: int) -> str:

@@ -44,13 +44,46 @@ def test_a_multi_turn_chat_is_one_record_holding_every_turn() -> None:
     # a tool call with null content and its tool result are turns of the context
     _, fields = to_fields(weather, "qa", None)
     assert '[tool_call] get_current_weather({"location": "Boston, MA"})' in fields["question"]
-    assert '### tool\n{"temperature": 22, "unit": "celsius"}' in fields["question"]
+    assert '### tool (get_current_weather)\n{"temperature": 22, "unit": "celsius"}' in fields["question"]
     assert fields["answer"] == "It is 22 degrees Celsius in Boston today."
     # content as parts; the last assistant turn's reasoning is the thinking
     _, fields = to_fields(image, "qa", None)
     assert "What is in this image?" in fields["question"] and "What colour is it?" in fields["question"]
     assert fields["thinking"] == "The fur in the picture is orange with stripes."
     assert fields["answer"] == "It is an orange tabby."
+
+
+PARALLEL = [
+    {"role": "user", "content": "Fix the bug in foo.py"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "foo.py"}'}},
+            {"id": "c2", "type": "function", "function": {"name": "run_tests", "arguments": "{}"}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c2", "content": "1 failed"},  # answers out of order, by id alone
+    {"role": "tool", "tool_call_id": "c1", "name": "read_file", "content": "def foo(): return 1"},
+    {"role": "function", "name": "legacy_lookup", "content": "ok"},
+    {"role": "tool", "tool_call_id": "unknown", "content": "orphan"},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True, "content": "boom"}]},
+    {"role": "assistant", "content": "Fixed: foo returns 2."},
+]
+
+
+@pytest.mark.parametrize(("family", "field"), [("qa", "question"), ("agent", "trajectory")])
+def test_a_tool_result_names_the_tool_that_answered(family: str, field: str) -> None:
+    """Parallel calls answered out of order: each result says which tool it came from (its `name`, else the name
+    its `tool_call_id` points to), and a failed Anthropic tool result says it failed; before, every result was
+    a bare `### tool` and the scorer could not tell the test output from the file's text."""
+    _, fields = to_fields({"messages": PARALLEL}, family, None)
+    text = fields[field]
+    assert "### tool (run_tests)\n1 failed" in text
+    assert "### tool (read_file)\ndef foo(): return 1" in text
+    assert "### function (legacy_lookup)\nok" in text
+    assert "### tool\norphan" in text  # an id no call carries: no name made up
+    assert "[tool_result, error] boom" in text
 
 
 def test_earlier_reasoning_and_tool_calls_of_the_answer_are_kept() -> None:
