@@ -44,7 +44,8 @@ _QA_FIELDS = ("question", "thinking", "answer")
 # Deeper values than this are left to the per-record path, which refuses what Python's decoder cannot nest
 MAX_DEPTH = 100
 
-# the unused-text check of core/records.unused_text_keys, its constants
+# the unused-text check of core/records.unused_text_keys, its constants and the columns it reads
+_TEXTS = (pl.String, pl.List(pl.String))
 _UNUSED_MIN, _PROBE, _PROBES = 40, 24, 5
 
 
@@ -100,7 +101,7 @@ def place(table: pa.Table, family: Family, rows: bool = False) -> Placed | None:
     ids = record_ids(texts)
     at = fields["_row"]
     held = df if at.len() == df.height else df[at]  # the rows placed (a copy only when some are not)
-    text_keys = [c for c in table.column_names if df.schema[c] == pl.String and c not in reader.verbatim]
+    text_keys = [c for c in table.column_names if df.schema[c] in _TEXTS and c not in reader.verbatim]
     unused = unused_keys(held, texts, text_keys)
     original = row_json(held) if rows else None
     return Placed(at.to_list(), chosen, texts, ids, unused, original)
@@ -433,6 +434,8 @@ def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]
     names = list(fields.columns)
     for key in (c for c in text_columns if not _side_key(c)):
         frame = pl.concat([raw.select(pl.col(key).alias("_value")), fields], how="horizontal").with_row_index("_i")
+        if raw.schema[key] != pl.String:  # a list of strings: each string looked at, the row's key named once
+            frame = frame.explode("_value")
         frame = _kept(frame, pl.col("_value").str.len_chars() >= _UNUSED_MIN)
         if frame.height == 0:
             continue
@@ -469,7 +472,7 @@ def unused_keys(raw: pl.DataFrame, fields: pl.DataFrame, text_columns: list[str]
             row = out[i]
             if hh_row or row is None:
                 out[i] = None
-            else:
+            elif not row or row[-1] != key:
                 row.append(key)
     return out
 

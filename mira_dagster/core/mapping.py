@@ -90,7 +90,7 @@ def suggest_mapping(obj: Any, family: str) -> dict[str, str]:
 
 
 # JMESPath's `join` with a JSON literal separator (a raw string '\n' would be a backslash and an n)
-_JOIN = 'join(`"\\n\\n"`, [{}] | [?@])'
+_JOIN = 'join(`"\\n\\n"`, [{}]{} | [?@])'  # `[]` flattens a list of strings among the keys joined
 
 
 def suggest_with_unused(obj: dict[str, Any], fields: dict[str, str], unused: list[str], family: str) -> dict[str, str]:
@@ -108,7 +108,8 @@ def suggest_with_unused(obj: dict[str, Any], fields: dict[str, str], unused: lis
     }
     context = [k for k in unused if not not_chosen_key(k)]
     parts = [*context, *([source[target]] if target in source else [])]
-    out = {target: _JOIN.format(", ".join(map(_quote, parts)))} if parts else {}
+    flat = "[]" if any(isinstance(obj.get(k), list) for k in parts) else ""
+    out = {target: _JOIN.format(", ".join(map(_quote, parts)), flat)} if parts else {}
     for name in FAMILY_FIELDS[family]:
         if name != target and name in source and not not_chosen_key(source[name]):
             out[name] = _quote(source[name])

@@ -367,28 +367,36 @@ _PROBE, _PROBES = 24, 5
 
 
 def unused_text_keys(obj: Any, fields: Mapping[str, str]) -> list[str]:
-    """Top-level keys of `obj` holding prose that none of the record's fields contains."""
+    """Top-level keys of `obj` holding prose that none of the record's fields contains: a string, or a list of
+    strings any one of which is (OpenR1's `generations`: the traces besides the one a layout read)."""
     if not isinstance(obj, dict):
         return []
     texts = [t for t in fields.values() if t]
     unused = []
     for key, value in obj.items():
-        if not isinstance(value, str) or len(value) < UNUSED_MIN_CHARS or _side_key(key):
+        if _side_key(key):
             continue
-        text = normalise_text(value)
-        if len(text) < UNUSED_MIN_CHARS or text[0] in "[{" or " " not in text:
-            continue
-        if (turns := hh_turns(value)) and all(
-            any(normalise_text(t["content"]) in f for f in texts) for t in turns if t["content"].strip()
-        ):
-            continue  # a Human/Assistant transcript read turn by turn (its markers become roles)
-        # windows inside the text (a layout may drop tags at its ends or split it in the middle)
-        size = max(12, min(_PROBE, len(text) // 6))  # short texts: shorter windows, fewer across a split
-        step = max(1, (len(text) - size) // (_PROBES + 1))
-        probes = [text[i * step : i * step + size] for i in range(1, _PROBES + 1)]
-        if sum(any(p in t for t in texts) for p in probes) <= _PROBES // 2:  # a common phrase may be anywhere
+        values = value if isinstance(value, list) and all(isinstance(v, str | None) for v in value) else [value]
+        if any(_unused_prose(v, texts) for v in values):
             unused.append(str(key))
     return unused
+
+
+def _unused_prose(value: Any, texts: list[str]) -> bool:
+    if not isinstance(value, str) or len(value) < UNUSED_MIN_CHARS:
+        return False
+    text = normalise_text(value)
+    if len(text) < UNUSED_MIN_CHARS or text[0] in "[{" or " " not in text:
+        return False
+    if (turns := hh_turns(value)) and all(
+        any(normalise_text(t["content"]) in f for f in texts) for t in turns if t["content"].strip()
+    ):
+        return False  # a Human/Assistant transcript read turn by turn (its markers become roles)
+    # windows inside the text (a layout may drop tags at its ends or split it in the middle)
+    size = max(12, min(_PROBE, len(text) // 6))  # short texts: shorter windows, fewer across a split
+    step = max(1, (len(text) - size) // (_PROBES + 1))
+    probes = [text[i * step : i * step + size] for i in range(1, _PROBES + 1)]
+    return sum(any(p in t for t in texts) for p in probes) <= _PROBES // 2  # a common phrase may be anywhere
 
 
 def _side_key(key: Any) -> bool:

@@ -269,6 +269,21 @@ def test_a_half_matching_layout_names_the_unused_key_and_suggests_a_mapping_with
     assert parser.stats.suggested_fields == suggestion
 
 
+def test_a_list_of_prose_left_unused_is_named_and_the_suggestion_reads_it() -> None:
+    """OpenR1-Math: `generations` holds the traces beside the one `solution` gives; the second was unmentioned, and
+    a suggestion naming the list would not evaluate (JMESPath's join takes strings only)."""
+    trace = "Let me work through this carefully, one step after another, before I answer."
+    obj = {"problem": "What is 2+2?", "solution": f"{trace} So 4.", "answer": "4", "generations": [trace, "x " * 40]}
+    name, fields = to_fields(obj, "qa_with_think", None)
+    assert name == "qa_fields" and unused_text_keys(obj, fields) == ["generations"]
+    assert unused_text_keys({**obj, "generations": [trace, None]}, fields) == []  # the one it holds is used
+    assert unused_text_keys({**obj, "generations": ["x " * 40, 4]}, fields) == []  # not a list of strings
+    suggestion = suggest_with_unused(obj, fields, ["generations"], "qa_with_think")
+    assert suggestion["question"] == 'join(`"\\n\\n"`, [generations, problem][] | [?@])'
+    mapped = to_fields(obj, "qa_with_think", compile_mapping(suggestion, "qa_with_think"))[1]
+    assert mapped["question"] == f"{trace}\n\n{'x ' * 40}\n\nWhat is 2+2?"
+
+
 def test_text_a_layout_reads_in_part_is_not_called_unused() -> None:
     # a solution split into thinking and answer, a long id without spaces, the rejected side of a pair
     obj = {

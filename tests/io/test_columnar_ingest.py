@@ -133,6 +133,31 @@ EDGES = [
 ]
 
 
+TRACE = "Let me work through this carefully, one step after another, before I answer"
+LISTED = [
+    # lists of prose: a trace a field holds is used, another one is not (OpenR1's `generations`)
+    _q(question="q1", thinking=TRACE, answer="a", generations=[TRACE, "a second attempt at the problem, never shown"]),
+    _q(question="q2", thinking=TRACE, answer="a", generations=[TRACE]),
+    _q(question="q3", answer="a", generations=[None, "a null beside prose that no field of the record holds"]),
+    _q(question="q4", answer="a", generations=[]),
+    _q(question="q5", answer="a", generations=None),
+    _q(question="q6", answer="a", tags=["short", "tags"]),
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 2048])
+def test_a_list_of_prose_left_unused_is_named_the_same(tmp_path: Path, batch_size: int) -> None:
+    """A list of strings any one of which is prose no field holds is a key left unused, on both paths; before, only
+    top-level strings were looked at and the second trace went unmentioned."""
+    path = tmp_path / "listed.jsonl"
+    path.write_bytes(b"\n".join(LISTED) + b"\n")
+    _same([path], "qa_with_think", batch_size)
+    _, _, stats = _read([path], "qa_with_think", columnar=True, batch_size=batch_size)
+    assert stats[5] == {"generations": 2}
+    if batch_size == 2048:
+        assert _placed([path], "qa_with_think") == [6]  # the columnar path decided them
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 2048])
 def test_edge_lines_read_the_same(tmp_path: Path, batch_size: int) -> None:
     path = tmp_path / "edges.jsonl"
