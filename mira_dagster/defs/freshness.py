@@ -30,7 +30,7 @@ from typing import Any
 import dagster as dg
 
 from mira_dagster.core.config import MiraConfig
-from mira_dagster.io.export import EXPORT
+from mira_dagster.io.export import EXPORT, TABLE_SCHEMAS
 from mira_dagster.io.ingest import ingest_fingerprint, input_fingerprint
 from mira_dagster.io.readers import SourceFileError, expand_files
 from mira_dagster.io.tables import UNPARTITIONED
@@ -202,6 +202,7 @@ CORPUS = (
     "selected_random",
     "selection_report",
 )
+SIDE_TABLES = ("source_overlap", "selection_variants")  # written by selected_subset and selection_report beside theirs
 FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -388,7 +389,8 @@ class Evaluation:
         if asset in SCORING:
             tables: tuple[str, ...] = (asset,)
         elif asset == "raw_records" and me.metadata.get("records_written"):
-            tables = ("raw_records", "quarantine")  # written together; the counts reconcile over both
+            # written together: the counts reconcile over the first two, the export retypes table rows by the third
+            tables = ("raw_records", "quarantine", TABLE_SCHEMAS)
         else:
             return None
         gone = next((t for t in tables if source not in self._stored_partitions(t)), None)
@@ -432,9 +434,11 @@ class Evaluation:
             return "a run stopped between two corpus assets"
         if report.metadata.get(CORPUS_FINGERPRINT) != corpus_fingerprint(self.instance, self.cfg):
             return "an input changed"
-        # every corpus asset that succeeds writes its table, and selected_subset the export
-        if gone := next((a for a in CORPUS if UNPARTITIONED not in self._stored_partitions(a)), None):
-            return f"its table file tables/{gone}/{UNPARTITIONED}.parquet is gone"
+        # every corpus asset that succeeds writes its table (two write one more each), and selected_subset the export
+        written = [(a, UNPARTITIONED) for a in (*CORPUS, *SIDE_TABLES)]
+        written.append(("scope_selections", self.cfg.pipeline.scorer_scope))  # this scope's kept set, for the report
+        if gone := next(((t, p) for t, p in written if p not in self._stored_partitions(t)), None):
+            return f"its table file tables/{gone[0]}/{gone[1]}.parquet is gone"
         if not self._store.exists(f"{EXPORT}/manifest.json"):
             return f"its export ({EXPORT}/manifest.json) is gone"
         return None

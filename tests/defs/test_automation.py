@@ -270,6 +270,45 @@ def test_corpus_assets_follow_their_inputs(env: MiraResource) -> None:
     assert "source_groups" in got and not corpus & set(got)  # the corpus waits for what is stale upstream
 
 
+def test_a_file_a_step_writes_beside_its_table_is_missed_when_gone(env: MiraResource, tmp_path: Path) -> None:
+    """Tables no asset is named after, deleted by hand: a source's column types (`table_schemas`, which the export
+    retypes table rows by) make its ingest stale; the corpus's side tables (`source_overlap`, `selection_variants`,
+    this scope's `scope_selections`) make the corpus stale. Before, each was noticed only when its step ran again
+    for another reason, and an export without the column types wrote a table's dates and decimals as text."""
+    mira = env
+    instance = dg.DagsterInstance.ephemeral()
+    register_partitions(instance, mira.config())
+    corpus = {a.key.to_user_string() for a in d.CORPUS_ASSETS}
+    for _ in range(10):
+        got = _requested(instance, mira)
+        if corpus & set(got):
+            selection = d.CORPUS_ASSETS
+            assert dg.materialize(
+                d.ALL_ASSETS, selection=selection, instance=instance, resources={"mira": mira}
+            ).success
+        elif got:
+            _run_requested(instance, mira, got)
+        else:
+            break
+    assert _requested(instance, mira) == {}
+    tables = tmp_path / "home" / "tables"
+    scope = mira.config().pipeline.scorer_scope
+    for rel, asset, partition in [
+        ("table_schemas/lean_qa.parquet", "raw_records", "lean_qa"),
+        ("source_overlap/all.parquet", "selection_report", None),
+        ("selection_variants/all.parquet", "dim_reliability", None),
+        (f"scope_selections/{scope}.parquet", "selected_subset", None),
+    ]:
+        path = tables / rel
+        kept = path.read_bytes()
+        path.unlink()
+        assert (
+            Evaluation(instance, mira, retry=False).reason(asset, partition) == f"its table file tables/{rel} is gone"
+        )
+        path.write_bytes(kept)
+        assert Evaluation(instance, mira, retry=False).reason(asset, partition) is None
+
+
 def test_a_stage_runs_its_steps_in_one_run(env: MiraResource) -> None:
     """anchor_rubric reads teacher_judgments of its unit: the daemon requests both in one tick (the sensor makes one
     run of a partition's requests: test_daemon_handoff sees it), not a tick and a process apart."""
