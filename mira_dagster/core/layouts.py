@@ -82,10 +82,25 @@ def normalise_text(text: str) -> str:
     return text.strip()
 
 
+class WrittenFloat(float):
+    """A JSON number with a fraction or an exponent, which remembers how its line wrote it ("1.10", "1e-5"): a
+    float's repr would show "1.1" and "1e-05", not what the source wrote."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, value: float, text: str) -> WrittenFloat:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    def __reduce__(self) -> tuple[type[WrittenFloat], tuple[float, str]]:  # copies and pickles keep the text
+        return WrittenFloat, (float(self), self.text)
+
+
 def as_text(value: Any) -> str:
     """Any JSON (or Parquet) value as text: answers may be numbers, booleans or lists and must not read as empty.
 
-    Floats keep `repr` ("42.0", "1e-05") so the text is what the source wrote, not a rounding of it."""
+    A JSON number is shown as its line wrote it; other floats keep `repr` ("42.0", "1e-05"), not a rounding."""
     if isinstance(value, str):
         return value
     if value is None:
@@ -94,6 +109,8 @@ def as_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return _int_text(value)
+    if isinstance(value, WrittenFloat):
+        return value.text
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ""  # NaN or infinity (a Parquet null in disguise): no text
     if isinstance(value, list | tuple):

@@ -36,6 +36,7 @@ from mira_dagster.core.layouts import (
     REQUIRED,
     Fields,
     Side,
+    WrittenFloat,
     as_object,
     hh_turns,
     match,
@@ -215,7 +216,7 @@ _DECODER = json.JSONDecoder(
 def _finite(value: float, text: str) -> float:
     if value in (float("inf"), float("-inf")):  # 1e999: no number a text field can hold
         raise Rejected("invalid JSON", f"invalid JSON: {text[:40]} is out of range for a number")
-    return value
+    return WrittenFloat(value, text)
 
 
 def _decode(raw: bytes, max_bytes: int) -> tuple[Any, str]:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
+import pickle
 import re
 import time
 from decimal import Decimal
@@ -14,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mira_dagster.core import layouts
-from mira_dagster.core.layouts import LAYOUTS, as_text, match
-from mira_dagster.core.records import Rejected, to_fields
+from mira_dagster.core.layouts import LAYOUTS, WrittenFloat, as_text, match
+from mira_dagster.core.records import BatchParser, Rejected, Unit, to_fields
 from tests.conftest import SAMPLE
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "layouts"
@@ -354,6 +356,20 @@ def test_qa_fields() -> None:
 )
 def test_as_text(value: Any, text: str) -> None:
     assert as_text(value) == text
+
+
+def test_a_json_number_reads_as_its_line_wrote_it() -> None:
+    """`"answer": 1.10` showed the scorer "1.1" and `1e-5` "1e-05" (a float's repr, not what the line held)."""
+    lines = [
+        b'{"question": "0.5 + 0.6?", "answer": 1.10}',
+        b'{"question": "small?", "answer": 1e-5}',
+        b'{"question": "both?", "answer": [1.50, 2, -0.0]}',
+        b'{"question": "whole?", "answer": 3.0E2}',
+    ]
+    parsed = BatchParser("s", "g", "qa").parse("f.jsonl", [Unit(i, raw=line) for i, line in enumerate(lines, 1)])
+    assert parsed.text["answer"] == ["1.10", "1e-5", "1.50, 2, -0.0", "3.0E2"]
+    written = WrittenFloat(1.1, "1.10")
+    assert as_text(pickle.loads(pickle.dumps(written))) == as_text(copy.deepcopy(written)) == "1.10"
 
 
 def test_as_text_of_huge_and_deep_values() -> None:
