@@ -85,10 +85,17 @@ def _completion(raw: bytes, where: str) -> Completion:
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
         details = usage.get("prompt_tokens_details") or {}
-        content = choice["message"].get("content")
+        message = choice["message"]
+        content = message.get("content")
         if isinstance(content, list):  # content parts (Mistral's API): the text parts; reasoning parts stay out, as
             # a server's reasoning_content does
             content = "".join(_reply_part(part) for part in content)
+        if not content and choice.get("finish_reason") == "stop" and (thought := _reasoning(message)):
+            raise RequestFailed(
+                f"reply from {where} has no content: the {len(thought):,} characters the model wrote came as the "
+                "message's reasoning (a reasoning parser on the server took the whole reply); serve the scorer "
+                "without --reasoning-parser and run again"
+            )
         return Completion(
             text=content or "",
             finish_reason=choice.get("finish_reason"),
@@ -98,6 +105,12 @@ def _completion(raw: bytes, where: str) -> Completion:
         )
     except (ValueError, LookupError, TypeError, AttributeError) as exc:
         raise RequestFailed(f"not a chat completion from {where}: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _reasoning(message: dict[str, Any]) -> str:
+    """What a server's reasoning parser split off the reply (vLLM: `reasoning_content`, later `reasoning`)."""
+    thought = message.get("reasoning_content") or message.get("reasoning")
+    return thought if isinstance(thought, str) and thought.strip() else ""
 
 
 def _reply_part(part: Any) -> str:

@@ -69,3 +69,26 @@ def test_content_given_as_parts_is_its_text_parts() -> None:
     broken = {**REPLY, "choices": [{"index": 0, "message": {"role": "assistant", "content": [{"type": "text"}]}}]}
     with pytest.raises(RequestFailed, match="a content part that is not text"):
         _completion(json.dumps(broken).encode(), "http://h:8000/v1")
+
+
+def _with(message: dict, finish_reason: str | None) -> bytes:
+    choice = {"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}
+    return json.dumps({**REPLY, "choices": [choice]}).encode()
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_whole_reply_taken_by_a_reasoning_parser_fails_its_request_saying_so(field: str) -> None:
+    """A scorer served with vLLM's --reasoning-parser whose reply never closed its think block: the server returns
+    every character as the message's reasoning and none as content. Before, that was an empty reply, cached as a
+    parse error ("missing slots A1,...") and never asked again; now the request fails with the cause, so a run after
+    the server is fixed asks it again. A content beside the reasoning is the reply; an empty content cut by the
+    token limit is a cut reply, as before."""
+    thought = "[A1] x: 7/10 — y"
+    with pytest.raises(RequestFailed, match=r"^reply from http://h:8000/v1 has no content: the 16 characters"):
+        _completion(_with({"content": None, field: thought}, "stop"), "http://h:8000/v1")
+    with pytest.raises(RequestFailed, match="--reasoning-parser"):
+        _completion(_with({"content": "", field: thought}, "stop"), "http://h:8000/v1")
+    assert _completion(_with({"content": "[A1] x: 8/10 — z", field: thought}, "stop"), "h").text == "[A1] x: 8/10 — z"
+    cut = _completion(_with({"content": None, field: thought}, "length"), "h")
+    assert (cut.text, cut.finish_reason) == ("", "length")
+    assert _completion(_with({"content": None, field: "   "}, "stop"), "h").text == ""
