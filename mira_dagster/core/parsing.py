@@ -948,6 +948,8 @@ def parse_reply_full(text: str, finish_reason: str | None = None, names: Sequenc
         issues.append(f"missing {', '.join(absent)}")
     if cut:
         issues.append("reply cut off")
+    if not text.strip():
+        issues.insert(0, "the reply is empty")  # said first: the missing fields that follow are why
     res.issues = issues
     n_scored = sum(s is not None for s in res.scores)
     trailer_ok = None not in (res.overall, res.recommendation, res.domain_tag, res.brief)

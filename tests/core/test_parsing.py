@@ -143,6 +143,7 @@ def test_prose_only_is_parse_error() -> None:
 
 def test_empty_reply_is_parse_error() -> None:
     assert parse_reply("").status == "parse_error"
+    assert parse_reply(" \n", "stop").issues[0] == parse_reply("", "length").issues[0] == "the reply is empty"
 
 
 def test_no_colon_form_with_denominator() -> None:

@@ -239,7 +239,7 @@ ROWS = [
         ["unknown recommendation '<keep | downsample | drop>'"],
     ),
     Row("33_draft_then_final_untagged", "ok", QA, QA_TRAILER, ["2 sets of slot lines; the last one was read"]),
-    Row("34_empty", "parse_error", [None] * 15, NO_TRAILER, [missing_from(1), MISSING_TRAILER]),
+    Row("34_empty", "parse_error", [None] * 15, NO_TRAILER, ["the reply is empty", missing_from(1), MISSING_TRAILER]),
     Row("35_values_on_next_line", "ok", AG, AG_TRAILER, group="D"),
     Row(
         "36_content_filter",
