@@ -209,7 +209,7 @@ NON_TEXT = "non-text part: "
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", *_REASONING_PART_TYPES} - {"redacted_thinking"})
 
 
-def _part_text(part: Any) -> str:
+def _part_text(part: Any, calls: dict[str, str] | None = None) -> str:
     if not isinstance(part, dict):
         return _str(part)
     # Gemini parts: a function call or its response in place of text
@@ -221,8 +221,9 @@ def _part_text(part: Any) -> str:
     # Anthropic Messages content blocks: a tool call and its result; OpenAI's refusal part
     if kind == "tool_use":
         return f"[tool_call] {as_text(part.get('name'))}({as_text(part.get('input', ''))})"
-    if kind == "tool_result":  # a failed call says so (`is_error`): the scorer judges what the agent did next
-        flag = ", error" if part.get("is_error") is True else ""
+    if kind == "tool_result":  # the tool it answers (by its call's id), and a failed call says so (`is_error`)
+        tool = (calls or {}).get(_str(part.get("tool_use_id")), "")
+        flag = (f" {tool}" if tool else "") + (", error" if part.get("is_error") is True else "")
         return f"[tool_result{flag}] {_content_text(part.get('content'))}"
     if kind == "refusal" and isinstance(part.get("refusal"), str):
         return part["refusal"]
@@ -240,12 +241,13 @@ def _part_text(part: Any) -> str:
     return f"[{NON_TEXT}{kind if isinstance(kind, str) and kind else next(iter(part))}]"
 
 
-def _content_text(content: Any) -> str:
-    """Chat content as text: a string, or a list of content parts (each part's text, one per line)."""
+def _content_text(content: Any, calls: dict[str, str] | None = None) -> str:
+    """Chat content as text: a string, or a list of content parts (each part's text, one per line); `calls` names
+    the tool of each call id, for the results that name their call by id alone."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(_part_text(p) for p in content)
+        return "\n".join(_part_text(p, calls) for p in content)
     return ""
 
 
@@ -305,8 +307,12 @@ def _call_names(turns: Iterable[Any]) -> dict[str, str]:
     """The function each tool call id names, over a conversation's calls: a result may name its call by id alone."""
     names = {}
     for turn in turns:
-        calls = turn.get("tool_calls") if isinstance(turn, dict) else None
-        for call in calls if isinstance(calls, list) else ():
+        if not isinstance(turn, dict):
+            continue
+        calls = list(turn["tool_calls"]) if isinstance(turn.get("tool_calls"), list) else []
+        if isinstance(content := _body(turn), list):  # Anthropic: `tool_use` blocks among the content parts
+            calls += [p for p in content if isinstance(p, dict) and p.get("type") == "tool_use"]
+        for call in calls:
             fn = call.get("function") if isinstance(call, dict) and isinstance(call.get("function"), dict) else call
             if isinstance(call, dict) and _str(call.get("id")) and _str(fn.get("name")):
                 names[call["id"]] = fn["name"]
@@ -327,7 +333,7 @@ def _turn_transcript(message: dict[str, Any], calls: dict[str, str] | None = Non
     its tool calls."""
     role = _role(message) or "turn"
     if role != "assistant":
-        return _labelled(role, message, calls or {}), _with_calls(_content_text(_body(message)), message)
+        return _labelled(role, message, calls or {}), _with_calls(_content_text(_body(message), calls), message)
     thinking, text = _reply(message)
     text = f"<think>\n{thinking}\n</think>\n{text}" if not _blank(thinking) else text
     return role, _with_calls(text, message)
@@ -636,7 +642,7 @@ def _turn_text(turn: dict[str, Any], calls: dict[str, str] | None = None) -> tup
     role = _str(turn.get("role")) or _str(turn.get("source"))
     if not role:
         role = "observation" if "observation" in turn else "action" if "action" in turn else "event"
-    parts = [_content_text(turn.get("content")) or _str(turn.get("message"))]
+    parts = [_content_text(turn.get("content"), calls) or _str(turn.get("message"))]
     thought = _str(turn.get("thought"))
     if thought and thought not in parts[0]:
         parts.insert(0, thought)

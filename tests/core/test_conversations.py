@@ -68,6 +68,20 @@ PARALLEL = [
     {"role": "function", "name": "legacy_lookup", "content": "ok"},
     {"role": "tool", "tool_call_id": "unknown", "content": "orphan"},
     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": True, "content": "boom"}]},
+    {  # Anthropic: two calls as content blocks, their results by id
+        "role": "assistant",
+        "content": [
+            {"type": "tool_use", "id": "tu1", "name": "grep", "input": {"q": "foo"}},
+            {"type": "tool_use", "id": "tu2", "name": "ls", "input": {}},
+        ],
+    },
+    {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "tu2", "content": "foo.py"},
+            {"type": "tool_result", "tool_use_id": "tu1", "content": "foo.py:1"},
+        ],
+    },
     {"role": "assistant", "content": "Fixed: foo returns 2."},
 ]
 
@@ -83,7 +97,8 @@ def test_a_tool_result_names_the_tool_that_answered(family: str, field: str) -> 
     assert "### tool (read_file)\ndef foo(): return 1" in text
     assert "### function (legacy_lookup)\nok" in text
     assert "### tool\norphan" in text  # an id no call carries: no name made up
-    assert "[tool_result, error] boom" in text
+    assert "[tool_result, error] boom" in text  # an id no call carries: no name, and the failure said
+    assert "[tool_result ls] foo.py\n[tool_result grep] foo.py:1" in text
 
 
 def test_earlier_reasoning_and_tool_calls_of_the_answer_are_kept() -> None:

@@ -215,7 +215,7 @@ def test_content_parts_of_other_producers() -> None:
     }
     _, fields = match(anthropic, "agent")
     assert '[tool_call] get_weather({"city": "Paris"})' in fields["trajectory"]
-    assert "[tool_result] sunny, 18 C" in fields["trajectory"]
+    assert "[tool_result get_weather] sunny, 18 C" in fields["trajectory"]
     refusal = {
         "messages": [
             {"role": "user", "content": "q"},
