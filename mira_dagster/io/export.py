@@ -104,6 +104,7 @@ _READ_ROWS = 512  # rows of the unsorted scan handed to Python at a time
 # DuckDB's limit (MiB) while it scans the kept rows: with the store's (4 GB by default) it kept more memory the more
 # row groups it had read; under this one its join of the kept keys spills to the temp folder instead
 _SCAN_MIB = 256
+_KEY_BYTES = 400  # and per kept record: 256 MiB alone failed at 978,171 kept (2M records), +200 B each passed
 _UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
@@ -123,8 +124,9 @@ def _in_place(store: Store, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
             con.execute("SET preserve_insertion_order = false")
             con.execute("SET threads = 1")
             con.execute(f"CREATE TEMP TABLE export_order AS {load_sql('export_original_order')}")
-            _lower_memory_limit(con, _SCAN_MIB)
             kept = con.execute("SELECT count(*) FROM export_order").fetchall()[0][0]
+            # the kept keys (the temporary table and the join's hash table of it) stay in memory beside the scan
+            _lower_memory_limit(con, _SCAN_MIB + math.ceil(kept * _KEY_BYTES / 2**20))
             # places per first-pass file: a bucket, or as many buckets as keep the files open under _MAX_OPEN
             span = batch_rows * max(1, math.ceil(math.ceil(kept / batch_rows) / _MAX_OPEN))
             rows = con.sql(load_sql("export_original_rows")).to_arrow_reader(_READ_ROWS)
