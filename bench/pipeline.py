@@ -426,6 +426,7 @@ def main() -> None:
             argv = [sys.executable, __file__, "--one", str(n), "--keep", str(base)]
             out = subprocess.run(argv + (["--largest"] if n == sizes[-1] else []), stdout=subprocess.PIPE, text=True)
             if out.returncode != 0:
+                print(out.stdout, end="", flush=True)  # the steps measured before the failure: not lost with it
                 raise SystemExit(f"the run at {n:,} records failed (exit {out.returncode})")
             *progress, last = out.stdout.strip().splitlines()
             print("\n".join(progress), flush=True)
