@@ -101,10 +101,11 @@ _SUB_ROWS = 1024  # places per sub-bucket: what is held sorted in memory at a ti
 # over the common limit of 1,024 open files; beyond this many buckets the rows are spread in two passes
 _MAX_OPEN = 256
 _READ_ROWS = 512  # rows of the unsorted scan handed to Python at a time
-# DuckDB's limit (MiB) while it scans the kept rows: with the store's (4 GB by default) it kept more memory the more
-# row groups it had read; under this one its join of the kept keys spills to the temp folder instead
+# DuckDB's limit while it scans the kept rows: with the store's (4 GB by default) it kept more memory the more row
+# groups it had read. _SCAN_MIB for the scan, plus _KEY_BYTES a kept record for the kept keys it holds (the temporary
+# table and the join's hash table of it): 256 MiB alone failed at 978,171 kept (2M records), +200 B each passed
 _SCAN_MIB = 256
-_KEY_BYTES = 400  # and per kept record: 256 MiB alone failed at 978,171 kept (2M records), +200 B each passed
+_KEY_BYTES = 400
 _UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 
 
